@@ -1,0 +1,276 @@
+"""The Python API: ``allocate`` for any model and evaluator, ``search`` for a whole run (what
+``autoprune search`` calls), and ``load_pruned`` to get a run's network back."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from autoprune.agents import make_agent
+from autoprune.data import load_data
+from autoprune.evaluate import ClassificationEvaluator
+from autoprune.executors import make_executor
+from autoprune.models import build_model_from_spec
+from autoprune.problem import PruningProblem
+from autoprune.report import pareto_plot, trials_table, units_table
+from autoprune.search import best_record, run_search
+from autoprune.search_spaces import ChannelSpace
+from autoprune.study import StudyStore, TrialRecord
+from autoprune.targets import Budget, parse_targets
+from autoprune.train import load_or_train_baseline
+
+__all__ = ["Allocation", "SearchError", "SearchSettings", "allocate", "load_pruned", "search"]
+
+RUN_FORMAT = 1
+
+
+class SearchError(RuntimeError):
+    """A search that cannot start or produced no usable candidate."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Allocation:
+    """The chosen per-unit channels, with their costs and metrics, and the whole search."""
+
+    config: Mapping[str, int]
+    units: Mapping[str, Mapping[str, float]]
+    costs: Mapping[str, float]
+    metrics: Mapping[str, float]
+    dense_costs: Mapping[str, float]
+    budgets: Sequence[Budget]
+    trials: Sequence[TrialRecord]
+    space: ChannelSpace = field(repr=False)
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """A physically smaller copy of ``model`` with this allocation's channels."""
+        return self.space.apply(model, self.config)
+
+
+def _units(space: ChannelSpace, config: Mapping[str, int]) -> dict[str, dict[str, float]]:
+    return {u.name: {"channels": config[u.name], "of": u.full, "ratio": config[u.name] / u.full}
+            for u in space.units}
+
+
+def _objective_of(metrics: Mapping[str, float]) -> str:
+    return "accuracy" if "accuracy" in metrics else "loss"
+
+
+def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.Tensor],
+             target: str | Sequence[str], evaluate: Callable[[nn.Module], Mapping[str, float]],
+             agent: str = "random", trials: int = 30, seed: int = 0, round_to: int = 8,
+             min_ratio: float = 0.2, objective: str | None = None, run_dir: str | Path | None = None,
+             progress: bool = False) -> Allocation:
+    """Find how many channels each unit of ``model`` keeps so that every budget of ``target``
+    is met and ``evaluate(pruned)`` (a dict with ``accuracy`` or ``loss``) is best.
+
+    ``model`` is never modified. With ``run_dir`` the study is kept in ``run_dir/study.db`` and
+    a repeated call resumes it; without, it lives in memory.
+    """
+    if not callable(evaluate):
+        raise TypeError("evaluate must be a callable model -> {'accuracy': ...} or {'loss': ...}")
+    problem = PruningProblem(ChannelSpace.from_model(model, example_inputs, round_to=round_to,
+                                                     min_ratio=min_ratio), parse_targets(target))
+    store = StudyStore.in_folder(Path(run_dir)) if run_dir else StudyStore.in_memory()
+    if objective is None:
+        objective = store.get_meta("objective") or _objective_of(evaluate(copy.deepcopy(model)))
+    store.set_meta("objective", objective)
+    records = run_search(problem, model=model, evaluate=evaluate,
+                         agent=make_agent(agent, problem.space.dim, seed=seed), trials=trials,
+                         store=store, objective=objective, progress=progress)
+    return _allocation(problem, records)
+
+
+def _allocation(problem: PruningProblem, records: list[TrialRecord]) -> Allocation:
+    best = best_record(records, problem)
+    if best is None:
+        reasons = sorted({r.reason for r in records if r.failed})[:3]
+        raise SearchError(f"no trial finished with a usable score ({len(records)} trials); "
+                          f"failures: {reasons or 'none'}. Fix the evaluator so it returns a "
+                          "finite accuracy or loss.")
+    return Allocation(config=dict(best.config), units=_units(problem.space, best.config),
+                      costs=dict(best.costs), metrics=dict(best.metrics),
+                      dense_costs=dict(problem.dense_costs), budgets=list(problem.budgets),
+                      trials=list(records), space=problem.space)
+
+
+# ---------------------------------------------------------------------- whole runs (the CLI)
+@dataclass(frozen=True, kw_only=True)
+class SearchSettings:
+    """Everything ``autoprune search`` takes. Fields up to ``min_ratio`` define the search:
+    a run folder refuses to resume with different values for them."""
+
+    model: str = "resnet20"
+    data: str = "digits"
+    image_size: int = 32
+    width_mult: float = 1.0
+    targets: tuple[str, ...] = ("flops=50%",)
+    agent: str = "random"
+    seed: int = 0
+    round_to: int = 8
+    min_ratio: float = 0.2
+    calib_batches: int = 16
+    finetune_steps: int = 0
+    trials: int = 30
+    executor: str = "local"
+    run_dir: Path | None = None
+    cache_dir: Path | None = None
+    progress: bool = True
+
+    def identity(self) -> dict[str, Any]:
+        keys = ("model", "data", "image_size", "width_mult", "targets", "agent", "seed",
+                "round_to", "min_ratio", "calib_batches", "finetune_steps")
+        d = asdict(self)
+        return {k: list(d[k]) if isinstance(d[k], tuple) else d[k] for k in keys}
+
+    def default_run_dir(self) -> Path:
+        slug = re.sub(r"[^A-Za-z0-9.]+", "-", "_".join(self.targets)).strip("-")
+        return Path("runs") / f"{self.model}-{self.data}-{slug}-{self.agent}-s{self.seed}"
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def search(settings: SearchSettings, *, console: Console | None = None) -> dict[str, Any]:
+    """Run (or resume) a whole search on a zoo model and an embedded dataset, write the run
+    folder, and return its JSON summary."""
+    console = console or Console(stderr=True)
+    targets = parse_targets(settings.targets)
+    run_dir = Path(settings.run_dir or settings.default_run_dir())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_run_folder(run_dir, settings)
+
+    model, data, baseline = load_or_train_baseline(
+        settings.model, settings.data, image_size=settings.image_size,
+        width_mult=settings.width_mult, cache_dir=settings.cache_dir, progress=settings.progress)
+    space = ChannelSpace.from_model(model, data.example_inputs(1), round_to=settings.round_to,
+                                    min_ratio=settings.min_ratio)
+    problem = PruningProblem(space, targets)
+    evaluator = ClassificationEvaluator(data, calib_batches=settings.calib_batches,
+                                        finetune_steps=settings.finetune_steps, seed=settings.seed)
+    store = StudyStore.in_folder(run_dir)
+    dense_val = store.get_meta("dense_metrics")
+    if dense_val is None:
+        dense_copy = copy.deepcopy(model)
+        dense_val = {"val": evaluator(dense_copy), "test": evaluator.test(dense_copy)}
+        store.set_meta("dense_metrics", dense_val)
+    console.print(f"[bold]{settings.model}[/] on {settings.data}: {space.dim} units, dense "
+                  f"{problem.dense_costs['macs'] / 1e6:.1f}M MACs, "
+                  f"{problem.dense_costs['params'] / 1e6:.3f}M params, validation accuracy "
+                  f"{dense_val['val']['accuracy']:.4f}; budgets: "
+                  + ", ".join(f"{b.text} (<= {b.limit:,.0f} {b.metric})" for b in problem.budgets))
+
+    agent = make_agent(settings.agent, space.dim, seed=settings.seed)
+    executor = make_executor(settings.executor)
+    try:
+        records = run_search(problem, model=model, evaluate=evaluator, agent=agent,
+                             trials=settings.trials, store=store, executor=executor,
+                             progress=settings.progress, console=console)
+    finally:
+        executor.close()
+    alloc = _allocation(problem, records)
+
+    pruned = space.apply(model, alloc.config)
+    val = evaluator(pruned)  # recalibrates BN, as every candidate was scored
+    test = evaluator.test(pruned)
+    torch.save(pruned.state_dict(), run_dir / "pruned.pt")
+    best = best_record(records, problem)
+    spec = dict(model.autoprune_spec)
+    choice = {
+        "format": RUN_FORMAT, "model_spec": spec, "data": settings.data,
+        "example_input_shape": list(data.example_inputs(1).shape),
+        "round_to": settings.round_to, "min_ratio": settings.min_ratio,
+        "trial": best.number if best else None, "config": dict(alloc.config),
+        "units": alloc.units, "costs": alloc.costs,
+        "metrics": {"val_accuracy": val["accuracy"], "val_loss": val["loss"],
+                    "test_accuracy": test["accuracy"], "test_loss": test["loss"]},
+        "dense": {"costs": problem.dense_costs,
+                  "metrics": {"val_accuracy": dense_val["val"]["accuracy"],
+                              "test_accuracy": dense_val["test"]["accuracy"]}},
+        "budgets": [asdict(b) for b in problem.budgets],
+    }
+    _write_json(run_dir / "best.json", choice)
+    plot = pareto_plot(records, run_dir / "pareto.png", dense_costs=problem.dense_costs,
+                       dense_objective=dense_val["val"]["accuracy"], budgets=problem.budgets,
+                       objective="accuracy", best=best,
+                       title=f"{settings.model} on {settings.data}, {', '.join(settings.targets)}, "
+                             f"agent {settings.agent}")
+    summary = {
+        "target": {t.text: {"metric": t.metric, "limit": b.limit}
+                   for t, b in zip(targets, problem.budgets)},
+        "dense": {"costs": problem.dense_costs,
+                  "metrics": {"accuracy": dense_val["val"]["accuracy"],
+                              "test_accuracy": dense_val["test"]["accuracy"]}},
+        "best": {"costs": alloc.costs,
+                 "metrics": {"accuracy": val["accuracy"], "loss": val["loss"],
+                             "test_accuracy": test["accuracy"], "test_loss": test["loss"]},
+                 "units": {k: int(v) for k, v in alloc.config.items()},
+                 "ratios": {k: round(u["ratio"], 4) for k, u in alloc.units.items()},
+                 "trial": choice["trial"]},
+        "budgets_met": problem.feasible(alloc.costs),
+        "trials": len(records),
+        "failed_trials": sum(r.failed for r in records),
+        "baseline": {"cached": bool(baseline.get("cached")), "epochs": baseline.get("epochs")},
+        "run_dir": str(run_dir),
+        "files": {"study": str(run_dir / "study.db"), "choice": str(run_dir / "best.json"),
+                  "model": str(run_dir / "pruned.pt"), "plot": str(plot)},
+    }
+    _write_json(run_dir / "summary.json", summary)
+    console.print(trials_table(records, dense_costs=problem.dense_costs, objective="accuracy"))
+    console.print(units_table(alloc.units, title="chosen channels per unit"))
+    console.print(
+        f"chosen: trial {choice['trial']}, {100 * alloc.costs['macs'] / problem.dense_costs['macs']:.1f}% "
+        f"MACs, {100 * alloc.costs['params'] / problem.dense_costs['params']:.1f}% params; "
+        f"validation accuracy {val['accuracy']:.4f}, test accuracy {test['accuracy']:.4f} "
+        f"(dense {dense_val['test']['accuracy']:.4f}), after adaptive BN, no fine-tune.\n"
+        f"run folder: {run_dir}  (study.db, best.json, pruned.pt, pareto.png, summary.json)")
+    return summary
+
+
+def _check_run_folder(run_dir: Path, settings: SearchSettings) -> None:
+    path = run_dir / "run.json"
+    ident = settings.identity()
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise SearchError(f"{path} is corrupt ({err}); remove the run folder or choose "
+                              "another --run-dir") from None
+        if saved.get("settings") != ident:
+            diff = {k: (saved.get("settings", {}).get(k), v) for k, v in ident.items()
+                    if saved.get("settings", {}).get(k) != v}
+            raise SearchError(f"run folder {run_dir} holds a different search (saved vs now: "
+                              f"{diff}); resume it with the same options or choose another "
+                              "--run-dir")
+        return
+    _write_json(path, {"format": RUN_FORMAT, "settings": ident})
+
+
+def load_pruned(run_dir: str | Path) -> nn.Module:
+    """The pruned network a run chose, rebuilt and loaded (weights only, never unpickled code)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "best.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: {run_dir} is not a finished autoprune "
+                                "run folder (run autoprune search --run-dir ... first)")
+    choice = json.loads(path.read_text())
+    dense = build_model_from_spec(choice["model_spec"])
+    space = ChannelSpace.from_model(dense, torch.zeros(choice["example_input_shape"]),
+                                    round_to=choice["round_to"], min_ratio=choice["min_ratio"])
+    model = space.apply(dense, choice["config"])
+    state = torch.load(run_dir / "pruned.pt", weights_only=True, map_location="cpu")
+    model.load_state_dict(state)
+    return model.eval()
+

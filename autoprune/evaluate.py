@@ -1,0 +1,132 @@
+"""Scoring pruned candidates: adaptive BatchNorm, then accuracy on the validation split.
+
+EagleEye (Li et al., ECCV 2020): a pruned network evaluated with the dense network's BN
+statistics scores near chance; re-estimating the statistics on a few training batches makes the
+score track accuracy after full fine-tuning. Candidates are scored on a split held out from the
+training data — never the test split, which only final reports touch.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autoprune.data import DataSplits
+
+__all__ = ["ClassificationEvaluator", "Evaluator", "adaptive_bn"]
+
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+class Evaluator(ABC):
+    """``evaluator(model) -> {"accuracy": ..., "loss": ...}`` (at least one of the two).
+    Any callable with that signature works wherever an evaluator is expected."""
+
+    @abstractmethod
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        """Score ``model`` (which the evaluator may modify: it is a throw-away copy)."""
+
+
+def adaptive_bn(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics from ``batches`` (a cumulative average,
+    no gradients); other layers (dropout) stay in eval mode. Returns the model in eval mode."""
+    bns = [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats]
+    if not bns or not batches:
+        return model.eval()
+    model.eval()
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average over the calibration batches
+        bn.train()
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    for bn in bns:
+        bn.momentum = 0.1
+    return model.eval()
+
+
+def _accuracy_and_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                       batch_size: int) -> dict[str, float]:
+    model.eval()
+    correct, loss = 0, 0.0
+    with torch.inference_mode():
+        for i in range(0, len(x), batch_size):
+            logits = model(x[i:i + batch_size])
+            loss += float(F.cross_entropy(logits, y[i:i + batch_size], reduction="sum"))
+            correct += int((logits.argmax(1) == y[i:i + batch_size]).sum())
+    n = max(1, len(x))
+    return {"accuracy": correct / n, "loss": loss / n}
+
+
+class ClassificationEvaluator(Evaluator):
+    """Adaptive BN on ``calib_batches`` training batches, an optional few-step fine-tune, then
+    accuracy and cross-entropy on the validation split. ``test(model)`` does the same on the
+    test split, for final reports only."""
+
+    def __init__(self, data: DataSplits, *, calib_batches: int = 16, batch_size: int = 64,
+                 finetune_steps: int = 0, finetune_lr: float = 0.01, seed: int = 0) -> None:
+        if calib_batches < 0 or finetune_steps < 0:
+            raise ValueError("calib_batches and finetune_steps must be >= 0")
+        self.data = data
+        self.batch_size = batch_size
+        self.finetune_steps = finetune_steps
+        self.finetune_lr = finetune_lr
+        self.seed = seed
+        loader = data.loader("train", batch_size=batch_size, shuffle=True, seed=seed)
+        self._calib = [x for x, _ in _take(loader, calib_batches)]
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Fine-tune (if asked) and recalibrate BN: what every score is taken after."""
+        if self.finetune_steps:
+            finetune(model, self.data, steps=self.finetune_steps, lr=self.finetune_lr,
+                     batch_size=self.batch_size, seed=self.seed)
+        return adaptive_bn(model, self._calib)
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        self.prepare(model)
+        return _checked(_accuracy_and_loss(model, self.data.val_x, self.data.val_y, 256))
+
+    def test(self, model: nn.Module, *, prepared: bool = True) -> dict[str, float]:
+        """Accuracy and loss on the test split (pass ``prepared=False`` to recalibrate first)."""
+        if not prepared:
+            self.prepare(model)
+        return _checked(_accuracy_and_loss(model, self.data.test_x, self.data.test_y, 256))
+
+
+def finetune(model: nn.Module, data: DataSplits, *, steps: int, lr: float, batch_size: int,
+             seed: int) -> nn.Module:
+    """A few SGD steps on the training split (no augmentation)."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    model.train()
+    done = 0
+    while done < steps:
+        for x, y in data.loader("train", batch_size=batch_size, shuffle=True, seed=seed + done):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            done += 1
+            if done >= steps:
+                break
+    return model.eval()
+
+
+def _take(loader: torch.utils.data.DataLoader, n: int) -> list:
+    out = []
+    while len(out) < n:
+        before = len(out)
+        for batch in loader:
+            out.append(batch)
+            if len(out) >= n:
+                break
+        if len(out) == before:
+            break
+    return out
+
+
+def _checked(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: (v if math.isfinite(v) else float("nan")) for k, v in metrics.items()}

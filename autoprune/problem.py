@@ -1,0 +1,78 @@
+"""A pruning problem: a search space, the cost models of its budgets, and the budgets.
+
+It costs configurations from their layer tables and repairs infeasible points *before* any
+pruning happens, so every evaluated candidate meets every budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from autoprune.costs import CostModel, get_cost_model
+from autoprune.search_spaces import SearchSpace
+from autoprune.targets import Budget, Target, resolve_budgets
+
+__all__ = ["PruningProblem"]
+
+_REPAIR_STEPS = 30
+
+
+class PruningProblem:
+    """Costs and budgets over one search space.
+
+    ``costs(config)`` returns every cost model's estimate (always ``macs`` and ``params``, plus
+    those the budgets name). ``repair(x)`` moves a point along a monotone path until it sits just
+    inside every budget.
+    """
+
+    def __init__(self, space: SearchSpace, targets: Iterable[Target], *,
+                 cost_models: Sequence[CostModel] = ()) -> None:
+        self.space = space
+        models = {m.name: m for m in cost_models}
+        for name in ("macs", "params"):
+            models.setdefault(name, get_cost_model(name))
+        targets = list(targets)
+        for t in targets:
+            if t.metric not in models:
+                models[t.metric] = get_cost_model(t.metric)
+        self.cost_models: dict[str, CostModel] = models
+        self.dense_costs = self.costs(space.dense_config())
+        self.min_costs = self.costs(space.decode(np.zeros(space.dim)))
+        self.budgets: list[Budget] = resolve_budgets(targets, self.dense_costs, self.min_costs)
+
+    def costs(self, config: Mapping[str, int]) -> dict[str, float]:
+        table = self.space.layer_table(config)
+        return {name: m.estimate(table) for name, m in self.cost_models.items()}
+
+    def feasible(self, costs: Mapping[str, float]) -> bool:
+        return all(b.met_by(costs) for b in self.budgets)
+
+    def repair(self, x: Sequence[float], *, grow: bool = True) -> np.ndarray:
+        """The point on the path through ``x`` that keeps the most while meeting every budget.
+
+        The path scales every coordinate toward the lower bound (t < 1), through ``x`` (t = 1),
+        and, with ``grow``, toward the dense model (t > 1) — the same uniform scaling AMC uses to
+        bring an allocation to its budget, applied in both directions so no candidate wastes
+        budget. Decoding is monotone and so are the costs, so a bisection on t finds it.
+        The returned point decodes exactly to the repaired configuration.
+        """
+        x = np.clip(np.asarray(x, dtype=float), 0.0, 1.0)
+        if not self.budgets:
+            return self.space.encode(self.space.decode(x))
+
+        def at(t: float) -> np.ndarray:
+            return x * t if t <= 1.0 else x + (1.0 - x) * (t - 1.0)
+
+        def ok(t: float) -> bool:
+            return self.feasible(self.costs(self.space.decode(at(t))))
+
+        hi_limit = 2.0 if grow else 1.0
+        if ok(hi_limit):
+            return self.space.encode(self.space.decode(at(hi_limit)))
+        lo, hi = 0.0, hi_limit  # ok(0) holds: resolve_budgets refused budgets below the minimum
+        for _ in range(_REPAIR_STEPS):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+        return self.space.encode(self.space.decode(at(lo)))

@@ -1,0 +1,107 @@
+"""What a person reads: tables of trials and the Pareto picture of accuracy against each cost."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from rich.table import Table
+
+from autoprune.study import TrialRecord
+from autoprune.targets import Budget
+
+__all__ = ["format_cost", "pareto_front", "pareto_plot", "trials_table", "units_table"]
+
+
+def format_cost(name: str, value: float) -> str:
+    if name == "latency_ms":
+        return f"{value:.2f} ms"
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= div:
+            return f"{value / div:.2f}{suffix}"
+    return f"{value:.0f}"
+
+
+def pareto_front(records: Sequence[TrialRecord], cost: str) -> list[TrialRecord]:
+    """Finished trials not dominated in (higher objective, lower ``cost``), cheapest first."""
+    ok = sorted((r for r in records if not r.failed and cost in r.costs),
+                key=lambda r: (r.costs[cost], -r.objective))
+    front: list[TrialRecord] = []
+    for r in ok:
+        if not front or r.objective > front[-1].objective:
+            front.append(r)
+    return front
+
+
+def trials_table(records: Sequence[TrialRecord], *, dense_costs: Mapping[str, float],
+                 objective: str, top: int = 10, title: str = "best trials") -> Table:
+    costs = list(dense_costs)
+    table = Table(title=title)
+    table.add_column("trial", justify="right")
+    table.add_column(objective, justify="right")
+    for c in costs:
+        table.add_column(c, justify="right")
+        table.add_column("% dense", justify="right")
+    ranked = sorted((r for r in records if not r.failed), key=lambda r: -r.objective)[:top]
+    for r in ranked:
+        row = [str(r.number), f"{abs(r.objective):.4f}"]
+        for c in costs:
+            row += [format_cost(c, r.costs[c]), f"{100 * r.costs[c] / dense_costs[c]:.1f}%"]
+        table.add_row(*row)
+    failed = sum(r.failed for r in records)
+    if failed:
+        table.caption = f"{failed} failed trial(s) recorded in the study with their reasons"
+    return table
+
+
+def units_table(units: Mapping[str, Mapping[str, float]], *, title: str = "channels per unit"
+                ) -> Table:
+    table = Table(title=title)
+    for col in ("unit", "kept", "of", "ratio"):
+        table.add_column(col, justify="left" if col == "unit" else "right")
+    for name, u in units.items():
+        table.add_row(name, str(int(u["channels"])), str(int(u["of"])), f"{u['ratio']:.2f}")
+    return table
+
+
+def pareto_plot(records: Sequence[TrialRecord], path: Path, *, dense_costs: Mapping[str, float],
+                dense_objective: float | None, budgets: Sequence[Budget], objective: str,
+                best: TrialRecord | None = None, title: str = "") -> Path:
+    """One panel per cost: every trial, the non-dominated front, the dense model, the budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    costs = list(dense_costs)
+    fig, axes = plt.subplots(1, len(costs), figsize=(5.2 * len(costs), 4.2), squeeze=False)
+    ok = [r for r in records if not r.failed]
+    sign = -1.0 if objective == "loss" else 1.0
+    for ax, cost in zip(axes[0], costs):
+        dense = dense_costs[cost]
+        ax.scatter([100 * r.costs[cost] / dense for r in ok], [sign * r.objective for r in ok],
+                   s=14, color="0.6", label="trials")
+        front = pareto_front(ok, cost)
+        ax.plot([100 * r.costs[cost] / dense for r in front], [sign * r.objective for r in front],
+                "-o", color="tab:blue", ms=4, label="Pareto front")
+        if dense_objective is not None:
+            ax.scatter([100.0], [dense_objective], marker="*", s=160, color="tab:green",
+                       label="dense", zorder=5)
+        if best is not None:
+            ax.scatter([100 * best.costs[cost] / dense], [sign * best.objective], marker="D",
+                       s=60, color="tab:red", label="chosen", zorder=6)
+        for b in budgets:
+            if b.metric == cost:
+                ax.axvline(100 * b.limit / dense, ls="--", color="tab:red", lw=1,
+                           label=f"budget {b.text}")
+        ax.set_xlabel(f"{cost} (% of dense {format_cost(cost, dense)})")
+        ax.set_ylabel(f"validation {objective}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

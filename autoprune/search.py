@@ -1,0 +1,151 @@
+"""The search loop: ask, repair to the budget, prune and evaluate, tell, record.
+
+    agent.ask -> problem.repair -> space.decode -> executor(prune + evaluate) -> agent.tell
+                                                                              -> study (one trial)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from contextlib import nullcontext
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from autoprune.agents import Agent
+from autoprune.executors import Executor, LocalExecutor
+from autoprune.problem import PruningProblem
+from autoprune.study import StudyStore, TrialRecord
+
+__all__ = ["PruneAndEvaluate", "best_record", "objective_value", "run_search"]
+
+Evaluate = Callable[[nn.Module], Mapping[str, float]]
+
+
+class PruneAndEvaluate:
+    """One trial's work: prune a copy of the dense model to ``config`` and score it."""
+
+    def __init__(self, problem: PruningProblem, model: nn.Module, evaluate: Evaluate) -> None:
+        self.space = problem.space
+        self.model = model
+        self.evaluate = evaluate
+
+    def __call__(self, config: Mapping[str, int]) -> dict[str, float]:
+        pruned = self.space.apply(self.model, config)
+        metrics = self.evaluate(pruned)
+        if not isinstance(metrics, Mapping):
+            raise TypeError(f"the evaluator returned {type(metrics).__name__}; it must return a "
+                            "dict such as {'accuracy': 0.93} or {'loss': 0.2}")
+        return {str(k): float(v) for k, v in metrics.items()}
+
+
+def objective_value(metrics: Mapping[str, float], objective: str) -> float:
+    """The number to maximise: accuracy as is, a loss negated. NaN when missing."""
+    value = metrics.get(objective, float("nan"))
+    value = float(value) if value is not None else float("nan")
+    return -value if objective == "loss" else value
+
+
+def best_record(records: list[TrialRecord], problem: PruningProblem) -> TrialRecord | None:
+    """The feasible, finished trial with the highest objective."""
+    ok = [r for r in records if not r.failed and math.isfinite(r.objective)
+          and problem.feasible(r.costs)]
+    return max(ok, key=lambda r: (r.objective, -r.number)) if ok else None
+
+
+def _config_key(config: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
+    return tuple(sorted((k, int(v)) for k, v in config.items()))
+
+
+def run_search(problem: PruningProblem, *, model: nn.Module, evaluate: Evaluate, agent: Agent,
+               trials: int, store: StudyStore, executor: Executor | None = None,
+               objective: str = "accuracy", batch: int = 1, progress: bool = True,
+               console: Console | None = None) -> list[TrialRecord]:
+    """Run until the study holds ``trials`` trials (or the agent has nothing more to propose).
+
+    Trials already in ``store`` count: a killed search resumes from its study, with the agent's
+    saved state, and repeats no finished trial. Identical configurations are scored once.
+    """
+    if trials < 1:
+        raise ValueError(f"trials must be at least 1, got {trials}")
+    executor = executor or LocalExecutor()
+    space = problem.space
+    work = PruneAndEvaluate(problem, model, evaluate)
+    records = store.records()
+    state = store.get_meta("agent_state")
+    if state is not None:
+        agent.load_state_dict(state)
+    else:  # no saved state: let the agent learn from what the study holds
+        for r in records:
+            agent.tell(np.asarray(r.point), _result(r))
+    seen = {_config_key(r.config): r for r in records if not r.failed}
+    lows = space.ratio_lower_bounds()
+    console = console or Console(stderr=True)
+    bar = Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[best]}"), TimeElapsedColumn(), console=console,
+                   disable=not progress, transient=False)
+    best = best_record(records, problem)
+    with bar if progress else nullcontext():
+        task = bar.add_task("search", total=trials, completed=min(len(records), trials),
+                            best=_best_text(best, objective))
+        while len(records) < trials:
+            points = agent.ask(min(batch, trials - len(records)))
+            if not points:
+                break
+            repaired = [problem.repair(p) for p in points]
+            configs = [space.decode(x) for x in repaired]
+            fresh = [i for i, c in enumerate(configs) if _config_key(c) not in seen]
+            outcomes: dict[int, dict[str, float] | BaseException] = {}
+            for j, out in executor.run(work, [configs[i] for i in fresh]):
+                outcomes[fresh[j]] = out
+            for i, (x, config) in enumerate(zip(repaired, configs)):
+                key = _config_key(config)
+                costs = problem.costs(config)
+                if i in outcomes:
+                    rec = _make_record(len(records), x, config, costs, outcomes[i], objective)
+                else:  # a configuration scored before: reuse its result, do not prune again
+                    prev = seen[key]
+                    rec = TrialRecord(number=len(records), point=tuple(x), config=config,
+                                      costs=costs, metrics=prev.metrics, objective=prev.objective,
+                                      extra={"duplicate_of": prev.number})
+                agent.tell(x, _result(rec))
+                store.add(rec, params=space.ratios(config), lows=lows)
+                store.set_meta("agent_state", agent.state_dict())
+                records.append(rec)
+                if not rec.failed:
+                    seen.setdefault(key, rec)
+                best = best_record(records, problem)
+                bar.update(task, completed=min(len(records), trials),
+                           best=_best_text(best, objective))
+    return records
+
+
+def _make_record(number: int, x: np.ndarray, config: Mapping[str, int],
+                 costs: Mapping[str, float], outcome: Mapping[str, float] | BaseException,
+                 objective: str) -> TrialRecord:
+    if isinstance(outcome, BaseException):
+        return TrialRecord(number=number, point=tuple(x), config=config, costs=costs, metrics={},
+                           objective=float("nan"), failed=True,
+                           reason=f"{type(outcome).__name__}: {outcome}")
+    value = objective_value(outcome, objective)
+    if not math.isfinite(value):
+        return TrialRecord(number=number, point=tuple(x), config=config, costs=costs,
+                           metrics=outcome, objective=float("nan"), failed=True,
+                           reason=f"the evaluator returned no finite {objective!r} "
+                                  f"(got {dict(outcome)})")
+    return TrialRecord(number=number, point=tuple(x), config=config, costs=costs,
+                       metrics=outcome, objective=value)
+
+
+def _result(rec: TrialRecord) -> dict[str, float]:
+    return {"objective": rec.objective, **{f"cost.{k}": v for k, v in rec.costs.items()},
+            **{f"metric.{k}": v for k, v in rec.metrics.items()}}
+
+
+def _best_text(best: TrialRecord | None, objective: str) -> str:
+    if best is None:
+        return "best: -"
+    return f"best {objective}: {abs(best.objective):.4f}"

@@ -1,0 +1,135 @@
+"""The search-space contract: what can be searched, as points in the unit cube.
+
+A search space turns a point ``x`` in ``[0, 1]^dim`` into a concrete configuration, turns a
+configuration into a *layer table* (the shapes of every costed layer, which is all a cost model
+needs), and applies a configuration to a model. It knows nothing of agents or costs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from torch import nn
+
+__all__ = ["LayerRow", "LayerTable", "SearchSpace", "Unit", "UntraceableModelError"]
+
+
+class UntraceableModelError(ValueError):
+    """The model could not be analysed (traced) into prunable units."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Unit:
+    """One prunable decision: a group of coupled channels that keep or lose channels together.
+
+    ``choices`` are the channel counts the unit may take (ascending, the last one is ``full``).
+    ``members`` names every layer whose output channels belong to the group.
+    """
+
+    name: str
+    full: int
+    choices: tuple[int, ...]
+    members: tuple[str, ...]
+
+    @property
+    def minimum(self) -> int:
+        return self.choices[0]
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerRow:
+    """The shape of one costed layer under a configuration.
+
+    ``kind`` is ``conv``, ``linear``, ``norm`` (per-channel parameters, e.g. BatchNorm) or
+    ``fixed`` (parameters that pruning never touches). ``rows`` is how many input vectors a
+    linear layer sees per batch (batch x tokens); for convs it equals the batch.
+    """
+
+    name: str
+    kind: str
+    in_channels: int
+    out_channels: int
+    kernel: tuple[int, ...] = ()
+    stride: tuple[int, ...] = ()
+    groups: int = 1
+    in_size: tuple[int, ...] = ()
+    out_size: tuple[int, ...] = ()
+    batch: int = 1
+    rows: int = 1
+    bias: bool = False
+    params_per_channel: int = 0
+    fixed_params: int = 0
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates of this layer (bias adds and norms are not counted, as in
+        ``torch.utils.flop_counter`` which counts 2 FLOPs per MAC of convs and matmuls)."""
+        if self.kind == "conv":
+            spatial = int(np.prod(self.out_size)) if self.out_size else 1
+            per_out = (self.in_channels // self.groups) * int(np.prod(self.kernel))
+            return self.batch * spatial * self.out_channels * per_out
+        if self.kind == "linear":
+            return self.rows * self.in_channels * self.out_channels
+        return 0
+
+    @property
+    def params(self) -> int:
+        if self.kind == "conv":
+            weight = self.out_channels * (self.in_channels // self.groups) * int(np.prod(self.kernel))
+            return weight + (self.out_channels if self.bias else 0)
+        if self.kind == "linear":
+            return self.in_channels * self.out_channels + (self.out_channels if self.bias else 0)
+        if self.kind == "norm":
+            return self.params_per_channel * self.out_channels
+        return self.fixed_params
+
+
+LayerTable = tuple[LayerRow, ...]
+
+
+class SearchSpace(ABC):
+    """A map between points of ``[0, 1]^dim`` and configurations of one model."""
+
+    name: str = "abstract"
+
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        """Number of coordinates of a point."""
+
+    @property
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper bounds of a point (the unit cube)."""
+        return np.zeros(self.dim), np.ones(self.dim)
+
+    @abstractmethod
+    def decode(self, x: Sequence[float]) -> Mapping[str, int]:
+        """The configuration a point stands for (monotone: a larger coordinate never keeps less)."""
+
+    @abstractmethod
+    def encode(self, config: Mapping[str, int]) -> np.ndarray:
+        """A point that decodes to ``config``."""
+
+    @abstractmethod
+    def dense_config(self) -> Mapping[str, int]:
+        """The configuration of the unpruned model."""
+
+    @abstractmethod
+    def layer_table(self, config: Mapping[str, int]) -> LayerTable:
+        """Shapes of every costed layer under ``config``; cost models read only this."""
+
+    def ratios(self, config: Mapping[str, int]) -> dict[str, float]:
+        """Readable per-decision values in ``[low, 1]`` (kept fractions for channel spaces);
+        the study stores these as a trial's params. Defaults to the point's coordinates."""
+        return {f"x{i}": float(v) for i, v in enumerate(self.encode(config))}
+
+    def ratio_lower_bounds(self) -> dict[str, float]:
+        """The smallest value of each entry of ``ratios``."""
+        return {f"x{i}": 0.0 for i in range(self.dim)}
+
+    @abstractmethod
+    def apply(self, model: nn.Module, config: Mapping[str, int]) -> nn.Module:
+        """A pruned copy of ``model`` (the argument is left untouched)."""

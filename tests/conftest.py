@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import torch
+from torch import nn
+import pytest
+
+
+class ResidualDepthwiseNet(nn.Module):
+    """A user model (not from the zoo) with a residual add and a depthwise conv."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, 32, 3, padding=1, bias=False)
+        self.stem_bn = nn.BatchNorm2d(32)
+        self.expand = nn.Conv2d(32, 64, 1, bias=False)
+        self.expand_bn = nn.BatchNorm2d(64)
+        self.dw = nn.Conv2d(64, 64, 3, padding=1, groups=64, bias=False)
+        self.dw_bn = nn.BatchNorm2d(64)
+        self.project = nn.Conv2d(64, 32, 1, bias=False)
+        self.project_bn = nn.BatchNorm2d(32)
+        self.head = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.stem_bn(self.stem(x)))
+        z = torch.relu(self.expand_bn(self.expand(y)))
+        z = torch.relu(self.dw_bn(self.dw(z)))
+        z = self.project_bn(self.project(z))
+        y = torch.relu(y + z)
+        return self.head(y.mean(dim=(2, 3)))
+
+
+@pytest.fixture
+def user_model() -> nn.Module:
+    torch.manual_seed(0)
+    return ResidualDepthwiseNet()

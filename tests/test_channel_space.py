@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from autoprune.costs import MacsCost, ParamsCost
+from autoprune.models import available_models, build_model
+from autoprune.search_spaces import ChannelSpace, UntraceableModelError, channel_choices
+
+
+def _measured(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops() // 2, sum(p.numel() for p in model.parameters())
+
+
+def _check_configs(model: nn.Module, x: torch.Tensor, space: ChannelSpace, n: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    points = [np.zeros(space.dim), *[rng.random(space.dim) for _ in range(n)]]
+    for point in points:
+        config = space.decode(point)
+        pruned = space.apply(model, config)
+        out = pruned(x)
+        assert out.shape == model(x).shape
+        table = space.layer_table(config)
+        macs, params = _measured(pruned, x)
+        # Exact equality is what we get; the issue asks for 1%.
+        assert MacsCost().estimate(table) == pytest.approx(macs, rel=1e-2)
+        assert ParamsCost().estimate(table) == pytest.approx(params, rel=1e-2)
+        # Physically smaller: each unit's primary layer has the configured channel count.
+        modules = dict(pruned.named_modules())
+        for unit in space.units:
+            layer = modules[unit.name]
+            width = layer.out_channels if hasattr(layer, "out_channels") else layer.out_features
+            assert width == config[unit.name]
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_zoo_models_prune_to_configured_shapes_and_costs(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=1, input_size=32).eval()
+    x = torch.randn(2, 1, 32, 32)
+    space = ChannelSpace.from_model(model, x)
+    assert space.dim >= 3
+    dense_macs, dense_params = _measured(model, x)
+    dense_table = space.layer_table(space.dense_config())
+    assert MacsCost().estimate(dense_table) == dense_macs
+    assert ParamsCost().estimate(dense_table) == dense_params
+    _check_configs(model, x, space, n=2, seed=1)
+
+
+def test_user_model_with_residual_and_depthwise(user_model: nn.Module) -> None:
+    x = torch.randn(2, 1, 16, 16)
+    space = ChannelSpace.from_model(user_model, x, round_to=8)
+    names = {u.name for u in space.units}
+    # stem and project share a unit (residual add); expand and dw share one (depthwise).
+    assert names == {"stem", "expand"}
+    members = {u.name: set(u.members) for u in space.units}
+    assert {"stem", "project", "stem_bn", "project_bn"} <= members["stem"]
+    assert {"expand", "dw"} <= members["expand"]
+    _check_configs(user_model, x, space, n=5, seed=0)
+
+
+def test_apply_leaves_the_model_untouched(user_model: nn.Module) -> None:
+    x = torch.randn(1, 1, 8, 8)
+    before = {k: v.clone() for k, v in user_model.state_dict().items()}
+    space = ChannelSpace.from_model(user_model, x)
+    space.apply(user_model, space.decode(np.zeros(space.dim)))
+    after = user_model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_apply_keeps_the_largest_magnitude_channels() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 16, 3), nn.ReLU(), nn.Conv2d(16, 4, 1))
+    with torch.no_grad():
+        model[0].weight.mul_(0.01)
+        model[0].weight[[3, 7, 11, 15]] *= 1000.0
+    space = ChannelSpace.from_model(model, torch.randn(1, 1, 8, 8), round_to=4, min_ratio=0.25)
+    pruned = space.apply(model, {"0": 4})
+    kept = pruned[0].weight.abs().sum(dim=(1, 2, 3))
+    assert torch.allclose(kept, model[0].weight[[3, 7, 11, 15]].abs().sum(dim=(1, 2, 3)))
+
+
+def test_decode_encode_round_trip_and_bounds(user_model: nn.Module) -> None:
+    space = ChannelSpace.from_model(user_model, torch.randn(1, 1, 8, 8), round_to=8, min_ratio=0.2)
+    lo, hi = space.bounds
+    assert lo.shape == hi.shape == (space.dim,)
+    assert space.decode(hi) == space.dense_config()
+    for unit in space.units:
+        assert unit.minimum >= 1 and unit.minimum % 8 == 0
+        assert all(c % 8 == 0 or c == unit.full for c in unit.choices)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        config = space.decode(rng.random(space.dim))
+        assert space.decode(space.encode(config)) == config
+
+
+def test_channel_choices_respect_rounding_and_lower_bound() -> None:
+    assert channel_choices(64, round_to=8, min_ratio=0.2) == (16, 24, 32, 40, 48, 56, 64)
+    assert channel_choices(16, round_to=8, min_ratio=0.2) == (8, 16)
+    assert channel_choices(10, round_to=4, min_ratio=0.5) == (8, 10)
+    assert channel_choices(6, round_to=8, min_ratio=0.2) == (6,)
+
+
+class _Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x).mean(dim=(2, 3))
+        y = torch.from_numpy(y.detach().numpy())  # leaves autograd: the graph is broken
+        return self.fc(y)
+
+
+def test_untraceable_model_gets_one_clear_error() -> None:
+    with pytest.raises(UntraceableModelError, match="Fix:"):
+        ChannelSpace.from_model(_Untraceable(), torch.randn(1, 1, 8, 8))
+
+
+def test_wrong_example_inputs_get_a_clear_error(user_model: nn.Module) -> None:
+    with pytest.raises(UntraceableModelError, match="example inputs"):
+        ChannelSpace.from_model(user_model, torch.randn(1, 3, 8, 8))
+
+
+def test_unknown_unit_in_config_is_refused(user_model: nn.Module) -> None:
+    space = ChannelSpace.from_model(user_model, torch.randn(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="unknown units"):
+        space.layer_table({"nope": 3})
