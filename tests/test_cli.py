@@ -1,0 +1,127 @@
+"""The command line end to end, on a small model so the test stays quick."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import autoprune
+
+SMALL = ["--model", "resnet20", "--image-size", "8", "--width-mult", "0.5", "--round-to", "4"]
+
+
+def _cli(args: list[str], cache: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "AUTOPRUNE_CACHE": str(cache), "COLUMNS": "120"}
+    out = subprocess.run([sys.executable, "-m", "autoprune.cli", *args], capture_output=True,
+                         text=True, env=env, timeout=600)
+    if check:
+        assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def finished_run(cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    run_dir = tmp_path_factory.mktemp("runs") / "r20"
+    # A short baseline, cached first: the search then loads it instead of training its own.
+    _cli(["train", *SMALL[:6], "--epochs", "3"], cache)
+    out = _cli(["search", *SMALL, "--target", "flops=50%", "--agent", "random", "--trials", "6",
+                "--run-dir", str(run_dir), "--json", "--no-progress"], cache)
+    return run_dir, json.loads(out.stdout)
+
+
+def test_json_summary_follows_the_contract(finished_run: tuple[Path, dict]) -> None:
+    run_dir, summary = finished_run
+    assert set(summary) >= {"target", "dense", "best", "trials", "run_dir"}
+    assert summary["trials"] == 6
+    assert Path(summary["run_dir"]) == run_dir
+    dense, best = summary["dense"], summary["best"]
+    assert set(dense["costs"]) >= {"macs", "params"}
+    assert 0.0 <= dense["metrics"]["accuracy"] <= 1.0
+    assert best["costs"]["macs"] <= 0.5 * dense["costs"]["macs"]
+    assert summary["target"]["flops=50%"]["metric"] == "macs"
+    assert {"accuracy", "test_accuracy"} <= set(best["metrics"])
+    assert all(isinstance(v, int) and v > 0 for v in best["units"].values())
+
+
+def test_run_folder_holds_study_choice_model_and_plot(finished_run: tuple[Path, dict]) -> None:
+    run_dir, summary = finished_run
+    for name in ("study.db", "best.json", "pruned.pt", "pareto.png", "summary.json", "run.json"):
+        assert (run_dir / name).exists(), name
+    assert (run_dir / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    choice = json.loads((run_dir / "best.json").read_text())
+    assert choice["config"] == summary["best"]["units"]
+    model = autoprune.load_pruned(run_dir)
+    out = model(torch.zeros(3, 1, 8, 8))
+    assert out.shape == (3, 10)
+    assert sum(p.numel() for p in model.parameters()) == summary["best"]["costs"]["params"]
+
+
+def test_every_trial_in_the_study_meets_the_budget(finished_run: tuple[Path, dict]) -> None:
+    import optuna
+
+    run_dir, summary = finished_run
+    study = optuna.load_study(study_name="autoprune", storage=f"sqlite:///{run_dir / 'study.db'}")
+    limit = summary["target"]["flops=50%"]["limit"]
+    assert len(study.trials) == 6
+    for t in study.trials:
+        assert t.user_attrs["costs"]["macs"] <= limit
+        assert set(t.params) == set(summary["best"]["units"])  # per-unit ratios as params
+
+
+def test_rerun_resumes_and_extends(finished_run: tuple[Path, dict], cache: Path) -> None:
+    run_dir, _ = finished_run
+    out = _cli(["search", *SMALL, "--target", "flops=50%", "--agent", "random", "--trials", "8",
+                "--run-dir", str(run_dir), "--json", "--no-progress"], cache)
+    assert json.loads(out.stdout)["trials"] == 8
+
+
+def test_a_different_search_in_the_same_folder_is_refused(finished_run: tuple[Path, dict],
+                                                          cache: Path) -> None:
+    run_dir, _ = finished_run
+    out = _cli(["search", *SMALL, "--target", "flops=30%", "--run-dir", str(run_dir),
+                "--no-progress"], cache, check=False)
+    assert out.returncode == 2
+    assert "different search" in out.stderr
+
+
+@pytest.mark.parametrize("args, hint", [
+    (["--target", "flops=abc"], "positive number"),
+    (["--target", "latency=10ms"], "not supported yet"),
+    (["--model", "resnet1000"], "available models"),
+    (["--agent", "nope"], "available"),
+    (["--target", "flops=0.1%"], "cannot be met"),
+])
+def test_bad_input_gets_one_clear_error(args: list[str], hint: str, cache: Path,
+                                        tmp_path: Path) -> None:
+    out = _cli(["search", *SMALL, *args, "--run-dir", str(tmp_path / "r"), "--no-progress"],
+               cache, check=False)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "error:" in out.stderr and hint in " ".join(out.stderr.split())
+    assert "Traceback" not in out.stderr
+
+
+def test_help_explains_flops_are_macs() -> None:
+    out = subprocess.run([sys.executable, "-m", "autoprune.cli", "search", "--help"],
+                         capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    text = "".join(out.stdout.split())
+    assert "multiply-accumulates" in text and "macs" in text
+
+
+def test_lists_models_and_agents() -> None:
+    models = subprocess.run([sys.executable, "-m", "autoprune.cli", "models"], capture_output=True,
+                            text=True, check=True).stdout.split()
+    assert {"resnet20", "resnet56", "vgg16", "mobilenetv1", "mobilenetv2"} <= set(models)
+    agents = subprocess.run([sys.executable, "-m", "autoprune.cli", "agents"], capture_output=True,
+                            text=True, check=True).stdout
+    assert "random" in agents and "uniform" in agents
