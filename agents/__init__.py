@@ -1,9 +1,19 @@
-"""Agents: how to search. One ask/tell contract for every method."""
+"""Agents: how to search. One ask/tell contract for every method.
+
+Importing this package registers every agent; the modules import their heavy libraries
+(optuna, cmaes) only when an agent is used, so listing agents stays fast.
+"""
 
 from __future__ import annotations
 
-from .base import AGENTS, Agent, agent_descriptions, make_agent, register_agent
+from .base import AGENTS, Agent, AgentContext, agent_descriptions, make_agent, register_agent
+from .cma_es import CMAESAgent
+from .evolution import EvolutionAgent, EvolutionConfig
+from .gp import GPAgent
+from .nsga2 import NSGA2Agent
 from .simple import RandomAgent, UniformAgent
+from .tpe import TPEAgent
 
-__all__ = ["AGENTS", "Agent", "RandomAgent", "UniformAgent", "agent_descriptions", "make_agent",
-           "register_agent"]
+__all__ = ["AGENTS", "Agent", "AgentContext", "CMAESAgent", "EvolutionAgent", "EvolutionConfig",
+           "GPAgent", "NSGA2Agent", "RandomAgent", "TPEAgent", "UniformAgent",
+           "agent_descriptions", "make_agent", "register_agent"]

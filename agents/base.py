@@ -9,12 +9,50 @@ compared under the same loop, budgets and evaluations.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["AGENTS", "Agent", "agent_descriptions", "make_agent", "register_agent"]
+__all__ = ["AGENTS", "Agent", "AgentContext", "agent_descriptions", "make_agent",
+           "register_agent"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentContext:
+    """What the search loop may tell an agent about the units of its space: plain numbers, no
+    torch. Heuristic agents (global magnitude, LAMP, ERK) allocate from it; others ignore it.
+
+    ``choices``: per unit, the channel counts it may keep (ascending, the last is all of them);
+    coordinate ``x[i]`` decodes to ``choices[i][round(x[i] * (len(choices[i]) - 1))]``.
+    ``scores``: per unit, one importance per channel: the L2 magnitude of the channel's whole
+    coupled group (Torch-Pruning's ``GroupMagnitudeImportance``, un-normalised), the scores by
+    which pruning keeps channels; empty when not computed.
+    ``layers``: per unit, ``(in_channels, out_channels, kernel_h, kernel_w)`` of every conv or
+    linear layer whose output channels the unit owns (linear layers have a 1x1 kernel).
+    """
+
+    choices: tuple[tuple[int, ...], ...]
+    scores: tuple[tuple[float, ...], ...] = ()
+    layers: tuple[tuple[tuple[int, int, int, int], ...], ...] = ()
+
+    @property
+    def dim(self) -> int:
+        return len(self.choices)
+
+    def point_for_fractions(self, keep: Sequence[float]) -> np.ndarray:
+        """The point whose units keep the allowed channel count nearest to ``keep[i]`` of their
+        channels (fractions below a unit's lowest choice give its lowest choice)."""
+        keep = np.asarray(keep, dtype=float)
+        if keep.shape != (self.dim,):
+            raise ValueError(f"expected {self.dim} fractions, got shape {keep.shape}")
+        x = np.empty(self.dim)
+        for i, (choices, k) in enumerate(zip(self.choices, keep)):
+            c = np.asarray(choices, dtype=float)
+            j = int(np.argmin(np.abs(c - k * c[-1])))
+            x[i] = j / (len(c) - 1) if len(c) > 1 else 1.0
+        return x
 
 
 class Agent(ABC):
@@ -26,12 +64,37 @@ class Agent(ABC):
     """
 
     name: str = "abstract"
+    #: The ``AgentContext`` fields (``scores``, ``layers``) the agent cannot work without; the
+    #: search loop computes them (only when asked for) and calls ``set_context`` before ``ask``.
+    context_needs: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, dim: int, *, seed: int = 0) -> None:
         if dim < 1:
             raise ValueError(f"an agent needs at least one dimension, got {dim}")
         self.dim = dim
         self.seed = seed
+        self.context: AgentContext | None = None
+
+    def set_context(self, context: AgentContext) -> None:
+        """Facts about the units (see ``AgentContext``); not part of the saved state, so the
+        search loop sets it again on resume, before ``load_state_dict``."""
+        if context.dim != self.dim:
+            raise ValueError(f"the context describes {context.dim} units; this agent searches "
+                             f"{self.dim}")
+        for need in sorted(self.context_needs):
+            value = getattr(context, need)
+            if len(value) != self.dim:
+                raise ValueError(f"agent {self.name!r} needs the context's {need!r} for every "
+                                 f"unit, got {len(value)} of {self.dim}")
+        self.context = context
+
+    def _require_context(self) -> AgentContext:
+        if self.context is None:
+            raise RuntimeError(
+                f"agent {self.name!r} allocates from facts about the model "
+                f"({', '.join(sorted(self.context_needs))}); call set_context(...) first "
+                "(autoprune's search loop and API do this for you)")
+        return self.context
 
     @abstractmethod
     def ask(self, n: int) -> list[np.ndarray]:
