@@ -8,12 +8,17 @@ from __future__ import annotations
 
 from .base import AGENTS, Agent, AgentContext, agent_descriptions, make_agent, register_agent
 from .cma_es import CMAESAgent
+from .erk import ERKAgent
 from .evolution import EvolutionAgent, EvolutionConfig
+from .global_magnitude import GlobalMagnitudeAgent
 from .gp import GPAgent
+from .lamp import LAMPAgent
 from .nsga2 import NSGA2Agent
+from .sensitivity import SensitivityAgent
 from .simple import RandomAgent, UniformAgent
 from .tpe import TPEAgent
 
-__all__ = ["AGENTS", "Agent", "AgentContext", "CMAESAgent", "EvolutionAgent", "EvolutionConfig",
-           "GPAgent", "NSGA2Agent", "RandomAgent", "TPEAgent", "UniformAgent",
-           "agent_descriptions", "make_agent", "register_agent"]
+__all__ = ["AGENTS", "Agent", "AgentContext", "CMAESAgent", "ERKAgent", "EvolutionAgent",
+           "EvolutionConfig", "GPAgent", "GlobalMagnitudeAgent", "LAMPAgent", "NSGA2Agent",
+           "RandomAgent", "SensitivityAgent", "TPEAgent", "UniformAgent", "agent_descriptions",
+           "make_agent", "register_agent"]

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from autoprune.agents import Agent
+from autoprune.context import agent_context
 from autoprune.executors import Executor, LocalExecutor
 from autoprune.problem import PruningProblem
 from autoprune.study import StudyStore, TrialRecord
@@ -74,6 +75,8 @@ def run_search(problem: PruningProblem, *, model: nn.Module, evaluate: Evaluate,
     executor = executor or LocalExecutor()
     space = problem.space
     work = PruneAndEvaluate(problem, model, evaluate)
+    if agent.context_needs:  # heuristics allocate from facts about the units, set before resume
+        agent.set_context(agent_context(space, model, needs=agent.context_needs))
     records = store.records()
     state = store.get_meta("agent_state")
     if state is not None:
