@@ -60,20 +60,31 @@ class Agent(ABC):
 
     ``tell`` receives the point that was *actually* evaluated (after the search loop repaired
     it to meet the budget) and a result with at least ``objective`` (higher is better; NaN for a
-    failed trial) plus the trial's costs and metrics.
+    failed trial) plus the trial's costs and metrics. An agent searching ``objectives > 1``
+    objectives (a Pareto front) also finds ``objective.1``, ``objective.2``, ... (all higher is
+    better); only agents with ``multi_objective`` accept that.
     """
 
     name: str = "abstract"
     #: The ``AgentContext`` fields (``scores``, ``layers``) the agent cannot work without; the
     #: search loop computes them (only when asked for) and calls ``set_context`` before ``ask``.
     context_needs: ClassVar[frozenset[str]] = frozenset()
+    #: Whether the agent can search several objectives at once (``make_agent(objectives=2)``).
+    multi_objective: ClassVar[bool] = False
 
     def __init__(self, dim: int, *, seed: int = 0) -> None:
         if dim < 1:
             raise ValueError(f"an agent needs at least one dimension, got {dim}")
         self.dim = dim
         self.seed = seed
+        self.objectives = 1
         self.context: AgentContext | None = None
+
+    def objective_values(self, result: Mapping[str, float]) -> list[float]:
+        """The ``objectives`` values of a result, first ``objective`` then ``objective.1``, ...
+        (NaN where missing)."""
+        keys = ["objective"] + [f"objective.{k}" for k in range(1, self.objectives)]
+        return [float(result.get(k, float("nan"))) for k in keys]
 
     def set_context(self, context: AgentContext) -> None:
         """Facts about the units (see ``AgentContext``); not part of the saved state, so the
@@ -128,13 +139,22 @@ def register_agent(name: str) -> Callable[[type[Agent]], type[Agent]]:
     return deco
 
 
-def make_agent(name: str, dim: int, *, seed: int = 0) -> Agent:
+def make_agent(name: str, dim: int, *, seed: int = 0, objectives: int = 1) -> Agent:
+    """A registered agent searching ``dim`` coordinates for ``objectives`` objectives."""
     try:
         cls = AGENTS[name]
     except KeyError:
         raise ValueError(f"unknown agent {name!r}; available: {', '.join(sorted(AGENTS))} "
                          "(autoprune agents lists them)") from None
-    return cls(dim, seed=seed)
+    if objectives < 1:
+        raise ValueError(f"objectives must be at least 1, got {objectives}")
+    if objectives > 1 and not cls.multi_objective:
+        able = ", ".join(sorted(n for n, c in AGENTS.items() if c.multi_objective))
+        raise ValueError(f"agent {name!r} optimises one objective; a Pareto search needs one "
+                         f"that handles several: {able}")
+    agent = cls(dim, seed=seed)
+    agent.objectives = objectives
+    return agent
 
 
 def agent_descriptions() -> dict[str, str]:

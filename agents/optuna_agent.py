@@ -12,6 +12,8 @@ plain JSON (points, values, and the few integer attributes a sampler keeps on it
   far below a trial's prune-and-evaluate time, and well below a GP fit.
 
 One distribution per coordinate: ``FloatDistribution(0, 1)`` named ``x0``, ``x1``, ...
+With ``objectives > 1`` the study maximises every objective (TPE becomes MOTPE, GP uses
+expected hypervolume improvement, NSGA-II ranks by non-domination and crowding distance).
 
 The search loop repairs every point to its budget before evaluating it, so the value belongs
 to the *repaired* point ``r = repair(x)``. Since repair maps a whole ray of points to one
@@ -59,6 +61,7 @@ class OptunaAgent(Agent):
     """Base for agents driven by an optuna sampler (subclasses say which, and how to seed it)."""
 
     learn_from: ClassVar[str] = "both"
+    multi_objective: ClassVar[bool] = True
     #: System attributes of an asked trial that the sampler needs on the recorded trial
     #: (NSGA-II's generation number); values must be JSON numbers or strings.
     carried_attrs: ClassVar[tuple[str, ...]] = ()
@@ -97,8 +100,9 @@ class OptunaAgent(Agent):
 
     def tell(self, point: np.ndarray, result: Mapping[str, float]) -> None:
         told = np.clip(np.asarray(point, dtype=float), 0.0, 1.0)
-        value = float(result.get("objective", math.nan))
-        value = value if math.isfinite(value) else None  # a failed trial: optuna's FAIL state
+        values = self.objective_values(result)
+        # A failed trial (any value missing) is optuna's FAIL state, which samplers skip.
+        value = values if all(math.isfinite(v) for v in values) else None
         # The loop tells results in the order it asked for them; a point nobody asked for (a
         # trial replayed from a study without saved agent state) is learnt as it is.
         asked, attrs = self._pending.pop(0) if self._pending else (told, {})
@@ -114,10 +118,12 @@ class OptunaAgent(Agent):
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         # Points asked but not yet told are not saved: a resumed search asks again.
-        return {"seed": self.seed, "asked": self._asked, "history": self._history}
+        return {"seed": self.seed, "objectives": self.objectives, "asked": self._asked,
+                "history": self._history}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.seed = int(state["seed"])
+        self.objectives = int(state.get("objectives", 1))
         self._asked = int(state["asked"])
         self._history, self._frozen, self._pending = [], [], []
         for h in state["history"]:
@@ -129,7 +135,7 @@ class OptunaAgent(Agent):
 
         return {k: FloatDistribution(0.0, 1.0) for k in self._names}
 
-    def _record(self, x: np.ndarray, value: float | None, attrs: dict[str, Any]) -> None:
+    def _record(self, x: np.ndarray, value: list[float] | None, attrs: dict[str, Any]) -> None:
         import optuna
 
         entry = {"x": [float(v) for v in x], "value": value, "attrs": attrs}
@@ -137,7 +143,7 @@ class OptunaAgent(Agent):
         state = optuna.trial.TrialState.COMPLETE if value is not None \
             else optuna.trial.TrialState.FAIL
         self._frozen.append(optuna.trial.create_trial(
-            state=state, value=value, params=dict(zip(self._names, entry["x"])),
+            state=state, values=value, params=dict(zip(self._names, entry["x"])),
             distributions=self._distributions(), system_attrs=dict(attrs)))
 
     def _round_seed(self) -> int:
@@ -149,7 +155,7 @@ class OptunaAgent(Agent):
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.create_study(direction="maximize",
+        study = optuna.create_study(directions=["maximize"] * self.objectives,
                                     sampler=self.make_sampler(self._round_seed()))
         if self._frozen:
             study.add_trials(self._frozen)
