@@ -260,7 +260,8 @@ def search(settings: SearchSettings, *, console: Console | None = None) -> dict[
         f"MACs, {100 * alloc.costs['params'] / problem.dense_costs['params']:.1f}% params; "
         f"validation accuracy {val['accuracy']:.4f}, test accuracy {test['accuracy']:.4f} "
         f"(dense {dense_val['test']['accuracy']:.4f}), after adaptive BN, no fine-tune.\n"
-        f"run folder: {run_dir}  (study.db, best.json, pruned.pt, pareto.png, summary.json)")
+        f"run folder: {run_dir}  (study.db, best.json, pruned.pt, pareto.png, summary.json"
+        + (", front.json)" if pareto else ")"))
     return summary
 
 

@@ -101,10 +101,10 @@ def pick(
     No new search: the run's trials are filtered by the new budgets, the best is pruned,
     scored (validation and test) and written as pick-<target>.json / .pt in the run folder.
     """
-    from autoprune.api import pick as run
+    from autoprune.api import pick as pick_from_run
 
     try:
-        summary = run(run_dir=run, target=tuple(target), cache_dir=cache_dir, console=err)
+        summary = pick_from_run(run, tuple(target), cache_dir=cache_dir, console=err)
     except _user_errors() as e:
         _fail(str(e))
     if as_json:

@@ -96,6 +96,15 @@ def test_pareto_search_writes_the_front_and_pick_chooses_from_it(tmp_path: Path)
     assert picked["budgets_met"]
     model = autoprune.load_pruned(run_dir, choice=picked["choice"])
     assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    # The command line makes the same call.
+    from typer.testing import CliRunner
+
+    from autoprune.cli import app
+
+    out = CliRunner().invoke(app, ["pick", "--run", str(run_dir), "--target", target,
+                                   "--cache-dir", str(tmp_path / "cache"), "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout[out.stdout.index("{"):])["trial"] == picked["trial"]
     with pytest.raises(autoprune.TargetError, match="cannot be met"):
         autoprune.pick(run_dir, "flops=0.1%", cache_dir=tmp_path / "cache")
     cheapest = 100 * min(p["cost_fraction"] for p in front["points"])
