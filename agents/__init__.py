@@ -1,9 +1,24 @@
-"""Agents: how to search. One ask/tell contract for every method."""
+"""Agents: how to search. One ask/tell contract for every method.
+
+Importing this package registers every agent; the modules import their heavy libraries
+(optuna, cmaes) only when an agent is used, so listing agents stays fast.
+"""
 
 from __future__ import annotations
 
-from .base import AGENTS, Agent, agent_descriptions, make_agent, register_agent
+from .base import AGENTS, Agent, AgentContext, agent_descriptions, make_agent, register_agent
+from .cma_es import CMAESAgent
+from .erk import ERKAgent
+from .evolution import EvolutionAgent, EvolutionConfig
+from .global_magnitude import GlobalMagnitudeAgent
+from .gp import GPAgent
+from .lamp import LAMPAgent
+from .nsga2 import NSGA2Agent
+from .sensitivity import SensitivityAgent
 from .simple import RandomAgent, UniformAgent
+from .tpe import TPEAgent
 
-__all__ = ["AGENTS", "Agent", "RandomAgent", "UniformAgent", "agent_descriptions", "make_agent",
-           "register_agent"]
+__all__ = ["AGENTS", "Agent", "AgentContext", "CMAESAgent", "ERKAgent", "EvolutionAgent",
+           "EvolutionConfig", "GPAgent", "GlobalMagnitudeAgent", "LAMPAgent", "NSGA2Agent",
+           "RandomAgent", "SensitivityAgent", "TPEAgent", "UniformAgent", "agent_descriptions",
+           "make_agent", "register_agent"]

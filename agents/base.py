@@ -9,12 +9,50 @@ compared under the same loop, budgets and evaluations.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["AGENTS", "Agent", "agent_descriptions", "make_agent", "register_agent"]
+__all__ = ["AGENTS", "Agent", "AgentContext", "agent_descriptions", "make_agent",
+           "register_agent"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentContext:
+    """What the search loop may tell an agent about the units of its space: plain numbers, no
+    torch. Heuristic agents (global magnitude, LAMP, ERK) allocate from it; others ignore it.
+
+    ``choices``: per unit, the channel counts it may keep (ascending, the last is all of them);
+    coordinate ``x[i]`` decodes to ``choices[i][round(x[i] * (len(choices[i]) - 1))]``.
+    ``scores``: per unit, one importance per channel: the L2 magnitude of the channel's whole
+    coupled group (Torch-Pruning's ``GroupMagnitudeImportance``, un-normalised), the scores by
+    which pruning keeps channels; empty when not computed.
+    ``layers``: per unit, ``(in_channels, out_channels, kernel_h, kernel_w)`` of every conv or
+    linear layer whose output channels the unit owns (linear layers have a 1x1 kernel).
+    """
+
+    choices: tuple[tuple[int, ...], ...]
+    scores: tuple[tuple[float, ...], ...] = ()
+    layers: tuple[tuple[tuple[int, int, int, int], ...], ...] = ()
+
+    @property
+    def dim(self) -> int:
+        return len(self.choices)
+
+    def point_for_fractions(self, keep: Sequence[float]) -> np.ndarray:
+        """The point whose units keep the allowed channel count nearest to ``keep[i]`` of their
+        channels (fractions below a unit's lowest choice give its lowest choice)."""
+        keep = np.asarray(keep, dtype=float)
+        if keep.shape != (self.dim,):
+            raise ValueError(f"expected {self.dim} fractions, got shape {keep.shape}")
+        x = np.empty(self.dim)
+        for i, (choices, k) in enumerate(zip(self.choices, keep)):
+            c = np.asarray(choices, dtype=float)
+            j = int(np.argmin(np.abs(c - k * c[-1])))
+            x[i] = j / (len(c) - 1) if len(c) > 1 else 1.0
+        return x
 
 
 class Agent(ABC):
@@ -22,16 +60,52 @@ class Agent(ABC):
 
     ``tell`` receives the point that was *actually* evaluated (after the search loop repaired
     it to meet the budget) and a result with at least ``objective`` (higher is better; NaN for a
-    failed trial) plus the trial's costs and metrics.
+    failed trial) plus the trial's costs and metrics. An agent searching ``objectives > 1``
+    objectives (a Pareto front) also finds ``objective.1``, ``objective.2``, ... (all higher is
+    better); only agents with ``multi_objective`` accept that.
     """
 
     name: str = "abstract"
+    #: The ``AgentContext`` fields (``scores``, ``layers``) the agent cannot work without; the
+    #: search loop computes them (only when asked for) and calls ``set_context`` before ``ask``.
+    context_needs: ClassVar[frozenset[str]] = frozenset()
+    #: Whether the agent can search several objectives at once (``make_agent(objectives=2)``).
+    multi_objective: ClassVar[bool] = False
 
     def __init__(self, dim: int, *, seed: int = 0) -> None:
         if dim < 1:
             raise ValueError(f"an agent needs at least one dimension, got {dim}")
         self.dim = dim
         self.seed = seed
+        self.objectives = 1
+        self.context: AgentContext | None = None
+
+    def objective_values(self, result: Mapping[str, float]) -> list[float]:
+        """The ``objectives`` values of a result, first ``objective`` then ``objective.1``, ...
+        (NaN where missing)."""
+        keys = ["objective"] + [f"objective.{k}" for k in range(1, self.objectives)]
+        return [float(result.get(k, float("nan"))) for k in keys]
+
+    def set_context(self, context: AgentContext) -> None:
+        """Facts about the units (see ``AgentContext``); not part of the saved state, so the
+        search loop sets it again on resume, before ``load_state_dict``."""
+        if context.dim != self.dim:
+            raise ValueError(f"the context describes {context.dim} units; this agent searches "
+                             f"{self.dim}")
+        for need in sorted(self.context_needs):
+            value = getattr(context, need)
+            if len(value) != self.dim:
+                raise ValueError(f"agent {self.name!r} needs the context's {need!r} for every "
+                                 f"unit, got {len(value)} of {self.dim}")
+        self.context = context
+
+    def _require_context(self) -> AgentContext:
+        if self.context is None:
+            raise RuntimeError(
+                f"agent {self.name!r} allocates from facts about the model "
+                f"({', '.join(sorted(self.context_needs))}); call set_context(...) first "
+                "(autoprune's search loop and API do this for you)")
+        return self.context
 
     @abstractmethod
     def ask(self, n: int) -> list[np.ndarray]:
@@ -65,13 +139,22 @@ def register_agent(name: str) -> Callable[[type[Agent]], type[Agent]]:
     return deco
 
 
-def make_agent(name: str, dim: int, *, seed: int = 0) -> Agent:
+def make_agent(name: str, dim: int, *, seed: int = 0, objectives: int = 1) -> Agent:
+    """A registered agent searching ``dim`` coordinates for ``objectives`` objectives."""
     try:
         cls = AGENTS[name]
     except KeyError:
         raise ValueError(f"unknown agent {name!r}; available: {', '.join(sorted(AGENTS))} "
                          "(autoprune agents lists them)") from None
-    return cls(dim, seed=seed)
+    if objectives < 1:
+        raise ValueError(f"objectives must be at least 1, got {objectives}")
+    if objectives > 1 and not cls.multi_objective:
+        able = ", ".join(sorted(n for n, c in AGENTS.items() if c.multi_objective))
+        raise ValueError(f"agent {name!r} optimises one objective; a Pareto search needs one "
+                         f"that handles several: {able}")
+    agent = cls(dim, seed=seed)
+    agent.objectives = objectives
+    return agent
 
 
 def agent_descriptions() -> dict[str, str]:

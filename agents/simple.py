@@ -38,6 +38,8 @@ class UniformAgent(Agent):
 class RandomAgent(Agent):
     """Independent uniform samples of every unit's ratio (EagleEye's candidate generator)."""
 
+    multi_objective = True  # it ignores results, so any number of objectives will do
+
     def __init__(self, dim: int, *, seed: int = 0) -> None:
         super().__init__(dim, seed=seed)
         self.rng = np.random.default_rng(seed)

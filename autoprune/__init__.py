@@ -15,6 +15,7 @@ _EXPORTS = {
     "allocate": "autoprune.api",
     "search": "autoprune.api",
     "load_pruned": "autoprune.api",
+    "pick": "autoprune.api",
     "Allocation": "autoprune.api",
     "SearchSettings": "autoprune.api",
     "SearchError": "autoprune.api",

@@ -16,22 +16,27 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from autoprune.agents import AGENTS, make_agent
+from autoprune.agents import make_agent
 from autoprune.data import load_data
 from autoprune.evaluate import ClassificationEvaluator
 from autoprune.executors import make_executor
 from autoprune.models import build_model_from_spec
+from autoprune.pareto import ParetoRange, front_summary
 from autoprune.problem import PruningProblem
-from autoprune.report import pareto_plot, trials_table, units_table
+from autoprune.report import front_table, pareto_plot, trials_table, units_table
 from autoprune.search import best_record, run_search
 from autoprune.search_spaces import ChannelSpace
 from autoprune.study import StudyStore, TrialRecord
 from autoprune.targets import Budget, parse_targets
 from autoprune.train import load_or_train_baseline
 
-__all__ = ["Allocation", "SearchError", "SearchSettings", "allocate", "load_pruned", "search"]
+__all__ = ["OBJECTIVES", "Allocation", "SearchError", "SearchSettings", "allocate", "load_pruned",
+           "pick", "search"]
 
 RUN_FORMAT = 1
+#: ``accuracy``: the best network within the budgets. ``pareto``: the front of accuracy against
+#: the first budget's cost, from the thinnest network up to that budget (``autoprune.pareto``).
+OBJECTIVES = ("accuracy", "pareto")
 
 
 class SearchError(RuntimeError):
@@ -115,6 +120,7 @@ class SearchSettings:
     width_mult: float = 1.0
     targets: tuple[str, ...] = ("flops=50%",)
     agent: str = "random"
+    objective: str = "accuracy"
     seed: int = 0
     round_to: int = 8
     min_ratio: float = 0.2
@@ -129,12 +135,15 @@ class SearchSettings:
     def identity(self) -> dict[str, Any]:
         keys = ("model", "data", "image_size", "width_mult", "targets", "agent", "seed",
                 "round_to", "min_ratio", "calib_batches", "finetune_steps")
+        if self.objective != "accuracy":  # so run folders made before Pareto searches resume
+            keys += ("objective",)
         d = asdict(self)
         return {k: list(d[k]) if isinstance(d[k], tuple) else d[k] for k in keys}
 
     def default_run_dir(self) -> Path:
         slug = re.sub(r"[^A-Za-z0-9.]+", "-", "_".join(self.targets)).strip("-")
-        return Path("runs") / f"{self.model}-{self.data}-{slug}-{self.agent}-s{self.seed}"
+        kind = "" if self.objective == "accuracy" else f"-{self.objective}"
+        return Path("runs") / f"{self.model}-{self.data}-{slug}-{self.agent}{kind}-s{self.seed}"
 
 
 def _write_json(path: Path, payload: Any) -> None:
@@ -147,10 +156,12 @@ def search(settings: SearchSettings, *, console: Console | None = None) -> dict[
     """Run (or resume) a whole search on a zoo model and an embedded dataset, write the run
     folder, and return its JSON summary."""
     console = console or Console(stderr=True)
+    if settings.objective not in OBJECTIVES:
+        raise SearchError(f"unknown objective {settings.objective!r}; use one of "
+                          f"{', '.join(OBJECTIVES)}")
+    # Unknown agents, or a single-objective agent for a Pareto search, fail before training.
+    make_agent(settings.agent, 1, objectives=2 if settings.objective == "pareto" else 1)
     targets = parse_targets(settings.targets)
-    # Names are checked before the (possibly minutes-long) baseline training.
-    if settings.agent not in AGENTS:
-        make_agent(settings.agent, 1)  # raises the error that lists the agents
     executor = make_executor(settings.executor)
     run_dir = Path(settings.run_dir or settings.default_run_dir())
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -176,11 +187,13 @@ def search(settings: SearchSettings, *, console: Console | None = None) -> dict[
                   f"{dense_val['val']['accuracy']:.4f}; budgets: "
                   + ", ".join(f"{b.text} (<= {b.limit:,.0f} {b.metric})" for b in problem.budgets))
 
-    agent = make_agent(settings.agent, space.dim, seed=settings.seed)
+    pareto = _pareto_range(problem) if settings.objective == "pareto" else None
+    agent = make_agent(settings.agent, space.dim + (1 if pareto else 0), seed=settings.seed,
+                       objectives=2 if pareto else 1)
     try:
         records = run_search(problem, model=model, evaluate=evaluator, agent=agent,
                              trials=settings.trials, store=store, executor=executor,
-                             progress=settings.progress, console=console)
+                             progress=settings.progress, console=console, pareto=pareto)
     finally:
         executor.close()
     alloc = _allocation(problem, records)
@@ -230,6 +243,15 @@ def search(settings: SearchSettings, *, console: Console | None = None) -> dict[
         "files": {"study": str(run_dir / "study.db"), "choice": str(run_dir / "best.json"),
                   "model": str(run_dir / "pruned.pt"), "plot": str(plot)},
     }
+    if pareto is not None:
+        front = front_summary(records, metric=pareto.metric, dense_cost=pareto.dense,
+                              ref_cost=pareto.high)
+        _write_json(run_dir / "front.json", front)
+        summary["front"] = {"metric": pareto.metric, "hypervolume": front["hypervolume"],
+                            "reference": front["reference"], "points": len(front["points"]),
+                            "range": [pareto.low, pareto.high]}
+        summary["files"]["front"] = str(run_dir / "front.json")
+        console.print(front_table(front, dense_objective=dense_val["val"]["accuracy"]))
     _write_json(run_dir / "summary.json", summary)
     console.print(trials_table(records, dense_costs=problem.dense_costs, objective="accuracy"))
     console.print(units_table(alloc.units, title="chosen channels per unit"))
@@ -238,8 +260,18 @@ def search(settings: SearchSettings, *, console: Console | None = None) -> dict[
         f"MACs, {100 * alloc.costs['params'] / problem.dense_costs['params']:.1f}% params; "
         f"validation accuracy {val['accuracy']:.4f}, test accuracy {test['accuracy']:.4f} "
         f"(dense {dense_val['test']['accuracy']:.4f}), after adaptive BN, no fine-tune.\n"
-        f"run folder: {run_dir}  (study.db, best.json, pruned.pt, pareto.png, summary.json)")
+        f"run folder: {run_dir}  (study.db, best.json, pruned.pt, pareto.png, summary.json"
+        + (", front.json)" if pareto else ")"))
     return summary
+
+
+def _pareto_range(problem: PruningProblem) -> ParetoRange:
+    if not problem.budgets:
+        raise SearchError("--objective pareto needs a --target: the front runs from the "
+                          "thinnest network up to the first budget")
+    b = problem.budgets[0]
+    return ParetoRange(metric=b.metric, low=problem.min_costs[b.metric], high=b.limit,
+                       dense=problem.dense_costs[b.metric])
 
 
 def _check_run_folder(run_dir: Path, settings: SearchSettings) -> None:
@@ -261,19 +293,90 @@ def _check_run_folder(run_dir: Path, settings: SearchSettings) -> None:
     _write_json(path, {"format": RUN_FORMAT, "settings": ident})
 
 
-def load_pruned(run_dir: str | Path) -> nn.Module:
-    """The pruned network a run chose, rebuilt and loaded (weights only, never unpickled code)."""
+def load_pruned(run_dir: str | Path, *, choice: str = "best") -> nn.Module:
+    """The pruned network a run chose (``choice="best"``) or that ``autoprune pick`` chose
+    (``choice="pick-flops-30"``, the name of its JSON file), rebuilt and loaded (weights only,
+    never unpickled code)."""
     run_dir = Path(run_dir)
-    path = run_dir / "best.json"
+    path = run_dir / f"{choice}.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: {run_dir} is not a finished autoprune "
                                 "run folder (run autoprune search --run-dir ... first)")
-    choice = json.loads(path.read_text())
+    choice_json = json.loads(path.read_text())
+    weights = run_dir / choice_json.get("weights", "pruned.pt")
+    return _rebuild(choice_json, weights)
+
+
+def _rebuild(choice: Mapping[str, Any], weights: Path) -> nn.Module:
     dense = build_model_from_spec(choice["model_spec"])
     space = ChannelSpace.from_model(dense, torch.zeros(choice["example_input_shape"]),
                                     round_to=choice["round_to"], min_ratio=choice["min_ratio"])
     model = space.apply(dense, choice["config"])
-    state = torch.load(run_dir / "pruned.pt", weights_only=True, map_location="cpu")
+    state = torch.load(weights, weights_only=True, map_location="cpu")
     model.load_state_dict(state)
     return model.eval()
 
+
+
+def pick(run_dir: str | Path, target: str | Sequence[str], *, cache_dir: Path | None = None,
+         console: Console | None = None) -> dict[str, Any]:
+    """Choose from a finished run the best trial that meets ``target`` — typically from a Pareto
+    run's front, for a budget decided after the search — without a new search: prune the dense
+    model to it, score it (adaptive BN, validation and test), and write ``pick-<target>.json``
+    and ``pick-<target>.pt`` into the run folder (``load_pruned(run_dir, choice=...)``)."""
+    console = console or Console(stderr=True)
+    run_dir = Path(run_dir)
+    run_json, db = run_dir / "run.json", run_dir / "study.db"
+    if not run_json.exists() or not db.exists():
+        raise FileNotFoundError(f"{run_dir} is not an autoprune run folder (it needs run.json "
+                                "and study.db; run autoprune search --run-dir ... first)")
+    saved = json.loads(run_json.read_text())["settings"]
+    targets = parse_targets(target)
+    model, data, _ = load_or_train_baseline(
+        saved["model"], saved["data"], image_size=saved["image_size"],
+        width_mult=saved["width_mult"], cache_dir=cache_dir, progress=False)
+    space = ChannelSpace.from_model(model, data.example_inputs(1), round_to=saved["round_to"],
+                                    min_ratio=saved["min_ratio"])
+    problem = PruningProblem(space, targets)
+    records = StudyStore.in_folder(run_dir).records()
+    best = best_record(records, problem)
+    if best is None:
+        finished = [r for r in records if not r.failed]
+        cheapest = ", ".join(
+            f"{b.metric} {min(r.costs[b.metric] for r in finished) / problem.dense_costs[b.metric]:.1%}"
+            for b in problem.budgets) if finished else "no finished trial"
+        raise SearchError(f"no trial of {run_dir} meets {', '.join(t.text for t in targets)} "
+                          f"(cheapest: {cheapest} of dense); pick a looser target or run a "
+                          "search for this budget")
+    evaluator = ClassificationEvaluator(data, calib_batches=saved["calib_batches"],
+                                        finetune_steps=saved["finetune_steps"],
+                                        seed=saved["seed"])
+    pruned = space.apply(model, best.config)
+    val = evaluator(pruned)
+    test = evaluator.test(pruned)
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", "_".join(t.text for t in targets)).strip("-")
+    name = f"pick-{slug}"
+    torch.save(pruned.state_dict(), run_dir / f"{name}.pt")
+    units = _units(space, best.config)
+    choice = {
+        "format": RUN_FORMAT, "model_spec": dict(model.autoprune_spec), "data": saved["data"],
+        "example_input_shape": list(data.example_inputs(1).shape),
+        "round_to": saved["round_to"], "min_ratio": saved["min_ratio"], "trial": best.number,
+        "config": dict(best.config), "units": units, "costs": dict(best.costs),
+        "metrics": {"val_accuracy": val["accuracy"], "val_loss": val["loss"],
+                    "test_accuracy": test["accuracy"], "test_loss": test["loss"]},
+        "budgets": [asdict(b) for b in problem.budgets], "weights": f"{name}.pt",
+    }
+    _write_json(run_dir / f"{name}.json", choice)
+    console.print(
+        f"picked trial {best.number} of {len(records)}: "
+        + ", ".join(f"{b.metric} {best.costs[b.metric] / problem.dense_costs[b.metric]:.1%} of "
+                    f"dense (budget {b.text})" for b in problem.budgets)
+        + f"; validation accuracy {val['accuracy']:.4f}, test accuracy {test['accuracy']:.4f}"
+        f"\nwrote {run_dir / (name + '.json')} and {name}.pt")
+    return {"run_dir": str(run_dir), "choice": name, "trial": best.number,
+            "costs": dict(best.costs), "metrics": choice["metrics"],
+            "budgets_met": problem.feasible(best.costs),
+            "units": {k: int(v) for k, v in best.config.items()},
+            "files": {"choice": str(run_dir / f"{name}.json"),
+                      "model": str(run_dir / f"{name}.pt")}}

@@ -44,6 +44,11 @@ def search(
     model: Annotated[str, typer.Option(help="Zoo model (autoprune models lists them).")] = "resnet20",
     data: Annotated[str, typer.Option(help="Dataset: 'digits' (scikit-learn, embedded).")] = "digits",
     agent: Annotated[str, typer.Option(help="Search agent (autoprune agents lists them).")] = "random",
+    objective: Annotated[str, typer.Option(
+        help="accuracy: the best network within the budgets. pareto: the front of accuracy "
+             "against the first --target's cost, from the thinnest network up to that budget, "
+             "with its hypervolume (front.json); needs an agent that handles several "
+             "objectives (nsga2, tpe, gp, random); autoprune pick then chooses from it.")] = "accuracy",
     trials: Annotated[int, typer.Option(min=1, help="Trials in the study, counting resumed ones.")] = 30,
     seed: Annotated[int, typer.Option(help="Seed of the agent and data order.")] = 0,
     run_dir: Annotated[Path | None, typer.Option(
@@ -70,12 +75,36 @@ def search(
     from autoprune.api import SearchSettings, search as run
 
     settings = SearchSettings(model=model, data=data, image_size=image_size, width_mult=width_mult,
-                              targets=tuple(target), agent=agent, seed=seed, round_to=round_to,
+                              targets=tuple(target), agent=agent, objective=objective,
+                              seed=seed, round_to=round_to,
                               min_ratio=min_ratio, calib_batches=calib_batches,
                               finetune_steps=finetune_steps, trials=trials, executor=executor,
                               run_dir=run_dir, cache_dir=cache_dir, progress=progress)
     try:
         summary = run(settings, console=err)
+    except _user_errors() as e:
+        _fail(str(e))
+    if as_json:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+
+
+@app.command()
+def pick(
+    run: Annotated[Path, typer.Option("--run", help="A finished run folder (autoprune search "
+                                                    "--run-dir).")],
+    target: Annotated[list[str], typer.Option("--target", "-t", metavar="BUDGET", help=TARGET_HELP)],
+    cache_dir: Annotated[Path | None, typer.Option(help="Baseline cache folder.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
+) -> None:
+    """Choose from a finished run (e.g. a Pareto front) the best network meeting --target.
+
+    No new search: the run's trials are filtered by the new budgets, the best is pruned,
+    scored (validation and test) and written as pick-<target>.json / .pt in the run folder.
+    """
+    from autoprune.api import pick as pick_from_run
+
+    try:
+        summary = pick_from_run(run, tuple(target), cache_dir=cache_dir, console=err)
     except _user_errors() as e:
         _fail(str(e))
     if as_json:

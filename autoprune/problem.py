@@ -46,27 +46,32 @@ class PruningProblem:
         table = self.space.layer_table(config)
         return {name: m.estimate(table) for name, m in self.cost_models.items()}
 
-    def feasible(self, costs: Mapping[str, float]) -> bool:
-        return all(b.met_by(costs) for b in self.budgets)
+    def feasible(self, costs: Mapping[str, float], *,
+                 budgets: Sequence[Budget] | None = None) -> bool:
+        return all(b.met_by(costs) for b in (self.budgets if budgets is None else budgets))
 
-    def repair(self, x: Sequence[float], *, grow: bool = True) -> np.ndarray:
+    def repair(self, x: Sequence[float], *, grow: bool = True,
+               budgets: Sequence[Budget] | None = None) -> np.ndarray:
         """The point on the path through ``x`` that keeps the most while meeting every budget.
 
         The path scales every coordinate toward the lower bound (t < 1), through ``x`` (t = 1),
         and, with ``grow``, toward the dense model (t > 1) — the same uniform scaling AMC uses to
         bring an allocation to its budget, applied in both directions so no candidate wastes
         budget. Decoding is monotone and so are the costs, so a bisection on t finds it.
-        The returned point decodes exactly to the repaired configuration.
+        The returned point decodes exactly to the repaired configuration. ``budgets`` replaces
+        the problem's own (a Pareto search moves one limit per candidate); none may be below
+        the thinnest network's cost.
         """
         x = np.clip(np.asarray(x, dtype=float), 0.0, 1.0)
-        if not self.budgets:
+        budgets = self.budgets if budgets is None else list(budgets)
+        if not budgets:
             return self.space.encode(self.space.decode(x))
 
         def at(t: float) -> np.ndarray:
             return x * t if t <= 1.0 else x + (1.0 - x) * (t - 1.0)
 
         def ok(t: float) -> bool:
-            return self.feasible(self.costs(self.space.decode(at(t))))
+            return self.feasible(self.costs(self.space.decode(at(t))), budgets=budgets)
 
         hi_limit = 2.0 if grow else 1.0
         if ok(hi_limit):

@@ -10,7 +10,8 @@ from rich.table import Table
 from autoprune.study import TrialRecord
 from autoprune.targets import Budget
 
-__all__ = ["format_cost", "pareto_front", "pareto_plot", "trials_table", "units_table"]
+__all__ = ["format_cost", "front_table", "pareto_front", "pareto_plot", "trials_table",
+           "units_table"]
 
 
 def format_cost(name: str, value: float) -> str:
@@ -51,6 +52,22 @@ def trials_table(records: Sequence[TrialRecord], *, dense_costs: Mapping[str, fl
     failed = sum(r.failed for r in records)
     if failed:
         table.caption = f"{failed} failed trial(s) recorded in the study with their reasons"
+    return table
+
+
+def front_table(front: Mapping[str, object], *, dense_objective: float | None = None) -> Table:
+    """The Pareto front of ``autoprune.pareto.front_summary``, cheapest first."""
+    metric = front["metric"]
+    table = Table(title=f"Pareto front: validation accuracy against {metric}")
+    for col in ("trial", f"{metric} % dense", "accuracy"):
+        table.add_column(col, justify="right")
+    for p in front["points"]:
+        table.add_row(str(p["trial"]), f"{100 * p['cost_fraction']:.1f}%", f"{p['objective']:.4f}")
+    ref = front["reference"]
+    table.caption = (f"hypervolume {front['hypervolume']:.4f} (fraction of dense {metric} x "
+                     f"accuracy, reference {100 * ref['cost_fraction']:.0f}%, "
+                     f"{ref['objective']:g})"
+                     + (f"; dense accuracy {dense_objective:.4f}" if dense_objective else ""))
     return table
 
 

@@ -16,7 +16,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from autoprune.agents import Agent
+from autoprune.context import agent_context
 from autoprune.executors import Executor, LocalExecutor
+from autoprune.pareto import ParetoRange
 from autoprune.problem import PruningProblem
 from autoprune.study import StudyStore, TrialRecord
 
@@ -63,24 +65,29 @@ def _config_key(config: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
 def run_search(problem: PruningProblem, *, model: nn.Module, evaluate: Evaluate, agent: Agent,
                trials: int, store: StudyStore, executor: Executor | None = None,
                objective: str = "accuracy", batch: int = 1, progress: bool = True,
-               console: Console | None = None) -> list[TrialRecord]:
+               console: Console | None = None,
+               pareto: ParetoRange | None = None) -> list[TrialRecord]:
     """Run until the study holds ``trials`` trials (or the agent has nothing more to propose).
 
     Trials already in ``store`` count: a killed search resumes from its study, with the agent's
     saved state, and repeats no finished trial. Identical configurations are scored once.
+    With ``pareto`` the agent's points have one more coordinate, the budget level of that
+    candidate, and it is told two objectives (see ``autoprune.pareto``).
     """
     if trials < 1:
         raise ValueError(f"trials must be at least 1, got {trials}")
     executor = executor or LocalExecutor()
     space = problem.space
     work = PruneAndEvaluate(problem, model, evaluate)
+    if agent.context_needs:  # heuristics allocate from facts about the units, set before resume
+        agent.set_context(agent_context(space, model, needs=agent.context_needs))
     records = store.records()
     state = store.get_meta("agent_state")
     if state is not None:
         agent.load_state_dict(state)
     else:  # no saved state: let the agent learn from what the study holds
         for r in records:
-            agent.tell(np.asarray(r.point), _result(r))
+            agent.tell(np.asarray(r.point), _result(r, pareto))
     seen = {_config_key(r.config): r for r in records if not r.failed}
     lows = space.ratio_lower_bounds()
     console = console or Console(stderr=True)
@@ -95,8 +102,8 @@ def run_search(problem: PruningProblem, *, model: nn.Module, evaluate: Evaluate,
             points = agent.ask(min(batch, trials - len(records)))
             if not points:
                 break
-            repaired = [problem.repair(p) for p in points]
-            configs = [space.decode(x) for x in repaired]
+            repaired = [_repair(problem, p, pareto) for p in points]
+            configs = [space.decode(x[:space.dim]) for x in repaired]
             fresh = [i for i, c in enumerate(configs) if _config_key(c) not in seen]
             outcomes: dict[int, dict[str, float] | BaseException] = {}
             for j, out in executor.run(work, [configs[i] for i in fresh]):
@@ -111,7 +118,7 @@ def run_search(problem: PruningProblem, *, model: nn.Module, evaluate: Evaluate,
                     rec = TrialRecord(number=len(records), point=tuple(x), config=config,
                                       costs=costs, metrics=prev.metrics, objective=prev.objective,
                                       extra={"duplicate_of": prev.number})
-                agent.tell(x, _result(rec))
+                agent.tell(x, _result(rec, pareto))
                 store.add(rec, params=space.ratios(config), lows=lows)
                 store.set_meta("agent_state", agent.state_dict())
                 records.append(rec)
@@ -140,9 +147,21 @@ def _make_record(number: int, x: np.ndarray, config: Mapping[str, int],
                        metrics=outcome, objective=value)
 
 
-def _result(rec: TrialRecord) -> dict[str, float]:
-    return {"objective": rec.objective, **{f"cost.{k}": v for k, v in rec.costs.items()},
-            **{f"metric.{k}": v for k, v in rec.metrics.items()}}
+def _repair(problem: PruningProblem, point: np.ndarray, pareto: ParetoRange | None
+            ) -> np.ndarray:
+    if pareto is None:
+        return problem.repair(point)
+    level = float(np.clip(point[-1], 0.0, 1.0))
+    x = problem.repair(point[:-1], budgets=pareto.budgets(problem.budgets, level))
+    return np.append(x, level)
+
+
+def _result(rec: TrialRecord, pareto: ParetoRange | None = None) -> dict[str, float]:
+    out = {"objective": rec.objective, **{f"cost.{k}": v for k, v in rec.costs.items()},
+           **{f"metric.{k}": v for k, v in rec.metrics.items()}}
+    if pareto is not None:
+        out["objective.1"] = pareto.cost_objective(rec.costs)
+    return out
 
 
 def _best_text(best: TrialRecord | None, objective: str) -> str:

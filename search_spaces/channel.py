@@ -252,6 +252,36 @@ class ChannelSpace(SearchSpace):
             out[u.name] = c
         return out
 
+    def channel_scores(self, model: nn.Module) -> list[np.ndarray]:
+        """Per unit, one importance per channel: the L2 magnitude of the channel's whole coupled
+        group (``GroupMagnitudeImportance(p=2)`` without normalisation), the scores by which
+        ``apply`` chooses the channels a unit keeps."""
+        work = _traceable_copy(model)
+        graph = _build_graph(work, self.example_inputs)
+        module_of = dict(work.named_modules())
+        importance = tp.importance.GroupMagnitudeImportance(p=2, normalizer=None)
+        scores = []
+        for u in self.units:
+            root = module_of[u.name]
+            prune_fn = graph.get_pruner_of_module(root).prune_out_channels
+            group = graph.get_pruning_group(root, prune_fn, list(range(u.full)))
+            with torch.no_grad():
+                scores.append(importance(group).detach().cpu().double().numpy())
+        return scores
+
+    def unit_layers(self) -> list[list[tuple[int, int, int, int]]]:
+        """Per unit, the weight shape ``(in_channels / groups, out_channels, kernel_h,
+        kernel_w)`` of every conv or linear layer whose output channels it owns (dense sizes;
+        linear layers and 1-D kernels fill the missing sizes with 1)."""
+        out: dict[str, list[tuple[int, int, int, int]]] = {u.name: [] for u in self.units}
+        for r in self._rows:
+            if r.kind not in ("conv", "linear") or r.out_unit not in out:
+                continue
+            kernel = (tuple(r.kernel) + (1, 1))[:2] if r.kind == "conv" else (1, 1)
+            fan_in = 1 if r.depthwise else r.in_full // max(1, r.groups)
+            out[r.out_unit].append((fan_in, r.out_full, int(kernel[0]), int(kernel[1])))
+        return [out[u.name] for u in self.units]
+
     def describe(self) -> list[dict[str, object]]:
         """One row per unit, for tables and JSON."""
         return [{"unit": u.name, "channels": u.full, "min": u.minimum, "choices": len(u.choices),

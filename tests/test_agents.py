@@ -8,9 +8,26 @@ import json
 import numpy as np
 import pytest
 
-from autoprune.agents import AGENTS, agent_descriptions, make_agent
+from autoprune.agents import AGENTS, Agent, AgentContext, agent_descriptions, make_agent
 
 DIM = 6
+
+
+def _context() -> AgentContext:
+    """Facts about DIM made-up units, for agents that allocate from them."""
+    rng = np.random.default_rng(0)
+    full = [16, 32, 32, 64, 64, 128][:DIM]
+    return AgentContext(
+        choices=tuple(tuple(range(8, f, 8)) + (f,) for f in full),
+        scores=tuple(tuple(float(v) for v in rng.random(f) * (i + 1)) for i, f in enumerate(full)),
+        layers=tuple(((max(1, f // 2), f, 3, 3),) for f in full))
+
+
+def _make(name: str, seed: int) -> Agent:
+    agent = make_agent(name, DIM, seed=seed)
+    if agent.context_needs:
+        agent.set_context(_context())
+    return agent
 
 
 def _result(x: np.ndarray) -> dict[str, float]:
@@ -18,7 +35,7 @@ def _result(x: np.ndarray) -> dict[str, float]:
 
 
 def _drive(name: str, seed: int, rounds: int) -> list[np.ndarray]:
-    agent = make_agent(name, DIM, seed=seed)
+    agent = _make(name, seed)
     seen = []
     for _ in range(rounds):
         points = agent.ask(2)
@@ -44,11 +61,11 @@ def test_deterministic_under_a_seed(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(AGENTS))
 def test_state_round_trips_through_json(name: str) -> None:
-    agent = make_agent(name, DIM, seed=1)
+    agent = _make(name, 1)
     for x in agent.ask(3):
         agent.tell(x, _result(x))
     state = json.loads(json.dumps(agent.state_dict()))
-    resumed = make_agent(name, DIM, seed=99)
+    resumed = _make(name, 99)
     resumed.load_state_dict(state)
     expected = agent.ask(3)
     got = resumed.ask(3)
@@ -59,6 +76,12 @@ def test_state_round_trips_through_json(name: str) -> None:
 def test_unknown_agent_lists_the_known_ones() -> None:
     with pytest.raises(ValueError, match="available: .*random"):
         make_agent("nope", DIM)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, c in AGENTS.items() if c.context_needs))
+def test_agents_that_need_context_say_so_without_it(name: str) -> None:
+    with pytest.raises(RuntimeError, match="set_context"):
+        make_agent(name, DIM).ask(1)
 
 
 def test_every_agent_has_a_one_line_description() -> None:
