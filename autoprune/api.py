@@ -24,7 +24,7 @@ from autoprune.models import build_model_from_spec
 from autoprune.pareto import ParetoRange, front_summary
 from autoprune.problem import PruningProblem
 from autoprune.report import front_table, pareto_plot, trials_table, units_table
-from autoprune.search import best_record, run_search
+from autoprune.loop import best_record, run_search
 from autoprune.search_spaces import ChannelSpace
 from autoprune.study import StudyStore, TrialRecord
 from autoprune.targets import Budget, parse_targets

@@ -3,7 +3,7 @@
 Same model (zoo ResNet-20 trained on digits by ``autoprune.train.load_or_train_baseline``), same
 FLOPs budget (50% of the dense MACs), same number of evaluations, same evaluator (adaptive BN
 on the same calibration batches, accuracy on the validation split), a few seeds. Every agent
-runs through the real search loop (``autoprune.search.run_search``: repair to the budget,
+runs through the real search loop (``autoprune.loop.run_search``: repair to the budget,
 de-duplication, tell), so this measures what a user gets.
 
 Columns: best validation accuracy (every candidate meets the budget), the test accuracy of that
@@ -40,7 +40,7 @@ from autoprune.agents import AGENTS, Agent, AgentContext, make_agent
 from autoprune.evaluate import ClassificationEvaluator
 from autoprune.executors import Executor
 from autoprune.problem import PruningProblem
-from autoprune.search import best_record, run_search
+from autoprune.loop import best_record, run_search
 from autoprune.search_spaces import ChannelSpace
 from autoprune.study import StudyStore, TrialRecord
 from autoprune.targets import parse_targets

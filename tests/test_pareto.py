@@ -17,7 +17,7 @@ from autoprune.api import search
 from autoprune.agents import make_agent
 from autoprune.pareto import ParetoRange, hypervolume
 from autoprune.problem import PruningProblem
-from autoprune.search import run_search
+from autoprune.loop import run_search
 from autoprune.search_spaces import ChannelSpace
 from autoprune.study import StudyStore
 from autoprune.targets import parse_targets
@@ -82,7 +82,7 @@ def test_pareto_search_writes_the_front_and_pick_chooses_from_it(tmp_path: Path)
     settings = autoprune.SearchSettings(
         model="resnet20", targets=("flops=60%",), agent="nsga2", objective="pareto", trials=10,
         calib_batches=2, run_dir=run_dir, cache_dir=tmp_path / "cache", progress=False, **tiny)
-    summary = search(settings)  # autoprune.search is also the name of a module
+    summary = search(settings)
     front = json.loads((run_dir / "front.json").read_text())
     assert summary["front"]["hypervolume"] == pytest.approx(front["hypervolume"])
     assert front["hypervolume"] > 0
