@@ -16,6 +16,7 @@ import os
 import tempfile
 import time
 import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,10 @@ from autoprune.data import DataSplits, load_data
 from autoprune.models import build_model
 
 __all__ = [
+    "BASELINE_RECIPES",
+    "BaselineRecipe",
     "DEFAULT_EPOCHS",
-    "FALLBACK_EPOCHS",
+    "FALLBACK_RECIPE",
     "baseline_path",
     "default_cache_dir",
     "evaluate_accuracy",
@@ -37,18 +40,34 @@ __all__ = [
     "train_model",
 ]
 
-# Epochs per zoo model for a digits baseline.  Chosen on a 2-core CPU so each baseline
-# trains in a few minutes at 32x32 while reaching ~98 % test accuracy; see
-# ``load_or_train_baseline`` for the measured numbers behind them.
-DEFAULT_EPOCHS: dict[str, int] = {
-    "resnet20": 15,
-    "resnet56": 8,
-    "vgg11": 8,
-    "vgg16": 6,
-    "mobilenetv1": 10,
-    "mobilenetv2": 8,
+
+@dataclass(frozen=True, kw_only=True)
+class BaselineRecipe:
+    """How one zoo model's digits baseline is trained (arguments of :func:`train_model`)."""
+
+    epochs: int
+    lr: float = 0.05
+    batch_size: int = 64
+
+
+# Chosen on the 2-core CPU so every 32x32 baseline trains in a few minutes.  Measured with
+# these recipes (torch 2.13 CPU, one thread, seed 0; CPU seconds / test accuracy):
+#   resnet20 56 s / 98.1 %   resnet56 174 s / 96.9 %   vgg11 84 s / 98.3 %
+#   vgg16 150 s / 98.6 %     mobilenetv1 84 s / 96.7 %   mobilenetv2 184 s / 97.2 %
+# Short schedules need gentler rates for the deepest nets: VGG at lr 0.05
+# diverges within a few steps on upsampled digits (loss 2.4 -> 20, stuck at chance after
+# 3 epochs) and trains cleanly at 0.01, the original VGG rate (Simonyan & Zisserman 2015);
+# ResNet-56 reached 85.0 % at 0.1, 94.7 % at 0.05 and 96.9 % at 0.02 in 10 epochs.
+BASELINE_RECIPES: dict[str, BaselineRecipe] = {
+    "resnet20": BaselineRecipe(epochs=10),
+    "resnet56": BaselineRecipe(epochs=10, lr=0.02),
+    "vgg11": BaselineRecipe(epochs=4, lr=0.01),
+    "vgg16": BaselineRecipe(epochs=4, lr=0.01),
+    "mobilenetv1": BaselineRecipe(epochs=10),
+    "mobilenetv2": BaselineRecipe(epochs=8),
 }
-FALLBACK_EPOCHS = 10
+FALLBACK_RECIPE = BaselineRecipe(epochs=10)
+DEFAULT_EPOCHS: dict[str, int] = {name: recipe.epochs for name, recipe in BASELINE_RECIPES.items()}
 
 _SIDECAR_VERSION = 1
 _BASELINE_SEED = 0
@@ -251,6 +270,8 @@ def _atomic_write_bytes(path: Path, payload: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates owner-only files; a cache is meant to be readable like any other.
+        os.fchmod(handle, 0o644)
         with os.fdopen(handle, "wb") as tmp:
             tmp.write(payload)
             tmp.flush()
@@ -270,9 +291,20 @@ def _save_weights(model: nn.Module, path: Path) -> str:
 
 
 def _try_load_cached(
-    model: nn.Module, weights: Path, sidecar: Path, *, data_name: str, epochs: int | None
+    model: nn.Module,
+    weights: Path,
+    sidecar: Path,
+    *,
+    data_name: str,
+    recipe: BaselineRecipe,
+    epochs: int | None,
 ) -> dict[str, Any] | None:
-    """Load cached weights into ``model`` if the cache entry is complete and matches."""
+    """Load cached weights into ``model`` if the cache entry is complete and matches.
+
+    The epoch count only has to match when the caller asked for one, so a baseline trained
+    longer on purpose is reused by later searches; a changed learning rate or batch size
+    in the model's default recipe makes older entries stale.
+    """
     if not (weights.is_file() and sidecar.is_file()):
         return None
     try:
@@ -285,6 +317,12 @@ def _try_load_cached(
     if record.get("spec") != model.autoprune_spec or record.get("data", {}).get("name") != data_name:
         return None
     if epochs is not None and record.get("epochs") != epochs:
+        return None
+    cached_recipe = record.get("recipe")
+    if not isinstance(cached_recipe, dict) or (cached_recipe.get("lr"), cached_recipe.get("batch_size")) != (
+        recipe.lr,
+        recipe.batch_size,
+    ):
         return None
     # The hash pairs weights with their sidecar: a half-finished overwrite by a concurrent
     # trainer, or a truncated copy, is retrained rather than trusted.
@@ -314,11 +352,9 @@ def load_or_train_baseline(
 
     Returns ``(model in eval mode, data, record)``; ``record`` is the JSON sidecar (spec,
     data, epochs, metrics, train time) plus ``cached`` (whether it was loaded) and
-    ``weights_path``.  ``epochs=None`` uses :data:`DEFAULT_EPOCHS` and accepts any cached
-    entry; an explicit ``epochs`` only accepts a cache entry trained for that many.
-
-    Measured on a 2-core CPU (torch 2.13, 32x32 digits, default epochs): see the numbers
-    recorded next to :data:`DEFAULT_EPOCHS` in the project notes.
+    ``weights_path``.  Training follows the model's :data:`BASELINE_RECIPES` entry.
+    ``epochs=None`` uses the recipe's epochs and accepts a cached entry of any length;
+    an explicit ``epochs`` only accepts an entry trained for exactly that many.
     """
     data = load_data(data_name, image_size=image_size)
     # A forked RNG makes the initial weights reproducible without reseeding the caller's RNG.
@@ -335,21 +371,31 @@ def load_or_train_baseline(
     weights = baseline_path(spec["name"], data.name, image_size=image_size, width_mult=width_mult, cache_dir=cache_dir)
     sidecar = weights.with_suffix(".json")
 
+    recipe = BASELINE_RECIPES.get(spec["name"], FALLBACK_RECIPE)
     if not retrain:
-        record = _try_load_cached(model, weights, sidecar, data_name=data.name, epochs=epochs)
+        record = _try_load_cached(model, weights, sidecar, data_name=data.name, recipe=recipe, epochs=epochs)
         if record is not None:
             model.eval()
             return model, data, {**record, "cached": True, "weights_path": str(weights)}
 
-    n_epochs = epochs if epochs is not None else DEFAULT_EPOCHS.get(spec["name"], FALLBACK_EPOCHS)
+    n_epochs = epochs if epochs is not None else recipe.epochs
     started = time.perf_counter()
-    metrics = train_model(model, data, epochs=n_epochs, seed=_BASELINE_SEED, progress=progress)
+    metrics = train_model(
+        model,
+        data,
+        epochs=n_epochs,
+        lr=recipe.lr,
+        batch_size=recipe.batch_size,
+        seed=_BASELINE_SEED,
+        progress=progress,
+    )
     seconds = time.perf_counter() - started
     record = {
         "format_version": _SIDECAR_VERSION,
         "spec": spec,
         "data": {"name": data.name, "image_size": data.image_size, "seed": _BASELINE_SEED},
         "epochs": n_epochs,
+        "recipe": {**asdict(recipe), "epochs": n_epochs},
         "metrics": metrics,
         "train_seconds": seconds,
         "torch_version": torch.__version__,
