@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["BACKENDS", "DEVICE_MATCH_KEYS", "LatencyMeasurement", "backend_version",
+__all__ = ["BACKENDS", "DEVICE_MATCH_KEYS", "BackendError", "LatencyMeasurement", "backend_version",
            "cpu_model", "device_fingerprint", "describe_device", "export_onnx",
            "fingerprint_mismatch", "make_runner", "measure_latency", "pinned_threads",
            "time_calls"]
@@ -39,6 +39,10 @@ BACKENDS = ("torch", "onnxruntime")
 # The fields two latencies must share to be comparable. ``logical_cores`` is informational.
 DEVICE_MATCH_KEYS = ("cpu", "machine", "backend", "backend_version", "threads", "batch",
                      "input_shape")
+
+
+class BackendError(RuntimeError):
+    """A latency backend that is not installed, or a model it cannot run."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -198,7 +202,7 @@ def export_onnx(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> b
             torch.onnx.export(model.eval(), example_inputs, buffer, input_names=names,
                               opset_version=17, dynamo=False)
         except Exception as err:  # noqa: BLE001 - one clear message for any exporter failure
-            raise RuntimeError(
+            raise BackendError(
                 f"exporting {type(model).__name__} to ONNX failed ({type(err).__name__}: {err}). "
                 "Fix: use --backend torch, or make the model exportable with torch.onnx.export."
             ) from err
@@ -209,7 +213,7 @@ def _onnxruntime() -> Any:
     try:
         import onnxruntime  # noqa: PLC0415 - heavy optional import, only for this backend
     except ImportError as err:
-        raise RuntimeError("the onnxruntime backend needs the onnx and onnxruntime packages. "
+        raise BackendError("the onnxruntime backend needs the onnx and onnxruntime packages. "
                            "Fix: pip install onnx onnxruntime, or use --backend torch.") from err
     return onnxruntime
 

@@ -352,7 +352,8 @@ class LatencyTable:
         configs = _calibration_configs(space, plan.calibration, rng)
         nets = [space.apply(model, c).eval() for c in configs]  # tracing needs autograd
         ms, net_samples = _measure_all(specs, nets, inputs, threads, backend, plan, rng)
-        entries = [_Entry(op=op, in_grid=ig, out_grid=og, ms=_monotone(m))
+        # Rounded as JSON stores them, so a saved and reloaded table predicts identically.
+        entries = [_Entry(op=op, in_grid=ig, out_grid=og, ms=np.round(_monotone(m), 6))
                    for (_, _, op, ig, og), m in zip(specs, ms)]
         table = cls(device=device, model=_model_info(model, space), space=_space_info(space),
                     entries=entries, layers=layers,
@@ -435,7 +436,9 @@ class LatencyTable:
 
     # ------------------------------------------------------------------ JSON
     def to_json(self) -> dict[str, Any]:
-        return {"format": TABLE_FORMAT, "version": TABLE_VERSION, "created": self.created,
+        """A JSON-ready copy (editing it never changes the table)."""
+        return copy.deepcopy({
+                "format": TABLE_FORMAT, "version": TABLE_VERSION, "created": self.created,
                 "device": self.device, "model": self.model, "space": self.space,
                 "plan": self.plan, "build_seconds": round(self.build_seconds, 3),
                 "correction": self.correction,
@@ -443,7 +446,7 @@ class LatencyTable:
                 "layers": [{"name": lay.name, "entry": lay.entry, "in_unit": lay.in_unit,
                             "out_unit": lay.out_unit, "in_full": lay.in_full,
                             "out_full": lay.out_full, "depthwise": lay.depthwise}
-                           for lay in self.layers.values()]}
+                           for lay in self.layers.values()]})
 
     def save(self, path: str | Path) -> Path:
         """Write the table as JSON (atomically: a killed write leaves the old file)."""
@@ -603,13 +606,27 @@ def _calibration_configs(space: ChannelSpace, n: int, rng: np.random.Generator
 def _correction(table: LatencyTable, space: ChannelSpace, configs: Sequence[Mapping[str, int]],
                 samples: Sequence[np.ndarray]) -> dict[str, Any]:
     """Least-squares ``measured = offset + scale * sum`` on whole networks, with its
-    leave-one-out error."""
+    leave-one-out error.
+
+    A network measured while another process held the CPU can sit far off the line; such a
+    point (relative residual over 3x the median one and over 10%) is set aside, one at a time
+    and at most a quarter of them, and the fit is redone on the rest. Set-aside points stay in
+    the file, marked, and count in the reported error.
+    """
     sums = np.array([table.layers_ms(space.layer_table(c)) for c in configs])
     measured = np.array([np.median(s) for s in samples])
-    offset, scale = _fit(sums, measured)
+    inlier = np.ones(len(configs), dtype=bool)
+    for _ in range(len(configs) // 4):
+        offset, scale = _fit(sums[inlier], measured[inlier])
+        rel = np.abs(offset + scale * sums - measured) / measured
+        worst = int(np.argmax(np.where(inlier, rel, -1.0)))
+        if rel[worst] <= max(0.10, 3 * float(np.median(rel[inlier]))):
+            break
+        inlier[worst] = False
+    offset, scale = _fit(sums[inlier], measured[inlier])
     loo = []
     for i in range(len(configs)):
-        keep = np.arange(len(configs)) != i
+        keep = inlier & (np.arange(len(configs)) != i)
         o, s = _fit(sums[keep], measured[keep])
         loo.append(abs(o + s * sums[i] - measured[i]) / measured[i])
     fitted = offset + scale * sums
@@ -617,10 +634,12 @@ def _correction(table: LatencyTable, space: ChannelSpace, configs: Sequence[Mapp
             "fit_max_abs_rel": round(float(np.max(np.abs(fitted - measured) / measured)), 6),
             "loo_max_abs_rel": round(float(np.max(loo)), 6),
             "loo_median_abs_rel": round(float(np.median(loo)), 6),
+            "outliers": int((~inlier).sum()),
             "points": [{"layers_ms": round(float(s), 6), "measured_ms": round(float(m), 6),
                         "p10_ms": round(float(np.percentile(x, 10)), 6),
-                        "p90_ms": round(float(np.percentile(x, 90)), 6), "config": dict(c)}
-                       for s, m, x, c in zip(sums, measured, samples, configs)]}
+                        "p90_ms": round(float(np.percentile(x, 90)), 6), "config": dict(c),
+                        "outlier": not bool(ok)}
+                       for s, m, x, c, ok in zip(sums, measured, samples, configs, inlier)]}
 
 
 def _fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
