@@ -26,6 +26,9 @@ TARGET_HELP = (
 BATCH_HELP = "Batch size a latency is for."
 THREADS_HELP = "CPU threads a latency is for (torch.set_num_threads / intra_op_num_threads)."
 BACKEND_HELP = "Runtime a latency is for: torch (eager) or onnxruntime."
+CLOCK_HELP = ("How calls are timed: cpu (the calling thread's CPU time; unaffected by other "
+              "processes taking turns on the core), wall (elapsed time), or auto (cpu with "
+              "--threads 1, else wall).")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Search how much to prune in each layer of a network to meet a budget.")
@@ -47,7 +50,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 @app.command()
 def search(
     target: Annotated[list[str], typer.Option("--target", "-t", metavar="BUDGET", help=TARGET_HELP)] = ["flops=50%"],  # noqa: B006
-    model: Annotated[str, typer.Option(help="Zoo model (autoprune models lists them).")] = "resnet20",
+    model: Annotated[str, typer.Option(help="Zoo model (autoprune models lists them).")] = "vgg11",
     data: Annotated[str, typer.Option(help="Dataset: 'digits' (scikit-learn, embedded).")] = "digits",
     agent: Annotated[str, typer.Option(help="Search agent (autoprune agents lists them).")] = "random",
     trials: Annotated[int, typer.Option(min=1, help="Trials in the study, counting resumed ones.")] = 30,
@@ -72,6 +75,7 @@ def search(
     batch: Annotated[int, typer.Option(min=1, help=BATCH_HELP)] = 1,
     threads: Annotated[int, typer.Option(min=1, help=THREADS_HELP)] = 1,
     backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "torch",
+    clock: Annotated[str, typer.Option(help=CLOCK_HELP)] = "auto",
 ) -> None:
     """Search per-unit channel counts that meet every --target at the best validation accuracy.
 
@@ -87,7 +91,8 @@ def search(
                               min_ratio=min_ratio, calib_batches=calib_batches,
                               finetune_steps=finetune_steps, trials=trials, executor=executor,
                               run_dir=run_dir, cache_dir=cache_dir, progress=progress, lut=lut,
-                              batch=batch, threads=threads, backend=backend)
+                              batch=batch, threads=threads, backend=backend,
+                              clock=None if clock == "auto" else clock)
     try:
         summary = run(settings, console=err)
     except _user_errors() as e:
@@ -100,7 +105,7 @@ def search(
 
 @app.command()
 def train(
-    model: Annotated[str, typer.Option(help="Zoo model (autoprune models lists them).")] = "resnet20",
+    model: Annotated[str, typer.Option(help="Zoo model (autoprune models lists them).")] = "vgg11",
     data: Annotated[str, typer.Option(help="Dataset: 'digits'.")] = "digits",
     image_size: Annotated[int, typer.Option(min=8, help="Input resolution.")] = 32,
     width_mult: Annotated[float, typer.Option(min=0.05, help="Width multiplier.")] = 1.0,
@@ -129,11 +134,12 @@ def train(
 
 @app.command()
 def profile(
-    model: Annotated[str, typer.Option(help="Zoo model (autoprune models lists them).")] = "vgg16",
+    model: Annotated[str, typer.Option(help="Zoo model (autoprune models lists them).")] = "vgg11",
     data: Annotated[str, typer.Option(help="Dataset (gives the input shape): 'digits'.")] = "digits",
     batch: Annotated[int, typer.Option(min=1, help=BATCH_HELP)] = 1,
     threads: Annotated[int, typer.Option(min=1, help=THREADS_HELP)] = 1,
     backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "torch",
+    clock: Annotated[str, typer.Option(help=CLOCK_HELP)] = "auto",
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the table (JSON).")] = Path("lut.json"),
     image_size: Annotated[int, typer.Option(min=8, help="Input resolution.")] = 32,
     width_mult: Annotated[float, typer.Option(min=0.05, help="Width multiplier.")] = 1.0,
@@ -153,7 +159,8 @@ def profile(
     try:
         settings = ProfileSettings(model=model, data=data, image_size=image_size,
                                    width_mult=width_mult, batch=batch, threads=threads,
-                                   backend=backend, round_to=round_to, min_ratio=min_ratio,
+                                   backend=backend, clock=None if clock == "auto" else clock,
+                                   round_to=round_to, min_ratio=min_ratio,
                                    output=output, plan=ProfilePlan(grid=grid))
         summary = run(settings, console=err)
     except _user_errors() as e:
@@ -171,13 +178,14 @@ def profile(
 
 @app.command()
 def latency(
-    model: Annotated[str, typer.Option(help="Zoo model (autoprune models lists them).")] = "vgg16",
+    model: Annotated[str, typer.Option(help="Zoo model (autoprune models lists them).")] = "vgg11",
     config: Annotated[Path | None, typer.Option(
         help="A run's best.json (or run folder): measure its pruned network instead of the dense one.")] = None,
     data: Annotated[str, typer.Option(help="Dataset (gives the input shape): 'digits'.")] = "digits",
     batch: Annotated[int, typer.Option(min=1, help=BATCH_HELP)] = 1,
     threads: Annotated[int, typer.Option(min=1, help=THREADS_HELP)] = 1,
     backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "torch",
+    clock: Annotated[str, typer.Option(help=CLOCK_HELP)] = "auto",
     image_size: Annotated[int, typer.Option(min=8, help="Input resolution.")] = 32,
     width_mult: Annotated[float, typer.Option(min=0.05, help="Width multiplier.")] = 1.0,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed calls first.")] = 10,
@@ -191,7 +199,8 @@ def latency(
 
     settings = LatencySettings(model=model, data=data, image_size=image_size,
                                width_mult=width_mult, config=config, batch=batch, threads=threads,
-                               backend=backend, warmup=warmup, repeats=repeats, lut=lut)
+                               backend=backend, clock=None if clock == "auto" else clock,
+                               warmup=warmup, repeats=repeats, lut=lut)
     try:
         result = run(settings)
     except _user_errors() as e:
@@ -203,9 +212,11 @@ def latency(
     net = result["network"]
     what = net["config"] if net["config"] == "dense" else f"configuration {net['config']}"
     pred = f"; table predicts {result['predicted_ms']:.2f} ms" if "predicted_ms" in result else ""
+    wall = (f"; wall-clock median {result['wall_median_ms']:.2f} ms"
+            if result["device"]["clock"] != "wall" else "")
     typer.echo(f"{net['model']} ({what}): median {result['median_ms']:.2f} ms (p10 "
                f"{result['p10_ms']:.2f}, p90 {result['p90_ms']:.2f}) on "
-               f"{describe_device(result['device'])}{pred}")
+               f"{describe_device(result['device'])}{wall}{pred}")
 
 
 @app.command("models")

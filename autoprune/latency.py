@@ -7,6 +7,17 @@ up (first calls pay for kernel selection and allocator growth), time many single
 report the median with the 10th and 90th percentiles; the garbage collector is paused while
 timing, as ``timeit`` does, so a collection does not land inside one call.
 
+Clocks. ``wall`` is elapsed time. ``cpu`` is the CPU time of the calling thread
+(``CLOCK_THREAD_CPUTIME_ID``): with one thread, torch and onnxruntime run the whole inference
+on the calling thread, so on an otherwise idle core the two are the same number; on a shared
+machine wall-clock time also counts the slices the OS gives other processes, which made the
+wall-clock median of the same network differ by more than 10% between two passes a minute
+apart for most networks we tried on a loaded 2-core host, while the thread-time median mostly
+agreed within 5% (numbers in benchmarks/latency_model.py's re-measurement rows). The default
+clock is therefore ``cpu`` for one thread and ``wall`` for more (a thread's CPU time would miss
+the work of the others). Both medians are always recorded; the clock is part of the
+fingerprint, so a table built with one clock is never compared with the other.
+
 Backends: ``torch`` (eager, ``torch.inference_mode``, ``torch.set_num_threads``) and
 ``onnxruntime`` (the model exported with torch's TorchScript-based ONNX exporter, run by the CPU
 execution provider with ``intra_op_num_threads``). onnx/onnxruntime are imported lazily.
@@ -29,16 +40,17 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["BACKENDS", "DEVICE_MATCH_KEYS", "BackendError", "LatencyMeasurement", "backend_version",
-           "cpu_model", "device_fingerprint", "describe_device", "export_onnx",
-           "fingerprint_mismatch", "make_runner", "measure_latency", "pinned_threads",
-           "time_calls"]
+__all__ = ["BACKENDS", "CLOCKS", "DEVICE_MATCH_KEYS", "BackendError", "LatencyMeasurement",
+           "Timings", "backend_version", "cpu_model", "describe_device", "device_fingerprint",
+           "export_onnx", "fingerprint_mismatch", "make_runner", "measure_latency",
+           "pinned_threads", "resolve_clock", "time_calls"]
 
 BACKENDS = ("torch", "onnxruntime")
+CLOCKS = ("cpu", "wall")
 
 # The fields two latencies must share to be comparable. ``logical_cores`` is informational.
 DEVICE_MATCH_KEYS = ("cpu", "machine", "backend", "backend_version", "threads", "batch",
-                     "input_shape")
+                     "input_shape", "clock")
 
 
 class BackendError(RuntimeError):
@@ -47,12 +59,14 @@ class BackendError(RuntimeError):
 
 @dataclass(frozen=True, kw_only=True)
 class LatencyMeasurement:
-    """Median and spread of single-call wall-clock times, in milliseconds, on ``device``."""
+    """Median and spread of single-call times, in milliseconds, on ``device`` (whose ``clock``
+    says which time); ``wall_median_ms`` is the wall-clock median of the same calls."""
 
     median_ms: float
     p10_ms: float
     p90_ms: float
     device: Mapping[str, Any]
+    wall_median_ms: float = float("nan")
 
     def to_json(self) -> dict[str, Any]:
         return {"median_ms": round(self.median_ms, 4), "p10_ms": round(self.p10_ms, 4),
@@ -86,15 +100,30 @@ def backend_version(backend: str) -> str:
     return _onnxruntime().__version__
 
 
+def resolve_clock(clock: str | None, threads: int) -> str:
+    """``None`` means ``cpu`` for one thread, ``wall`` for more (see the module notes)."""
+    if clock is None or clock == "auto":
+        return "cpu" if threads == 1 else "wall"
+    if clock not in CLOCKS:
+        raise ValueError(f"unknown clock {clock!r}; choose one of {list(CLOCKS)} (or auto)")
+    if clock == "cpu" and threads != 1:
+        raise ValueError(f"clock 'cpu' times the calling thread only, which misses the work of "
+                         f"{threads - 1} other thread(s); use --clock wall with --threads "
+                         f"{threads}, or --threads 1")
+    return clock
+
+
 def device_fingerprint(example_inputs: torch.Tensor | Sequence[torch.Tensor], *, threads: int,
-                       backend: str) -> dict[str, Any]:
-    """What a latency refers to: CPU, backend and its version, threads, batch, input shape."""
+                       backend: str, clock: str | None = None) -> dict[str, Any]:
+    """What a latency refers to: CPU, backend and its version, threads, batch, input shape and
+    the clock it was timed with."""
     inputs = _as_tuple(example_inputs)
     shapes = [list(x.shape) for x in inputs]
     return {"cpu": cpu_model(), "machine": platform.machine(), "logical_cores": os.cpu_count(),
             "backend": backend, "backend_version": backend_version(backend),
             "threads": int(threads), "batch": int(inputs[0].shape[0]) if inputs[0].dim() else 1,
-            "input_shape": shapes[0] if len(shapes) == 1 else shapes}
+            "input_shape": shapes[0] if len(shapes) == 1 else shapes,
+            "clock": resolve_clock(clock, threads)}
 
 
 def describe_device(fp: Mapping[str, Any]) -> str:
@@ -102,9 +131,10 @@ def describe_device(fp: Mapping[str, Any]) -> str:
     shape = fp.get("input_shape", [])
     flat = shape if shape and not isinstance(shape[0], list) else (shape[0] if shape else [])
     threads = fp.get("threads")
+    clock = {"cpu": "thread CPU time", "wall": "wall-clock time"}.get(fp.get("clock"), "?")
     return (f"{fp.get('cpu')}, {fp.get('backend')} {fp.get('backend_version')}, {threads} "
             f"thread{'s' if threads != 1 else ''}, batch {fp.get('batch')}, input "
-            f"{'x'.join(str(d) for d in flat)}")
+            f"{'x'.join(str(d) for d in flat)}, {clock}")
 
 
 def fingerprint_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any],
@@ -126,25 +156,38 @@ def pinned_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def time_calls(fn: Callable[[], object], *, warmup: int, repeats: int) -> np.ndarray:
-    """Wall-clock seconds of ``repeats`` single calls of ``fn`` after ``warmup`` untimed ones."""
+@dataclass(frozen=True, kw_only=True)
+class Timings:
+    """Seconds of single calls, by both clocks."""
+
+    wall: np.ndarray
+    cpu: np.ndarray
+
+    def of(self, clock: str) -> np.ndarray:
+        return self.cpu if clock == "cpu" else self.wall
+
+
+def time_calls(fn: Callable[[], object], *, warmup: int, repeats: int) -> Timings:
+    """Seconds of ``repeats`` single calls of ``fn`` after ``warmup`` untimed ones."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
     for _ in range(warmup):
         fn()
-    times = np.empty(repeats)
+    wall = np.empty(repeats, dtype=np.int64)
+    cpu = np.empty(repeats, dtype=np.int64)
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        clock = time.perf_counter_ns
+        now, thread_now = time.perf_counter_ns, time.thread_time_ns
         for i in range(repeats):
-            start = clock()
+            w0, c0 = now(), thread_now()
             fn()
-            times[i] = clock() - start
+            c1, w1 = thread_now(), now()
+            wall[i], cpu[i] = w1 - w0, c1 - c0
     finally:
         if gc_was_enabled:
             gc.enable()
-    return times * 1e-9
+    return Timings(wall=wall * 1e-9, cpu=cpu * 1e-9)
 
 
 def make_runner(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], *,
@@ -173,21 +216,23 @@ def make_runner(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.
 
 
 def measure_latency(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], *,
-                    threads: int = 1, backend: str = "torch", warmup: int = 10,
-                    repeats: int = 50) -> LatencyMeasurement:
+                    threads: int = 1, backend: str = "torch", clock: str | None = None,
+                    warmup: int = 10, repeats: int = 50) -> LatencyMeasurement:
     """Time ``model`` on ``example_inputs`` (their first dimension is the batch) on this CPU.
 
     The model is put in eval mode and run without autograd; ``repeats`` single calls are timed
-    after ``warmup`` untimed ones, with the thread count pinned to ``threads``.
+    after ``warmup`` untimed ones, with the thread count pinned to ``threads``. ``clock``:
+    ``cpu`` or ``wall`` (default: ``cpu`` for one thread, else ``wall``; see the module notes).
     """
     inputs = _as_tuple(example_inputs)
-    device = device_fingerprint(inputs, threads=threads, backend=backend)
+    device = device_fingerprint(inputs, threads=threads, backend=backend, clock=clock)
     with pinned_threads(threads), torch.inference_mode():
         run = make_runner(model, inputs, backend=backend, threads=threads)
-        times = time_calls(run, warmup=warmup, repeats=repeats) * 1e3
+        timings = time_calls(run, warmup=warmup, repeats=repeats)
+    times = timings.of(device["clock"]) * 1e3
     p10, median, p90 = np.percentile(times, [10, 50, 90])
     return LatencyMeasurement(median_ms=float(median), p10_ms=float(p10), p90_ms=float(p90),
-                              device=device)
+                              device=device, wall_median_ms=float(np.median(timings.wall) * 1e3))
 
 
 def export_onnx(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> bytes:

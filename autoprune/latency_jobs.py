@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +37,8 @@ from autoprune.search_spaces import ChannelSpace
 from autoprune.study import TrialRecord
 
 __all__ = ["LatencyCheck", "LatencySettings", "ProfileSettings", "check_summary", "latency",
-           "latency_check_view",
-           "prediction_margin", "profile", "table_cache_path", "table_for_search",
-           "verify_latency"]
+           "latency_check_view", "prediction_margin", "profile", "table_cache_path",
+           "table_for_search", "table_summary", "verify_latency"]
 
 # Candidates measured after the search before giving up on meeting a latency budget.
 MAX_CHECKS = 8
@@ -74,17 +74,18 @@ def table_cache_path(model: nn.Module, space: ChannelSpace, device: Mapping[str,
     spec = getattr(model, "autoprune_spec", None) or {}
     stem = (f"{spec.get('name', type(model).__name__.lower())}_{spec.get('input_size', 'x')}px_"
             f"w{float(spec.get('width_mult', 1.0)):g}")
-    return Path(cache_dir) / "latency" / f"{stem}_{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return Path(cache_dir) / "latency" / f"{stem}_{digest}.json"
 
 
 def table_for_search(model: nn.Module, example: torch.Tensor, space: ChannelSpace, *,
                      lut: Path | None, cache_dir: Path, batch: int, threads: int, backend: str,
-                     console: Console, plan: ProfilePlan | None = None
+                     clock: str | None, console: Console, plan: ProfilePlan | None = None
                      ) -> tuple[LatencyTable, dict[str, Any]]:
     """The table a latency search costs with: ``lut`` if given (refused if built for another
     device or model; built there if missing), else the cached one, else built now and cached."""
     inputs = _inputs(example, batch)
-    device = device_fingerprint(inputs, threads=threads, backend=backend)
+    device = device_fingerprint(inputs, threads=threads, backend=backend, clock=clock)
     if lut is not None:
         path, cached = Path(lut), False
         if path.exists():
@@ -100,9 +101,10 @@ def table_for_search(model: nn.Module, example: torch.Tensor, space: ChannelSpac
                 return table, {"path": str(path), "built": False, "cached": True}
             except LatencyTableError as err:  # our own cache: rebuild rather than fail
                 console.print(f"[yellow]rebuilding the cached latency table:[/] {err}")
-    console.print(f"building the latency table for this device (once; {'cached at' if cached else 'written to'} {path})")
+    where = "cached at" if cached else "written to"
+    console.print(f"building the latency table for this device (once; {where} {path})")
     table = LatencyTable.build(model, inputs, space=space, threads=threads, backend=backend,
-                               plan=plan, console=console)
+                               clock=clock, plan=plan, console=console)
     table.save(path)
     return table, {"path": str(path), "built": True, "cached": cached}
 
@@ -128,20 +130,24 @@ class LatencyCheck:
 
 def verify_latency(problem: PruningProblem, records: Sequence[TrialRecord], *,
                    model: nn.Module, example: torch.Tensor | Sequence[torch.Tensor], batch: int,
-                   threads: int, backend: str, console: Console | None = None,
-                   max_checks: int = MAX_CHECKS) -> LatencyCheck:
+                   threads: int, backend: str, clock: str | None,
+                   console: Console | None = None, max_checks: int = MAX_CHECKS) -> LatencyCheck:
     """Measure the best feasible trials in rank order until one meets the latency budget."""
     budget = next(b for b in problem.budgets if b.metric == "latency_ms")
     inputs = _inputs(example, batch)
     say = console.print if console else (lambda *a, **k: None)
 
     def timer(net: nn.Module, x: tuple[torch.Tensor, ...]) -> LatencyMeasurement:
-        return measure_latency(net, x, threads=threads, backend=backend, warmup=FINAL_WARMUP,
-                               repeats=FINAL_REPEATS)
+        return measure_latency(net, x, threads=threads, backend=backend, clock=clock,
+                               warmup=FINAL_WARMUP, repeats=FINAL_REPEATS)
 
-    ranked = sorted((r for r in records if not r.failed and math.isfinite(r.objective)
-                     and problem.feasible(r.costs) and "duplicate_of" not in r.extra),
-                    key=lambda r: (-r.objective, r.number))
+    ranked, seen = [], set()
+    for r in sorted((r for r in records if not r.failed and math.isfinite(r.objective)
+                     and problem.feasible(r.costs)), key=lambda r: (-r.objective, r.number)):
+        key = tuple(sorted(r.config.items()))
+        if key not in seen:  # a configuration proposed twice is measured once
+            seen.add(key)
+            ranked.append(r)
     if not ranked:
         raise ValueError("no feasible trial to measure")
     # The cheapest predicted trial is a last resort, should every better one miss.
@@ -174,10 +180,11 @@ def check_summary(check: LatencyCheck) -> dict[str, Any]:
             "chosen_trial": check.chosen.number,
             "predicted_ms": check.predicted[check.chosen.number],
             "measured": {"latency_ms": best.median_ms, "p10_ms": best.p10_ms,
-                         "p90_ms": best.p90_ms},
+                         "p90_ms": best.p90_ms, "wall_median_ms": best.wall_median_ms},
             "dense": {"predicted_ms": check.dense_predicted_ms,
                       "measured": {"latency_ms": check.dense.median_ms,
-                                   "p10_ms": check.dense.p10_ms, "p90_ms": check.dense.p90_ms}},
+                                   "p10_ms": check.dense.p10_ms, "p90_ms": check.dense.p90_ms,
+                                   "wall_median_ms": check.dense.wall_median_ms}},
             "checked": [{"trial": n, "rank": check.rank.get(n), "predicted_ms": check.predicted[n],
                          "latency_ms": m.median_ms, "p10_ms": m.p10_ms, "p90_ms": m.p90_ms}
                         for n, m in check.measured.items()]}
@@ -187,20 +194,22 @@ def latency_check_view(check: LatencyCheck) -> Table:
     """Predicted against measured latency, side by side, for the dense and every measured net."""
     t = Table(title=f"latency: predicted (table) vs measured, budget {check.limit_ms:.2f} ms")
     for col in ("network", "predicted ms", "measured ms (median)", "p10-p90 ms", "error",
-                "meets budget"):
+                "meets budget", "wall-clock median ms"):
         t.add_column(col, justify="left" if col == "network" else "right")
 
     def row(name: str, pred: float, m: LatencyMeasurement, judged: bool) -> None:
         t.add_row(name, f"{pred:.2f}", f"{m.median_ms:.2f}", f"{m.p10_ms:.2f}-{m.p90_ms:.2f}",
                   f"{100 * (pred / m.median_ms - 1):+.1f}%",
-                  ("yes" if m.median_ms <= check.limit_ms else "no") if judged else "-")
+                  ("yes" if m.median_ms <= check.limit_ms else "no") if judged else "-",
+                  f"{m.wall_median_ms:.2f}")
 
     row("dense", check.dense_predicted_ms, check.dense, False)
     for number, m in check.measured.items():
         mark = " (chosen)" if number == check.chosen.number else ""
         row(f"trial {number}, rank {check.rank.get(number, '?')}{mark}", check.predicted[number],
             m, True)
-    t.caption = f"device: {describe_device(check.dense.device)}"
+    t.caption = (f"device: {describe_device(check.dense.device)}; load average "
+                 f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}")
     return t
 
 
@@ -210,13 +219,14 @@ class ProfileSettings:
     """What ``autoprune profile`` takes. Latency does not depend on weight values, so the
     profiled model is the zoo architecture, untrained; the data set gives its input shape."""
 
-    model: str = "vgg16"
+    model: str = "vgg11"
     data: str = "digits"
     image_size: int = 32
     width_mult: float = 1.0
     batch: int = 1
     threads: int = 1
     backend: str = "torch"
+    clock: str | None = None
     round_to: int = 8
     min_ratio: float = 0.2
     output: Path = Path("lut.json")
@@ -244,7 +254,7 @@ def profile(settings: ProfileSettings, *, console: Console | None = None) -> dic
                                     min_ratio=settings.min_ratio)
     table = LatencyTable.build(model, _inputs(example, settings.batch), space=space,
                                threads=settings.threads, backend=settings.backend,
-                               plan=settings.plan, console=console)
+                               clock=settings.clock, plan=settings.plan, console=console)
     path = table.save(settings.output)
     return table_summary(table, path)
 
@@ -267,7 +277,7 @@ def table_summary(table: LatencyTable, path: Path | None = None) -> dict[str, An
 class LatencySettings:
     """What ``autoprune latency`` takes: a zoo model (dense, or a run's chosen configuration)."""
 
-    model: str = "vgg16"
+    model: str = "vgg11"
     data: str = "digits"
     image_size: int = 32
     width_mult: float = 1.0
@@ -275,6 +285,7 @@ class LatencySettings:
     batch: int = 1
     threads: int = 1
     backend: str = "torch"
+    clock: str | None = None
     warmup: int = FINAL_WARMUP
     repeats: int = FINAL_REPEATS
     lut: Path | None = None
@@ -292,15 +303,17 @@ def latency(settings: LatencySettings) -> dict[str, Any]:
     inputs = _inputs(example, settings.batch)
     table = None
     if settings.lut is not None:  # refuse a foreign table before spending time measuring
-        device = device_fingerprint(inputs, threads=settings.threads, backend=settings.backend)
+        device = device_fingerprint(inputs, threads=settings.threads, backend=settings.backend,
+                                    clock=settings.clock)
         table = LatencyTable.load(settings.lut, expected_device=device)
         space = ChannelSpace.from_model(dense, example,
                                         round_to=int(table.space.get("round_to", 8)),
                                         min_ratio=float(table.space.get("min_ratio", 0.2)))
         table.check_space(space, source=f"latency table {settings.lut}")
     m = measure_latency(model, inputs, threads=settings.threads, backend=settings.backend,
-                        warmup=settings.warmup, repeats=settings.repeats)
+                        clock=settings.clock, warmup=settings.warmup, repeats=settings.repeats)
     out = m.to_json()
+    out["wall_median_ms"] = round(m.wall_median_ms, 4)
     if table is not None:
         out["predicted_ms"] = round(table.predict(what.get("units", {})), 4)
     out["network"] = what

@@ -45,15 +45,21 @@ from rich.console import Console
 from torch import nn
 
 from autoprune.costs import CostModel
-from autoprune.latency import (
-    describe_device,
-    device_fingerprint,
-    fingerprint_mismatch,
-    make_runner,
-    pinned_threads,
-    time_calls,
+from autoprune.latency import describe_device, device_fingerprint, fingerprint_mismatch
+from autoprune.lut_build import (
+    BlockSpec,
+    ProfilePlan,
+    block_followers,
+    calibration_configs,
+    fit_correction,
+    measure_blocks_and_networks,
+    monotone,
+    op_of,
+    unit_links,
+    width_grid,
+    with_batch,
 )
-from autoprune.search_spaces import ChannelSpace, LayerRow, LayerTable
+from autoprune.search_spaces import ChannelSpace, LayerTable
 
 __all__ = ["TABLE_FORMAT", "TABLE_VERSION", "LatencyCost", "LatencyTable", "LatencyTableError",
            "ProfilePlan", "model_signature"]
@@ -61,36 +67,10 @@ __all__ = ["TABLE_FORMAT", "TABLE_VERSION", "LatencyCost", "LatencyTable", "Late
 TABLE_FORMAT = "autoprune-latency-table"
 TABLE_VERSION = 1
 
-_BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_FOLLOWERS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU,
-              nn.Sigmoid, nn.Tanh, nn.ELU, nn.Mish, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
-              nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 
 
 class LatencyTableError(ValueError):
     """A lookup table that is corrupt, from another device, or for another model."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class ProfilePlan:
-    """How much to measure. ``grid`` widths per axis at most; ``calibration`` whole networks
-    (dense, thinnest, random). In each of ``rounds`` shuffled rounds a block gets ``warmup`` +
-    ``repeats`` calls and a whole network ``net_warmup`` + ``net_repeats``."""
-
-    grid: int = 5
-    rounds: int = 3
-    warmup: int = 3
-    repeats: int = 10
-    calibration: int = 10
-    net_warmup: int = 3
-    net_repeats: int = 10
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.grid < 2 or self.repeats < 1 or self.rounds < 1 or self.net_repeats < 1:
-            raise ValueError(f"invalid profile plan {self}: grid >= 2, repeats, rounds >= 1")
-        if self.calibration < 2:
-            raise ValueError("calibration needs at least 2 whole networks (dense and thinnest)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,35 +126,6 @@ def _bracket(grid: Sequence[int], v: float) -> tuple[int, int, float]:
     return i - 1, i, float(np.clip(w, 0.0, 1.0))
 
 
-def _isotonic(y: np.ndarray) -> np.ndarray:
-    """Least-squares non-decreasing fit (pool adjacent violators)."""
-    blocks: list[list[float]] = []  # [mean, count]
-    for v in y:
-        blocks.append([float(v), 1.0])
-        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
-            m2, c2 = blocks.pop()
-            m1, c1 = blocks.pop()
-            blocks.append([(m1 * c1 + m2 * c2) / (c1 + c2), c1 + c2])
-    return np.concatenate([np.full(int(c), m) for m, c in blocks])
-
-
-def _monotone(ms: np.ndarray) -> np.ndarray:
-    out = ms.astype(float).copy()
-    for _ in range(2):
-        out = np.apply_along_axis(_isotonic, 1, out)
-        out = np.apply_along_axis(_isotonic, 0, out)
-    return np.maximum.accumulate(np.maximum.accumulate(out, axis=0), axis=1)
-
-
-def _grid(choices: Sequence[int], points: int, divisor: int = 1) -> tuple[int, ...]:
-    """At most ``points`` of ``choices``, evenly spread, always the smallest and the largest."""
-    usable = [c for c in choices if c % divisor == 0] or [max(choices)]
-    if len(usable) <= points:
-        return tuple(usable)
-    idx = np.unique(np.round(np.linspace(0, len(usable) - 1, points)).astype(int))
-    return tuple(usable[i] for i in idx)
-
-
 def model_signature(space: ChannelSpace) -> str:
     """A hash of the dense shapes of every costed layer (per sample): equal signatures mean the
     table's layers are the space's layers."""
@@ -182,96 +133,6 @@ def model_signature(space: ChannelSpace) -> str:
              r.groups, list(r.in_size), r.rows // max(1, r.batch)]
             for r in space.layer_table(space.dense_config()) if r.kind in ("conv", "linear")]
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
-
-
-# ---------------------------------------------------------------------- the model's blocks
-def _calls(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[tuple[str, nn.Module, int, int]]:
-    """Leaf-module calls of one forward pass, in order: (name, module, input ptr, output ptr)."""
-    calls: list[tuple[str, nn.Module, int, int]] = []
-    hooks = []
-    for name, m in model.named_modules():
-        if next(m.children(), None) is None:
-            def hook(mod: nn.Module, args: tuple, out: Any, name: str = name) -> None:
-                if args and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
-                    calls.append((name, mod, args[0].data_ptr(), out.data_ptr()))
-            hooks.append(m.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-    return calls
-
-
-def _followers(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict[str, list[nn.Module]]:
-    """For each conv/linear, the modules that consume its output in a chain: a BatchNorm (first),
-    then activations and pools, each reading exactly the previous one's output tensor."""
-    calls = _calls(copy.deepcopy(model).eval(), inputs)
-    out: dict[str, list[nn.Module]] = {}
-    for i, (name, mod, _, ptr) in enumerate(calls):
-        if name in out or not isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
-            continue
-        chain: list[nn.Module] = []
-        for _, nxt, in_ptr, out_ptr in calls[i + 1:]:
-            allowed = _FOLLOWERS if chain else (*_BNS, *_FOLLOWERS)
-            if in_ptr != ptr or not isinstance(nxt, allowed):
-                break
-            chain.append(nxt)
-            ptr = out_ptr
-        out[name] = chain
-    return out
-
-
-def _op_of(module: nn.Module, row: LayerRow, chain: Sequence[nn.Module],
-           depthwise: bool) -> dict[str, Any]:
-    """What the block runs, besides its widths: the dedupe key and the recipe of the block."""
-    then = [type(m).__name__ if isinstance(m, _BNS) else repr(m) for m in chain]
-    if isinstance(module, nn.Linear):
-        return {"type": "Linear", "bias": module.bias is not None,
-                "rows": row.rows // max(1, row.batch), "then": then}
-    return {"type": type(module).__name__, "kernel": list(module.kernel_size),
-            "stride": list(module.stride),
-            "padding": module.padding if isinstance(module.padding, str) else list(module.padding),
-            "dilation": list(module.dilation), "groups": "depthwise" if depthwise else module.groups,
-            "bias": module.bias is not None, "padding_mode": module.padding_mode,
-            "in_size": list(row.in_size), "then": then}
-
-
-def _block(module: nn.Module, chain: Sequence[nn.Module], op: Mapping[str, Any], cin: int,
-           cout: int, batch: int) -> tuple[nn.Module, torch.Tensor]:
-    """A fresh block at widths (cin, cout) and an input for it."""
-    if isinstance(module, nn.Linear):
-        layers: list[nn.Module] = [nn.Linear(cin, cout, bias=op["bias"])]
-        shape = (batch, op["rows"], cin) if op["rows"] > 1 else (batch, cin)
-    else:
-        groups = cout if op["groups"] == "depthwise" else op["groups"]
-        layers = [type(module)(cin, cout, module.kernel_size, stride=module.stride,
-                               padding=module.padding, dilation=module.dilation, groups=groups,
-                               bias=op["bias"], padding_mode=module.padding_mode)]
-        shape = (batch, cin, *op["in_size"])
-    for m in chain:
-        if isinstance(m, _BNS):
-            layers.append(type(m)(cout, eps=m.eps, affine=m.affine,
-                                  track_running_stats=m.track_running_stats))
-        else:
-            layers.append(copy.deepcopy(m))
-    return nn.Sequential(*layers).eval(), torch.randn(shape)
-
-
-def _unit_links(space: ChannelSpace) -> dict[str, tuple[str | None, str | None]]:
-    """For each costed layer, the unit setting its input and its output channels, found through
-    the public contract: thin one unit at a time and see which rows change."""
-    dense = {r.name: r for r in space.layer_table(space.dense_config())}
-    links = {n: [None, None] for n, r in dense.items() if r.kind in ("conv", "linear")}
-    for u in space.units:
-        thin = {r.name: r for r in space.layer_table({u.name: u.minimum})}
-        for name, link in links.items():
-            if thin[name].out_channels != dense[name].out_channels:
-                link[1] = u.name
-            if thin[name].in_channels != dense[name].in_channels:
-                link[0] = u.name
-    return {n: (i, o) for n, (i, o) in links.items()}
 
 
 # ---------------------------------------------------------------------- the table
@@ -302,30 +163,35 @@ class LatencyTable:
     @classmethod
     def build(cls, model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], *,
               space: ChannelSpace | None = None, threads: int = 1, backend: str = "torch",
-              batch: int | None = None, plan: ProfilePlan | None = None,
-              console: Console | None = None) -> LatencyTable:
+              clock: str | None = None, batch: int | None = None,
+              plan: ProfilePlan | None = None, console: Console | None = None) -> LatencyTable:
         """Profile ``model``'s layers on this machine and calibrate on whole networks.
 
         ``example_inputs`` give the input shape; ``batch`` (default: their first dimension) the
-        batch the latency is for. ``space`` (default: a ChannelSpace with rounding 8 and
-        lower bound 0.2) gives the widths to profile. ``model`` is left untouched.
+        batch the latency is for; ``clock`` how it is timed (see :mod:`autoprune.latency`).
+        ``space`` (default: a ChannelSpace with rounding 8 and lower bound 0.2) gives the
+        widths to profile. ``model`` is left untouched.
         """
         started = time.perf_counter()
         plan = plan or ProfilePlan()
-        inputs = _with_batch(example_inputs, batch)
+        inputs = with_batch(example_inputs, batch)
         one = tuple(x[:1] for x in inputs)
         space = space or ChannelSpace.from_model(model, one)
-        device = device_fingerprint(inputs, threads=threads, backend=backend)
+        traced = [tuple(x.shape[1:]) for x in space.example_inputs]
+        if traced != [tuple(x.shape[1:]) for x in inputs]:
+            raise ValueError(f"the space was traced with inputs of shape {traced} per sample but "
+                             f"the table is asked for {[tuple(x.shape[1:]) for x in inputs]}; "
+                             "pass example inputs of the shape the space was built with")
+        device = device_fingerprint(inputs, threads=threads, backend=backend, clock=clock)
         say = console.print if console else (lambda *a, **k: None)
         say(f"profiling latency on {describe_device(device)}")
 
         named = dict(model.named_modules())
-        chains = _followers(model, one)
-        links = _unit_links(space)
+        chains = block_followers(model, one)
+        links = unit_links(space)
         choices = {u.name: u.choices for u in space.units}
         keys: dict[str, int] = {}
-        specs: list[tuple[nn.Module, list[nn.Module], dict[str, Any], tuple[int, ...],
-                          tuple[int, ...]]] = []
+        specs: list[BlockSpec] = []
         layers: list[_Layer] = []
         for row in space.layer_table(space.dense_config()):
             if row.kind not in ("conv", "linear"):
@@ -334,10 +200,11 @@ class LatencyTable:
             in_unit, out_unit = links[row.name]
             depthwise = row.kind == "conv" and 1 < row.groups == row.in_channels == row.out_channels
             div = 1 if depthwise or row.kind == "linear" else row.groups
-            out_grid = _grid(choices[out_unit], plan.grid, div) if out_unit else (row.out_channels,)
+            out_grid = (width_grid(choices[out_unit], plan.grid, div) if out_unit
+                        else (row.out_channels,))
             in_grid: tuple[int, ...] = () if depthwise else (
-                _grid(choices[in_unit], plan.grid, div) if in_unit else (row.in_channels,))
-            op = _op_of(module, row, chains.get(row.name, []), depthwise)
+                width_grid(choices[in_unit], plan.grid, div) if in_unit else (row.in_channels,))
+            op = op_of(module, row, chains.get(row.name, []), depthwise)
             key = json.dumps([op, in_grid, out_grid], sort_keys=True)
             if key not in keys:
                 keys[key] = len(specs)
@@ -349,17 +216,19 @@ class LatencyTable:
         say(f"{len(layers)} costed layers -> {len(specs)} distinct blocks, {n_points} grid "
             f"points; {plan.calibration} whole networks for the correction")
         rng = np.random.default_rng(plan.seed)
-        configs = _calibration_configs(space, plan.calibration, rng)
+        configs = calibration_configs(space, plan.calibration, rng)
         nets = [space.apply(model, c).eval() for c in configs]  # tracing needs autograd
-        ms, net_samples = _measure_all(specs, nets, inputs, threads, backend, plan, rng)
+        ms, net_samples = measure_blocks_and_networks(specs, nets, inputs, threads, backend,
+                                                      device["clock"], plan, rng)
         # Rounded as JSON stores them, so a saved and reloaded table predicts identically.
-        entries = [_Entry(op=op, in_grid=ig, out_grid=og, ms=np.round(_monotone(m), 6))
+        entries = [_Entry(op=op, in_grid=ig, out_grid=og, ms=np.round(monotone(m), 6))
                    for (_, _, op, ig, og), m in zip(specs, ms)]
         table = cls(device=device, model=_model_info(model, space), space=_space_info(space),
                     entries=entries, layers=layers,
                     correction={"offset_ms": 0.0, "scale": 1.0, "points": []},
                     plan=_plan_info(plan), build_seconds=0.0, created="")
-        correction = _correction(table, space, configs, net_samples)
+        sums = np.array([table.layers_ms(space.layer_table(c)) for c in configs])
+        correction = fit_correction(sums, configs, net_samples)
         built = cls(device=device, model=table.model, space=table.space, entries=entries,
                     layers=layers, correction=correction, plan=table.plan,
                     build_seconds=time.perf_counter() - started,
@@ -540,116 +409,6 @@ class LatencyCost(CostModel):
 
     def estimate(self, table: LayerTable) -> float:
         return self.table.estimate(table)
-
-
-# ---------------------------------------------------------------------- profiling helpers
-def _with_batch(example_inputs: torch.Tensor | Sequence[torch.Tensor], batch: int | None
-                ) -> tuple[torch.Tensor, ...]:
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-    if batch is None:
-        return inputs
-    if batch < 1:
-        raise ValueError(f"batch must be at least 1, got {batch}")
-    return tuple(x[:1].repeat(batch, *([1] * (x.dim() - 1))) for x in inputs)
-
-
-def _measure_all(specs: Sequence[tuple[nn.Module, list[nn.Module], dict[str, Any], tuple[int, ...],
-                                      tuple[int, ...]]], nets: Sequence[nn.Module],
-                 inputs: tuple[torch.Tensor, ...], threads: int, backend: str, plan: ProfilePlan,
-                 rng: np.random.Generator) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Median block timings per entry (grid-shaped) and all whole-network samples.
-
-    Blocks and networks are timed in ``plan.rounds`` rounds, each over every item in a fresh
-    random order, so load from other processes that comes and goes during the build lands on
-    blocks and networks alike instead of on a contiguous stretch of them; the whole-network
-    correction then sees the same conditions the entries did.
-    """
-    items: list[tuple[int, int, Any, int, int]] = []  # (entry or -1, point or net, run, w, r)
-    shapes = []
-    batch = int(inputs[0].shape[0])
-    with pinned_threads(threads), torch.inference_mode():
-        for e, (module, chain, op, in_grid, out_grid) in enumerate(specs):
-            points = [(ci, co) for ci in (in_grid or (0,)) for co in out_grid]
-            shapes.append((max(1, len(in_grid)), len(out_grid)))
-            for k, (ci, co) in enumerate(points):
-                block, x = _block(module, chain, op, ci or co, co, batch)
-                run = make_runner(block, (x,), backend=backend, threads=threads)
-                items.append((e, k, run, plan.warmup, plan.repeats))
-        for n, net in enumerate(nets):
-            run = make_runner(net, inputs, backend=backend, threads=threads)
-            items.append((-1, n, run, plan.net_warmup, plan.net_repeats))
-        samples: list[list[float]] = [[] for _ in items]
-        for _ in range(plan.rounds):
-            for i in rng.permutation(len(items)):
-                _, _, run, warmup, repeats = items[i]
-                samples[i].extend(time_calls(run, warmup=warmup, repeats=repeats) * 1e3)
-    ms = [np.zeros(shape) for shape in shapes]
-    nets_ms: list[np.ndarray] = [np.empty(0)] * len(nets)
-    for (e, k, _, _, _), s in zip(items, samples):
-        if e >= 0:
-            ms[e].flat[k] = np.median(s)
-        else:
-            nets_ms[k] = np.asarray(s)
-    return ms, nets_ms
-
-
-def _calibration_configs(space: ChannelSpace, n: int, rng: np.random.Generator
-                         ) -> list[dict[str, int]]:
-    """Dense, thinnest, and ``n - 2`` random configurations spread over the width range."""
-    configs = [space.dense_config(), space.decode(np.zeros(space.dim))]
-    for k in range(n - 2):
-        level = (k + 0.5) / (n - 2)
-        configs.append(space.decode(np.clip(level + rng.normal(0, 0.25, space.dim), 0, 1)))
-    return configs
-
-
-def _correction(table: LatencyTable, space: ChannelSpace, configs: Sequence[Mapping[str, int]],
-                samples: Sequence[np.ndarray]) -> dict[str, Any]:
-    """Least-squares ``measured = offset + scale * sum`` on whole networks, with its
-    leave-one-out error.
-
-    A network measured while another process held the CPU can sit far off the line; such a
-    point (relative residual over 3x the median one and over 10%) is set aside, one at a time
-    and at most a quarter of them, and the fit is redone on the rest. Set-aside points stay in
-    the file, marked, and count in the reported error.
-    """
-    sums = np.array([table.layers_ms(space.layer_table(c)) for c in configs])
-    measured = np.array([np.median(s) for s in samples])
-    inlier = np.ones(len(configs), dtype=bool)
-    for _ in range(len(configs) // 4):
-        offset, scale = _fit(sums[inlier], measured[inlier])
-        rel = np.abs(offset + scale * sums - measured) / measured
-        worst = int(np.argmax(np.where(inlier, rel, -1.0)))
-        if rel[worst] <= max(0.10, 3 * float(np.median(rel[inlier]))):
-            break
-        inlier[worst] = False
-    offset, scale = _fit(sums[inlier], measured[inlier])
-    loo = []
-    for i in range(len(configs)):
-        keep = inlier & (np.arange(len(configs)) != i)
-        o, s = _fit(sums[keep], measured[keep])
-        loo.append(abs(o + s * sums[i] - measured[i]) / measured[i])
-    fitted = offset + scale * sums
-    return {"offset_ms": round(offset, 6), "scale": round(scale, 6),
-            "fit_max_abs_rel": round(float(np.max(np.abs(fitted - measured) / measured)), 6),
-            "loo_max_abs_rel": round(float(np.max(loo)), 6),
-            "loo_median_abs_rel": round(float(np.median(loo)), 6),
-            "outliers": int((~inlier).sum()),
-            "points": [{"layers_ms": round(float(s), 6), "measured_ms": round(float(m), 6),
-                        "p10_ms": round(float(np.percentile(x, 10)), 6),
-                        "p90_ms": round(float(np.percentile(x, 90)), 6), "config": dict(c),
-                        "outlier": not bool(ok)}
-                       for s, m, x, c, ok in zip(sums, measured, samples, configs, inlier)]}
-
-
-def _fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Least squares y = offset + scale * x; a non-positive scale (noise on too few points)
-    falls back to scale 1 with the mean offset, so predictions stay monotone in width."""
-    if len(x) >= 2 and np.ptp(x) > 0:
-        scale, offset = np.polyfit(x, y, 1)
-        if scale > 0:
-            return float(offset), float(scale)
-    return float(np.mean(y - x)), 1.0
 
 
 def _model_info(model: nn.Module, space: ChannelSpace) -> dict[str, Any]:

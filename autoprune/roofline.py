@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from autoprune.costs import CostModel
-from autoprune.latency import pinned_threads, time_calls
+from autoprune.latency import pinned_threads, resolve_clock, time_calls
 from autoprune.search_spaces import LayerRow, LayerTable
 
 __all__ = ["RooflineCost"]
@@ -72,11 +72,12 @@ class RooflineCost(CostModel):
                 "overhead_us": self.overhead_us}
 
     @classmethod
-    def measure(cls, *, threads: int = 1, batch: int | None = None, repeats: int = 20
-                ) -> RooflineCost:
+    def measure(cls, *, threads: int = 1, batch: int | None = None, repeats: int = 20,
+                clock: str | None = None) -> RooflineCost:
         """Micro-benchmark this machine (about a second): a cache-resident float32 matrix
         product for peak compute, a copy of a tensor larger than the caches for bandwidth, a
         tiny conv+BN+ReLU for the per-layer overhead. Medians of ``repeats`` calls."""
+        clock = resolve_clock(clock, threads)
         gen = torch.Generator().manual_seed(0)
         n = 384
         a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
@@ -85,10 +86,11 @@ class RooflineCost(CostModel):
         tiny = nn.Sequential(nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU()).eval()
         x = torch.randn(1, 8, 1, 1, generator=gen)
         with pinned_threads(threads), torch.inference_mode():
-            mm = float(np.median(time_calls(lambda: torch.mm(a, b), warmup=3, repeats=repeats)))
+            mm = float(np.median(time_calls(lambda: torch.mm(a, b), warmup=3,
+                                              repeats=repeats).of(clock)))
             cp = float(np.median(time_calls(lambda: dst.copy_(big), warmup=2,
-                                            repeats=max(5, repeats // 2))))
-            ov = float(np.median(time_calls(lambda: tiny(x), warmup=5, repeats=repeats * 5)))
+                                            repeats=max(5, repeats // 2)).of(clock)))
+            ov = float(np.median(time_calls(lambda: tiny(x), warmup=5, repeats=repeats * 5).of(clock)))
         return cls(peak_gflops=2 * n ** 3 / mm / 1e9,
                    bandwidth_gbs=2 * big.numel() * big.element_size() / cp / 1e9,
                    overhead_us=ov * 1e6, batch=batch)
