@@ -33,7 +33,7 @@ from autoprune.lut import LatencyTable
 from autoprune.models import build_model_from_spec
 from autoprune.problem import PruningProblem
 from autoprune.report import pareto_plot, trials_table, units_table
-from autoprune.search import best_record, run_search
+from autoprune.search import PruneAndEvaluate, best_record, evaluate_point, run_search
 from autoprune.search_spaces import ChannelSpace
 from autoprune.study import StudyStore, TrialRecord
 from autoprune.targets import Budget, parse_targets
@@ -111,8 +111,18 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
         return _allocation(problem, records)
     check = verify_latency(problem, records, model=model, example=example_inputs,
                            batch=int(table.device["batch"]), threads=int(table.device["threads"]),
-                           backend=str(table.device["backend"]), clock=table.device.get("clock"))
+                           backend=str(table.device["backend"]), clock=table.device.get("clock"),
+                           record=_recorder(problem, model, evaluate, store, records, objective))
     return _allocation(problem, records, chosen=check.chosen, latency=check_summary(check))
+
+
+def _recorder(problem: PruningProblem, model: nn.Module,
+              evaluate: Callable[[nn.Module], Mapping[str, float]], store: StudyStore,
+              records: list[TrialRecord], objective: str) -> Callable[[Any], TrialRecord]:
+    """Scores and stores one extra point as a trial (a latency repair after the search)."""
+    work = PruneAndEvaluate(problem, model, evaluate)
+    return lambda x: evaluate_point(problem, x, work=work, store=store, records=records,
+                                    objective=objective, extra={"latency_repair": True})
 
 
 def _allocation(problem: PruningProblem, records: list[TrialRecord], *,
@@ -236,7 +246,9 @@ def search(settings: SearchSettings, *, console: Console | None = None) -> dict[
     if table is not None:  # never report a latency that was not measured
         check = verify_latency(problem, records, model=model, example=data.example_inputs(1),
                                batch=settings.batch, threads=settings.threads,
-                               backend=settings.backend, clock=settings.clock, console=console)
+                               backend=settings.backend, clock=settings.clock, console=console,
+                               record=_recorder(problem, model, evaluator, store, records,
+                                                "accuracy"))
     alloc = _allocation(problem, records, chosen=check.chosen if check else None)
 
     pruned = space.apply(model, alloc.config)

@@ -146,6 +146,8 @@ def profile(
     round_to: Annotated[int, typer.Option(min=1, help="Channel rounding of the search space.")] = 8,
     min_ratio: Annotated[float, typer.Option(min=0.01, max=1.0, help="Fewest channels a unit keeps.")] = 0.2,
     grid: Annotated[int, typer.Option(min=2, help="Widths profiled per axis of each layer.")] = 5,
+    calibration: Annotated[int, typer.Option(
+        min=2, help="Pruned networks measured whole to fit the correction (and its error).")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print the table's summary as JSON.")] = False,
 ) -> None:
     """Build a latency lookup table for a model on this machine (minutes), with its error.
@@ -161,7 +163,7 @@ def profile(
                                    width_mult=width_mult, batch=batch, threads=threads,
                                    backend=backend, clock=None if clock == "auto" else clock,
                                    round_to=round_to, min_ratio=min_ratio,
-                                   output=output, plan=ProfilePlan(grid=grid))
+                                   output=output, plan=ProfilePlan(grid=grid, calibration=calibration))
         summary = run(settings, console=err)
     except _user_errors() as e:
         _fail(str(e))

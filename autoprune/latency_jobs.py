@@ -14,11 +14,12 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -40,11 +41,14 @@ __all__ = ["LatencyCheck", "LatencySettings", "ProfileSettings", "check_summary"
            "latency_check_view", "prediction_margin", "profile", "table_cache_path",
            "table_for_search", "table_summary", "verify_latency"]
 
-# Candidates measured after the search before giving up on meeting a latency budget.
+# Candidates measured after the search before repairing to the measured speed.
 MAX_CHECKS = 8
+# Repairs of the best candidate to the speed measured now, and the extra room each leaves.
+MAX_REPAIRS = 3
+REPAIR_SAFETY = 0.02
 # Timing of a final network: more repeats than a calibration point, it is what users are told.
 FINAL_WARMUP = 10
-FINAL_REPEATS = 60
+FINAL_REPEATS = 100
 
 
 def prediction_margin(table: LatencyTable) -> float:
@@ -123,6 +127,7 @@ class LatencyCheck:
     measured: Mapping[int, LatencyMeasurement]
     predicted: Mapping[int, float]
     rank: Mapping[int, int] = field(default_factory=dict)
+    repaired: tuple[int, ...] = ()
 
     def best_measurement(self) -> LatencyMeasurement:
         return self.measured[self.chosen.number]
@@ -131,8 +136,17 @@ class LatencyCheck:
 def verify_latency(problem: PruningProblem, records: Sequence[TrialRecord], *,
                    model: nn.Module, example: torch.Tensor | Sequence[torch.Tensor], batch: int,
                    threads: int, backend: str, clock: str | None,
-                   console: Console | None = None, max_checks: int = MAX_CHECKS) -> LatencyCheck:
-    """Measure the best feasible trials in rank order until one meets the latency budget."""
+                   record: Callable[[np.ndarray], TrialRecord] | None = None,
+                   console: Console | None = None, max_checks: int = MAX_CHECKS,
+                   max_repairs: int = MAX_REPAIRS) -> LatencyCheck:
+    """Measure the best feasible trials in rank order until one meets the latency budget.
+
+    If none of them does (the machine runs slower now than when the table was built, or the
+    table is off for these networks), the best trial is shrunk along the repair path to the
+    speed just measured -- its predicted latency scaled by measured / predicted, with 2% more
+    room -- and ``record`` (prune, score and store a point as a new trial) turns it into a
+    candidate, which is measured in turn; at most ``max_repairs`` times.
+    """
     budget = next(b for b in problem.budgets if b.metric == "latency_ms")
     inputs = _inputs(example, batch)
     say = console.print if console else (lambda *a, **k: None)
@@ -155,22 +169,46 @@ def verify_latency(problem: PruningProblem, records: Sequence[TrialRecord], *,
     queue = ranked[:max_checks] + ([fastest] if fastest not in ranked[:max_checks] else [])
     dense = timer(model, inputs)
     measured: dict[int, LatencyMeasurement] = {}
+    predicted: dict[int, float] = {}
+    repaired: list[int] = []
     chosen = None
-    for r in queue:
+
+    def check(r: TrialRecord) -> bool:
         m = timer(problem.space.apply(model, r.config), inputs)
-        measured[r.number] = m
+        measured[r.number], predicted[r.number] = m, r.costs["latency_ms"]
         ok = m.median_ms <= budget.limit
         say(f"measured trial {r.number}: {m.median_ms:.2f} ms (predicted "
-                      f"{r.costs['latency_ms']:.2f} ms, budget {budget.limit:.2f} ms) "
-                      + ("[green]meets it[/]" if ok else "[yellow]misses it[/]"))
-        if ok:
+            f"{r.costs['latency_ms']:.2f} ms, budget {budget.limit:.2f} ms) "
+            + ("[green]meets it[/]" if ok else "[yellow]misses it[/]"))
+        return ok
+
+    for r in queue:
+        if check(r):
             chosen = r
+            break
+    base, last = ranked[0], ranked[0]
+    for _ in range(max_repairs if chosen is None and record is not None else 0):
+        slow = max(1.0, measured[last.number].median_ms / predicted[last.number])
+        want = budget.limit / (slow * (1 + REPAIR_SAFETY))
+        tight = problem.with_margin("latency_ms", 1 - want / budget.limit)
+        x = tight.repair(np.asarray(base.point), grow=False)
+        if tuple(sorted(problem.space.decode(x).items())) in seen:
+            x = tight.repair(np.asarray(base.point) * 0.97, grow=False)
+        say(f"repairing trial {base.number} to the measured speed ({slow:.2f}x the "
+            f"prediction): predicted {want:.2f} ms or less")
+        last = record(x)
+        seen.add(tuple(sorted(last.config.items())))
+        repaired.append(last.number)
+        if last.failed:
+            break
+        if check(last):
+            chosen = last
             break
     return LatencyCheck(chosen=chosen or ranked[0], met=chosen is not None,
                         limit_ms=budget.limit, dense=dense,
                         dense_predicted_ms=problem.dense_costs["latency_ms"], measured=measured,
-                        predicted={r.number: r.costs["latency_ms"] for r in queue},
-                        rank={r.number: i + 1 for i, r in enumerate(ranked)})
+                        predicted=predicted, rank={r.number: i + 1 for i, r in enumerate(ranked)},
+                        repaired=tuple(repaired))
 
 
 def check_summary(check: LatencyCheck) -> dict[str, Any]:
@@ -185,8 +223,9 @@ def check_summary(check: LatencyCheck) -> dict[str, Any]:
                       "measured": {"latency_ms": check.dense.median_ms,
                                    "p10_ms": check.dense.p10_ms, "p90_ms": check.dense.p90_ms,
                                    "wall_median_ms": check.dense.wall_median_ms}},
-            "checked": [{"trial": n, "rank": check.rank.get(n), "predicted_ms": check.predicted[n],
-                         "latency_ms": m.median_ms, "p10_ms": m.p10_ms, "p90_ms": m.p90_ms}
+            "checked": [{"trial": n, "rank": check.rank.get(n), "repaired": n in check.repaired,
+                         "predicted_ms": check.predicted[n], "latency_ms": m.median_ms,
+                         "p10_ms": m.p10_ms, "p90_ms": m.p90_ms}
                         for n, m in check.measured.items()]}
 
 
@@ -206,8 +245,8 @@ def latency_check_view(check: LatencyCheck) -> Table:
     row("dense", check.dense_predicted_ms, check.dense, False)
     for number, m in check.measured.items():
         mark = " (chosen)" if number == check.chosen.number else ""
-        row(f"trial {number}, rank {check.rank.get(number, '?')}{mark}", check.predicted[number],
-            m, True)
+        how = "repaired" if number in check.repaired else f"rank {check.rank.get(number, '?')}"
+        row(f"trial {number}, {how}{mark}", check.predicted[number], m, True)
     t.caption = (f"device: {describe_device(check.dense.device)}; load average "
                  f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}")
     return t

@@ -6,7 +6,9 @@ pruning happens, so every evaluated candidate meets every budget.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -44,6 +46,18 @@ class PruningProblem:
         self.min_costs = self.costs(space.decode(np.zeros(space.dim)))
         self.budgets: list[Budget] = resolve_budgets(targets, self.dense_costs, self.min_costs,
                                                      margins=margins)
+
+    def with_margin(self, metric: str, margin: float) -> PruningProblem:
+        """The same problem with ``metric``'s budget searched ``margin`` (a fraction) inside its
+        limit, never below what the thinnest configuration costs."""
+        out = copy.copy(self)
+        out.budgets = []
+        for b in self.budgets:
+            if b.metric == metric:
+                floor = self.min_costs[metric] / b.limit
+                b = replace(b, margin=min(max(0.0, margin), max(0.0, 1.0 - floor)))
+            out.budgets.append(b)
+        return out
 
     def costs(self, config: Mapping[str, int]) -> dict[str, float]:
         table = self.space.layer_table(config)

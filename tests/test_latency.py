@@ -8,6 +8,7 @@ predictions, and the search is checked against its own measurement of the chosen
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -253,3 +254,82 @@ def test_latency_targeted_search_meets_the_target_when_measured(
     assert lat["device"]["backend"] == "torch"
     assert alloc.costs["latency_ms"] == pytest.approx(lat["predicted_ms"])
     assert lat["checked"][-1]["trial"] == lat["chosen_trial"]  # the walk stopped at the chosen one
+
+
+# ---------------------------------------------------------------------- clocks, cache, CLI
+def test_clock_is_part_of_the_fingerprint(x: torch.Tensor) -> None:
+    assert device_fingerprint(x, threads=1, backend="torch")["clock"] == "cpu"
+    assert device_fingerprint(x, threads=2, backend="torch")["clock"] == "wall"
+    assert device_fingerprint(x, threads=1, backend="torch", clock="wall")["clock"] == "wall"
+    with pytest.raises(ValueError, match="calling thread only"):
+        device_fingerprint(x, threads=2, backend="torch", clock="cpu")
+    with pytest.raises(ValueError, match="unknown clock"):
+        device_fingerprint(x, threads=1, backend="torch", clock="sundial")
+
+
+def test_search_table_is_built_once_cached_and_checked(net: nn.Module, x: torch.Tensor,
+                                                       space: ChannelSpace, tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from autoprune.latency_jobs import table_for_search
+
+    quiet = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - closed with the process
+    common = dict(batch=1, threads=1, backend="torch", clock=None, console=quiet, plan=QUICK)
+    first, info = table_for_search(net, x, space, lut=None, cache_dir=tmp_path, **common)
+    assert info["built"] and Path(info["path"]).parent == tmp_path / "latency"
+    again, info2 = table_for_search(net, x, space, lut=None, cache_dir=tmp_path, **common)
+    assert not info2["built"] and info2["path"] == info["path"]
+    assert again.predict({}) == pytest.approx(first.predict({}))
+    Path(info["path"]).write_text("{ truncated")  # a corrupt cache entry is rebuilt, not fatal
+    _, info3 = table_for_search(net, x, space, lut=None, cache_dir=tmp_path, **common)
+    assert info3["built"]
+    # an explicit --lut for another setting is refused, naming the fix
+    foreign = first.to_json()
+    foreign["device"]["batch"] = 8
+    lut = tmp_path / "foreign.json"
+    lut.write_text(json.dumps(foreign))
+    with pytest.raises(LatencyTableError, match="batch: table 8 vs now 1"):
+        table_for_search(net, x, space, lut=lut, cache_dir=tmp_path, **common)
+
+
+def test_cli_latency_json_and_profile(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from autoprune.cli import app
+
+    runner = CliRunner()
+    tiny = ["--model", "resnet20", "--image-size", "8", "--width-mult", "0.25"]
+    out = runner.invoke(app, ["latency", *tiny, "--warmup", "1", "--repeats", "3", "--json"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.stdout)
+    assert set(result) == {"median_ms", "p10_ms", "p90_ms", "device"}
+    assert result["device"]["batch"] == 1 and result["device"]["threads"] == 1
+    lut = tmp_path / "lut.json"
+    out = runner.invoke(app, ["profile", *tiny, "--grid", "2", "--calibration", "3", "-o", str(lut),
+                              "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["layers"] == len(LatencyTable.load(lut).layers)
+    out = runner.invoke(app, ["latency", *tiny, "--threads", "2", "--lut", str(lut)])
+    assert out.exit_code == 2 and "autoprune profile" in out.output
+    out = runner.invoke(app, ["search", "--target", "latency=fast"])
+    assert out.exit_code == 2 and "cannot read the latency" in out.output
+
+
+def test_a_table_that_predicts_too_fast_is_caught_by_measurement_and_repaired(
+        net: nn.Module, x: torch.Tensor, table: LatencyTable, tmp_path: Path) -> None:
+    # A table claiming everything runs in 60% of the time it takes: every candidate it passes
+    # misses the budget when measured, so the best one is shrunk to the measured speed.
+    raw = table.to_json()
+    raw["correction"]["scale"] *= 0.6
+    raw["correction"]["offset_ms"] *= 0.6
+    (tmp_path / "optimistic.json").write_text(json.dumps(raw))
+    optimistic = LatencyTable.load(tmp_path / "optimistic.json")
+    target = 0.75 * table.predict({})
+    alloc = autoprune.allocate(net, example_inputs=x, target=f"latency={target:.4f}ms",
+                               evaluate=width_score, trials=4, round_to=8,
+                               latency_table=optimistic)
+    lat = alloc.latency
+    assert lat is not None and lat["met"], lat["checked"]
+    assert lat["measured"]["latency_ms"] <= target
+    assert any(c["repaired"] for c in lat["checked"])
+    assert len(alloc.trials) > 4  # the repaired candidate is a trial of the study too
