@@ -68,7 +68,6 @@ TABLE_FORMAT = "autoprune-latency-table"
 TABLE_VERSION = 1
 
 
-
 class LatencyTableError(ValueError):
     """A lookup table that is corrupt, from another device, or for another model."""
 
