@@ -28,6 +28,11 @@ _EXPORTS = {
     "available_models": "autoprune.models",
     "load_data": "autoprune.data",
     "load_or_train_baseline": "autoprune.train",
+    "LatencyTable": "autoprune.lut",
+    "LatencyTableError": "autoprune.lut",
+    "LatencyMeasurement": "autoprune.latency",
+    "measure_latency": "autoprune.latency",
+    "RooflineCost": "autoprune.roofline",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__", "models"]

@@ -17,10 +17,18 @@ from rich.console import Console
 __all__ = ["app", "main"]
 
 TARGET_HELP = (
-    "Budget, repeatable: flops=50% (of the dense model), flops=20M, macs=0.2G, params=0.1M, "
-    "params=30%. 'flops' counts multiply-accumulates (MACs) as the pruning literature does "
-    "(CIFAR ResNet-56 = 125M); 'macs' is a synonym."
+    "Budget, repeatable: latency=10ms (also us, s; measured on this machine), flops=50% (of the "
+    "dense model), flops=20M, macs=0.2G, params=0.1M, params=30%. 'flops' counts "
+    "multiply-accumulates (MACs) as the pruning literature does (CIFAR ResNet-56 = 125M); "
+    "'macs' is a synonym."
 )
+# The same three options on profile, search and latency: what a latency refers to.
+BATCH_HELP = "Batch size a latency is for."
+THREADS_HELP = "CPU threads a latency is for (torch.set_num_threads / intra_op_num_threads)."
+BACKEND_HELP = "Runtime a latency is for: torch (eager) or onnxruntime."
+CLOCK_HELP = ("How calls are timed: cpu (the calling thread's CPU time; unaffected by other "
+              "processes taking turns on the core), wall (elapsed time), or auto (cpu with "
+              "--threads 1, else wall).")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Search how much to prune in each layer of a network to meet a budget.")
@@ -34,14 +42,15 @@ def _fail(message: str) -> None:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from autoprune.api import SearchError
+    from autoprune.latency import BackendError
 
-    return (ValueError, SearchError, FileNotFoundError)
+    return (ValueError, SearchError, FileNotFoundError, BackendError)
 
 
 @app.command()
 def search(
     target: Annotated[list[str], typer.Option("--target", "-t", metavar="BUDGET", help=TARGET_HELP)] = ["flops=50%"],  # noqa: B006
-    model: Annotated[str, typer.Option(help="Zoo model (autoprune models lists them).")] = "resnet20",
+    model: Annotated[str, typer.Option(help="Zoo model (autoprune models lists them).")] = "vgg11",
     data: Annotated[str, typer.Option(help="Dataset: 'digits' (scikit-learn, embedded).")] = "digits",
     agent: Annotated[str, typer.Option(help="Search agent (autoprune agents lists them).")] = "random",
     objective: Annotated[str, typer.Option(
@@ -65,12 +74,20 @@ def search(
     cache_dir: Annotated[Path | None, typer.Option(help="Baseline cache (default $AUTOPRUNE_CACHE or ~/.cache/autoprune).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars (stderr).")] = True,
+    lut: Annotated[Path | None, typer.Option(
+        help="Latency lookup table (autoprune profile -o ...); default: built on first use and "
+             "cached next to the baselines.")] = None,
+    batch: Annotated[int, typer.Option(min=1, help=BATCH_HELP)] = 1,
+    threads: Annotated[int, typer.Option(min=1, help=THREADS_HELP)] = 1,
+    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "torch",
+    clock: Annotated[str, typer.Option(help=CLOCK_HELP)] = "auto",
 ) -> None:
     """Search per-unit channel counts that meet every --target at the best validation accuracy.
 
     Trains (and caches) the dense baseline if needed, scores each candidate after adaptive
     BatchNorm on a validation split carved from the training data, and writes the run folder:
-    study.db (optuna), best.json, pruned.pt, pareto.png, summary.json.
+    study.db (optuna), best.json, pruned.pt, pareto.png, summary.json. With a latency target
+    candidates are costed by an on-device lookup table and the chosen network is measured.
     """
     from autoprune.api import SearchSettings, search as run
 
@@ -79,13 +96,17 @@ def search(
                               seed=seed, round_to=round_to,
                               min_ratio=min_ratio, calib_batches=calib_batches,
                               finetune_steps=finetune_steps, trials=trials, executor=executor,
-                              run_dir=run_dir, cache_dir=cache_dir, progress=progress)
+                              run_dir=run_dir, cache_dir=cache_dir, progress=progress, lut=lut,
+                              batch=batch, threads=threads, backend=backend,
+                              clock=None if clock == "auto" else clock)
     try:
         summary = run(settings, console=err)
     except _user_errors() as e:
         _fail(str(e))
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    if summary.get("latency", {}).get("met_when_measured") is False:
+        raise typer.Exit(code=1)
 
 
 @app.command()
@@ -113,7 +134,7 @@ def pick(
 
 @app.command()
 def train(
-    model: Annotated[str, typer.Option(help="Zoo model (autoprune models lists them).")] = "resnet20",
+    model: Annotated[str, typer.Option(help="Zoo model (autoprune models lists them).")] = "vgg11",
     data: Annotated[str, typer.Option(help="Dataset: 'digits'.")] = "digits",
     image_size: Annotated[int, typer.Option(min=8, help="Input resolution.")] = 32,
     width_mult: Annotated[float, typer.Option(min=0.05, help="Width multiplier.")] = 1.0,
@@ -138,6 +159,95 @@ def train(
         err.print(f"{model} on {data}: " + ", ".join(
             f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
             + f"  ({'cached' if record.get('cached') else 'trained'}: {record.get('weights_path')})")
+
+
+@app.command()
+def profile(
+    model: Annotated[str, typer.Option(help="Zoo model (autoprune models lists them).")] = "vgg11",
+    data: Annotated[str, typer.Option(help="Dataset (gives the input shape): 'digits'.")] = "digits",
+    batch: Annotated[int, typer.Option(min=1, help=BATCH_HELP)] = 1,
+    threads: Annotated[int, typer.Option(min=1, help=THREADS_HELP)] = 1,
+    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "torch",
+    clock: Annotated[str, typer.Option(help=CLOCK_HELP)] = "auto",
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the table (JSON).")] = Path("lut.json"),
+    image_size: Annotated[int, typer.Option(min=8, help="Input resolution.")] = 32,
+    width_mult: Annotated[float, typer.Option(min=0.05, help="Width multiplier.")] = 1.0,
+    round_to: Annotated[int, typer.Option(min=1, help="Channel rounding of the search space.")] = 8,
+    min_ratio: Annotated[float, typer.Option(min=0.01, max=1.0, help="Fewest channels a unit keeps.")] = 0.2,
+    grid: Annotated[int, typer.Option(min=2, help="Widths profiled per axis of each layer.")] = 5,
+    calibration: Annotated[int, typer.Option(
+        min=2, help="Pruned networks measured whole to fit the correction (and its error).")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the table's summary as JSON.")] = False,
+) -> None:
+    """Build a latency lookup table for a model on this machine (minutes), with its error.
+
+    Each conv/linear layer is timed with its BatchNorm and activation at a grid of widths;
+    a whole-network correction is fitted on real measurements of random pruned networks.
+    """
+    from autoprune.latency_jobs import ProfileSettings, profile as run
+    from autoprune.lut import ProfilePlan
+
+    try:
+        settings = ProfileSettings(model=model, data=data, image_size=image_size,
+                                   width_mult=width_mult, batch=batch, threads=threads,
+                                   backend=backend, clock=None if clock == "auto" else clock,
+                                   round_to=round_to, min_ratio=min_ratio,
+                                   output=output, plan=ProfilePlan(grid=grid, calibration=calibration))
+        summary = run(settings, console=err)
+    except _user_errors() as e:
+        _fail(str(e))
+    if as_json:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    else:
+        c = summary["correction"]
+        err.print(f"wrote {summary['path']}: {summary['layers']} layers, {summary['blocks']} "
+                  f"blocks, {summary['grid_points']} grid points in {summary['build_seconds']}s; "
+                  f"dense predicted {summary['dense_predicted_ms']:.2f} ms; whole-network error "
+                  f"(leave-one-out over {c['points']} measured networks): median "
+                  f"{c['loo_median_abs_pct']}%, max {c['loo_max_abs_pct']}%", highlight=False)
+
+
+@app.command()
+def latency(
+    model: Annotated[str, typer.Option(help="Zoo model (autoprune models lists them).")] = "vgg11",
+    config: Annotated[Path | None, typer.Option(
+        help="A run's best.json (or run folder): measure its pruned network instead of the dense one.")] = None,
+    data: Annotated[str, typer.Option(help="Dataset (gives the input shape): 'digits'.")] = "digits",
+    batch: Annotated[int, typer.Option(min=1, help=BATCH_HELP)] = 1,
+    threads: Annotated[int, typer.Option(min=1, help=THREADS_HELP)] = 1,
+    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "torch",
+    clock: Annotated[str, typer.Option(help=CLOCK_HELP)] = "auto",
+    image_size: Annotated[int, typer.Option(min=8, help="Input resolution.")] = 32,
+    width_mult: Annotated[float, typer.Option(min=0.05, help="Width multiplier.")] = 1.0,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed calls first.")] = 10,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed calls (median, p10, p90 reported).")] = 60,
+    lut: Annotated[Path | None, typer.Option(help="Also print this lookup table's prediction.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help='Print {"median_ms","p10_ms","p90_ms","device"}.')] = False,
+) -> None:
+    """Measure a network's latency on this machine (median of single calls after warm-up)."""
+    from autoprune.latency import describe_device
+    from autoprune.latency_jobs import LatencySettings, latency as run
+
+    settings = LatencySettings(model=model, data=data, image_size=image_size,
+                               width_mult=width_mult, config=config, batch=batch, threads=threads,
+                               backend=backend, clock=None if clock == "auto" else clock,
+                               warmup=warmup, repeats=repeats, lut=lut)
+    try:
+        result = run(settings)
+    except _user_errors() as e:
+        _fail(str(e))
+    if as_json:
+        keys = ("median_ms", "p10_ms", "p90_ms", "device") + (("predicted_ms",) if lut else ())
+        sys.stdout.write(json.dumps({k: result[k] for k in keys}, indent=2) + "\n")
+        return
+    net = result["network"]
+    what = net["config"] if net["config"] == "dense" else f"configuration {net['config']}"
+    pred = f"; table predicts {result['predicted_ms']:.2f} ms" if "predicted_ms" in result else ""
+    wall = (f"; wall-clock median {result['wall_median_ms']:.2f} ms"
+            if result["device"]["clock"] != "wall" else "")
+    typer.echo(f"{net['model']} ({what}): median {result['median_ms']:.2f} ms (p10 "
+               f"{result['p10_ms']:.2f}, p90 {result['p90_ms']:.2f}) on "
+               f"{describe_device(result['device'])}{wall}{pred}")
 
 
 @app.command("models")

@@ -49,7 +49,20 @@ class ParamsCost(CostModel):
 COST_MODELS: dict[str, type[CostModel]] = {"macs": MacsCost, "params": ParamsCost}
 
 
+# Cost models that need something measured on the device first; named here so asking for one
+# without it explains what to pass.
+_NEEDS_DEVICE = {
+    "latency_ms": "a latency lookup table: pass cost_models=[table.cost_model()] with "
+                  "table = autoprune.LatencyTable.build(model, example_inputs) (or .load(path)); "
+                  "autoprune search builds and caches one on first use",
+    "roofline_ms": "peak compute and bandwidth: pass cost_models=[RooflineCost.measure()] "
+                   "(autoprune.roofline)",
+}
+
+
 def get_cost_model(name: str) -> CostModel:
+    if name in _NEEDS_DEVICE:
+        raise ValueError(f"the {name!r} cost model needs {_NEEDS_DEVICE[name]}.")
     try:
         return COST_MODELS[name]()
     except KeyError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
+from dataclasses import replace
 
 import numpy as np
 from rich.console import Console
@@ -22,7 +23,7 @@ from autoprune.pareto import ParetoRange
 from autoprune.problem import PruningProblem
 from autoprune.study import StudyStore, TrialRecord
 
-__all__ = ["PruneAndEvaluate", "best_record", "objective_value", "run_search"]
+__all__ = ["PruneAndEvaluate", "best_record", "evaluate_point", "objective_value", "run_search"]
 
 Evaluate = Callable[[nn.Module], Mapping[str, float]]
 
@@ -128,6 +129,24 @@ def run_search(problem: PruningProblem, *, model: nn.Module, evaluate: Evaluate,
                 bar.update(task, completed=min(len(records), trials),
                            best=_best_text(best, objective))
     return records
+
+
+def evaluate_point(problem: PruningProblem, x: np.ndarray, *, work: PruneAndEvaluate,
+                   store: StudyStore, records: list[TrialRecord], objective: str,
+                   extra: Mapping[str, object] | None = None) -> TrialRecord:
+    """Prune and score one point outside the agent's loop (a final latency repair), append it
+    to ``records`` and the study, and return its record. The point is used as given."""
+    config = problem.space.decode(x)
+    try:
+        outcome: Mapping[str, float] | BaseException = work(config)
+    except Exception as err:  # noqa: BLE001 - recorded as a failed trial with its reason
+        outcome = err
+    rec = _make_record(len(records), x, config, problem.costs(config), outcome, objective)
+    if extra:
+        rec = replace(rec, extra=dict(extra))
+    store.add(rec, params=problem.space.ratios(config), lows=problem.space.ratio_lower_bounds())
+    records.append(rec)
+    return rec
 
 
 def _make_record(number: int, x: np.ndarray, config: Mapping[str, int],

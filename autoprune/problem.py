@@ -6,7 +6,9 @@ pruning happens, so every evaluated candidate meets every budget.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -24,11 +26,13 @@ class PruningProblem:
 
     ``costs(config)`` returns every cost model's estimate (always ``macs`` and ``params``, plus
     those the budgets name). ``repair(x)`` moves a point along a monotone path until it sits just
-    inside every budget.
+    inside every budget. ``cost_models`` adds models that need construction (a latency table's
+    ``latency_ms``); ``margins`` keeps predictions a fraction inside a budget (see ``Budget``).
     """
 
     def __init__(self, space: SearchSpace, targets: Iterable[Target], *,
-                 cost_models: Sequence[CostModel] = ()) -> None:
+                 cost_models: Sequence[CostModel] = (),
+                 margins: Mapping[str, float] | None = None) -> None:
         self.space = space
         models = {m.name: m for m in cost_models}
         for name in ("macs", "params"):
@@ -40,7 +44,20 @@ class PruningProblem:
         self.cost_models: dict[str, CostModel] = models
         self.dense_costs = self.costs(space.dense_config())
         self.min_costs = self.costs(space.decode(np.zeros(space.dim)))
-        self.budgets: list[Budget] = resolve_budgets(targets, self.dense_costs, self.min_costs)
+        self.budgets: list[Budget] = resolve_budgets(targets, self.dense_costs, self.min_costs,
+                                                     margins=margins)
+
+    def with_margin(self, metric: str, margin: float) -> PruningProblem:
+        """The same problem with ``metric``'s budget searched ``margin`` (a fraction) inside its
+        limit, never below what the thinnest configuration costs."""
+        out = copy.copy(self)
+        out.budgets = []
+        for b in self.budgets:
+            if b.metric == metric:
+                floor = self.min_costs[metric] / b.limit
+                b = replace(b, margin=min(max(0.0, margin), max(0.0, 1.0 - floor)))
+            out.budgets.append(b)
+        return out
 
     def costs(self, config: Mapping[str, int]) -> dict[str, float]:
         table = self.space.layer_table(config)

@@ -1,8 +1,10 @@
-"""Budgets: parse ``flops=50%``, ``macs=20M``, ``params=0.1M`` and resolve them against the
-dense model.
+"""Budgets: parse ``flops=50%``, ``macs=20M``, ``params=0.1M``, ``latency=10ms`` and resolve them
+against the dense model.
 
 ``flops`` counts multiply-accumulates, as the pruning literature does (ResNet-56 = 125M);
-``macs`` is its synonym. Percentages are of the dense model.
+``macs`` is its synonym. Percentages are of the dense model. Latency budgets are in ms, us or
+s (or a percentage of the dense model's predicted latency) and are costed by an on-device
+lookup table (``latency_ms``).
 """
 
 from __future__ import annotations
@@ -15,16 +17,20 @@ from dataclasses import dataclass
 __all__ = ["Budget", "Target", "TargetError", "parse_target", "parse_targets", "resolve_budgets"]
 
 TARGET_HELP = (
-    "Budgets look like flops=50% (of the dense model), flops=20M, macs=0.2G, params=0.1M or "
-    "params=30%. flops counts multiply-accumulates (MACs), as the pruning literature does; "
-    "macs= is its synonym."
+    "Budgets look like latency=10ms (also us, s), flops=50% (of the dense model), flops=20M, "
+    "macs=0.2G, params=0.1M or params=30%. flops counts multiply-accumulates (MACs), as the "
+    "pruning literature does; macs= is its synonym."
 )
+LATENCY_HELP = ("Latency budgets look like latency=10ms, latency=800us, latency=0.01s, or "
+                "latency=60% (of the dense model's predicted latency).")
 
-_METRICS = {"flops": "macs", "macs": "macs", "params": "params"}
-_NOT_YET = {"latency": "latency targets are not supported yet (they arrive with on-device "
-                       "lookup tables); use flops=... or params=... for now",
-            "sparsity": "sparsity targets need an unstructured search space, which is not "
-                        "available yet; use flops=... or params=..."}
+_METRICS = {"flops": "macs", "macs": "macs", "params": "params", "latency": "latency_ms"}
+_NOT_YET = {"sparsity": "sparsity targets need an unstructured search space, which is not "
+                        "available yet; use flops=..., params=... or latency=..."}
+# Micro is written us, \u00b5s (micro sign) or \u03bcs (Greek mu).
+_TIME_UNITS = {"ms": 1.0, "us": 1e-3, "\u00b5s": 1e-3, "\u03bcs": 1e-3, "s": 1e3}
+_LATENCY_VALUE = re.compile(
+    r"^\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z\u00b5\u03bc%]*)\s*$")
 _SUFFIX = {"": 1.0, "k": 1e3, "K": 1e3, "m": 1e6, "M": 1e6, "g": 1e9, "G": 1e9, "t": 1e12,
            "T": 1e12}
 _VALUE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(%|[kKmMgGtT]?)\s*$")
@@ -50,14 +56,24 @@ class Target:
 
 @dataclass(frozen=True, kw_only=True)
 class Budget:
-    """A resolved budget: cost ``metric`` must be at most ``limit``."""
+    """A resolved budget: cost ``metric`` must be at most ``limit``.
+
+    ``margin`` (a fraction) keeps predicted costs that far inside the limit: a latency table's
+    predictions have an error, and the chosen network is measured against ``limit`` itself.
+    """
 
     metric: str
     limit: float
     text: str
+    margin: float = 0.0
+
+    @property
+    def search_limit(self) -> float:
+        """What predicted costs must stay within: ``limit`` less the margin."""
+        return self.limit * (1.0 - self.margin)
 
     def met_by(self, costs: Mapping[str, float]) -> bool:
-        return costs[self.metric] <= self.limit * (1 + 1e-9)
+        return costs[self.metric] <= self.search_limit * (1 + 1e-9)
 
 
 def parse_target(text: str) -> Target:
@@ -70,6 +86,8 @@ def parse_target(text: str) -> Target:
         raise TargetError(f"target {text!r}: {_NOT_YET[key]}")
     if key not in _METRICS:
         raise TargetError(f"unknown budget {key!r} in {text!r}. {TARGET_HELP}")
+    if key == "latency":
+        return _parse_latency(text, raw)
     match = _VALUE.match(raw)
     if not match:
         raise TargetError(f"cannot read the value {raw.strip()!r} of {text!r}: use a positive "
@@ -84,6 +102,29 @@ def parse_target(text: str) -> Target:
         return Target(metric=_METRICS[key], value=number / 100.0, relative=True, text=text.strip())
     return Target(metric=_METRICS[key], value=number * _SUFFIX[suffix], relative=False,
                   text=text.strip())
+
+
+def _parse_latency(text: str, raw: str) -> Target:
+    match = _LATENCY_VALUE.match(raw)
+    if not match:
+        raise TargetError(f"cannot read the latency {raw.strip()!r} of {text!r}: use a positive "
+                          f"number with a unit. {LATENCY_HELP}")
+    number, unit = float(match.group(1)), match.group(2)
+    if not math.isfinite(number) or number <= 0:
+        raise TargetError(f"latency target {text!r} must be positive. {LATENCY_HELP}")
+    if unit == "%":
+        if number > 100:
+            raise TargetError(f"target {text!r} asks for more than the dense model (100%); "
+                              "give a percentage in (0, 100].")
+        return Target(metric="latency_ms", value=number / 100.0, relative=True, text=text.strip())
+    if not unit:
+        raise TargetError(f"latency target {text!r} has no unit: write e.g. "
+                          f"latency={match.group(1)}ms. {LATENCY_HELP}")
+    if unit.lower() not in _TIME_UNITS:
+        raise TargetError(f"latency target {text!r}: unknown unit {unit!r}; use ms, us or s. "
+                          f"{LATENCY_HELP}")
+    scale = _TIME_UNITS[unit.lower()]
+    return Target(metric="latency_ms", value=number * scale, relative=False, text=text.strip())
 
 
 def parse_targets(texts: str | Iterable[str]) -> list[Target]:
@@ -102,18 +143,30 @@ def parse_targets(texts: str | Iterable[str]) -> list[Target]:
 
 
 def resolve_budgets(targets: Iterable[Target], dense: Mapping[str, float],
-                    smallest: Mapping[str, float]) -> list[Budget]:
+                    smallest: Mapping[str, float], *,
+                    margins: Mapping[str, float] | None = None) -> list[Budget]:
     """Absolute budgets; a budget below what the smallest configuration costs is refused here,
-    with the smallest reachable value in the message."""
+    with the smallest reachable value in the message. ``margins`` (fractions per metric) keep
+    predictions inside a limit, never tighter than the smallest configuration allows."""
     budgets = []
     for t in targets:
         limit = t.limit(dense[t.metric])
-        if limit < smallest[t.metric]:
-            low = smallest[t.metric]
+        low = smallest[t.metric]
+        if limit < low:
+            if t.metric == "latency_ms":
+                amount = f"{low:.3f} ms"
+                dense_text = f"{dense[t.metric]:.3f} ms"
+                hint = ("Ask for at least that (measured latency varies with load: leave some "
+                        "room), or lower --min-ratio / --round-to, or use a smaller --batch.")
+            else:
+                amount = f"{low:,.0f} {t.metric}"
+                dense_text = f"{dense[t.metric]:,.0f}"
+                hint = "Ask for at least that, or lower --min-ratio / --round-to to allow thinner layers."
             raise TargetError(
                 f"target {t.text!r} cannot be met: the smallest configuration of this search "
-                f"space costs {low:,.0f} {t.metric} ({100 * low / dense[t.metric]:.1f}% of the "
-                f"dense {dense[t.metric]:,.0f}). Ask for at least that, or lower --min-ratio / "
-                "--round-to to allow thinner layers.")
-        budgets.append(Budget(metric=t.metric, limit=limit, text=t.text))
+                f"space costs {amount} ({100 * low / dense[t.metric]:.1f}% of the dense "
+                f"{dense_text}{', predicted' if t.metric == 'latency_ms' else ''}). {hint}")
+        margin = float((margins or {}).get(t.metric, 0.0))
+        margin = min(max(0.0, margin), max(0.0, 1.0 - low / limit))
+        budgets.append(Budget(metric=t.metric, limit=limit, text=t.text, margin=margin))
     return budgets

@@ -32,7 +32,7 @@ def test_several_targets_at_once() -> None:
     ("flops=0%", "positive"),
     ("flops=150%", "more than the dense"),
     ("speed=3", "unknown budget"),
-    ("latency=10ms", "not supported yet"),
+    ("latency=fast", "cannot read the latency"),
     ("sparsity=80%", "unstructured"),
 ])
 def test_bad_targets_get_one_clear_error(text: str, hint: str) -> None:

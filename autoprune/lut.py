@@ -1,0 +1,425 @@
+"""On-device latency lookup tables: per-layer timings on a grid of widths, summed and calibrated.
+
+How a table is built (``LatencyTable.build``), on the device the latency is wanted for:
+
+1. Every costed layer (conv / linear) of the channel space's layer table becomes a small block
+   of the ops that run on its output in the real model: the layer, its BatchNorm and its
+   activation (and a following pool), found by following the tensor through one forward pass.
+   nn-Meter (Zhang et al., MobiSys 2021) predicts per fused kernel the same way
+   (conv+bn+relu as one unit) because isolated per-op timings miss fusion.
+2. Layers that would run the same block over the same widths are profiled once (a ResNet-56
+   has 57 convs but about ten distinct blocks).
+3. Each block is timed at a coarse grid of (input, output) widths the space can produce, in
+   interleaved, shuffled rounds so a burst of load from another process spreads over many
+   entries instead of corrupting one; the median of all samples is kept. Latency between grid
+   widths is bilinear in (input, output) channels. Entries are made non-decreasing in width
+   (isotonic regression, then a running maximum): the search's repair bisects on costs and
+   needs them monotone, and a wider layer measuring faster on a coarse grid is noise.
+4. Sums of isolated blocks miss what runs between them (residual adds, pools, the head) and
+   framework overhead, so a whole-network correction ``measured = offset + scale * sum`` is
+   fitted by least squares on a handful of real whole-network measurements of random
+   configurations (OFA's tables have no such term; nn-Meter and others add an offset).
+   The leave-one-out error of that fit is stored with the table: its error, never assumed.
+
+Tables are versioned JSON carrying the device fingerprint (CPU, backend and version, threads,
+batch, input shape). A table is only valid where it was built; loading it elsewhere, or a corrupt
+file, is refused with a message naming the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from torch import nn
+
+from autoprune.costs import CostModel
+from autoprune.latency import describe_device, device_fingerprint, fingerprint_mismatch
+from autoprune.lut_build import (
+    BlockSpec,
+    ProfilePlan,
+    block_followers,
+    calibration_configs,
+    fit_correction,
+    measure_blocks_and_networks,
+    monotone,
+    op_of,
+    unit_links,
+    width_grid,
+    with_batch,
+)
+from autoprune.search_spaces import ChannelSpace, LayerTable
+
+__all__ = ["TABLE_FORMAT", "TABLE_VERSION", "LatencyCost", "LatencyTable", "LatencyTableError",
+           "ProfilePlan", "model_signature"]
+
+TABLE_FORMAT = "autoprune-latency-table"
+TABLE_VERSION = 1
+
+
+class LatencyTableError(ValueError):
+    """A lookup table that is corrupt, from another device, or for another model."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Entry:
+    """Timings of one block over a grid of widths; ``in_grid`` empty means the input channels
+    follow the output channels (depthwise)."""
+
+    op: Mapping[str, Any]
+    in_grid: tuple[int, ...]
+    out_grid: tuple[int, ...]
+    ms: np.ndarray  # shape (max(1, len(in_grid)), len(out_grid))
+
+    def at(self, cin: int, cout: int) -> float:
+        i0, i1, wi = _bracket(self.in_grid, cin)
+        o0, o1, wo = _bracket(self.out_grid, cout)
+        m = self.ms
+        return float((1 - wi) * ((1 - wo) * m[i0, o0] + wo * m[i0, o1])
+                     + wi * ((1 - wo) * m[i1, o0] + wo * m[i1, o1]))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": dict(self.op), "in_grid": list(self.in_grid), "out_grid": list(self.out_grid),
+                "ms": [[round(float(v), 6) for v in row] for row in self.ms]}
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Layer:
+    """Where one costed layer's widths come from, so ``predict(config)`` needs no space."""
+
+    name: str
+    entry: int
+    in_unit: str | None
+    out_unit: str | None
+    in_full: int
+    out_full: int
+    depthwise: bool
+
+    def widths(self, config: Mapping[str, int]) -> tuple[int, int]:
+        cout = int(config.get(self.out_unit, self.out_full)) if self.out_unit else self.out_full
+        if self.depthwise:
+            return cout, cout
+        cin = int(config.get(self.in_unit, self.in_full)) if self.in_unit else self.in_full
+        return cin, cout
+
+
+def _bracket(grid: Sequence[int], v: float) -> tuple[int, int, float]:
+    """Neighbours of ``v`` in ``grid`` and the weight of the upper one, clamped to the grid
+    (below the smallest measured width the smallest entry is used: conservative)."""
+    n = len(grid)
+    if n <= 1:
+        return 0, 0, 0.0
+    i = int(np.clip(np.searchsorted(grid, v), 1, n - 1))
+    w = (v - grid[i - 1]) / (grid[i] - grid[i - 1])
+    return i - 1, i, float(np.clip(w, 0.0, 1.0))
+
+
+def model_signature(space: ChannelSpace) -> str:
+    """A hash of the dense shapes of every costed layer (per sample): equal signatures mean the
+    table's layers are the space's layers."""
+    rows = [[r.name, r.kind, r.in_channels, r.out_channels, list(r.kernel), list(r.stride),
+             r.groups, list(r.in_size), r.rows // max(1, r.batch)]
+            for r in space.layer_table(space.dense_config()) if r.kind in ("conv", "linear")]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------- the table
+class LatencyTable:
+    """Predicted latency (ms) of any configuration of one model on one device.
+
+    ``predict(config)`` = ``offset + scale * sum(layer entries)``; ``cost_model()`` is the
+    ``latency_ms`` :class:`~autoprune.costs.CostModel` reading a layer table.
+    """
+
+    def __init__(self, *, device: Mapping[str, Any], model: Mapping[str, Any],
+                 space: Mapping[str, Any], entries: Sequence[_Entry], layers: Sequence[_Layer],
+                 correction: Mapping[str, Any], plan: Mapping[str, Any],
+                 build_seconds: float, created: str) -> None:
+        self.device = dict(device)
+        self.model = dict(model)
+        self.space = dict(space)
+        self.entries = list(entries)
+        self.layers = {lay.name: lay for lay in layers}
+        self.correction = dict(correction)
+        self.offset_ms = float(correction["offset_ms"])
+        self.scale = float(correction["scale"])
+        self.plan = dict(plan)
+        self.build_seconds = float(build_seconds)
+        self.created = created
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def build(cls, model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], *,
+              space: ChannelSpace | None = None, threads: int = 1, backend: str = "torch",
+              clock: str | None = None, batch: int | None = None,
+              plan: ProfilePlan | None = None, console: Console | None = None) -> LatencyTable:
+        """Profile ``model``'s layers on this machine and calibrate on whole networks.
+
+        ``example_inputs`` give the input shape; ``batch`` (default: their first dimension) the
+        batch the latency is for; ``clock`` how it is timed (see :mod:`autoprune.latency`).
+        ``space`` (default: a ChannelSpace with rounding 8 and lower bound 0.2) gives the
+        widths to profile. ``model`` is left untouched.
+        """
+        started = time.perf_counter()
+        plan = plan or ProfilePlan()
+        inputs = with_batch(example_inputs, batch)
+        one = tuple(x[:1] for x in inputs)
+        space = space or ChannelSpace.from_model(model, one)
+        traced = [tuple(x.shape[1:]) for x in space.example_inputs]
+        if traced != [tuple(x.shape[1:]) for x in inputs]:
+            raise ValueError(f"the space was traced with inputs of shape {traced} per sample but "
+                             f"the table is asked for {[tuple(x.shape[1:]) for x in inputs]}; "
+                             "pass example inputs of the shape the space was built with")
+        device = device_fingerprint(inputs, threads=threads, backend=backend, clock=clock)
+        say = console.print if console else (lambda *a, **k: None)
+        say(f"profiling latency on {describe_device(device)}")
+
+        named = dict(model.named_modules())
+        chains = block_followers(model, one)
+        links = unit_links(space)
+        choices = {u.name: u.choices for u in space.units}
+        keys: dict[str, int] = {}
+        specs: list[BlockSpec] = []
+        layers: list[_Layer] = []
+        for row in space.layer_table(space.dense_config()):
+            if row.kind not in ("conv", "linear"):
+                continue
+            module = named[row.name]
+            in_unit, out_unit = links[row.name]
+            depthwise = row.kind == "conv" and 1 < row.groups == row.in_channels == row.out_channels
+            div = 1 if depthwise or row.kind == "linear" else row.groups
+            out_grid = (width_grid(choices[out_unit], plan.grid, div) if out_unit
+                        else (row.out_channels,))
+            in_grid: tuple[int, ...] = () if depthwise else (
+                width_grid(choices[in_unit], plan.grid, div) if in_unit else (row.in_channels,))
+            op = op_of(module, row, chains.get(row.name, []), depthwise)
+            key = json.dumps([op, in_grid, out_grid], sort_keys=True)
+            if key not in keys:
+                keys[key] = len(specs)
+                specs.append((module, chains.get(row.name, []), op, in_grid, out_grid))
+            layers.append(_Layer(name=row.name, entry=keys[key], in_unit=in_unit,
+                                 out_unit=out_unit, in_full=row.in_channels,
+                                 out_full=row.out_channels, depthwise=depthwise))
+        n_points = sum(max(1, len(s[3])) * len(s[4]) for s in specs)
+        say(f"{len(layers)} costed layers -> {len(specs)} distinct blocks, {n_points} grid "
+            f"points; {plan.calibration} whole networks for the correction")
+        rng = np.random.default_rng(plan.seed)
+        configs = calibration_configs(space, plan.calibration, rng)
+        nets = [space.apply(model, c).eval() for c in configs]  # tracing needs autograd
+        ms, net_samples = measure_blocks_and_networks(specs, nets, inputs, threads, backend,
+                                                      device["clock"], plan, rng)
+        # Rounded as JSON stores them, so a saved and reloaded table predicts identically.
+        entries = [_Entry(op=op, in_grid=ig, out_grid=og, ms=np.round(monotone(m), 6))
+                   for (_, _, op, ig, og), m in zip(specs, ms)]
+        table = cls(device=device, model=_model_info(model, space), space=_space_info(space),
+                    entries=entries, layers=layers,
+                    correction={"offset_ms": 0.0, "scale": 1.0, "points": []},
+                    plan=_plan_info(plan), build_seconds=0.0, created="")
+        sums = np.array([table.layers_ms(space.layer_table(c)) for c in configs])
+        correction = fit_correction(sums, configs, net_samples)
+        built = cls(device=device, model=table.model, space=table.space, entries=entries,
+                    layers=layers, correction=correction, plan=table.plan,
+                    build_seconds=time.perf_counter() - started,
+                    created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        say(f"built in {built.build_seconds:.1f}s: offset {built.offset_ms:+.3f} ms, scale "
+            f"{built.scale:.3f}, leave-one-out error on whole networks: median "
+            f"{100 * correction['loo_median_abs_rel']:.1f}%, max {100 * built.loo_error:.1f}%")
+        return built
+
+    # ------------------------------------------------------------------ predicting
+    def layers_ms(self, table: LayerTable) -> float:
+        """Sum of the entries of the costed layers of ``table`` (before the correction)."""
+        total = 0.0
+        for row in table:
+            if row.kind not in ("conv", "linear"):
+                continue
+            layer = self.layers.get(row.name)
+            if layer is None:
+                raise LatencyTableError(
+                    f"layer {row.name!r} is not in this latency table: it was profiled for "
+                    f"another model ({self.model.get('class')}). Fix: build a table for this "
+                    "model (autoprune profile, or LatencyTable.build).")
+            total += self.entries[layer.entry].at(row.in_channels, row.out_channels)
+        return total
+
+    def estimate(self, table: LayerTable) -> float:
+        """Predicted whole-network latency (ms) of the network whose layers are ``table``."""
+        return self.offset_ms + self.scale * self.layers_ms(table)
+
+    def predict(self, config: Mapping[str, int]) -> float:
+        """Predicted latency (ms) of a configuration ({unit: channels kept}; missing = dense)."""
+        known = {u for lay in self.layers.values() for u in (lay.in_unit, lay.out_unit) if u}
+        unknown = set(config) - known
+        if unknown:
+            raise ValueError(f"configuration names units this table does not know: "
+                             f"{sorted(unknown)}; its units are {sorted(known)}")
+        total = 0.0
+        for lay in self.layers.values():
+            total += self.entries[lay.entry].at(*lay.widths(config))
+        return self.offset_ms + self.scale * total
+
+    def cost_model(self) -> LatencyCost:
+        return LatencyCost(self)
+
+    @property
+    def loo_error(self) -> float:
+        """Largest leave-one-out relative error of the whole-network correction (a fraction):
+        how far a prediction strayed from a measurement the fit had not seen."""
+        return float(self.correction.get("loo_max_abs_rel", float("nan")))
+
+    # ------------------------------------------------------------------ checks
+    def check_device(self, expected: Mapping[str, Any], *, source: str = "this table") -> None:
+        """Refuse a table built for another device, backend, thread count, batch or shape."""
+        diff = fingerprint_mismatch(self.device, expected)
+        if diff:
+            what = ", ".join(f"{k}: table {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+            raise LatencyTableError(
+                f"{source} was profiled for another device or setting ({what}). A latency "
+                f"table holds only where it was built ({describe_device(self.device)}). Fix: "
+                f"build one here with `autoprune profile --model <model> --batch "
+                f"{expected.get('batch')} --threads {expected.get('threads')} --backend "
+                f"{expected.get('backend')} -o <file>`, or leave out --lut to build and cache "
+                "one on first use.")
+
+    def check_space(self, space: ChannelSpace, *, source: str = "this table") -> None:
+        """Refuse a table whose layers are not the space's layers."""
+        sig = model_signature(space)
+        if sig != self.model.get("signature"):
+            raise LatencyTableError(
+                f"{source} was profiled for another model or input size (signature "
+                f"{self.model.get('signature')} of {self.model.get('class')} "
+                f"{self.model.get('spec') or ''}, this one is {sig}). Fix: build a table for this "
+                "model with `autoprune profile`, or leave out --lut.")
+
+    # ------------------------------------------------------------------ JSON
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready copy (editing it never changes the table)."""
+        return copy.deepcopy({
+                "format": TABLE_FORMAT, "version": TABLE_VERSION, "created": self.created,
+                "device": self.device, "model": self.model, "space": self.space,
+                "plan": self.plan, "build_seconds": round(self.build_seconds, 3),
+                "correction": self.correction,
+                "entries": [e.to_json() for e in self.entries],
+                "layers": [{"name": lay.name, "entry": lay.entry, "in_unit": lay.in_unit,
+                            "out_unit": lay.out_unit, "in_full": lay.in_full,
+                            "out_full": lay.out_full, "depthwise": lay.depthwise}
+                           for lay in self.layers.values()]})
+
+    def save(self, path: str | Path) -> Path:
+        """Write the table as JSON (atomically: a killed write leaves the old file)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, *, expected_device: Mapping[str, Any] | None = None
+             ) -> LatencyTable:
+        """Read a table; with ``expected_device`` (a fingerprint) refuse one built elsewhere."""
+        path = Path(path)
+        fix = (f"Fix: rebuild it with `autoprune profile --model <model> -o {path}` (or delete "
+               "it; a search builds and caches a table on first use).")
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"latency table {path} does not exist. Build one with "
+                                    f"`autoprune profile --model <model> -o {path}`.") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise LatencyTableError(f"latency table {path} is corrupt ({err}). {fix}") from None
+        if not isinstance(raw, dict) or raw.get("format") != TABLE_FORMAT:
+            raise LatencyTableError(f"{path} is not an autoprune latency table. {fix}")
+        if raw.get("version") != TABLE_VERSION:
+            raise LatencyTableError(
+                f"latency table {path} has format version {raw.get('version')!r}; this autoprune "
+                f"reads version {TABLE_VERSION}. {fix}")
+        try:
+            table = cls._from_json(raw)
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            raise LatencyTableError(f"latency table {path} is corrupt ({type(err).__name__}: "
+                                    f"{err}). {fix}") from None
+        if expected_device is not None:
+            table.check_device(expected_device, source=f"latency table {path}")
+        return table
+
+    @classmethod
+    def _from_json(cls, raw: Mapping[str, Any]) -> LatencyTable:
+        entries = []
+        for e in raw["entries"]:
+            in_grid = tuple(int(v) for v in e["in_grid"])
+            out_grid = tuple(int(v) for v in e["out_grid"])
+            ms = np.asarray(e["ms"], dtype=float)
+            if ms.shape != (max(1, len(in_grid)), len(out_grid)) or not out_grid:
+                raise ValueError(f"an entry's timings have shape {ms.shape}, its grids "
+                                 f"{len(in_grid)} x {len(out_grid)}")
+            if not np.all(np.isfinite(ms)) or np.any(ms < 0):
+                raise ValueError("an entry holds a negative or non-finite timing")
+            for g in (in_grid, out_grid):
+                if list(g) != sorted(set(g)) or (g and g[0] < 1):
+                    raise ValueError(f"grid {list(g)} is not increasing positive widths")
+            if not isinstance(e["op"], dict):
+                raise TypeError("an entry's op is not an object")
+            entries.append(_Entry(op=e["op"], in_grid=in_grid, out_grid=out_grid, ms=ms))
+        layers = []
+        for lay in raw["layers"]:
+            index = int(lay["entry"])
+            if not 0 <= index < len(entries):
+                raise IndexError(f"layer {lay['name']!r} points at missing entry {index}")
+            layers.append(_Layer(name=str(lay["name"]), entry=index, in_unit=lay["in_unit"],
+                                 out_unit=lay["out_unit"], in_full=int(lay["in_full"]),
+                                 out_full=int(lay["out_full"]), depthwise=bool(lay["depthwise"])))
+        if not layers:
+            raise ValueError("the table has no layers")
+        corr = dict(raw["correction"])
+        for k in ("offset_ms", "scale"):
+            if not math.isfinite(float(corr[k])):
+                raise ValueError(f"correction {k} is not a finite number")
+        if float(corr["scale"]) <= 0:
+            raise ValueError("correction scale must be positive")
+        device = raw["device"]
+        if not isinstance(device, dict) or "backend" not in device or "threads" not in device:
+            raise ValueError("the device fingerprint is missing")
+        return cls(device=device, model=dict(raw["model"]), space=dict(raw.get("space", {})),
+                   entries=entries, layers=layers, correction=corr, plan=dict(raw.get("plan", {})),
+                   build_seconds=float(raw.get("build_seconds", 0.0)),
+                   created=str(raw.get("created", "")))
+
+
+class LatencyCost(CostModel):
+    """``latency_ms``: a lookup table's prediction for a layer table."""
+
+    name = "latency_ms"
+    unit = "ms"
+
+    def __init__(self, table: LatencyTable) -> None:
+        self.table = table
+
+    def estimate(self, table: LayerTable) -> float:
+        return self.table.estimate(table)
+
+
+def _model_info(model: nn.Module, space: ChannelSpace) -> dict[str, Any]:
+    spec = getattr(model, "autoprune_spec", None)
+    return {"class": type(model).__name__, "spec": dict(spec) if spec else None,
+            "signature": model_signature(space)}
+
+
+def _space_info(space: ChannelSpace) -> dict[str, Any]:
+    return {"round_to": space.round_to, "min_ratio": space.min_ratio,
+            "units": {u.name: list(u.choices) for u in space.units}}
+
+
+def _plan_info(plan: ProfilePlan) -> dict[str, Any]:
+    return {k: getattr(plan, k) for k in ProfilePlan.__dataclass_fields__}

@@ -1,0 +1,253 @@
+"""How well does the latency lookup table predict measured latency, against FLOPs and roofline?
+
+For each model: build a lookup table on this machine (timed), draw random configurations (not
+those the table was calibrated on), prune to each and measure it for real (two passes in
+shuffled order; the latency is the median of both passes' samples), and compare predictors:
+
+* ``table``      the lookup table's prediction (what latency budgets are costed with);
+* ``flops``      MACs times one scale, least-squares fitted *on the evaluated networks
+                 themselves* -- the best case for FLOPs as a latency proxy;
+* ``roofline``   the analytic roofline model (micro-benchmarked peak and bandwidth), raw.
+
+Reported per model and over all: share of networks predicted within +-5% and +-10% of the
+measurement, median absolute % error, Spearman rank correlation; the realized speedup against
+the FLOPs reduction; and the *test-retest* agreement of the two measurement passes, the noise
+ceiling no predictor can beat on a busy machine. Load averages before and after are recorded.
+
+    python benchmarks/latency_model.py            # resnet56, mobilenetv2, vgg11; 70 configs each
+    python benchmarks/latency_model.py --quick    # resnet20 and mobilenetv2, 15 each (~2 min)
+
+Writes benchmarks/results/latency_model[-quick].json and prints tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+from scipy.stats import spearmanr
+
+from autoprune.latency import (describe_device, make_runner, pinned_threads, resolve_clock,
+                               time_calls)
+from autoprune.lut import LatencyTable, ProfilePlan
+from autoprune.models import build_model
+from autoprune.roofline import RooflineCost
+from autoprune.search_spaces import ChannelSpace
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    models: tuple[str, ...]
+    configs: int
+    warmup: int
+    repeats: int
+    threads: int
+    backend: str
+    clock: str
+    batch: int
+    image_size: int
+    plan: ProfilePlan
+    seed: int
+    out: Path
+
+
+def load() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def configs_for(space: ChannelSpace, n: int, rng: np.random.Generator) -> list[dict[str, int]]:
+    """Random configurations over the whole width range: a level per network plus per-unit noise
+    (uniform points in the cube alone cluster around half width)."""
+    out = []
+    for _ in range(n):
+        level = rng.uniform(0, 1)
+        out.append(space.decode(np.clip(level + rng.normal(0, 0.3, space.dim), 0, 1)))
+    return out
+
+
+def measure_all(nets: list[torch.nn.Module], x: torch.Tensor, s: Settings,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two passes in shuffled order; per network the median of each pass and of both."""
+    passes: list[list[np.ndarray]] = [[np.empty(0)] * len(nets) for _ in range(2)]
+    with pinned_threads(s.threads), torch.inference_mode():
+        runners = [make_runner(n, (x,), backend=s.backend, threads=s.threads) for n in nets]
+        for p in range(2):
+            for i in rng.permutation(len(nets)):
+                timings = time_calls(runners[i], warmup=s.warmup, repeats=s.repeats)
+                passes[p][i] = timings.of(s.clock) * 1e3
+    a = np.array([np.median(v) for v in passes[0]])
+    b = np.array([np.median(v) for v in passes[1]])
+    both = np.array([np.median(np.concatenate([u, v])) for u, v in zip(passes[0], passes[1])])
+    return a, b, both
+
+
+def scores(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
+    rel = pred / meas - 1.0
+    return {"within_5pct": float(np.mean(np.abs(rel) <= 0.05)),
+            "within_10pct": float(np.mean(np.abs(rel) <= 0.10)),
+            "median_abs_pct": float(100 * np.median(np.abs(rel))),
+            "spearman": float(spearmanr(pred, meas).statistic) if len(pred) > 2 else float("nan")}
+
+
+def run_model(name: str, s: Settings, roof: RooflineCost, console: Console) -> dict[str, Any]:
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=1, num_classes=10, input_size=s.image_size).eval()
+    x = torch.randn(s.batch, 1, s.image_size, s.image_size)
+    space = ChannelSpace.from_model(model, x[:1])
+    load_before = load()
+    table = LatencyTable.build(model, x, space=space, threads=s.threads, backend=s.backend,
+                               clock=s.clock, plan=s.plan, console=console)
+    rng = np.random.default_rng(s.seed)
+    configs = [space.dense_config()] + configs_for(space, s.configs, rng)
+    nets = [space.apply(model, c).eval() for c in configs]
+    started = time.perf_counter()
+    a, b, meas = measure_all(nets, x, s, rng)
+    seconds = time.perf_counter() - started
+    tables = [space.layer_table(c) for c in configs]
+    pred = np.array([table.predict(c) for c in configs])
+    macs = np.array([sum(r.macs for r in t) for t in tables], dtype=float)
+    roof_ms = np.array([roof.estimate(t) for t in tables])
+    flops_scale = float(np.dot(macs, meas) / np.dot(macs, macs))  # best case: fit on test set
+    dense_ms, dense_macs = meas[0], macs[0]
+    rows = [{"config": c, "macs": float(m), "measured_ms": float(v), "pass_a_ms": float(pa),
+             "pass_b_ms": float(pb), "table_ms": float(p), "roofline_ms": float(r)}
+            for c, m, v, pa, pb, p, r in zip(configs, macs, meas, a, b, pred, roof_ms)]
+    ev = slice(1, None)  # the dense network is the reference, not an evaluated configuration
+    speedup = dense_ms / meas[ev]
+    reduction = dense_macs / macs[ev]
+    bins = []
+    for lo, hi in ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.01)):
+        sel = (macs[ev] / dense_macs >= lo) & (macs[ev] / dense_macs < hi)
+        if sel.any():
+            bins.append({"macs_fraction": f"{lo:.2f}-{min(hi, 1):.2f}", "n": int(sel.sum()),
+                         "median_flops_reduction": float(np.median(reduction[sel])),
+                         "median_speedup": float(np.median(speedup[sel]))})
+    return {
+        "model": name, "units": space.dim, "n": len(configs) - 1,
+        "device": table.device, "table_build_seconds": round(table.build_seconds, 1),
+        "table_blocks": len(table.entries), "table_grid_points": int(sum(e.ms.size for e in table.entries)),
+        "table_loo_median_pct": 100 * table.correction["loo_median_abs_rel"],
+        "measure_seconds": round(seconds, 1), "load_before": load_before, "load_after": load(),
+        "dense_measured_ms": float(dense_ms), "dense_predicted_ms": float(pred[0]),
+        "flops_scale_ms_per_gmac": flops_scale * 1e9,
+        "scores": {"table": scores(pred[ev], meas[ev]),
+                   "flops": scores(flops_scale * macs[ev], meas[ev]),
+                   "roofline": scores(roof_ms[ev], meas[ev]),
+                   "retest": scores(a[ev], b[ev])},
+        "speedup_vs_flops_reduction": {"bins": bins, "spearman": float(
+            spearmanr(reduction, speedup).statistic) if len(speedup) > 2 else float("nan")},
+        "rows": rows,
+    }
+
+
+def pooled(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    out = {}
+    for key in ("table", "flops", "roofline", "retest"):
+        pred, meas = [], []
+        for r in results:
+            rows = r["rows"][1:]
+            scale = r["flops_scale_ms_per_gmac"] / 1e9
+            col = {"table": [x["table_ms"] for x in rows],
+                   "flops": [scale * x["macs"] for x in rows],
+                   "roofline": [x["roofline_ms"] for x in rows],
+                   "retest": [x["pass_a_ms"] for x in rows]}[key]
+            pred += col
+            meas += [x["pass_b_ms"] if key == "retest" else x["measured_ms"] for x in rows]
+        out[key] = scores(np.array(pred), np.array(meas))
+    return out
+
+
+def show(results: list[dict[str, Any]], total: dict[str, dict[str, float]], console: Console) -> None:
+    t = Table(title="latency prediction vs measurement (random pruned networks)")
+    for col in ("model", "n", "predictor", "within 5%", "within 10%", "median |err|", "Spearman"):
+        t.add_column(col, justify="left" if col in ("model", "predictor") else "right")
+    labels = {"table": "lookup table", "flops": "FLOPs x best scale", "roofline": "roofline",
+              "retest": "re-measurement"}
+    for name, n, sc in [(r["model"], r["n"], r["scores"]) for r in results] + [
+            ("all", sum(r["n"] for r in results), total)]:
+        for key in ("table", "flops", "roofline", "retest"):
+            v = sc[key]
+            t.add_row(name if key == "table" else "", str(n) if key == "table" else "",
+                      labels[key], f"{100 * v['within_5pct']:.1f}%", f"{100 * v['within_10pct']:.1f}%",
+                      f"{v['median_abs_pct']:.1f}%", f"{v['spearman']:.3f}")
+        t.add_section()
+    t.caption = ("re-measurement: the same networks timed twice (pass A vs pass B): the noise "
+                 "ceiling on this machine now")
+    console.print(t)
+    sp = Table(title="realized speedup vs FLOPs reduction (measured)")
+    for col in ("model", "MACs of dense", "n", "FLOPs reduction (median)", "speedup (median)"):
+        sp.add_column(col, justify="left" if col == "model" else "right")
+    for r in results:
+        for i, b in enumerate(r["speedup_vs_flops_reduction"]["bins"]):
+            sp.add_row(r["model"] if i == 0 else "", b["macs_fraction"], str(b["n"]),
+                       f"{b['median_flops_reduction']:.2f}x", f"{b['median_speedup']:.2f}x")
+        sp.add_section()
+    console.print(sp)
+    for r in results:
+        console.print(f"{r['model']}: table built in {r['table_build_seconds']}s "
+                      f"({r['table_blocks']} blocks, {r['table_grid_points']} grid points), dense "
+                      f"measured {r['dense_measured_ms']:.2f} ms / predicted "
+                      f"{r['dense_predicted_ms']:.2f} ms; load {r['load_before']} -> {r['load_after']}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="resnet20 + mobilenetv2, 15 configs each")
+    ap.add_argument("--models", default=None, help="comma-separated zoo models")
+    ap.add_argument("--configs", type=int, default=None, help="random configurations per model")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--clock", default="auto", choices=["auto", "cpu", "wall"])
+    ap.add_argument("--repeats", type=int, default=None, help="timed calls per network per pass")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    quick = args.quick
+    models = tuple((args.models or ("resnet20,mobilenetv2" if quick else
+                                    "resnet56,mobilenetv2,vgg11")).split(","))
+    s = Settings(models=models, configs=args.configs or (15 if quick else 70), warmup=3,
+                 repeats=args.repeats or 15, threads=args.threads,
+                 backend=args.backend, clock=resolve_clock(None if args.clock == "auto" else
+                                                           args.clock, args.threads),
+                 batch=args.batch, image_size=32,
+                 plan=ProfilePlan(),
+                 seed=args.seed,
+                 out=args.out or RESULTS / (f"latency_model{'-quick' if quick else ''}"
+                                            f"{'' if args.backend == 'torch' else '-' + args.backend}"
+                                            f"{'-wall' if args.clock == 'wall' else ''}.json"))
+    console = Console()
+    console.print(f"load average {load()}; models {', '.join(models)}; {s.configs} configurations "
+                  f"each; backend {s.backend}, {s.threads} thread(s), batch {s.batch}, clock {s.clock}")
+    roof = RooflineCost.measure(threads=s.threads, batch=s.batch, clock=s.clock)
+    console.print(f"roofline micro-benchmark: {roof}")
+    started = time.perf_counter()
+    results = [run_model(m, s, roof, console) for m in models]
+    total = pooled(results)
+    show(results, total, console)
+    payload = {"command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+               "device": describe_device(results[0]["device"]), "roofline": roof.to_json(),
+               "settings": {"configs": s.configs, "warmup": s.warmup, "repeats": s.repeats,
+                            "passes": 2, "plan": {k: getattr(s.plan, k) for k in
+                                                  ProfilePlan.__dataclass_fields__}},
+               "seconds": round(time.perf_counter() - started, 1), "pooled": total,
+               "models": results}
+    s.out.parent.mkdir(parents=True, exist_ok=True)
+    s.out.write_text(json.dumps(payload, indent=1) + "\n")
+    console.print(f"wrote {s.out} in {payload['seconds']}s")
+
+
+if __name__ == "__main__":
+    main()
