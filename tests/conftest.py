@@ -1,8 +1,21 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    # The suite's models are small: intra-op threads buy little, while two OpenMP threads on
+    # a 2-core machine shared with other torch processes spin on barriers and ran tests
+    # 10-100x slower. Subprocesses started by tests keep torch's default.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 class ResidualDepthwiseNet(nn.Module):

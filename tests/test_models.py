@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch_pruning as tp
@@ -10,16 +8,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from autoprune.models import available_models, build_model, build_model_from_spec, make_divisible
 
 ALL_MODELS = available_models()
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # Two OpenMP threads on this 2-core machine, shared with other torch processes, spin
-    # on barriers and made these small forward passes 30-100x slower.  Restored afterwards.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def macs(model: torch.nn.Module, shape: tuple[int, ...] = (1, 3, 32, 32)) -> float:

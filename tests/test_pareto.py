@@ -4,7 +4,6 @@ from a finished run without a new search."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -64,16 +63,6 @@ def test_a_pareto_search_spreads_candidates_over_the_range(user_model: nn.Module
         assert r.costs["macs"] <= pareto.limit(r.point[-1]) * (1 + 1e-9)
 
 
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    # Small convolutions on a shared 2-core machine: one thread avoids oversubscription (10x).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.mark.usefixtures("one_thread")
 def test_pareto_search_writes_the_front_and_pick_chooses_from_it(tmp_path: Path) -> None:
     tiny = {"image_size": 8, "width_mult": 0.5, "round_to": 4}
     load_or_train_baseline("resnet20", "digits", epochs=1, cache_dir=tmp_path / "cache",

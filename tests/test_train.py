@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,17 +22,6 @@ from autoprune.train import (
 # 3 epochs on 2 idle cores; far slower when other torch processes compete for them).
 TINY = {"image_size": 8, "width_mult": 0.5}
 CHANCE = 0.1
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # These models are so small that intra-op threading buys nothing, while two OpenMP
-    # threads on a 2-core machine shared with other torch processes spin on barriers and
-    # ran these tests ~100x slower (minutes instead of seconds).  Restored afterwards.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def test_default_epochs_cover_the_zoo() -> None:
