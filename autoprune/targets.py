@@ -96,12 +96,16 @@ def parse_target(text: str) -> Target:
     if not math.isfinite(number) or number <= 0:
         raise TargetError(f"target {text!r} must be positive. {TARGET_HELP}")
     if suffix == "%":
-        if number > 100:
-            raise TargetError(f"target {text!r} asks for more than the dense model (100%); "
-                              "give a percentage in (0, 100].")
-        return Target(metric=_METRICS[key], value=number / 100.0, relative=True, text=text.strip())
+        return _percent_target(text, _METRICS[key], number)
     return Target(metric=_METRICS[key], value=number * _SUFFIX[suffix], relative=False,
                   text=text.strip())
+
+
+def _percent_target(text: str, metric: str, number: float) -> Target:
+    if number > 100:
+        raise TargetError(f"target {text!r} asks for more than the dense model (100%); "
+                          "give a percentage in (0, 100].")
+    return Target(metric=metric, value=number / 100.0, relative=True, text=text.strip())
 
 
 def _parse_latency(text: str, raw: str) -> Target:
@@ -113,10 +117,7 @@ def _parse_latency(text: str, raw: str) -> Target:
     if not math.isfinite(number) or number <= 0:
         raise TargetError(f"latency target {text!r} must be positive. {LATENCY_HELP}")
     if unit == "%":
-        if number > 100:
-            raise TargetError(f"target {text!r} asks for more than the dense model (100%); "
-                              "give a percentage in (0, 100].")
-        return Target(metric="latency_ms", value=number / 100.0, relative=True, text=text.strip())
+        return _percent_target(text, "latency_ms", number)
     if not unit:
         raise TargetError(f"latency target {text!r} has no unit: write e.g. "
                           f"latency={match.group(1)}ms. {LATENCY_HELP}")
