@@ -19,7 +19,7 @@ from torch import nn
 from autoprune.agents import make_agent
 from autoprune.data import load_data
 from autoprune.evaluate import ClassificationEvaluator
-from autoprune.executors import make_executor
+from autoprune.executors import Executor, make_executor
 from autoprune.latency import LatencyMeasurement
 from autoprune.latency_jobs import (
     LatencyCheck,
@@ -37,7 +37,7 @@ from autoprune.report import front_table, pareto_plot, trials_table, units_table
 from autoprune.loop import PruneAndEvaluate, best_record, evaluate_point, run_search
 from autoprune.search_spaces import ChannelSpace
 from autoprune.study import StudyStore, TrialRecord
-from autoprune.targets import Budget, parse_targets
+from autoprune.targets import Budget, Target, parse_targets
 from autoprune.train import default_cache_dir, load_or_train_baseline
 
 __all__ = ["OBJECTIVES", "Allocation", "SearchError", "SearchSettings", "allocate", "load_pruned",
@@ -86,14 +86,18 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
              target: str | Sequence[str], evaluate: Callable[[nn.Module], Mapping[str, float]],
              agent: str = "random", trials: int = 30, seed: int = 0, round_to: int = 8,
              min_ratio: float = 0.2, objective: str | None = None, run_dir: str | Path | None = None,
-             progress: bool = False, latency_table: LatencyTable | None = None) -> Allocation:
+             progress: bool = False, latency_table: LatencyTable | None = None,
+             executor: str | Executor = "local") -> Allocation:
     """Find how many channels each unit of ``model`` keeps so that every budget of ``target``
     is met and ``evaluate(pruned)`` (a dict with ``accuracy`` or ``loss``) is best.
 
     ``model`` is never modified. With ``run_dir`` the study is kept in ``run_dir/study.db`` and
     a repeated call resumes it; without, it lives in memory. A latency budget is costed with
     ``latency_table`` (default: one built now, 1 thread, torch, the example's batch) and the
-    chosen network is measured on this machine (``Allocation.latency``).
+    chosen network is measured on this machine (``Allocation.latency``). ``executor``:
+    ``"local"`` (in this process), ``"ray"`` (a local Ray, one trial per CPU) or an executor
+    such as ``autoprune.ray_executor.RayExecutor(workers=4, address="auto")``; with Ray,
+    ``model`` and ``evaluate`` must pickle (cloudpickle: closures are fine).
     """
     if not callable(evaluate):
         raise TypeError("evaluate must be a callable model -> {'accuracy': ...} or {'loss': ...}")
@@ -109,9 +113,15 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
     if objective is None:
         objective = store.get_meta("objective") or _objective_of(evaluate(copy.deepcopy(model)))
     store.set_meta("objective", objective)
-    records = run_search(problem, model=model, evaluate=evaluate,
-                         agent=make_agent(agent, problem.space.dim, seed=seed), trials=trials,
-                         store=store, objective=objective, progress=progress)
+    runner = make_executor(executor) if isinstance(executor, str) else executor
+    try:
+        records = run_search(problem, model=model, evaluate=evaluate,
+                             agent=make_agent(agent, problem.space.dim, seed=seed),
+                             trials=trials, store=store, executor=runner, objective=objective,
+                             progress=progress)
+    finally:
+        if isinstance(executor, str):  # ours to release; a caller's executor stays theirs
+            runner.close()
     if table is None:
         return _allocation(problem, records)
     check = verify_latency(problem, records, model=model, example=example_inputs,
@@ -167,7 +177,12 @@ class SearchSettings:
     calib_batches: int = 16
     finetune_steps: int = 0
     trials: int = 30
+    # Where trials run; none of these change the results, so they are not part of identity():
+    # a run folder may be resumed with another executor.
     executor: str = "local"
+    workers: int = 1
+    ray_address: str | None = None
+    cpus_per_trial: float = 1.0
     run_dir: Path | None = None
     cache_dir: Path | None = None
     progress: bool = True
@@ -214,10 +229,20 @@ def search(settings: SearchSettings, *, console: Console | None = None) -> dict[
     # Unknown agents, or a single-objective agent for a Pareto search, fail before training.
     make_agent(settings.agent, 1, objectives=2 if settings.objective == "pareto" else 1)
     targets = parse_targets(settings.targets)
-    executor = make_executor(settings.executor)
+    executor = make_executor(settings.executor, workers=settings.workers,
+                             address=settings.ray_address, cpus_per_trial=settings.cpus_per_trial)
     run_dir = Path(settings.run_dir or settings.default_run_dir())
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_run_folder(run_dir, settings)
+    try:
+        return _search(settings, executor, run_dir, targets, console)
+    finally:
+        executor.close()
+
+
+def _search(settings: SearchSettings, executor: Executor, run_dir: Path,
+            targets: Sequence[Target], console: Console) -> dict[str, Any]:
+    executor.start()  # an unreachable cluster fails here, before a baseline is trained
 
     model, data, baseline = load_or_train_baseline(
         settings.model, settings.data, image_size=settings.image_size,
@@ -252,12 +277,9 @@ def search(settings: SearchSettings, *, console: Console | None = None) -> dict[
     pareto = _pareto_range(problem) if settings.objective == "pareto" else None
     agent = make_agent(settings.agent, space.dim + (1 if pareto else 0), seed=settings.seed,
                        objectives=2 if pareto else 1)
-    try:
-        records = run_search(problem, model=model, evaluate=evaluator, agent=agent,
-                             trials=settings.trials, store=store, executor=executor,
-                             progress=settings.progress, console=console, pareto=pareto)
-    finally:
-        executor.close()
+    records = run_search(problem, model=model, evaluate=evaluator, agent=agent,
+                         trials=settings.trials, store=store, executor=executor,
+                         progress=settings.progress, console=console, pareto=pareto)
     check = None
     if table is not None:  # never report a latency that was not measured
         check = verify_latency(problem, records, model=model, example=data.example_inputs(1),

@@ -70,7 +70,17 @@ def search(
     width_mult: Annotated[float, typer.Option(min=0.05, help="Width multiplier of the zoo model.")] = 1.0,
     calib_batches: Annotated[int, typer.Option(min=0, help="Training batches for adaptive BatchNorm.")] = 16,
     finetune_steps: Annotated[int, typer.Option(min=0, help="SGD steps per candidate before scoring.")] = 0,
-    executor: Annotated[str, typer.Option(help="Where trials run: local.")] = "local",
+    executor: Annotated[str, typer.Option(
+        help="Where trials run: local (this process, one at a time) or ray (Ray Tune: a local "
+             "Ray, or the cluster of --ray-address; needs pip install 'ray[tune]').")] = "local",
+    workers: Annotated[int, typer.Option(
+        min=1, help="Trials in flight at once (--executor ray).")] = 1,
+    ray_address: Annotated[str | None, typer.Option(
+        help="Join a running Ray cluster: auto, or host:port of its head (ray start --head "
+             "prints it, e.g. 127.0.0.1:6379). Default: start a local Ray for this search.")] = None,
+    cpus_per_trial: Annotated[float, typer.Option(
+        min=0.01, help="CPUs Ray reserves per trial; torch in a trial uses that many threads "
+                       "(at least 1).")] = 1.0,
     cache_dir: Annotated[Path | None, typer.Option(help="Baseline cache (default $AUTOPRUNE_CACHE or ~/.cache/autoprune).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars (stderr).")] = True,
@@ -96,7 +106,8 @@ def search(
                               seed=seed, round_to=round_to,
                               min_ratio=min_ratio, calib_batches=calib_batches,
                               finetune_steps=finetune_steps, trials=trials, executor=executor,
-                              run_dir=run_dir, cache_dir=cache_dir, progress=progress, lut=lut,
+                              workers=workers, ray_address=ray_address,
+                              cpus_per_trial=cpus_per_trial, run_dir=run_dir, cache_dir=cache_dir, progress=progress, lut=lut,
                               batch=batch, threads=threads, backend=backend,
                               clock=None if clock == "auto" else clock)
     try:

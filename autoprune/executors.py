@@ -1,19 +1,39 @@
-"""Executors run trial functions: in-process now; Ray Tune plugs in behind the same contract."""
+"""Executors run trials: in this process (``local``, the default) or on Ray Tune (``ray``,
+``autoprune.ray_executor``, imported only when asked for so the local path never loads ray)."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from autoprune.loop import PruneAndEvaluate, SearchSession
 
 __all__ = ["EXECUTORS", "Executor", "LocalExecutor", "make_executor"]
 
 
 class Executor(ABC):
     """Runs ``fn`` on each item; yields ``(index, result or the exception it raised)`` as trials
-    finish (in any order). A failing trial never stops the others."""
+    finish (in any order). A failing trial never stops the others.
+
+    ``execute`` drives a whole search: by default batch after batch through ``run`` (propose
+    ``batch`` candidates, run them all, complete them); an executor that can keep candidates
+    in flight (Ray) overrides it and proposes a new one whenever one finishes."""
 
     name: str = "abstract"
+
+    def start(self) -> None:  # noqa: B027 - nothing to start by default
+        """Acquire workers early (so a bad cluster address fails before a baseline trains)."""
+
+    def execute(self, session: SearchSession, work: PruneAndEvaluate, *, batch: int = 1) -> None:
+        """Run ``session`` to its end, ``work(config)`` per candidate."""
+        while not session.finished:
+            props = session.propose(max(1, batch))
+            if not props:
+                break
+            for j, out in self.run(work, [p.config for p in props]):
+                session.complete(props[j], out)
 
     @abstractmethod
     def run(self, fn: Callable[[Any], Any], items: Sequence[Any]
@@ -40,11 +60,36 @@ class LocalExecutor(Executor):
                 yield i, err
 
 
-EXECUTORS: dict[str, type[Executor]] = {"local": LocalExecutor}
+def _local(*, workers: int, address: str | None, cpus_per_trial: float) -> Executor:
+    if workers != 1 or address is not None:
+        raise ValueError("the local executor runs one trial at a time in this process; "
+                         "--workers and --ray-address need --executor ray")
+    return LocalExecutor()
 
 
-def make_executor(name: str) -> Executor:
+def _ray(*, workers: int, address: str | None, cpus_per_trial: float) -> Executor:
+    try:  # lazily: `autoprune --help` and local searches never import ray
+        from autoprune.ray_executor import RayExecutor
+    except ImportError as err:
+        raise ValueError(f"--executor ray needs Ray Tune ({err}); install it with "
+                         "pip install 'ray[tune]'") from None
+    return RayExecutor(workers=workers, address=address, cpus_per_trial=cpus_per_trial)
+
+
+#: Executor name -> factory taking the command line's --workers, --ray-address and
+#: --cpus-per-trial.
+EXECUTORS: dict[str, Callable[..., Executor]] = {"local": _local, "ray": _ray}
+
+
+def make_executor(name: str, *, workers: int = 1, address: str | None = None,
+                  cpus_per_trial: float = 1.0) -> Executor:
+    """The executor registered as ``name`` (``--executor``)."""
     try:
-        return EXECUTORS[name]()
+        factory = EXECUTORS[name]
     except KeyError:
-        raise ValueError(f"unknown executor {name!r}; available: {sorted(EXECUTORS)}") from None
+        raise ValueError(f"unknown executor {name!r}; available: "
+                         f"{', '.join(sorted(EXECUTORS))}") from None
+    if workers < 1 or cpus_per_trial <= 0:
+        raise ValueError(f"--workers must be >= 1 and --cpus-per-trial > 0 (got {workers}, "
+                         f"{cpus_per_trial})")
+    return factory(workers=workers, address=address, cpus_per_trial=cpus_per_trial)

@@ -2,6 +2,10 @@
 
     agent.ask -> problem.repair -> space.decode -> executor(prune + evaluate) -> agent.tell
                                                                               -> study (one trial)
+
+``SearchSession`` holds the loop's state; an executor drives it (``Executor.execute``): the
+local executor proposes, runs and completes one batch after another, Ray keeps several
+candidates in flight and completes them as they finish.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from rich.console import Console
@@ -23,9 +27,14 @@ from autoprune.pareto import ParetoRange
 from autoprune.problem import PruningProblem
 from autoprune.study import StudyStore, TrialRecord
 
-__all__ = ["PruneAndEvaluate", "best_record", "evaluate_point", "objective_value", "run_search"]
+__all__ = ["Proposal", "PruneAndEvaluate", "SearchSession", "TrialFailure", "best_record",
+           "evaluate_point", "objective_value", "run_search"]
 
 Evaluate = Callable[[nn.Module], Mapping[str, float]]
+
+
+class TrialFailure(Exception):
+    """A trial that failed elsewhere (on a Ray worker); its text is the whole reason recorded."""
 
 
 class PruneAndEvaluate:
@@ -45,11 +54,13 @@ class PruneAndEvaluate:
         return {str(k): float(v) for k, v in metrics.items()}
 
 
-def objective_value(metrics: Mapping[str, float], objective: str) -> float:
-    """The number to maximise: accuracy as is, a loss negated. NaN when missing."""
+def objective_value(metrics: Mapping[str, float], objective: str, *,
+                    minimize: bool | None = None) -> float:
+    """The number to maximise: accuracy as is, a loss (or any metric to ``minimize``)
+    negated. NaN when missing."""
     value = metrics.get(objective, float("nan"))
     value = float(value) if value is not None else float("nan")
-    return -value if objective == "loss" else value
+    return -value if (objective == "loss" if minimize is None else minimize) else value
 
 
 def best_record(records: list[TrialRecord], problem: PruningProblem) -> TrialRecord | None:
@@ -63,6 +74,174 @@ def _config_key(config: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
     return tuple(sorted((k, int(v)) for k, v in config.items()))
 
 
+@dataclass(eq=False)
+class Proposal:
+    """One candidate handed to an executor: the repaired point and its configuration.
+    ``id`` numbers proposals in the order the agent asked for them."""
+
+    id: int
+    point: np.ndarray
+    config: dict[str, int]
+    outcome: Mapping[str, float] | BaseException | None = None
+    record: TrialRecord | None = None
+    # Proposals with the same configuration, asked while this one was running: recorded from
+    # its result instead of being pruned and scored again.
+    twins: list[Proposal] = field(default_factory=list)
+
+
+class SearchSession:
+    """The loop's state, driven by an executor: ``propose`` candidates, ``complete`` them.
+
+    Several candidates may be in flight (``--executor ray --workers N``) and complete in any
+    order. Each finished trial is written to the study the moment it completes (numbered in
+    completion order, one optuna trial each, so a kill loses nothing that finished), but the
+    agent is told results *in the order it asked for them*: the agents' ask/tell contract pairs
+    each tell with the oldest outstanding ask (optuna and CMA-ES agents keep a FIFO of asked
+    points). The saved state (``search_state``: the agent's state, how many trials it had
+    seen recorded, which of those it was not told yet) is one study attribute written after
+    every change, so a resumed search tells the agent exactly what it missed.
+    """
+
+    def __init__(self, problem: PruningProblem, *, agent: Agent, store: StudyStore,
+                 trials: int | None, objective: str = "accuracy", minimize: bool | None = None,
+                 pareto: ParetoRange | None = None,
+                 on_record: Callable[[TrialRecord], None] | None = None) -> None:
+        if trials is not None and trials < 1:
+            raise ValueError(f"trials must be at least 1, got {trials}")
+        self.problem = problem
+        self.space = problem.space
+        self.agent = agent
+        self.store = store
+        self.trials = trials
+        self.objective = objective
+        self.minimize = (objective == "loss") if minimize is None else minimize
+        self.pareto = pareto
+        self.on_record = on_record
+        self._lows = self.space.ratio_lower_bounds()
+        self._running: dict[tuple[tuple[str, int], ...], Proposal] = {}
+        self._queue: list[Proposal] = []  # asked, not yet told, in ask order
+        self._next_id = 0
+        self.agent_done = False
+        self.records = store.records()
+        self._restore()
+        self._seen = {_config_key(r.config): r for r in self.records if not r.failed}
+
+    # ------------------------------------------------------------------ resume
+    def _restore(self) -> None:
+        saved = self.store.get_meta("search_state")
+        untold: list[TrialRecord] = []
+        if saved is not None:
+            self.agent.load_state_dict(saved["agent"])
+            missed = set(saved.get("untold", ()))
+            untold = [r for r in self.records
+                      if r.number in missed or r.number >= int(saved.get("recorded", 0))]
+        elif (state := self.store.get_meta("agent_state")) is not None:  # before async loops
+            self.agent.load_state_dict(state)
+        else:  # no saved state: let the agent learn from what the study holds
+            untold = list(self.records)
+        for r in untold:  # recorded before a kill, never told: the agent learns them now
+            self.agent.tell(np.asarray(r.point), _result(r, self.pareto))
+        if untold or saved is None:
+            self._save()
+
+    def _save(self) -> None:
+        untold = [p.record.number for p in self._queue if p.record is not None]
+        self.store.set_meta("search_state", {"agent": self.agent.state_dict(),
+                                             "recorded": len(self.records), "untold": untold})
+
+    # ------------------------------------------------------------------ state
+    @property
+    def in_flight(self) -> int:
+        """Proposals handed out (or waiting on a twin) and not yet recorded."""
+        return sum(p.record is None for p in self._queue)
+
+    @property
+    def room(self) -> int:
+        """How many more trials may be started."""
+        if self.trials is None:
+            return 1 << 30
+        return max(0, self.trials - len(self.records) - self.in_flight)
+
+    @property
+    def finished(self) -> bool:
+        """Nothing in flight and nothing more to propose."""
+        return self.in_flight == 0 and (self.agent_done or self.room == 0)
+
+    # ------------------------------------------------------------------ propose / complete
+    def propose(self, n: int) -> list[Proposal]:
+        """Up to ``n`` new candidates to prune and score (fewer, or none, when the agent has
+        no more now, or the study is full). A candidate identical to a finished trial is
+        recorded at once with its result; one identical to a running candidate waits for it."""
+        out: list[Proposal] = []
+        while len(out) < n and self.room > 0:
+            points = self.agent.ask(min(n - len(out), self.room))
+            if not points:
+                # An agent waiting for results (a bisection) proposes nothing while its point
+                # runs; it is done only if nothing is in flight either.
+                self.agent_done = self.in_flight == 0
+                break
+            for p in points:
+                x = _repair(self.problem, p, self.pareto)
+                prop = Proposal(id=self._next_id, point=x, config=self.space.decode(x[:self.space.dim]))
+                self._next_id += 1
+                self._queue.append(prop)
+                key = _config_key(prop.config)
+                if key in self._seen:  # scored before: reuse its result, do not prune again
+                    self._finish(prop, None, duplicate_of=self._seen[key])
+                elif key in self._running:
+                    self._running[key].twins.append(prop)
+                else:
+                    self._running[key] = prop
+                    out.append(prop)
+        self._tell_ready()
+        return out
+
+    def complete(self, prop: Proposal, outcome: Mapping[str, float] | BaseException) -> None:
+        """Record a candidate's metrics (or the exception it raised), and its twins'."""
+        self._running.pop(_config_key(prop.config), None)
+        rec = self._finish(prop, outcome)
+        for twin in prop.twins:
+            if rec.failed:
+                self._finish(twin, RuntimeError(f"same configuration as trial {rec.number}, "
+                                                f"which failed: {rec.reason}"))
+            else:
+                self._finish(twin, None, duplicate_of=rec)
+        self._tell_ready()
+
+    def _finish(self, prop: Proposal, outcome: Mapping[str, float] | BaseException | None, *,
+                duplicate_of: TrialRecord | None = None) -> TrialRecord:
+        costs = self.problem.costs(prop.config)
+        number = len(self.records)
+        if duplicate_of is not None:
+            rec = TrialRecord(number=number, point=tuple(prop.point), config=prop.config,
+                              costs=costs, metrics=duplicate_of.metrics,
+                              objective=duplicate_of.objective,
+                              extra={"duplicate_of": duplicate_of.number})
+        else:
+            assert outcome is not None
+            rec = _make_record(number, prop.point, prop.config, costs, outcome, self.objective,
+                               minimize=self.minimize)
+        self.store.add(rec, params=self.space.ratios(prop.config), lows=self._lows)
+        prop.record = rec
+        self.records.append(rec)
+        if not rec.failed:
+            self._seen.setdefault(_config_key(prop.config), rec)
+        if self._queue and self._queue[0] is not prop:  # the agent hears of it later
+            self._save()
+        if self.on_record is not None:
+            self.on_record(rec)
+        return rec
+
+    def _tell_ready(self) -> None:
+        told = False
+        while self._queue and self._queue[0].record is not None:
+            prop = self._queue.pop(0)
+            self.agent.tell(prop.point, _result(prop.record, self.pareto))
+            told = True
+        if told:
+            self._save()
+
+
 def run_search(problem: PruningProblem, *, model: nn.Module, evaluate: Evaluate, agent: Agent,
                trials: int, store: StudyStore, executor: Executor | None = None,
                objective: str = "accuracy", batch: int = 1, progress: bool = True,
@@ -73,7 +252,9 @@ def run_search(problem: PruningProblem, *, model: nn.Module, evaluate: Evaluate,
     Trials already in ``store`` count: a killed search resumes from its study, with the agent's
     saved state, and repeats no finished trial. Identical configurations are scored once.
     With ``pareto`` the agent's points have one more coordinate, the budget level of that
-    candidate, and it is told two objectives (see ``autoprune.pareto``).
+    candidate, and it is told two objectives (see ``autoprune.pareto``). The executor decides
+    how many candidates are in flight: the local one runs ``batch`` at a time, Ray keeps
+    ``workers`` running (``SearchSession``).
     """
     if trials < 1:
         raise ValueError(f"trials must be at least 1, got {trials}")
@@ -82,53 +263,23 @@ def run_search(problem: PruningProblem, *, model: nn.Module, evaluate: Evaluate,
     work = PruneAndEvaluate(problem, model, evaluate)
     if agent.context_needs:  # heuristics allocate from facts about the units, set before resume
         agent.set_context(agent_context(space, model, needs=agent.context_needs))
-    records = store.records()
-    state = store.get_meta("agent_state")
-    if state is not None:
-        agent.load_state_dict(state)
-    else:  # no saved state: let the agent learn from what the study holds
-        for r in records:
-            agent.tell(np.asarray(r.point), _result(r, pareto))
-    seen = {_config_key(r.config): r for r in records if not r.failed}
-    lows = space.ratio_lower_bounds()
     console = console or Console(stderr=True)
     bar = Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[best]}"), TimeElapsedColumn(), console=console,
                    disable=not progress, transient=False)
-    best = best_record(records, problem)
+    task = bar.add_task("search", total=trials, completed=0, best="best: -")
+
+    def show(_: TrialRecord | None = None) -> None:
+        best = best_record(session.records, problem)
+        bar.update(task, completed=min(len(session.records), trials),
+                   best=_best_text(best, objective))
+
+    session = SearchSession(problem, agent=agent, store=store, trials=trials,
+                            objective=objective, pareto=pareto, on_record=show)
+    show()
     with bar if progress else nullcontext():
-        task = bar.add_task("search", total=trials, completed=min(len(records), trials),
-                            best=_best_text(best, objective))
-        while len(records) < trials:
-            points = agent.ask(min(batch, trials - len(records)))
-            if not points:
-                break
-            repaired = [_repair(problem, p, pareto) for p in points]
-            configs = [space.decode(x[:space.dim]) for x in repaired]
-            fresh = [i for i, c in enumerate(configs) if _config_key(c) not in seen]
-            outcomes: dict[int, dict[str, float] | BaseException] = {}
-            for j, out in executor.run(work, [configs[i] for i in fresh]):
-                outcomes[fresh[j]] = out
-            for i, (x, config) in enumerate(zip(repaired, configs)):
-                key = _config_key(config)
-                costs = problem.costs(config)
-                if i in outcomes:
-                    rec = _make_record(len(records), x, config, costs, outcomes[i], objective)
-                else:  # a configuration scored before: reuse its result, do not prune again
-                    prev = seen[key]
-                    rec = TrialRecord(number=len(records), point=tuple(x), config=config,
-                                      costs=costs, metrics=prev.metrics, objective=prev.objective,
-                                      extra={"duplicate_of": prev.number})
-                agent.tell(x, _result(rec, pareto))
-                store.add(rec, params=space.ratios(config), lows=lows)
-                store.set_meta("agent_state", agent.state_dict())
-                records.append(rec)
-                if not rec.failed:
-                    seen.setdefault(key, rec)
-                best = best_record(records, problem)
-                bar.update(task, completed=min(len(records), trials),
-                           best=_best_text(best, objective))
-    return records
+        executor.execute(session, work, batch=batch)
+    return session.records
 
 
 def evaluate_point(problem: PruningProblem, x: np.ndarray, *, work: PruneAndEvaluate,
@@ -151,12 +302,13 @@ def evaluate_point(problem: PruningProblem, x: np.ndarray, *, work: PruneAndEval
 
 def _make_record(number: int, x: np.ndarray, config: Mapping[str, int],
                  costs: Mapping[str, float], outcome: Mapping[str, float] | BaseException,
-                 objective: str) -> TrialRecord:
+                 objective: str, *, minimize: bool | None = None) -> TrialRecord:
     if isinstance(outcome, BaseException):
+        reason = str(outcome) if isinstance(outcome, TrialFailure) \
+            else f"{type(outcome).__name__}: {outcome}"
         return TrialRecord(number=number, point=tuple(x), config=config, costs=costs, metrics={},
-                           objective=float("nan"), failed=True,
-                           reason=f"{type(outcome).__name__}: {outcome}")
-    value = objective_value(outcome, objective)
+                           objective=float("nan"), failed=True, reason=reason)
+    value = objective_value(outcome, objective, minimize=minimize)
     if not math.isfinite(value):
         return TrialRecord(number=number, point=tuple(x), config=config, costs=costs,
                            metrics=outcome, objective=float("nan"), failed=True,
