@@ -33,6 +33,9 @@ _EXPORTS = {
     "LatencyMeasurement": "autoprune.latency",
     "measure_latency": "autoprune.latency",
     "RooflineCost": "autoprune.roofline",
+    # Ray (imported only when these are used)
+    "AgentSearcher": "autoprune.tune_searcher",
+    "RayExecutor": "autoprune.ray_executor",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__", "models"]

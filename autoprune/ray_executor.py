@@ -89,7 +89,7 @@ class RayExecutor(Executor):
                 _probe(self.address)
             try:
                 ray.init(address=self.address, log_to_driver=False,
-                         logging_level=logging.WARNING, configure_logging=True,
+                         logging_level=logging.ERROR, configure_logging=True,
                          runtime_env={"env_vars": env}, **kwargs)
             except ConnectionError as err:
                 raise ValueError(_unreachable(self.address, err)) from None

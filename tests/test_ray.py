@@ -1,0 +1,274 @@
+"""Trials on a real local Ray (2 CPUs, started once for this module): a search through the CLI
+with two workers, equal in kind to the local executor's; a worker that dies is retried; a
+driver that is killed resumes from the run folder; agents as searchers in a user's Tuner."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import ray
+import ray.cloudpickle
+
+import autoprune
+import conftest
+from autoprune.executors import make_executor
+from autoprune.problem import PruningProblem
+from autoprune.ray_executor import RayExecutor
+from autoprune.search_spaces import ChannelSpace
+from autoprune.targets import parse_targets
+
+SMALL = ["--model", "resnet20", "--image-size", "8", "--width-mult", "0.5", "--round-to", "4"]
+ENV = {**os.environ, "COLUMNS": "120", "RAY_USAGE_STATS_ENABLED": "0"}
+
+# Test functions and conftest's model travel to the workers by value (the workers cannot
+# import test modules by name).
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+ray.cloudpickle.register_pickle_by_value(conftest)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """One local Ray for the module; its address, for drivers started as subprocesses."""
+    tmp = tempfile.mkdtemp(prefix="ap-ray-")  # short: Ray's socket paths have a length limit
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=tmp,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}})
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cache = tmp_path_factory.mktemp("cache")
+    _cli(["train", *SMALL[:6], "--epochs", "2"], cache)
+    return cache
+
+
+def _cli(args: list[str], cache: Path, check: bool = True) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "autoprune.cli", *args], capture_output=True,
+                         text=True, env={**ENV, "AUTOPRUNE_CACHE": str(cache)}, timeout=600)
+    if check:
+        assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def width_score(model: nn.Module) -> dict[str, float]:
+    n = sum(p.numel() for p in model.parameters())
+    return {"accuracy": n / (n + 5000.0)}
+
+
+# ---------------------------------------------------------------------- the CLI, two workers
+def test_cli_search_on_ray_is_equal_in_kind_to_local(cluster: str, cache: Path,
+                                                     tmp_path: Path) -> None:
+    common = [*SMALL, "--target", "flops=50%", "--agent", "random", "--trials", "6",
+              "--calib-batches", "2", "--json", "--no-progress"]
+    local = json.loads(_cli(["search", *common, "--run-dir", str(tmp_path / "local")],
+                            cache).stdout)
+    out = _cli(["search", *common, "--run-dir", str(tmp_path / "ray"), "--executor", "ray",
+                "--workers", "2", "--ray-address", cluster], cache)
+    remote = json.loads(out.stdout)
+    assert "Trial status" not in out.stderr and "Traceback" not in out.stderr  # Tune is quiet
+    assert remote["trials"] == local["trials"] == 6 and remote["failed_trials"] == 0
+    assert set(remote) == set(local) and set(remote["best"]) == set(local["best"])
+    assert remote["best"]["costs"]["macs"] <= remote["target"]["flops=50%"]["limit"]
+    assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "local").iterdir())
+    import optuna
+
+    studies = {k: optuna.load_study(study_name="autoprune",
+                                    storage=f"sqlite:///{tmp_path / k / 'study.db'}")
+               for k in ("local", "ray")}
+    for kind in ("local", "ray"):
+        trials = studies[kind].trials
+        assert [t.number for t in trials] == list(range(6))
+        assert all(t.state.name == "COMPLETE" for t in trials)
+    first = {k: s.trials[0] for k, s in studies.items()}
+    assert set(first["ray"].params) == set(first["local"].params)
+    assert set(first["ray"].user_attrs) == set(first["local"].user_attrs)
+    assert set(first["ray"].user_attrs["metrics"]) == {"accuracy", "loss"}
+    assert set(studies["ray"].user_attrs) == set(studies["local"].user_attrs)
+    model = autoprune.load_pruned(tmp_path / "ray")
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+# ---------------------------------------------------------------------- faults
+def flaky(model: nn.Module, folder: str) -> dict[str, float]:
+    """Kills its worker once, raises once, returns NaN once; scores the rest."""
+    for name in ("crash", "raise", "nan"):
+        try:
+            os.close(os.open(os.path.join(folder, name), os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            continue
+        if name == "crash":
+            os._exit(3)  # the worker process dies: Tune retries the trial
+        if name == "raise":
+            raise ValueError("boom")
+        return {"accuracy": float("nan")}
+    return width_score(model)
+
+
+def test_a_dying_worker_is_retried_and_failures_are_recorded(cluster: str, user_model: nn.Module,
+                                                             tmp_path: Path) -> None:
+    ex = RayExecutor(workers=2, max_failures=2)
+    folder = str(tmp_path)
+    alloc = autoprune.allocate(user_model, example_inputs=torch.randn(1, 1, 16, 16),
+                               target="flops=60%", evaluate=lambda m: flaky(m, folder),
+                               trials=8, round_to=4, executor=ex, objective="accuracy")
+    assert (tmp_path / "crash").exists()  # the worker did die
+    assert len(alloc.trials) == 8 and [r.number for r in alloc.trials] == list(range(8))
+    reasons = sorted(r.reason for r in alloc.trials if r.failed)
+    assert len(reasons) == 2, reasons  # the crashed trial was retried and scored
+    assert reasons[0] == "ValueError: boom"
+    assert "finite 'accuracy'" in reasons[1]
+    assert ray.is_initialized()  # a caller's Ray connection is left alone
+
+
+def test_a_worker_that_dies_past_its_retries_is_recorded_with_the_reason(
+        cluster: str, user_model: nn.Module, tmp_path: Path) -> None:
+    def dies_once(model: nn.Module) -> dict[str, float]:
+        try:
+            os.close(os.open(tmp_path / "died", os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return width_score(model)
+        os._exit(4)
+
+    alloc = autoprune.allocate(user_model, example_inputs=torch.randn(1, 1, 16, 16),
+                               target="flops=50%", evaluate=dies_once, trials=5, round_to=4,
+                               executor=RayExecutor(workers=2, max_failures=0), seed=3,
+                               objective="accuracy")
+    died = [r for r in alloc.trials if r.failed]
+    assert len(alloc.trials) == 5 and len(died) == 1  # no retry allowed: recorded, search goes on
+    assert "Ray worker running this trial failed 1 time" in died[0].reason
+
+
+# ---------------------------------------------------------------------- resume after kill
+_DRIVER = textwrap.dedent("""
+    import sys, time, torch
+    sys.path.insert(0, {tests!r})
+    import ray.cloudpickle, conftest
+    ray.cloudpickle.register_pickle_by_value(conftest)
+    from conftest import ResidualDepthwiseNet
+    import autoprune
+    from autoprune.ray_executor import RayExecutor
+    torch.manual_seed(0)
+    model = ResidualDepthwiseNet()
+    def slow(m):
+        time.sleep({sleep})
+        n = sum(p.numel() for p in m.parameters())
+        return {{"accuracy": n / (n + 5000.0)}}
+    alloc = autoprune.allocate(model, example_inputs=torch.randn(1, 1, 16, 16),
+                               target="flops=50%", evaluate=slow, trials={trials},
+                               round_to=2, run_dir={run_dir!r}, seed=7, agent="tpe",
+                               objective="accuracy",
+                               executor=RayExecutor(workers=2, address={address!r}))
+    print(len(alloc.trials))
+""")
+
+
+def test_killed_driver_resumes_without_repeating_finished_trials(cluster: str,
+                                                                 tmp_path: Path) -> None:
+    import optuna
+
+    def script(sleep: float, trials: int) -> list[str]:
+        path = tmp_path / f"driver_{trials}.py"
+        path.write_text(_DRIVER.format(tests=str(Path(__file__).parent), sleep=sleep,
+                                       trials=trials, run_dir=str(tmp_path / "run"),
+                                       address=cluster))
+        return [sys.executable, str(path)]
+
+    db = tmp_path / "run" / "study.db"
+    proc = subprocess.Popen(script(0.5, 60), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline, done = time.time() + 120, 0
+    while time.time() < deadline and done < 4 and proc.poll() is None:
+        time.sleep(0.3)
+        if db.exists():
+            try:
+                done = len(optuna.load_study(study_name="autoprune",
+                                             storage=f"sqlite:///{db}").trials)
+            except Exception:  # noqa: BLE001 - the db may be mid-creation
+                done = 0
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert done >= 4, "the search did not get going"
+    before = optuna.load_study(study_name="autoprune", storage=f"sqlite:///{db}")
+    kept = [(t.params, t.value) for t in before.trials]
+
+    out = subprocess.run(script(0.0, len(kept) + 4), env=ENV, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == str(len(kept) + 4)
+    after = optuna.load_study(study_name="autoprune", storage=f"sqlite:///{db}").trials
+    assert len(after) == len(kept) + 4
+    assert [(t.params, t.value) for t in after[:len(kept)]] == kept
+    fresh = [t for t in after[len(kept):] if "duplicate_of" not in t.user_attrs]
+    old = {json.dumps(t.user_attrs["channels"], sort_keys=True) for t in after[:len(kept)]}
+    assert all(json.dumps(t.user_attrs["channels"], sort_keys=True) not in old for t in fresh)
+
+
+# ---------------------------------------------------------------------- agents as searchers
+def test_agent_searcher_drives_a_users_tuner(cluster: str, user_model: nn.Module,
+                                             tmp_path: Path) -> None:
+    from ray import tune
+
+    space = ChannelSpace.from_model(user_model, torch.randn(1, 1, 16, 16), round_to=4)
+    problem = PruningProblem(space, parse_targets("flops=50%"))
+    searcher = autoprune.AgentSearcher("evolution", problem, metric="accuracy", mode="max")
+
+    def trainable(config: dict) -> None:
+        torch.set_num_threads(1)
+        tune.report(width_score(space.apply(user_model, config["channels"])))
+
+    grid = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=6, max_concurrent_trials=2,
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0)).fit()
+    assert len(grid) == 6 and not grid.errors
+    records = searcher.records
+    assert len(records) == 6 and not any(r.failed for r in records)
+    assert all(problem.feasible(r.costs) for r in records)
+    best = grid.get_best_result(metric="accuracy", mode="max").metrics["accuracy"]
+    assert searcher.best is not None and searcher.best.objective == pytest.approx(best)
+    assert searcher.session.agent.state_dict()["population"]  # the agent was told
+
+
+# ---------------------------------------------------------------------- errors a user can cause
+def test_executor_errors_name_the_fix(cache: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="available: local, ray"):
+        make_executor("dask")
+    with pytest.raises(ValueError, match="--executor ray"):
+        make_executor("local", workers=2)
+    code = ("import sys; sys.modules['ray'] = None\n"
+            "from autoprune.executors import make_executor\n"
+            "try:\n    make_executor('ray')\nexcept ValueError as e:\n    print(e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
+    assert "pip install 'ray[tune]'" in out.stdout
+    out = _cli(["search", *SMALL, "--executor", "ray", "--ray-address", "127.0.0.1:9",
+                "--run-dir", str(tmp_path / "r"), "--no-progress"], cache, check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "ray start --head" in " ".join(out.stderr.split())
+
+
+def test_help_and_local_searches_do_not_import_ray() -> None:
+    code = ("import sys, autoprune.cli, autoprune.api, autoprune.loop\n"
+            "print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
+    assert out.stdout.strip() == "False", out.stderr
