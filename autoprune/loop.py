@@ -120,6 +120,7 @@ class SearchSession:
         self._lows = self.space.ratio_lower_bounds()
         self._running: dict[tuple[tuple[str, int], ...], Proposal] = {}
         self._queue: list[Proposal] = []  # asked, not yet told, in ask order
+        self._again: list[Proposal] = []  # twins of a trial that failed, to be run
         self._next_id = 0
         self.agent_done = False
         self.records = store.records()
@@ -171,8 +172,11 @@ class SearchSession:
     def propose(self, n: int) -> list[Proposal]:
         """Up to ``n`` new candidates to prune and score (fewer, or none, when the agent has
         no more now, or the study is full). A candidate identical to a finished trial is
-        recorded at once with its result; one identical to a running candidate waits for it."""
+        recorded at once with its result; one identical to a running candidate waits for it
+        (and runs after all if that one fails)."""
         out: list[Proposal] = []
+        while self._again and len(out) < n:  # twins of a failed trial: scored after all
+            self._start(self._again.pop(0), out)
         while len(out) < n and self.room > 0:
             points = self.agent.ask(min(n - len(out), self.room))
             if not points:
@@ -185,26 +189,28 @@ class SearchSession:
                 prop = Proposal(id=self._next_id, point=x, config=self.space.decode(x[:self.space.dim]))
                 self._next_id += 1
                 self._queue.append(prop)
-                key = _config_key(prop.config)
-                if key in self._seen:  # scored before: reuse its result, do not prune again
-                    self._finish(prop, None, duplicate_of=self._seen[key])
-                elif key in self._running:
-                    self._running[key].twins.append(prop)
-                else:
-                    self._running[key] = prop
-                    out.append(prop)
+                self._start(prop, out)
         self._tell_ready()
         return out
+
+    def _start(self, prop: Proposal, out: list[Proposal]) -> None:
+        key = _config_key(prop.config)
+        if key in self._seen:  # scored before: reuse its result, do not prune again
+            self._finish(prop, None, duplicate_of=self._seen[key])
+        elif key in self._running:
+            self._running[key].twins.append(prop)
+        else:
+            self._running[key] = prop
+            out.append(prop)
 
     def complete(self, prop: Proposal, outcome: Mapping[str, float] | BaseException) -> None:
         """Record a candidate's metrics (or the exception it raised), and its twins'."""
         self._running.pop(_config_key(prop.config), None)
         rec = self._finish(prop, outcome)
-        for twin in prop.twins:
-            if rec.failed:
-                self._finish(twin, RuntimeError(f"same configuration as trial {rec.number}, "
-                                                f"which failed: {rec.reason}"))
-            else:
+        if rec.failed:  # as in a sequential search, a failed configuration may be tried again
+            self._again.extend(prop.twins)
+        else:
+            for twin in prop.twins:
                 self._finish(twin, None, duplicate_of=rec)
         self._tell_ready()
 

@@ -20,6 +20,7 @@ pools on a few cores spin on each other's barriers and run many times slower.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -41,10 +42,10 @@ if TYPE_CHECKING:
 
 __all__ = ["RayExecutor"]
 
-# No usage reports (CI and clusters here have no network), no Tune CSV/JSON/TensorBoard
-# loggers per trial (disk and driver time for files nobody reads: the study is the record).
-_QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
-              "RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+# While our Tuner runs (and only then: a user's own Tuner in the same process keeps Tune's
+# defaults): no Tune CSV/JSON/TensorBoard loggers per trial (disk and driver time for files
+# nobody reads: the study is the record), the old console engine (verbose=0 silences it).
+_TUNE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_AIR_NEW_OUTPUT": "0"}
 
 
 class RayExecutor(Executor):
@@ -76,8 +77,7 @@ class RayExecutor(Executor):
     def start(self) -> None:
         if self.startup_s is not None:
             return
-        for key, value in _QUIET_ENV.items():
-            os.environ.setdefault(key, value)
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # CI and clusters: no network
         t0 = time.perf_counter()
         if not ray.is_initialized():  # else: the caller's connection (and cluster) is used
             env = {"OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads),
@@ -118,33 +118,28 @@ class RayExecutor(Executor):
             tune.with_parameters(_trial, work=work, threads=self.threads),
             {"cpu": self.cpus_per_trial})
         storage = tempfile.mkdtemp(prefix="autoprune-tune-")  # Tune's bookkeeping, not ours
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=max(1, session.room),
-                                        max_concurrent_trials=self.workers,
-                                        # one actor per worker slot, reused: no process start,
-                                        # no re-import of torch per trial
-                                        reuse_actors=True),
-            run_config=tune.RunConfig(
-                name="autoprune", storage_path=storage, verbose=0, log_to_file=False,
-                failure_config=tune.FailureConfig(max_failures=self.max_failures),
-                callbacks=[watch]))
-        quiet = [logging.getLogger(n) for n in ("ray.tune", "ray.train", "ray.air")]
-        levels = [lg.level for lg in quiet]
-        for lg in quiet:  # Tune's tracebacks and warnings: failures are in our table instead
-            lg.setLevel(logging.CRITICAL)
         t0 = time.perf_counter()
-        try:
-            tuner.fit()
-        finally:
-            if watch.starts:
-                self.timings = {"to_first_trial_s": min(watch.starts) - t0,
-                                "trials_span_s": max(watch.ends or [min(watch.starts)])
-                                - min(watch.starts),
-                                "trials_run": float(len(watch.ends))}
-            for lg, level in zip(quiet, levels):
-                lg.setLevel(level)
-            shutil.rmtree(storage, ignore_errors=True)
+        with _quiet_tune():
+            try:
+                tune.Tuner(
+                    trainable,
+                    tune_config=tune.TuneConfig(
+                        search_alg=searcher, num_samples=max(1, session.room),
+                        max_concurrent_trials=self.workers,
+                        # one actor per worker slot, reused: no process start and no import
+                        # of torch per trial
+                        reuse_actors=True),
+                    run_config=tune.RunConfig(
+                        name="autoprune", storage_path=storage, verbose=0, log_to_file=False,
+                        failure_config=tune.FailureConfig(max_failures=self.max_failures),
+                        callbacks=[watch])).fit()
+            finally:
+                shutil.rmtree(storage, ignore_errors=True)
+        if watch.starts:
+            first = min(watch.starts)
+            self.timings = {"to_first_trial_s": first - t0,
+                            "trials_span_s": max(watch.ends or [first]) - first,
+                            "trials_run": float(len(watch.ends))}
         searcher.abandon("Ray Tune stopped before this trial reported a result")
 
     # ------------------------------------------------------------------ plain fan-out
@@ -166,6 +161,29 @@ class RayExecutor(Executor):
                 yield i, ray.get(done[0])
             except Exception as err:  # noqa: BLE001 - a failed trial, as LocalExecutor
                 yield i, err
+
+
+@contextlib.contextmanager
+def _quiet_tune() -> Iterator[None]:
+    """Tune's console output off while our Tuner runs; restored after (a user's own Tuner in
+    this process keeps Tune's defaults). Its tracebacks of failed trials are noise for us:
+    failures are recorded with their reason and shown in the trials table."""
+    loggers = [logging.getLogger(n) for n in ("ray.tune", "ray.train", "ray.air")]
+    levels = [lg.level for lg in loggers]
+    saved = {k: os.environ.get(k) for k in _TUNE_ENV}
+    os.environ.update(_TUNE_ENV)
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _pin(threads: int) -> None:
@@ -235,6 +253,13 @@ def _probe(address: str) -> None:
 
 
 def _unreachable(address: str | None, err: BaseException) -> str:
-    return (f"cannot reach a Ray cluster at {address!r} ({err}). Start one with "
+    text = (f"cannot reach a Ray cluster at {address!r} ({err}). Start one with "
             "`ray start --head` (it prints the address to use, e.g. 127.0.0.1:6379), pass that "
             "as --ray-address, or leave --ray-address out to start a local Ray for this search")
+    if address not in (None, "auto") and "RAY_AUTH_MODE" not in os.environ:
+        # Ray sends its token only to clusters found automatically; an explicit address needs
+        # the user's consent (Ray's design: a token must not leak to an arbitrary address).
+        text += (". If the cluster uses token authentication (the default of `ray start "
+                 "--head`), set RAY_AUTH_MODE=token (the token is read from ~/.ray/auth_token "
+                 "or RAY_AUTH_TOKEN), or use --ray-address auto on the head machine")
+    return text

@@ -84,11 +84,12 @@ class AgentSearcher(Searcher):
     def for_session(cls, session: SearchSession) -> AgentSearcher:
         """A searcher driving an existing search (what ``RayExecutor`` does)."""
         self = cls.__new__(cls)
-        self._setup(session, metric=session.objective,
-                    mode="min" if session.minimize else "max")
+        # No metric for Tune: it would then refuse results without it, and a trial whose
+        # evaluator failed or returned no score is a failed trial of ours, not Tune's error.
+        self._setup(session, metric=None, mode=None)
         return self
 
-    def _setup(self, session: SearchSession, *, metric: str, mode: str) -> None:
+    def _setup(self, session: SearchSession, *, metric: str | None, mode: str | None) -> None:
         super().__init__(metric=metric, mode=mode)
         self.session = session
         self._live: dict[str, Proposal] = {}
@@ -113,7 +114,8 @@ class AgentSearcher(Searcher):
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict,
                               **spec: Any) -> bool:
         # The search space is the problem's; a Tuner's metric/mode must agree with ours.
-        if (metric and metric != self._metric) or (mode and mode != self._mode):
+        if self._metric and ((metric and metric != self._metric)
+                             or (mode and mode != self._mode)):
             raise ValueError(f"this AgentSearcher optimises {self._metric!r} ({self._mode}); "
                              f"the Tuner asked for {metric!r} ({mode})")
         return True  # constants in the Tuner's param_space are merged into each suggestion

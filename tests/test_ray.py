@@ -32,7 +32,13 @@ from autoprune.search_spaces import ChannelSpace
 from autoprune.targets import parse_targets
 
 SMALL = ["--model", "resnet20", "--image-size", "8", "--width-mult", "0.5", "--round-to", "4"]
-ENV = {**os.environ, "COLUMNS": "120", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def _env() -> dict[str, str]:
+    # Read at call time: ray.init sets RAY_AUTH_MODE=token in this process (a new local Ray
+    # enables token authentication), and drivers joining it by address need it too.
+    return {**os.environ, "COLUMNS": "120", "RAY_USAGE_STATS_ENABLED": "0"}
+
 
 # Test functions and conftest's model travel to the workers by value (the workers cannot
 # import test modules by name).
@@ -57,13 +63,14 @@ def cluster() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cache = tmp_path_factory.mktemp("cache")
-    _cli(["train", *SMALL[:6], "--epochs", "2"], cache)
+    autoprune.load_or_train_baseline("resnet20", image_size=8, width_mult=0.5, epochs=2,
+                                     cache_dir=cache, progress=False)
     return cache
 
 
 def _cli(args: list[str], cache: Path, check: bool = True) -> subprocess.CompletedProcess:
     out = subprocess.run([sys.executable, "-m", "autoprune.cli", *args], capture_output=True,
-                         text=True, env={**ENV, "AUTOPRUNE_CACHE": str(cache)}, timeout=600)
+                         text=True, env={**_env(), "AUTOPRUNE_CACHE": str(cache)}, timeout=600)
     if check:
         assert out.returncode == 0, out.stderr[-3000:]
     return out
@@ -74,38 +81,43 @@ def width_score(model: nn.Module) -> dict[str, float]:
     return {"accuracy": n / (n + 5000.0)}
 
 
-# ---------------------------------------------------------------------- the CLI, two workers
-def test_cli_search_on_ray_is_equal_in_kind_to_local(cluster: str, cache: Path,
-                                                     tmp_path: Path) -> None:
-    common = [*SMALL, "--target", "flops=50%", "--agent", "random", "--trials", "6",
-              "--calib-batches", "2", "--json", "--no-progress"]
-    local = json.loads(_cli(["search", *common, "--run-dir", str(tmp_path / "local")],
-                            cache).stdout)
-    out = _cli(["search", *common, "--run-dir", str(tmp_path / "ray"), "--executor", "ray",
-                "--workers", "2", "--ray-address", cluster], cache)
-    remote = json.loads(out.stdout)
-    assert "Trial status" not in out.stderr and "Traceback" not in out.stderr  # Tune is quiet
+# ---------------------------------------------------------------------- a whole search
+def test_search_on_ray_is_equal_in_kind_to_local(cluster: str, cache: Path,
+                                                 tmp_path: Path) -> None:
+    """``autoprune.search`` (what ``autoprune search`` calls), in this process so the module's
+    Ray is used, with two workers; and the same search with the local executor."""
+    import optuna
+
+    common = dict(model="resnet20", image_size=8, width_mult=0.5, round_to=4,
+                  targets=("flops=50%",), agent="random", trials=6, calib_batches=2,
+                  cache_dir=cache, progress=False)
+    local = autoprune.search(autoprune.SearchSettings(**common, run_dir=tmp_path / "local"))
+    remote = autoprune.search(autoprune.SearchSettings(**common, run_dir=tmp_path / "ray",
+                                                       executor="ray", workers=2))
     assert remote["trials"] == local["trials"] == 6 and remote["failed_trials"] == 0
     assert set(remote) == set(local) and set(remote["best"]) == set(local["best"])
     assert remote["best"]["costs"]["macs"] <= remote["target"]["flops=50%"]["limit"]
     assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == \
         sorted(p.name for p in (tmp_path / "local").iterdir())
-    import optuna
-
     studies = {k: optuna.load_study(study_name="autoprune",
                                     storage=f"sqlite:///{tmp_path / k / 'study.db'}")
                for k in ("local", "ray")}
-    for kind in ("local", "ray"):
-        trials = studies[kind].trials
-        assert [t.number for t in trials] == list(range(6))
-        assert all(t.state.name == "COMPLETE" for t in trials)
+    for study in studies.values():
+        assert [t.number for t in study.trials] == list(range(6))
+        assert all(t.state.name == "COMPLETE" for t in study.trials)
     first = {k: s.trials[0] for k, s in studies.items()}
     assert set(first["ray"].params) == set(first["local"].params)
     assert set(first["ray"].user_attrs) == set(first["local"].user_attrs)
     assert set(first["ray"].user_attrs["metrics"]) == {"accuracy", "loss"}
     assert set(studies["ray"].user_attrs) == set(studies["local"].user_attrs)
+    # the random agent's proposals do not depend on results: the same candidates were scored
+    assert sorted(json.dumps(t.user_attrs["channels"], sort_keys=True)
+                  for t in studies["ray"].trials) == \
+        sorted(json.dumps(t.user_attrs["channels"], sort_keys=True)
+               for t in studies["local"].trials)
     model = autoprune.load_pruned(tmp_path / "ray")
     assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    assert ray.is_initialized()  # a caller's Ray connection is left alone
 
 
 # ---------------------------------------------------------------------- faults
@@ -137,7 +149,6 @@ def test_a_dying_worker_is_retried_and_failures_are_recorded(cluster: str, user_
     assert len(reasons) == 2, reasons  # the crashed trial was retried and scored
     assert reasons[0] == "ValueError: boom"
     assert "finite 'accuracy'" in reasons[1]
-    assert ray.is_initialized()  # a caller's Ray connection is left alone
 
 
 def test_a_worker_that_dies_past_its_retries_is_recorded_with_the_reason(
@@ -194,7 +205,7 @@ def test_killed_driver_resumes_without_repeating_finished_trials(cluster: str,
         return [sys.executable, str(path)]
 
     db = tmp_path / "run" / "study.db"
-    proc = subprocess.Popen(script(0.5, 60), env=ENV, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(script(0.5, 60), env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline, done = time.time() + 120, 0
     while time.time() < deadline and done < 4 and proc.poll() is None:
@@ -211,7 +222,7 @@ def test_killed_driver_resumes_without_repeating_finished_trials(cluster: str,
     before = optuna.load_study(study_name="autoprune", storage=f"sqlite:///{db}")
     kept = [(t.params, t.value) for t in before.trials]
 
-    out = subprocess.run(script(0.0, len(kept) + 4), env=ENV, capture_output=True, text=True,
+    out = subprocess.run(script(0.0, len(kept) + 4), env=_env(), capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == str(len(kept) + 4)
@@ -259,7 +270,7 @@ def test_executor_errors_name_the_fix(cache: Path, tmp_path: Path) -> None:
     code = ("import sys; sys.modules['ray'] = None\n"
             "from autoprune.executors import make_executor\n"
             "try:\n    make_executor('ray')\nexcept ValueError as e:\n    print(e)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env())
     assert "pip install 'ray[tune]'" in out.stdout
     out = _cli(["search", *SMALL, "--executor", "ray", "--ray-address", "127.0.0.1:9",
                 "--run-dir", str(tmp_path / "r"), "--no-progress"], cache, check=False)
@@ -270,5 +281,5 @@ def test_executor_errors_name_the_fix(cache: Path, tmp_path: Path) -> None:
 def test_help_and_local_searches_do_not_import_ray() -> None:
     code = ("import sys, autoprune.cli, autoprune.api, autoprune.loop\n"
             "print('ray' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env())
     assert out.stdout.strip() == "False", out.stderr
