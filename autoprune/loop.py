@@ -31,6 +31,7 @@ __all__ = ["Proposal", "PruneAndEvaluate", "SearchSession", "TrialFailure", "bes
            "evaluate_point", "objective_value", "run_search"]
 
 Evaluate = Callable[[nn.Module], Mapping[str, float]]
+_MAX_REPEATS = 200  # proposals in a row that repeat scored configurations (no trial budget)
 
 
 class TrialFailure(Exception):
@@ -177,7 +178,14 @@ class SearchSession:
         out: list[Proposal] = []
         while self._again and len(out) < n:  # twins of a failed trial: scored after all
             self._start(self._again.pop(0), out)
+        repeats = 0
         while len(out) < n and self.room > 0:
+            if self.trials is None and repeats > _MAX_REPEATS:
+                # No trial budget (a Tune searcher's): an agent that only proposes what was
+                # scored already has exhausted the space; stop rather than loop forever.
+                self.agent_done = self.in_flight == 0
+                break
+            before = len(self.records)
             points = self.agent.ask(min(n - len(out), self.room))
             if not points:
                 # An agent waiting for results (a bisection) proposes nothing while its point
@@ -190,6 +198,7 @@ class SearchSession:
                 self._next_id += 1
                 self._queue.append(prop)
                 self._start(prop, out)
+            repeats += len(self.records) - before
         self._tell_ready()
         return out
 

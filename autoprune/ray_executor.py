@@ -117,7 +117,10 @@ class RayExecutor(Executor):
         trainable = tune.with_resources(
             tune.with_parameters(_trial, work=work, threads=self.threads),
             {"cpu": self.cpus_per_trial})
-        storage = tempfile.mkdtemp(prefix="autoprune-tune-")  # Tune's bookkeeping, not ours
+        _remove_stale_storage()
+        # Tune's bookkeeping (not ours: the study is the record), named after this process so a
+        # later search removes it if this driver is killed before it can.
+        storage = tempfile.mkdtemp(prefix=f"autoprune-tune-{os.getpid()}-")
         t0 = time.perf_counter()
         with _quiet_tune():
             try:
@@ -237,6 +240,19 @@ class _Watch(tune.Callback):
         self.searcher.fail(trial.trial_id,
                            f"the Ray worker running this trial failed {self.max_failures + 1} "
                            f"time(s): {detail[:500]}")
+
+
+def _remove_stale_storage() -> None:
+    for path in Path(tempfile.gettempdir()).glob("autoprune-tune-*-*"):
+        pid = path.name.split("-")[2]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # its driver is gone
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:  # alive (another user's): leave it
+            pass
 
 
 def _probe(address: str) -> None:

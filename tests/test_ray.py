@@ -63,6 +63,7 @@ def cluster() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cache = tmp_path_factory.mktemp("cache")
+    torch.set_num_threads(1)  # module-scoped: conftest's per-test pinning is not active yet
     autoprune.load_or_train_baseline("resnet20", image_size=8, width_mult=0.5, epochs=2,
                                      cache_dir=cache, progress=False)
     return cache
@@ -239,7 +240,7 @@ def test_agent_searcher_drives_a_users_tuner(cluster: str, user_model: nn.Module
                                              tmp_path: Path) -> None:
     from ray import tune
 
-    space = ChannelSpace.from_model(user_model, torch.randn(1, 1, 16, 16), round_to=4)
+    space = ChannelSpace.from_model(user_model, torch.randn(1, 1, 16, 16), round_to=2)
     problem = PruningProblem(space, parse_targets("flops=50%"))
     searcher = autoprune.AgentSearcher("evolution", problem, metric="accuracy", mode="max")
 
@@ -253,8 +254,9 @@ def test_agent_searcher_drives_a_users_tuner(cluster: str, user_model: nn.Module
                                     reuse_actors=True),
         run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0)).fit()
     assert len(grid) == 6 and not grid.errors
-    records = searcher.records
-    assert len(records) == 6 and not any(r.failed for r in records)
+    records = searcher.records  # also proposals identical to a scored trial, not run again
+    assert len([r for r in records if "duplicate_of" not in r.extra]) == 6
+    assert not any(r.failed for r in records)
     assert all(problem.feasible(r.costs) for r in records)
     best = grid.get_best_result(metric="accuracy", mode="max").metrics["accuracy"]
     assert searcher.best is not None and searcher.best.objective == pytest.approx(best)
