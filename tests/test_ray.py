@@ -13,9 +13,11 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -24,6 +26,7 @@ import ray
 import ray.cloudpickle
 
 import autoprune
+import autoprune.agents
 import conftest
 from autoprune.executors import make_executor
 from autoprune.problem import PruningProblem
@@ -285,3 +288,67 @@ def test_help_and_local_searches_do_not_import_ray() -> None:
             "print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env())
     assert out.stdout.strip() == "False", out.stderr
+
+
+# ---------------------------------------------------------------------- the session, no Ray
+class _Recorder(autoprune.agents.Agent):
+    """Proposes seeded random points; remembers what it was told, in order."""
+
+    def __init__(self, dim: int, *, seed: int = 0) -> None:
+        super().__init__(dim, seed=seed)
+        self.rng = np.random.default_rng(seed)
+        self.asked: list[list[float]] = []
+        self.told: list[list[float]] = []
+
+    def ask(self, n: int) -> list[np.ndarray]:
+        points = [self.rng.random(self.dim) for _ in range(n)]
+        self.asked += [p.tolist() for p in points]
+        return points
+
+    def tell(self, point: np.ndarray, result: Mapping[str, float]) -> None:
+        self.told.append([float(v) for v in point])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"told": self.told}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.told = [list(p) for p in state["told"]]
+
+
+def test_out_of_order_completions_are_told_in_ask_order_and_exactly_once_after_a_kill(
+        user_model: nn.Module, tmp_path: Path) -> None:
+    from autoprune.loop import SearchSession
+    from autoprune.study import StudyStore
+
+    space = ChannelSpace.from_model(user_model, torch.randn(1, 1, 16, 16), round_to=2)
+    problem = PruningProblem(space, parse_targets("flops=60%"))
+    store = StudyStore.in_folder(tmp_path)
+    agent = _Recorder(space.dim, seed=1)
+    session = SearchSession(problem, agent=agent, store=store, trials=10)
+    props = session.propose(3)
+    assert len(props) == 3 and session.in_flight == 3
+    session.complete(props[2], {"accuracy": 0.3})  # finishes first: recorded, not told yet
+    assert [r.number for r in session.records] == [0] and agent.told == []
+    assert store.get_meta("search_state")["untold"] == [0]
+
+    # The driver dies here. The study holds trial 0; the agent's saved state was told nothing.
+    resumed = _Recorder(space.dim, seed=1)
+    again = SearchSession(problem, agent=resumed, store=StudyStore.in_folder(tmp_path),
+                          trials=10)
+    assert resumed.told == [list(props[2].point)]  # learnt what it had missed, once
+    assert again.store.get_meta("search_state")["untold"] == []
+    assert len(again.records) == 1
+
+    # The first driver, had it lived: completions 0 then 1 release the tells in ask order.
+    session.complete(props[0], {"accuracy": 0.1})
+    assert agent.told == [list(props[0].point)]  # 2 still waits behind 1
+    session.complete(props[1], {"accuracy": 0.2})
+    assert agent.told == [list(p.point) for p in props]
+    assert [r.objective for r in session.records] == [0.3, 0.1, 0.2]  # completion order
+
+
+def test_ray_executor_run_fans_out_plain_calls(cluster: str) -> None:
+    ex = RayExecutor(workers=2)
+    out = dict(ex.run(lambda x: 10 // x, [1, 2, 0, 5]))
+    assert out[0] == 10 and out[1] == 5 and out[3] == 2
+    assert isinstance(out[2], Exception) and "ZeroDivisionError" in repr(out[2])
