@@ -180,7 +180,7 @@ class SearchSettings:
     # Where trials run; none of these change the results, so they are not part of identity():
     # a run folder may be resumed with another executor.
     executor: str = "local"
-    workers: int = 1
+    workers: int | None = None  # None: 1 locally, as many as the CPUs hold on Ray
     ray_address: str | None = None
     cpus_per_trial: float = 1.0
     run_dir: Path | None = None

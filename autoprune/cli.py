@@ -73,8 +73,9 @@ def search(
     executor: Annotated[str, typer.Option(
         help="Where trials run: local (this process, one at a time) or ray (Ray Tune: a local "
              "Ray, or the cluster of --ray-address; needs pip install 'ray[tune]').")] = "local",
-    workers: Annotated[int, typer.Option(
-        min=1, help="Trials in flight at once (--executor ray).")] = 1,
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="Trials in flight at once (--executor ray; default: as many as the Ray "
+                    "cluster's CPUs hold at --cpus-per-trial each).")] = None,
     ray_address: Annotated[str | None, typer.Option(
         help="Join a running Ray cluster: auto, or host:port of its head (ray start --head "
              "prints it, e.g. 127.0.0.1:6379). Default: start a local Ray for this search.")] = None,

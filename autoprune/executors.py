@@ -60,14 +60,14 @@ class LocalExecutor(Executor):
                 yield i, err
 
 
-def _local(*, workers: int, address: str | None, cpus_per_trial: float) -> Executor:
-    if workers != 1 or address is not None:
+def _local(*, workers: int | None, address: str | None, cpus_per_trial: float) -> Executor:
+    if workers not in (None, 1) or address is not None:
         raise ValueError("the local executor runs one trial at a time in this process; "
                          "--workers and --ray-address need --executor ray")
     return LocalExecutor()
 
 
-def _ray(*, workers: int, address: str | None, cpus_per_trial: float) -> Executor:
+def _ray(*, workers: int | None, address: str | None, cpus_per_trial: float) -> Executor:
     try:  # lazily: `autoprune --help` and local searches never import ray
         from autoprune.ray_executor import RayExecutor
     except ImportError as err:
@@ -81,15 +81,16 @@ def _ray(*, workers: int, address: str | None, cpus_per_trial: float) -> Executo
 EXECUTORS: dict[str, Callable[..., Executor]] = {"local": _local, "ray": _ray}
 
 
-def make_executor(name: str, *, workers: int = 1, address: str | None = None,
+def make_executor(name: str, *, workers: int | None = None, address: str | None = None,
                   cpus_per_trial: float = 1.0) -> Executor:
-    """The executor registered as ``name`` (``--executor``)."""
+    """The executor registered as ``name`` (``--executor``). ``workers=None``: one for the
+    local executor; for Ray, as many trials as the cluster's CPUs hold."""
     try:
         factory = EXECUTORS[name]
     except KeyError:
         raise ValueError(f"unknown executor {name!r}; available: "
                          f"{', '.join(sorted(EXECUTORS))}") from None
-    if workers < 1 or cpus_per_trial <= 0:
+    if (workers is not None and workers < 1) or cpus_per_trial <= 0:
         raise ValueError(f"--workers must be >= 1 and --cpus-per-trial > 0 (got {workers}, "
                          f"{cpus_per_trial})")
     return factory(workers=workers, address=address, cpus_per_trial=cpus_per_trial)

@@ -51,14 +51,14 @@ _TUNE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_AIR_NEW_OUTPUT": "0
 class RayExecutor(Executor):
     """Runs trials on Ray: a local Ray started for the search (``address=None``), or a running
     cluster (``address="auto"`` or ``"host:port"`` of its head). ``workers``: trials in
-    flight; ``cpus_per_trial``: CPUs Tune reserves for each; ``max_failures``: retries of a
-    trial whose worker died."""
+    flight (``None``: as many as the cluster's CPUs hold); ``cpus_per_trial``: CPUs Tune
+    reserves for each; ``max_failures``: retries of a trial whose worker died."""
 
     name = "ray"
 
-    def __init__(self, *, workers: int = 1, address: str | None = None,
+    def __init__(self, *, workers: int | None = None, address: str | None = None,
                  cpus_per_trial: float = 1.0, max_failures: int = 2) -> None:
-        if workers < 1 or cpus_per_trial <= 0 or max_failures < 0:
+        if (workers is not None and workers < 1) or cpus_per_trial <= 0 or max_failures < 0:
             raise ValueError("workers >= 1, cpus_per_trial > 0 and max_failures >= 0 please")
         self.workers = workers
         self.address = address
@@ -128,7 +128,7 @@ class RayExecutor(Executor):
                     trainable,
                     tune_config=tune.TuneConfig(
                         search_alg=searcher, num_samples=max(1, session.room),
-                        max_concurrent_trials=self.workers,
+                        max_concurrent_trials=self.workers,  # None: as resources allow
                         # one actor per worker slot, reused: no process start and no import
                         # of torch per trial
                         reuse_actors=True),
@@ -152,10 +152,12 @@ class RayExecutor(Executor):
         self.start()
         remote = ray.remote(num_cpus=self.cpus_per_trial, max_retries=self.max_failures)(_call)
         fn_ref = ray.put(fn)
+        slots = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1)
+                                           // self.cpus_per_trial))
         pending: dict[Any, int] = {}
         todo = list(enumerate(items))
         while todo or pending:
-            while todo and len(pending) < self.workers:
+            while todo and len(pending) < slots:
                 i, item = todo.pop(0)
                 pending[remote.remote(fn_ref, item, self.threads)] = i
             done, _ = ray.wait(list(pending), num_returns=1)
