@@ -194,7 +194,8 @@ class SearchSession:
                 break
             for p in points:
                 x = _repair(self.problem, p, self.pareto)
-                prop = Proposal(id=self._next_id, point=x, config=self.space.decode(x[:self.space.dim]))
+                prop = Proposal(id=self._next_id, point=x,
+                                config=self.space.decode(x[:self.space.dim]))
                 self._next_id += 1
                 self._queue.append(prop)
                 self._start(prop, out)

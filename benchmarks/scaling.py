@@ -16,7 +16,7 @@ fixed cost); speed-up of steady-state trials per minute against Ray with 1 worke
 too, so a worker is one core in every column.
 
     python benchmarks/scaling.py --quick      # 16x16 inputs, 8 trials, 1 repeat: ~2 minutes
-    python benchmarks/scaling.py              # 32x32, 40 trials, 3 repeats: ~15 minutes, quiet machine
+    python benchmarks/scaling.py              # 32x32, 40 trials, 3 repeats: ~15 min (quiet host)
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from autoprune.study import StudyStore, TrialRecord
 from autoprune.targets import parse_targets
 from autoprune.train import load_or_train_baseline
 
-__all__ = ["ScalingSettings", "main", "run_scaling"]
+__all__ = ["QUICK", "ScalingSettings", "main", "run_scaling", "scaling_table"]
 
 
 @dataclass(frozen=True, kw_only=True)
