@@ -67,9 +67,10 @@ class RayExecutor(Executor):
         self.threads = max(1, int(cpus_per_trial))
         #: Seconds ``start`` took (connecting, or starting a local Ray).
         self.startup_s: float | None = None
-        #: Of the last ``execute``: seconds from its start to the first trial running (Tune's
-        #: set-up and the workers' start: with ``startup_s``, Ray's fixed cost), then from the
-        #: first trial running to the last one finished, and the trials Tune ran.
+        #: Of the last ``execute``: seconds from its start until every worker slot is running
+        #: a trial (Tune's set-up and the workers' start, each importing torch: with
+        #: ``startup_s``, Ray's fixed cost), then from that moment to the last trial's end
+        #: and the trials that ended in it (steady state), and the trials Tune ran.
         self.timings: dict[str, float] = {}
         self._owns_ray = False
 
@@ -139,9 +140,12 @@ class RayExecutor(Executor):
             finally:
                 shutil.rmtree(storage, ignore_errors=True)
         if watch.starts:
-            first = min(watch.starts)
-            self.timings = {"to_first_trial_s": first - t0,
-                            "trials_span_s": max(watch.ends or [first]) - first,
+            slots = self.workers or int(capacity // self.cpus_per_trial)
+            starts = sorted(watch.starts)
+            ready = starts[min(max(1, slots), len(starts)) - 1]  # the last slot's first trial
+            self.timings = {"to_first_trial_s": starts[0] - t0, "to_all_workers_s": ready - t0,
+                            "steady_span_s": max(watch.ends or [ready]) - ready,
+                            "steady_trials": float(sum(e > ready for e in watch.ends)),
                             "trials_run": float(len(watch.ends))}
         searcher.abandon("Ray Tune stopped before this trial reported a result")
 

@@ -8,10 +8,11 @@ an in-memory study. The random agent's proposals do not depend on results, so ev
 evaluates exactly the same configurations (checked).
 
 Columns: wall time of the whole search; Ray's fixed cost (``ray.init`` of a fresh local Ray,
-plus Tune's set-up until the first trial runs: workers start and import torch); trials per
-minute in steady state (trials Tune ran / time from the first trial starting to the last
-finishing; for the local executor, trials / wall); end to end (trials / wall including the
-fixed cost); speed-up of steady-state trials per minute against Ray with 1 worker. Medians over
+plus Tune's set-up until every worker runs a trial: each worker process starts and imports
+torch); trials per minute in steady state (trials that ended after every worker was running /
+time from then to the last one's end; for the local executor, evaluated trials / wall); end to
+end (trials / wall including the fixed cost); speed-up of steady-state trials per minute
+against Ray with 1 worker. Medians over
 ``--repeats``. Every trial pins torch to one thread (as do the Ray workers); the local run does
 too, so a worker is one core in every column.
 
@@ -81,9 +82,9 @@ def _one_run(settings: ScalingSettings, problem: PruningProblem, model: torch.nn
     wall = time.perf_counter() - t0
     evaluated = [r for r in records if "duplicate_of" not in r.extra]
     timings = getattr(executor, "timings", {})
-    if timings:  # Ray: steady state from the first trial running to the last finishing
-        fixed = startup + timings["to_first_trial_s"]
-        steady = 60.0 * timings["trials_run"] / max(timings["trials_span_s"], 1e-9)
+    if timings:  # Ray: steady state once every worker runs a trial, to the last one's end
+        fixed = startup + timings["to_all_workers_s"]
+        steady = 60.0 * timings["steady_trials"] / max(timings["steady_span_s"], 1e-9)
     else:
         fixed, steady = 0.0, 60.0 * len(evaluated) / wall
     return {"wall_s": wall, "fixed_s": fixed, "ray_init_s": startup if timings else 0.0,
