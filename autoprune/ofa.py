@@ -313,12 +313,16 @@ class Supernet:
     def calibration_batches(self, n: int | None = None) -> list[torch.Tensor]:
         """The training batches BN statistics are re-estimated on (OFA uses ~2,000 images)."""
         n = int(self.meta.get("calib_batches", 8)) if n is None else n
+        cached = getattr(self, "_calib", None)
+        if cached is not None and len(cached) == n:
+            return cached
         loader = self.data.loader("train", batch_size=64, shuffle=True,
                                   seed=int(self.meta.get("seed", 0)))
         out: list[torch.Tensor] = []
         while len(out) < n:
             out.extend(x for x, _ in loader)
-        return out[:n]
+        self._calib = out[:n]
+        return self._calib
 
     def subnetwork(self, config: Mapping[str, int], *, recalibrate: bool = True) -> nn.Module:
         """The standalone sub-network of ``config`` (leading channels), BN recalibrated."""
