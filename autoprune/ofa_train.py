@@ -69,6 +69,13 @@ class SupernetSettings:
     cache_dir: Path | None = None
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        if self.samples < 10:
+            raise SupernetError(f"samples must be at least 10 (the predictor is fitted on them "
+                                f"and checked on a held-out quarter), got {self.samples}")
+        if self.epochs < 1 or self.random_widths < 0 or self.calib_batches < 1:
+            raise SupernetError("epochs and calib_batches must be >= 1, random_widths >= 0")
+
     def identity(self) -> dict[str, Any]:
         d = asdict(self)
         keys = list(d)[: list(d).index("samples") + 1]
@@ -219,10 +226,10 @@ def _train(model: nn.Module, space: ChannelSpace, data: DataSplits, settings: Su
                     # In-place distillation: KL to the largest network's soft predictions.
                     kd = F.kl_div(F.log_softmax(model(x), dim=1), soft, reduction="batchmean")
                     kd.backward()
-                    kd_total += float(kd)
+                    kd_total += float(kd.detach())
                 optimizer.step()
                 step += 1
-                losses.append((float(loss), kd_total / len(widths)))
+                losses.append((float(loss.detach()), kd_total / len(widths)))
                 if not all(math.isfinite(v) for v in losses[-1]):
                     raise RuntimeError(f"supernet training diverged at step {step} (loss "
                                        f"{losses[-1]}); lower --lr (now {settings.lr})")
