@@ -46,9 +46,10 @@ from autoprune.search_spaces import ChannelSpace
 if TYPE_CHECKING:
     from autoprune.data import DataSplits
     from autoprune.ofa_search import Extraction
+    from autoprune.ofa_train import SupernetSettings
 
-__all__ = ["SUPERNET_FORMAT", "Supernet", "SupernetError", "WidthMasks", "sample_config",
-           "slice_config", "sort_channels"]
+__all__ = ["SUPERNET_FORMAT", "Supernet", "SupernetError", "WidthMasks", "check_masking",
+           "full_config", "sample_config", "slice_config", "sort_channels"]
 
 SUPERNET_FORMAT = 1
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -175,7 +176,7 @@ class WidthMasks:
         self.dense = config is None
         if config is None:
             return
-        full = self.space._complete(config)
+        full = full_config(self.space, config)
         for u in self.space.units:
             self.masks[u.name].zero_()[: full[u.name]] = 1.0
         self.dense = all(full[u.name] == u.full for u in self.space.units)
@@ -186,10 +187,25 @@ class WidthMasks:
         self._hooks = []
 
 
+def full_config(space: ChannelSpace, config: Mapping[str, int]) -> dict[str, int]:
+    """``config`` with every unit present (missing = dense) and every count checked."""
+    unknown = set(config) - {u.name for u in space.units}
+    if unknown:
+        raise SupernetError(f"configuration names unknown units {sorted(unknown)}; units are "
+                            f"{[u.name for u in space.units]}")
+    out = {}
+    for u in space.units:
+        k = int(config.get(u.name, u.full))
+        if not 1 <= k <= u.full:
+            raise SupernetError(f"unit {u.name!r} keeps {k} channels; it must keep 1..{u.full}")
+        out[u.name] = k
+    return out
+
+
 def slice_config(model: nn.Module, space: ChannelSpace, config: Mapping[str, int]) -> nn.Module:
     """A standalone, physically smaller copy of the sorted ``model`` keeping the first
     ``config[u]`` channels of each unit (Torch-Pruning removes the tail of every group)."""
-    full = space._complete(config)
+    full = full_config(space, config)
     flags = [p.requires_grad for p in model.parameters()]
     work = _traceable(model)
     graph = _graph(work, space)
@@ -255,11 +271,14 @@ class Supernet:
     meta: dict[str, Any]
     path: Path | None = None
     samples: list[dict[str, Any]] = field(default_factory=list)
-    _data: DataSplits | None = field(default=None, repr=False)
+    data_splits: DataSplits | None = field(default=None, repr=False)
+    # Objects derived from the above and rebuilt after loading (calibration batches, the
+    # fitted predictor, fast cost forms); never saved.
+    derived: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def train(cls, settings: Any, *, until_step: int | None = None, console: Any = None
-              ) -> Supernet:
+    def train(cls, settings: SupernetSettings, *, until_step: int | None = None,
+              console: Any = None) -> Supernet:
         """Train (or resume) a supernet as ``settings`` (an ``ofa_train.SupernetSettings``)
         says and return it loaded; see :func:`autoprune.ofa_train.train_supernet`."""
         from autoprune.ofa_train import train_supernet
@@ -298,22 +317,22 @@ class Supernet:
         samples_path = path / "samples.json"
         samples = json.loads(samples_path.read_text())["samples"] if samples_path.is_file() else []
         return cls(model=model.eval(), space=space, meta=meta, path=path, samples=samples,
-                   _data=data)
+                   data_splits=data)
 
     # ------------------------------------------------------------------ data and scoring
     @property
     def data(self) -> DataSplits:
         """The data the supernet was trained on (BN calibration and validation)."""
-        if self._data is None:
+        if self.data_splits is None:
             from autoprune.data import load_data
 
-            self._data = load_data(self.meta["data"], image_size=int(self.meta["image_size"]))
-        return self._data
+            self.data_splits = load_data(self.meta["data"], image_size=int(self.meta["image_size"]))
+        return self.data_splits
 
     def calibration_batches(self, n: int | None = None) -> list[torch.Tensor]:
         """The training batches BN statistics are re-estimated on (OFA uses ~2,000 images)."""
         n = int(self.meta.get("calib_batches", 8)) if n is None else n
-        cached = getattr(self, "_calib", None)
+        cached = self.derived.get("calibration")
         if cached is not None and len(cached) == n:
             return cached
         loader = self.data.loader("train", batch_size=64, shuffle=True,
@@ -321,8 +340,8 @@ class Supernet:
         out: list[torch.Tensor] = []
         while len(out) < n:
             out.extend(x for x, _ in loader)
-        self._calib = out[:n]
-        return self._calib
+        self.derived["calibration"] = out[:n]
+        return out[:n]
 
     def subnetwork(self, config: Mapping[str, int], *, recalibrate: bool = True) -> nn.Module:
         """The standalone sub-network of ``config`` (leading channels), BN recalibrated."""

@@ -21,6 +21,7 @@ table costs them, and an evolutionary search keeps the best that meet the constr
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -45,8 +46,9 @@ from autoprune.search_spaces import ChannelSpace
 from autoprune.targets import Target, parse_targets
 from autoprune.train import evaluate_accuracy
 
-__all__ = ["AccuracyPredictor", "Extraction", "LatencySetup", "find_config", "front",
-           "predictor_quality", "save_subnetwork", "specialise"]
+__all__ = ["AccuracyPredictor", "Extraction", "LatencySetup", "QuadraticCost", "extraction_table",
+           "find_config", "front", "front_view", "predictor_quality", "quadratic_costs",
+           "save_subnetwork", "slug", "specialise"]
 
 _MAX_LATENCY_RETRIES = 3
 _RETRY_SAFETY = 0.02
@@ -107,7 +109,7 @@ def predictor_quality(space: ChannelSpace, samples: Sequence[Mapping[str, Any]],
 
 
 def _predictor(supernet: Supernet) -> AccuracyPredictor:
-    cached = getattr(supernet, "_predictor", None)
+    cached = supernet.derived.get("predictor")
     if cached is None:
         if not supernet.samples:
             raise SupernetError(f"the supernet in {supernet.path} has no scored sub-networks "
@@ -115,7 +117,7 @@ def _predictor(supernet: Supernet) -> AccuracyPredictor:
         cached = AccuracyPredictor(supernet.space, seed=int(supernet.meta.get("seed", 0))).fit(
             [s["config"] for s in supernet.samples],
             [s["val_accuracy"] for s in supernet.samples])
-        supernet._predictor = cached  # type: ignore[attr-defined]
+        supernet.derived["predictor"] = cached
     return cached
 
 
@@ -307,9 +309,9 @@ def _problem(supernet: Supernet, targets: Sequence[Target], table: LatencyTable 
              ) -> PruningProblem:
     from autoprune.latency_jobs import prediction_margin
 
-    forms = getattr(supernet, "_forms", None)
+    forms = supernet.derived.get("cost_forms")
     if forms is None:
-        forms = supernet._forms = quadratic_costs(supernet.space)  # type: ignore[attr-defined]
+        forms = supernet.derived["cost_forms"] = quadratic_costs(supernet.space)
     return _FastProblem(supernet.space, targets,
                         cost_models=[table.cost_model()] if table else (),
                         margins={"latency_ms": prediction_margin(table)} if table else None,
@@ -318,11 +320,13 @@ def _problem(supernet: Supernet, targets: Sequence[Target], table: LatencyTable 
 
 def specialise(supernet: Supernet, targets: Sequence[str | Sequence[Target]], *,
                latency: LatencySetup | None = None, generations: int = 12, population: int = 64,
-               seed: int = 0, score: bool = True, console: Console | None = None
-               ) -> list[Extraction]:
+               seed: int = 0, score: bool = True, latency_retries: int = _MAX_LATENCY_RETRIES,
+               console: Console | None = None) -> list[Extraction]:
     """One extracted sub-network per entry of ``targets`` (a string such as ``"flops=50%"`` or
     ``"latency=2ms,params=60%"`` for joint budgets). Bad or impossible targets are refused
-    before any work. ``score`` adds the validation accuracy (not counted in ``seconds``)."""
+    before any work. ``score`` adds the validation accuracy (not counted in ``seconds``).
+    A latency budget is checked by measuring the extracted network; ``latency_retries``
+    searches again for the measured speed when it misses."""
     console = console or Console(stderr=True, quiet=True)
     latency = latency or LatencySetup()
     parsed = [parse_targets(t) if isinstance(t, str) else list(t) for t in targets]
@@ -344,13 +348,16 @@ def specialise(supernet: Supernet, targets: Sequence[str | Sequence[Target]], *,
         if any(b.metric == "latency_ms" for b in problem.budgets):
             model, config, predicted, measured, met = _check_latency(
                 supernet, problem, predictor, model, config, predicted, latency, console,
-                generations=generations, population=population, seed=seed)
+                retries=latency_retries, generations=generations, population=population,
+                seed=seed)
         seconds = time.perf_counter() - started
         val = evaluate_accuracy(model, supernet.data.val_x, supernet.data.val_y)[0] \
             if score else float("nan")
         costs = problem.costs(config)
+        # Analytic budgets against their limits; a latency budget was judged by measurement.
         met = met and problem.feasible(costs, budgets=[replace(b, margin=0.0)
-                                                       for b in problem.budgets])
+                                                       for b in problem.budgets
+                                                       if b.metric != "latency_ms"])
         out.append(Extraction(
             target=",".join(t.text for t in ts), config=config, costs=costs,
             dense_costs=dict(problem.dense_costs), predicted_accuracy=float(predicted),
@@ -362,20 +369,20 @@ def specialise(supernet: Supernet, targets: Sequence[str | Sequence[Target]], *,
 
 def _check_latency(supernet: Supernet, problem: PruningProblem, predictor: AccuracyPredictor,
                    model: nn.Module, config: dict[str, int], predicted: float,
-                   setup: LatencySetup, console: Console, **search: Any
+                   setup: LatencySetup, console: Console, *, retries: int, **search: Any
                    ) -> tuple[nn.Module, dict[str, int], float, dict[str, Any], bool]:
     """Measure the extracted network; while it misses the budget, search again with the limit
-    scaled by measured / predicted latency (2% more room), at most three times."""
+    scaled by measured / predicted latency (2% more room), at most ``retries`` times."""
     budget = next(b for b in problem.budgets if b.metric == "latency_ms")
     tries = []
-    for attempt in range(_MAX_LATENCY_RETRIES + 1):
+    for attempt in range(retries + 1):
         m = _measure(model, supernet, setup)
         pred_ms = problem.costs(config)["latency_ms"]
         tries.append({"predicted_ms": pred_ms, "latency_ms": m.median_ms, "p10_ms": m.p10_ms,
                       "p90_ms": m.p90_ms})
         console.print(f"measured {m.median_ms:.3f} ms (predicted {pred_ms:.3f} ms, budget "
                       f"{budget.limit:.3f} ms)", highlight=False)
-        if m.median_ms <= budget.limit or attempt == _MAX_LATENCY_RETRIES:
+        if m.median_ms <= budget.limit or attempt == retries:
             break
         slow = max(1.0, m.median_ms / pred_ms)
         want = budget.limit / (slow * (1 + _RETRY_SAFETY))
@@ -406,7 +413,8 @@ def save_subnetwork(extraction: Extraction, path: str | Path, supernet: Supernet
         "units": {u.name: {"channels": extraction.config[u.name], "of": u.full,
                            "ratio": extraction.config[u.name] / u.full} for u in space.units},
         "costs": extraction.costs, "budgets": extraction.budgets,
-        "metrics": {"val_accuracy": extraction.val_accuracy,
+        "metrics": {"val_accuracy": None if math.isnan(extraction.val_accuracy)
+                    else extraction.val_accuracy,
                     "predicted_val_accuracy": extraction.predicted_accuracy},
         "weights": path.name,
         "source": {"kind": "ofa", "supernet": str(supernet.path), "target": extraction.target,
@@ -414,8 +422,6 @@ def save_subnetwork(extraction: Extraction, path: str | Path, supernet: Supernet
     }
     if extraction.measured:
         choice["measured"] = extraction.measured
-    import json
-
     path.with_suffix(".json").write_text(json.dumps(choice, indent=2) + "\n")
     return path
 
@@ -466,8 +472,10 @@ def front(supernet: Supernet, *, metric: str = "flops", points: int = 8,
     for frac in np.linspace(low / dense, 1.0, points):
         frac = min(1.0, float(frac) * (1 + 1e-6))
         target = Target(metric=name, value=frac, relative=True, text=f"{metric}={100 * frac:.1f}%")
+        # Descriptive: each point is measured, not re-searched when load slows a measurement.
         e = specialise(supernet, [[target]], latency=latency, generations=generations,
-                       population=population, seed=seed, console=console)[0]
+                       population=population, seed=seed, latency_retries=0,
+                       console=console)[0]
         rows.append({"target": e.target, "fraction": frac, "costs": e.costs,
                      "predicted_accuracy": e.predicted_accuracy, "val_accuracy": e.val_accuracy,
                      "measured_ms": e.measured["latency_ms"] if e.measured else None,
@@ -519,7 +527,8 @@ def _front_plot(result: Mapping[str, Any], supernet: Supernet, base: PruningProb
             label="predicted")
     ax.scatter([100.0], [result["baseline_val_accuracy"]], marker="*", s=150, color="tab:green",
                label="dense baseline", zorder=5)
-    ax.set_xlabel(f"{name} (% of dense)")
+    ax.set_xlabel(f"{name} (% of dense" + (", predicted by the latency table)"
+                                           if name == "latency_ms" else ")"))
     ax.set_ylabel("validation accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")

@@ -231,7 +231,7 @@ def _train(model: nn.Module, space: ChannelSpace, data: DataSplits, settings: Su
                 step += 1
                 losses.append((float(loss.detach()), kd_total / len(widths)))
                 if not all(math.isfinite(v) for v in losses[-1]):
-                    raise RuntimeError(f"supernet training diverged at step {step} (loss "
+                    raise SupernetError(f"supernet training diverged at step {step} (loss "
                                        f"{losses[-1]}); lower --lr (now {settings.lr})")
                 bar.update(task, completed=step, description=(
                     f"supernet (sandwich) CE {losses[-1][0]:.3f} KD {losses[-1][1]:.3f}"))
@@ -314,6 +314,7 @@ def _sample(supernet: Supernet, settings: SupernetSettings, meta: dict[str, Any]
     # Predictor quality on sub-networks it was not fitted on, reported with the supernet.
     meta["predictor"] = predictor_quality(space, samples, seed=settings.seed)
     supernet.samples = samples
+    supernet.derived.pop("predictor", None)
     _write_json(out / "supernet.json", meta)
 
 

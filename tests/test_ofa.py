@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from rich.console import Console
 from torch import nn
 
 import autoprune
@@ -186,8 +187,7 @@ def test_latency_target_is_met_when_measured(supernet: Supernet, cache: Path) ->
     from autoprune.ofa_search import _latency_table
 
     setup = LatencySetup(cache_dir=cache)
-    table = _latency_table(supernet, setup, console=None or __import__("rich").console.Console(
-        quiet=True))
+    table = _latency_table(supernet, setup, Console(quiet=True))
     space = supernet.space
     low, high = table.predict(space.min_config()), table.predict(space.dense_config())
     limit = low + 0.6 * (high - low)
@@ -247,11 +247,10 @@ def test_cli_train_extract_front(supernet_dir: Path, cache: Path, tmp_path: Path
     for r in rows:
         path = Path(r["path"])
         assert autoprune.load_pruned(path.parent, choice=path.stem)(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
-    out = _cli(["front", str(supernet_dir), "--metric", "flops", "--points", "3"], cache)
+    out = _cli(["front", str(supernet_dir), "--metric", "flops", "--points", "2"], cache)
     assert out.returncode == 0, out.stderr[-3000:]
     assert (supernet_dir / "front.json").exists() and (supernet_dir / "front.png").exists()
-    for args, hint in [(["extract", str(tmp_path / "missing"), "-t", "flops=50%"], "ofa train"),
-                       (["extract", str(supernet_dir), "-t", "flops=1%"], "cannot be met")]:
-        out = _cli(args, cache)
-        assert out.returncode == 2 and "error:" in out.stderr, out.stderr[-2000:]
-        assert hint in " ".join(out.stderr.split()) and "Traceback" not in out.stderr
+    # Bad input: one clear error naming the fix (bad and impossible targets: the API test).
+    out = _cli(["extract", str(tmp_path / "missing"), "-t", "flops=50%"], cache)
+    assert out.returncode == 2 and "error:" in out.stderr, out.stderr[-2000:]
+    assert "ofa train" in " ".join(out.stderr.split()) and "Traceback" not in out.stderr
