@@ -48,7 +48,7 @@ def train(
     output: Annotated[Path, typer.Option("--output", "-o", help="Supernet folder (an unfinished one is resumed).")] = Path("supernet"),
     epochs: Annotated[int, typer.Option(min=1, help="Epochs of sandwich-rule training.")] = 10,
     random_widths: Annotated[int, typer.Option(min=0, help="Random widths per step, besides the largest and the smallest.")] = 2,
-    lr: Annotated[float, typer.Option(min=1e-6, help="Peak learning rate (warm-up, then cosine).")] = 0.02,
+    lr: Annotated[float, typer.Option(min=1e-6, help="Peak learning rate (warm-up, then cosine).")] = 0.05,
     samples: Annotated[int, typer.Option(min=10, help="Sub-networks scored (BN recalibrated, validation split) to fit the accuracy predictor.")] = 100,
     calib_batches: Annotated[int, typer.Option(min=1, help="Training batches (of 64) for BatchNorm recalibration.")] = 8,
     image_size: Annotated[int, typer.Option(min=8, help="Input resolution (digits: 32 upsamples, 8 is native).")] = 32,

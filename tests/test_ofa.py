@@ -135,6 +135,8 @@ def test_resume_continues_exactly_as_an_uninterrupted_run(cache: Path, tmp_path:
     a = torch.load(tmp_path / "a" / "supernet.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "supernet.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    finished = autoprune.Supernet.train(SupernetSettings(**common, output=tmp_path / "a"))
+    assert len(finished.samples) == 10 and finished.meta["training"]["done"]
     with pytest.raises(SupernetError, match="different supernet"):
         train_supernet(SupernetSettings(**{**common, "epochs": 2}, output=tmp_path / "b"))
 
