@@ -272,6 +272,16 @@ def list_agents() -> None:
                "which starts from ERK's results.")
 
 
+def _mount_ofa() -> None:
+    # The once-for-all commands live in their own module (autoprune/ofa_cli.py).
+    from autoprune.ofa_cli import app as ofa_app
+
+    app.add_typer(ofa_app, name="ofa")
+
+
+_mount_ofa()
+
+
 def main() -> None:
     app()
 
