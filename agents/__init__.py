@@ -7,6 +7,7 @@ Importing this package registers every agent; the modules import their heavy lib
 from __future__ import annotations
 
 from .base import AGENTS, Agent, AgentContext, agent_descriptions, make_agent, register_agent
+from .chain import ChainAgent
 from .cma_es import CMAESAgent
 from .erk import ERKAgent
 from .evolution import EvolutionAgent, EvolutionConfig
@@ -18,7 +19,7 @@ from .sensitivity import SensitivityAgent
 from .simple import RandomAgent, UniformAgent
 from .tpe import TPEAgent
 
-__all__ = ["AGENTS", "Agent", "AgentContext", "CMAESAgent", "ERKAgent", "EvolutionAgent",
+__all__ = ["AGENTS", "Agent", "AgentContext", "CMAESAgent", "ChainAgent", "ERKAgent", "EvolutionAgent",
            "EvolutionConfig", "GPAgent", "GlobalMagnitudeAgent", "LAMPAgent", "NSGA2Agent",
            "RandomAgent", "SensitivityAgent", "TPEAgent", "UniformAgent", "agent_descriptions",
            "make_agent", "register_agent"]

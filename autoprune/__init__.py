@@ -33,6 +33,8 @@ _EXPORTS = {
     "LatencyMeasurement": "autoprune.latency",
     "measure_latency": "autoprune.latency",
     "RooflineCost": "autoprune.roofline",
+    "Supernet": "autoprune.ofa",
+    "SupernetSettings": "autoprune.ofa_train",
     # Ray (imported only when these are used)
     "AgentSearcher": "autoprune.tune_searcher",
     "RayExecutor": "autoprune.ray_executor",

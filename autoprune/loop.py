@@ -31,7 +31,6 @@ __all__ = ["Proposal", "PruneAndEvaluate", "SearchSession", "TrialFailure", "bes
            "evaluate_point", "objective_value", "run_search"]
 
 Evaluate = Callable[[nn.Module], Mapping[str, float]]
-_MAX_REPEATS = 200  # proposals in a row that repeat scored configurations (no trial budget)
 
 
 class TrialFailure(Exception):
@@ -83,10 +82,12 @@ class Proposal:
     id: int
     point: np.ndarray
     config: dict[str, int]
-    outcome: Mapping[str, float] | BaseException | None = None
+    #: The trial it became, or (a repeat of a configuration scored before) the trial whose
+    #: result it is told; ``None`` while it runs.
     record: TrialRecord | None = None
-    # Proposals with the same configuration, asked while this one was running: recorded from
-    # its result instead of being pruned and scored again.
+    repeat: bool = False
+    # Proposals with the same configuration, asked while this one was running: told its
+    # result instead of being pruned and scored again.
     twins: list[Proposal] = field(default_factory=list)
 
 
@@ -101,11 +102,17 @@ class SearchSession:
     points). The saved state (``search_state``: the agent's state, how many trials it had
     seen recorded, which of those it was not told yet) is one study attribute written after
     every change, so a resumed search tells the agent exactly what it missed.
+
+    A proposal repeating a configuration scored before is told that result and costs no trial
+    (nothing is pruned again); one repeating a *running* configuration waits for its result
+    (and runs after all if that one fails). After ``max_repeats`` repeats in a row the agent
+    has converged (or the budget leaves no other candidates): ``converged`` is set and the
+    search ends.
     """
 
     def __init__(self, problem: PruningProblem, *, agent: Agent, store: StudyStore,
                  trials: int | None, objective: str = "accuracy", minimize: bool | None = None,
-                 pareto: ParetoRange | None = None,
+                 pareto: ParetoRange | None = None, max_repeats: int = 200,
                  on_record: Callable[[TrialRecord], None] | None = None) -> None:
         if trials is not None and trials < 1:
             raise ValueError(f"trials must be at least 1, got {trials}")
@@ -117,6 +124,7 @@ class SearchSession:
         self.objective = objective
         self.minimize = (objective == "loss") if minimize is None else minimize
         self.pareto = pareto
+        self.max_repeats = max_repeats
         self.on_record = on_record
         self._lows = self.space.ratio_lower_bounds()
         self._running: dict[tuple[tuple[str, int], ...], Proposal] = {}
@@ -124,6 +132,7 @@ class SearchSession:
         self._again: list[Proposal] = []  # twins of a trial that failed, to be run
         self._next_id = 0
         self.agent_done = False
+        self.repeats = 0  # proposals in a row that repeated a scored configuration
         self.records = store.records()
         self._restore()
         self._seen = {_config_key(r.config): r for r in self.records if not r.failed}
@@ -147,15 +156,19 @@ class SearchSession:
             self._save()
 
     def _save(self) -> None:
-        untold = [p.record.number for p in self._queue if p.record is not None]
+        untold = [p.record.number for p in self._queue if p.record is not None and not p.repeat]
         self.store.set_meta("search_state", {"agent": self.agent.state_dict(),
                                              "recorded": len(self.records), "untold": untold})
 
     # ------------------------------------------------------------------ state
     @property
     def in_flight(self) -> int:
-        """Proposals handed out (or waiting on a twin) and not yet recorded."""
-        return sum(p.record is None for p in self._queue)
+        """Candidates running, or about to run again (their twin failed): future trials."""
+        return len(self._running) + len(self._again)
+
+    @property
+    def converged(self) -> bool:
+        return self.repeats >= self.max_repeats
 
     @property
     def room(self) -> int:
@@ -167,7 +180,7 @@ class SearchSession:
     @property
     def finished(self) -> bool:
         """Nothing in flight and nothing more to propose."""
-        return self.in_flight == 0 and (self.agent_done or self.room == 0)
+        return self.in_flight == 0 and (self.agent_done or self.converged or self.room == 0)
 
     # ------------------------------------------------------------------ propose / complete
     def propose(self, n: int) -> list[Proposal]:
@@ -177,15 +190,14 @@ class SearchSession:
         (and runs after all if that one fails)."""
         out: list[Proposal] = []
         while self._again and len(out) < n:  # twins of a failed trial: scored after all
-            self._start(self._again.pop(0), out)
-        repeats = 0
-        while len(out) < n and self.room > 0:
-            if self.trials is None and repeats > _MAX_REPEATS:
-                # No trial budget (a Tune searcher's): an agent that only proposes what was
-                # scored already has exhausted the space; stop rather than loop forever.
-                self.agent_done = self.in_flight == 0
-                break
-            before = len(self.records)
+            prop = self._again.pop(0)
+            key = _config_key(prop.config)
+            if key in self._running:
+                self._running[key].twins.append(prop)
+            else:
+                self._running[key] = prop
+                out.append(prop)
+        while len(out) < n and self.room > 0 and not self.converged:
             points = self.agent.ask(min(n - len(out), self.room))
             if not points:
                 # An agent waiting for results (a bisection) proposes nothing while its point
@@ -198,20 +210,19 @@ class SearchSession:
                                 config=self.space.decode(x[:self.space.dim]))
                 self._next_id += 1
                 self._queue.append(prop)
-                self._start(prop, out)
-            repeats += len(self.records) - before
+                key = _config_key(prop.config)
+                if key in self._seen:  # scored before: told its result, costs no trial
+                    prop.record, prop.repeat = self._seen[key], True
+                    self.repeats += 1
+                elif key in self._running:  # running now: told its result when it ends
+                    self._running[key].twins.append(prop)
+                    self.repeats += 1
+                else:
+                    self._running[key] = prop
+                    self.repeats = 0
+                    out.append(prop)
         self._tell_ready()
         return out
-
-    def _start(self, prop: Proposal, out: list[Proposal]) -> None:
-        key = _config_key(prop.config)
-        if key in self._seen:  # scored before: reuse its result, do not prune again
-            self._finish(prop, None, duplicate_of=self._seen[key])
-        elif key in self._running:
-            self._running[key].twins.append(prop)
-        else:
-            self._running[key] = prop
-            out.append(prop)
 
     def complete(self, prop: Proposal, outcome: Mapping[str, float] | BaseException) -> None:
         """Record a candidate's metrics (or the exception it raised), and its twins'."""
@@ -221,22 +232,14 @@ class SearchSession:
             self._again.extend(prop.twins)
         else:
             for twin in prop.twins:
-                self._finish(twin, None, duplicate_of=rec)
+                twin.record, twin.repeat = rec, True
         self._tell_ready()
 
-    def _finish(self, prop: Proposal, outcome: Mapping[str, float] | BaseException | None, *,
-                duplicate_of: TrialRecord | None = None) -> TrialRecord:
-        costs = self.problem.costs(prop.config)
-        number = len(self.records)
-        if duplicate_of is not None:
-            rec = TrialRecord(number=number, point=tuple(prop.point), config=prop.config,
-                              costs=costs, metrics=duplicate_of.metrics,
-                              objective=duplicate_of.objective,
-                              extra={"duplicate_of": duplicate_of.number})
-        else:
-            assert outcome is not None
-            rec = _make_record(number, prop.point, prop.config, costs, outcome, self.objective,
-                               minimize=self.minimize)
+    def _finish(self, prop: Proposal,
+                outcome: Mapping[str, float] | BaseException) -> TrialRecord:
+        rec = _make_record(len(self.records), prop.point, prop.config,
+                           self.problem.costs(prop.config), outcome, self.objective,
+                           minimize=self.minimize)
         self.store.add(rec, params=self.space.ratios(prop.config), lows=self._lows)
         prop.record = rec
         self.records.append(rec)
@@ -252,7 +255,10 @@ class SearchSession:
         told = False
         while self._queue and self._queue[0].record is not None:
             prop = self._queue.pop(0)
-            self.agent.tell(prop.point, _result(prop.record, self.pareto))
+            rec = prop.record
+            if prop.repeat:  # the known result, with the point this proposal asked for
+                rec = replace(rec, point=tuple(prop.point))
+            self.agent.tell(prop.point, _result(rec, self.pareto))
             told = True
         if told:
             self._save()
@@ -261,12 +267,14 @@ class SearchSession:
 def run_search(problem: PruningProblem, *, model: nn.Module, evaluate: Evaluate, agent: Agent,
                trials: int, store: StudyStore, executor: Executor | None = None,
                objective: str = "accuracy", batch: int = 1, progress: bool = True,
-               console: Console | None = None,
-               pareto: ParetoRange | None = None) -> list[TrialRecord]:
+               console: Console | None = None, pareto: ParetoRange | None = None,
+               max_repeats: int = 200) -> list[TrialRecord]:
     """Run until the study holds ``trials`` trials (or the agent has nothing more to propose).
 
     Trials already in ``store`` count: a killed search resumes from its study, with the agent's
-    saved state, and repeats no finished trial. Identical configurations are scored once.
+    saved state, and repeats no finished trial. Identical configurations are scored once: a
+    configuration proposed again is told its known result and does not count as a trial; after
+    ``max_repeats`` such proposals in a row the agent has converged and the search stops.
     With ``pareto`` the agent's points have one more coordinate, the budget level of that
     candidate, and it is told two objectives (see ``autoprune.pareto``). The executor decides
     how many candidates are in flight: the local one runs ``batch`` at a time, Ray keeps
@@ -291,10 +299,15 @@ def run_search(problem: PruningProblem, *, model: nn.Module, evaluate: Evaluate,
                    best=_best_text(best, objective))
 
     session = SearchSession(problem, agent=agent, store=store, trials=trials,
-                            objective=objective, pareto=pareto, on_record=show)
+                            objective=objective, pareto=pareto, max_repeats=max_repeats,
+                            on_record=show)
     show()
     with bar if progress else nullcontext():
         executor.execute(session, work, batch=batch)
+    if session.converged and len(session.records) < trials:
+        console.print(f"[yellow]the last {session.repeats} proposals were all configurations "
+                      "already evaluated (the agent has converged, or the budget leaves no "
+                      f"other candidates): stopping after {len(session.records)} trials[/]")
     return session.records
 
 

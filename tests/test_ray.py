@@ -193,7 +193,7 @@ _DRIVER = textwrap.dedent("""
                                round_to=2, run_dir={run_dir!r}, seed=7, agent="tpe",
                                objective="accuracy",
                                executor=RayExecutor(workers=2, address={address!r}))
-    print(len(alloc.trials))
+    print(f"TRIALS={len(alloc.trials)}")
 """)
 
 
@@ -229,13 +229,13 @@ def test_killed_driver_resumes_without_repeating_finished_trials(cluster: str,
     out = subprocess.run(script(0.0, len(kept) + 4), env=_env(), capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().splitlines()[-1] == str(len(kept) + 4)
+    # (Ray may print to stdout too: e.g. that the killed driver's workers died)
+    assert f"TRIALS={len(kept) + 4}" in out.stdout.split(), out.stdout[-2000:]
     after = optuna.load_study(study_name="autoprune", storage=f"sqlite:///{db}").trials
     assert len(after) == len(kept) + 4
     assert [(t.params, t.value) for t in after[:len(kept)]] == kept
-    fresh = [t for t in after[len(kept):] if "duplicate_of" not in t.user_attrs]
-    old = {json.dumps(t.user_attrs["channels"], sort_keys=True) for t in after[:len(kept)]}
-    assert all(json.dumps(t.user_attrs["channels"], sort_keys=True) not in old for t in fresh)
+    channels = [json.dumps(t.user_attrs["channels"], sort_keys=True) for t in after]
+    assert len(set(channels)) == len(channels)  # nothing scored twice, across the kill too
 
 
 # ---------------------------------------------------------------------- agents as searchers
@@ -257,9 +257,8 @@ def test_agent_searcher_drives_a_users_tuner(cluster: str, user_model: nn.Module
                                     reuse_actors=True),
         run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0)).fit()
     assert len(grid) == 6 and not grid.errors
-    records = searcher.records  # also proposals identical to a scored trial, not run again
-    assert len([r for r in records if "duplicate_of" not in r.extra]) == 6
-    assert not any(r.failed for r in records)
+    records = searcher.records  # a proposal repeating a scored configuration is no trial
+    assert len(records) == 6 and not any(r.failed for r in records)
     assert all(problem.feasible(r.costs) for r in records)
     best = grid.get_best_result(metric="accuracy", mode="max").metrics["accuracy"]
     assert searcher.best is not None and searcher.best.objective == pytest.approx(best)
