@@ -193,7 +193,7 @@ _DRIVER = textwrap.dedent("""
                                round_to=2, run_dir={run_dir!r}, seed=7, agent="tpe",
                                objective="accuracy",
                                executor=RayExecutor(workers=2, address={address!r}))
-    print(f"TRIALS={len(alloc.trials)}")
+    print("TRIALS=" + str(len(alloc.trials)))
 """)
 
 
