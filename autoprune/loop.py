@@ -81,7 +81,8 @@ def run_search(problem: PruningProblem, *, model: nn.Module, evaluate: Evaluate,
     space = problem.space
     work = PruneAndEvaluate(problem, model, evaluate)
     if agent.context_needs:  # heuristics allocate from facts about the units, set before resume
-        agent.set_context(agent_context(space, model, needs=agent.context_needs))
+        agent.set_context(agent_context(space, model, needs=agent.context_needs,
+                                        problem=problem))
     records = store.records()
     state = store.get_meta("agent_state")
     if state is not None:
