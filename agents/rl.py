@@ -65,25 +65,33 @@ class RLConfig:
 
     ``hidden``: actor and critic hidden layers (AMC: 300-300). ``learning_rate``: one for actor
     and critic (SB3 has a single schedule; AMC uses 1e-4 / 1e-3). ``batch_size`` (AMC: 64),
-    ``tau`` (AMC: 0.01), ``gamma`` (AMC: 1.0, every transition carries the final reward).
-    ``warmup``: random episodes before learning (AMC: 100 of 800; less here, pruning searches
-    run a few hundred trials). ``sigma``, ``sigma_decay``: exploration noise (AMC: 0.5, 0.95
-    per episode). ``baseline_alpha``: moving-average reward baseline (AMC: 0.5).
-    ``buffer_episodes``: replay capacity in episodes (AMC: 100 x layers transitions).
-    ``updates_per_transition``: gradient steps per stored transition (AMC: 1).
+    ``tau`` (AMC: 0.01). ``gamma``: every transition carries the episode's final reward (AMC),
+    so with 0 the critic regresses that reward directly instead of bootstrapping it through
+    every later unit (AMC: 1.0). ``warmup``: random episodes before learning (AMC: 100 of 800;
+    pruning searches here run a few hundred trials). ``sigma``, ``sigma_decay``: exploration
+    noise (AMC: 0.5, 0.95 per episode). ``baseline_alpha``: moving-average reward baseline
+    (AMC: 0.5). ``buffer_episodes``: replay capacity in episodes (AMC: 100 x layers
+    transitions). ``updates_per_transition``: gradient steps per stored transition (AMC: 1;
+    an evaluation costs far more than an update, so more updates per sample pay).
+
+    Where the defaults differ from AMC they were measured on the synthetic budget landscape of
+    ``tests/test_rl.py`` (8 units, 4 seeds, DDPG 64-64; mean regret of the best of 100 / 200
+    evaluations, random search 0.56 / 0.48): AMC's settings 0.65 / 0.63 (the actor settles
+    early); 4 updates per transition and decay 0.98: 0.31 / 0.22 with gamma 1, 0.21 / 0.14
+    with gamma 0.
     """
 
     hidden: tuple[int, ...] = (300, 300)
     learning_rate: float = 1e-3
     batch_size: int = 64
     tau: float = 0.01
-    gamma: float = 1.0
+    gamma: float = 0.0
     warmup: int = 20
     sigma: float = 0.5
-    sigma_decay: float = 0.95
+    sigma_decay: float = 0.98
     baseline_alpha: float = 0.5
     buffer_episodes: int = 100
-    updates_per_transition: int = 1
+    updates_per_transition: int = 4
     reward: str = "acc"
 
     def __post_init__(self) -> None:
