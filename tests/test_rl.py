@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -70,9 +71,15 @@ def test_environment_passes_check_env(user_model: nn.Module) -> None:
 
     problem = _problem(user_model, torch.randn(1, 1, 8, 8), ["flops=50%"])
     ctx = agent_context(problem.space, user_model, needs={"units", "budget"}, problem=problem)
+    # The residual add couples stem and project, the depthwise conv follows expand: 2 units.
+    assert [u.members for u in problem.space.units] == [
+        ("stem", "stem_bn", "project", "project_bn"), ("expand", "expand_bn", "dw", "dw_bn")]
     env = PruningEnv(choices=ctx.choices, units=ctx.units, budget=ctx.budget,
                      evaluate=lambda x: -float(np.sum((x - 0.5) ** 2)))
-    check_env(env, warn=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env, warn=True)
+    assert not caught, [str(w.message) for w in caught]
     obs, _ = env.reset(seed=0)
     assert obs.shape == (len(FEATURES),) and obs.dtype == np.float32
     steps, done, reward = 0, False, 0.0
@@ -170,9 +177,10 @@ def _final_regret(name: str, seed: int, evaluations: int) -> float:
     return land.optimum - best
 
 
-# Measured mean regrets after 100 evaluations on these seeds: random 0.56, ddpg 0.21.
+# Measured regrets after 100 evaluations, seeds 0-3: ddpg 0.30, 0.11, 0.20, 0.42 (mean 0.26),
+# random 0.49, 0.51, 0.25, 0.99 (mean 0.56). Two seeds keep the test near half a minute.
 def test_ddpg_learns_the_known_best_allocation_better_than_random() -> None:
-    seeds = range(3)
+    seeds = range(2)
     random_regret = float(np.mean([_final_regret("random", s, 100) for s in seeds]))
     ddpg_regret = float(np.mean([_final_regret("ddpg", s, 100) for s in seeds]))
     assert ddpg_regret < 0.6 * random_regret, (ddpg_regret, random_regret)
