@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .base import (AGENTS, Agent, AgentContext, PointCosts, UnitFacts, agent_descriptions,
                    make_agent, register_agent)
+from .chain import ChainAgent
 from .cma_es import CMAESAgent
 from .erk import ERKAgent
 from .evolution import EvolutionAgent, EvolutionConfig
@@ -20,8 +21,9 @@ from .sensitivity import SensitivityAgent
 from .simple import RandomAgent, UniformAgent
 from .tpe import TPEAgent
 
-__all__ = ["AGENTS", "REWARDS", "Agent", "AgentContext", "CMAESAgent", "DDPGAgent", "ERKAgent",
-           "EvolutionAgent", "EvolutionConfig", "GPAgent", "GlobalMagnitudeAgent", "LAMPAgent",
-           "NSGA2Agent", "PointCosts", "RLAgent", "RLConfig", "RandomAgent", "SensitivityAgent",
-           "TD3Agent", "TPEAgent", "UniformAgent", "UnitFacts", "agent_descriptions",
+__all__ = ["AGENTS", "REWARDS", "Agent", "AgentContext", "CMAESAgent", "ChainAgent", "DDPGAgent",
+           "ERKAgent", "EvolutionAgent", "EvolutionConfig", "GPAgent", "GlobalMagnitudeAgent",
+           "LAMPAgent", "NSGA2Agent", "PointCosts", "RLAgent", "RLConfig", "RandomAgent",
+           "SensitivityAgent", "TD3Agent", "TPEAgent", "UniformAgent", "UnitFacts",
+           "agent_descriptions",
            "make_agent", "register_agent"]

@@ -190,7 +190,15 @@ def register_agent(name: str) -> Callable[[type[Agent]], type[Agent]]:
 
 
 def make_agent(name: str, dim: int, *, seed: int = 0, objectives: int = 1) -> Agent:
-    """A registered agent searching ``dim`` coordinates for ``objectives`` objectives."""
+    """A registered agent searching ``dim`` coordinates for ``objectives`` objectives.
+
+    ``a+b`` chains agents: ``a`` proposes until it is done, then ``b`` (see ``ChainAgent``)."""
+    if "+" in name:
+        from .chain import ChainAgent
+
+        stages = [make_agent(part.strip(), dim, seed=seed, objectives=objectives)
+                  for part in name.split("+")]
+        return ChainAgent(stages)
     try:
         cls = AGENTS[name]
     except KeyError:

@@ -30,8 +30,8 @@ __all__ = ["EvolutionAgent", "EvolutionConfig"]
 
 @dataclass(frozen=True, kw_only=True)
 class EvolutionConfig:
-    """``population``: individuals alive (the most recent evaluations); the first
-    ``population`` proposals are uniform random. ``parent_fraction``: the best share of the
+    """``population``: individuals alive (the most recent evaluations); proposals are
+    uniform random until that many results have been told. ``parent_fraction``: the best share of the
     population that breeds (OFA: 25 of 100). ``mutate_fraction``: share of children made by
     mutation, the rest by crossover (OFA: 50/50). ``mutation_prob``: chance that a gene is
     resampled (OFA: 0.1)."""
@@ -66,7 +66,9 @@ class EvolutionAgent(Agent):
     def ask(self, n: int) -> list[np.ndarray]:
         points = []
         for _ in range(max(0, n)):
-            warm = self.asked < self.config.population or len(self.population) < 2
+            # Random until the population is full: results told from elsewhere (a chained
+            # heuristic, a replayed study) fill it too, so evolution starts from them.
+            warm = len(self.population) < self.config.population
             points.append(self.rng.random(self.dim) if warm else self._child())
             self.asked += 1
         return points

@@ -33,6 +33,8 @@ _EXPORTS = {
     "LatencyMeasurement": "autoprune.latency",
     "measure_latency": "autoprune.latency",
     "RooflineCost": "autoprune.roofline",
+    "Supernet": "autoprune.ofa",
+    "SupernetSettings": "autoprune.ofa_train",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__", "models"]

@@ -360,10 +360,10 @@ def _with_reward(agent: Agent, reward: str) -> Agent:
     """``agent`` set to learn from ``reward``; only the RL agents have a choice."""
     if reward not in REWARDS:
         raise SearchError(f"unknown reward {reward!r}; use one of {', '.join(REWARDS)}")
-    set_reward = getattr(agent, "set_reward", None)
-    if set_reward is not None:
-        set_reward(reward)
-    elif reward != "acc":
+    learners = [a for a in getattr(agent, "stages", [agent]) if hasattr(a, "set_reward")]
+    for a in learners:  # a chain such as erk+ddpg: its RL stage
+        a.set_reward(reward)
+    if not learners and reward != "acc":
         raise SearchError(f"--reward {reward} only changes the RL agents (ddpg, td3); agent "
                           f"{agent.name!r} maximises the accuracy")
     return agent

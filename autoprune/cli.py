@@ -52,7 +52,9 @@ def search(
     target: Annotated[list[str], typer.Option("--target", "-t", metavar="BUDGET", help=TARGET_HELP)] = ["flops=50%"],  # noqa: B006
     model: Annotated[str, typer.Option(help="Zoo model (autoprune models lists them).")] = "vgg11",
     data: Annotated[str, typer.Option(help="Dataset: 'digits' (scikit-learn, embedded).")] = "digits",
-    agent: Annotated[str, typer.Option(help="Search agent (autoprune agents lists them).")] = "random",
+    agent: Annotated[str, typer.Option(
+        help="Search agent (autoprune agents lists them); 'a+b' chains two, e.g. erk+tpe: "
+             "ERK's allocations first, then TPE starting from them.")] = "random",
     objective: Annotated[str, typer.Option(
         help="accuracy: the best network within the budgets. pareto: the front of accuracy "
              "against the first --target's cost, from the thinnest network up to that budget, "
@@ -270,6 +272,18 @@ def list_agents() -> None:
 
     for name, text in agent_descriptions().items():
         typer.echo(f"{name:12s} {text}")
+    typer.echo("\nChain agents with '+': --agent erk+tpe runs ERK until it is done, then TPE, "
+               "which starts from ERK's results.")
+
+
+def _mount_ofa() -> None:
+    # The once-for-all commands live in their own module (autoprune/ofa_cli.py).
+    from autoprune.ofa_cli import app as ofa_app
+
+    app.add_typer(ofa_app, name="ofa")
+
+
+_mount_ofa()
 
 
 def main() -> None:

@@ -66,12 +66,14 @@ def _config_key(config: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
 def run_search(problem: PruningProblem, *, model: nn.Module, evaluate: Evaluate, agent: Agent,
                trials: int, store: StudyStore, executor: Executor | None = None,
                objective: str = "accuracy", batch: int = 1, progress: bool = True,
-               console: Console | None = None,
-               pareto: ParetoRange | None = None) -> list[TrialRecord]:
+               console: Console | None = None, pareto: ParetoRange | None = None,
+               max_repeats: int = 200) -> list[TrialRecord]:
     """Run until the study holds ``trials`` trials (or the agent has nothing more to propose).
 
     Trials already in ``store`` count: a killed search resumes from its study, with the agent's
-    saved state, and repeats no finished trial. Identical configurations are scored once.
+    saved state, and repeats no finished trial. Identical configurations are scored once: a
+    configuration proposed again is told its known result and does not count as a trial; after
+    ``max_repeats`` such proposals in a row the agent has converged and the search stops.
     With ``pareto`` the agent's points have one more coordinate, the budget level of that
     candidate, and it is told two objectives (see ``autoprune.pareto``).
     """
@@ -100,7 +102,13 @@ def run_search(problem: PruningProblem, *, model: nn.Module, evaluate: Evaluate,
     with bar if progress else nullcontext():
         task = bar.add_task("search", total=trials, completed=min(len(records), trials),
                             best=_best_text(best, objective))
+        repeats = 0  # proposals in a row that were all configurations scored before
         while len(records) < trials:
+            if repeats >= max_repeats:
+                console.print(f"[yellow]the last {repeats} proposals were all configurations "
+                              "already evaluated (the agent has converged, or the budget leaves "
+                              f"no other candidates): stopping after {len(records)} trials[/]")
+                break
             points = agent.ask(min(batch, trials - len(records)))
             if not points:
                 break
@@ -112,14 +120,19 @@ def run_search(problem: PruningProblem, *, model: nn.Module, evaluate: Evaluate,
                 outcomes[fresh[j]] = out
             for i, (x, config) in enumerate(zip(repaired, configs)):
                 key = _config_key(config)
-                costs = problem.costs(config)
-                if i in outcomes:
-                    rec = _make_record(len(records), x, config, costs, outcomes[i], objective)
-                else:  # a configuration scored before: reuse its result, do not prune again
+                if i not in outcomes:
+                    # A configuration scored before: the agent is told its known result (with
+                    # the point it proposed), nothing is pruned again, and it costs no trial --
+                    # a model-based agent that keeps proposing near its best in a small
+                    # discrete space would otherwise spend its budget on repeats.
                     prev = seen[key]
-                    rec = TrialRecord(number=len(records), point=tuple(x), config=config,
-                                      costs=costs, metrics=prev.metrics, objective=prev.objective,
-                                      extra={"duplicate_of": prev.number})
+                    agent.tell(x, _result(replace(prev, point=tuple(x)), pareto))
+                    store.set_meta("agent_state", agent.state_dict())
+                    repeats += 1
+                    continue
+                repeats = 0
+                rec = _make_record(len(records), x, config, problem.costs(config), outcomes[i],
+                                   objective)
                 agent.tell(x, _result(rec, pareto))
                 store.add(rec, params=space.ratios(config), lows=lows)
                 store.set_meta("agent_state", agent.state_dict())

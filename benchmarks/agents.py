@@ -1,22 +1,28 @@
 """The agents league: every registered agent on the same work, side by side.
 
-Same model (zoo ResNet-20 trained on digits by ``autoprune.train.load_or_train_baseline``), same
-FLOPs budget (50% of the dense MACs), same number of evaluations, same evaluator (adaptive BN
-on the same calibration batches, accuracy on the validation split), a few seeds. Every agent
-runs through the real search loop (``autoprune.loop.run_search``: repair to the budget,
-de-duplication, tell), so this measures what a user gets.
+A league is a list of tasks (model, input size, budget). In each, every agent gets the same
+model (a zoo network trained on digits by ``autoprune.train.load_or_train_baseline``), the same
+budget, the same number of evaluations and the same evaluator (adaptive BN on the same
+calibration batches, accuracy on the validation split), over a few seeds. Every agent runs
+through the real search loop (``autoprune.loop.run_search``: repair to the budget,
+de-duplication, tell), so this measures what a user gets. A latency budget is costed by the
+device's lookup table with the search's margin, as ``autoprune search`` does, and the best
+network of every run is then measured.
 
-Columns: best validation accuracy (every candidate meets the budget), the test accuracy of that
-best network (test split touched only here), evaluations the agent needed before it first
-beat the uniform allocation, trials it ran (heuristics stop by themselves), wall time, and the
-agent's own overhead per proposal (its ask, tell and state_dict).
+Columns: best validation accuracy (every candidate meets the budget) and the test accuracy of
+that network (test split touched only here), both again after a fixed short fine-tune of that
+network, the evaluations the agent needed before it first beat the uniform allocation, and
+before it reached what random search ends with (its mean best at the last evaluation), trials
+it ran (heuristics stop by themselves), wall time, and the agent's own overhead per proposal
+(its ask, tell and state_dict). ``a+b`` rows are chains: ``a`` proposes until done, then ``b``.
 
 Evaluation is deterministic for a configuration, so a configuration scored once (by any agent
 or seed) is served from a cache; its measured evaluation time is still charged to every run
 that proposes it, so wall time is what the run would take alone.
 
-    python benchmarks/agents.py --quick         # 16x16 inputs, 30 evaluations, 1 seed: minutes
-    python benchmarks/agents.py                 # 32x32, 50 evaluations, 3 seeds: hours on 2 cores
+    python benchmarks/agents.py --quick         # one small task, 30 evaluations, 1 seed: minutes
+    python benchmarks/agents.py                 # the suite (SUITE below): 1-2 hours on 2 cores
+    python benchmarks/agents.py --model resnet20 --target flops=40% --trials 100 --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -39,31 +45,51 @@ from rich.table import Table
 from autoprune.agents import AGENTS, Agent, AgentContext, make_agent
 from autoprune.evaluate import ClassificationEvaluator
 from autoprune.executors import Executor
-from autoprune.problem import PruningProblem
+from autoprune.latency import measure_latency
+from autoprune.latency_jobs import FINAL_REPEATS, FINAL_WARMUP, prediction_margin, table_for_search
 from autoprune.loop import best_record, run_search
+from autoprune.problem import PruningProblem
 from autoprune.search_spaces import ChannelSpace
 from autoprune.study import StudyStore, TrialRecord
 from autoprune.targets import parse_targets
-from autoprune.train import load_or_train_baseline
+from autoprune.train import default_cache_dir, load_or_train_baseline
 
 __all__ = ["LeagueSettings", "main", "run_league"]
 
 
 @dataclass(frozen=True, kw_only=True)
 class LeagueSettings:
+    """One task of the league."""
+
     model: str = "resnet20"
     data: str = "digits"
-    image_size: int = 32
+    image_size: int = 16
     target: str = "flops=50%"
-    trials: int = 50
+    trials: int = 100
     seeds: tuple[int, ...] = (0, 1, 2)
     calib_batches: int = 16
-    agents: tuple[str, ...] = ()  # empty: every registered agent
+    finetune_steps: int = 100  # the fixed short fine-tune of each run's best network
+    agents: tuple[str, ...] = ()  # empty: every registered agent and the CHAINS
     threads: int = 1
+    baseline_epochs: int | None = None  # None: the model's own recipe (autoprune.train)
 
 
+#: Chains in the league by default: a heuristic's few evaluations, then a model-based search.
+CHAINS = ("erk+tpe", "erk+evolution")
+#: The secondary tasks keep the references, ERK, one Bayesian and one evolutionary agent and
+#: the chains (MobileNet-V2's evaluations cost ~4x ResNet-20's).
+SHORTLIST = ("uniform", "random", "erk", "tpe", "evolution", "erk+tpe", "erk+evolution")
+
+# The default suite: the issue's task at 100 evaluations and three seeds, then MobileNet-V2 (25
+# units, inverted residuals) and a latency budget at fewer evaluations (16x16 digits keep every
+# task within minutes of evaluations on two cores).
+SUITE = (
+    LeagueSettings(),
+    LeagueSettings(model="mobilenetv2", trials=50, seeds=(0, 1), agents=SHORTLIST),
+    LeagueSettings(target="latency=60%", trials=50, seeds=(0, 1), agents=SHORTLIST),
+)
 # 30 evaluations: enough for sensitivity to finish on ResNet-20 (1 + 2 x 12 units + 2).
-QUICK = LeagueSettings(image_size=16, trials=30, seeds=(0,), calib_batches=4)
+QUICK = (LeagueSettings(trials=30, seeds=(0,), calib_batches=4, finetune_steps=10),)
 
 
 class TimedAgent(Agent):
@@ -132,43 +158,79 @@ class CachingExecutor(Executor):
             yield i, out
 
 
-def _beat_at(records: Sequence[TrialRecord], reference: float) -> int | None:
-    """1-based number of evaluations after which the best score first exceeds ``reference``."""
+def _first_at(records: Sequence[TrialRecord], reference: float | None, *,
+              strict: bool = True) -> int | None:
+    """1-based number of evaluations after which the best score first exceeds (``strict``) or
+    reaches ``reference``; None if it never does."""
+    if reference is None:
+        return None
     for i, r in enumerate(records):
-        if not r.failed and r.objective > reference + 1e-12:
+        if not r.failed and (r.objective > reference + 1e-12 if strict
+                             else r.objective >= reference - 1e-12):
             return i + 1
     return None
 
 
+def _is_deterministic(name: str) -> bool:
+    """Agents without randomness give the same run for every seed: run once."""
+    return all(part in DETERMINISTIC for part in name.split("+"))
+
+
+DETERMINISTIC = frozenset({"uniform", "global", "lamp", "erk", "sensitivity"})
+
+
 def run_league(settings: LeagueSettings, *, console: Console) -> dict[str, Any]:
+    """One task: every agent (random first, then uniform, then the rest) over the seeds."""
     torch.set_num_threads(settings.threads)
     model, data, baseline = load_or_train_baseline(settings.model, settings.data,
-                                                   image_size=settings.image_size)
-    space = ChannelSpace.from_model(model, data.example_inputs(1))
-    problem = PruningProblem(space, parse_targets(settings.target))
+                                                   image_size=settings.image_size,
+                                                   epochs=settings.baseline_epochs,
+                                                   progress=True)
+    example = data.example_inputs(1)
+    space = ChannelSpace.from_model(model, example)
+    targets = parse_targets(settings.target)
+    table = None
+    if any(t.metric == "latency_ms" for t in targets):
+        # As ``autoprune search`` does: the device's table (cached), a margin from its error.
+        table, _ = table_for_search(model, example, space, lut=None,
+                                    cache_dir=default_cache_dir(), batch=1,
+                                    threads=settings.threads, backend="torch", clock=None,
+                                    console=console)
+    problem = PruningProblem(space, targets,
+                             cost_models=[table.cost_model()] if table else (),
+                             margins={"latency_ms": prediction_margin(table)} if table else None)
     evaluator = ClassificationEvaluator(data, calib_batches=settings.calib_batches, seed=0)
+    tuner = ClassificationEvaluator(data, calib_batches=settings.calib_batches,
+                                    finetune_steps=settings.finetune_steps, seed=0)
     dense_val = evaluator(space.apply(model, space.dense_config()))["accuracy"]
     executor = CachingExecutor()
-    tests: dict[tuple[tuple[str, int], ...], float] = {}
+    finals: dict[tuple[tuple[str, int], ...], dict[str, float]] = {}
 
-    def test_accuracy(config: Mapping[str, int]) -> float:
+    def final_scores(config: Mapping[str, int]) -> dict[str, float]:
+        """Test accuracy of a run's best network, and both scores after the short fine-tune
+        (and its measured latency for a latency task); once per configuration."""
         key = tuple(sorted((k, int(v)) for k, v in config.items()))
-        if key not in tests:
-            pruned = space.apply(model, config)
-            tests[key] = evaluator.test(pruned, prepared=False)["accuracy"]
-        return tests[key]
+        if key not in finals:
+            out = {"test": evaluator.test(space.apply(model, config), prepared=False)["accuracy"]}
+            tuned = space.apply(model, config)
+            out["ft_val"] = tuner(tuned)["accuracy"]  # fine-tunes, recalibrates BN, scores
+            out["ft_test"] = tuner.test(tuned)["accuracy"]
+            if table is not None:
+                out["measured_ms"] = measure_latency(
+                    space.apply(model, config), example, threads=settings.threads,
+                    warmup=FINAL_WARMUP, repeats=FINAL_REPEATS).median_ms
+            finals[key] = out
+        return finals[key]
 
-    names = list(settings.agents or sorted(AGENTS))
-    if "uniform" in names:  # the reference every other agent is compared with runs first
-        names.remove("uniform")
-    names.insert(0, "uniform")
-    uniform_val: float | None = None
+    names = list(settings.agents or [*sorted(AGENTS), *CHAINS])
+    # random and uniform run first: the references every other run is compared with.
+    names = [n for n in ("random", "uniform") if n in names] + \
+        [n for n in names if n not in ("random", "uniform")]
+    reference: dict[str, float | None] = {"uniform": None, "random": None}
     rows: dict[str, dict[str, Any]] = {}
     for name in names:
-        # Agents without randomness (uniform, the heuristics) give the same run for every seed.
-        deterministic = name in ("uniform", "global", "lamp", "erk", "sensitivity")
         runs = []
-        for seed in settings.seeds[:1] if deterministic else settings.seeds:
+        for seed in settings.seeds[:1] if _is_deterministic(name) else settings.seeds:
             agent = TimedAgent(make_agent(name, space.dim, seed=seed))
             spent, charged = executor.spent, executor.charged
             t = time.perf_counter()
@@ -179,31 +241,53 @@ def run_league(settings: LeagueSettings, *, console: Console) -> dict[str, Any]:
             best = best_record(records, problem)
             if best is None:
                 raise RuntimeError(f"agent {name} (seed {seed}) produced no usable trial")
-            if name == "uniform":
-                uniform_val = best.objective
+            scores = final_scores(best.config)
             runs.append({
                 "seed": seed, "trials": len(records), "best_val": best.objective,
-                "best_test": test_accuracy(best.config),
+                "best_test": scores["test"], "ft_val": scores["ft_val"],
+                "ft_test": scores["ft_test"],
+                "best_costs": dict(best.costs),
                 "best_macs_fraction": best.costs["macs"] / problem.dense_costs["macs"],
-                "beat_uniform_at": _beat_at(records, uniform_val) if name != "uniform" else None,
+                **({"measured_ms": scores["measured_ms"],
+                    "latency_met": scores["measured_ms"] <= problem.budgets[0].limit}
+                   if "measured_ms" in scores else {}),
+                "curve": [r.objective for r in records],
                 # Loop time without the cache's savings: every evaluation at its full price.
                 "wall_s": loop - (executor.spent - spent) + (executor.charged - charged),
                 "overhead_ms": 1e3 * agent.seconds / max(1, agent.proposals),
                 "best_config": dict(best.config)})
-            console.print(f"  {name:12s} seed {seed}: best val {best.objective:.4f} "
-                          f"({len(records)} trials, {runs[-1]['wall_s']:.0f}s)", highlight=False)
-        rows[name] = {"runs": runs, **_summary(runs)}
-    result = {
+            console.print(f"  {name:14s} seed {seed}: best val {best.objective:.4f}, "
+                          f"fine-tuned {scores['ft_val']:.4f} ({len(records)} trials, "
+                          f"{runs[-1]['wall_s']:.0f}s)", highlight=False)
+        if name in reference:
+            reference[name] = float(np.mean([r["best_val"] for r in runs]))
+        rows[name] = {"runs": runs}
+    for name, row in rows.items():
+        for r in row["runs"]:
+            r["beat_uniform_at"] = (None if name == "uniform" else
+                                    _first_at(_records_of(r), reference["uniform"]))
+            r["reach_random_at"] = _first_at(_records_of(r), reference["random"], strict=False)
+        row.update(_summary(row["runs"]))
+    return {
         "settings": asdict(settings), "dense": {"val_accuracy": dense_val,
                                                 "costs": problem.dense_costs},
         "baseline": {k: baseline.get(k) for k in ("epochs", "metrics", "cached")},
-        "budget": {"target": settings.target, "limit_macs": problem.budgets[0].limit},
-        "units": space.dim, "uniform_val": uniform_val,
+        "budget": {"target": settings.target, "metric": problem.budgets[0].metric,
+                   "limit": problem.budgets[0].limit},
+        "units": space.dim, "uniform_val": reference["uniform"],
+        "random_final_val": reference["random"],
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "threads": settings.threads, "processor": platform.processor()},
         "agents": rows,
     }
-    return result
+
+
+def _records_of(run: Mapping[str, Any]) -> list[TrialRecord]:
+    """The run's best-so-far curve as records (what ``_first_at`` reads)."""
+    return [TrialRecord(number=i, point=(), config={}, costs={}, metrics={},
+                        objective=float(v) if v is not None else float("nan"),
+                        failed=v is None or not math.isfinite(v))
+            for i, v in enumerate(run["curve"])]
 
 
 def _summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -211,49 +295,83 @@ def _summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         vals = np.array([r[key] for r in runs], dtype=float)
         return float(vals.mean()), float(vals.std())
 
-    beats = [r["beat_uniform_at"] for r in runs]
-    return {"best_val": stats("best_val"), "best_test": stats("best_test"),
-            "trials": stats("trials")[0], "wall_s": stats("wall_s")[0],
-            "overhead_ms": stats("overhead_ms")[0],
-            "beat_uniform_at": (float(np.mean([b for b in beats if b is not None]))
-                                if any(b is not None for b in beats) else None),
-            "beat_uniform_runs": sum(b is not None for b in beats), "seeds": len(runs)}
+    def first(key: str) -> tuple[float | None, int]:
+        hits = [r[key] for r in runs if r[key] is not None]
+        return (float(np.mean(hits)) if hits else None), len(hits)
+
+    beat, beat_n = first("beat_uniform_at")
+    reach, reach_n = first("reach_random_at")
+    out = {"best_val": stats("best_val"), "best_test": stats("best_test"),
+           "ft_val": stats("ft_val"), "ft_test": stats("ft_test"),
+           "trials": stats("trials")[0], "wall_s": stats("wall_s")[0],
+           "overhead_ms": stats("overhead_ms")[0],
+           "beat_uniform_at": beat, "beat_uniform_runs": beat_n,
+           "reach_random_at": reach, "reach_random_runs": reach_n, "seeds": len(runs)}
+    if all("measured_ms" in r for r in runs):
+        out["measured_ms"] = stats("measured_ms")
+        out["latency_met_runs"] = sum(bool(r["latency_met"]) for r in runs)
+    return out
 
 
 def league_table(result: Mapping[str, Any]) -> Table:
     s = result["settings"]
+    latency = result["budget"]["metric"] == "latency_ms"
     table = Table(title=f"agents league: {s['model']} on {s['data']} ({s['image_size']}px), "
                         f"{s['target']}, {s['trials']} evaluations, seeds {s['seeds']}")
-    for col in ("agent", "best val acc", "test acc of best", "evals to beat uniform",
-                "trials", "wall s", "overhead ms/proposal"):
+    cols = ["agent", "best val acc", "test acc of best", f"val after {s['finetune_steps']}-step "
+            "fine-tune", "test after fine-tune", "evals to beat uniform",
+            "evals to reach random's final", "trials", "wall s", "overhead ms/proposal"]
+    if latency:
+        cols.insert(5, "measured ms (met)")
+    for col in cols:
         table.add_column(col, justify="left" if col == "agent" else "right")
     ranked = sorted(result["agents"].items(), key=lambda kv: -kv[1]["best_val"][0])
+
+    def cell(pair: Sequence[float], spread: bool) -> str:
+        return f"{pair[0]:.4f}" + (f" ± {pair[1]:.3f}" if spread else "")
+
+    def first(row: Mapping[str, Any], key: str) -> str:
+        at, hits = row[f"{key}_at"], row[f"{key}_runs"]
+        return "never" if at is None else f"{at:.1f} ({hits}/{row['seeds']})"
+
     for name, row in ranked:
-        (val, val_sd), (test, test_sd) = row["best_val"], row["best_test"]
         spread = row["seeds"] > 1
-        beat = row["beat_uniform_at"]
-        beat_text = "-" if name == "uniform" else (
-            "never" if beat is None else f"{beat:.1f} ({row['beat_uniform_runs']}/{row['seeds']})")
-        table.add_row(name, f"{val:.4f}" + (f" ± {val_sd:.4f}" if spread else ""),
-                      f"{test:.4f}" + (f" ± {test_sd:.4f}" if spread else ""), beat_text,
-                      f"{row['trials']:.0f}", f"{row['wall_s']:.0f}", f"{row['overhead_ms']:.1f}")
-    table.caption = (f"dense validation accuracy {result['dense']['val_accuracy']:.4f}; uniform "
-                     f"{result['uniform_val']:.4f}; ± is the std over seeds; deterministic "
-                     "agents run once; 'evals to beat uniform' is the mean over the seeds that "
-                     "beat it (how many did)")
+        values = [name, cell(row["best_val"], spread), cell(row["best_test"], spread),
+                  cell(row["ft_val"], spread), cell(row["ft_test"], spread),
+                  "-" if name == "uniform" else first(row, "beat_uniform"),
+                  first(row, "reach_random"), f"{row['trials']:.0f}", f"{row['wall_s']:.0f}",
+                  f"{row['overhead_ms']:.1f}"]
+        if latency:
+            values.insert(5, f"{row['measured_ms'][0]:.3f} "
+                             f"({row['latency_met_runs']}/{row['seeds']})")
+        table.add_row(*values)
+    table.caption = (
+        f"dense validation accuracy {result['dense']['val_accuracy']:.4f}; uniform "
+        f"{result['uniform_val']:.4f}; random's final (mean best at {s['trials']}) "
+        f"{result['random_final_val']:.4f}; ± is the std over seeds; deterministic agents run "
+        "once; 'evals to ...' is the mean over the seeds that got there (how many did)"
+        + (f"; budget {result['budget']['limit']:.3f} ms predicted by the table, best networks "
+           "measured" if latency else ""))
     return table
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="16x16 inputs, 30 evaluations, one seed (a few minutes)")
+                        help="one small task: 30 evaluations, one seed (a few minutes)")
+    parser.add_argument("--model", help="run one task on this zoo model instead of the suite")
+    parser.add_argument("--image-size", type=int, help="input size of that task")
+    parser.add_argument("--target", help="budget of that task, e.g. flops=50%% or latency=60%%")
     parser.add_argument("--trials", type=int, help="evaluations per run")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds of the stochastic agents")
-    parser.add_argument("--agents", nargs="+", help="agents to run (default: all)")
+    parser.add_argument("--agents", nargs="+", help="agents to run (default: all, and chains)")
     parser.add_argument("--out", type=Path, help="JSON results (default benchmarks/results/)")
     args = parser.parse_args(argv)
-    settings = QUICK if args.quick else LeagueSettings()
+    tasks: tuple[LeagueSettings, ...] = QUICK if args.quick else SUITE
+    one = {k: v for k, v in (("model", args.model), ("image_size", args.image_size),
+                             ("target", args.target)) if v}
+    if one:  # one task: the suite's first, changed as asked
+        tasks = (LeagueSettings(**{**asdict(tasks[0]), **one}),)
     overrides: dict[str, Any] = {}
     if args.trials:
         overrides["trials"] = args.trials
@@ -261,18 +379,26 @@ def main(argv: Sequence[str] | None = None) -> None:
         overrides["seeds"] = tuple(args.seeds)
     if args.agents:
         overrides["agents"] = tuple(args.agents)
-    settings = LeagueSettings(**{**asdict(settings), **overrides})
-    console = Console()
-    console.width = max(console.width, 120)  # the table stays one line per agent in a log
-    t = time.perf_counter()
-    result = run_league(settings, console=console)
-    result["total_s"] = time.perf_counter() - t
-    console.print(league_table(result))
+    tasks = tuple(LeagueSettings(**{**asdict(t), **overrides}) for t in tasks)
     out = args.out or Path(__file__).parent / "results" / (
         f"agents{'-quick' if args.quick else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=_jsonable) + "\n")
-    console.print(f"results: {out} ({result['total_s']:.0f}s)")
+    console = Console()
+    console.width = max(console.width, 170)  # the table stays one line per agent in a log
+    t0 = time.perf_counter()
+    results = []
+    for task in tasks:
+        console.print(f"[bold]{task.model} {task.image_size}px {task.target}[/]: "
+                      f"{task.trials} evaluations, seeds {list(task.seeds)}")
+        t = time.perf_counter()
+        result = run_league(task, console=console)
+        result["total_s"] = time.perf_counter() - t
+        console.print(league_table(result))
+        results.append(result)
+        # Saved after every task: a long suite stopped midway keeps what it finished.
+        out.write_text(json.dumps({"tasks": results, "total_s": time.perf_counter() - t0},
+                                  indent=2, default=_jsonable) + "\n")
+    console.print(f"results: {out} ({time.perf_counter() - t0:.0f}s)")
 
 
 def _jsonable(value: Any) -> Any:

@@ -12,6 +12,9 @@ from autoprune.agents import (AGENTS, Agent, AgentContext, PointCosts, UnitFacts
                               agent_descriptions, make_agent)
 
 DIM = 6
+# Chains (``a+b``) obey the same contract as the registered agents they are made of.
+CHAINS = ["erk+tpe", "erk+evolution", "uniform+random"]
+NAMES = sorted(AGENTS) + CHAINS
 
 
 def _context() -> AgentContext:
@@ -56,21 +59,21 @@ def _drive(name: str, seed: int, rounds: int) -> list[np.ndarray]:
     return seen
 
 
-@pytest.mark.parametrize("name", sorted(AGENTS))
+@pytest.mark.parametrize("name", NAMES)
 def test_points_are_in_bounds(name: str) -> None:
     for x in _drive(name, seed=0, rounds=5):
         assert x.shape == (DIM,)
         assert np.all(x >= 0.0) and np.all(x <= 1.0)
 
 
-@pytest.mark.parametrize("name", sorted(AGENTS))
+@pytest.mark.parametrize("name", NAMES)
 def test_deterministic_under_a_seed(name: str) -> None:
     a, b = _drive(name, 3, 4), _drive(name, 3, 4)
     assert len(a) == len(b)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
-@pytest.mark.parametrize("name", sorted(AGENTS))
+@pytest.mark.parametrize("name", NAMES)
 def test_state_round_trips_through_json(name: str) -> None:
     agent = _make(name, 1)
     for x in agent.ask(3):
@@ -97,3 +100,29 @@ def test_agents_that_need_context_say_so_without_it(name: str) -> None:
 
 def test_every_agent_has_a_one_line_description() -> None:
     assert all(text for text in agent_descriptions().values())
+
+
+def test_a_chain_hands_over_with_what_the_first_stage_learnt() -> None:
+    chain = _make("erk+evolution", 0)
+    first = chain.stages[0]
+    asked = []
+    while chain.stage == 0:
+        points = chain.ask(1)
+        assert points, "the chain ended before its last stage"
+        asked.extend(points)
+        for x in points:
+            chain.tell(x, _result(x))
+    assert first.done and len(asked) >= 2  # ERK bisected its knob, then stopped
+    # Evolution was told every ERK candidate: its population starts with them.
+    population = chain.stages[1].population
+    assert [list(p) for p, _ in population[:len(asked) - 1]] == \
+        [list(x) for x in asked[:len(asked) - 1]]
+    more = chain.ask(3)
+    assert len(more) == 3 and all(x.shape == (DIM,) for x in more)
+
+
+def test_a_chain_names_what_is_wrong() -> None:
+    with pytest.raises(ValueError, match="unknown agent 'tpee'"):
+        make_agent("erk+tpee", DIM)
+    with pytest.raises(ValueError, match="optimises one objective"):
+        make_agent("erk+nsga2", DIM, objectives=2)

@@ -43,7 +43,10 @@ def test_allocate_meets_the_budget_and_applies(user_model: nn.Module) -> None:
     x = torch.randn(2, 1, 16, 16)
     alloc = autoprune.allocate(user_model, example_inputs=x, target="flops=50%",
                                evaluate=width_score, agent="random", trials=12, round_to=4)
-    assert len(alloc.trials) == 12
+    # Two units at steps of 4 channels: the budget leaves only ~10 distinct candidates, and a
+    # configuration proposed again costs no trial, so the search ends when they are all scored.
+    configs = [tuple(sorted(r.config.items())) for r in alloc.trials]
+    assert 8 <= len(configs) <= 12 and len(set(configs)) == len(configs)
     for r in alloc.trials:
         assert r.costs["macs"] <= 0.5 * alloc.dense_costs["macs"] + 1e-6
     assert set(alloc.units) == {"stem", "expand"}

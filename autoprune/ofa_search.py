@@ -1,0 +1,539 @@
+"""Specialising a supernet: accuracy predictor, evolution under the budget, extraction with a
+measured latency check, and the accuracy-cost front (``autoprune ofa extract`` / ``front``).
+
+Once-for-All (Cai et al., ICLR 2020) searches sub-networks per device without evaluating any:
+an accuracy predictor (there an MLP on 1k-4k sampled sub-networks) scores candidates, a latency
+table costs them, and an evolutionary search keeps the best that meet the constraint. Here:
+
+* **Predictor**: scikit-learn gradient boosting on the vector of kept ratios per unit, fitted on
+  the sub-networks ``ofa train`` sampled and scored (BN recalibrated, validation split). A
+  hundred samples is what our budget affords, far below OFA's thousands, which favours trees
+  over a 3x400 MLP; its rank correlation on held-out samples is measured and reported.
+  sklearn models are refitted from ``samples.json`` at load (< 1 s), so nothing is unpickled.
+* **Evolution**: our aging evolution (``agents/evolution.py``: OFA's parents = best quarter,
+  mutation p = 0.1, uniform crossover), every child repaired onto the budget with
+  ``PruningProblem.repair`` (AMC's uniform scaling), so each scored candidate is feasible and
+  uses its budget — OFA instead resamples until a child meets the constraint.
+* **Latency** budgets are costed with the device's lookup table (searched a margin inside the
+  limit) and the extracted network is *measured*; if it misses, the search is repeated with
+  the limit scaled by measured / predicted (DESIGN.md, "Latency, measured honestly").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+from autoprune.agents.evolution import EvolutionAgent, EvolutionConfig
+from autoprune.api import RUN_FORMAT
+from autoprune.latency import LatencyMeasurement, measure_latency
+from autoprune.lut import LatencyTable
+from autoprune.ofa import Supernet, SupernetError
+from autoprune.problem import PruningProblem
+from autoprune.search_spaces import ChannelSpace
+from autoprune.targets import Target, parse_targets
+from autoprune.train import evaluate_accuracy
+
+__all__ = ["AccuracyPredictor", "Extraction", "LatencySetup", "QuadraticCost", "extraction_table",
+           "find_config", "front", "front_view", "predictor_quality", "quadratic_costs",
+           "save_subnetwork", "slug", "specialise"]
+
+_MAX_LATENCY_RETRIES = 3
+_RETRY_SAFETY = 0.02
+
+
+# ---------------------------------------------------------------------- accuracy predictor
+class AccuracyPredictor:
+    """Validation accuracy of a configuration from its kept ratio per unit."""
+
+    def __init__(self, space: ChannelSpace, *, seed: int = 0) -> None:
+        self.space = space
+        self.seed = seed
+        self._model: Any = None
+
+    def features(self, configs: Sequence[Mapping[str, int]]) -> np.ndarray:
+        return np.array([[c[u.name] / u.full for u in self.space.units] for c in configs])
+
+    def fit(self, configs: Sequence[Mapping[str, int]], accuracy: Sequence[float]
+            ) -> AccuracyPredictor:
+        from sklearn.ensemble import GradientBoostingRegressor
+
+        if len(configs) < 5:
+            raise SupernetError(f"the predictor needs at least 5 scored sub-networks, got "
+                                f"{len(configs)}. Fix: train with --samples 50 or more.")
+        # Shallow trees with shrinkage and subsampling: ~100 samples in 10-60 dimensions.
+        self._model = GradientBoostingRegressor(n_estimators=300, learning_rate=0.05,
+                                                max_depth=2, subsample=0.8,
+                                                random_state=self.seed)
+        self._model.fit(self.features(configs), np.asarray(accuracy, dtype=float))
+        return self
+
+    def predict(self, configs: Sequence[Mapping[str, int]]) -> np.ndarray:
+        if self._model is None:
+            raise RuntimeError("fit the predictor first")
+        return self._model.predict(self.features(configs))
+
+
+def predictor_quality(space: ChannelSpace, samples: Sequence[Mapping[str, Any]], *,
+                      holdout: float = 0.25, seed: int = 0) -> dict[str, float]:
+    """Rank correlation (Spearman, Kendall) and mean absolute error of the predictor on
+    sub-networks it was not fitted on (a seeded ``holdout`` share; the largest and smallest
+    networks always stay in training)."""
+    from scipy.stats import kendalltau, spearmanr
+
+    n = len(samples)
+    rng = np.random.default_rng(seed)
+    order = 2 + rng.permutation(max(0, n - 2))
+    n_test = max(3, int(round(holdout * n)))
+    test, train = order[:n_test], np.concatenate([[0, 1], order[n_test:]]).astype(int)
+    configs = [samples[i]["config"] for i in range(n)]
+    acc = np.array([samples[i]["val_accuracy"] for i in range(n)])
+    pred = AccuracyPredictor(space, seed=seed).fit([configs[i] for i in train], acc[train])
+    got = pred.predict([configs[i] for i in test])
+    return {"spearman": float(spearmanr(got, acc[test]).statistic),
+            "kendall": float(kendalltau(got, acc[test]).statistic),
+            "mae": float(np.mean(np.abs(got - acc[test]))),
+            "n_train": int(len(train)), "n_test": int(len(test))}
+
+
+def _predictor(supernet: Supernet) -> AccuracyPredictor:
+    cached = supernet.derived.get("predictor")
+    if cached is None:
+        if not supernet.samples:
+            raise SupernetError(f"the supernet in {supernet.path} has no scored sub-networks "
+                                "(samples.json). Fix: finish `autoprune ofa train` on it.")
+        cached = AccuracyPredictor(supernet.space, seed=int(supernet.meta.get("seed", 0))).fit(
+            [s["config"] for s in supernet.samples],
+            [s["val_accuracy"] for s in supernet.samples])
+        supernet.derived["predictor"] = cached
+    return cached
+
+
+# ---------------------------------------------------------------------- fast costs
+class QuadraticCost:
+    """A cost that is exactly a quadratic polynomial of the channel counts, evaluated in
+    microseconds instead of rebuilding the layer table (an evolution repairs hundreds of
+    children, each a 30-step bisection over costs).
+
+    MACs and parameters are: each conv/linear row is ``k * in * out`` (depthwise: ``k * out``),
+    each norm row ``k * out``, and a row's widths come from at most two units. The coefficients
+    are read off the exact cost at the thinnest configuration and at one- and two-unit changes
+    of it, and the form is checked against the exact cost at random configurations (the
+    caller falls back to the exact cost if it does not match).
+    """
+
+    def __init__(self, space: ChannelSpace, exact: Any) -> None:
+        units = space.units
+        self.base = np.array([u.minimum for u in units], dtype=float)
+        self.span = np.array([u.full - u.minimum for u in units], dtype=float)
+
+        def at(delta: np.ndarray) -> float:
+            return float(exact({u.name: int(b + d) for u, b, d in zip(units, self.base, delta)}))
+
+        d = len(units)
+        self.f0 = at(np.zeros(d))
+        self.linear, self.square = np.zeros(d), np.zeros(d)
+        self.cross = np.zeros((d, d))
+        gain = np.zeros(d)
+        for i in range(d):
+            one, half = np.zeros(d), np.zeros(d)
+            one[i] = self.span[i]
+            half[i] = max(1.0, float(np.floor(self.span[i] / 2)))
+            g1, g2 = at(one) - self.f0, at(half) - self.f0
+            x1, x2 = one[i], half[i]
+            if x1 == x2 or x1 == 0:
+                continue
+            # g(x) = a x + s x^2 through (x1, g1) and (x2, g2)
+            self.square[i] = (g1 / x1 - g2 / x2) / (x1 - x2)
+            self.linear[i] = g1 / x1 - self.square[i] * x1
+            gain[i] = g1
+        for i in range(d):
+            for j in range(i + 1, d):
+                both = np.zeros(d)
+                both[i], both[j] = self.span[i], self.span[j]
+                if both[i] and both[j]:
+                    rest = at(both) - self.f0 - gain[i] - gain[j]
+                    self.cross[i, j] = rest / (both[i] * both[j])
+
+    def __call__(self, channels: Sequence[int]) -> float:
+        delta = np.asarray(channels, dtype=float) - self.base
+        return float(self.f0 + self.linear @ delta + self.square @ (delta * delta)
+                     + delta @ self.cross @ delta)
+
+
+def quadratic_costs(space: ChannelSpace, *, seed: int = 0) -> dict[str, QuadraticCost]:
+    """Exact fast forms of ``macs`` and ``params`` for ``space`` (those that check out)."""
+    probe = PruningProblem(space, [])
+    rng = np.random.default_rng(seed)
+    checks = [space.decode(rng.random(space.dim)) for _ in range(8)]
+    out = {}
+    for name, model in probe.cost_models.items():
+        if name not in ("macs", "params"):
+            continue
+        form = QuadraticCost(space, lambda c, m=model: m.estimate(space.layer_table(c)))
+        if all(math.isclose(form([c[u.name] for u in space.units]),
+                            model.estimate(space.layer_table(c)), rel_tol=1e-9, abs_tol=0.5)
+               for c in checks):
+            out[name] = form
+    return out
+
+
+class _FastProblem(PruningProblem):
+    """A pruning problem whose costs are memoised and, for MACs and params, quadratic forms."""
+
+    def __init__(self, space: ChannelSpace, targets: Sequence[Target], *,
+                 cost_models: Sequence[Any] = (), margins: Mapping[str, float] | None = None,
+                 forms: Mapping[str, QuadraticCost]) -> None:
+        self._forms = dict(forms)
+        self._memo: dict[tuple[int, ...], dict[str, float]] = {}
+        super().__init__(space, targets, cost_models=cost_models, margins=margins)
+
+    def costs(self, config: Mapping[str, int]) -> dict[str, float]:
+        key = tuple(int(config.get(u.name, u.full)) for u in self.space.units)
+        hit = self._memo.get(key)
+        if hit is None:
+            table = None
+            hit = {}
+            for name, model in self.cost_models.items():
+                if name in self._forms:
+                    hit[name] = self._forms[name](key)
+                else:
+                    table = table or self.space.layer_table(config)
+                    hit[name] = model.estimate(table)
+            self._memo[key] = hit
+        return dict(hit)
+
+
+# ---------------------------------------------------------------------- evolution
+def find_config(problem: PruningProblem, predictor: AccuracyPredictor, *, generations: int = 12,
+                population: int = 64, seed: int = 0) -> tuple[dict[str, int], float]:
+    """The configuration of best predicted accuracy meeting every budget of ``problem``.
+
+    Generational use of the aging evolution: ``population`` random points, then per generation
+    half as many children (OFA: 100 individuals, 50 mutated and crossed children, 500
+    generations; a predictor over ~10-60 units converges in far fewer here). Every point is
+    repaired onto the budget before it is scored. The uniform allocation (every unit scaled
+    alike, AMC's baseline) is always a candidate.
+    """
+    space = problem.space
+    agent = EvolutionAgent(space.dim, seed=seed, config=EvolutionConfig(population=population))
+    seen: dict[tuple[int, ...], float] = {}
+    best: tuple[float, dict[str, int]] | None = None
+    batch = [np.ones(space.dim)] + agent.ask(population - 1)
+    for _ in range(max(1, generations) + 1):
+        repaired = [problem.repair(p) for p in batch]
+        configs = [space.decode(r) for r in repaired]
+        keys = [tuple(c[u.name] for u in space.units) for c in configs]
+        new = [i for i, k in enumerate(keys) if k not in seen]
+        if new:
+            for i, v in zip(new, predictor.predict([configs[i] for i in new])):
+                seen[keys[i]] = float(v)
+        for r, c, k in zip(repaired, configs, keys):
+            agent.tell(r, {"objective": seen[k]})
+            if best is None or seen[k] > best[0]:
+                best = (seen[k], c)
+        batch = agent.ask(max(2, population // 2))
+    assert best is not None
+    return dict(best[1]), best[0]
+
+
+# ---------------------------------------------------------------------- extraction
+@dataclass(frozen=True, kw_only=True)
+class LatencySetup:
+    """What a latency budget refers to (the device's lookup table is built once and cached)."""
+
+    lut: Path | None = None
+    batch: int = 1
+    threads: int = 1
+    backend: str = "torch"
+    clock: str | None = None
+    cache_dir: Path | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Extraction:
+    """One sub-network for one target: its channels, costs, accuracy and the model itself."""
+
+    target: str
+    config: dict[str, int]
+    costs: dict[str, float]
+    dense_costs: dict[str, float]
+    predicted_accuracy: float
+    val_accuracy: float
+    seconds: float
+    met: bool
+    budgets: list[dict[str, Any]]
+    measured: dict[str, Any] | None = None
+    model: nn.Module = field(repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        return {"target": self.target, "config": self.config, "costs": self.costs,
+                "fraction_of_dense": {k: v / self.dense_costs[k] for k, v in self.costs.items()},
+                "predicted_accuracy": self.predicted_accuracy,
+                "val_accuracy": self.val_accuracy, "seconds": self.seconds, "met": self.met,
+                "budgets": self.budgets, "measured": self.measured}
+
+
+def _latency_table(supernet: Supernet, setup: LatencySetup, console: Console) -> LatencyTable:
+    from autoprune.latency_jobs import table_for_search
+    from autoprune.train import default_cache_dir
+
+    table, _ = table_for_search(
+        supernet.model, supernet.data.example_inputs(1), supernet.space, lut=setup.lut,
+        cache_dir=Path(setup.cache_dir or default_cache_dir()), batch=setup.batch,
+        threads=setup.threads, backend=setup.backend, clock=setup.clock, console=console)
+    return table
+
+
+def _measure(model: nn.Module, supernet: Supernet, setup: LatencySetup) -> LatencyMeasurement:
+    from autoprune.latency_jobs import FINAL_REPEATS, FINAL_WARMUP, _inputs
+
+    return measure_latency(model, _inputs(supernet.data.example_inputs(1), setup.batch),
+                           threads=setup.threads, backend=setup.backend, clock=setup.clock,
+                           warmup=FINAL_WARMUP, repeats=FINAL_REPEATS)
+
+
+def _problem(supernet: Supernet, targets: Sequence[Target], table: LatencyTable | None
+             ) -> PruningProblem:
+    from autoprune.latency_jobs import prediction_margin
+
+    forms = supernet.derived.get("cost_forms")
+    if forms is None:
+        forms = supernet.derived["cost_forms"] = quadratic_costs(supernet.space)
+    return _FastProblem(supernet.space, targets,
+                        cost_models=[table.cost_model()] if table else (),
+                        margins={"latency_ms": prediction_margin(table)} if table else None,
+                        forms=forms)
+
+
+def specialise(supernet: Supernet, targets: Sequence[str | Sequence[Target]], *,
+               latency: LatencySetup | None = None, generations: int = 12, population: int = 64,
+               seed: int = 0, score: bool = True, latency_retries: int = _MAX_LATENCY_RETRIES,
+               console: Console | None = None) -> list[Extraction]:
+    """One extracted sub-network per entry of ``targets`` (a string such as ``"flops=50%"`` or
+    ``"latency=2ms,params=60%"`` for joint budgets). Bad or impossible targets are refused
+    before any work. ``score`` adds the validation accuracy (not counted in ``seconds``).
+    A latency budget is checked by measuring the extracted network; ``latency_retries``
+    searches again for the measured speed when it misses."""
+    console = console or Console(stderr=True, quiet=True)
+    latency = latency or LatencySetup()
+    parsed = [parse_targets(t) if isinstance(t, str) else list(t) for t in targets]
+    table = None
+    if any(t.metric == "latency_ms" for ts in parsed for t in ts):
+        table = _latency_table(supernet, latency, console)
+    # Impossible budgets are refused here, before any work; only latency budgets pay for
+    # costing every candidate with the table.
+    problems = [_problem(supernet, ts, table if any(t.metric == "latency_ms" for t in ts)
+                         else None) for ts in parsed]
+    predictor = _predictor(supernet)
+    out = []
+    for ts, problem in zip(parsed, problems):
+        started = time.perf_counter()
+        config, predicted = find_config(problem, predictor, generations=generations,
+                                        population=population, seed=seed)
+        model = supernet.subnetwork(config)
+        measured, met = None, True
+        if any(b.metric == "latency_ms" for b in problem.budgets):
+            model, config, predicted, measured, met = _check_latency(
+                supernet, problem, predictor, model, config, predicted, latency, console,
+                retries=latency_retries, generations=generations, population=population,
+                seed=seed)
+        seconds = time.perf_counter() - started
+        val = evaluate_accuracy(model, supernet.data.val_x, supernet.data.val_y)[0] \
+            if score else float("nan")
+        costs = problem.costs(config)
+        # Analytic budgets against their limits; a latency budget was judged by measurement.
+        met = met and problem.feasible(costs, budgets=[replace(b, margin=0.0)
+                                                       for b in problem.budgets
+                                                       if b.metric != "latency_ms"])
+        out.append(Extraction(
+            target=",".join(t.text for t in ts), config=config, costs=costs,
+            dense_costs=dict(problem.dense_costs), predicted_accuracy=float(predicted),
+            val_accuracy=val, seconds=seconds, met=met, measured=measured, model=model,
+            budgets=[{"metric": b.metric, "limit": b.limit, "text": b.text,
+                      "search_limit": b.search_limit} for b in problem.budgets]))
+    return out
+
+
+def _check_latency(supernet: Supernet, problem: PruningProblem, predictor: AccuracyPredictor,
+                   model: nn.Module, config: dict[str, int], predicted: float,
+                   setup: LatencySetup, console: Console, *, retries: int, **search: Any
+                   ) -> tuple[nn.Module, dict[str, int], float, dict[str, Any], bool]:
+    """Measure the extracted network; while it misses the budget, search again with the limit
+    scaled by measured / predicted latency (2% more room), at most ``retries`` times."""
+    budget = next(b for b in problem.budgets if b.metric == "latency_ms")
+    tries = []
+    for attempt in range(retries + 1):
+        m = _measure(model, supernet, setup)
+        pred_ms = problem.costs(config)["latency_ms"]
+        tries.append({"predicted_ms": pred_ms, "latency_ms": m.median_ms, "p10_ms": m.p10_ms,
+                      "p90_ms": m.p90_ms})
+        console.print(f"measured {m.median_ms:.3f} ms (predicted {pred_ms:.3f} ms, budget "
+                      f"{budget.limit:.3f} ms)", highlight=False)
+        if m.median_ms <= budget.limit or attempt == retries:
+            break
+        slow = max(1.0, m.median_ms / pred_ms)
+        want = budget.limit / (slow * (1 + _RETRY_SAFETY))
+        tight = problem.with_margin("latency_ms", 1 - want / budget.limit)
+        if tight.costs(tight.space.min_config())["latency_ms"] > want:
+            break  # the thinnest network cannot go faster
+        config, predicted = find_config(tight, predictor, **search)
+        model = supernet.subnetwork(config)
+    ok = tries[-1]["latency_ms"] <= budget.limit
+    return model, config, predicted, {**tries[-1], "device": dict(m.device),
+                                      "tries": tries}, ok
+
+
+def save_subnetwork(extraction: Extraction, path: str | Path, supernet: Supernet) -> Path:
+    """Write ``<path>.pt`` (weights) and ``<path>.json`` in the form of a search result, so
+    ``autoprune.load_pruned(path.parent, choice=path.stem)`` rebuilds the network."""
+    path = Path(path)
+    if path.suffix != ".pt":
+        path = path.with_name(path.name + ".pt")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(extraction.model.state_dict(), path)
+    meta = supernet.meta
+    space = supernet.space
+    choice = {
+        "format": RUN_FORMAT, "model_spec": meta["model_spec"], "data": meta["data"],
+        "example_input_shape": meta["example_input_shape"], "round_to": meta["round_to"],
+        "min_ratio": meta["min_ratio"], "config": extraction.config,
+        "units": {u.name: {"channels": extraction.config[u.name], "of": u.full,
+                           "ratio": extraction.config[u.name] / u.full} for u in space.units},
+        "costs": extraction.costs, "budgets": extraction.budgets,
+        "metrics": {"val_accuracy": None if math.isnan(extraction.val_accuracy)
+                    else extraction.val_accuracy,
+                    "predicted_val_accuracy": extraction.predicted_accuracy},
+        "weights": path.name,
+        "source": {"kind": "ofa", "supernet": str(supernet.path), "target": extraction.target,
+                   "seconds": extraction.seconds, "met": extraction.met},
+    }
+    if extraction.measured:
+        choice["measured"] = extraction.measured
+    path.with_suffix(".json").write_text(json.dumps(choice, indent=2) + "\n")
+    return path
+
+
+def slug(target: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", target).strip("-")
+
+
+def extraction_table(extractions: Sequence[Extraction], *, title: str = "extracted sub-networks"
+                     ) -> Table:
+    t = Table(title=title, caption="% of the dense model; predicted accuracy from the "
+                                   "predictor, validation accuracy after BN recalibration")
+    for col in ("target", "MACs %", "params %", "pred. acc", "val acc", "measured ms", "met",
+                "seconds"):
+        t.add_column(col, justify="left" if col == "target" else "right")
+    for e in extractions:
+        frac = {k: 100 * v / e.dense_costs[k] for k, v in e.costs.items()}
+        t.add_row(e.target, f"{frac['macs']:.1f}", f"{frac['params']:.1f}",
+                  f"{e.predicted_accuracy:.4f}",
+                  "-" if math.isnan(e.val_accuracy) else f"{e.val_accuracy:.4f}",
+                  f"{e.measured['latency_ms']:.3f}" if e.measured else "-",
+                  "yes" if e.met else "[red]no[/]", f"{e.seconds:.2f}")
+    return t
+
+
+# ---------------------------------------------------------------------- the front
+_METRIC_NAMES = {"flops": "macs", "macs": "macs", "params": "params", "latency": "latency_ms"}
+
+
+def front(supernet: Supernet, *, metric: str = "flops", points: int = 8,
+          latency: LatencySetup | None = None, generations: int = 12, population: int = 64,
+          seed: int = 0, plot: Path | None = None, console: Console | None = None
+          ) -> dict[str, Any]:
+    """The predicted-best sub-network at ``points`` budgets evenly spread from the thinnest
+    network's cost to the dense one's, each extracted, BN-recalibrated and scored on the
+    validation split (and measured, for latency). Returns a JSON-ready dict."""
+    if metric not in _METRIC_NAMES:
+        raise SupernetError(f"unknown front metric {metric!r}; use one of flops, params, latency")
+    if points < 2:
+        raise SupernetError("a front needs at least 2 points")
+    name = _METRIC_NAMES[metric]
+    latency = latency or LatencySetup()
+    table = _latency_table(supernet, latency, console or Console(stderr=True, quiet=True)) \
+        if name == "latency_ms" else None
+    base = _problem(supernet, [], table)
+    low, dense = base.min_costs[name], base.dense_costs[name]
+    rows = []
+    for frac in np.linspace(low / dense, 1.0, points):
+        frac = min(1.0, float(frac) * (1 + 1e-6))
+        target = Target(metric=name, value=frac, relative=True, text=f"{metric}={100 * frac:.1f}%")
+        # Descriptive: each point is measured, not re-searched when load slows a measurement.
+        e = specialise(supernet, [[target]], latency=latency, generations=generations,
+                       population=population, seed=seed, latency_retries=0,
+                       console=console)[0]
+        rows.append({"target": e.target, "fraction": frac, "costs": e.costs,
+                     "predicted_accuracy": e.predicted_accuracy, "val_accuracy": e.val_accuracy,
+                     "measured_ms": e.measured["latency_ms"] if e.measured else None,
+                     "config": e.config, "seconds": e.seconds})
+    result = {"metric": name, "dense_costs": dict(base.dense_costs), "points": rows,
+              "baseline_val_accuracy": supernet.meta["baseline"]["val_accuracy"],
+              "predictor": supernet.meta.get("predictor")}
+    if plot is not None:
+        result["plot"] = str(_front_plot(result, supernet, base, plot))
+    return result
+
+
+def front_view(result: Mapping[str, Any]) -> Table:
+    name = result["metric"]
+    t = Table(title=f"once-for-all front: validation accuracy vs {name}")
+    for col in ("budget", f"{name} % of dense", "MACs % of dense", "predicted acc", "val acc",
+                "measured ms", "seconds"):
+        t.add_column(col, justify="left" if col == "budget" else "right")
+    for r in result["points"]:
+        t.add_row(r["target"], f"{100 * r['costs'][name] / result['dense_costs'][name]:.1f}",
+                  f"{100 * r['costs']['macs'] / result['dense_costs']['macs']:.1f}",
+                  f"{r['predicted_accuracy']:.4f}", f"{r['val_accuracy']:.4f}",
+                  "-" if r["measured_ms"] is None else f"{r['measured_ms']:.3f}",
+                  f"{r['seconds']:.2f}")
+    t.caption = (f"dense baseline validation accuracy {result['baseline_val_accuracy']:.4f}"
+                 + (f"; predictor Spearman {result['predictor']['spearman']:.3f} on held-out "
+                    "sub-networks" if result.get("predictor") else ""))
+    return t
+
+
+def _front_plot(result: Mapping[str, Any], supernet: Supernet, base: PruningProblem,
+                path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    name, dense = result["metric"], result["dense_costs"][result["metric"]]
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    samples = supernet.samples
+    if samples:
+        ax.scatter([100 * base.costs(s["config"])[name] / dense for s in samples],
+                   [s["val_accuracy"] for s in samples], s=10, color="0.65",
+                   label="sampled sub-networks")
+    xs = [100 * r["costs"][name] / dense for r in result["points"]]
+    ax.plot(xs, [r["val_accuracy"] for r in result["points"]], "-o", color="tab:blue",
+            label="front (extracted, BN recalibrated)")
+    ax.plot(xs, [r["predicted_accuracy"] for r in result["points"]], "--", color="tab:orange",
+            label="predicted")
+    ax.scatter([100.0], [result["baseline_val_accuracy"]], marker="*", s=150, color="tab:green",
+               label="dense baseline", zorder=5)
+    ax.set_xlabel(f"{name} (% of dense" + (", predicted by the latency table)"
+                                           if name == "latency_ms" else ")"))
+    ax.set_ylabel("validation accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
