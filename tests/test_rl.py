@@ -223,6 +223,33 @@ def test_resume_restores_replay_buffer_and_networks(name: str) -> None:
         feed(resumed, y)
 
 
+def test_a_killed_search_resumes_exactly(tmp_path: Path) -> None:
+    """Through the real loop and study: 3 trials, stop, resume to 6 == 6 without a stop (the
+    agent learns from the third trial on, so the resumed part runs trained networks)."""
+    from autoprune.loop import run_search
+    from autoprune.study import StudyStore
+
+    torch.manual_seed(0)
+    model = build_model("resnet20", in_channels=1, input_size=8)
+    problem = _problem(model, torch.randn(1, 1, 8, 8), ["flops=50%"])
+
+    def score(model: nn.Module) -> dict[str, float]:
+        with torch.no_grad():
+            return {"accuracy": float(sum(p.abs().sum() for p in model.parameters())) / 1e4}
+
+    def search(run_dir: Path, trials: int) -> list[tuple[float, ...]]:
+        agent = make_agent("td3", problem.space.dim, seed=2)
+        agent.config = SMALL  # type: ignore[attr-defined]
+        records = run_search(problem, model=model, evaluate=score, agent=agent,
+                             trials=trials, store=StudyStore.in_folder(run_dir), progress=False)
+        assert len(records) == trials
+        return [r.point for r in records]
+
+    search(tmp_path / "a", 3)
+    resumed = search(tmp_path / "a", 6)
+    assert resumed == search(tmp_path / "b", 6)
+
+
 # ---------------------------------------------------------------------- rewards
 def test_rewards_follow_amc() -> None:
     agent = make_agent("ddpg", 3)
