@@ -15,8 +15,8 @@ How the loop maps to episodes:
   writes its transitions into ``model.replay_buffer``, every transition carrying the episode's
   final reward (AMC). Rewards are stored raw; before every update the moving-average baseline
   (AMC: alpha 0.5) is subtracted from all of them, as AMC subtracts it from each sampled batch.
-- When every asked episode has been told (a batch is complete) and the warm-up is over, the
-  agent runs ``model.train(gradient_steps, batch_size)`` with one gradient step per transition
+- When every asked episode has been told (a batch is complete; or at the next ask, after a
+  search resumed mid-batch) and the warm-up is over, the agent runs ``model.train(gradient_steps, batch_size)`` with one gradient step per transition
   stored since the last update (AMC updates once per transition).
 
 Rewards (``reward``): ``acc`` is AMC's resource-constrained ``R = -error`` (the objective, an
@@ -38,7 +38,7 @@ from __future__ import annotations
 import base64
 import io
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -116,7 +116,7 @@ def _truncated_normal(rng: np.random.Generator, mu: float, sigma: float) -> floa
     return float(np.clip(mu, 0.0, 1.0))
 
 
-def _encode(write: Any) -> str:
+def _encode(write: Callable[[io.BytesIO], object]) -> str:
     buf = io.BytesIO()
     write(buf)
     return base64.b64encode(buf.getvalue()).decode("ascii")
@@ -195,6 +195,10 @@ class RLAgent(Agent):
         env = self._env
         assert env is not None
         cfg = self.config
+        if self.untrained > 0:  # a batch left half told (a search killed and resumed mid-batch)
+            self._train(self.untrained * cfg.updates_per_transition)
+            self.untrained = 0
+        self.pending = 0  # episodes never told are dropped, as the search loop drops them
         points = []
         for _ in range(max(0, n)):
             episode = self.asked
@@ -316,14 +320,13 @@ class RLAgent(Agent):
             "config": {**asdict(self.config), "hidden": list(self.config.hidden)},
             "rng": self.rng.bit_generator.state, "asked": self.asked, "told": self.told,
             "pending": self.pending, "untrained": self.untrained, "baseline": self.baseline}
-        if self._model is not None or self._restore is not None:
-            if self._model is None and self._restore is not None:
-                state.update({k: self._restore[k] for k in ("networks", "buffer", "pos", "full",
-                                                            "updates")})
-                return state
-            b = self._model.replay_buffer  # type: ignore[union-attr]
+        if self._model is not None:
+            b = self._model.replay_buffer
             state.update({"networks": self._networks(), "buffer": self._buffer(), "pos": b.pos,
-                          "full": b.full, "updates": self._model._n_updates})  # type: ignore[union-attr]
+                          "full": b.full, "updates": self._model._n_updates})
+        elif self._restore is not None:  # restored before the context came: pass it on
+            state.update({k: self._restore[k] for k in ("networks", "buffer", "pos", "full",
+                                                        "updates")})
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
