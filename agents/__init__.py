@@ -1,12 +1,13 @@
 """Agents: how to search. One ask/tell contract for every method.
 
 Importing this package registers every agent; the modules import their heavy libraries
-(optuna, cmaes) only when an agent is used, so listing agents stays fast.
+(optuna, cmaes, stable-baselines3) only when an agent is used, so listing agents stays fast.
 """
 
 from __future__ import annotations
 
-from .base import AGENTS, Agent, AgentContext, agent_descriptions, make_agent, register_agent
+from .base import (AGENTS, Agent, AgentContext, PointCosts, UnitFacts, agent_descriptions,
+                   make_agent, register_agent)
 from .chain import ChainAgent
 from .cma_es import CMAESAgent
 from .erk import ERKAgent
@@ -15,11 +16,14 @@ from .global_magnitude import GlobalMagnitudeAgent
 from .gp import GPAgent
 from .lamp import LAMPAgent
 from .nsga2 import NSGA2Agent
+from .rl import REWARDS, DDPGAgent, RLAgent, RLConfig, TD3Agent
 from .sensitivity import SensitivityAgent
 from .simple import RandomAgent, UniformAgent
 from .tpe import TPEAgent
 
-__all__ = ["AGENTS", "Agent", "AgentContext", "CMAESAgent", "ChainAgent", "ERKAgent", "EvolutionAgent",
-           "EvolutionConfig", "GPAgent", "GlobalMagnitudeAgent", "LAMPAgent", "NSGA2Agent",
-           "RandomAgent", "SensitivityAgent", "TPEAgent", "UniformAgent", "agent_descriptions",
+__all__ = ["AGENTS", "REWARDS", "Agent", "AgentContext", "CMAESAgent", "ChainAgent", "DDPGAgent",
+           "ERKAgent", "EvolutionAgent", "EvolutionConfig", "GPAgent", "GlobalMagnitudeAgent",
+           "LAMPAgent", "NSGA2Agent", "PointCosts", "RLAgent", "RLConfig", "RandomAgent",
+           "SensitivityAgent", "TD3Agent", "TPEAgent", "UniformAgent", "UnitFacts",
+           "agent_descriptions",
            "make_agent", "register_agent"]

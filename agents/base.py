@@ -15,8 +15,49 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["AGENTS", "Agent", "AgentContext", "agent_descriptions", "make_agent",
-           "register_agent"]
+__all__ = ["AGENTS", "Agent", "AgentContext", "PointCosts", "UnitFacts", "agent_descriptions",
+           "make_agent", "register_agent"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnitFacts:
+    """The shape of a unit's first conv or linear layer (the layer it is named after), dense.
+
+    ``kind`` is ``conv``, ``depthwise`` (a conv with one group per channel) or ``linear``;
+    ``kernel`` and ``stride`` the largest side; ``in_size`` the input's spatial positions
+    (h x w, 1 for a linear layer); ``params`` the weights of every conv/linear layer whose
+    output channels the unit owns. What AMC embeds per layer (He et al., ECCV 2018, sec. 3.1).
+    """
+
+    kind: str
+    in_channels: int
+    out_channels: int
+    kernel: int = 1
+    stride: int = 1
+    in_size: int = 1
+    params: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class PointCosts:
+    """What candidates cost, for agents that keep to the budget themselves (AMC's action bound).
+
+    ``costs(x)`` gives, for a point of the cube, the cost of the configuration it decodes to:
+    at least every metric of ``limits`` (``macs``, ``params``, ``latency_ms`` through the lookup
+    table, ...). ``limits``: the most a candidate may cost per budgeted metric (the search
+    limit, margins applied; empty when the search has no budget). ``dense``: the dense model's
+    costs. Costs are monotone in every coordinate.
+    """
+
+    costs: Callable[[np.ndarray], Mapping[str, float]]
+    limits: Mapping[str, float]
+    dense: Mapping[str, float]
+
+    def feasible(self, x: np.ndarray) -> bool:
+        if not self.limits:
+            return True
+        c = self.costs(x)
+        return all(c[m] <= lim * (1 + 1e-9) for m, lim in self.limits.items())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,11 +72,16 @@ class AgentContext:
     which pruning keeps channels; empty when not computed.
     ``layers``: per unit, ``(in_channels, out_channels, kernel_h, kernel_w)`` of every conv or
     linear layer whose output channels the unit owns (linear layers have a 1x1 kernel).
+    ``units``: per unit, its ``UnitFacts`` (the RL agents' layer embedding).
+    ``budget``: the ``PointCosts`` of the search (costs of points and the budgets), for agents
+    that bound their own proposals; ``None`` when not computed.
     """
 
     choices: tuple[tuple[int, ...], ...]
     scores: tuple[tuple[float, ...], ...] = ()
     layers: tuple[tuple[tuple[int, int, int, int], ...], ...] = ()
+    units: tuple[UnitFacts, ...] = ()
+    budget: PointCosts | None = None
 
     @property
     def dim(self) -> int:
@@ -66,8 +112,9 @@ class Agent(ABC):
     """
 
     name: str = "abstract"
-    #: The ``AgentContext`` fields (``scores``, ``layers``) the agent cannot work without; the
-    #: search loop computes them (only when asked for) and calls ``set_context`` before ``ask``.
+    #: The ``AgentContext`` fields (``scores``, ``layers``, ``units``, ``budget``) the agent
+    #: cannot work without; the search loop computes them (only when asked for) and calls
+    #: ``set_context`` before ``ask``.
     context_needs: ClassVar[frozenset[str]] = frozenset()
     #: Whether the agent can search several objectives at once (``make_agent(objectives=2)``).
     multi_objective: ClassVar[bool] = False
@@ -94,7 +141,10 @@ class Agent(ABC):
                              f"{self.dim}")
         for need in sorted(self.context_needs):
             value = getattr(context, need)
-            if len(value) != self.dim:
+            if value is None:
+                raise ValueError(f"agent {self.name!r} needs the context's {need!r}; it is "
+                                 "missing")
+            if isinstance(value, Sequence) and len(value) != self.dim:
                 raise ValueError(f"agent {self.name!r} needs the context's {need!r} for every "
                                  f"unit, got {len(value)} of {self.dim}")
         self.context = context

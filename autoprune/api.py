@@ -16,7 +16,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from autoprune.agents import make_agent
+from autoprune.agents import REWARDS, Agent, make_agent
 from autoprune.data import load_data
 from autoprune.evaluate import ClassificationEvaluator
 from autoprune.executors import Executor, make_executor
@@ -171,6 +171,8 @@ class SearchSettings:
     targets: tuple[str, ...] = ("flops=50%",)
     agent: str = "random"
     objective: str = "accuracy"
+    # The RL agents' reward (agents/rl.py): acc (AMC's -error) or acc-flops (-error * log FLOPs).
+    reward: str = "acc"
     seed: int = 0
     round_to: int = 8
     min_ratio: float = 0.2
@@ -199,6 +201,8 @@ class SearchSettings:
                 "round_to", "min_ratio", "calib_batches", "finetune_steps")
         if self.objective != "accuracy":  # so run folders made before Pareto searches resume
             keys += ("objective",)
+        if self.reward != "acc":  # likewise for run folders made before the RL agents
+            keys += ("reward",)
         if self.has_latency_target():  # predicted latencies in the study hold for one device
             keys += ("batch", "threads", "backend", "clock")
         d = asdict(self)
@@ -227,7 +231,8 @@ def search(settings: SearchSettings, *, console: Console | None = None) -> dict[
         raise SearchError(f"unknown objective {settings.objective!r}; use one of "
                           f"{', '.join(OBJECTIVES)}")
     # Unknown agents, or a single-objective agent for a Pareto search, fail before training.
-    make_agent(settings.agent, 1, objectives=2 if settings.objective == "pareto" else 1)
+    _with_reward(make_agent(settings.agent, 1, objectives=2 if settings.objective == "pareto"
+                            else 1), settings.reward)
     targets = parse_targets(settings.targets)
     executor = make_executor(settings.executor, workers=settings.workers,
                              address=settings.ray_address, cpus_per_trial=settings.cpus_per_trial)
@@ -275,8 +280,9 @@ def _search(settings: SearchSettings, executor: Executor, run_dir: Path,
                   + "; budgets: " + ", ".join(_budget_text(b) for b in problem.budgets))
 
     pareto = _pareto_range(problem) if settings.objective == "pareto" else None
-    agent = make_agent(settings.agent, space.dim + (1 if pareto else 0), seed=settings.seed,
-                       objectives=2 if pareto else 1)
+    agent = _with_reward(make_agent(settings.agent, space.dim + (1 if pareto else 0),
+                                    seed=settings.seed, objectives=2 if pareto else 1),
+                         settings.reward)
     records = run_search(problem, model=model, evaluate=evaluator, agent=agent,
                          trials=settings.trials, store=store, executor=executor,
                          progress=settings.progress, console=console, pareto=pareto)
@@ -370,6 +376,19 @@ def _search(settings: SearchSettings, executor: Executor, run_dir: Path,
             "measurements; rebuild the table when it is quiet (autoprune profile), or ask for "
             "a little more latency.")
     return summary
+
+
+def _with_reward(agent: Agent, reward: str) -> Agent:
+    """``agent`` set to learn from ``reward``; only the RL agents have a choice."""
+    if reward not in REWARDS:
+        raise SearchError(f"unknown reward {reward!r}; use one of {', '.join(REWARDS)}")
+    learners = [a for a in getattr(agent, "stages", [agent]) if hasattr(a, "set_reward")]
+    for a in learners:  # a chain such as erk+ddpg: its RL stage
+        a.set_reward(reward)
+    if not learners and reward != "acc":
+        raise SearchError(f"--reward {reward} only changes the RL agents (ddpg, td3); agent "
+                          f"{agent.name!r} maximises the accuracy")
+    return agent
 
 
 def _pareto_range(problem: PruningProblem) -> ParetoRange:

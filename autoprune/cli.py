@@ -60,6 +60,10 @@ def search(
              "against the first --target's cost, from the thinnest network up to that budget, "
              "with its hypervolume (front.json); needs an agent that handles several "
              "objectives (nsga2, tpe, gp, random); autoprune pick then chooses from it.")] = "accuracy",
+    reward: Annotated[str, typer.Option(
+        help="Reward of the RL agents (ddpg, td3), AMC's two: acc (-error; the budget is kept by "
+             "bounding each action) or acc-flops (-error * log FLOPs, AMC's accuracy-guaranteed "
+             "reward).")] = "acc",
     trials: Annotated[int, typer.Option(min=1, help="Trials in the study, counting resumed ones.")] = 30,
     seed: Annotated[int, typer.Option(help="Seed of the agent and data order.")] = 0,
     run_dir: Annotated[Path | None, typer.Option(
@@ -106,7 +110,7 @@ def search(
 
     settings = SearchSettings(model=model, data=data, image_size=image_size, width_mult=width_mult,
                               targets=tuple(target), agent=agent, objective=objective,
-                              seed=seed, round_to=round_to,
+                              reward=reward, seed=seed, round_to=round_to,
                               min_ratio=min_ratio, calib_batches=calib_batches,
                               finetune_steps=finetune_steps, trials=trials, executor=executor,
                               workers=workers, ray_address=ray_address,

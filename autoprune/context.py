@@ -1,30 +1,77 @@
 """Facts about a search space's units for agents that allocate from them (global magnitude,
-LAMP, ERK): computed here, where torch lives, and handed over as plain numbers."""
+LAMP, ERK) or bound their own proposals (the RL agents): computed here, where torch and the cost
+models live, and handed over as plain numbers and a numpy-level cost function."""
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Mapping, Set
+from typing import TYPE_CHECKING
 
+import numpy as np
 from torch import nn
 
-from autoprune.agents import AgentContext
+from autoprune.agents import AgentContext, PointCosts, UnitFacts
 from autoprune.search_spaces import ChannelSpace, SearchSpace
 
-__all__ = ["agent_context"]
+if TYPE_CHECKING:
+    from autoprune.problem import PruningProblem
+
+__all__ = ["CONTEXT_FIELDS", "agent_context", "point_costs", "unit_facts"]
+
+#: The ``AgentContext`` fields an agent may ask for in ``context_needs``.
+CONTEXT_FIELDS = frozenset({"scores", "layers", "units", "budget"})
 
 
-def agent_context(space: SearchSpace, model: nn.Module, *,
-                  needs: Set[str] = frozenset()) -> AgentContext:
+def agent_context(space: SearchSpace, model: nn.Module, *, needs: Set[str] = frozenset(),
+                  problem: PruningProblem | None = None) -> AgentContext:
     """The ``AgentContext`` of ``space``; channel scores (a trace of ``model``) only when
-    ``needs`` asks for them."""
+    ``needs`` asks for them, the budget (costs of points) only with ``problem``."""
     if not isinstance(space, ChannelSpace):
         raise ValueError(f"agents that need facts about units ({', '.join(sorted(needs))}) "
                          f"work on channel spaces only, not {type(space).__name__}")
-    unknown = set(needs) - {"scores", "layers"}
+    unknown = set(needs) - CONTEXT_FIELDS
     if unknown:
         raise ValueError(f"an agent asked for unknown context fields {sorted(unknown)}")
+    if "budget" in needs and problem is None:
+        raise ValueError("an agent that needs the budget needs the pruning problem: "
+                         "agent_context(..., problem=problem)")
     scores = tuple(tuple(float(v) for v in s) for s in space.channel_scores(model)) \
         if "scores" in needs else ()
     layers = tuple(tuple(rows) for rows in space.unit_layers()) if "layers" in needs else ()
+    units = unit_facts(space) if "units" in needs else ()
+    budget = point_costs(problem) if "budget" in needs and problem is not None else None
     return AgentContext(choices=tuple(u.choices for u in space.units), scores=scores,
-                        layers=layers)
+                        layers=layers, units=units, budget=budget)
+
+
+def unit_facts(space: ChannelSpace) -> tuple[UnitFacts, ...]:
+    """Per unit, the dense shape of the conv/linear layer it is named after (AMC's embedding)."""
+    rows = {r.name: r for r in space.layer_table(space.dense_config())}
+    out = []
+    for unit, owned in zip(space.units, space.unit_layers()):
+        params = sum(i * o * kh * kw for i, o, kh, kw in owned)
+        row = rows.get(unit.name)
+        if row is None or row.kind not in ("conv", "linear"):
+            out.append(UnitFacts(kind="conv", in_channels=unit.full, out_channels=unit.full,
+                                 params=params))
+            continue
+        depthwise = row.kind == "conv" and row.groups > 1 and row.groups == row.in_channels
+        out.append(UnitFacts(
+            kind="depthwise" if depthwise else row.kind, in_channels=row.in_channels,
+            out_channels=row.out_channels, kernel=max(row.kernel, default=1),
+            stride=max(row.stride, default=1),
+            in_size=int(np.prod(row.in_size[-2:])) if row.kind == "conv" and row.in_size else 1,
+            params=params))
+    return tuple(out)
+
+
+def point_costs(problem: PruningProblem) -> PointCosts:
+    """The problem's costs as a function of points of the cube, with its search limits
+    (``Budget.search_limit``: a latency budget keeps the lookup table's margin)."""
+    space = problem.space
+
+    def costs(x: np.ndarray) -> Mapping[str, float]:
+        return problem.costs(space.decode(np.asarray(x, dtype=float)))
+
+    return PointCosts(costs=costs, limits={b.metric: b.search_limit for b in problem.budgets},
+                      dense=dict(problem.dense_costs))

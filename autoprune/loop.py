@@ -286,7 +286,8 @@ def run_search(problem: PruningProblem, *, model: nn.Module, evaluate: Evaluate,
     space = problem.space
     work = PruneAndEvaluate(problem, model, evaluate)
     if agent.context_needs:  # heuristics allocate from facts about the units, set before resume
-        agent.set_context(agent_context(space, model, needs=agent.context_needs))
+        agent.set_context(agent_context(space, model, needs=agent.context_needs,
+                                        problem=problem))
     console = console or Console(stderr=True)
     bar = Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[best]}"), TimeElapsedColumn(), console=console,

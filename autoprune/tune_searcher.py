@@ -74,7 +74,8 @@ class AgentSearcher(Searcher):
             if model is None:
                 raise ValueError(f"agent {agent.name!r} allocates from the model's weights; "
                                  "pass model=... to AgentSearcher")
-            agent.set_context(agent_context(problem.space, model, needs=agent.context_needs))
+            agent.set_context(agent_context(problem.space, model, needs=agent.context_needs,
+                                            problem=problem))
         session = SearchSession(problem, agent=agent, store=store or StudyStore.in_memory(),
                                 trials=trials, objective=metric, minimize=mode == "min",
                                 pareto=pareto, on_record=on_record)

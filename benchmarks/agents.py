@@ -330,7 +330,11 @@ def league_table(result: Mapping[str, Any]) -> Table:
     def cell(pair: Sequence[float], spread: bool) -> str:
         return f"{pair[0]:.4f}" + (f" ± {pair[1]:.3f}" if spread else "")
 
+    refs = {"beat_uniform": result["uniform_val"], "reach_random": result["random_final_val"]}
+
     def first(row: Mapping[str, Any], key: str) -> str:
+        if refs[key] is None:  # the reference agent was not in this league
+            return "-"
         at, hits = row[f"{key}_at"], row[f"{key}_runs"]
         return "never" if at is None else f"{at:.1f} ({hits}/{row['seeds']})"
 
@@ -345,10 +349,13 @@ def league_table(result: Mapping[str, Any]) -> Table:
             values.insert(5, f"{row['measured_ms'][0]:.3f} "
                              f"({row['latency_met_runs']}/{row['seeds']})")
         table.add_row(*values)
+    def ref(value: float | None) -> str:
+        return "not run" if value is None else f"{value:.4f}"
+
     table.caption = (
         f"dense validation accuracy {result['dense']['val_accuracy']:.4f}; uniform "
-        f"{result['uniform_val']:.4f}; random's final (mean best at {s['trials']}) "
-        f"{result['random_final_val']:.4f}; ± is the std over seeds; deterministic agents run "
+        f"{ref(result['uniform_val'])}; random's final (mean best at {s['trials']}) "
+        f"{ref(result['random_final_val'])}; ± is the std over seeds; deterministic agents run "
         "once; 'evals to ...' is the mean over the seeds that got there (how many did)"
         + (f"; budget {result['budget']['limit']:.3f} ms predicted by the table, best networks "
            "measured" if latency else ""))

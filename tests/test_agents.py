@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from autoprune.agents import AGENTS, Agent, AgentContext, agent_descriptions, make_agent
+from autoprune.agents import (AGENTS, Agent, AgentContext, PointCosts, UnitFacts,
+                              agent_descriptions, make_agent)
 
 DIM = 6
 # Chains (``a+b``) obey the same contract as the registered agents they are made of.
@@ -20,10 +21,20 @@ def _context() -> AgentContext:
     """Facts about DIM made-up units, for agents that allocate from them."""
     rng = np.random.default_rng(0)
     full = [16, 32, 32, 64, 64, 128][:DIM]
+    weights = np.asarray(full, dtype=float)
+
+    def costs(x: np.ndarray) -> dict[str, float]:  # a linear MACs model: 20% + 80% x widths
+        return {"macs": float(weights @ (0.2 + 0.8 * np.asarray(x)))}
+
     return AgentContext(
         choices=tuple(tuple(range(8, f, 8)) + (f,) for f in full),
         scores=tuple(tuple(float(v) for v in rng.random(f) * (i + 1)) for i, f in enumerate(full)),
-        layers=tuple(((max(1, f // 2), f, 3, 3),) for f in full))
+        layers=tuple(((max(1, f // 2), f, 3, 3),) for f in full),
+        units=tuple(UnitFacts(kind="conv", in_channels=max(1, f // 2), out_channels=f, kernel=3,
+                              stride=1 + i % 2, in_size=64 // (1 + i), params=9 * f * f // 2)
+                    for i, f in enumerate(full)),
+        budget=PointCosts(costs=costs, limits={"macs": 0.5 * float(weights.sum())},
+                          dense={"macs": float(weights.sum())}))
 
 
 def _make(name: str, seed: int) -> Agent:

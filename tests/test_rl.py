@@ -1,0 +1,272 @@
+"""The AMC-style RL agents (ddpg, td3): the environment passes SB3's check_env, every episode
+meets FLOPs and latency budgets on every zoo model and a user model with residual and depthwise
+couplings, the agent learns a known best allocation better than random search, and a resumed
+agent continues exactly (replay buffer and networks restored)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from autoprune.agents import AgentContext, PointCosts, RLConfig, UnitFacts, make_agent
+from autoprune.agents.amc_env import FEATURES, PruningEnv
+from autoprune.agents.rl import RLAgent
+from autoprune.context import agent_context
+from autoprune.lut import LatencyTable, ProfilePlan
+from autoprune.models import available_models, build_model
+from autoprune.problem import PruningProblem
+from autoprune.search_spaces import ChannelSpace
+from autoprune.targets import parse_targets
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_agent_search import DIM, BudgetLandscape  # noqa: E402  (the shared landscape)
+
+SMALL = RLConfig(hidden=(32, 32), warmup=2, batch_size=32)  # fast, and learns after 2 episodes
+
+
+def _problem(model: nn.Module, example: torch.Tensor, targets: list[str],
+             table: LatencyTable | None = None) -> PruningProblem:
+    space = ChannelSpace.from_model(model, example, round_to=8)
+    return PruningProblem(space, parse_targets(targets),
+                          cost_models=[table.cost_model()] if table else ())
+
+
+def _agent(name: str, problem: PruningProblem, model: nn.Module, *, seed: int = 0,
+           config: RLConfig = SMALL) -> RLAgent:
+    agent = make_agent(name, problem.space.dim, seed=seed)
+    assert isinstance(agent, RLAgent)
+    agent.config = config
+    agent.set_context(agent_context(problem.space, model, needs=agent.context_needs,
+                                    problem=problem))
+    return agent
+
+
+def _check_episodes(agent: RLAgent, problem: PruningProblem, episodes: int) -> None:
+    """Every proposed point meets every budget, keeps channels in every unit, and the loop's
+    repair only grows it (never has to cut it back)."""
+    rng = np.random.default_rng(0)
+    for _ in range(episodes):
+        for x in agent.ask(2):
+            config = problem.space.decode(x)
+            assert problem.feasible(problem.costs(config)), problem.costs(config)
+            assert all(config[u.name] >= u.minimum >= 1 for u in problem.space.units)
+            repaired = problem.repair(x)
+            assert np.all(repaired >= x - 1e-12)
+            agent.tell(repaired, {"objective": float(rng.random()),
+                                  **{f"cost.{k}": v for k, v in problem.costs(
+                                      problem.space.decode(repaired)).items()}})
+
+
+# ---------------------------------------------------------------------- the environment
+def test_environment_passes_check_env(user_model: nn.Module) -> None:
+    from stable_baselines3.common.env_checker import check_env
+
+    problem = _problem(user_model, torch.randn(1, 1, 8, 8), ["flops=50%"])
+    ctx = agent_context(problem.space, user_model, needs={"units", "budget"}, problem=problem)
+    # The residual add couples stem and project, the depthwise conv follows expand: 2 units.
+    assert [u.members for u in problem.space.units] == [
+        ("stem", "stem_bn", "project", "project_bn"), ("expand", "expand_bn", "dw", "dw_bn")]
+    env = PruningEnv(choices=ctx.choices, units=ctx.units, budget=ctx.budget,
+                     evaluate=lambda x: -float(np.sum((x - 0.5) ** 2)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env, warn=True)
+    assert not caught, [str(w.message) for w in caught]
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (len(FEATURES),) and obs.dtype == np.float32
+    steps, done, reward = 0, False, 0.0
+    while not done:
+        obs, reward, done, _, info = env.step(np.array([1.0], dtype=np.float32))  # greedy
+        steps += 1
+    assert steps == problem.space.dim  # one step per unit (coupled layers share a decision)
+    assert reward == -float(np.sum((info["point"] - 0.5) ** 2))
+    # Asking for everything, every unit gets what the bound allows: the budget is met.
+    assert problem.feasible(problem.costs(problem.space.decode(info["point"])))
+
+
+def test_action_bound_spends_the_budget_on_early_units() -> None:
+    """AMC's bound: with later units assumed at their lower bound, a greedy episode keeps early
+    units dense as long as the rest can still meet the budget, then cuts to the bound."""
+    a = np.ones(4)
+    budget = PointCosts(costs=lambda x: {"macs": float(a @ (0.2 + 0.8 * np.asarray(x)))},
+                        limits={"macs": 2.0}, dense={"macs": 4.0})
+    env = PruningEnv(choices=[tuple(range(1, 11))] * 4,
+                     units=[UnitFacts(kind="conv", in_channels=8, out_channels=8)] * 4,
+                     budget=budget)
+    env.reset()
+    done = False
+    while not done:
+        _, _, done, _, info = env.step(np.array([1.0], dtype=np.float32))
+    x = info["point"]
+    # 0.8 at the lower bounds leaves 1.2 = 1.5 units' worth (0.8 each): the first unit dense,
+    # the second at its largest level within half-way (4 of 9), the rest at the lower bound.
+    assert np.allclose(x, [1.0, 4 / 9, 0.0, 0.0])
+    assert budget.feasible(x)
+
+
+# ---------------------------------------------------------------------- budgets on real models
+@pytest.mark.parametrize("name", available_models())
+def test_every_episode_meets_the_flops_budget_on_zoo_models(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=1, input_size=16)
+    problem = _problem(model, torch.randn(1, 1, 16, 16), ["flops=40%"])
+    _check_episodes(_agent("ddpg", problem, model), problem, episodes=2)
+
+
+def test_every_episode_meets_flops_and_latency_budgets(user_model: nn.Module) -> None:
+    example = torch.randn(1, 1, 16, 16)
+    space = ChannelSpace.from_model(user_model, example, round_to=8)
+    plan = ProfilePlan(grid=3, rounds=2, warmup=1, repeats=4, calibration=4, net_warmup=1,
+                       net_repeats=6)
+    table = LatencyTable.build(user_model, example, space=space, plan=plan)
+    # A small net's latency is mostly overhead: ask for half-way between thinnest and dense.
+    free = PruningProblem(space, [], cost_models=[table.cost_model()])
+    lo, hi = free.min_costs["latency_ms"], free.dense_costs["latency_ms"]
+    problem = _problem(user_model, example, ["flops=60%", f"latency={(lo + hi) / 2:.5f}ms"],
+                       table)
+    assert {b.metric for b in problem.budgets} == {"macs", "latency_ms"}
+    _check_episodes(_agent("td3", problem, user_model), problem, episodes=3)
+
+
+def test_a_real_search_runs_on_the_user_model(user_model: nn.Module) -> None:
+    import autoprune
+
+    def score(model: nn.Module) -> dict[str, float]:  # wider is better, no training needed
+        return {"accuracy": sum(p.numel() for p in model.parameters()) / 1e5}
+
+    alloc = autoprune.allocate(user_model, example_inputs=torch.randn(1, 1, 8, 8),
+                               target="flops=50%", evaluate=score, agent="ddpg", trials=4)
+    assert len(alloc.trials) == 4 and not any(t.failed for t in alloc.trials)
+    assert all(alloc.costs["macs"] <= b.limit for b in alloc.budgets)
+
+
+# ---------------------------------------------------------------------- learning
+LEVELS = 32
+
+
+def _landscape_context(land: BudgetLandscape) -> AgentContext:
+    return AgentContext(
+        choices=tuple(tuple(range(1, LEVELS + 1)) for _ in range(DIM)),
+        units=tuple(UnitFacts(kind="conv", in_channels=32, out_channels=32, params=int(1e3 * a))
+                    for a in land.a),
+        budget=PointCosts(costs=lambda x: {"macs": float(land.a @ np.asarray(x))},
+                          limits={"macs": land.limit}, dense={"macs": float(land.a.sum())}))
+
+
+def _final_regret(name: str, seed: int, evaluations: int) -> float:
+    """The search loop in miniature (ask, repair, evaluate, tell), as test_agent_search."""
+    land = BudgetLandscape(seed)
+    agent = make_agent(name, DIM, seed=seed)
+    if isinstance(agent, RLAgent):
+        agent.config = RLConfig(hidden=(64, 64))
+        agent.set_context(_landscape_context(land))
+    best = -math.inf
+    for _ in range(evaluations):
+        x = agent.ask(1)[0]
+        r = land.repair(x)
+        best = max(best, land.value(r))
+        agent.tell(r, {"objective": land.value(r)})
+    return land.optimum - best
+
+
+# Measured regrets after 100 evaluations, seeds 0-3: ddpg 0.30, 0.11, 0.20, 0.42 (mean 0.26),
+# random 0.49, 0.51, 0.25, 0.99 (mean 0.56). Two seeds keep the test near half a minute.
+def test_ddpg_learns_the_known_best_allocation_better_than_random() -> None:
+    seeds = range(2)
+    random_regret = float(np.mean([_final_regret("random", s, 100) for s in seeds]))
+    ddpg_regret = float(np.mean([_final_regret("ddpg", s, 100) for s in seeds]))
+    assert ddpg_regret < 0.6 * random_regret, (ddpg_regret, random_regret)
+
+
+# ---------------------------------------------------------------------- resume
+@pytest.mark.parametrize("name", ["ddpg", "td3"])
+def test_resume_restores_replay_buffer_and_networks(name: str) -> None:
+    land = BudgetLandscape(0)
+    agent = make_agent(name, DIM, seed=4)
+    assert isinstance(agent, RLAgent)
+    agent.config = SMALL
+    agent.set_context(_landscape_context(land))
+
+    def feed(a: RLAgent, points: list[np.ndarray]) -> None:
+        for x in points:
+            r = land.repair(x)
+            a.tell(r, {"objective": land.value(r)})
+
+    for _ in range(4):  # past the warm-up: trained networks, a partly filled buffer
+        feed(agent, agent.ask(2))
+    assert agent._model is not None and agent._model._n_updates > 0
+    state = json.loads(json.dumps(agent.state_dict()))
+    resumed = make_agent(name, DIM, seed=0)
+    assert isinstance(resumed, RLAgent)
+    resumed.set_context(_landscape_context(land))
+    resumed.load_state_dict(state)
+    a, b = agent._model, resumed._model
+    assert b is not None and a.replay_buffer.pos == b.replay_buffer.pos > 0
+    n = a.replay_buffer.size()
+    for field in ("observations", "next_observations", "actions", "rewards", "dones"):
+        assert np.array_equal(getattr(a.replay_buffer, field)[:n],
+                              getattr(b.replay_buffer, field)[:n])
+    for (k, p), (_, q) in zip(a.policy.state_dict().items(), b.policy.state_dict().items()):
+        assert torch.equal(p, q), k
+    for _ in range(2):  # asks agree, and so do the updates that follow
+        x, y = agent.ask(2), resumed.ask(2)
+        assert all(np.array_equal(u, v) for u, v in zip(x, y))
+        feed(agent, x)
+        feed(resumed, y)
+
+
+def test_a_killed_search_resumes_exactly(tmp_path: Path) -> None:
+    """Through the real loop and study: 3 trials, stop, resume to 6 == 6 without a stop (the
+    agent learns from the third trial on, so the resumed part runs trained networks)."""
+    from autoprune.loop import run_search
+    from autoprune.study import StudyStore
+
+    torch.manual_seed(0)
+    model = build_model("resnet20", in_channels=1, input_size=8)
+    problem = _problem(model, torch.randn(1, 1, 8, 8), ["flops=50%"])
+
+    def score(model: nn.Module) -> dict[str, float]:
+        with torch.no_grad():
+            return {"accuracy": float(sum(p.abs().sum() for p in model.parameters())) / 1e4}
+
+    def search(run_dir: Path, trials: int) -> list[tuple[float, ...]]:
+        agent = make_agent("td3", problem.space.dim, seed=2)
+        agent.config = SMALL  # type: ignore[attr-defined]
+        records = run_search(problem, model=model, evaluate=score, agent=agent,
+                             trials=trials, store=StudyStore.in_folder(run_dir), progress=False)
+        assert len(records) == trials
+        return [r.point for r in records]
+
+    search(tmp_path / "a", 3)
+    resumed = search(tmp_path / "a", 6)
+    assert resumed == search(tmp_path / "b", 6)
+
+
+# ---------------------------------------------------------------------- rewards
+def test_rewards_follow_amc() -> None:
+    agent = make_agent("ddpg", 3)
+    assert isinstance(agent, RLAgent)
+    result = {"objective": 0.9, "metric.accuracy": 0.9, "cost.macs": 1e6}
+    assert agent.reward(result) == 0.9
+    agent.set_reward("acc-flops")
+    assert agent.reward(result) == pytest.approx(-0.1 * math.log(1e6))
+    assert math.isnan(agent.reward({"objective": float("nan")}))
+    with pytest.raises(ValueError, match="acc, acc-flops"):
+        agent.set_reward("accuracy")
+
+
+def test_reward_option_is_checked(tmp_path: Path) -> None:
+    from autoprune.api import SearchError, SearchSettings, search
+
+    with pytest.raises(SearchError, match="use one of acc, acc-flops"):
+        search(SearchSettings(agent="ddpg", reward="bogus", run_dir=tmp_path / "a"))
+    with pytest.raises(SearchError, match="only changes the RL agents"):
+        search(SearchSettings(agent="random", reward="acc-flops", run_dir=tmp_path / "b"))
