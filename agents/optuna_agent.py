@@ -72,6 +72,7 @@ class OptunaAgent(Agent):
             raise ValueError(f"learn_from must be one of {_LEARN_FROM}, got {self.learn_from!r}")
         self._names = [f"x{i}" for i in range(dim)]
         self._history: list[dict[str, Any]] = []  # finished trials, in study order
+        self._twins: set[tuple[Any, ...]] = set()  # (point, value) already in the history
         self._frozen: list[optuna.trial.FrozenTrial] = []  # cache of _history as trials
         self._pending: list[tuple[np.ndarray, dict[str, Any]]] = []  # asked, not yet told
         self._asked = 0
@@ -126,6 +127,7 @@ class OptunaAgent(Agent):
         self.objectives = int(state.get("objectives", 1))
         self._asked = int(state["asked"])
         self._history, self._frozen, self._pending = [], [], []
+        self._twins = set()
         for h in state["history"]:
             self._record(np.asarray(h["x"], dtype=float), h["value"], dict(h.get("attrs", {})))
 
@@ -139,6 +141,14 @@ class OptunaAgent(Agent):
         import optuna
 
         entry = {"x": [float(v) for v in x], "value": value, "attrs": attrs}
+        key = (tuple(entry["x"]), None if value is None else tuple(value))
+        if not attrs and key in self._twins:
+            # The same point with the same value again (a configuration the loop had scored
+            # before, proposed anew): a second copy adds no information, and copies piling up
+            # on the best point make TPE collapse onto it and propose nothing else.
+            return
+        if not attrs:
+            self._twins.add(key)
         self._history.append(entry)
         state = optuna.trial.TrialState.COMPLETE if value is not None \
             else optuna.trial.TrialState.FAIL

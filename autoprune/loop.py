@@ -112,7 +112,7 @@ class SearchSession:
 
     def __init__(self, problem: PruningProblem, *, agent: Agent, store: StudyStore,
                  trials: int | None, objective: str = "accuracy", minimize: bool | None = None,
-                 pareto: ParetoRange | None = None, max_repeats: int = 200,
+                 pareto: ParetoRange | None = None, max_repeats: int = 50,
                  on_record: Callable[[TrialRecord], None] | None = None) -> None:
         if trials is not None and trials < 1:
             raise ValueError(f"trials must be at least 1, got {trials}")
@@ -268,7 +268,7 @@ def run_search(problem: PruningProblem, *, model: nn.Module, evaluate: Evaluate,
                trials: int, store: StudyStore, executor: Executor | None = None,
                objective: str = "accuracy", batch: int = 1, progress: bool = True,
                console: Console | None = None, pareto: ParetoRange | None = None,
-               max_repeats: int = 200) -> list[TrialRecord]:
+               max_repeats: int = 50) -> list[TrialRecord]:
     """Run until the study holds ``trials`` trials (or the agent has nothing more to propose).
 
     Trials already in ``store`` count: a killed search resumes from its study, with the agent's
