@@ -332,4 +332,6 @@ def test_a_table_that_predicts_too_fast_is_caught_by_measurement_and_repaired(
     assert lat is not None and lat["met"], lat["checked"]
     assert lat["measured"]["latency_ms"] <= target
     assert any(c["repaired"] for c in lat["checked"])
-    assert len(alloc.trials) > 4  # the repaired candidate is a trial of the study too
+    # The optimistic table passes the dense network, so the search's one distinct candidate is
+    # dense; the repaired candidate is a trial of the study too.
+    assert any(t.extra.get("latency_repair") for t in alloc.trials[1:])

@@ -99,7 +99,7 @@ _KILLED_SCRIPT = textwrap.dedent("""
         return {{"accuracy": n / (n + 5000.0)}}
     alloc = autoprune.allocate(model, example_inputs=torch.randn(1, 1, 16, 16),
                                target="flops=50%", evaluate=slow, trials={trials},
-                               round_to=4, run_dir={run_dir!r}, seed=7)
+                               round_to=2, run_dir={run_dir!r}, seed=7)
     print(len(alloc.trials))
 """)
 
