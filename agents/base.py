@@ -108,7 +108,9 @@ class Agent(ABC):
     it to meet the budget) and a result with at least ``objective`` (higher is better; NaN for a
     failed trial) plus the trial's costs and metrics. An agent searching ``objectives > 1``
     objectives (a Pareto front) also finds ``objective.1``, ``objective.2``, ... (all higher is
-    better); only agents with ``multi_objective`` accept that.
+    better); only agents with ``multi_objective`` accept that. ``repeat`` (1.0) marks a point
+    whose configuration had been scored before: the result is the known one, and no trial was
+    spent (an agent that keeps proposing known configurations may explore instead).
     """
 
     name: str = "abstract"

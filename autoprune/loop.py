@@ -256,9 +256,11 @@ class SearchSession:
         while self._queue and self._queue[0].record is not None:
             prop = self._queue.pop(0)
             rec = prop.record
+            result = _result(rec, self.pareto)
             if prop.repeat:  # the known result, with the point this proposal asked for
-                rec = replace(rec, point=tuple(prop.point))
-            self.agent.tell(prop.point, _result(rec, self.pareto))
+                result = _result(replace(rec, point=tuple(prop.point)), self.pareto)
+                result["repeat"] = 1.0  # agents may explore rather than ask for it again
+            self.agent.tell(prop.point, result)
             told = True
         if told:
             self._save()

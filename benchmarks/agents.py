@@ -84,7 +84,9 @@ SHORTLIST = ("uniform", "random", "erk", "tpe", "evolution", "erk+tpe", "erk+evo
 # units, inverted residuals) and a latency budget at fewer evaluations (16x16 digits keep every
 # task within minutes of evaluations on two cores).
 SUITE = (
-    LeagueSettings(),
+    # Every agent but the RL ones, which need hundreds of episodes and ~0.5 s per proposal;
+    # their league on this task: --agents random uniform ddpg td3 (agents-rl.json).
+    LeagueSettings(agents=tuple(sorted(set(AGENTS) - {"ddpg", "td3"})) + CHAINS),
     LeagueSettings(model="mobilenetv2", trials=50, seeds=(0, 1), agents=SHORTLIST),
     LeagueSettings(target="latency=60%", trials=50, seeds=(0, 1), agents=SHORTLIST),
 )
@@ -366,6 +368,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="one small task: 30 evaluations, one seed (a few minutes)")
+    parser.add_argument("--tasks", type=int, nargs="+",
+                        help="run these tasks of the suite only (1-based), e.g. --tasks 2 3")
     parser.add_argument("--model", help="run one task on this zoo model instead of the suite")
     parser.add_argument("--image-size", type=int, help="input size of that task")
     parser.add_argument("--target", help="budget of that task, e.g. flops=50%% or latency=60%%")
@@ -375,6 +379,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="JSON results (default benchmarks/results/)")
     args = parser.parse_args(argv)
     tasks: tuple[LeagueSettings, ...] = QUICK if args.quick else SUITE
+    if args.tasks:
+        bad = [t for t in args.tasks if not 1 <= t <= len(tasks)]
+        if bad:
+            parser.error(f"--tasks: the suite has tasks 1 to {len(tasks)}, not {bad}")
+        tasks = tuple(tasks[t - 1] for t in args.tasks)
     one = {k: v for k, v in (("model", args.model), ("image_size", args.image_size),
                              ("target", args.target)) if v}
     if one:  # one task: the suite's first, changed as asked
