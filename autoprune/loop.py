@@ -221,6 +221,9 @@ class SearchSession:
                     self._running[key] = prop
                     self.repeats = 0
                     out.append(prop)
+            # Repeats are told before the agent is asked again: otherwise it asks with the
+            # same knowledge and proposes the same known configuration, up to max_repeats.
+            self._tell_ready()
         self._tell_ready()
         return out
 
