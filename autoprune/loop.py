@@ -133,6 +133,7 @@ class SearchSession:
         self._next_id = 0
         self.agent_done = False
         self.repeats = 0  # proposals in a row that repeated a scored configuration
+        self._waiting = False  # the agent proposed a running configuration: wait for a result
         self.records = store.records()
         self._restore()
         self._seen = {_config_key(r.config): r for r in self.records if not r.failed}
@@ -197,13 +198,14 @@ class SearchSession:
             else:
                 self._running[key] = prop
                 out.append(prop)
-        while len(out) < n and self.room > 0 and not self.converged:
+        while len(out) < n and self.room > 0 and not self.converged and not self._waiting:
             points = self.agent.ask(min(n - len(out), self.room))
             if not points:
                 # An agent waiting for results (a bisection) proposes nothing while its point
                 # runs; it is done only if nothing is in flight either.
                 self.agent_done = self.in_flight == 0
                 break
+            wait = False
             for p in points:
                 x = _repair(self.problem, p, self.pareto)
                 prop = Proposal(id=self._next_id, point=x,
@@ -217,6 +219,7 @@ class SearchSession:
                 elif key in self._running:  # running now: told its result when it ends
                     self._running[key].twins.append(prop)
                     self.repeats += 1
+                    wait = True
                 else:
                     self._running[key] = prop
                     self.repeats = 0
@@ -224,12 +227,19 @@ class SearchSession:
             # Repeats are told before the agent is asked again: otherwise it asks with the
             # same knowledge and proposes the same known configuration, up to max_repeats.
             self._tell_ready()
+            if wait:
+                # It proposed a configuration that is running: it cannot learn anything new
+                # before a result arrives, so it is not asked again until one does (Tune
+                # polls a searcher many times a second while trials run).
+                self._waiting = True
+                break
         self._tell_ready()
         return out
 
     def complete(self, prop: Proposal, outcome: Mapping[str, float] | BaseException) -> None:
         """Record a candidate's metrics (or the exception it raised), and its twins'."""
         self._running.pop(_config_key(prop.config), None)
+        self._waiting = False  # news for the agent: it may be asked again
         rec = self._finish(prop, outcome)
         if rec.failed:  # as in a sequential search, a failed configuration may be tried again
             self._again.extend(prop.twins)

@@ -190,7 +190,7 @@ _DRIVER = textwrap.dedent("""
         return {{"accuracy": n / (n + 5000.0)}}
     alloc = autoprune.allocate(model, example_inputs=torch.randn(1, 1, 16, 16),
                                target="flops=50%", evaluate=slow, trials={trials},
-                               round_to=2, run_dir={run_dir!r}, seed=7, agent="tpe",
+                               round_to=1, run_dir={run_dir!r}, seed=7, agent="tpe",
                                objective="accuracy",
                                executor=RayExecutor(workers=2, address={address!r}))
     print("TRIALS=" + str(len(alloc.trials)))
