@@ -189,17 +189,10 @@ class WidthMasks:
 
 def full_config(space: ChannelSpace, config: Mapping[str, int]) -> dict[str, int]:
     """``config`` with every unit present (missing = dense) and every count checked."""
-    unknown = set(config) - {u.name for u in space.units}
-    if unknown:
-        raise SupernetError(f"configuration names unknown units {sorted(unknown)}; units are "
-                            f"{[u.name for u in space.units]}")
-    out = {}
-    for u in space.units:
-        k = int(config.get(u.name, u.full))
-        if not 1 <= k <= u.full:
-            raise SupernetError(f"unit {u.name!r} keeps {k} channels; it must keep 1..{u.full}")
-        out[u.name] = k
-    return out
+    try:
+        return space.complete_config(config)
+    except ValueError as err:  # the space's message, as the supernet's error type
+        raise SupernetError(str(err)) from None
 
 
 def slice_config(model: nn.Module, space: ChannelSpace, config: Mapping[str, int]) -> nn.Module:

@@ -177,7 +177,7 @@ class ChannelSpace(SearchSpace):
         return config
 
     def encode(self, config: Mapping[str, int]) -> np.ndarray:
-        full = self._complete(config)
+        full = self.complete_config(config)
         x = np.empty(self.dim)
         for i, u in enumerate(self.units):
             k = int(np.argmin([abs(c - full[u.name]) for c in u.choices]))
@@ -192,14 +192,14 @@ class ChannelSpace(SearchSpace):
 
     def ratios(self, config: Mapping[str, int]) -> dict[str, float]:
         """Kept fraction of channels per unit."""
-        full = self._complete(config)
+        full = self.complete_config(config)
         return {u.name: full[u.name] / u.full for u in self.units}
 
     def ratio_lower_bounds(self) -> dict[str, float]:
         return {u.name: u.minimum / u.full for u in self.units}
 
     def layer_table(self, config: Mapping[str, int]) -> LayerTable:
-        ch = self._complete(config)
+        ch = self.complete_config(config)
         table = []
         for r in self._rows:
             out_c = ch[r.out_unit] if r.out_unit else r.out_full
@@ -214,7 +214,7 @@ class ChannelSpace(SearchSpace):
     def apply(self, model: nn.Module, config: Mapping[str, int]) -> nn.Module:
         """A physically smaller copy: each unit keeps its channels of largest L2 magnitude
         (summed over the whole coupled group, Torch-Pruning's GroupMagnitudeImportance)."""
-        ch = self._complete(config)
+        ch = self.complete_config(config)
         was_training = model.training
         grad_flags = [p.requires_grad for p in model.parameters()]
         work = _traceable_copy(model)
@@ -238,7 +238,7 @@ class ChannelSpace(SearchSpace):
         return work.train(was_training)
 
     # ------------------------------------------------------------------ helpers
-    def _complete(self, config: Mapping[str, int]) -> dict[str, int]:
+    def complete_config(self, config: Mapping[str, int]) -> dict[str, int]:
         """``config`` with every unit present and every count checked."""
         unknown = set(config) - set(self._index)
         if unknown:
