@@ -87,7 +87,7 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
              agent: str = "random", trials: int = 30, seed: int = 0, round_to: int = 8,
              min_ratio: float = 0.2, objective: str | None = None, run_dir: str | Path | None = None,
              progress: bool = False, latency_table: LatencyTable | None = None,
-             executor: str | Executor = "local") -> Allocation:
+             executor: str | Executor = "local", reward: str = "acc") -> Allocation:
     """Find how many channels each unit of ``model`` keeps so that every budget of ``target``
     is met and ``evaluate(pruned)`` (a dict with ``accuracy`` or ``loss``) is best.
 
@@ -97,11 +97,13 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
     chosen network is measured on this machine (``Allocation.latency``). ``executor``:
     ``"local"`` (in this process), ``"ray"`` (a local Ray, one trial per CPU) or an executor
     such as ``autoprune.ray_executor.RayExecutor(workers=4, address="auto")``; with Ray,
-    ``model`` and ``evaluate`` must pickle (cloudpickle: closures are fine).
+    ``model`` and ``evaluate`` must pickle (cloudpickle: closures are fine). ``reward`` is what
+    the RL agents (``ddpg``, ``td3``) learn from: ``"acc"`` or ``"acc-flops"``.
     """
     if not callable(evaluate):
         raise TypeError("evaluate must be a callable model -> {'accuracy': ...} or {'loss': ...}")
     targets = parse_targets(target)
+    _with_reward(make_agent(agent, 1, seed=seed), reward)  # bad names fail before any work
     space = ChannelSpace.from_model(model, example_inputs, round_to=round_to, min_ratio=min_ratio)
     table = None
     if any(t.metric == "latency_ms" for t in targets):
@@ -116,7 +118,8 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
     runner = make_executor(executor) if isinstance(executor, str) else executor
     try:
         records = run_search(problem, model=model, evaluate=evaluate,
-                             agent=make_agent(agent, problem.space.dim, seed=seed),
+                             agent=_with_reward(make_agent(agent, problem.space.dim,
+                                                           seed=seed), reward),
                              trials=trials, store=store, executor=runner, objective=objective,
                              progress=progress)
     finally:

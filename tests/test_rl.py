@@ -143,7 +143,8 @@ def test_a_real_search_runs_on_the_user_model(user_model: nn.Module) -> None:
         return {"accuracy": sum(p.numel() for p in model.parameters()) / 1e5}
 
     alloc = autoprune.allocate(user_model, example_inputs=torch.randn(1, 1, 8, 8),
-                               target="flops=50%", evaluate=score, agent="ddpg", trials=4)
+                               target="flops=50%", evaluate=score, agent="ddpg", trials=4,
+                               reward="acc-flops")
     assert len(alloc.trials) == 4 and not any(t.failed for t in alloc.trials)
     assert all(alloc.costs["macs"] <= b.limit for b in alloc.budgets)
 
@@ -270,3 +271,8 @@ def test_reward_option_is_checked(tmp_path: Path) -> None:
         search(SearchSettings(agent="ddpg", reward="bogus", run_dir=tmp_path / "a"))
     with pytest.raises(SearchError, match="only changes the RL agents"):
         search(SearchSettings(agent="random", reward="acc-flops", run_dir=tmp_path / "b"))
+    import autoprune  # the Python API checks it the same way, before any work
+
+    with pytest.raises(SearchError, match="use one of acc, acc-flops"):
+        autoprune.allocate(nn.Linear(2, 2), example_inputs=torch.randn(1, 2), target="flops=50%",
+                           evaluate=lambda m: {"accuracy": 1.0}, agent="td3", reward="acc+flops")
