@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -46,3 +50,23 @@ class ResidualDepthwiseNet(nn.Module):
 def user_model() -> nn.Module:
     torch.manual_seed(0)
     return ResidualDepthwiseNet()
+
+
+def kill_after_trials(proc: subprocess.Popen, db: Path, trials: int = 4,
+                      timeout: float = 120.0) -> int:
+    """SIGKILL the search ``proc`` once its study ``db`` holds ``trials`` trials (or it ends,
+    or ``timeout`` passes); returns how many it held when polled last."""
+    import optuna
+
+    deadline, done = time.time() + timeout, 0
+    while time.time() < deadline and done < trials and proc.poll() is None:
+        time.sleep(0.3)
+        if db.exists():
+            try:
+                done = len(optuna.load_study(study_name="autoprune",
+                                             storage=f"sqlite:///{db}").trials)
+            except Exception:  # noqa: BLE001 - the db may be mid-creation
+                done = 0
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return done

@@ -7,12 +7,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -211,17 +209,7 @@ def test_killed_driver_resumes_without_repeating_finished_trials(cluster: str,
     db = tmp_path / "run" / "study.db"
     proc = subprocess.Popen(script(0.5, 60), env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline, done = time.time() + 120, 0
-    while time.time() < deadline and done < 4 and proc.poll() is None:
-        time.sleep(0.3)
-        if db.exists():
-            try:
-                done = len(optuna.load_study(study_name="autoprune",
-                                             storage=f"sqlite:///{db}").trials)
-            except Exception:  # noqa: BLE001 - the db may be mid-creation
-                done = 0
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    done = conftest.kill_after_trials(proc, db)
     assert done >= 4, "the search did not get going"
     before = optuna.load_study(study_name="autoprune", storage=f"sqlite:///{db}")
     kept = [(t.params, t.value) for t in before.trials]

@@ -2,17 +2,17 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
+
+from conftest import kill_after_trials
 
 import autoprune
 from autoprune.search_spaces import ChannelSpace
@@ -116,18 +116,7 @@ def test_resume_after_kill_keeps_every_finished_trial(tmp_path: Path) -> None:
 
     proc = subprocess.Popen([sys.executable, str(_script(tmp_path, 0.4, 40))])
     db = tmp_path / "run" / "study.db"
-    deadline = time.time() + 120
-    done = 0
-    while time.time() < deadline and done < 4:
-        time.sleep(0.5)
-        if db.exists():
-            try:
-                done = len(optuna.load_study(study_name="autoprune",
-                                             storage=f"sqlite:///{db}").trials)
-            except Exception:  # noqa: BLE001 - the db may be mid-creation
-                done = 0
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    done = kill_after_trials(proc, db)
     assert done >= 4, "the search did not get going"
     before = optuna.load_study(study_name="autoprune", storage=f"sqlite:///{db}").trials
     kept = [(t.params, t.value) for t in before]
