@@ -365,7 +365,7 @@ def league_table(result: Mapping[str, Any]) -> Table:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--quick", action="store_true",
                         help="one small task: 30 evaluations, one seed (a few minutes)")
     parser.add_argument("--tasks", type=int, nargs="+",

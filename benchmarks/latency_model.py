@@ -203,7 +203,7 @@ def show(results: list[dict[str, Any]], total: dict[str, dict[str, float]], cons
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--quick", action="store_true", help="resnet20 + mobilenetv2, 15 configs each")
     ap.add_argument("--models", default=None, help="comma-separated zoo models")
     ap.add_argument("--configs", type=int, default=None, help="random configurations per model")

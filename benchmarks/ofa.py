@@ -165,7 +165,7 @@ def table(result: dict[str, Any]) -> Table:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--quick", action="store_true", help="fewer epochs, samples and trials")
     parser.add_argument("--supernet", type=Path, default=None,
                         help="supernet folder to train into or reuse (default: a temporary one)")

@@ -161,7 +161,7 @@ def scaling_table(result: dict[str, Any]) -> Table:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--quick", action="store_true", help="16px, 8 trials, 1 repeat")
     parser.add_argument("--trials", type=int, help="trials per search")
     parser.add_argument("--repeats", type=int, help="repeats (medians are reported)")
