@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +20,16 @@ from typing import Any
 import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
-__all__ = ["StudyStore", "TrialRecord"]
+__all__ = ["StudyError", "StudyStore", "TrialRecord"]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+_OPEN_TRIES = 5
+
+
+class StudyError(ValueError):
+    """A run folder's study that cannot be opened (not a database, or not optuna's)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,8 +56,28 @@ class StudyStore:
     """An optuna study used as an append-only log of trials."""
 
     def __init__(self, storage: str | None, *, study_name: str = "autoprune") -> None:
-        self.study = optuna.create_study(storage=storage, study_name=study_name,
-                                         direction="maximize", load_if_exists=True)
+        for attempt in range(_OPEN_TRIES):
+            try:
+                self.study = optuna.create_study(storage=storage, study_name=study_name,
+                                                 direction="maximize", load_if_exists=True)
+                return
+            except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
+                # Processes opening a new study.db at once (a search starting while
+                # optuna-dashboard or a second process reads the folder) race to set it up:
+                # optuna's RDBStorage creates its tables and stamps their version, neither
+                # atomic on SQLite, and the losers fail ("table ... already exists", "UNIQUE
+                # constraint failed: alembic_version"). Opening again finds it set up; a
+                # database that is really broken fails the same way every time.
+                if storage is None:
+                    raise
+                if attempt == _OPEN_TRIES - 1:
+                    where = storage.removeprefix("sqlite:///")
+                    first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+                    raise StudyError(
+                        f"cannot open the study {where} ({first}). Fix: give the run a new "
+                        f"folder (--run-dir), or move {Path(where).name} away to start it "
+                        "over.") from err
+                time.sleep(0.05 * (attempt + 1))
 
     @classmethod
     def in_folder(cls, run_dir: Path) -> StudyStore:

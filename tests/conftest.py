@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import torch
@@ -55,18 +57,18 @@ def user_model() -> nn.Module:
 def kill_after_trials(proc: subprocess.Popen, db: Path, trials: int = 4,
                       timeout: float = 120.0) -> int:
     """SIGKILL the search ``proc`` once its study ``db`` holds ``trials`` trials (or it ends,
-    or ``timeout`` passes); returns how many it held when polled last."""
-    import optuna
-
+    or ``timeout`` passes); returns how many it held when polled last. The study is read
+    through a read-only SQLite connection: opening it with optuna would create its tables,
+    racing the search that is creating them."""
     deadline, done = time.time() + timeout, 0
     while time.time() < deadline and done < trials and proc.poll() is None:
         time.sleep(0.3)
         if db.exists():
             try:
-                done = len(optuna.load_study(study_name="autoprune",
-                                             storage=f"sqlite:///{db}").trials)
-            except Exception:  # noqa: BLE001 - the db may be mid-creation
-                done = 0
+                with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+                    done = con.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+            except sqlite3.Error:  # not created yet, or locked by a write
+                pass
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return done

@@ -111,6 +111,19 @@ def test_bad_input_gets_one_clear_error(args: list[str], hint: str, cache: Path,
     assert "Traceback" not in out.stderr
 
 
+def test_a_run_folder_whose_study_is_not_a_database_gets_one_clear_error(
+        cache: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "study.db").write_text("these are not the trials you are looking for\n")
+    out = _cli(["search", *SMALL, "--run-dir", str(run_dir), "--no-progress"], cache,
+               check=False)
+    assert out.returncode == 2, out.stderr[-2000:]
+    said = " ".join(out.stderr.split())
+    assert "cannot open the study" in said and "not a database" in said and "--run-dir" in said
+    assert "Traceback" not in out.stderr
+
+
 def test_help_explains_flops_are_macs() -> None:
     out = subprocess.run([sys.executable, "-m", "autoprune.cli", "search", "--help"],
                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})

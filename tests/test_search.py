@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -127,3 +128,22 @@ def test_resume_after_kill_keeps_every_finished_trial(tmp_path: Path) -> None:
     after = optuna.load_study(study_name="autoprune", storage=f"sqlite:///{db}").trials
     assert len(after) == 10
     assert [(t.params, t.value) for t in after[:len(kept)]] == kept
+
+
+def test_processes_opening_a_new_run_folder_at_once_all_get_the_study(tmp_path: Path) -> None:
+    # A search starting while another process (optuna-dashboard, a second search, a test
+    # polling the folder) opens the same new study.db: both create its tables at once.
+    start = time.time() + 4.0  # every process waits for this moment, then opens the folder
+    code = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from autoprune.study import StudyStore
+        time.sleep(max(0.0, {start!r} - time.time()))
+        store = StudyStore.in_folder(Path({str(tmp_path / "run")!r}))
+        print(len(store.records()))
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-600:] for _, err in outs]
+    assert [out.strip() for out, _ in outs] == ["0"] * 6
