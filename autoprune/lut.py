@@ -195,7 +195,7 @@ class LatencyTable:
         for row in space.layer_table(space.dense_config()):
             if row.kind not in ("conv", "linear"):
                 continue
-            module = named[row.name]
+            module = named[row.module]
             in_unit, out_unit = links[row.name]
             depthwise = row.kind == "conv" and 1 < row.groups == row.in_channels == row.out_channels
             div = 1 if depthwise or row.kind == "linear" else row.groups

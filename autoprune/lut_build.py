@@ -108,13 +108,17 @@ def _calls(model: nn.Module, inputs: tuple[torch.Tensor, ...]
 
 def block_followers(model: nn.Module, inputs: tuple[torch.Tensor, ...]
                     ) -> dict[str, list[nn.Module]]:
-    """For each conv/linear, the modules that consume its output in a chain: a BatchNorm (first),
-    then activations and pools, each reading exactly the previous one's output tensor."""
+    """For each conv/linear call, the modules that consume its output in a chain: a BatchNorm
+    (first), then activations and pools, each reading exactly the previous one's output tensor.
+    Keyed like the layer table's rows: a module called again is ``name#2``, ``name#3``..."""
     calls = _calls(copy.deepcopy(model).eval(), inputs)
     out: dict[str, list[nn.Module]] = {}
+    seen: dict[str, int] = {}
     for i, (name, mod, _, ptr) in enumerate(calls):
-        if name in out or not isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+        if not isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
             continue
+        seen[name] = seen.get(name, 0) + 1
+        name = name if seen[name] == 1 else f"{name}#{seen[name]}"
         chain: list[nn.Module] = []
         for _, nxt, in_ptr, out_ptr in calls[i + 1:]:
             allowed = _FOLLOWERS if chain else (*_BNS, *_FOLLOWERS)

@@ -45,7 +45,10 @@ class LayerRow:
 
     ``kind`` is ``conv``, ``linear``, ``norm`` (per-channel parameters, e.g. BatchNorm) or
     ``fixed`` (parameters that pruning never touches). ``rows`` is how many input vectors a
-    linear layer sees per batch (batch x tokens); for convs it equals the batch.
+    linear layer sees per batch (batch x tokens); for convs it equals the batch. A layer called
+    more than once in a forward pass has a row per call: ``call`` counts from 0, ``name`` is
+    the module's name with ``#2``, ``#3``... added for later calls, and only the first call's
+    row counts the (shared) parameters.
     """
 
     name: str
@@ -62,6 +65,12 @@ class LayerRow:
     bias: bool = False
     params_per_channel: int = 0
     fixed_params: int = 0
+    call: int = 0
+
+    @property
+    def module(self) -> str:
+        """The name of the module this row is a call of."""
+        return self.name.split("#", 1)[0]
 
     @property
     def macs(self) -> int:
@@ -77,6 +86,8 @@ class LayerRow:
 
     @property
     def params(self) -> int:
+        if self.call:
+            return 0  # the weights are the first call's
         if self.kind == "conv":
             weight = self.out_channels * (self.in_channels // self.groups) * int(np.prod(self.kernel))
             return weight + (self.out_channels if self.bias else 0)

@@ -59,6 +59,7 @@ class _RowTemplate:
     bias: bool
     params_per_channel: int
     fixed_params: int
+    call: int = 0
 
 
 def _as_tuple(inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -208,7 +209,8 @@ class ChannelSpace(SearchSpace):
                 name=r.name, kind=r.kind, in_channels=in_c, out_channels=out_c, kernel=r.kernel,
                 stride=r.stride, groups=out_c if r.depthwise else r.groups, in_size=r.in_size,
                 out_size=r.out_size, batch=r.batch, rows=r.rows, bias=r.bias,
-                params_per_channel=r.params_per_channel, fixed_params=r.fixed_params))
+                params_per_channel=r.params_per_channel, fixed_params=r.fixed_params,
+                call=r.call))
         return tuple(table)
 
     def apply(self, model: nn.Module, config: Mapping[str, int]) -> nn.Module:
@@ -275,8 +277,8 @@ class ChannelSpace(SearchSpace):
         linear layers and 1-D kernels fill the missing sizes with 1)."""
         out: dict[str, list[tuple[int, int, int, int]]] = {u.name: [] for u in self.units}
         for r in self._rows:
-            if r.kind not in ("conv", "linear") or r.out_unit not in out:
-                continue
+            if r.kind not in ("conv", "linear") or r.out_unit not in out or r.call:
+                continue  # (a module called again has no weights of its own)
             kernel = (tuple(r.kernel) + (1, 1))[:2] if r.kind == "conv" else (1, 1)
             fan_in = 1 if r.depthwise else r.in_full // max(1, r.groups)
             out[r.out_unit].append((fan_in, r.out_full, int(kernel[0]), int(kernel[1])))
@@ -289,16 +291,16 @@ class ChannelSpace(SearchSpace):
 
 
 def _record_shapes(model: nn.Module, inputs: tuple[torch.Tensor, ...]
-                   ) -> dict[str, tuple[torch.Size, torch.Size]]:
-    """Input and output shape of every leaf module with parameters (first call only)."""
-    shapes: dict[str, tuple[torch.Size, torch.Size]] = {}
+                   ) -> dict[str, list[tuple[torch.Size, torch.Size]]]:
+    """Input and output shape of every call of every leaf module with parameters (a module
+    called more than once, weights shared, does work at each call)."""
+    shapes: dict[str, list[tuple[torch.Size, torch.Size]]] = {}
     hooks = []
     for name, m in model.named_modules():
         if next(m.children(), None) is None and any(True for _ in m.parameters(recurse=False)):
             def hook(mod: nn.Module, args: tuple, out: torch.Tensor, name: str = name) -> None:
-                if name not in shapes and args and isinstance(args[0], torch.Tensor) \
-                        and isinstance(out, torch.Tensor):
-                    shapes[name] = (args[0].shape, out.shape)
+                if args and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
+                    shapes.setdefault(name, []).append((args[0].shape, out.shape))
             hooks.append(m.register_forward_hook(hook))
     try:
         with torch.no_grad():
@@ -314,8 +316,11 @@ def _record_shapes(model: nn.Module, inputs: tuple[torch.Tensor, ...]
     return shapes
 
 
-def _row_templates(model: nn.Module, shapes: Mapping[str, tuple[torch.Size, torch.Size]],
+def _row_templates(model: nn.Module, shapes: Mapping[str, list[tuple[torch.Size, torch.Size]]],
                    out_owner: Mapping[str, str], in_owner: Mapping[str, str]) -> list[_RowTemplate]:
+    """One row per parameterised leaf module; a conv or linear layer called more than once gets
+    one row per call (``name``, ``name#2``, ...), each with its own shapes, the later ones
+    marked by ``call`` so their shared weights are counted once."""
     rows = []
     for name, m in model.named_modules():
         own = list(m.parameters(recurse=False))
@@ -325,22 +330,25 @@ def _row_templates(model: nn.Module, shapes: Mapping[str, tuple[torch.Size, torc
         common = dict(name=name, kernel=(), stride=(), groups=1, in_size=(), out_size=(), batch=1,
                       rows=1, bias=False, params_per_channel=0, fixed_params=0, depthwise=False,
                       in_unit=in_owner.get(name), out_unit=out_owner.get(name))
-        seen = name in shapes
-        if isinstance(m, _CONVS) and seen:
-            x_shape, y_shape = shapes[name]
+        calls = shapes.get(name, [])
+        if isinstance(m, _CONVS) and calls:
             depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
-            common.update(kernel=tuple(m.kernel_size), stride=tuple(m.stride), groups=m.groups,
-                          in_size=tuple(x_shape[2:]), out_size=tuple(y_shape[2:]),
-                          batch=int(x_shape[0]), rows=int(x_shape[0]), bias=m.bias is not None,
-                          depthwise=depthwise)
-            rows.append(_RowTemplate(kind="conv", in_full=m.in_channels, out_full=m.out_channels,
-                                     **common))
-        elif isinstance(m, nn.Linear) and seen:
-            x_shape, _ = shapes[name]
-            common.update(rows=int(np.prod(x_shape[:-1])), batch=int(x_shape[0]),
-                          bias=m.bias is not None)
-            rows.append(_RowTemplate(kind="linear", in_full=m.in_features, out_full=m.out_features,
-                                     **common))
+            for k, (x_shape, y_shape) in enumerate(calls):
+                rows.append(_RowTemplate(**{
+                    **common, "name": name if k == 0 else f"{name}#{k + 1}", "call": k,
+                    "kernel": tuple(m.kernel_size), "stride": tuple(m.stride),
+                    "groups": m.groups, "in_size": tuple(x_shape[2:]),
+                    "out_size": tuple(y_shape[2:]), "batch": int(x_shape[0]),
+                    "rows": int(x_shape[0]), "bias": m.bias is not None,
+                    "depthwise": depthwise}, kind="conv", in_full=m.in_channels,
+                    out_full=m.out_channels))
+        elif isinstance(m, nn.Linear) and calls:
+            for k, (x_shape, _) in enumerate(calls):
+                rows.append(_RowTemplate(**{
+                    **common, "name": name if k == 0 else f"{name}#{k + 1}", "call": k,
+                    "rows": int(np.prod(x_shape[:-1])), "batch": int(x_shape[0]),
+                    "bias": m.bias is not None}, kind="linear", in_full=m.in_features,
+                    out_full=m.out_features))
         elif isinstance(m, _NORMS) and name in out_owner:
             channels = own[0].shape[0]
             common.update(params_per_channel=n_params // channels)

@@ -64,6 +64,35 @@ def test_user_model_with_residual_and_depthwise(user_model: nn.Module) -> None:
     _check_configs(user_model, x, space, n=5, seed=0)
 
 
+class SharedConvNet(nn.Module):
+    """A conv applied twice (weights shared), at two resolutions: it works at each call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1)
+        self.mid = nn.Conv2d(16, 32, 3, padding=1)
+        self.shared = nn.Conv2d(32, 32, 3, padding=1)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.shared(torch.relu(self.mid(torch.relu(self.stem(x))))))
+        y = torch.relu(self.shared(nn.functional.max_pool2d(y, 2)))
+        return self.head(y.mean(dim=(2, 3)))
+
+
+def test_a_layer_called_twice_is_costed_at_every_call_and_its_weights_once() -> None:
+    torch.manual_seed(0)
+    model, x = SharedConvNet().eval(), torch.randn(2, 1, 16, 16)
+    space = ChannelSpace.from_model(model, x, round_to=4)
+    rows = {r.name: r for r in space.layer_table(space.dense_config())}
+    assert rows["shared#2"].call == 1 and rows["shared#2"].module == "shared"
+    assert rows["shared#2"].out_size == (8, 8) and rows["shared#2"].params == 0
+    assert MacsCost().estimate(tuple(rows.values())) == _measured(model, x)[0]
+    assert ParamsCost().estimate(tuple(rows.values())) == _measured(model, x)[1]
+    assert sum(len(layers) for layers in space.unit_layers()) == 3  # mid, shared, stem: once
+    _check_configs(model, x, space, n=3, seed=0)
+
+
 def test_apply_leaves_the_model_untouched(user_model: nn.Module) -> None:
     x = torch.randn(1, 1, 8, 8)
     before = {k: v.clone() for k, v in user_model.state_dict().items()}

@@ -24,6 +24,7 @@ from autoprune.problem import PruningProblem
 from autoprune.roofline import RooflineCost
 from autoprune.search_spaces import ChannelSpace
 from autoprune.targets import TargetError, parse_target, parse_targets
+from test_channel_space import SharedConvNet
 
 # Coarse and quick: a few grid widths and calibration networks (each call is well under 1 ms,
 # so enough repeats for medians that survive a busy machine cost little).
@@ -98,6 +99,18 @@ def test_table_covers_every_costed_layer_and_dedupes(table: LatencyTable, space:
     assert ["BatchNorm2d", "ReLU()"] in fused  # conv + BN + activation profiled as one block
     assert any("MaxPool2d" in " ".join(t) for t in fused)
     assert table.scale > 0 and np.isfinite(table.offset_ms)
+
+
+def test_a_layer_called_twice_has_an_entry_per_call() -> None:
+    torch.manual_seed(0)
+    model, example = SharedConvNet().eval(), torch.randn(1, 1, 16, 16)
+    space = ChannelSpace.from_model(model, example, round_to=4)
+    table = LatencyTable.build(model, example, space=space, plan=QUICK)
+    assert {"shared", "shared#2"} <= set(table.layers)
+    ops = {e.op["in_size"][0] for e in table.entries if e.op["type"] == "Conv2d"}
+    assert {16, 8} <= ops  # the second call was profiled at its own (pooled) resolution
+    thin = space.decode(np.zeros(space.dim))
+    assert 0 < table.predict(thin) < table.predict({})
 
 
 def test_predicted_latency_grows_with_width(table: LatencyTable, space: ChannelSpace) -> None:
