@@ -281,6 +281,9 @@ def _search(settings: SearchSettings, executor: Executor, run_dir: Path,
                   f"{dense_val['val']['accuracy']:.4f}"
                   + (f", predicted latency {problem.dense_costs['latency_ms']:.2f} ms" if table else "")
                   + "; budgets: " + ", ".join(_budget_text(b) for b in problem.budgets))
+    for b in problem.budgets:
+        if (tight := _tightness(problem, b)) is not None:
+            console.print(f"[yellow]note:[/] {tight}", highlight=False)
 
     pareto = _pareto_range(problem) if settings.objective == "pareto" else None
     agent = _with_reward(make_agent(settings.agent, space.dim + (1 if pareto else 0),
@@ -401,6 +404,24 @@ def _pareto_range(problem: PruningProblem) -> ParetoRange:
     b = problem.budgets[0]
     return ParetoRange(metric=b.metric, low=problem.min_costs[b.metric], high=b.limit,
                        dense=problem.dense_costs[b.metric])
+
+
+# A budget leaving less than this share of the range between the thinnest network the space
+# allows and the dense one gets a note: nearly every unit must sit at its lower bound.
+_TIGHT_SHARE = 0.1
+
+
+def _tightness(problem: PruningProblem, b: Budget) -> str | None:
+    """A warning when ``b`` is close to the thinnest network, else None."""
+    low, dense = problem.min_costs[b.metric], problem.dense_costs[b.metric]
+    if dense <= low or (b.search_limit - low) / (dense - low) >= _TIGHT_SHARE:
+        return None
+    unit = " ms" if b.metric == "latency_ms" else f" {b.metric}"
+    fmt = (lambda v: f"{v:.2f}") if b.metric == "latency_ms" else (lambda v: f"{v:,.0f}")
+    return (f"{b.text} is close to the thinnest network this space allows ({fmt(low)}{unit}; "
+            f"dense {fmt(dense)}{unit}), so nearly every unit sits at its lower bound and "
+            "accuracy after adaptive BN alone can fall to chance. Fine-tune the result "
+            "(--finetune-steps), or allow a looser budget.")
 
 
 def _budget_text(b: Budget) -> str:

@@ -147,3 +147,17 @@ def test_processes_opening_a_new_run_folder_at_once_all_get_the_study(tmp_path: 
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err[-600:] for _, err in outs]
     assert [out.strip() for out, _ in outs] == ["0"] * 6
+
+
+def test_a_budget_close_to_the_thinnest_network_gets_a_note(user_model: nn.Module) -> None:
+    from autoprune.api import _tightness
+    from autoprune.targets import parse_targets
+
+    space = ChannelSpace.from_model(user_model, torch.randn(1, 1, 16, 16), round_to=8)
+    dense = PruningProblem(space, [])
+    low, high = dense.min_costs["macs"], dense.dense_costs["macs"]
+    near = PruningProblem(space, parse_targets(f"macs={low + 0.05 * (high - low):.0f}"))
+    note = _tightness(near, near.budgets[0])
+    assert note is not None and "--finetune-steps" in note and f"{low:,.0f} macs" in note
+    roomy = PruningProblem(space, parse_targets("flops=60%"))
+    assert 0.6 * high > low + 0.1 * (high - low) and _tightness(roomy, roomy.budgets[0]) is None
