@@ -4,7 +4,7 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -52,6 +52,18 @@ class ResidualDepthwiseNet(nn.Module):
 def user_model() -> nn.Module:
     torch.manual_seed(0)
     return ResidualDepthwiseNet()
+
+
+def slow_width_score(sleep: float) -> Callable[[nn.Module], dict[str, float]]:
+    """An evaluator for search subprocesses: wider is better (no training needed), each call
+    taking ``sleep`` seconds so a test can kill the search mid-way."""
+
+    def score(model: nn.Module) -> dict[str, float]:
+        time.sleep(sleep)
+        n = sum(p.numel() for p in model.parameters())
+        return {"accuracy": n / (n + 5000.0)}
+
+    return score
 
 
 def kill_after_trials(proc: subprocess.Popen, db: Path, trials: int = 4,

@@ -173,23 +173,19 @@ def test_a_worker_that_dies_past_its_retries_is_recorded_with_the_reason(
 
 # ---------------------------------------------------------------------- resume after kill
 _DRIVER = textwrap.dedent("""
-    import sys, time, torch
+    import sys, torch
     sys.path.insert(0, {tests!r})
     import ray.cloudpickle, conftest
     ray.cloudpickle.register_pickle_by_value(conftest)
-    from conftest import ResidualDepthwiseNet
+    from conftest import ResidualDepthwiseNet, slow_width_score
     import autoprune
     from autoprune.ray_executor import RayExecutor
     torch.manual_seed(0)
     model = ResidualDepthwiseNet()
-    def slow(m):
-        time.sleep({sleep})
-        n = sum(p.numel() for p in m.parameters())
-        return {{"accuracy": n / (n + 5000.0)}}
     alloc = autoprune.allocate(model, example_inputs=torch.randn(1, 1, 16, 16),
-                               target="flops=50%", evaluate=slow, trials={trials},
-                               round_to=1, run_dir={run_dir!r}, seed=7, agent="tpe",
-                               objective="accuracy",
+                               target="flops=50%", evaluate=slow_width_score({sleep}),
+                               trials={trials}, round_to=1, run_dir={run_dir!r}, seed=7,
+                               agent="tpe", objective="accuracy",
                                executor=RayExecutor(workers=2, address={address!r}))
     print("TRIALS=" + str(len(alloc.trials)))
 """)

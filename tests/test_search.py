@@ -88,19 +88,15 @@ def test_failed_and_nan_trials_are_recorded_not_fatal(user_model: nn.Module) -> 
 
 
 _KILLED_SCRIPT = textwrap.dedent("""
-    import sys, time, torch
+    import sys, torch
     sys.path.insert(0, {tests!r})
-    from conftest import ResidualDepthwiseNet
+    from conftest import ResidualDepthwiseNet, slow_width_score
     import autoprune
     torch.manual_seed(0)
     model = ResidualDepthwiseNet()
-    def slow(m):
-        time.sleep({sleep})
-        n = sum(p.numel() for p in m.parameters())
-        return {{"accuracy": n / (n + 5000.0)}}
     alloc = autoprune.allocate(model, example_inputs=torch.randn(1, 1, 16, 16),
-                               target="flops=50%", evaluate=slow, trials={trials},
-                               round_to=2, run_dir={run_dir!r}, seed=7)
+                               target="flops=50%", evaluate=slow_width_score({sleep}),
+                               trials={trials}, round_to=2, run_dir={run_dir!r}, seed=7)
     print(len(alloc.trials))
 """)
 
