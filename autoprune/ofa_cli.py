@@ -123,14 +123,14 @@ def extract(
     from autoprune.ofa_search import LatencySetup, extraction_table, save_subnetwork, slug
 
     try:
+        if output is not None and len(target) > 1 and output.suffix == ".pt":
+            raise ValueError(f"-o {output} names one file but {len(target)} targets were given; "
+                             "pass a folder")
         sn = Supernet.load(supernet)
         extractions = sn.specialise(
             target, latency=LatencySetup(lut=lut, batch=batch, threads=threads, backend=backend,
                                          cache_dir=cache_dir),
             generations=generations, population=population, seed=seed, console=err)
-        if output is not None and len(target) > 1 and output.suffix == ".pt":
-            raise ValueError(f"-o {output} names one file but {len(target)} targets were given; "
-                             "pass a folder")
         paths = []
         for e in extractions:
             if output is None:
