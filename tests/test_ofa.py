@@ -185,22 +185,33 @@ def test_extract_returns_a_standalone_module(supernet: Supernet) -> None:
         supernet.extract()
 
 
-def test_latency_target_is_met_when_measured(supernet: Supernet, cache: Path) -> None:
+def test_latency_target_is_met_when_measured(supernet: Supernet, tmp_path: Path) -> None:
     from autoprune.ofa_search import _latency_table
 
-    setup = LatencySetup(cache_dir=cache)
-    table = _latency_table(supernet, setup, Console(quiet=True))
     space = supernet.space
-    low, high = table.predict(space.min_config()), table.predict(space.dense_config())
-    # This 8-px network's latency is mostly fixed per-call cost: the thinnest sub-network is
-    # only ~20% faster than the dense one, about the spread of one measurement on a busy CI
-    # host. A budget 80% of the way up leaves the thinnest network ~15% inside it, so noise
-    # cannot put the budget out of reach, while the search still has to prune.
-    limit = low + 0.8 * (high - low)
-    (e,) = supernet.specialise([f"latency={limit:.4f}ms"], latency=setup)
-    assert e.measured is not None and e.measured["device"]["threads"] == 1
+    dense_macs = PruningProblem(space, []).dense_costs["macs"]
+    for attempt in range(3):
+        # A table profiled now (its own cache), so its calibration is this minute's machine.
+        setup = LatencySetup(cache_dir=tmp_path / f"profile{attempt}")
+        table = _latency_table(supernet, setup, Console(quiet=True))
+        low, high = table.predict(space.min_config()), table.predict(space.dense_config())
+        # This 8-px network's latency is mostly fixed per-call cost: the thinnest sub-network
+        # is only ~15% faster than the dense one, about the spread of one measurement on a busy
+        # CI host. A budget 80% of the way up leaves the thinnest network ~12% inside it, while
+        # the search still has to prune.
+        limit = low + 0.8 * (high - low)
+        (e,) = supernet.specialise([f"latency={limit:.4f}ms"], latency=setup)
+        assert e.measured is not None and e.measured["device"]["threads"] == 1
+        if e.met:
+            break
+        # A miss must be honest and exhausted: measured over the budget, down to the thinnest
+        # network. Then the host ran slower than when it was profiled -- profile again, as a
+        # user on a noisy machine would.
+        assert e.measured["latency_ms"] > limit and e.config == space.min_config(), e.measured
+        print(f"attempt {attempt}: the thinnest network measured {e.measured['latency_ms']:.3f} "
+              f"ms against {limit:.3f} ms (predicted {low:.3f} ms); profiling again")
     assert e.met and e.measured["latency_ms"] <= limit
-    assert e.costs["macs"] < PruningProblem(space, []).dense_costs["macs"]
+    assert e.costs["macs"] < dense_macs
 
 
 def test_a_latency_miss_is_searched_again_down_to_the_thinnest_network(
