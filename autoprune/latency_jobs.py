@@ -37,18 +37,21 @@ from autoprune.problem import PruningProblem
 from autoprune.search_spaces import ChannelSpace
 from autoprune.study import TrialRecord
 
-__all__ = ["LatencyCheck", "LatencySettings", "ProfileSettings", "check_summary", "latency",
-           "latency_check_view", "prediction_margin", "profile", "table_cache_path",
-           "table_for_search", "table_summary", "verify_latency"]
+__all__ = ["LatencyCheck", "LatencySettings", "ProfileSettings", "check_staleness",
+           "check_summary", "latency", "latency_check_view", "prediction_margin", "profile",
+           "table_cache_path", "table_for_search", "table_summary", "verify_latency"]
 
 # Candidates measured after the search before repairing to the measured speed.
 MAX_CHECKS = 8
 # Repairs of the best candidate to the speed measured now, and the extra room each leaves.
-MAX_REPAIRS = 3
+MAX_REPAIRS = 5
 REPAIR_SAFETY = 0.02
 # Timing of a final network: more repeats than a calibration point, it is what users are told.
 FINAL_WARMUP = 10
 FINAL_REPEATS = 100
+# Timing of the dense network when a table is read from disk, to tell a stale one.
+STALE_WARMUP = 5
+STALE_REPEATS = 30
 
 
 def prediction_margin(table: LatencyTable) -> float:
@@ -87,30 +90,66 @@ def table_for_search(model: nn.Module, example: torch.Tensor, space: ChannelSpac
                      clock: str | None, console: Console, plan: ProfilePlan | None = None
                      ) -> tuple[LatencyTable, dict[str, Any]]:
     """The table a latency search costs with: ``lut`` if given (refused if built for another
-    device or model; built there if missing), else the cached one, else built now and cached."""
+    device or model; built there if missing), else the cached one, else built now and cached.
+    A table read from disk is checked against the dense network timed now (see
+    :func:`check_staleness`)."""
     inputs = _inputs(example, batch)
     device = device_fingerprint(inputs, threads=threads, backend=backend, clock=clock)
+
+    def loaded(table: LatencyTable, info: dict[str, Any]) -> tuple[LatencyTable, dict[str, Any]]:
+        now = measure_latency(model, inputs, threads=threads, backend=backend, clock=clock,
+                              warmup=STALE_WARMUP, repeats=STALE_REPEATS)
+        info["dense_now"] = check_staleness(table, now.median_ms, path=path,
+                                            cached=cached, console=console)
+        return table, info
+
     if lut is not None:
         path, cached = Path(lut), False
         if path.exists():
             table = LatencyTable.load(path, expected_device=device)
             table.check_space(space, source=f"latency table {path}")
-            return table, {"path": str(path), "built": False}
+            return loaded(table, {"path": str(path), "built": False})
     else:
         path, cached = table_cache_path(model, space, device, cache_dir), True
         if path.exists():
             try:
                 table = LatencyTable.load(path, expected_device=device)
                 table.check_space(space, source=f"cached latency table {path}")
-                return table, {"path": str(path), "built": False, "cached": True}
             except LatencyTableError as err:  # our own cache: rebuild rather than fail
                 console.print(f"[yellow]rebuilding the cached latency table:[/] {err}")
+            else:
+                return loaded(table, {"path": str(path), "built": False, "cached": True})
     where = "cached at" if cached else "written to"
     console.print(f"building the latency table for this device (once; {where} {path})")
     table = LatencyTable.build(model, inputs, space=space, threads=threads, backend=backend,
                                clock=clock, plan=plan, console=console)
     table.save(path)
     return table, {"path": str(path), "built": True, "cached": cached}
+
+
+def check_staleness(table: LatencyTable, measured_ms: float, *, path: Path, cached: bool,
+                    console: Console) -> dict[str, float]:
+    """Compare a table read from disk with the dense network's latency measured now. Load on a
+    shared host changes over hours, so a table can be off by more than its own margin: the
+    search then optimises against stale numbers and only the final check (which repairs the
+    choice to the measured speed) catches it. Nothing is rescaled here -- one short timing is
+    too noisy to rewrite a table with -- but beyond the margin the user is told how to
+    re-profile."""
+    predicted = table.predict({})
+    drift = measured_ms / predicted - 1
+    margin = prediction_margin(table)
+    if abs(drift) > margin:
+        how = (f"delete {path} (the next search rebuilds it)" if cached else
+               f"rebuild it with `autoprune profile ... -o {path}`")
+        console.print(
+            f"[yellow]note:[/] the latency table predicts the dense network at {predicted:.2f} "
+            f"ms; it measures {measured_ms:.2f} ms now ({100 * drift:+.1f}%, beyond the table's "
+            f"{100 * margin:.1f}% margin): this machine is {'busier' if drift > 0 else 'quieter'}"
+            f" than when the table was built. The chosen network is still measured and repaired"
+            f" to the speed measured then; to search with today's speed, {how}.",
+            highlight=False)
+    return {"predicted_ms": predicted, "measured_ms": measured_ms, "drift": drift,
+            "margin": margin}
 
 
 # ---------------------------------------------------------------------- the final check
@@ -143,9 +182,10 @@ def verify_latency(problem: PruningProblem, records: Sequence[TrialRecord], *,
 
     If none of them does (the machine runs slower now than when the table was built, or the
     table is off for these networks), the best trial is shrunk along the repair path to the
-    speed just measured -- its predicted latency scaled by measured / predicted, with 2% more
-    room -- and ``record`` (prune, score and store a point as a new trial) turns it into a
-    candidate, which is measured in turn; at most ``max_repairs`` times.
+    speed measured -- its predicted latency scaled by measured / predicted (of the last network
+    measured, or the median over all measured so far if that is slower), with 2% more room --
+    and ``record`` (prune, score and store a point as a new trial) turns it into a candidate,
+    which is measured in turn; at most ``max_repairs`` times.
     """
     budget = next(b for b in problem.budgets if b.metric == "latency_ms")
     inputs = _inputs(example, batch)
@@ -188,7 +228,11 @@ def verify_latency(problem: PruningProblem, records: Sequence[TrialRecord], *,
             break
     base, last = ranked[0], ranked[0]
     for _ in range(max_repairs if chosen is None and record is not None else 0):
-        slow = max(1.0, measured[last.number].median_ms / predicted[last.number])
+        # One reading can be lucky: the median slowdown of every network measured so far
+        # keeps a repair from aiming at a speed the machine showed only once.
+        ratios = [measured[n].median_ms / predicted[n] for n in measured]
+        slow = max(1.0, measured[last.number].median_ms / predicted[last.number],
+                   float(np.median(ratios)))
         want = budget.limit / (slow * (1 + REPAIR_SAFETY))
         tight = problem.with_margin("latency_ms", 1 - want / budget.limit)
         x = tight.repair(np.asarray(base.point), grow=False)
