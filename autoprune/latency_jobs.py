@@ -146,7 +146,7 @@ def check_staleness(table: LatencyTable, measured_ms: float, *, path: Path, cach
             f"ms; it measures {measured_ms:.2f} ms now ({100 * drift:+.1f}%, beyond the table's "
             f"{100 * margin:.1f}% margin): this machine is {'busier' if drift > 0 else 'quieter'}"
             f" than when the table was built. The chosen network is still measured and repaired"
-            f" to the speed measured then; to search with today's speed, {how}.",
+            f" to the speed measured at the end; to search with today's speed, {how}.",
             highlight=False)
     return {"predicted_ms": predicted, "measured_ms": measured_ms, "drift": drift,
             "margin": margin}
