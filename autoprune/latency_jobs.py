@@ -39,7 +39,8 @@ from autoprune.study import TrialRecord
 
 __all__ = ["LatencyCheck", "LatencySettings", "ProfileSettings", "check_staleness",
            "check_summary", "latency", "latency_check_view", "prediction_margin", "profile",
-           "table_cache_path", "table_for_search", "table_summary", "verify_latency"]
+           "stale_threshold", "table_cache_path", "table_for_search", "table_summary",
+           "verify_latency"]
 
 # Candidates measured after the search before repairing to the measured speed.
 MAX_CHECKS = 8
@@ -133,23 +134,28 @@ def check_staleness(table: LatencyTable, measured_ms: float, *, path: Path, cach
     shared host changes over hours, so a table can be off by more than its own margin: the
     search then optimises against stale numbers and only the final check (which repairs the
     choice to the measured speed) catches it. Nothing is rescaled here -- one short timing is
-    too noisy to rewrite a table with -- but beyond the margin the user is told how to
-    re-profile."""
+    too noisy to rewrite a table with -- but beyond :func:`stale_threshold` the user is told
+    how to re-profile."""
     predicted = table.predict({})
     drift = measured_ms / predicted - 1
-    margin = prediction_margin(table)
-    if abs(drift) > margin:
+    if abs(drift) > stale_threshold(table):
         how = (f"delete {path} (the next search rebuilds it)" if cached else
                f"rebuild it with `autoprune profile ... -o {path}`")
         console.print(
             f"[yellow]note:[/] the latency table predicts the dense network at {predicted:.2f} "
-            f"ms; it measures {measured_ms:.2f} ms now ({100 * drift:+.1f}%, beyond the table's "
-            f"{100 * margin:.1f}% margin): this machine is {'busier' if drift > 0 else 'quieter'}"
-            f" than when the table was built. The chosen network is still measured and repaired"
-            f" to the speed measured at the end; to search with today's speed, {how}.",
+            f"ms; it measures {measured_ms:.2f} ms now ({100 * drift:+.1f}%): this machine "
+            f"runs {'slower' if drift > 0 else 'faster'} than when the table was built, or a "
+            f"passing load touched this one short timing. The chosen network is still measured"
+            f" and repaired to the speed measured at the end; if this persists, {how}.",
             highlight=False)
     return {"predicted_ms": predicted, "measured_ms": measured_ms, "drift": drift,
-            "margin": margin}
+            "threshold": stale_threshold(table)}
+
+
+def stale_threshold(table: LatencyTable) -> float:
+    """How far the dense network's timing may stray from a table before the user is told:
+    twice the table's margin and at least 10% (a passing load moves one reading that much)."""
+    return max(0.10, 2 * prediction_margin(table))
 
 
 # ---------------------------------------------------------------------- the final check

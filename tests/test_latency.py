@@ -308,18 +308,19 @@ def test_search_table_is_built_once_cached_and_checked(net: nn.Module, x: torch.
         table_for_search(net, x, space, lut=lut, cache_dir=tmp_path, **common)
 
 
-@pytest.mark.parametrize("now", [1.3, 0.7, 1.01])
+@pytest.mark.parametrize("now", [1.5, 0.6, 1.05])
 def test_a_stale_table_is_named_with_the_fix(net: nn.Module, x: torch.Tensor, space: ChannelSpace,
                                              table: LatencyTable, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch, now: float) -> None:
     # The machine runs the dense network `now` times the table's prediction (simulated, so the
-    # drift is exact): beyond the table's margin the user is told, with the file to rebuild.
+    # drift is exact): beyond twice the table's margin (and 10%) the user is told, with the
+    # file to rebuild; a few percent is one reading's noise and says nothing.
     import io
 
     from rich.console import Console
 
     from autoprune import latency_jobs
-    from autoprune.latency_jobs import prediction_margin, table_for_search
+    from autoprune.latency_jobs import stale_threshold, table_for_search
 
     lut = table.save(tmp_path / "lut.json")
     monkeypatch.setattr(latency_jobs, "measure_latency",
@@ -331,8 +332,8 @@ def test_a_stale_table_is_named_with_the_fix(net: nn.Module, x: torch.Tensor, sp
     assert info["dense_now"]["drift"] == pytest.approx(now - 1)
     assert loaded.predict({}) == pytest.approx(table.predict({}))  # told, never rescaled
     said = " ".join(out.getvalue().split())
-    if abs(now - 1) > prediction_margin(table):
-        assert ("busier" if now > 1 else "quieter") in said
+    if abs(now - 1) > stale_threshold(table):
+        assert ("runs slower" if now > 1 else "runs faster") in said
         assert f"autoprune profile ... -o {lut}" in said
     else:
         assert said == ""
