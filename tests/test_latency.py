@@ -313,7 +313,7 @@ def test_a_stale_table_is_named_with_the_fix(net: nn.Module, x: torch.Tensor, sp
                                              table: LatencyTable, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch, now: float) -> None:
     # The machine runs the dense network `now` times the table's prediction (simulated, so the
-    # drift is exact): beyond twice the table's margin (and 10%) the user is told, with the
+    # drift is exact): beyond twice the table's margin (and 25%) the user is told, with the
     # file to rebuild; a few percent is one reading's noise and says nothing.
     import io
 
