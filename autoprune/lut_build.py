@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from autoprune.latency import make_runner, pinned_threads, time_calls
-from autoprune.search_spaces import ChannelSpace, LayerRow
+from autoprune.search_spaces import ChannelSpace, LayerRow, call_name
 
 __all__ = ["BlockSpec", "ProfilePlan", "block_followers", "calibration_configs", "fit_correction",
            "measure_blocks_and_networks", "monotone", "op_of", "unit_links", "width_grid",
@@ -117,8 +117,8 @@ def block_followers(model: nn.Module, inputs: tuple[torch.Tensor, ...]
     for i, (name, mod, _, ptr) in enumerate(calls):
         if not isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
             continue
-        seen[name] = seen.get(name, 0) + 1
-        name = name if seen[name] == 1 else f"{name}#{seen[name]}"
+        seen[name] = seen.get(name, -1) + 1
+        name = call_name(name, seen[name])
         chain: list[nn.Module] = []
         for _, nxt, in_ptr, out_ptr in calls[i + 1:]:
             allowed = _FOLLOWERS if chain else (*_BNS, *_FOLLOWERS)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .base import LayerRow, LayerTable, SearchSpace, Unit, UntraceableModelError
+from .base import LayerRow, LayerTable, SearchSpace, Unit, UntraceableModelError, call_name
 from .channel import ChannelSpace, channel_choices
 
 __all__ = ["ChannelSpace", "LayerRow", "LayerTable", "SearchSpace", "Unit",
-           "UntraceableModelError", "channel_choices"]
+           "UntraceableModelError", "call_name", "channel_choices"]

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
-__all__ = ["LayerRow", "LayerTable", "SearchSpace", "Unit", "UntraceableModelError"]
+__all__ = ["LayerRow", "LayerTable", "SearchSpace", "Unit", "UntraceableModelError",
+           "call_name"]
 
 
 class UntraceableModelError(ValueError):
@@ -37,6 +38,13 @@ class Unit:
     @property
     def minimum(self) -> int:
         return self.choices[0]
+
+
+def call_name(module: str, call: int) -> str:
+    """The layer-table name of call ``call`` (from 0) of ``module``: the module's own name for
+    the first call, ``name#2``, ``name#3``... for later ones (:attr:`LayerRow.module` reads it
+    back)."""
+    return module if call == 0 else f"{module}#{call + 1}"
 
 
 @dataclass(frozen=True, kw_only=True)

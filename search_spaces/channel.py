@@ -19,7 +19,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .base import LayerRow, LayerTable, SearchSpace, Unit, UntraceableModelError
+from .base import LayerRow, LayerTable, SearchSpace, Unit, UntraceableModelError, call_name
 
 __all__ = ["ChannelSpace", "channel_choices"]
 
@@ -335,7 +335,7 @@ def _row_templates(model: nn.Module, shapes: Mapping[str, list[tuple[torch.Size,
             depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
             for k, (x_shape, y_shape) in enumerate(calls):
                 rows.append(_RowTemplate(**{
-                    **common, "name": name if k == 0 else f"{name}#{k + 1}", "call": k,
+                    **common, "name": call_name(name, k), "call": k,
                     "kernel": tuple(m.kernel_size), "stride": tuple(m.stride),
                     "groups": m.groups, "in_size": tuple(x_shape[2:]),
                     "out_size": tuple(y_shape[2:]), "batch": int(x_shape[0]),
@@ -345,7 +345,7 @@ def _row_templates(model: nn.Module, shapes: Mapping[str, list[tuple[torch.Size,
         elif isinstance(m, nn.Linear) and calls:
             for k, (x_shape, _) in enumerate(calls):
                 rows.append(_RowTemplate(**{
-                    **common, "name": name if k == 0 else f"{name}#{k + 1}", "call": k,
+                    **common, "name": call_name(name, k), "call": k,
                     "rows": int(np.prod(x_shape[:-1])), "batch": int(x_shape[0]),
                     "bias": m.bias is not None}, kind="linear", in_full=m.in_features,
                     out_full=m.out_features))
