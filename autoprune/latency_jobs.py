@@ -100,8 +100,8 @@ def table_for_search(model: nn.Module, example: torch.Tensor, space: ChannelSpac
     def loaded(table: LatencyTable, info: dict[str, Any]) -> tuple[LatencyTable, dict[str, Any]]:
         now = measure_latency(model, inputs, threads=threads, backend=backend, clock=clock,
                               warmup=STALE_WARMUP, repeats=STALE_REPEATS)
-        info["dense_now"] = check_staleness(table, now.median_ms, path=path,
-                                            cached=cached, console=console)
+        info["dense_now"] = check_staleness(table, now.median_ms, path=Path(info["path"]),
+                                            cached=info.get("cached", False), console=console)
         return table, info
 
     if lut is not None:
