@@ -6,8 +6,8 @@ Importing this package registers every agent; the modules import their heavy lib
 
 from __future__ import annotations
 
-from .base import (AGENTS, Agent, AgentContext, PointCosts, UnitFacts, agent_descriptions,
-                   make_agent, register_agent)
+from .base import Agent, AgentContext, PointCosts, UnitFacts
+from .registry import AGENTS, AgentOptionError, agent_descriptions, agent_options, make_agent, register_agent
 from .chain import ChainAgent
 from .cma_es import CMAESAgent
 from .erk import ERKAgent
@@ -21,9 +21,9 @@ from .sensitivity import SensitivityAgent
 from .simple import RandomAgent, UniformAgent
 from .tpe import TPEAgent
 
-__all__ = ["AGENTS", "REWARDS", "Agent", "AgentContext", "CMAESAgent", "ChainAgent", "DDPGAgent",
+__all__ = ["AGENTS", "REWARDS", "AgentOptionError", "Agent", "AgentContext", "CMAESAgent", "ChainAgent", "DDPGAgent",
            "ERKAgent", "EvolutionAgent", "EvolutionConfig", "GPAgent", "GlobalMagnitudeAgent",
            "LAMPAgent", "NSGA2Agent", "PointCosts", "RLAgent", "RLConfig", "RandomAgent",
            "SensitivityAgent", "TD3Agent", "TPEAgent", "UniformAgent", "UnitFacts",
-           "agent_descriptions",
+           "agent_descriptions", "agent_options",
            "make_agent", "register_agent"]

@@ -15,8 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["AGENTS", "Agent", "AgentContext", "PointCosts", "UnitFacts", "agent_descriptions",
-           "make_agent", "register_agent"]
+__all__ = ["Agent", "AgentContext", "PointCosts", "UnitFacts"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,6 +119,10 @@ class Agent(ABC):
     context_needs: ClassVar[frozenset[str]] = frozenset()
     #: Whether the agent can search several objectives at once (``make_agent(objectives=2)``).
     multi_objective: ClassVar[bool] = False
+    #: Options the agent takes through ``make_agent(options=...)``: name -> allowed values, the
+    #: first being the default. ``family`` names the agents that share them in messages.
+    options: ClassVar[Mapping[str, Sequence[str]]] = {}
+    family: ClassVar[str] = ""
 
     def __init__(self, dim: int, *, seed: int = 0) -> None:
         if dim < 1:
@@ -128,6 +131,10 @@ class Agent(ABC):
         self.seed = seed
         self.objectives = 1
         self.context: AgentContext | None = None
+
+    def set_option(self, name: str, value: str) -> None:
+        """Apply one of ``options`` (``make_agent`` has checked the value)."""
+        raise ValueError(f"agent {self.name!r} takes no option {name!r}")
 
     def objective_values(self, result: Mapping[str, float]) -> list[float]:
         """The ``objectives`` values of a result, first ``objective`` then ``objective.1``, ...
@@ -173,50 +180,3 @@ class Agent(ABC):
     @abstractmethod
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""
-
-
-AGENTS: dict[str, type[Agent]] = {}
-
-
-def register_agent(name: str) -> Callable[[type[Agent]], type[Agent]]:
-    """Class decorator: make an agent available by ``name`` (``--agent NAME``)."""
-
-    def deco(cls: type[Agent]) -> type[Agent]:
-        if name in AGENTS:
-            raise ValueError(f"agent {name!r} is registered twice")
-        cls.name = name
-        AGENTS[name] = cls
-        return cls
-
-    return deco
-
-
-def make_agent(name: str, dim: int, *, seed: int = 0, objectives: int = 1) -> Agent:
-    """A registered agent searching ``dim`` coordinates for ``objectives`` objectives.
-
-    ``a+b`` chains agents: ``a`` proposes until it is done, then ``b`` (see ``ChainAgent``)."""
-    if "+" in name:
-        from .chain import ChainAgent
-
-        stages = [make_agent(part.strip(), dim, seed=seed, objectives=objectives)
-                  for part in name.split("+")]
-        return ChainAgent(stages)
-    try:
-        cls = AGENTS[name]
-    except KeyError:
-        raise ValueError(f"unknown agent {name!r}; available: {', '.join(sorted(AGENTS))} "
-                         "(autoprune agents lists them)") from None
-    if objectives < 1:
-        raise ValueError(f"objectives must be at least 1, got {objectives}")
-    if objectives > 1 and not cls.multi_objective:
-        able = ", ".join(sorted(n for n, c in AGENTS.items() if c.multi_objective))
-        raise ValueError(f"agent {name!r} optimises one objective; a Pareto search needs one "
-                         f"that handles several: {able}")
-    agent = cls(dim, seed=seed)
-    agent.objectives = objectives
-    return agent
-
-
-def agent_descriptions() -> dict[str, str]:
-    """Agent name -> the first line of its docstring."""
-    return {n: (c.__doc__ or "").strip().splitlines()[0] for n, c in sorted(AGENTS.items())}

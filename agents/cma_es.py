@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .base import Agent, register_agent
+from .base import Agent
+from .registry import register_agent
 
 if TYPE_CHECKING:
     import cmaes

@@ -8,7 +8,7 @@ from typing import ClassVar
 import numpy as np
 
 from .allocation import KnobAllocationAgent
-from .base import register_agent
+from .registry import register_agent
 
 __all__ = ["ERKAgent", "erk_factors"]
 

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .base import Agent, register_agent
+from .base import Agent
+from .registry import register_agent
 
 __all__ = ["EvolutionAgent", "EvolutionConfig"]
 

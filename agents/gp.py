@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import register_agent
+from .registry import register_agent
 from .optuna_agent import OptunaAgent
 
 if TYPE_CHECKING:

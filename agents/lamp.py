@@ -7,7 +7,7 @@ from typing import ClassVar
 import numpy as np
 
 from .allocation import KnobAllocationAgent, threshold_fractions
-from .base import register_agent
+from .registry import register_agent
 
 __all__ = ["LAMPAgent", "lamp_scores"]
 

@@ -38,13 +38,14 @@ from __future__ import annotations
 import base64
 import io
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from .base import Agent, register_agent
+from .base import Agent
+from .registry import register_agent
 
 if TYPE_CHECKING:
     from stable_baselines3 import TD3
@@ -131,6 +132,8 @@ class RLAgent(Agent):
 
     context_needs: ClassVar[frozenset[str]] = frozenset({"units", "budget"})
     algorithm: ClassVar[str] = "TD3"
+    options: ClassVar[Mapping[str, Sequence[str]]] = {"reward": REWARDS}
+    family: ClassVar[str] = "RL agents"
 
     def __init__(self, dim: int, *, seed: int = 0, config: RLConfig | None = None) -> None:
         super().__init__(dim, seed=seed)
@@ -150,6 +153,11 @@ class RLAgent(Agent):
     def set_reward(self, reward: str) -> None:
         """Choose the reward (``REWARDS``) before the search starts."""
         self.config = replace(self.config, reward=reward)
+
+    def set_option(self, name: str, value: str) -> None:
+        if name != "reward":
+            super().set_option(name, value)
+        self.set_reward(value)
 
     # ------------------------------------------------------------------ the model
     def _ensure_model(self) -> TD3:

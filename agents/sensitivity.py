@@ -20,7 +20,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .base import Agent, register_agent
+from .base import Agent
+from .registry import register_agent
 
 __all__ = ["SensitivityAgent"]
 

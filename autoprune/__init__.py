@@ -14,38 +14,49 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "allocate": "autoprune.api",
     "search": "autoprune.api",
-    "load_pruned": "autoprune.api",
+    "load_pruned": "autoprune.run_folder",
     "pick": "autoprune.api",
     "Allocation": "autoprune.api",
-    "SearchSettings": "autoprune.api",
-    "SearchError": "autoprune.api",
+    "SearchSettings": "autoprune.settings",
+    "ModelSource": "autoprune.settings",
+    "SpaceSettings": "autoprune.settings",
+    "ScoringSettings": "autoprune.settings",
+    "ExecutorSettings": "autoprune.settings",
+    "ProfileSettings": "autoprune.settings",
+    "LatencySettings": "autoprune.settings",
+    "Device": "autoprune.latency.device",
+    "SearchError": "autoprune.errors",
+    "Evaluator": "autoprune.evaluator",
     "ChannelSpace": "autoprune.search_spaces",
-    "ClassificationEvaluator": "autoprune.evaluate",
+    "SearchSpace": "autoprune.search_spaces",
+    "make_space": "autoprune.search_spaces",
+    "build_problem": "autoprune.problem",
+    "ClassificationEvaluator": "autoprune.zoo.evaluate",
     "PruningProblem": "autoprune.problem",
     "TargetError": "autoprune.targets",
     "parse_targets": "autoprune.targets",
-    "build_model": "autoprune.models",
-    "available_models": "autoprune.models",
-    "load_data": "autoprune.data",
-    "load_or_train_baseline": "autoprune.train",
-    "LatencyTable": "autoprune.lut",
-    "LatencyTableError": "autoprune.lut",
-    "LatencyMeasurement": "autoprune.latency",
-    "measure_latency": "autoprune.latency",
-    "RooflineCost": "autoprune.roofline",
+    "build_model": "autoprune.zoo.models",
+    "available_models": "autoprune.zoo.models",
+    "load_data": "autoprune.zoo.data",
+    "load_or_train_baseline": "autoprune.zoo.train",
+    "LatencyTable": "autoprune.latency.table",
+    "LatencyTableError": "autoprune.latency.table",
+    "LatencyMeasurement": "autoprune.latency.measure",
+    "measure_latency": "autoprune.latency.measure",
+    "RooflineCost": "autoprune.latency.roofline",
     "Supernet": "autoprune.ofa",
-    "SupernetSettings": "autoprune.ofa_train",
+    "SupernetSettings": "autoprune.ofa",
     # Ray (imported only when these are used)
-    "AgentSearcher": "autoprune.tune_searcher",
-    "RayExecutor": "autoprune.ray_executor",
+    "AgentSearcher": "autoprune.executors.tune_searcher",
+    "RayExecutor": "autoprune.executors.ray_tune",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__", "models"]
+__all__ = sorted(_EXPORTS) + ["__version__", "zoo"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "models":
-        return importlib.import_module("autoprune.models")
+    if name == "zoo":
+        return importlib.import_module("autoprune.zoo")
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'autoprune' has no attribute {name!r}")

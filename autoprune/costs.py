@@ -56,7 +56,7 @@ _NEEDS_DEVICE = {
                   "table = autoprune.LatencyTable.build(model, example_inputs) (or .load(path)); "
                   "autoprune search builds and caches one on first use",
     "roofline_ms": "peak compute and bandwidth: pass cost_models=[RooflineCost.measure()] "
-                   "(autoprune.roofline)",
+                   "(autoprune.latency.roofline)",
 }
 
 

@@ -7,16 +7,17 @@ pruning happens, so every evaluated candidate meets every budget.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
 
 from autoprune.costs import CostModel, get_cost_model
+from autoprune.latency.table import LatencyTable
 from autoprune.search_spaces import SearchSpace
 from autoprune.targets import Budget, Target, resolve_budgets
 
-__all__ = ["PruningProblem"]
+__all__ = ["PruningProblem", "build_problem"]
 
 _REPAIR_STEPS = 30
 
@@ -98,3 +99,16 @@ class PruningProblem:
             mid = 0.5 * (lo + hi)
             lo, hi = (mid, hi) if ok(mid) else (lo, mid)
         return self.space.encode(self.space.decode(at(lo)))
+
+
+def build_problem(space: SearchSpace, targets: Iterable[Target], *,
+                  table: LatencyTable | None = None,
+                  problem: Callable[..., PruningProblem] = PruningProblem) -> PruningProblem:
+    """The one way a search's problem is made (search, allocate, once-for-all, benchmarks):
+    the budgets over ``space``, a latency budget costed by ``table`` with predictions kept the
+    table's typical error inside the limit (``LatencyTable.prediction_margin``). ``problem``
+    makes the instance (once-for-all passes its memoised subclass)."""
+    if table is None:
+        return problem(space, targets)
+    return problem(space, targets, cost_models=[table.cost_model()],
+                   margins={"latency_ms": table.prediction_margin()})

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from rich.table import Table
 
+from autoprune.latency.device import describe_device
+from autoprune.latency.measure import LatencyMeasurement
+from autoprune.latency.verify import LatencyCheck
 from autoprune.study import TrialRecord
 from autoprune.targets import Budget
 
-__all__ = ["format_cost", "front_table", "pareto_front", "pareto_plot", "trials_table",
+__all__ = ["format_cost", "front_table", "latency_check_view", "pareto_front", "pareto_plot",
+           "trials_table",
            "units_table"]
 
 
@@ -122,3 +127,26 @@ def pareto_plot(records: Sequence[TrialRecord], path: Path, *, dense_costs: Mapp
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def latency_check_view(check: LatencyCheck) -> Table:
+    """Predicted against measured latency, side by side, for the dense and every measured net."""
+    t = Table(title=f"latency: predicted (table) vs measured, budget {check.limit_ms:.2f} ms")
+    for col in ("network", "predicted ms", "measured ms (median)", "p10-p90 ms", "error",
+                "meets budget", "wall-clock median ms"):
+        t.add_column(col, justify="left" if col == "network" else "right")
+
+    def row(name: str, pred: float, m: LatencyMeasurement, judged: bool) -> None:
+        t.add_row(name, f"{pred:.2f}", f"{m.median_ms:.2f}", f"{m.p10_ms:.2f}-{m.p90_ms:.2f}",
+                  f"{100 * (pred / m.median_ms - 1):+.1f}%",
+                  ("yes" if m.median_ms <= check.limit_ms else "no") if judged else "-",
+                  f"{m.wall_median_ms:.2f}")
+
+    row("dense", check.dense_predicted_ms, check.dense, False)
+    for number, m in check.measured.items():
+        mark = " (chosen)" if number == check.chosen.number else ""
+        how = "repaired" if number in check.repaired else f"rank {check.rank.get(number, '?')}"
+        row(f"trial {number}, {how}{mark}", check.predicted[number], m, True)
+    t.caption = (f"device: {describe_device(check.dense.device)}; load average "
+                 f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    return t

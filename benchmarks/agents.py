@@ -1,10 +1,10 @@
 """The agents league: every registered agent on the same work, side by side.
 
 A league is a list of tasks (model, input size, budget). In each, every agent gets the same
-model (a zoo network trained on digits by ``autoprune.train.load_or_train_baseline``), the same
+model (a zoo network trained on digits by ``autoprune.zoo.train.load_or_train_baseline``), the same
 budget, the same number of evaluations and the same evaluator (adaptive BN on the same
 calibration batches, accuracy on the validation split), over a few seeds. Every agent runs
-through the real search loop (``autoprune.loop.run_search``: repair to the budget,
+through the real search loop (``autoprune.session.run_search``: repair to the budget,
 de-duplication, tell), so this measures what a user gets. A latency budget is costed by the
 device's lookup table with the search's margin, as ``autoprune search`` does, and the best
 network of every run is then measured.
@@ -43,16 +43,16 @@ from rich.console import Console
 from rich.table import Table
 
 from autoprune.agents import AGENTS, Agent, AgentContext, make_agent
-from autoprune.evaluate import ClassificationEvaluator
+from autoprune.zoo.evaluate import ClassificationEvaluator
 from autoprune.executors import Executor
-from autoprune.latency import measure_latency
-from autoprune.latency_jobs import FINAL_REPEATS, FINAL_WARMUP, prediction_margin, table_for_search
-from autoprune.loop import best_record, run_search
+from autoprune.latency.measure import measure_latency
+from autoprune.latency.jobs import FINAL_REPEATS, FINAL_WARMUP, prediction_margin, table_for_search
+from autoprune.session import best_record, run_search
 from autoprune.problem import PruningProblem
 from autoprune.search_spaces import ChannelSpace
 from autoprune.study import StudyStore, TrialRecord
 from autoprune.targets import parse_targets
-from autoprune.train import default_cache_dir, load_or_train_baseline
+from autoprune.zoo.train import default_cache_dir, load_or_train_baseline
 
 __all__ = ["LeagueSettings", "main", "run_league"]
 
@@ -71,7 +71,7 @@ class LeagueSettings:
     finetune_steps: int = 100  # the fixed short fine-tune of each run's best network
     agents: tuple[str, ...] = ()  # empty: every registered agent and the CHAINS
     threads: int = 1
-    baseline_epochs: int | None = None  # None: the model's own recipe (autoprune.train)
+    baseline_epochs: int | None = None  # None: the model's own recipe (autoprune.zoo.train)
 
 
 #: Chains in the league by default: a heuristic's few evaluations, then a model-based search.

@@ -37,11 +37,12 @@ from rich.console import Console
 from rich.table import Table
 from scipy.stats import spearmanr
 
-from autoprune.latency import (describe_device, make_runner, pinned_threads, resolve_clock,
+from autoprune.latency.device import describe_device, resolve_clock
+from autoprune.latency.measure import (make_runner, pinned_threads,
                                time_calls)
-from autoprune.lut import LatencyTable, ProfilePlan
-from autoprune.models import build_model
-from autoprune.roofline import RooflineCost
+from autoprune.latency.table import LatencyTable, ProfilePlan
+from autoprune.zoo.models import build_model
+from autoprune.latency.roofline import RooflineCost
 from autoprune.search_spaces import ChannelSpace
 
 RESULTS = Path(__file__).parent / "results"

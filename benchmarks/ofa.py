@@ -1,6 +1,6 @@
 """Once-for-all against the regular search, for five FLOPs budgets.
 
-One elastic supernet (``autoprune.ofa_train``) is trained once from the cached ResNet-20
+One elastic supernet (``autoprune.ofa.train``) is trained once from the cached ResNet-20
 baseline; then, for each budget, a sub-network is *extracted* (predictor-guided evolution,
 slicing, BN recalibration; no training) and timed. Against it, for the same budget, the
 regular path: ``autoprune.allocate`` searches the dense model (random agent, adaptive-BN
@@ -61,10 +61,10 @@ QUICK = BenchSettings(epochs=3, samples=40, trials=8)
 def run(settings: BenchSettings, *, supernet_dir: Path | None, console: Console
         ) -> dict[str, Any]:
     import autoprune
-    from autoprune.evaluate import ClassificationEvaluator, finetune
+    from autoprune.zoo.evaluate import ClassificationEvaluator, finetune
     from autoprune.ofa import Supernet
-    from autoprune.ofa_train import SupernetSettings, train_supernet
-    from autoprune.train import evaluate_accuracy, load_or_train_baseline
+    from autoprune.ofa.train import SupernetSettings, train_supernet
+    from autoprune.zoo.train import evaluate_accuracy, load_or_train_baseline
 
     torch.set_num_threads(1)
     out = supernet_dir or Path(tempfile.mkdtemp(prefix="ofa-bench-")) / "supernet"

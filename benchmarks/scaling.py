@@ -3,7 +3,7 @@
 
 The search: zoo ResNet-20 trained on digits (``load_or_train_baseline``, cached), FLOPs budget
 50% of dense, random agent with a fixed seed, the same number of trials, the same evaluator
-(adaptive BN, validation accuracy), through the real loop (``autoprune.loop.run_search``) into
+(adaptive BN, validation accuracy), through the real loop (``autoprune.session.run_search``) into
 an in-memory study. The random agent's proposals do not depend on results, so every run
 evaluates exactly the same configurations (checked).
 
@@ -38,14 +38,14 @@ from rich.console import Console
 from rich.table import Table
 
 from autoprune.agents import make_agent
-from autoprune.evaluate import ClassificationEvaluator
+from autoprune.zoo.evaluate import ClassificationEvaluator
 from autoprune.executors import Executor, LocalExecutor
-from autoprune.loop import run_search
+from autoprune.session import run_search
 from autoprune.problem import PruningProblem
 from autoprune.search_spaces import ChannelSpace
 from autoprune.study import StudyStore, TrialRecord
 from autoprune.targets import parse_targets
-from autoprune.train import load_or_train_baseline
+from autoprune.zoo.train import load_or_train_baseline
 
 __all__ = ["QUICK", "ScalingSettings", "main", "run_scaling", "scaling_table"]
 
@@ -102,7 +102,7 @@ def run_scaling(settings: ScalingSettings, *, console: Console) -> dict[str, Any
     # One thread per worker everywhere: this process runs the local executor's trials.
     torch.set_num_threads(1)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from autoprune.ray_executor import RayExecutor  # ray only for this benchmark's Ray rows
+    from autoprune.executors.ray_tune import RayExecutor  # ray only for this benchmark's Ray rows
 
     model, data, _ = load_or_train_baseline(settings.model, settings.data,
                                             image_size=settings.image_size, progress=False)

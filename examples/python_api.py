@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import autoprune
-from autoprune.evaluate import adaptive_bn
+from autoprune.zoo.evaluate import adaptive_bn
 
 
 class SmallNet(nn.Module):

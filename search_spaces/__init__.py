@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from .base import LayerRow, LayerTable, SearchSpace, Unit, UntraceableModelError, call_name
+from .base import (SPACES, LayerRow, LayerTable, SearchSpace, Unit, UntraceableModelError,
+                   call_name, make_space, register_space)
 from .channel import ChannelSpace, channel_choices
 
-__all__ = ["ChannelSpace", "LayerRow", "LayerTable", "SearchSpace", "Unit",
-           "UntraceableModelError", "call_name", "channel_choices"]
+__all__ = ["SPACES", "ChannelSpace", "LayerRow", "LayerTable", "SearchSpace", "Unit",
+           "UntraceableModelError", "call_name", "channel_choices", "make_space",
+           "register_space"]

@@ -8,14 +8,15 @@ needs), and applies a configuration to a model. It knows nothing of agents or co
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 from torch import nn
 
-__all__ = ["LayerRow", "LayerTable", "SearchSpace", "Unit", "UntraceableModelError",
-           "call_name"]
+__all__ = ["SPACES", "LayerRow", "LayerTable", "SearchSpace", "Unit", "UntraceableModelError",
+           "call_name", "make_space", "register_space"]
 
 
 class UntraceableModelError(ValueError):
@@ -110,9 +111,19 @@ LayerTable = tuple[LayerRow, ...]
 
 
 class SearchSpace(ABC):
-    """A map between points of ``[0, 1]^dim`` and configurations of one model."""
+    """A map between points of ``[0, 1]^dim`` and configurations of one model.
 
-    name: str = "abstract"
+    A space is made from a model by ``from_model`` (through :func:`make_space` by its
+    registered name) and lists its decisions as ``units``."""
+
+    name: ClassVar[str] = "abstract"
+    units: list[Unit]
+
+    @classmethod
+    @abstractmethod
+    def from_model(cls, model: nn.Module, example_inputs: Any, *, round_to: int = 8,
+                   min_ratio: float = 0.2) -> SearchSpace:
+        """Find the units of ``model`` (left untouched) by tracing it on ``example_inputs``."""
 
     @property
     @abstractmethod
@@ -152,3 +163,35 @@ class SearchSpace(ABC):
     @abstractmethod
     def apply(self, model: nn.Module, config: Mapping[str, int]) -> nn.Module:
         """A pruned copy of ``model`` (the argument is left untouched)."""
+
+    def min_config(self) -> Mapping[str, int]:
+        """The thinnest configuration the space allows (the origin of the cube)."""
+        return self.decode(np.zeros(self.dim))
+
+
+SPACES: dict[str, type[SearchSpace]] = {}
+
+
+def register_space(name: str) -> Callable[[type[SearchSpace]], type[SearchSpace]]:
+    """Class decorator: make a space available by ``name`` (``--space NAME``)."""
+
+    def deco(cls: type[SearchSpace]) -> type[SearchSpace]:
+        if name in SPACES:
+            raise ValueError(f"search space {name!r} is registered twice")
+        cls.name = name
+        SPACES[name] = cls
+        return cls
+
+    return deco
+
+
+def make_space(name: str, model: nn.Module, example_inputs: Any, *, round_to: int = 8,
+               min_ratio: float = 0.2) -> SearchSpace:
+    """The registered space ``name`` over ``model``: what every caller outside this package
+    uses, so a new space plugs in without edits elsewhere."""
+    try:
+        cls = SPACES[name]
+    except KeyError:
+        raise ValueError(f"unknown search space {name!r}; available: "
+                         f"{', '.join(sorted(SPACES))}") from None
+    return cls.from_model(model, example_inputs, round_to=round_to, min_ratio=min_ratio)

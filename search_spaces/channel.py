@@ -19,7 +19,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .base import LayerRow, LayerTable, SearchSpace, Unit, UntraceableModelError, call_name
+from .base import (LayerRow, LayerTable, SearchSpace, Unit, UntraceableModelError, call_name,
+                   register_space)
 
 __all__ = ["ChannelSpace", "channel_choices"]
 
@@ -88,10 +89,10 @@ def _build_graph(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tp.Depen
         ) from err
 
 
+@register_space("channel")
 class ChannelSpace(SearchSpace):
     """Channels kept per coupled group, rounded to a multiple, bounded below."""
 
-    name = "channel"
 
     def __init__(self, *, units: Sequence[Unit], rows: Sequence[_RowTemplate],
                  example_inputs: tuple[torch.Tensor, ...], round_to: int, min_ratio: float) -> None:

@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from autoprune.costs import MacsCost, ParamsCost
-from autoprune.models import available_models, build_model
+from autoprune.zoo.models import available_models, build_model
 from autoprune.search_spaces import ChannelSpace, UntraceableModelError, channel_choices
 
 

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from autoprune.data import DataSplits, available_datasets, load_data, load_digits_splits
+from autoprune.zoo.data import DataSplits, available_datasets, load_data, load_digits_splits
 
 
 @pytest.fixture(scope="module")

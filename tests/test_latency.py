@@ -19,10 +19,12 @@ from torch import nn
 
 import autoprune
 from autoprune.costs import get_cost_model
-from autoprune.latency import BackendError, LatencyMeasurement, device_fingerprint, measure_latency
-from autoprune.lut import LatencyTable, LatencyTableError, ProfilePlan
+from autoprune.latency.device import BackendError, Device, device_fingerprint
+from autoprune.latency.measure import LatencyMeasurement, measure_latency
+from autoprune.latency.table import LatencyTable, LatencyTableError
+from autoprune.settings import ProfilePlan
 from autoprune.problem import PruningProblem
-from autoprune.roofline import RooflineCost
+from autoprune.latency.roofline import RooflineCost
 from autoprune.search_spaces import ChannelSpace
 from autoprune.targets import TargetError, parse_target, parse_targets
 from test_channel_space import SharedConvNet
@@ -73,7 +75,7 @@ def table(net: nn.Module, x: torch.Tensor, space: ChannelSpace) -> LatencyTable:
 # ---------------------------------------------------------------------- measurement
 def test_measurement_is_ordered_and_says_where_it_was_taken(net: nn.Module, x: torch.Tensor) -> None:
     threads_before = torch.get_num_threads()
-    m = measure_latency(net, x, threads=1, warmup=1, repeats=5)
+    m = measure_latency(net, x, device=Device(threads=1), warmup=1, repeats=5)
     assert 0 < m.p10_ms <= m.median_ms <= m.p90_ms
     assert torch.get_num_threads() == threads_before  # pinned only while timing
     d = m.to_json()
@@ -85,10 +87,10 @@ def test_measurement_is_ordered_and_says_where_it_was_taken(net: nn.Module, x: t
 
 def test_onnxruntime_backend_measures_the_same_network(net: nn.Module, x: torch.Tensor) -> None:
     pytest.importorskip("onnxruntime")
-    m = measure_latency(net, x, backend="onnxruntime", warmup=1, repeats=3)
+    m = measure_latency(net, x, device=Device(backend="onnxruntime"), warmup=1, repeats=3)
     assert m.median_ms > 0 and m.device["backend"] == "onnxruntime"
     with pytest.raises(ValueError, match="unknown latency backend"):
-        measure_latency(net, x, backend="tensorrt", repeats=1)
+        measure_latency(net, x, device=Device(backend="tensorrt"), repeats=1)
     assert issubclass(BackendError, RuntimeError)
 
 
@@ -223,11 +225,11 @@ def test_latency_budget_needs_a_table_and_refuses_the_unreachable(table: Latency
         get_cost_model("latency_ms")
     fastest = table.predict(space.min_config())
     with pytest.raises(TargetError, match=rf"smallest configuration .* costs {fastest:.3f} ms"):
-        PruningProblem(space, parse_targets(f"latency={fastest / 2:.6f}ms"),
+        PruningProblem(space, parse_targets(f"latency={fastest / 2!r}ms"),
                        cost_models=[table.cost_model()])
     # several budgets at once; repair keeps predictions inside the margin of the latency one
     limit = 0.5 * (fastest + table.predict({}))
-    problem = PruningProblem(space, parse_targets([f"latency={limit:.6f}ms", "flops=80%"]),
+    problem = PruningProblem(space, parse_targets([f"latency={limit!r}ms", "flops=80%"]),
                              cost_models=[table.cost_model()], margins={"latency_ms": 0.05})
     budget = problem.budgets[0]
     assert budget.search_limit == pytest.approx(0.95 * limit)
@@ -285,10 +287,10 @@ def test_search_table_is_built_once_cached_and_checked(net: nn.Module, x: torch.
                                                        space: ChannelSpace, tmp_path: Path) -> None:
     from rich.console import Console
 
-    from autoprune.latency_jobs import table_for_search
+    from autoprune.latency.cache import table_for_search
 
     quiet = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - closed with the process
-    common = dict(batch=1, threads=1, backend="torch", clock=None, console=quiet, plan=QUICK)
+    common = dict(device=Device(), console=quiet, plan=QUICK)
     first, info = table_for_search(net, x, space, lut=None, cache_dir=tmp_path, **common)
     assert info["built"] and Path(info["path"]).parent == tmp_path / "latency"
     again, info2 = table_for_search(net, x, space, lut=None, cache_dir=tmp_path, **common)
@@ -319,15 +321,14 @@ def test_a_stale_table_is_named_with_the_fix(net: nn.Module, x: torch.Tensor, sp
 
     from rich.console import Console
 
-    from autoprune import latency_jobs
-    from autoprune.latency_jobs import stale_threshold, table_for_search
+    from autoprune.latency import cache as latency_jobs
+    from autoprune.latency.cache import stale_threshold, table_for_search
 
     lut = table.save(tmp_path / "lut.json")
     monkeypatch.setattr(latency_jobs, "measure_latency",
                         _simulated_device(table, space, x, lambda call, ms: now * ms))
     out = io.StringIO()
-    loaded, info = table_for_search(net, x, space, lut=lut, cache_dir=tmp_path, batch=1,
-                                    threads=1, backend="torch", clock=None,
+    loaded, info = table_for_search(net, x, space, lut=lut, cache_dir=tmp_path, device=Device(),
                                     console=Console(file=out, width=400))
     assert info["dense_now"]["drift"] == pytest.approx(now - 1)
     assert loaded.predict({}) == pytest.approx(table.predict({}))  # told, never rescaled
@@ -387,7 +388,7 @@ def test_a_table_that_predicts_too_fast_is_caught_by_measurement_and_repaired(
     # The device is simulated -- each network "takes" what the honest table predicts for its
     # widths -- so the miss is certain: on a real, busy host the dense network measured as
     # much as 25% faster than the quick table predicts, and nothing was left to repair.
-    from autoprune import latency_jobs
+    from autoprune.latency import verify as latency_jobs
 
     monkeypatch.setattr(latency_jobs, "measure_latency", _simulated_device(table, space, x))
     raw = table.to_json()
@@ -418,12 +419,12 @@ def test_a_lucky_reading_does_not_set_the_repair_s_speed(
     # slowdown of all the candidates measured, so one repair meets the budget (aiming at the
     # lucky reading's speed took two). The check is driven directly, on candidates filled up
     # to the budget, so the table's own noise cannot make one of them fast enough to pass.
-    from autoprune import latency_jobs
-    from autoprune.latency_jobs import verify_latency
+    from autoprune.latency import verify as latency_jobs
+    from autoprune.latency.verify import verify_latency
     from autoprune.study import TrialRecord
 
     target = 0.8 * table.predict({})
-    problem = PruningProblem(space, parse_targets(f"latency={target:.6f}ms"),
+    problem = PruningProblem(space, parse_targets(f"latency={target!r}ms"),
                              cost_models=[table.cost_model()], margins={"latency_ms": 0.05})
     records: list[TrialRecord] = []
 
@@ -440,7 +441,7 @@ def test_a_lucky_reading_does_not_set_the_repair_s_speed(
     # call 0 times the dense network, call 1 the best-ranked candidate (the lucky one)
     monkeypatch.setattr(latency_jobs, "measure_latency", _simulated_device(
         table, space, x, lambda call, ms: 1.01 * target if call == 1 else 1.5 * ms))
-    check = verify_latency(problem, list(records), model=net, example=x, batch=1, threads=1,
-                           backend="torch", clock=None, record=record)
+    check = verify_latency(problem, list(records), model=net, example=x, device=Device(),
+                           record=record)
     assert check.met and len(check.repaired) == 1 and check.chosen.number == check.repaired[0]
     assert check.measured[0].median_ms == pytest.approx(1.01 * target)

@@ -5,7 +5,7 @@ import torch
 import torch_pruning as tp
 from torch.utils.flop_counter import FlopCounterMode
 
-from autoprune.models import available_models, build_model, build_model_from_spec, make_divisible
+from autoprune.zoo.models import available_models, build_model, build_model_from_spec, make_divisible
 
 ALL_MODELS = available_models()
 

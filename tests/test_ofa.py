@@ -20,15 +20,18 @@ from rich.console import Console
 from torch import nn
 
 import autoprune
-from autoprune.evaluate import adaptive_bn
-from autoprune.models import build_model
-from autoprune.ofa import Supernet, SupernetError, WidthMasks, check_masking, slice_config, sort_channels
-from autoprune.ofa_search import LatencySetup, predictor_quality, quadratic_costs, save_subnetwork
-from autoprune.ofa_train import SupernetSettings, train_supernet
+from autoprune.zoo.evaluate import adaptive_bn
+from autoprune.zoo.models import build_model
+from autoprune.ofa import Supernet, SupernetError
+from autoprune.ofa.elastic import WidthMasks, check_masking, slice_config, sort_channels
+from autoprune.ofa.predictor import predictor_quality
+from autoprune.ofa.search import LatencySetup, quadratic_costs, save_subnetwork
+from autoprune.ofa.train import SupernetSettings, train_supernet
 from autoprune.problem import PruningProblem
 from autoprune.search_spaces import ChannelSpace
 from autoprune.targets import TargetError
-from autoprune.train import evaluate_accuracy, load_or_train_baseline
+from autoprune.zoo.evaluate import evaluate_accuracy
+from autoprune.zoo.train import load_or_train_baseline
 
 TINY = dict(model="resnet20", image_size=8, width_mult=0.5, round_to=4, calib_batches=4,
             progress=False, checkpoint_every=10)
@@ -186,7 +189,7 @@ def test_extract_returns_a_standalone_module(supernet: Supernet) -> None:
 
 
 def test_latency_target_is_met_when_measured(supernet: Supernet, tmp_path: Path) -> None:
-    from autoprune.ofa_search import _latency_table
+    from autoprune.ofa.search import _latency_table
 
     space = supernet.space
     dense_macs = PruningProblem(space, []).dense_costs["macs"]
@@ -219,9 +222,8 @@ def test_a_latency_miss_is_searched_again_down_to_the_thinnest_network(
     # A device that runs every network but the thinnest 30% over the budget: the miss is
     # searched again at the measured speed and, with nothing predicted that fast, the thinnest
     # network is measured as the last resort -- and meets the budget.
-    from autoprune import ofa_search
-    from autoprune.latency import LatencyMeasurement
-    from autoprune.latency_jobs import prediction_margin
+    from autoprune.ofa import search as ofa_search
+    from autoprune.latency.measure import LatencyMeasurement
 
     setup = LatencySetup(cache_dir=cache)
     table = ofa_search._latency_table(supernet, setup, Console(quiet=True))
@@ -230,7 +232,7 @@ def test_a_latency_miss_is_searched_again_down_to_the_thinnest_network(
     # the table's margin (a noisy table's margin can reach the thinnest network's latency, and
     # then the first pick is already the thinnest one, with nothing left to search again).
     middle = 0.5 * (table.predict(space.min_config()) + table.predict(space.dense_config()))
-    limit = middle / (1 - prediction_margin(table))
+    limit = middle / (1 - table.prediction_margin())
     thinnest = _params(supernet.subnetwork(space.min_config()))
 
     def fake(model: nn.Module, *_: object) -> LatencyMeasurement:

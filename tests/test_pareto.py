@@ -16,11 +16,11 @@ from autoprune.api import search
 from autoprune.agents import make_agent
 from autoprune.pareto import ParetoRange, hypervolume
 from autoprune.problem import PruningProblem
-from autoprune.loop import run_search
+from autoprune.session import run_search
 from autoprune.search_spaces import ChannelSpace
 from autoprune.study import StudyStore
 from autoprune.targets import parse_targets
-from autoprune.train import load_or_train_baseline
+from autoprune.zoo.train import load_or_train_baseline
 
 
 def test_hypervolume_of_a_staircase() -> None:
@@ -69,8 +69,10 @@ def test_pareto_search_writes_the_front_and_pick_chooses_from_it(tmp_path: Path)
                            progress=False, image_size=8, width_mult=0.5)
     run_dir = tmp_path / "run"
     settings = autoprune.SearchSettings(
-        model="resnet20", targets=("flops=60%",), agent="nsga2", objective="pareto", trials=10,
-        calib_batches=2, run_dir=run_dir, cache_dir=tmp_path / "cache", progress=False, **tiny)
+        source=autoprune.ModelSource(model="resnet20", image_size=8, width_mult=0.5),
+        space=autoprune.SpaceSettings(round_to=4), targets=("flops=60%",), agent="nsga2",
+        objective="pareto", trials=10, scoring=autoprune.ScoringSettings(calib_batches=2),
+        run_dir=run_dir, cache_dir=tmp_path / "cache", progress=False)
     summary = search(settings)
     front = json.loads((run_dir / "front.json").read_text())
     assert summary["front"]["hypervolume"] == pytest.approx(front["hypervolume"])

@@ -28,7 +28,7 @@ import autoprune.agents
 import conftest
 from autoprune.executors import make_executor
 from autoprune.problem import PruningProblem
-from autoprune.ray_executor import RayExecutor
+from autoprune.executors.ray_tune import RayExecutor
 from autoprune.search_spaces import ChannelSpace
 from autoprune.targets import parse_targets
 
@@ -90,12 +90,14 @@ def test_search_on_ray_is_equal_in_kind_to_local(cluster: str, cache: Path,
     Ray is used, with two workers; and the same search with the local executor."""
     import optuna
 
-    common = dict(model="resnet20", image_size=8, width_mult=0.5, round_to=4,
-                  targets=("flops=50%",), agent="random", trials=6, calib_batches=2,
+    common = dict(source=autoprune.ModelSource(model="resnet20", image_size=8, width_mult=0.5),
+                  space=autoprune.SpaceSettings(round_to=4), targets=("flops=50%",),
+                  agent="random", trials=6, scoring=autoprune.ScoringSettings(calib_batches=2),
                   cache_dir=cache, progress=False)
     local = autoprune.search(autoprune.SearchSettings(**common, run_dir=tmp_path / "local"))
     remote = autoprune.search(autoprune.SearchSettings(**common, run_dir=tmp_path / "ray",
-                                                       executor="ray", workers=2))
+                                                       executor=autoprune.ExecutorSettings(
+                                                           executor="ray", workers=2)))
     assert remote["trials"] == local["trials"] == 6 and remote["failed_trials"] == 0
     assert set(remote) == set(local) and set(remote["best"]) == set(local["best"])
     assert remote["best"]["costs"]["macs"] <= remote["target"]["flops=50%"]["limit"]
@@ -179,7 +181,7 @@ _DRIVER = textwrap.dedent("""
     ray.cloudpickle.register_pickle_by_value(conftest)
     from conftest import ResidualDepthwiseNet, slow_width_score
     import autoprune
-    from autoprune.ray_executor import RayExecutor
+    from autoprune.executors.ray_tune import RayExecutor
     torch.manual_seed(0)
     model = ResidualDepthwiseNet()
     alloc = autoprune.allocate(model, example_inputs=torch.randn(1, 1, 16, 16),
@@ -267,7 +269,7 @@ def test_executor_errors_name_the_fix(cache: Path, tmp_path: Path) -> None:
 
 
 def test_help_and_local_searches_do_not_import_ray() -> None:
-    code = ("import sys, autoprune.cli, autoprune.api, autoprune.loop\n"
+    code = ("import sys, autoprune.cli, autoprune.api, autoprune.session\n"
             "print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env())
     assert out.stdout.strip() == "False", out.stderr
@@ -300,7 +302,7 @@ class _Recorder(autoprune.agents.Agent):
 
 def test_out_of_order_completions_are_told_in_ask_order_and_exactly_once_after_a_kill(
         user_model: nn.Module, tmp_path: Path) -> None:
-    from autoprune.loop import SearchSession
+    from autoprune.session import SearchSession
     from autoprune.study import StudyStore
 
     space = ChannelSpace.from_model(user_model, torch.randn(1, 1, 16, 16), round_to=2)

@@ -20,8 +20,9 @@ from autoprune.agents import AgentContext, PointCosts, RLConfig, UnitFacts, make
 from autoprune.agents.amc_env import FEATURES, PruningEnv
 from autoprune.agents.rl import RLAgent
 from autoprune.context import agent_context
-from autoprune.lut import LatencyTable, ProfilePlan
-from autoprune.models import available_models, build_model
+from autoprune.latency.table import LatencyTable
+from autoprune.settings import ProfilePlan
+from autoprune.zoo.models import available_models, build_model
 from autoprune.problem import PruningProblem
 from autoprune.search_spaces import ChannelSpace
 from autoprune.targets import parse_targets
@@ -227,7 +228,7 @@ def test_resume_restores_replay_buffer_and_networks(name: str) -> None:
 def test_a_killed_search_resumes_exactly(tmp_path: Path) -> None:
     """Through the real loop and study: 3 trials, stop, resume to 6 == 6 without a stop (the
     agent learns from the third trial on, so the resumed part runs trained networks)."""
-    from autoprune.loop import run_search
+    from autoprune.session import run_search
     from autoprune.study import StudyStore
 
     torch.manual_seed(0)

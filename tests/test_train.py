@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from autoprune.data import load_data
-from autoprune.models import available_models, build_model
-from autoprune.train import (
+from autoprune.zoo.data import load_data
+from autoprune.zoo.models import available_models, build_model
+from autoprune.zoo.train import (
     DEFAULT_EPOCHS,
     baseline_path,
     default_cache_dir,

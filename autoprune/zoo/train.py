@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoprune.data import DataSplits, load_data
-from autoprune.models import build_model
+from autoprune.zoo.data import DataSplits, load_data
+from autoprune.zoo.evaluate import evaluate_accuracy, model_device
+from autoprune.zoo.models import build_model
 
 __all__ = [
     "BASELINE_RECIPES",
@@ -76,12 +77,6 @@ _BASELINE_SEED = 0
 # --------------------------------------------------------------------------- training
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    return torch.device("cpu")
-
-
 def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
     """Shift every image independently by up to ``max_shift`` pixels in x and y.
 
@@ -116,34 +111,6 @@ def _warmup_cosine(step: int, *, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def evaluate_accuracy(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256
-) -> tuple[float, float]:
-    """Top-1 accuracy and mean cross-entropy of ``model`` on ``(x, y)``, in eval mode.
-
-    The model's train/eval mode is restored afterwards so callers in the middle of
-    training are not surprised.
-    """
-    if len(x) == 0:
-        raise ValueError("cannot evaluate on an empty split")
-    device = _model_device(model)
-    was_training = model.training
-    model.eval()
-    correct = 0
-    loss_sum = 0.0
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(x), batch_size):
-                images = x[start : start + batch_size].to(device)
-                labels = y[start : start + batch_size].to(device)
-                logits = model(images)
-                loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-                correct += int((logits.argmax(dim=1) == labels).sum())
-    finally:
-        model.train(was_training)
-    return correct / len(x), loss_sum / len(x)
-
-
 def train_model(
     model: nn.Module,
     data: DataSplits,
@@ -167,7 +134,7 @@ def train_model(
 
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
-    device = _model_device(model)
+    device = model_device(model)
     generator = torch.Generator().manual_seed(seed)
     train_x, train_y = data.train_x, data.train_y
     steps_per_epoch = max(1, math.ceil(len(train_x) / batch_size))
@@ -329,7 +296,7 @@ def _try_load_cached(
     if record.get("weights_sha256") != hashlib.sha256(payload).hexdigest():
         return None
     try:
-        state = torch.load(io.BytesIO(payload), map_location=_model_device(model), weights_only=True)
+        state = torch.load(io.BytesIO(payload), map_location=model_device(model), weights_only=True)
         model.load_state_dict(state)
     except Exception as error:  # any unreadable or mismatched file means "retrain"
         warnings.warn(f"ignoring unreadable cached baseline {weights}: {error}", stacklevel=3)

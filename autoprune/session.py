@@ -22,7 +22,8 @@ from torch import nn
 
 from autoprune.agents import Agent
 from autoprune.context import agent_context
-from autoprune.executors import Executor, LocalExecutor
+from autoprune.evaluator import Evaluator, as_evaluator
+from autoprune.executors.base import Executor, LocalExecutor
 from autoprune.pareto import ParetoRange
 from autoprune.problem import PruningProblem
 from autoprune.study import StudyStore, TrialRecord
@@ -30,7 +31,8 @@ from autoprune.study import StudyStore, TrialRecord
 __all__ = ["Proposal", "PruneAndEvaluate", "SearchSession", "TrialFailure", "best_record",
            "evaluate_point", "objective_value", "run_search"]
 
-Evaluate = Callable[[nn.Module], Mapping[str, float]]
+#: An evaluator, or any callable with its signature (wrapped by ``as_evaluator``).
+Evaluate = Evaluator | Callable[[nn.Module], Mapping[str, float]]
 
 
 class TrialFailure(Exception):
@@ -43,7 +45,7 @@ class PruneAndEvaluate:
     def __init__(self, problem: PruningProblem, model: nn.Module, evaluate: Evaluate) -> None:
         self.space = problem.space
         self.model = model
-        self.evaluate = evaluate
+        self.evaluate = as_evaluator(evaluate)
 
     def __call__(self, config: Mapping[str, int]) -> dict[str, float]:
         pruned = self.space.apply(self.model, config)

@@ -1,6 +1,6 @@
 """How a latency table is measured: the blocks of a model, their timing, the correction fit.
 
-The table itself (lookup, JSON, checks) is :mod:`autoprune.lut`; this module holds what only
+The table itself (lookup, JSON, checks) is :mod:`autoprune.latency.table`; this module holds what only
 building one needs. See that module's notes for the method and its sources.
 """
 
@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from autoprune.latency import make_runner, pinned_threads, time_calls
+from autoprune.settings import ProfilePlan
+from autoprune.latency.measure import make_runner, pinned_threads, time_calls
 from autoprune.search_spaces import ChannelSpace, LayerRow, call_name
 
-__all__ = ["BlockSpec", "ProfilePlan", "block_followers", "calibration_configs", "fit_correction",
-           "measure_blocks_and_networks", "monotone", "op_of", "unit_links", "width_grid",
-           "with_batch"]
+__all__ = ["BlockSpec", "block_followers", "calibration_configs", "fit_correction",
+           "measure_blocks_and_networks", "monotone", "op_of", "unit_links", "width_grid"]
 
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _FOLLOWERS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU,
@@ -30,28 +29,6 @@ _FOLLOWERS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid,
 # What one profiled block is: the layer, the modules fused after it, its op description
 # (the dedupe key), and its input and output width grids (input grid empty: depthwise).
 BlockSpec = tuple[nn.Module, list[nn.Module], dict[str, Any], tuple[int, ...], tuple[int, ...]]
-
-
-@dataclass(frozen=True, kw_only=True)
-class ProfilePlan:
-    """How much to measure. ``grid`` widths per axis at most; ``calibration`` whole networks
-    (dense, thinnest, random). In each of ``rounds`` shuffled rounds a block gets ``warmup`` +
-    ``repeats`` calls and a whole network ``net_warmup`` + ``net_repeats``."""
-
-    grid: int = 5
-    rounds: int = 3
-    warmup: int = 3
-    repeats: int = 10
-    calibration: int = 10
-    net_warmup: int = 3
-    net_repeats: int = 10
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.grid < 2 or self.repeats < 1 or self.rounds < 1 or self.net_repeats < 1:
-            raise ValueError(f"invalid profile plan {self}: grid >= 2, repeats, rounds >= 1")
-        if self.calibration < 2:
-            raise ValueError("calibration needs at least 2 whole networks (dense and thinnest)")
 
 
 
@@ -181,17 +158,6 @@ def unit_links(space: ChannelSpace) -> dict[str, tuple[str | None, str | None]]:
                 link[0] = u.name
     return {n: (i, o) for n, (i, o) in links.items()}
 
-
-
-def with_batch(example_inputs: torch.Tensor | Sequence[torch.Tensor], batch: int | None
-                ) -> tuple[torch.Tensor, ...]:
-    single = isinstance(example_inputs, torch.Tensor)
-    inputs = (example_inputs,) if single else tuple(example_inputs)
-    if batch is None:
-        return inputs
-    if batch < 1:
-        raise ValueError(f"batch must be at least 1, got {batch}")
-    return tuple(x[:1].repeat(batch, *([1] * (x.dim() - 1))) for x in inputs)
 
 
 def measure_blocks_and_networks(specs: Sequence[BlockSpec], nets: Sequence[nn.Module],

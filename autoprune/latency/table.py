@@ -45,8 +45,8 @@ from rich.console import Console
 from torch import nn
 
 from autoprune.costs import CostModel
-from autoprune.latency import describe_device, device_fingerprint, fingerprint_mismatch
-from autoprune.lut_build import (
+from autoprune.latency.device import Device, describe_device, fingerprint_mismatch
+from autoprune.latency.build import (
     BlockSpec,
     ProfilePlan,
     block_followers,
@@ -57,7 +57,6 @@ from autoprune.lut_build import (
     op_of,
     unit_links,
     width_grid,
-    with_batch,
 )
 from autoprune.search_spaces import ChannelSpace, LayerTable
 
@@ -161,19 +160,19 @@ class LatencyTable:
     # ------------------------------------------------------------------ building
     @classmethod
     def build(cls, model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], *,
-              space: ChannelSpace | None = None, threads: int = 1, backend: str = "torch",
-              clock: str | None = None, batch: int | None = None,
+              space: ChannelSpace | None = None, device: Device | None = None,
               plan: ProfilePlan | None = None, console: Console | None = None) -> LatencyTable:
         """Profile ``model``'s layers on this machine and calibrate on whole networks.
 
-        ``example_inputs`` give the input shape; ``batch`` (default: their first dimension) the
-        batch the latency is for; ``clock`` how it is timed (see :mod:`autoprune.latency`).
+        ``example_inputs`` give the input shape; ``device`` (default ``Device()``) the backend,
+        threads, batch and clock the latency is for (see :mod:`autoprune.latency.device`).
         ``space`` (default: a ChannelSpace with rounding 8 and lower bound 0.2) gives the
         widths to profile. ``model`` is left untouched.
         """
         started = time.perf_counter()
         plan = plan or ProfilePlan()
-        inputs = with_batch(example_inputs, batch)
+        device_ = device or Device()
+        inputs = device_.inputs(example_inputs)
         one = tuple(x[:1] for x in inputs)
         space = space or ChannelSpace.from_model(model, one)
         traced = [tuple(x.shape[1:]) for x in space.example_inputs]
@@ -181,9 +180,9 @@ class LatencyTable:
             raise ValueError(f"the space was traced with inputs of shape {traced} per sample but "
                              f"the table is asked for {[tuple(x.shape[1:]) for x in inputs]}; "
                              "pass example inputs of the shape the space was built with")
-        device = device_fingerprint(inputs, threads=threads, backend=backend, clock=clock)
+        fingerprint = device_.fingerprint(inputs)
         say = console.print if console else (lambda *a, **k: None)
-        say(f"profiling latency on {describe_device(device)}")
+        say(f"profiling latency on {describe_device(fingerprint)}")
 
         named = dict(model.named_modules())
         chains = block_followers(model, one)
@@ -217,18 +216,19 @@ class LatencyTable:
         rng = np.random.default_rng(plan.seed)
         configs = calibration_configs(space, plan.calibration, rng)
         nets = [space.apply(model, c).eval() for c in configs]  # tracing needs autograd
-        ms, net_samples = measure_blocks_and_networks(specs, nets, inputs, threads, backend,
-                                                      device["clock"], plan, rng)
+        ms, net_samples = measure_blocks_and_networks(specs, nets, inputs, device_.threads,
+                                                      device_.backend, fingerprint["clock"],
+                                                      plan, rng)
         # Rounded as JSON stores them, so a saved and reloaded table predicts identically.
         entries = [_Entry(op=op, in_grid=ig, out_grid=og, ms=np.round(monotone(m), 6))
                    for (_, _, op, ig, og), m in zip(specs, ms)]
-        table = cls(device=device, model=_model_info(model, space), space=_space_info(space),
+        table = cls(device=fingerprint, model=_model_info(model, space), space=_space_info(space),
                     entries=entries, layers=layers,
                     correction={"offset_ms": 0.0, "scale": 1.0, "points": []},
                     plan=_plan_info(plan), build_seconds=0.0, created="")
         sums = np.array([table.layers_ms(space.layer_table(c)) for c in configs])
         correction = fit_correction(sums, configs, net_samples)
-        built = cls(device=device, model=table.model, space=table.space, entries=entries,
+        built = cls(device=fingerprint, model=table.model, space=table.space, entries=entries,
                     layers=layers, correction=correction, plan=table.plan,
                     build_seconds=time.perf_counter() - started,
                     created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -271,6 +271,14 @@ class LatencyTable:
 
     def cost_model(self) -> LatencyCost:
         return LatencyCost(self)
+
+    def prediction_margin(self) -> float:
+        """How far inside a latency budget predictions are kept: the table's typical (median
+        leave-one-out) error on whole networks, between 2% and 15%. Within it the best candidate
+        usually meets the budget when measured; beyond it the repair after the search
+        (``autoprune.latency.verify``) takes over."""
+        err = float(self.correction.get("loo_median_abs_rel", 0.05))
+        return min(0.15, max(0.02, err if math.isfinite(err) else 0.05))
 
     @property
     def loo_error(self) -> float:

@@ -22,8 +22,8 @@ Slimmable Networks", ICCV 2019):
    group), giving a standalone, physically smaller ``nn.Module`` of the same form
    ``ChannelSpace.apply`` produces, so ``autoprune.load_pruned`` rebuilds it.
 
-Training (sandwich rule, in-place distillation) lives in ``autoprune.ofa_train``; the
-accuracy predictor, evolution, latency check and front in ``autoprune.ofa_search``.
+Training (sandwich rule, in-place distillation) lives in ``autoprune.ofa.train``; the
+accuracy predictor, evolution, latency check and front in ``autoprune.ofa.search``.
 """
 
 from __future__ import annotations
@@ -44,11 +44,9 @@ from torch import nn
 from autoprune.search_spaces import ChannelSpace
 
 if TYPE_CHECKING:
-    from autoprune.data import DataSplits
-    from autoprune.ofa_search import Extraction
-    from autoprune.ofa_train import SupernetSettings
+    from autoprune.zoo.data import DataSplits
 
-__all__ = ["SUPERNET_FORMAT", "Supernet", "SupernetError", "WidthMasks", "check_masking",
+__all__ = ["SUPERNET_FORMAT", "ElasticNet", "SupernetError", "WidthMasks", "check_masking",
            "full_config", "sample_config", "slice_config", "sort_channels"]
 
 SUPERNET_FORMAT = 1
@@ -250,13 +248,13 @@ def check_masking(model: nn.Module, space: ChannelSpace, *, seed: int = 0,
 
 # ---------------------------------------------------------------------- the supernet
 @dataclass(kw_only=True, eq=False)
-class Supernet:
-    """A trained elastic-width supernet: the sorted model, its channel space and its folder.
+class ElasticNet:
+    """A trained elastic-width network: the sorted model, its channel space and its folder.
 
-    ``Supernet.load(path)`` reads a folder written by ``Supernet.train`` / ``autoprune ofa
-    train``; ``extract(target=...)`` returns a standalone sub-network meeting the budget, BN
-    recalibrated; ``specialise`` does the same for several targets with every figure;
-    ``front()`` the accuracy-cost front over the whole range.
+    ``load(path)`` reads a folder written by ``autoprune.ofa.train``; ``subnetwork(config)``
+    slices one width off, BN recalibrated. The search (``autoprune.ofa.search``) and the
+    training (``autoprune.ofa.train``) work on this; ``autoprune.ofa.Supernet`` adds the
+    user-facing ``train``, ``extract``, ``specialise`` and ``front`` on top of both.
     """
 
     model: nn.Module
@@ -270,19 +268,9 @@ class Supernet:
     derived: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def train(cls, settings: SupernetSettings, *, until_step: int | None = None,
-              console: Any = None) -> Supernet:
-        """Train (or resume) a supernet as ``settings`` (an ``ofa_train.SupernetSettings``)
-        says and return it loaded; see :func:`autoprune.ofa_train.train_supernet`."""
-        from autoprune.ofa_train import train_supernet
-
-        summary = train_supernet(settings, until_step=until_step, console=console)
-        return cls.load(summary["path"])
-
-    @classmethod
-    def load(cls, path: str | Path, *, data: DataSplits | None = None) -> Supernet:
+    def load(cls, path: str | Path, *, data: DataSplits | None = None) -> ElasticNet:
         """Read a supernet folder (weights with ``weights_only=True``, metadata from JSON)."""
-        from autoprune.models import build_model_from_spec
+        from autoprune.zoo.models import build_model_from_spec
 
         path = Path(path)
         meta_path, weights = path / "supernet.json", path / "supernet.pt"
@@ -317,7 +305,7 @@ class Supernet:
     def data(self) -> DataSplits:
         """The data the supernet was trained on (BN calibration and validation)."""
         if self.data_splits is None:
-            from autoprune.data import load_data
+            from autoprune.zoo.data import load_data
 
             self.data_splits = load_data(self.meta["data"], image_size=int(self.meta["image_size"]))
         return self.data_splits
@@ -338,7 +326,7 @@ class Supernet:
 
     def subnetwork(self, config: Mapping[str, int], *, recalibrate: bool = True) -> nn.Module:
         """The standalone sub-network of ``config`` (leading channels), BN recalibrated."""
-        from autoprune.evaluate import adaptive_bn
+        from autoprune.zoo.evaluate import adaptive_bn
 
         sub = slice_config(self.model, self.space, config)
         return adaptive_bn(sub, self.calibration_batches()) if recalibrate else sub
@@ -352,30 +340,3 @@ class Supernet:
             yield work, masks
         finally:
             masks.remove()
-
-    # ------------------------------------------------------------------ specialisation
-    def specialise(self, targets: str | Sequence[str], **options: Any) -> list[Extraction]:
-        """One sub-network per target (each may join budgets with commas: ``"latency=2ms,
-        params=50%"``); see :func:`autoprune.ofa_search.specialise` for the options."""
-        from autoprune.ofa_search import specialise
-
-        return specialise(self, [targets] if isinstance(targets, str) else list(targets),
-                          **options)
-
-    def extract(self, target: str | None = None, *, config: Mapping[str, int] | None = None,
-                **options: Any) -> nn.Module:
-        """A standalone, physically smaller ``nn.Module`` meeting ``target`` (or with the
-        channels of ``config``), its BatchNorm statistics recalibrated; no retraining."""
-        if (target is None) == (config is None):
-            raise SupernetError("pass exactly one of target='flops=50%' (or latency=..., "
-                                "params=...) and config={unit: channels}")
-        if config is not None:
-            return self.subnetwork(config)
-        return self.specialise(target, **options)[0].model
-
-    def front(self, **options: Any) -> dict[str, Any]:
-        """The predicted-best sub-network at budgets over the whole range, each extracted and
-        scored; see :func:`autoprune.ofa_search.front`."""
-        from autoprune.ofa_search import front
-
-        return front(self, **options)

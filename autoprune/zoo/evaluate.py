@@ -9,26 +9,17 @@ training data — never the test split, which only final reports touch.
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoprune.data import DataSplits
+from autoprune.evaluator import Evaluator
+from autoprune.zoo.data import DataSplits
 
-__all__ = ["ClassificationEvaluator", "Evaluator", "adaptive_bn"]
+__all__ = ["ClassificationEvaluator", "adaptive_bn", "evaluate_accuracy", "finetune"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-
-
-class Evaluator(ABC):
-    """``evaluator(model) -> {"accuracy": ..., "loss": ...}`` (at least one of the two).
-    Any callable with that signature works wherever an evaluator is expected."""
-
-    @abstractmethod
-    def __call__(self, model: nn.Module) -> dict[str, float]:
-        """Score ``model`` (which the evaluator may modify: it is a throw-away copy)."""
 
 
 def adaptive_bn(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
@@ -50,17 +41,44 @@ def adaptive_bn(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
     return model.eval()
 
 
+def model_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def evaluate_accuracy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256
+) -> tuple[float, float]:
+    """Top-1 accuracy and mean cross-entropy of ``model`` on ``(x, y)``, in eval mode.
+
+    The model's train/eval mode is restored afterwards so callers in the middle of
+    training are not surprised.
+    """
+    if len(x) == 0:
+        raise ValueError("cannot evaluate on an empty split")
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    correct = 0
+    loss_sum = 0.0
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(x), batch_size):
+                images = x[start : start + batch_size].to(device)
+                labels = y[start : start + batch_size].to(device)
+                logits = model(images)
+                loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+                correct += int((logits.argmax(dim=1) == labels).sum())
+    finally:
+        model.train(was_training)
+    return correct / len(x), loss_sum / len(x)
+
+
 def _accuracy_and_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                        batch_size: int) -> dict[str, float]:
-    model.eval()
-    correct, loss = 0, 0.0
-    with torch.inference_mode():
-        for i in range(0, len(x), batch_size):
-            logits = model(x[i:i + batch_size])
-            loss += float(F.cross_entropy(logits, y[i:i + batch_size], reduction="sum"))
-            correct += int((logits.argmax(1) == y[i:i + batch_size]).sum())
-    n = max(1, len(x))
-    return {"accuracy": correct / n, "loss": loss / n}
+    accuracy, loss = evaluate_accuracy(model, x, y, batch_size=batch_size)
+    return {"accuracy": accuracy, "loss": loss}
 
 
 class ClassificationEvaluator(Evaluator):

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import gc
 import io
-import os
-import platform
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -40,22 +38,11 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["BACKENDS", "CLOCKS", "DEVICE_MATCH_KEYS", "BackendError", "LatencyMeasurement",
-           "Timings", "backend_version", "cpu_model", "describe_device", "device_fingerprint",
-           "export_onnx", "fingerprint_mismatch", "make_runner", "measure_latency",
-           "pinned_threads", "resolve_clock", "time_calls"]
+from autoprune.latency.device import (FINAL_REPEATS, FINAL_WARMUP, BackendError, Device, as_inputs,
+                                      check_backend, onnxruntime_module)
 
-BACKENDS = ("torch", "onnxruntime")
-CLOCKS = ("cpu", "wall")
-
-# The fields two latencies must share to be comparable. ``logical_cores`` is informational.
-DEVICE_MATCH_KEYS = ("cpu", "machine", "backend", "backend_version", "threads", "batch",
-                     "input_shape", "clock")
-
-
-class BackendError(RuntimeError):
-    """A latency backend that is not installed, or a model it cannot run."""
-
+__all__ = ["LatencyMeasurement", "Timings", "export_onnx", "make_runner", "measure_latency",
+           "pinned_threads", "time_calls"]
 
 @dataclass(frozen=True, kw_only=True)
 class LatencyMeasurement:
@@ -71,76 +58,6 @@ class LatencyMeasurement:
     def to_json(self) -> dict[str, Any]:
         return {"median_ms": round(self.median_ms, 4), "p10_ms": round(self.p10_ms, 4),
                 "p90_ms": round(self.p90_ms, 4), "device": dict(self.device)}
-
-
-def cpu_model() -> str:
-    """The processor's marketing name (``model name`` in /proc/cpuinfo on x86, ``Hardware`` /
-    ``CPU part`` on ARM), else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            fields: dict[str, str] = {}
-            for line in f:
-                key, sep, value = line.partition(":")
-                if sep:
-                    fields.setdefault(key.strip().lower(), value.strip())
-        for key in ("model name", "hardware", "cpu model", "processor"):
-            if fields.get(key) and not fields[key].isdigit():
-                return fields[key]
-        if "cpu part" in fields:
-            return f"{fields.get('cpu implementer', '?')}:{fields['cpu part']}"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def backend_version(backend: str) -> str:
-    _check_backend(backend)
-    if backend == "torch":
-        return torch.__version__
-    return _onnxruntime().__version__
-
-
-def resolve_clock(clock: str | None, threads: int) -> str:
-    """``None`` means ``cpu`` for one thread, ``wall`` for more (see the module notes)."""
-    if clock is None or clock == "auto":
-        return "cpu" if threads == 1 else "wall"
-    if clock not in CLOCKS:
-        raise ValueError(f"unknown clock {clock!r}; choose one of {list(CLOCKS)} (or auto)")
-    if clock == "cpu" and threads != 1:
-        raise ValueError(f"clock 'cpu' times the calling thread only, which misses the work of "
-                         f"{threads - 1} other thread(s); use --clock wall with --threads "
-                         f"{threads}, or --threads 1")
-    return clock
-
-
-def device_fingerprint(example_inputs: torch.Tensor | Sequence[torch.Tensor], *, threads: int,
-                       backend: str, clock: str | None = None) -> dict[str, Any]:
-    """What a latency refers to: CPU, backend and its version, threads, batch, input shape and
-    the clock it was timed with."""
-    inputs = _as_tuple(example_inputs)
-    shapes = [list(x.shape) for x in inputs]
-    return {"cpu": cpu_model(), "machine": platform.machine(), "logical_cores": os.cpu_count(),
-            "backend": backend, "backend_version": backend_version(backend),
-            "threads": int(threads), "batch": int(inputs[0].shape[0]) if inputs[0].dim() else 1,
-            "input_shape": shapes[0] if len(shapes) == 1 else shapes,
-            "clock": resolve_clock(clock, threads)}
-
-
-def describe_device(fp: Mapping[str, Any]) -> str:
-    """One line a person reads: ``AMD EPYC, torch 2.13.0, 1 thread, batch 1, input 1x1x32x32``."""
-    shape = fp.get("input_shape", [])
-    flat = shape if shape and not isinstance(shape[0], list) else (shape[0] if shape else [])
-    threads = fp.get("threads")
-    clock = {"cpu": "thread CPU time", "wall": "wall-clock time"}.get(fp.get("clock"), "?")
-    return (f"{fp.get('cpu')}, {fp.get('backend')} {fp.get('backend_version')}, {threads} "
-            f"thread{'s' if threads != 1 else ''}, batch {fp.get('batch')}, input "
-            f"{'x'.join(str(d) for d in flat)}, {clock}")
-
-
-def fingerprint_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any],
-                         keys: Sequence[str] = DEVICE_MATCH_KEYS) -> dict[str, tuple[Any, Any]]:
-    """``{key: (saved, current)}`` for every compared field that differs."""
-    return {k: (saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)}
 
 
 @contextmanager
@@ -197,12 +114,12 @@ def make_runner(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.
     torch runners must be called inside ``pinned_threads`` and ``torch.inference_mode`` (as
     :func:`measure_latency` does); onnxruntime sessions pin their own threads.
     """
-    _check_backend(backend)
-    inputs = _as_tuple(example_inputs)
+    check_backend(backend)
+    inputs = as_inputs(example_inputs)
     if backend == "torch":
         model.eval()
         return lambda: model(*inputs)
-    ort = _onnxruntime()
+    ort = onnxruntime_module()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -216,29 +133,32 @@ def make_runner(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.
 
 
 def measure_latency(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], *,
-                    threads: int = 1, backend: str = "torch", clock: str | None = None,
-                    warmup: int = 10, repeats: int = 50) -> LatencyMeasurement:
-    """Time ``model`` on ``example_inputs`` (their first dimension is the batch) on this CPU.
+                    device: Device | None = None, warmup: int = FINAL_WARMUP,
+                    repeats: int = FINAL_REPEATS) -> LatencyMeasurement:
+    """Time ``model`` on this CPU for ``device`` (default ``Device()``: torch, one thread,
+    batch 1), on random inputs shaped like ``example_inputs`` at the device's batch.
 
     The model is put in eval mode and run without autograd; ``repeats`` single calls are timed
-    after ``warmup`` untimed ones, with the thread count pinned to ``threads``. ``clock``:
-    ``cpu`` or ``wall`` (default: ``cpu`` for one thread, else ``wall``; see the module notes).
+    after ``warmup`` untimed ones, with the thread count pinned. The clock is the device's
+    (default: ``cpu`` for one thread, else ``wall``; see the module notes).
     """
-    inputs = _as_tuple(example_inputs)
-    device = device_fingerprint(inputs, threads=threads, backend=backend, clock=clock)
-    with pinned_threads(threads), torch.inference_mode():
-        run = make_runner(model, inputs, backend=backend, threads=threads)
+    device = device or Device()
+    inputs = device.inputs(as_inputs(example_inputs))
+    fingerprint = device.fingerprint(inputs)
+    with pinned_threads(device.threads), torch.inference_mode():
+        run = make_runner(model, inputs, backend=device.backend, threads=device.threads)
         timings = time_calls(run, warmup=warmup, repeats=repeats)
-    times = timings.of(device["clock"]) * 1e3
+    times = timings.of(fingerprint["clock"]) * 1e3
     p10, median, p90 = np.percentile(times, [10, 50, 90])
     return LatencyMeasurement(median_ms=float(median), p10_ms=float(p10), p90_ms=float(p90),
-                              device=device, wall_median_ms=float(np.median(timings.wall) * 1e3))
+                              device=fingerprint,
+                              wall_median_ms=float(np.median(timings.wall) * 1e3))
 
 
 def export_onnx(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> bytes:
     """The model as an ONNX graph (bytes), via torch's TorchScript-based exporter, which needs
     no extra package (the dynamo exporter needs onnxscript)."""
-    _onnxruntime()  # fail early, with the install hint, if the backend is missing
+    onnxruntime_module()  # fail early, with the install hint, if the backend is missing
     buffer = io.BytesIO()
     names = [f"input{i}" for i in range(len(example_inputs))]
     with warnings.catch_warnings():
@@ -252,24 +172,3 @@ def export_onnx(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> b
                 "Fix: use --backend torch, or make the model exportable with torch.onnx.export."
             ) from err
     return buffer.getvalue()
-
-
-def _onnxruntime() -> Any:
-    try:
-        import onnxruntime  # noqa: PLC0415 - heavy optional import, only for this backend
-    except ImportError as err:
-        raise BackendError("the onnxruntime backend needs the onnx and onnxruntime packages. "
-                           "Fix: pip install onnx onnxruntime, or use --backend torch.") from err
-    return onnxruntime
-
-
-def _check_backend(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown latency backend {backend!r}; choose one of {list(BACKENDS)}")
-
-
-def _as_tuple(inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    out = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
-    if not out:
-        raise ValueError("example_inputs is empty; pass the tensor(s) the model is called with")
-    return out

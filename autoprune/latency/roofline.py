@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from autoprune.costs import CostModel
-from autoprune.latency import pinned_threads, resolve_clock, time_calls
+from autoprune.latency.device import resolve_clock
+from autoprune.latency.measure import pinned_threads, time_calls
 from autoprune.search_spaces import LayerRow, LayerTable
 
 __all__ = ["RooflineCost"]

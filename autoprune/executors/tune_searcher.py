@@ -17,7 +17,7 @@ Each suggestion is the agent's point repaired to the budgets (every configuratio
 as ``config["channels"]`` (unit name -> channels kept). Every finished trial lands in the
 searcher's ``StudyStore`` (in memory by default; ``StudyStore.in_folder(run_dir)`` gives the same
 ``study.db`` as ``autoprune search``), numbered in completion order; the agent is told in the
-order it asked (``autoprune.loop.SearchSession``).
+order it asked (``autoprune.session.SearchSession``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from torch import nn
 
 from autoprune.agents import Agent, make_agent
 from autoprune.context import agent_context
-from autoprune.loop import Proposal, SearchSession, TrialFailure, best_record
+from autoprune.session import Proposal, SearchSession, TrialFailure, best_record
 from autoprune.pareto import ParetoRange
 from autoprune.problem import PruningProblem
 from autoprune.study import StudyStore, TrialRecord

@@ -21,94 +21,42 @@ table costs them, and an evolutionary search keeps the best that meet the constr
 
 from __future__ import annotations
 
-import json
 import math
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from rich.console import Console
 from rich.table import Table
 from torch import nn
 
 from autoprune.agents.evolution import EvolutionAgent, EvolutionConfig
-from autoprune.api import RUN_FORMAT
-from autoprune.latency import LatencyMeasurement, measure_latency
-from autoprune.lut import LatencyTable
-from autoprune.ofa import Supernet, SupernetError
-from autoprune.problem import PruningProblem
+from autoprune.latency.cache import table_for_search
+from autoprune.latency.device import Device
+from autoprune.latency.measure import LatencyMeasurement, measure_latency
+from autoprune.latency.verify import measure_and_repair
+from autoprune.latency.table import LatencyTable
+from autoprune.ofa.elastic import ElasticNet, SupernetError
+from autoprune.ofa.predictor import AccuracyPredictor
+from autoprune.problem import PruningProblem, build_problem
+from autoprune.run_folder import write_choice
 from autoprune.search_spaces import ChannelSpace
 from autoprune.targets import Target, parse_targets
-from autoprune.train import evaluate_accuracy
+from autoprune.zoo.evaluate import evaluate_accuracy
+from autoprune.zoo.train import default_cache_dir
 
-__all__ = ["AccuracyPredictor", "Extraction", "LatencySetup", "QuadraticCost", "extraction_table",
-           "find_config", "front", "front_view", "predictor_quality", "quadratic_costs",
-           "save_subnetwork", "slug", "specialise"]
+__all__ = ["Extraction", "LatencySetup", "QuadraticCost", "extraction_table",
+           "find_config", "front", "front_view", "quadratic_costs",
+           "save_subnetwork", "specialise"]
 
 _MAX_LATENCY_RETRIES = 3
-_RETRY_SAFETY = 0.02
 
 
-# ---------------------------------------------------------------------- accuracy predictor
-class AccuracyPredictor:
-    """Validation accuracy of a configuration from its kept ratio per unit."""
-
-    def __init__(self, space: ChannelSpace, *, seed: int = 0) -> None:
-        self.space = space
-        self.seed = seed
-        self._model: Any = None
-
-    def features(self, configs: Sequence[Mapping[str, int]]) -> np.ndarray:
-        return np.array([[c[u.name] / u.full for u in self.space.units] for c in configs])
-
-    def fit(self, configs: Sequence[Mapping[str, int]], accuracy: Sequence[float]
-            ) -> AccuracyPredictor:
-        from sklearn.ensemble import GradientBoostingRegressor
-
-        if len(configs) < 5:
-            raise SupernetError(f"the predictor needs at least 5 scored sub-networks, got "
-                                f"{len(configs)}. Fix: train with --samples 50 or more.")
-        # Shallow trees with shrinkage and subsampling: ~100 samples in 10-60 dimensions.
-        self._model = GradientBoostingRegressor(n_estimators=300, learning_rate=0.05,
-                                                max_depth=2, subsample=0.8,
-                                                random_state=self.seed)
-        self._model.fit(self.features(configs), np.asarray(accuracy, dtype=float))
-        return self
-
-    def predict(self, configs: Sequence[Mapping[str, int]]) -> np.ndarray:
-        if self._model is None:
-            raise RuntimeError("fit the predictor first")
-        return self._model.predict(self.features(configs))
-
-
-def predictor_quality(space: ChannelSpace, samples: Sequence[Mapping[str, Any]], *,
-                      holdout: float = 0.25, seed: int = 0) -> dict[str, float]:
-    """Rank correlation (Spearman, Kendall) and mean absolute error of the predictor on
-    sub-networks it was not fitted on (a seeded ``holdout`` share; the largest and smallest
-    networks always stay in training)."""
-    from scipy.stats import kendalltau, spearmanr
-
-    n = len(samples)
-    rng = np.random.default_rng(seed)
-    order = 2 + rng.permutation(max(0, n - 2))
-    n_test = max(3, int(round(holdout * n)))
-    test, train = order[:n_test], np.concatenate([[0, 1], order[n_test:]]).astype(int)
-    configs = [samples[i]["config"] for i in range(n)]
-    acc = np.array([samples[i]["val_accuracy"] for i in range(n)])
-    pred = AccuracyPredictor(space, seed=seed).fit([configs[i] for i in train], acc[train])
-    got = pred.predict([configs[i] for i in test])
-    return {"spearman": float(spearmanr(got, acc[test]).statistic),
-            "kendall": float(kendalltau(got, acc[test]).statistic),
-            "mae": float(np.mean(np.abs(got - acc[test]))),
-            "n_train": int(len(train)), "n_test": int(len(test))}
-
-
-def _predictor(supernet: Supernet) -> AccuracyPredictor:
+def _predictor(supernet: ElasticNet) -> AccuracyPredictor:
     cached = supernet.derived.get("predictor")
     if cached is None:
         if not supernet.samples:
@@ -255,10 +203,7 @@ class LatencySetup:
     """What a latency budget refers to (the device's lookup table is built once and cached)."""
 
     lut: Path | None = None
-    batch: int = 1
-    threads: int = 1
-    backend: str = "torch"
-    clock: str | None = None
+    device: Device = field(default_factory=Device)
     cache_dir: Path | None = None
 
 
@@ -286,39 +231,28 @@ class Extraction:
                 "budgets": self.budgets, "measured": self.measured}
 
 
-def _latency_table(supernet: Supernet, setup: LatencySetup, console: Console) -> LatencyTable:
-    from autoprune.latency_jobs import table_for_search
-    from autoprune.train import default_cache_dir
-
+def _latency_table(supernet: ElasticNet, setup: LatencySetup, console: Console) -> LatencyTable:
     table, _ = table_for_search(
         supernet.model, supernet.data.example_inputs(1), supernet.space, lut=setup.lut,
-        cache_dir=Path(setup.cache_dir or default_cache_dir()), batch=setup.batch,
-        threads=setup.threads, backend=setup.backend, clock=setup.clock, console=console)
+        cache_dir=Path(setup.cache_dir or default_cache_dir()), device=setup.device,
+        console=console)
     return table
 
 
-def _measure(model: nn.Module, supernet: Supernet, setup: LatencySetup) -> LatencyMeasurement:
-    from autoprune.latency_jobs import FINAL_REPEATS, FINAL_WARMUP, _inputs
-
-    return measure_latency(model, _inputs(supernet.data.example_inputs(1), setup.batch),
-                           threads=setup.threads, backend=setup.backend, clock=setup.clock,
-                           warmup=FINAL_WARMUP, repeats=FINAL_REPEATS)
+def _measure(model: nn.Module, supernet: ElasticNet, setup: LatencySetup) -> LatencyMeasurement:
+    return measure_latency(model, supernet.data.example_inputs(1), device=setup.device)
 
 
-def _problem(supernet: Supernet, targets: Sequence[Target], table: LatencyTable | None
+def _problem(supernet: ElasticNet, targets: Sequence[Target], table: LatencyTable | None
              ) -> PruningProblem:
-    from autoprune.latency_jobs import prediction_margin
-
     forms = supernet.derived.get("cost_forms")
     if forms is None:
         forms = supernet.derived["cost_forms"] = quadratic_costs(supernet.space)
-    return _FastProblem(supernet.space, targets,
-                        cost_models=[table.cost_model()] if table else (),
-                        margins={"latency_ms": prediction_margin(table)} if table else None,
-                        forms=forms)
+    return build_problem(supernet.space, targets, table=table,
+                         problem=partial(_FastProblem, forms=forms))
 
 
-def specialise(supernet: Supernet, targets: Sequence[str | Sequence[Target]], *,
+def specialise(supernet: ElasticNet, targets: Sequence[str | Sequence[Target]], *,
                latency: LatencySetup | None = None, generations: int = 12, population: int = 64,
                seed: int = 0, score: bool = True, latency_retries: int = _MAX_LATENCY_RETRIES,
                console: Console | None = None) -> list[Extraction]:
@@ -367,75 +301,74 @@ def specialise(supernet: Supernet, targets: Sequence[str | Sequence[Target]], *,
     return out
 
 
-def _check_latency(supernet: Supernet, problem: PruningProblem, predictor: AccuracyPredictor,
+def _check_latency(supernet: ElasticNet, problem: PruningProblem, predictor: AccuracyPredictor,
                    model: nn.Module, config: dict[str, int], predicted: float,
                    setup: LatencySetup, console: Console, *, retries: int, **search: Any
                    ) -> tuple[nn.Module, dict[str, int], float, dict[str, Any], bool]:
-    """Measure the extracted network; while it misses the budget, search again with the limit
-    scaled by measured / predicted latency (2% more room), at most ``retries`` times; when
-    no network is predicted that fast, the thinnest one is measured as the last resort."""
+    """Measure the extracted network; while it misses the budget, search again for the speed
+    measured (``autoprune.latency.verify.measure_and_repair``, the search's own loop), at most
+    ``retries`` times; when no network is predicted that fast, the thinnest one is measured as
+    the last resort."""
     budget = next(b for b in problem.budgets if b.metric == "latency_ms")
-    tries = []
-    for attempt in range(retries + 1):
-        m = _measure(model, supernet, setup)
-        pred_ms = problem.costs(config)["latency_ms"]
-        tries.append({"predicted_ms": pred_ms, "latency_ms": m.median_ms, "p10_ms": m.p10_ms,
-                      "p90_ms": m.p90_ms})
-        console.print(f"measured {m.median_ms:.3f} ms (predicted {pred_ms:.3f} ms, budget "
-                      f"{budget.limit:.3f} ms)", highlight=False)
-        if m.median_ms <= budget.limit or attempt == retries:
-            break
-        slow = max(1.0, m.median_ms / pred_ms)
-        want = budget.limit / (slow * (1 + _RETRY_SAFETY))
-        thinnest = problem.space.min_config()
+    thinnest = problem.space.min_config()
+    found: dict[tuple[int, ...], tuple[nn.Module, float]] = {_key(config): (model, predicted)}
+
+    def measure(c: dict[str, int]) -> LatencyMeasurement:
+        m = _measure(found[_key(c)][0], supernet, setup)
+        console.print(f"measured {m.median_ms:.3f} ms (predicted "
+                      f"{problem.costs(c)['latency_ms']:.3f} ms, budget {budget.limit:.3f} ms)",
+                      highlight=False)
+        return m
+
+    def repair(want: float, slow: float) -> dict[str, int] | None:
         if problem.costs(thinnest)["latency_ms"] > want:
             # No network is predicted that fast: the thinnest one is the last resort (machine
             # noise can make the scaled target look out of reach when it is not).
-            if config == thinnest:
-                break
-            config = thinnest
-            predicted = float(predictor.predict([config])[0])
+            if _key(thinnest) in found:
+                return None
+            c, acc = dict(thinnest), float(predictor.predict([thinnest])[0])
         else:
             tight = problem.with_margin("latency_ms", 1 - want / budget.limit)
-            config, predicted = find_config(tight, predictor, **search)
-        model = supernet.subnetwork(config)
-    ok = tries[-1]["latency_ms"] <= budget.limit
-    return model, config, predicted, {**tries[-1], "device": dict(m.device),
-                                      "tries": tries}, ok
+            c, acc = find_config(tight, predictor, **search)
+        found.setdefault(_key(c), (supernet.subnetwork(c), acc))
+        return c
+
+    met, readings = measure_and_repair(
+        [config], limit_ms=budget.limit, measure=measure,
+        predict=lambda c: problem.costs(c)["latency_ms"], repair=repair, max_repairs=retries)
+    last = readings[-1]
+    tries = [{"predicted_ms": r.predicted_ms, "latency_ms": r.measured.median_ms,
+              "p10_ms": r.measured.p10_ms, "p90_ms": r.measured.p90_ms} for r in readings]
+    model, predicted = found[_key(last.candidate)]
+    return model, dict(last.candidate), predicted, {**tries[-1], "device": dict(
+        last.measured.device), "tries": tries}, met is not None
 
 
-def save_subnetwork(extraction: Extraction, path: str | Path, supernet: Supernet) -> Path:
+def _key(config: Mapping[str, int]) -> tuple[int, ...]:
+    return tuple(int(v) for _, v in sorted(config.items()))
+
+
+def save_subnetwork(extraction: Extraction, path: str | Path, supernet: ElasticNet) -> Path:
     """Write ``<path>.pt`` (weights) and ``<path>.json`` in the form of a search result, so
     ``autoprune.load_pruned(path.parent, choice=path.stem)`` rebuilds the network."""
     path = Path(path)
     if path.suffix != ".pt":
         path = path.with_name(path.name + ".pt")
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(extraction.model.state_dict(), path)
     meta = supernet.meta
-    space = supernet.space
-    choice = {
-        "format": RUN_FORMAT, "model_spec": meta["model_spec"], "data": meta["data"],
-        "example_input_shape": meta["example_input_shape"], "round_to": meta["round_to"],
-        "min_ratio": meta["min_ratio"], "config": extraction.config,
-        "units": {u.name: {"channels": extraction.config[u.name], "of": u.full,
-                           "ratio": extraction.config[u.name] / u.full} for u in space.units},
-        "costs": extraction.costs, "budgets": extraction.budgets,
-        "metrics": {"val_accuracy": None if math.isnan(extraction.val_accuracy)
-                    else extraction.val_accuracy,
-                    "predicted_val_accuracy": extraction.predicted_accuracy},
-        "weights": path.name,
-        "source": {"kind": "ofa", "supernet": str(supernet.path), "target": extraction.target,
-                   "seconds": extraction.seconds, "met": extraction.met},
-    }
+    extra: dict[str, Any] = {"source": {"kind": "ofa", "supernet": str(supernet.path),
+                                        "target": extraction.target,
+                                        "seconds": extraction.seconds, "met": extraction.met}}
     if extraction.measured:
-        choice["measured"] = extraction.measured
-    path.with_suffix(".json").write_text(json.dumps(choice, indent=2) + "\n")
+        extra["measured"] = extraction.measured
+    write_choice(path.with_suffix(".json"), model=meta["model_spec"], space=supernet.space,
+                 data=meta["data"], example_input_shape=meta["example_input_shape"],
+                 config=extraction.config, costs=extraction.costs, budgets=extraction.budgets,
+                 metrics={"val_accuracy": None if math.isnan(extraction.val_accuracy)
+                          else extraction.val_accuracy,
+                          "predicted_val_accuracy": extraction.predicted_accuracy},
+                 weights=extraction.model, weights_file=path.name, extra=extra)
     return path
-
-
-def slug(target: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "-", target).strip("-")
 
 
 def extraction_table(extractions: Sequence[Extraction], *, title: str = "extracted sub-networks"
@@ -459,7 +392,7 @@ def extraction_table(extractions: Sequence[Extraction], *, title: str = "extract
 _METRIC_NAMES = {"flops": "macs", "macs": "macs", "params": "params", "latency": "latency_ms"}
 
 
-def front(supernet: Supernet, *, metric: str = "flops", points: int = 8,
+def front(supernet: ElasticNet, *, metric: str = "flops", points: int = 8,
           latency: LatencySetup | None = None, generations: int = 12, population: int = 64,
           seed: int = 0, plot: Path | None = None, console: Console | None = None
           ) -> dict[str, Any]:
@@ -514,7 +447,7 @@ def front_view(result: Mapping[str, Any]) -> Table:
     return t
 
 
-def _front_plot(result: Mapping[str, Any], supernet: Supernet, base: PruningProblem,
+def _front_plot(result: Mapping[str, Any], supernet: ElasticNet, base: PruningProblem,
                 path: Path) -> Path:
     import matplotlib
 

@@ -1,6 +1,6 @@
 """Training an elastic-width supernet (``autoprune ofa train``), with checkpoints that resume.
 
-Starting point: the cached trained baseline of a zoo model (``autoprune.train``), its channels
+Starting point: the cached trained baseline of a zoo model (``autoprune.zoo.train``), its channels
 sorted by importance (``autoprune.ofa.sort_channels``). Every step follows the *sandwich rule*
 (Yu & Huang, "Universally Slimmable Networks and Improved Training Techniques", ICCV 2019):
 the largest network, the smallest and ``random_widths`` random ones are run on the same batch
@@ -15,7 +15,7 @@ Checkpoints (``checkpoint.pt``: model and optimizer state dicts, loaded with
 steps. Every random draw of a step is seeded by ``(seed, step)``, so a resumed run continues
 exactly as the uninterrupted one would. After training, ``samples`` random sub-networks are
 extracted (by masking, which equals slicing), BN-recalibrated and scored on the validation
-split: the training set of the accuracy predictor (``autoprune.ofa_search``), saved as JSON.
+split: the training set of the accuracy predictor (``autoprune.ofa.search``), saved as JSON.
 """
 
 from __future__ import annotations
@@ -35,12 +35,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from autoprune.data import DataSplits
-from autoprune.evaluate import adaptive_bn
-from autoprune.ofa import SUPERNET_FORMAT, Supernet, SupernetError, WidthMasks, check_masking, sample_config, sort_channels
-from autoprune.ofa_search import predictor_quality
+from autoprune.zoo.data import DataSplits
+from autoprune.zoo.evaluate import adaptive_bn
+from autoprune.ofa.elastic import (SUPERNET_FORMAT, ElasticNet, SupernetError, WidthMasks,
+                                   check_masking, sample_config, sort_channels)
+from autoprune.ofa.predictor import predictor_quality
 from autoprune.search_spaces import ChannelSpace
-from autoprune.train import evaluate_accuracy, load_or_train_baseline, random_shift
+from autoprune.zoo.train import evaluate_accuracy, load_or_train_baseline, random_shift
 
 __all__ = ["SupernetSettings", "score_configs", "train_supernet"]
 
@@ -58,7 +59,7 @@ class SupernetSettings:
     min_ratio: float = 0.2
     epochs: int = 10
     batch_size: int = 64
-    # The baseline recipe's rate and decay (autoprune.train). On the 16px ResNet-20 supernet
+    # The baseline recipe's rate and decay (autoprune.zoo.train). On the 16px ResNet-20 supernet
     # (10 epochs) they beat lr 0.02 / decay 5e-5: test accuracy of the largest 98.6% vs 97.8%,
     # the smallest 97.8% vs 97.5%, predictor Spearman 0.77 vs 0.67.
     lr: float = 0.05
@@ -183,7 +184,7 @@ def train_supernet(settings: SupernetSettings, *, until_step: int | None = None,
         _train(model, space, data, settings, meta, out, until_step, console)
         if not meta["training"]["done"]:
             return _summary(out, meta)
-    supernet = Supernet.load(out, data=data)
+    supernet = ElasticNet.load(out, data=data)
     _sample(supernet, settings, meta, out, console)
     return _summary(out, meta)
 
@@ -269,7 +270,7 @@ def _checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, step: int,
     _write_json(out / "supernet.json", meta)
 
 
-def score_configs(supernet: Supernet, configs: list[dict[str, int]], *,
+def score_configs(supernet: ElasticNet, configs: list[dict[str, int]], *,
                   split: str = "val") -> list[float]:
     """Accuracy of each configuration after BN recalibration, scored on the masked supernet
     (equal to the sliced network, without slicing each one)."""
@@ -284,7 +285,7 @@ def score_configs(supernet: Supernet, configs: list[dict[str, int]], *,
     return scores
 
 
-def _sample(supernet: Supernet, settings: SupernetSettings, meta: dict[str, Any], out: Path,
+def _sample(supernet: ElasticNet, settings: SupernetSettings, meta: dict[str, Any], out: Path,
             console: Console) -> None:
     """Score the predictor's training set: the largest, the smallest and random widths."""
     path = out / "samples.json"

@@ -36,7 +36,7 @@ def _fail(message: str) -> None:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from autoprune.latency import BackendError
+    from autoprune.latency.device import BackendError
 
     return (ValueError, FileNotFoundError, BackendError)
 
@@ -68,7 +68,7 @@ def train(
     from the largest (in-place distillation). Checkpoints every 25 steps; re-running the same
     command resumes. Then --samples sub-networks are scored to fit the accuracy predictor.
     """
-    from autoprune.ofa_train import SupernetSettings, train_supernet
+    from autoprune.ofa.train import SupernetSettings, train_supernet
 
     try:
         settings = SupernetSettings(model=model, data=data, image_size=image_size,
@@ -120,7 +120,9 @@ def extract(
     form autoprune.load_pruned reads.
     """
     from autoprune.ofa import Supernet
-    from autoprune.ofa_search import LatencySetup, extraction_table, save_subnetwork, slug
+    from autoprune.latency.device import Device
+    from autoprune.ofa.search import LatencySetup, extraction_table, save_subnetwork
+    from autoprune.settings import slug
 
     try:
         if output is not None and len(target) > 1 and output.suffix == ".pt":
@@ -128,7 +130,8 @@ def extract(
                              "pass a folder")
         sn = Supernet.load(supernet)
         extractions = sn.specialise(
-            target, latency=LatencySetup(lut=lut, batch=batch, threads=threads, backend=backend,
+            target, latency=LatencySetup(lut=lut, device=Device(batch=batch, threads=threads,
+                                                                backend=backend),
                                          cache_dir=cache_dir),
             generations=generations, population=population, seed=seed, console=err)
         paths = []
@@ -170,12 +173,14 @@ def front(
     """The accuracy-cost front of a supernet: the best sub-network at budgets over the whole
     range, each extracted and scored; a table, <supernet>/front.json and front.png."""
     from autoprune.ofa import Supernet
-    from autoprune.ofa_search import LatencySetup, front as run, front_view
+    from autoprune.latency.device import Device
+    from autoprune.ofa.search import LatencySetup, front as run, front_view
 
     try:
         sn = Supernet.load(supernet)
         result = run(sn, metric=metric, points=points,
-                     latency=LatencySetup(lut=lut, batch=batch, threads=threads, backend=backend,
+                     latency=LatencySetup(lut=lut, device=Device(batch=batch, threads=threads,
+                                                                 backend=backend),
                                           cache_dir=cache_dir),
                      plot=Path(supernet) / "front.png", console=err)
     except _user_errors() as e:

@@ -14,6 +14,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from autoprune.cli.ofa import app as ofa_app
+from autoprune.latency.device import Device
+from autoprune.settings import (ExecutorSettings, LatencySettings, ModelSource, ProfilePlan,
+                                ProfileSettings, ScoringSettings, SearchSettings, SpaceSettings)
+
+# Every default below is read from the settings, so the library holds the one copy.
+_S, _P, _L = SearchSettings(), ProfileSettings(), LatencySettings()
+
 __all__ = ["app", "main"]
 
 TARGET_HELP = (
@@ -42,43 +50,43 @@ def _fail(message: str) -> None:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from autoprune.api import SearchError
-    from autoprune.latency import BackendError
+    from autoprune.latency.device import BackendError
 
     return (ValueError, SearchError, FileNotFoundError, BackendError)
 
 
 @app.command()
 def search(
-    target: Annotated[list[str], typer.Option("--target", "-t", metavar="BUDGET", help=TARGET_HELP)] = ["flops=50%"],  # noqa: B006
-    model: Annotated[str, typer.Option(help="Zoo model (autoprune models lists them).")] = "vgg11",
-    data: Annotated[str, typer.Option(help="Dataset: 'digits' (scikit-learn, embedded).")] = "digits",
+    target: Annotated[list[str], typer.Option("--target", "-t", metavar="BUDGET", help=TARGET_HELP)] = list(_S.targets),  # noqa: B006
+    model: Annotated[str, typer.Option(help="Zoo model (autoprune models lists them).")] = _S.source.model,
+    data: Annotated[str, typer.Option(help="Dataset: 'digits' (scikit-learn, embedded).")] = _S.source.data,
     agent: Annotated[str, typer.Option(
         help="Search agent (autoprune agents lists them); 'a+b' chains two, e.g. erk+tpe: "
-             "ERK's allocations first, then TPE starting from them.")] = "random",
+             "ERK's allocations first, then TPE starting from them.")] = _S.agent,
     objective: Annotated[str, typer.Option(
         help="accuracy: the best network within the budgets. pareto: the front of accuracy "
              "against the first --target's cost, from the thinnest network up to that budget, "
              "with its hypervolume (front.json); needs an agent that handles several "
-             "objectives (nsga2, tpe, gp, random); autoprune pick then chooses from it.")] = "accuracy",
+             "objectives (nsga2, tpe, gp, random); autoprune pick then chooses from it.")] = _S.objective,
     reward: Annotated[str, typer.Option(
         help="Reward of the RL agents (ddpg, td3), AMC's two: acc (-error; the budget is kept by "
              "bounding each action) or acc-flops (-error * log FLOPs, AMC's accuracy-guaranteed "
-             "reward).")] = "acc",
-    trials: Annotated[int, typer.Option(min=1, help="Trials in the study, counting resumed ones.")] = 30,
-    seed: Annotated[int, typer.Option(help="Seed of the agent and data order.")] = 0,
+             "reward).")] = _S.reward,
+    trials: Annotated[int, typer.Option(min=1, help="Trials in the study, counting resumed ones.")] = _S.trials,
+    seed: Annotated[int, typer.Option(help="Seed of the agent and data order.")] = _S.seed,
     run_dir: Annotated[Path | None, typer.Option(
         help="Run folder (default runs/<model>-<data>-<targets>-<agent>-s<seed>); an existing "
              "one is resumed.")] = None,
-    round_to: Annotated[int, typer.Option(min=1, help="Channel counts are multiples of this.")] = 8,
+    round_to: Annotated[int, typer.Option(min=1, help="Channel counts are multiples of this.")] = _S.space.round_to,
     min_ratio: Annotated[float, typer.Option(min=0.01, max=1.0,
-                                             help="Fewest channels a unit keeps, as a fraction.")] = 0.2,
-    image_size: Annotated[int, typer.Option(min=8, help="Input resolution (digits: 32 upsamples, 8 is native).")] = 32,
-    width_mult: Annotated[float, typer.Option(min=0.05, help="Width multiplier of the zoo model.")] = 1.0,
-    calib_batches: Annotated[int, typer.Option(min=0, help="Training batches for adaptive BatchNorm.")] = 16,
-    finetune_steps: Annotated[int, typer.Option(min=0, help="SGD steps per candidate before scoring.")] = 0,
+                                             help="Fewest channels a unit keeps, as a fraction.")] = _S.space.min_ratio,
+    image_size: Annotated[int, typer.Option(min=8, help="Input resolution (digits: 32 upsamples, 8 is native).")] = _S.source.image_size,
+    width_mult: Annotated[float, typer.Option(min=0.05, help="Width multiplier of the zoo model.")] = _S.source.width_mult,
+    calib_batches: Annotated[int, typer.Option(min=0, help="Training batches for adaptive BatchNorm.")] = _S.scoring.calib_batches,
+    finetune_steps: Annotated[int, typer.Option(min=0, help="SGD steps per candidate before scoring.")] = _S.scoring.finetune_steps,
     executor: Annotated[str, typer.Option(
         help="Where trials run: local (this process, one at a time) or ray (Ray Tune: a local "
-             "Ray, or the cluster of --ray-address; needs pip install 'ray[tune]').")] = "local",
+             "Ray, or the cluster of --ray-address; needs pip install 'ray[tune]').")] = _S.executor.executor,
     workers: Annotated[int | None, typer.Option(
         min=1, help="Trials in flight at once (--executor ray; default: as many as the Ray "
                     "cluster's CPUs hold at --cpus-per-trial each).")] = None,
@@ -87,16 +95,16 @@ def search(
              "prints it, e.g. 127.0.0.1:6379). Default: start a local Ray for this search.")] = None,
     cpus_per_trial: Annotated[float, typer.Option(
         min=0.01, help="CPUs Ray reserves per trial; torch in a trial uses that many threads "
-                       "(at least 1).")] = 1.0,
+                       "(at least 1).")] = _S.executor.cpus_per_trial,
     cache_dir: Annotated[Path | None, typer.Option(help="Baseline cache (default $AUTOPRUNE_CACHE or ~/.cache/autoprune).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars (stderr).")] = True,
     lut: Annotated[Path | None, typer.Option(
         help="Latency lookup table (autoprune profile -o ...); default: built on first use and "
              "cached next to the baselines.")] = None,
-    batch: Annotated[int, typer.Option(min=1, help=BATCH_HELP)] = 1,
-    threads: Annotated[int, typer.Option(min=1, help=THREADS_HELP)] = 1,
-    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "torch",
+    batch: Annotated[int, typer.Option(min=1, help=BATCH_HELP)] = _S.device.batch,
+    threads: Annotated[int, typer.Option(min=1, help=THREADS_HELP)] = _S.device.threads,
+    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = _S.device.backend,
     clock: Annotated[str, typer.Option(help=CLOCK_HELP)] = "auto",
 ) -> None:
     """Search per-unit channel counts that meet every --target at the best validation accuracy.
@@ -106,18 +114,20 @@ def search(
     study.db (optuna), best.json, pruned.pt, pareto.png, summary.json. With a latency target
     candidates are costed by an on-device lookup table and the chosen network is measured.
     """
-    from autoprune.api import SearchSettings, search as run
+    from autoprune.api import search as run
 
-    settings = SearchSettings(model=model, data=data, image_size=image_size, width_mult=width_mult,
-                              targets=tuple(target), agent=agent, objective=objective,
-                              reward=reward, seed=seed, round_to=round_to,
-                              min_ratio=min_ratio, calib_batches=calib_batches,
-                              finetune_steps=finetune_steps, trials=trials, executor=executor,
-                              workers=workers, ray_address=ray_address,
-                              cpus_per_trial=cpus_per_trial, run_dir=run_dir, cache_dir=cache_dir, progress=progress, lut=lut,
-                              batch=batch, threads=threads, backend=backend,
-                              clock=None if clock == "auto" else clock)
     try:
+        settings = SearchSettings(
+            source=ModelSource(model=model, data=data, image_size=image_size,
+                               width_mult=width_mult),
+            space=SpaceSettings(round_to=round_to, min_ratio=min_ratio),
+            scoring=ScoringSettings(calib_batches=calib_batches, finetune_steps=finetune_steps),
+            device=Device(batch=batch, threads=threads, backend=backend,
+                          clock=None if clock == "auto" else clock),
+            executor=ExecutorSettings(executor=executor, workers=workers,
+                                      ray_address=ray_address, cpus_per_trial=cpus_per_trial),
+            targets=tuple(target), agent=agent, objective=objective, reward=reward, seed=seed,
+            trials=trials, run_dir=run_dir, cache_dir=cache_dir, progress=progress, lut=lut)
         summary = run(settings, console=err)
     except _user_errors() as e:
         _fail(str(e))
@@ -162,7 +172,7 @@ def train(
     as_json: Annotated[bool, typer.Option("--json", help="Print the baseline record as JSON.")] = False,
 ) -> None:
     """Train (or load from the cache) the dense baseline that searches start from."""
-    from autoprune.train import load_or_train_baseline
+    from autoprune.zoo.train import load_or_train_baseline
 
     try:
         _, _, record = load_or_train_baseline(model, data, image_size=image_size,
@@ -181,20 +191,20 @@ def train(
 
 @app.command()
 def profile(
-    model: Annotated[str, typer.Option(help="Zoo model (autoprune models lists them).")] = "vgg11",
-    data: Annotated[str, typer.Option(help="Dataset (gives the input shape): 'digits'.")] = "digits",
-    batch: Annotated[int, typer.Option(min=1, help=BATCH_HELP)] = 1,
-    threads: Annotated[int, typer.Option(min=1, help=THREADS_HELP)] = 1,
-    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "torch",
+    model: Annotated[str, typer.Option(help="Zoo model (autoprune models lists them).")] = _P.source.model,
+    data: Annotated[str, typer.Option(help="Dataset (gives the input shape): 'digits'.")] = _P.source.data,
+    batch: Annotated[int, typer.Option(min=1, help=BATCH_HELP)] = _P.device.batch,
+    threads: Annotated[int, typer.Option(min=1, help=THREADS_HELP)] = _P.device.threads,
+    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = _P.device.backend,
     clock: Annotated[str, typer.Option(help=CLOCK_HELP)] = "auto",
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the table (JSON).")] = Path("lut.json"),
-    image_size: Annotated[int, typer.Option(min=8, help="Input resolution.")] = 32,
-    width_mult: Annotated[float, typer.Option(min=0.05, help="Width multiplier.")] = 1.0,
-    round_to: Annotated[int, typer.Option(min=1, help="Channel rounding of the search space.")] = 8,
-    min_ratio: Annotated[float, typer.Option(min=0.01, max=1.0, help="Fewest channels a unit keeps.")] = 0.2,
-    grid: Annotated[int, typer.Option(min=2, help="Widths profiled per axis of each layer.")] = 5,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the table (JSON).")] = _P.output,
+    image_size: Annotated[int, typer.Option(min=8, help="Input resolution.")] = _P.source.image_size,
+    width_mult: Annotated[float, typer.Option(min=0.05, help="Width multiplier.")] = _P.source.width_mult,
+    round_to: Annotated[int, typer.Option(min=1, help="Channel rounding of the search space.")] = _P.space.round_to,
+    min_ratio: Annotated[float, typer.Option(min=0.01, max=1.0, help="Fewest channels a unit keeps.")] = _P.space.min_ratio,
+    grid: Annotated[int, typer.Option(min=2, help="Widths profiled per axis of each layer.")] = _P.plan.grid,
     calibration: Annotated[int, typer.Option(
-        min=2, help="Pruned networks measured whole to fit the correction (and its error).")] = 10,
+        min=2, help="Pruned networks measured whole to fit the correction (and its error).")] = _P.plan.calibration,
     as_json: Annotated[bool, typer.Option("--json", help="Print the table's summary as JSON.")] = False,
 ) -> None:
     """Build a latency lookup table for a model on this machine (minutes), with its error.
@@ -202,15 +212,16 @@ def profile(
     Each conv/linear layer is timed with its BatchNorm and activation at a grid of widths;
     a whole-network correction is fitted on real measurements of random pruned networks.
     """
-    from autoprune.latency_jobs import ProfileSettings, profile as run
-    from autoprune.lut import ProfilePlan
+    from autoprune.latency.jobs import profile as run
 
     try:
-        settings = ProfileSettings(model=model, data=data, image_size=image_size,
-                                   width_mult=width_mult, batch=batch, threads=threads,
-                                   backend=backend, clock=None if clock == "auto" else clock,
-                                   round_to=round_to, min_ratio=min_ratio,
-                                   output=output, plan=ProfilePlan(grid=grid, calibration=calibration))
+        settings = ProfileSettings(
+            source=ModelSource(model=model, data=data, image_size=image_size,
+                               width_mult=width_mult),
+            space=SpaceSettings(round_to=round_to, min_ratio=min_ratio),
+            device=Device(batch=batch, threads=threads, backend=backend,
+                          clock=None if clock == "auto" else clock),
+            output=output, plan=ProfilePlan(grid=grid, calibration=calibration))
         summary = run(settings, console=err)
     except _user_errors() as e:
         _fail(str(e))
@@ -227,30 +238,32 @@ def profile(
 
 @app.command()
 def latency(
-    model: Annotated[str, typer.Option(help="Zoo model (autoprune models lists them).")] = "vgg11",
+    model: Annotated[str, typer.Option(help="Zoo model (autoprune models lists them).")] = _L.source.model,
     config: Annotated[Path | None, typer.Option(
         help="A run's best.json (or run folder): measure its pruned network instead of the dense one.")] = None,
-    data: Annotated[str, typer.Option(help="Dataset (gives the input shape): 'digits'.")] = "digits",
-    batch: Annotated[int, typer.Option(min=1, help=BATCH_HELP)] = 1,
-    threads: Annotated[int, typer.Option(min=1, help=THREADS_HELP)] = 1,
-    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "torch",
+    data: Annotated[str, typer.Option(help="Dataset (gives the input shape): 'digits'.")] = _L.source.data,
+    batch: Annotated[int, typer.Option(min=1, help=BATCH_HELP)] = _L.device.batch,
+    threads: Annotated[int, typer.Option(min=1, help=THREADS_HELP)] = _L.device.threads,
+    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = _L.device.backend,
     clock: Annotated[str, typer.Option(help=CLOCK_HELP)] = "auto",
-    image_size: Annotated[int, typer.Option(min=8, help="Input resolution.")] = 32,
-    width_mult: Annotated[float, typer.Option(min=0.05, help="Width multiplier.")] = 1.0,
-    warmup: Annotated[int, typer.Option(min=0, help="Untimed calls first.")] = 10,
-    repeats: Annotated[int, typer.Option(min=1, help="Timed calls (median, p10, p90 reported).")] = 60,
+    image_size: Annotated[int, typer.Option(min=8, help="Input resolution.")] = _L.source.image_size,
+    width_mult: Annotated[float, typer.Option(min=0.05, help="Width multiplier.")] = _L.source.width_mult,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed calls first.")] = _L.warmup,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed calls (median, p10, p90 reported).")] = _L.repeats,
     lut: Annotated[Path | None, typer.Option(help="Also print this lookup table's prediction.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help='Print {"median_ms","p10_ms","p90_ms","device"}.')] = False,
 ) -> None:
     """Measure a network's latency on this machine (median of single calls after warm-up)."""
-    from autoprune.latency import describe_device
-    from autoprune.latency_jobs import LatencySettings, latency as run
+    from autoprune.latency.device import describe_device
+    from autoprune.latency.jobs import latency as run
 
-    settings = LatencySettings(model=model, data=data, image_size=image_size,
-                               width_mult=width_mult, config=config, batch=batch, threads=threads,
-                               backend=backend, clock=None if clock == "auto" else clock,
-                               warmup=warmup, repeats=repeats, lut=lut)
     try:
+        settings = LatencySettings(
+            source=ModelSource(model=model, data=data, image_size=image_size,
+                               width_mult=width_mult),
+            device=Device(batch=batch, threads=threads, backend=backend,
+                          clock=None if clock == "auto" else clock),
+            config=config, warmup=warmup, repeats=repeats, lut=lut)
         result = run(settings)
     except _user_errors() as e:
         _fail(str(e))
@@ -271,7 +284,7 @@ def latency(
 @app.command("models")
 def list_models() -> None:
     """List the zoo models."""
-    from autoprune.models import available_models
+    from autoprune.zoo.models import available_models
 
     for name in available_models():
         typer.echo(name)
@@ -288,19 +301,9 @@ def list_agents() -> None:
                "which starts from ERK's results.")
 
 
-def _mount_ofa() -> None:
-    # The once-for-all commands live in their own module (autoprune/ofa_cli.py).
-    from autoprune.ofa_cli import app as ofa_app
-
-    app.add_typer(ofa_app, name="ofa")
-
-
-_mount_ofa()
+# The once-for-all commands live in their own module.
+app.add_typer(ofa_app, name="ofa")
 
 
 def main() -> None:
     app()
-
-
-if __name__ == "__main__":
-    main()

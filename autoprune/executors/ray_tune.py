@@ -29,16 +29,15 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ray
 from ray import tune
 
-from autoprune.executors import Executor
-from autoprune.tune_searcher import ERROR_KEY, AgentSearcher
+from autoprune.executors.base import Executor, TrialWork
+from autoprune.executors.tune_searcher import ERROR_KEY, AgentSearcher
+from autoprune.session import SearchSession
 
-if TYPE_CHECKING:
-    from autoprune.loop import PruneAndEvaluate, SearchSession
 
 __all__ = ["RayExecutor"]
 
@@ -104,7 +103,7 @@ class RayExecutor(Executor):
         self.startup_s = None
 
     # ------------------------------------------------------------------ a whole search
-    def execute(self, session: SearchSession, work: PruneAndEvaluate, *, batch: int = 1) -> None:
+    def execute(self, session: SearchSession, work: TrialWork, *, batch: int = 1) -> None:  # type: ignore[override]
         if session.finished:
             return
         self.start()
@@ -149,7 +148,8 @@ class RayExecutor(Executor):
                             "trials_run": float(len(watch.ends))}
         searcher.abandon("Ray Tune stopped before this trial reported a result")
 
-    # ------------------------------------------------------------------ plain fan-out
+    # ------------------------------------------------------------------ plain fan-out (not part
+    # of the Executor contract: Ray's own helper for plain calls, e.g. benchmarks)
     def run(self, fn: Callable[[Any], Any], items: Sequence[Any]
             ) -> Iterator[tuple[int, Any | BaseException]]:
         """``fn(item)`` as Ray tasks, ``workers`` at a time, yielded as they finish."""
@@ -201,7 +201,7 @@ def _pin(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _trial(config: dict[str, Any], work: PruneAndEvaluate, threads: int) -> None:
+def _trial(config: dict[str, Any], work: TrialWork, threads: int) -> None:
     """One Tune trial: prune to ``config["channels"]``, evaluate, report the metrics."""
     _pin(threads)
     try:

@@ -1,0 +1,148 @@
+"""Everything a run folder holds, written and read here only.
+
+    run.json        the search's identity (a resume must match it)
+    study.db        the optuna study (``autoprune.study``)
+    best.json       the chosen network: how the dense model is built, per-unit channels,
+                    costs, metrics, budgets (and, with a latency budget, what was measured)
+    pruned.pt       its weights (loaded with ``weights_only=True``)
+    pick-*.json/.pt networks chosen later by ``autoprune pick``; ``ofa extract`` writes the
+                    same form for a sub-network
+    summary.json, front.json, pareto.png   reports
+
+A chosen-network JSON (``write_choice``/``read_choice``) is enough, with its weights, to rebuild
+the pruned network (``load_pruned``) without the search.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoprune.errors import SearchError
+from autoprune.search_spaces import SearchSpace, make_space
+from autoprune.zoo.models import build_model_from_spec
+
+__all__ = ["RUN_FORMAT", "check_run_folder", "load_pruned", "read_choice", "read_run_settings",
+           "rebuild_choice", "unit_table", "write_choice", "write_json"]
+
+RUN_FORMAT = 1
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write ``payload`` atomically (a kill never leaves half a file)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def check_run_folder(run_dir: Path, identity: Mapping[str, Any]) -> None:
+    """Record ``identity`` in a new run folder, or refuse to resume one holding another."""
+    path = run_dir / "run.json"
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise SearchError(f"{path} is corrupt ({err}); remove the run folder or choose "
+                              "another --run-dir") from None
+        if saved.get("settings") != identity:
+            diff = {k: (saved.get("settings", {}).get(k), v) for k, v in identity.items()
+                    if saved.get("settings", {}).get(k) != v}
+            raise SearchError(f"run folder {run_dir} holds a different search (saved vs now: "
+                              f"{diff}); resume it with the same options or choose another "
+                              "--run-dir")
+        return
+    write_json(path, {"format": RUN_FORMAT, "settings": dict(identity)})
+
+
+def read_run_settings(run_dir: Path) -> dict[str, Any]:
+    """The identity a finished run folder recorded; refuses what is not one."""
+    run_json, db = run_dir / "run.json", run_dir / "study.db"
+    if not run_json.exists() or not db.exists():
+        raise FileNotFoundError(f"{run_dir} is not an autoprune run folder (it needs run.json "
+                                "and study.db; run autoprune search --run-dir ... first)")
+    return dict(json.loads(run_json.read_text())["settings"])
+
+
+def unit_table(space: SearchSpace, config: Mapping[str, int]) -> dict[str, dict[str, float]]:
+    """Per unit: channels kept, of how many, and the ratio."""
+    return {u.name: {"channels": config[u.name], "of": u.full, "ratio": config[u.name] / u.full}
+            for u in space.units}
+
+
+def write_choice(path: Path, *, model: nn.Module | Mapping[str, Any], space: SearchSpace,
+                 data: str, example_input_shape: Sequence[int], config: Mapping[str, int],
+                 costs: Mapping[str, float], metrics: Mapping[str, Any],
+                 budgets: Sequence[Mapping[str, Any]], trial: int | None = None,
+                 weights: nn.Module | None = None, weights_file: str | None = None,
+                 extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write one chosen network's JSON to ``path`` (``<name>.json``), and with ``weights``
+    its state dict to ``weights_file`` (default ``<name>.pt``) beside it. ``model`` is the
+    dense model (or its spec)."""
+    weights_file = weights_file or path.with_suffix(".pt").name
+    spec = dict(model if isinstance(model, Mapping) else model.autoprune_spec)
+    choice: dict[str, Any] = {
+        "format": RUN_FORMAT, "model_spec": spec, "data": data,
+        "example_input_shape": list(example_input_shape),
+        "round_to": space.round_to, "min_ratio": space.min_ratio, "trial": trial,
+        "config": {k: int(v) for k, v in config.items()}, "units": unit_table(space, config),
+        "costs": dict(costs), "metrics": dict(metrics), "budgets": list(budgets),
+        "weights": weights_file, **(extra or {})}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if weights is not None:
+        torch.save(weights.state_dict(), path.parent / weights_file)
+    write_json(path, choice)
+    return choice
+
+
+def read_choice(path: str | Path) -> tuple[dict[str, Any], Path]:
+    """A chosen-network JSON (a run folder means its ``best.json``) and its path."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.json"
+    try:
+        choice = json.loads(path.read_text())
+        for key in ("model_spec", "example_input_shape", "config"):
+            choice[key]  # noqa: B018 - a missing key is a file that is not ours
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist; pass a run's best.json "
+                                "(autoprune search writes it)") from None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not a readable autoprune best.json ({err})") from None
+    return choice, path
+
+
+def rebuild_choice(choice: Mapping[str, Any], folder: Path
+                   ) -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    """``(pruned, dense, example)``: the pruned network rebuilt from the dense model's spec
+    and its configuration, with its weights when they are in ``folder``."""
+    example = torch.zeros(choice["example_input_shape"])
+    dense = build_model_from_spec(choice["model_spec"]).eval()
+    space = make_space(choice.get("space", "channel"), dense, example,
+                       round_to=choice.get("round_to", 8), min_ratio=choice.get("min_ratio", 0.2))
+    model = space.apply(dense, choice["config"])
+    weights = folder / choice.get("weights", "pruned.pt")
+    if weights.exists():
+        model.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu"))
+    return model.eval(), dense, example
+
+
+def load_pruned(run_dir: str | Path, *, choice: str = "best") -> nn.Module:
+    """The pruned network a run chose (``choice="best"``) or that ``autoprune pick`` chose
+    (``choice="pick-flops-30"``, the name of its JSON file), rebuilt and loaded (weights only,
+    never unpickled code)."""
+    run_dir = Path(run_dir)
+    path = run_dir / f"{choice}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: {run_dir} is not a finished autoprune "
+                                "run folder (run autoprune search --run-dir ... first)")
+    data, _ = read_choice(path)
+    if not (run_dir / data.get("weights", "pruned.pt")).exists():
+        raise FileNotFoundError(f"{run_dir / data.get('weights', 'pruned.pt')} is missing: "
+                                "the run folder is incomplete")
+    return rebuild_choice(data, run_dir)[0]
