@@ -44,11 +44,12 @@ from rich.table import Table
 
 from autoprune.agents import AGENTS, Agent, AgentContext, make_agent
 from autoprune.zoo.evaluate import ClassificationEvaluator
-from autoprune.executors import Executor
+from autoprune.executors import Executor, TrialSource, TrialWork
 from autoprune.latency.measure import measure_latency
-from autoprune.latency.jobs import FINAL_REPEATS, FINAL_WARMUP, prediction_margin, table_for_search
+from autoprune.latency.cache import table_for_search
+from autoprune.latency.device import Device
 from autoprune.session import best_record, run_search
-from autoprune.problem import PruningProblem
+from autoprune.problem import build_problem
 from autoprune.search_spaces import ChannelSpace
 from autoprune.study import StudyStore, TrialRecord
 from autoprune.targets import parse_targets
@@ -143,9 +144,16 @@ class CachingExecutor(Executor):
         self.spent = 0.0    # seconds really spent evaluating
         self.charged = 0.0  # seconds the runs would have spent without the cache
 
-    def run(self, fn: Callable[[Any], Any], items: Sequence[Any]
-            ) -> Iterator[tuple[int, Any | BaseException]]:
-        for i, config in enumerate(items):
+    def execute(self, session: TrialSource, work: TrialWork, *, batch: int = 1) -> None:
+        while not session.finished:
+            props = session.propose(max(1, batch))
+            if not props:
+                break
+            for prop in props:
+                session.complete(prop, self._cached(work, prop.config))
+
+    def _cached(self, fn: TrialWork, config: Mapping[str, int]) -> Any:
+        if True:
             key = tuple(sorted((k, int(v)) for k, v in config.items()))
             if key not in self.cache:
                 t = time.perf_counter()
@@ -157,7 +165,7 @@ class CachingExecutor(Executor):
                 self.spent += self.cache[key][1]
             out, seconds = self.cache[key]
             self.charged += seconds
-            yield i, out
+            return out
 
 
 def _first_at(records: Sequence[TrialRecord], reference: float | None, *,
@@ -195,12 +203,9 @@ def run_league(settings: LeagueSettings, *, console: Console) -> dict[str, Any]:
     if any(t.metric == "latency_ms" for t in targets):
         # As ``autoprune search`` does: the device's table (cached), a margin from its error.
         table, _ = table_for_search(model, example, space, lut=None,
-                                    cache_dir=default_cache_dir(), batch=1,
-                                    threads=settings.threads, backend="torch", clock=None,
-                                    console=console)
-    problem = PruningProblem(space, targets,
-                             cost_models=[table.cost_model()] if table else (),
-                             margins={"latency_ms": prediction_margin(table)} if table else None)
+                                    cache_dir=default_cache_dir(),
+                                    device=Device(threads=settings.threads), console=console)
+    problem = build_problem(space, targets, table=table)
     evaluator = ClassificationEvaluator(data, calib_batches=settings.calib_batches, seed=0)
     tuner = ClassificationEvaluator(data, calib_batches=settings.calib_batches,
                                     finetune_steps=settings.finetune_steps, seed=0)
@@ -219,8 +224,8 @@ def run_league(settings: LeagueSettings, *, console: Console) -> dict[str, Any]:
             out["ft_test"] = tuner.test(tuned)["accuracy"]
             if table is not None:
                 out["measured_ms"] = measure_latency(
-                    space.apply(model, config), example, threads=settings.threads,
-                    warmup=FINAL_WARMUP, repeats=FINAL_REPEATS).median_ms
+                    space.apply(model, config), example,
+                    device=Device(threads=settings.threads)).median_ms
             finals[key] = out
         return finals[key]
 

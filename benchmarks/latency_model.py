@@ -37,7 +37,7 @@ from rich.console import Console
 from rich.table import Table
 from scipy.stats import spearmanr
 
-from autoprune.latency.device import describe_device, resolve_clock
+from autoprune.latency.device import Device, describe_device, resolve_clock
 from autoprune.latency.measure import (make_runner, pinned_threads,
                                time_calls)
 from autoprune.latency.table import LatencyTable, ProfilePlan
@@ -108,8 +108,10 @@ def run_model(name: str, s: Settings, roof: RooflineCost, console: Console) -> d
     x = torch.randn(s.batch, 1, s.image_size, s.image_size)
     space = ChannelSpace.from_model(model, x[:1])
     load_before = load()
-    table = LatencyTable.build(model, x, space=space, threads=s.threads, backend=s.backend,
-                               clock=s.clock, plan=s.plan, console=console)
+    table = LatencyTable.build(model, x, space=space,
+                               device=Device(threads=s.threads, backend=s.backend,
+                                             batch=s.batch, clock=s.clock),
+                               plan=s.plan, console=console)
     rng = np.random.default_rng(s.seed)
     configs = [space.dense_config()] + configs_for(space, s.configs, rng)
     nets = [space.apply(model, c).eval() for c in configs]
