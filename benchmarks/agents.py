@@ -153,19 +153,18 @@ class CachingExecutor(Executor):
                 session.complete(prop, self._cached(work, prop.config))
 
     def _cached(self, fn: TrialWork, config: Mapping[str, int]) -> Any:
-        if True:
-            key = tuple(sorted((k, int(v)) for k, v in config.items()))
-            if key not in self.cache:
-                t = time.perf_counter()
-                try:
-                    out: Any = fn(config)
-                except Exception as err:  # noqa: BLE001 - a failed trial, as LocalExecutor
-                    out = err
-                self.cache[key] = (out, time.perf_counter() - t)
-                self.spent += self.cache[key][1]
-            out, seconds = self.cache[key]
-            self.charged += seconds
-            return out
+        key = tuple(sorted((k, int(v)) for k, v in config.items()))
+        if key not in self.cache:
+            t = time.perf_counter()
+            try:
+                out: Any = fn(config)
+            except Exception as err:  # noqa: BLE001 - a failed trial, as LocalExecutor
+                out = err
+            self.cache[key] = (out, time.perf_counter() - t)
+            self.spent += self.cache[key][1]
+        out, seconds = self.cache[key]
+        self.charged += seconds
+        return out
 
 
 def _first_at(records: Sequence[TrialRecord], reference: float | None, *,
