@@ -44,7 +44,7 @@ from rich.table import Table
 
 from autoprune.agents import AGENTS, Agent, AgentContext, make_agent
 from autoprune.zoo.evaluate import ClassificationEvaluator
-from autoprune.executors import Executor, TrialSource, TrialWork
+from autoprune.executors import Executor, LocalExecutor, TrialSource, TrialWork
 from autoprune.latency.measure import measure_latency
 from autoprune.latency.cache import table_for_search
 from autoprune.latency.device import Device
@@ -133,7 +133,7 @@ class TimedAgent(Agent):
         self.inner.load_state_dict(state)
 
 
-class CachingExecutor(Executor):
+class CachingExecutor(LocalExecutor):
     """In-process, with every configuration's result and evaluation time kept: a configuration
     another run already scored costs nothing now but is charged its measured time."""
 
@@ -145,12 +145,7 @@ class CachingExecutor(Executor):
         self.charged = 0.0  # seconds the runs would have spent without the cache
 
     def execute(self, session: TrialSource, work: TrialWork, *, batch: int = 1) -> None:
-        while not session.finished:
-            props = session.propose(max(1, batch))
-            if not props:
-                break
-            for prop in props:
-                session.complete(prop, self._cached(work, prop.config))
+        super().execute(session, lambda config: self._cached(work, config), batch=batch)
 
     def _cached(self, fn: TrialWork, config: Mapping[str, int]) -> Any:
         key = tuple(sorted((k, int(v)) for k, v in config.items()))
