@@ -11,7 +11,7 @@ import numpy as np
 from torch import nn
 
 from autoprune.agents import AgentContext, PointCosts, UnitFacts
-from autoprune.search_spaces import ChannelSpace, SearchSpace
+from autoprune.search_spaces import SearchSpace, UnitFactsError
 
 if TYPE_CHECKING:
     from autoprune.problem import PruningProblem
@@ -26,25 +26,27 @@ def agent_context(space: SearchSpace, model: nn.Module, *, needs: Set[str] = fro
                   problem: PruningProblem | None = None) -> AgentContext:
     """The ``AgentContext`` of ``space``; channel scores (a trace of ``model``) only when
     ``needs`` asks for them, the budget (costs of points) only with ``problem``."""
-    if not isinstance(space, ChannelSpace):
-        raise ValueError(f"agents that need facts about units ({', '.join(sorted(needs))}) "
-                         f"work on channel spaces only, not {type(space).__name__}")
     unknown = set(needs) - CONTEXT_FIELDS
     if unknown:
         raise ValueError(f"an agent asked for unknown context fields {sorted(unknown)}")
     if "budget" in needs and problem is None:
         raise ValueError("an agent that needs the budget needs the pruning problem: "
                          "agent_context(..., problem=problem)")
-    scores = tuple(tuple(float(v) for v in s) for s in space.channel_scores(model)) \
-        if "scores" in needs else ()
-    layers = tuple(tuple(rows) for rows in space.unit_layers()) if "layers" in needs else ()
-    units = unit_facts(space) if "units" in needs else ()
+    try:
+        scores = tuple(tuple(float(v) for v in s) for s in space.channel_scores(model)) \
+            if "scores" in needs else ()
+        layers = tuple(tuple(rows) for rows in space.unit_layers()) if "layers" in needs else ()
+        units = unit_facts(space) if "units" in needs else ()
+    except UnitFactsError as err:
+        raise UnitFactsError(f"this agent needs facts about units ({', '.join(sorted(needs))}) "
+                             f"that the {space.name!r} space cannot give: {err}; choose "
+                             "another agent or space") from None
     budget = point_costs(problem) if "budget" in needs and problem is not None else None
     return AgentContext(choices=tuple(u.choices for u in space.units), scores=scores,
                         layers=layers, units=units, budget=budget)
 
 
-def unit_facts(space: ChannelSpace) -> tuple[UnitFacts, ...]:
+def unit_facts(space: SearchSpace) -> tuple[UnitFacts, ...]:
     """Per unit, the dense shape of the conv/linear layer it is named after (AMC's embedding)."""
     rows = {r.name: r for r in space.layer_table(space.dense_config())}
     out = []

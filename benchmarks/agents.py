@@ -32,7 +32,7 @@ import json
 import math
 import platform
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,13 +44,13 @@ from rich.table import Table
 
 from autoprune.agents import AGENTS, Agent, AgentContext, make_agent
 from autoprune.zoo.evaluate import ClassificationEvaluator
-from autoprune.executors import Executor, LocalExecutor, TrialSource, TrialWork
+from autoprune.executors import LocalExecutor, TrialSource, TrialWork
 from autoprune.latency.measure import measure_latency
 from autoprune.latency.cache import table_for_search
 from autoprune.latency.device import Device
 from autoprune.session import best_record, run_search
 from autoprune.problem import build_problem
-from autoprune.search_spaces import ChannelSpace
+from autoprune.search_spaces import make_space
 from autoprune.study import StudyStore, TrialRecord
 from autoprune.targets import parse_targets
 from autoprune.zoo.train import default_cache_dir, load_or_train_baseline
@@ -191,7 +191,7 @@ def run_league(settings: LeagueSettings, *, console: Console) -> dict[str, Any]:
                                                    epochs=settings.baseline_epochs,
                                                    progress=True)
     example = data.example_inputs(1)
-    space = ChannelSpace.from_model(model, example)
+    space = make_space("channel", model, example)
     targets = parse_targets(settings.target)
     table = None
     if any(t.metric == "latency_ms" for t in targets):

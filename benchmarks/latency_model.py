@@ -43,7 +43,7 @@ from autoprune.latency.measure import (make_runner, pinned_threads,
 from autoprune.latency.table import LatencyTable, ProfilePlan
 from autoprune.zoo.models import build_model
 from autoprune.latency.roofline import RooflineCost
-from autoprune.search_spaces import ChannelSpace
+from autoprune.search_spaces import SearchSpace, make_space
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -68,7 +68,7 @@ def load() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
-def configs_for(space: ChannelSpace, n: int, rng: np.random.Generator) -> list[dict[str, int]]:
+def configs_for(space: SearchSpace, n: int, rng: np.random.Generator) -> list[dict[str, int]]:
     """Random configurations over the whole width range: a level per network plus per-unit noise
     (uniform points in the cube alone cluster around half width)."""
     out = []
@@ -106,7 +106,7 @@ def run_model(name: str, s: Settings, roof: RooflineCost, console: Console) -> d
     torch.manual_seed(0)
     model = build_model(name, in_channels=1, num_classes=10, input_size=s.image_size).eval()
     x = torch.randn(s.batch, 1, s.image_size, s.image_size)
-    space = ChannelSpace.from_model(model, x[:1])
+    space = make_space("channel", model, x[:1])
     load_before = load()
     table = LatencyTable.build(model, x, space=space,
                                device=Device(threads=s.threads, backend=s.backend,

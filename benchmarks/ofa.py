@@ -69,7 +69,7 @@ def run(settings: BenchSettings, *, supernet_dir: Path | None, console: Console
     torch.set_num_threads(1)
     out = supernet_dir or Path(tempfile.mkdtemp(prefix="ofa-bench-")) / "supernet"
     started = time.perf_counter()
-    summary = train_supernet(SupernetSettings(
+    train_supernet(SupernetSettings(
         model=settings.model, data=settings.data, image_size=settings.image_size,
         epochs=settings.epochs, samples=settings.samples, calib_batches=settings.calib_batches,
         seed=settings.seed, output=out, progress=True), console=console)

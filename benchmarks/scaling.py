@@ -41,8 +41,8 @@ from autoprune.agents import make_agent
 from autoprune.zoo.evaluate import ClassificationEvaluator
 from autoprune.executors import Executor, LocalExecutor
 from autoprune.session import run_search
-from autoprune.problem import PruningProblem
-from autoprune.search_spaces import ChannelSpace
+from autoprune.problem import PruningProblem, build_problem
+from autoprune.search_spaces import make_space
 from autoprune.study import StudyStore, TrialRecord
 from autoprune.targets import parse_targets
 from autoprune.zoo.train import load_or_train_baseline
@@ -106,8 +106,8 @@ def run_scaling(settings: ScalingSettings, *, console: Console) -> dict[str, Any
 
     model, data, _ = load_or_train_baseline(settings.model, settings.data,
                                             image_size=settings.image_size, progress=False)
-    space = ChannelSpace.from_model(model, data.example_inputs(1))
-    problem = PruningProblem(space, parse_targets(settings.target))
+    space = make_space("channel", model, data.example_inputs(1))
+    problem = build_problem(space, parse_targets(settings.target))
     evaluator = ClassificationEvaluator(data, calib_batches=settings.calib_batches,
                                         seed=settings.seed)
     kinds: list[tuple[str, int]] = [("local", 1)] + [("ray", w) for w in settings.ray_workers]

@@ -67,7 +67,7 @@ def main() -> None:
     calib = [x for x, _ in data.loader("train", batch_size=64, shuffle=True)][:4]
 
     space = autoprune.ChannelSpace.from_model(model, data.example_inputs(1))
-    problem = autoprune.PruningProblem(space, autoprune.parse_targets("flops=50%"))
+    problem = autoprune.build_problem(space, autoprune.parse_targets("flops=50%"))
     searcher = autoprune.AgentSearcher("tpe", problem, metric="accuracy", mode="max", seed=0)
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .base import (SPACES, LayerRow, LayerTable, SearchSpace, Unit, UntraceableModelError,
-                   call_name, make_space, register_space)
+from .base import (SPACES, LayerRow, LayerTable, SearchSpace, Unit, UnitFactsError,
+                   UntraceableModelError, call_name, make_space, register_space)
 from .channel import ChannelSpace, channel_choices
 
 __all__ = ["SPACES", "ChannelSpace", "LayerRow", "LayerTable", "SearchSpace", "Unit",
-           "UntraceableModelError", "call_name", "channel_choices", "make_space",
+           "UnitFactsError", "UntraceableModelError", "call_name", "channel_choices", "make_space",
            "register_space"]

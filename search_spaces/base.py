@@ -15,8 +15,12 @@ from typing import Any, ClassVar
 import numpy as np
 from torch import nn
 
-__all__ = ["SPACES", "LayerRow", "LayerTable", "SearchSpace", "Unit", "UntraceableModelError",
-           "call_name", "make_space", "register_space"]
+__all__ = ["SPACES", "LayerRow", "LayerTable", "SearchSpace", "Unit", "UnitFactsError",
+           "UntraceableModelError", "call_name", "make_space", "register_space"]
+
+
+class UnitFactsError(ValueError):
+    """A space cannot give the per-unit facts (scores, layer shapes) an agent asked for."""
 
 
 class UntraceableModelError(ValueError):
@@ -117,7 +121,11 @@ class SearchSpace(ABC):
     registered name) and lists its decisions as ``units``."""
 
     name: ClassVar[str] = "abstract"
-    units: list[Unit]
+    units: Sequence[Unit]
+    #: What ``from_model`` was given: the traced inputs and the unit grid's rounding and floor.
+    example_inputs: tuple[Any, ...]
+    round_to: int
+    min_ratio: float
 
     @classmethod
     @abstractmethod
@@ -167,6 +175,18 @@ class SearchSpace(ABC):
     def min_config(self) -> Mapping[str, int]:
         """The thinnest configuration the space allows (the origin of the cube)."""
         return self.decode(np.zeros(self.dim))
+
+    def channel_scores(self, model: nn.Module) -> list[np.ndarray]:
+        """Per unit, one importance per prunable element, the scores by which ``apply`` chooses
+        what a unit keeps. Agents that rank across units (global magnitude, LAMP) read them; a
+        space that has none raises :class:`UnitFactsError`."""
+        raise UnitFactsError(f"{type(self).__name__} has no per-unit importance scores")
+
+    def unit_layers(self) -> list[list[tuple[int, int, int, int]]]:
+        """Per unit, the dense weight shape ``(fan_in, out, kernel_h, kernel_w)`` of every layer
+        it prunes (ERK and AMC's embedding read them); a space that has none raises
+        :class:`UnitFactsError`."""
+        raise UnitFactsError(f"{type(self).__name__} does not list the layers of its units")
 
 
 SPACES: dict[str, type[SearchSpace]] = {}

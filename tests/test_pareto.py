@@ -64,7 +64,6 @@ def test_a_pareto_search_spreads_candidates_over_the_range(user_model: nn.Module
 
 
 def test_pareto_search_writes_the_front_and_pick_chooses_from_it(tmp_path: Path) -> None:
-    tiny = {"image_size": 8, "width_mult": 0.5, "round_to": 4}
     load_or_train_baseline("resnet20", "digits", epochs=1, cache_dir=tmp_path / "cache",
                            progress=False, image_size=8, width_mult=0.5)
     run_dir = tmp_path / "run"

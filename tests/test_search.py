@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -9,7 +7,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from torch import nn
 

@@ -2,7 +2,7 @@
 ``on_trial_complete``, so RL, Bayesian optimization and evolution all run with several trials in
 flight inside a user's own ``tune.Tuner`` — and inside ``--executor ray``, which uses this class.
 
-    problem = autoprune.PruningProblem(space, autoprune.parse_targets("flops=50%"))
+    problem = autoprune.build_problem(space, autoprune.parse_targets("flops=50%"))
     searcher = autoprune.AgentSearcher("tpe", problem, metric="accuracy", mode="max")
 
     def trainable(config):

@@ -16,7 +16,7 @@ from torch import nn
 
 from autoprune.settings import ProfilePlan
 from autoprune.latency.measure import make_runner, pinned_threads, time_calls
-from autoprune.search_spaces import ChannelSpace, LayerRow, call_name
+from autoprune.search_spaces import LayerRow, SearchSpace, call_name
 
 __all__ = ["BlockSpec", "block_followers", "calibration_configs", "fit_correction",
            "measure_blocks_and_networks", "monotone", "op_of", "unit_links", "width_grid"]
@@ -144,7 +144,7 @@ def _block(module: nn.Module, chain: Sequence[nn.Module], op: Mapping[str, Any],
     return nn.Sequential(*layers).eval(), torch.randn(shape)
 
 
-def unit_links(space: ChannelSpace) -> dict[str, tuple[str | None, str | None]]:
+def unit_links(space: SearchSpace) -> dict[str, tuple[str | None, str | None]]:
     """For each costed layer, the unit setting its input and its output channels, found through
     the public contract: thin one unit at a time and see which rows change."""
     dense = {r.name: r for r in space.layer_table(space.dense_config())}
@@ -201,7 +201,7 @@ def measure_blocks_and_networks(specs: Sequence[BlockSpec], nets: Sequence[nn.Mo
     return ms, nets_ms
 
 
-def calibration_configs(space: ChannelSpace, n: int, rng: np.random.Generator
+def calibration_configs(space: SearchSpace, n: int, rng: np.random.Generator
                          ) -> list[dict[str, int]]:
     """Dense, thinnest, and ``n - 2`` random configurations spread over the width range."""
     configs = [space.dense_config(), space.decode(np.zeros(space.dim))]

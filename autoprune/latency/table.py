@@ -58,7 +58,7 @@ from autoprune.latency.build import (
     unit_links,
     width_grid,
 )
-from autoprune.search_spaces import ChannelSpace, LayerTable
+from autoprune.search_spaces import LayerTable, SearchSpace, make_space
 
 __all__ = ["TABLE_FORMAT", "TABLE_VERSION", "LatencyCost", "LatencyTable", "LatencyTableError",
            "ProfilePlan", "model_signature"]
@@ -124,7 +124,7 @@ def _bracket(grid: Sequence[int], v: float) -> tuple[int, int, float]:
     return i - 1, i, float(np.clip(w, 0.0, 1.0))
 
 
-def model_signature(space: ChannelSpace) -> str:
+def model_signature(space: SearchSpace) -> str:
     """A hash of the dense shapes of every costed layer (per sample): equal signatures mean the
     table's layers are the space's layers."""
     rows = [[r.name, r.kind, r.in_channels, r.out_channels, list(r.kernel), list(r.stride),
@@ -160,13 +160,13 @@ class LatencyTable:
     # ------------------------------------------------------------------ building
     @classmethod
     def build(cls, model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], *,
-              space: ChannelSpace | None = None, device: Device | None = None,
+              space: SearchSpace | None = None, device: Device | None = None,
               plan: ProfilePlan | None = None, console: Console | None = None) -> LatencyTable:
         """Profile ``model``'s layers on this machine and calibrate on whole networks.
 
         ``example_inputs`` give the input shape; ``device`` (default ``Device()``) the backend,
         threads, batch and clock the latency is for (see :mod:`autoprune.latency.device`).
-        ``space`` (default: a ChannelSpace with rounding 8 and lower bound 0.2) gives the
+        ``space`` (default: the channel space with rounding 8 and lower bound 0.2) gives the
         widths to profile. ``model`` is left untouched.
         """
         started = time.perf_counter()
@@ -174,7 +174,7 @@ class LatencyTable:
         device_ = device or Device()
         inputs = device_.inputs(example_inputs)
         one = tuple(x[:1] for x in inputs)
-        space = space or ChannelSpace.from_model(model, one)
+        space = space or make_space("channel", model, one)
         traced = [tuple(x.shape[1:]) for x in space.example_inputs]
         if traced != [tuple(x.shape[1:]) for x in inputs]:
             raise ValueError(f"the space was traced with inputs of shape {traced} per sample but "
@@ -300,7 +300,7 @@ class LatencyTable:
                 f"{expected.get('backend')} -o <file>`, or leave out --lut to build and cache "
                 "one on first use.")
 
-    def check_space(self, space: ChannelSpace, *, source: str = "this table") -> None:
+    def check_space(self, space: SearchSpace, *, source: str = "this table") -> None:
         """Refuse a table whose layers are not the space's layers."""
         sig = model_signature(space)
         if sig != self.model.get("signature"):
@@ -418,13 +418,13 @@ class LatencyCost(CostModel):
         return self.table.estimate(table)
 
 
-def _model_info(model: nn.Module, space: ChannelSpace) -> dict[str, Any]:
+def _model_info(model: nn.Module, space: SearchSpace) -> dict[str, Any]:
     spec = getattr(model, "autoprune_spec", None)
     return {"class": type(model).__name__, "spec": dict(spec) if spec else None,
             "signature": model_signature(space)}
 
 
-def _space_info(space: ChannelSpace) -> dict[str, Any]:
+def _space_info(space: SearchSpace) -> dict[str, Any]:
     return {"round_to": space.round_to, "min_ratio": space.min_ratio,
             "units": {u.name: list(u.choices) for u in space.units}}
 

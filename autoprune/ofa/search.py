@@ -123,7 +123,7 @@ class QuadraticCost:
 
 def quadratic_costs(space: ChannelSpace, *, seed: int = 0) -> dict[str, QuadraticCost]:
     """Exact fast forms of ``macs`` and ``params`` for ``space`` (those that check out)."""
-    probe = PruningProblem(space, [])
+    probe = build_problem(space, [])
     rng = np.random.default_rng(seed)
     checks = [space.decode(rng.random(space.dim)) for _ in range(8)]
     out = {}
