@@ -14,6 +14,6 @@ EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.py"))
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_example_runs_quick(path: Path) -> None:
     out = subprocess.run([sys.executable, str(path), "--quick"], capture_output=True, text=True,
-                         timeout=300)
+                         timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "best of" in out.stdout

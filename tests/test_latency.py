@@ -261,7 +261,7 @@ def test_latency_targeted_search_meets_the_target_when_measured(
     # Generous: 80% of the dense network's predicted latency, while the thinnest allowed
     # network is far below it, so machine noise cannot make the budget unreachable.
     target = 0.8 * table.predict({})
-    alloc = autoprune.allocate(net, example_inputs=x, target=f"latency={target:.4f}ms",
+    alloc = autoprune.allocate(net, example_inputs=x, target=f"latency={target!r}ms",
                                evaluate=width_score, trials=6, round_to=8, latency_table=table)
     lat = alloc.latency
     assert lat is not None and lat["met"]
@@ -397,7 +397,7 @@ def test_a_table_that_predicts_too_fast_is_caught_by_measurement_and_repaired(
     (tmp_path / "optimistic.json").write_text(json.dumps(raw))
     optimistic = LatencyTable.load(tmp_path / "optimistic.json")
     target = 0.75 * table.predict({})
-    alloc = autoprune.allocate(net, example_inputs=x, target=f"latency={target:.4f}ms",
+    alloc = autoprune.allocate(net, example_inputs=x, target=f"latency={target!r}ms",
                                evaluate=width_score, trials=4, round_to=8,
                                latency_table=optimistic)
     lat = alloc.latency

@@ -72,7 +72,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _cli(args: list[str], cache: Path, check: bool = True) -> subprocess.CompletedProcess:
     out = subprocess.run([sys.executable, "-m", "autoprune.cli", *args], capture_output=True,
-                         text=True, env={**_env(), "AUTOPRUNE_CACHE": str(cache)}, timeout=600)
+                         text=True, env={**_env(), "AUTOPRUNE_CACHE": str(cache)}, timeout=900)
     if check:
         assert out.returncode == 0, out.stderr[-3000:]
     return out
@@ -213,7 +213,7 @@ def test_killed_driver_resumes_without_repeating_finished_trials(cluster: str,
     kept = [(t.params, t.value) for t in before.trials]
 
     out = subprocess.run(script(0.0, len(kept) + 4), env=_env(), capture_output=True, text=True,
-                         timeout=300)
+                         timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     # (Ray may print to stdout too: e.g. that the killed driver's workers died)
     assert f"TRIALS={len(kept) + 4}" in out.stdout.split(), out.stdout[-2000:]

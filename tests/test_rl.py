@@ -131,7 +131,7 @@ def test_every_episode_meets_flops_and_latency_budgets(user_model: nn.Module) ->
     # A small net's latency is mostly overhead: ask for half-way between thinnest and dense.
     free = PruningProblem(space, [], cost_models=[table.cost_model()])
     lo, hi = free.min_costs["latency_ms"], free.dense_costs["latency_ms"]
-    problem = _problem(user_model, example, ["flops=60%", f"latency={(lo + hi) / 2:.5f}ms"],
+    problem = _problem(user_model, example, ["flops=60%", f"latency={(lo + hi) / 2!r}ms"],
                        table)
     assert {b.metric for b in problem.budgets} == {"macs", "latency_ms"}
     _check_episodes(_agent("td3", problem, user_model), problem, episodes=3)

@@ -3,7 +3,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -126,18 +125,24 @@ def test_resume_after_kill_keeps_every_finished_trial(tmp_path: Path) -> None:
 def test_processes_opening_a_new_run_folder_at_once_all_get_the_study(tmp_path: Path) -> None:
     # A search starting while another process (optuna-dashboard, a second search, a test
     # polling the folder) opens the same new study.db: both create its tables at once.
-    start = time.time() + 4.0  # every process waits for this moment, then opens the folder
+    # A barrier of files, not of time: each process says it is ready (its imports done), and
+    # all open the folder once all six are, however slow the host is to start them.
+    gate = tmp_path / "gate"
+    gate.mkdir()
     code = textwrap.dedent(f"""
-        import time
+        import sys, time
         from pathlib import Path
         from autoprune.study import StudyStore
-        time.sleep(max(0.0, {start!r} - time.time()))
+        gate = Path({str(gate)!r})
+        (gate / sys.argv[1]).touch()
+        while len(list(gate.iterdir())) < 6:
+            time.sleep(0.01)
         store = StudyStore.in_folder(Path({str(tmp_path / "run")!r}))
         print(len(store.records()))
     """)
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(6)]
-    outs = [p.communicate(timeout=120) for p in procs]
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(6)]
+    outs = [p.communicate(timeout=600) for p in procs]  # a hang guard only
     assert all(p.returncode == 0 for p in procs), [err[-600:] for _, err in outs]
     assert [out.strip() for out, _ in outs] == ["0"] * 6
 
