@@ -29,16 +29,19 @@ class UntraceableModelError(ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class Unit:
-    """One prunable decision: a group of coupled channels that keep or lose channels together.
+    """One prunable decision: a group of coupled elements that are kept or removed together.
 
-    ``choices`` are the channel counts the unit may take (ascending, the last one is ``full``).
-    ``members`` names every layer whose output channels belong to the group.
+    ``kind`` says what the elements are: ``channels`` (of a Torch-Pruning channel group) or
+    ``heads`` (whole attention heads of one layer). ``choices`` are the counts the unit may
+    keep (ascending, the last one is ``full``). ``members`` names every layer whose outputs
+    it shrinks.
     """
 
     name: str
     full: int
     choices: tuple[int, ...]
     members: tuple[str, ...]
+    kind: str = "channels"
 
     @property
     def minimum(self) -> int:
@@ -54,14 +57,17 @@ def call_name(module: str, call: int) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class LayerRow:
-    """The shape of one costed layer under a configuration.
+    """One costed layer call under a configuration, with its exact MACs and parameters.
 
-    ``kind`` is ``conv``, ``linear``, ``norm`` (per-channel parameters, e.g. BatchNorm) or
-    ``fixed`` (parameters that pruning never touches). ``rows`` is how many input vectors a
-    linear layer sees per batch (batch x tokens); for convs it equals the batch. A layer called
-    more than once in a forward pass has a row per call: ``call`` counts from 0, ``name`` is
-    the module's name with ``#2``, ``#3``... added for later calls, and only the first call's
-    row counts the (shared) parameters.
+    ``kind`` is ``conv``, ``conv_transpose``, ``linear``, ``norm``, ``embedding``,
+    ``recurrent``, ``attention`` (``nn.MultiheadAttention``'s own weights), ``param`` (free
+    parameters of another module), ``matmul`` (a matmul between activations, e.g. attention's
+    scores) or ``op`` (any other counted operation). ``rows`` is how many input vectors a
+    linear layer sees per batch (batch x tokens). A layer called more than once in a forward
+    pass has a row per call: ``call`` counts from 0, ``name`` is the module's name with
+    ``#2``, ``#3``... added for later calls, and only the first call's row counts the (shared)
+    parameters. ``macs`` counts multiply-accumulates as ``torch.utils.flop_counter`` does
+    (half its FLOPs) plus recurrent gate matmuls; ``params`` every parameter the row holds.
     """
 
     name: str
@@ -76,39 +82,14 @@ class LayerRow:
     batch: int = 1
     rows: int = 1
     bias: bool = False
-    params_per_channel: int = 0
-    fixed_params: int = 0
     call: int = 0
+    macs: int = 0
+    params: int = 0
 
     @property
     def module(self) -> str:
         """The name of the module this row is a call of."""
         return self.name.split("#", 1)[0]
-
-    @property
-    def macs(self) -> int:
-        """Multiply-accumulates of this layer (bias adds and norms are not counted, as in
-        ``torch.utils.flop_counter`` which counts 2 FLOPs per MAC of convs and matmuls)."""
-        if self.kind == "conv":
-            spatial = int(np.prod(self.out_size)) if self.out_size else 1
-            per_out = (self.in_channels // self.groups) * int(np.prod(self.kernel))
-            return self.batch * spatial * self.out_channels * per_out
-        if self.kind == "linear":
-            return self.rows * self.in_channels * self.out_channels
-        return 0
-
-    @property
-    def params(self) -> int:
-        if self.call:
-            return 0  # the weights are the first call's
-        if self.kind == "conv":
-            weight = self.out_channels * (self.in_channels // self.groups) * int(np.prod(self.kernel))
-            return weight + (self.out_channels if self.bias else 0)
-        if self.kind == "linear":
-            return self.in_channels * self.out_channels + (self.out_channels if self.bias else 0)
-        if self.kind == "norm":
-            return self.params_per_channel * self.out_channels
-        return self.fixed_params
 
 
 LayerTable = tuple[LayerRow, ...]

@@ -1,15 +1,20 @@
-"""Structured channel pruning: units are Torch-Pruning dependency groups.
+"""Structured pruning: units are Torch-Pruning channel groups and attention heads.
 
 Torch-Pruning's DepGraph (Fang et al., CVPR 2023) finds which layers must lose the same
 channels together: a conv's outputs, its BatchNorm, the next layers' inputs, every branch of a
-residual add, a depthwise conv's inputs and outputs. Each such group is one *unit* here; a
-configuration gives the number of channels each unit keeps. We wrap Torch-Pruning rather than
-re-implementing it; the rest of autoprune only sees our types.
+residual add or a concatenation, a depthwise conv's inputs and outputs, both halves of a
+chunked gate. Each such group is one *unit*; a group that runs through an attention layer's
+projections becomes a unit of whole heads (``attention.py``). A configuration gives the number
+of elements (channels, heads) each unit keeps.
+
+Costs are exact by construction (``exact.py``, ``layers.py``): every size is measured as an
+affine function of the units' widths on a probed copy, and the space checks itself against
+direct counts at further widths before it is handed out. A unit that breaks the model when
+pruned, or that cannot be costed exactly, is kept dense and named in ``notes``.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,150 +24,207 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .base import (LayerRow, LayerTable, SearchSpace, Unit, UntraceableModelError, call_name,
-                   register_space)
+from .exact import ProbeError, probe, run_log
+from .attention import AttentionHeads, drop_heads, find_attention, head_scores, prune_heads
+from .base import LayerTable, SearchSpace, Unit, UntraceableModelError, register_space
+from .importance import group_magnitude
+from .layers import LayerPlan, plan_rows
+from .reference import recurrent_macs, reference_params
+from .tracing import Output, as_inputs, build_graph, pruning_group, roots, traceable_copy
 
 __all__ = ["ChannelSpace", "channel_choices"]
 
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
-          nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
 
 def channel_choices(full: int, *, round_to: int, min_ratio: float) -> tuple[int, ...]:
-    """Channel counts a unit of ``full`` channels may keep: multiples of ``round_to`` from the
-    lower bound up, plus ``full`` itself. The lower bound is ``min_ratio`` of the channels
-    rounded up (AMC clips preserve ratios to [0.2, 1] so no layer vanishes)."""
+    """Counts a unit of ``full`` elements may keep: multiples of ``round_to`` from the lower
+    bound up, plus ``full`` itself. The lower bound is ``min_ratio`` of the elements rounded
+    up (AMC clips preserve ratios to [0.2, 1] so no layer vanishes)."""
     step = max(1, round_to)
     lowest = max(step, math.ceil(min_ratio * full / step) * step)
     lowest = min(lowest, full)
     return tuple(sorted(set(range(lowest, full, step)) | {full}))
 
 
-@dataclass(frozen=True, kw_only=True)
-class _RowTemplate:
-    """Everything about a costed layer that does not depend on the configuration."""
+@dataclass(frozen=True)
+class _Candidate:
+    """How a unit is pruned: a channel group from ``root`` (whose out-channels in ``blocks[i]``
+    go together as element ``i``), or an attention layer's ``heads``."""
 
-    name: str
-    kind: str
-    in_full: int
-    out_full: int
-    in_unit: str | None
-    out_unit: str | None
-    depthwise: bool
-    kernel: tuple[int, ...]
-    stride: tuple[int, ...]
-    groups: int
-    in_size: tuple[int, ...]
-    out_size: tuple[int, ...]
-    batch: int
-    rows: int
-    bias: bool
-    params_per_channel: int
-    fixed_params: int
-    call: int = 0
+    unit: Unit
+    root: str = ""
+    blocks: tuple[tuple[int, ...], ...] = ()
+    heads: AttentionHeads | None = None
 
 
-def _as_tuple(inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    return (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+def _ties(model: nn.Module) -> list[list[tuple[str, str]]]:
+    """(module, attribute) pairs holding one shared parameter (tied embeddings)."""
+    seen: dict[int, list[tuple[str, str]]] = {}
+    for name, m in model.named_modules():
+        for attr, p in m.named_parameters(recurse=False, remove_duplicate=False):
+            seen.setdefault(id(p), []).append((name, attr))
+    return [v for v in seen.values() if len(v) > 1]
 
 
-def _traceable_copy(model: nn.Module) -> nn.Module:
-    """A copy in eval mode (tracing must not touch BN statistics) whose parameters require
-    grad (Torch-Pruning traces through autograd)."""
-    work = copy.deepcopy(model).eval()
-    for p in work.parameters():
-        p.requires_grad_(True)
-    return work
+class _Pruner:
+    """A working copy of a model and its dependency graph; removes elements unit by unit."""
 
+    def __init__(self, model: nn.Module, inputs: tuple[torch.Tensor, ...], output: Output) -> None:
+        self.model = traceable_copy(model)
+        self.graph = build_graph(self.model, inputs, output)
+        self.modules = dict(self.model.named_modules())
+        self.ties = _ties(self.model)
+        self.heads: dict[str, AttentionHeads] = {}
 
-def _build_graph(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tp.DependencyGraph:
-    try:
-        with torch.enable_grad():
-            return tp.DependencyGraph().build_dependency(model, example_inputs=inputs, verbose=False)
-    except Exception as err:  # noqa: BLE001 - any tracing failure becomes one clear error
-        raise UntraceableModelError(
-            f"Torch-Pruning could not trace {type(model).__name__} with the example inputs "
-            f"({type(err).__name__}: {err}). Fix: make forward() run on the example inputs using "
-            "differentiable tensor operations only (no .numpy(), .item() or .detach() on the "
-            "feature path) and return a tensor, or pass example inputs of the right shape."
-        ) from err
+    def scores(self, c: _Candidate) -> np.ndarray:
+        """Importance per element: the squared L2 magnitude of its whole coupled group."""
+        if c.heads is not None:
+            return head_scores(self.model, self.heads.get(c.unit.name, c.heads))
+        full = max(i for b in c.blocks for i in b) + 1
+        group = self._group(c, list(range(full)))
+        per_channel = group_magnitude(self.graph, group, full)
+        return np.array([per_channel[list(b)].sum() for b in c.blocks])
+
+    def remove(self, c: _Candidate, drop: Sequence[int]) -> None:
+        """Remove elements ``drop`` (dense numbering) of candidate ``c``."""
+        if not drop:
+            return
+        if c.heads is not None:
+            spec = self.heads.get(c.unit.name, c.heads)
+            self.heads[c.unit.name] = prune_heads(self.model, spec, drop)
+        else:
+            self._group(c, sorted(i for k in drop for i in c.blocks[k])).prune()
+        self._retie()
+
+    def remove_last(self, c: _Candidate, n: int) -> None:
+        """Remove ``n`` elements of ``c`` (which ones does not change any size)."""
+        if c.heads is not None:
+            spec = self.heads.get(c.unit.name, c.heads)
+            order = np.arange(spec.heads, 0, -1, dtype=float)
+            self.remove(c, drop_heads(spec, order, spec.heads - n))
+        else:
+            self.remove(c, list(range(len(c.blocks) - n, len(c.blocks))))
+
+    def _group(self, c: _Candidate, idxs: list[int]) -> tp.Group:
+        return pruning_group(self.graph, self.modules[c.root], idxs)
+
+    def _retie(self) -> None:
+        for tie in self.ties:
+            first = getattr(self.modules[tie[0][0]], tie[0][1])
+            for name, attr in tie[1:]:
+                mine = getattr(self.modules[name], attr)
+                if mine is not first and mine.shape == first.shape:
+                    setattr(self.modules[name], attr, first)
 
 
 @register_space("channel")
 class ChannelSpace(SearchSpace):
-    """Channels kept per coupled group, rounded to a multiple, bounded below."""
+    """Elements kept per unit (channels rounded to a multiple, whole heads), bounded below."""
 
-
-    def __init__(self, *, units: Sequence[Unit], rows: Sequence[_RowTemplate],
-                 example_inputs: tuple[torch.Tensor, ...], round_to: int, min_ratio: float) -> None:
-        if not units:
+    def __init__(self, *, candidates: Sequence[_Candidate], plan: LayerPlan,
+                 example_inputs: tuple[torch.Tensor, ...], round_to: int, min_ratio: float,
+                 output: Output = None, notes: Sequence[str] = ()) -> None:
+        if not candidates:
             raise UntraceableModelError(
-                "No prunable channel groups were found (every conv/linear feeds the model output "
-                "directly or has too few channels for the rounding). Fix: use a model with "
-                "hidden conv/linear layers, or lower --round-to / --min-ratio."
-            )
-        self.units: tuple[Unit, ...] = tuple(units)
-        self._rows = tuple(rows)
+                "No prunable channel groups or attention heads were found (every conv/linear "
+                "feeds the model output directly, has too few channels for the rounding, or "
+                "breaks the model when pruned). Fix: use a model with hidden conv/linear "
+                "layers, or lower --round-to / --min-ratio."
+                + ("".join(f"\n  - {n}" for n in notes)))
+        self._candidates = tuple(candidates)
+        self.units: tuple[Unit, ...] = tuple(c.unit for c in candidates)
+        self._plan = plan
         self._index = {u.name: i for i, u in enumerate(self.units)}
         self.example_inputs = example_inputs
         self.round_to = round_to
         self.min_ratio = min_ratio
+        self.output = output
+        self.notes: tuple[str, ...] = tuple(notes)
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_model(cls, model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], *,
                    round_to: int = 8, min_ratio: float = 0.2,
-                   ignored_layers: Sequence[str] = ()) -> ChannelSpace:
-        """Find the units of ``model`` (left untouched) by tracing it on ``example_inputs``."""
+                   ignored_layers: Sequence[str] = (), output: Output = None) -> ChannelSpace:
+        """Find the units of ``model`` (left untouched) by tracing it on ``example_inputs``;
+        ``output`` names the output tensor to keep (default: the first one)."""
         if not 0.0 < min_ratio <= 1.0:
             raise ValueError(f"min_ratio must be in (0, 1], got {min_ratio}")
         if round_to < 1:
             raise ValueError(f"round_to must be a positive integer, got {round_to}")
-        inputs = _as_tuple(example_inputs)
-        work = _traceable_copy(model)
-        name_of = {m: n for n, m in work.named_modules()}
-        unknown = set(ignored_layers) - set(name_of.values())
+        inputs = as_inputs(example_inputs)
+        names = {n for n, _ in model.named_modules()}
+        unknown = set(ignored_layers) - names
         if unknown:
             raise ValueError(f"ignored_layers names no layer of the model: {sorted(unknown)}")
-        shapes = _record_shapes(work, inputs)
-        graph = _build_graph(work, inputs)
-        module_of = {n: m for m, n in name_of.items()}
-        ignored = [module_of[n] for n in ignored_layers]
+        try:
+            dense = run_log(traceable_copy(model), inputs, output)
+        except UntraceableModelError:
+            raise
+        except Exception as err:  # noqa: BLE001
+            raise UntraceableModelError(
+                f"{type(model).__name__} failed on the example inputs ({type(err).__name__}: "
+                f"{err}). Fix: pass example inputs of the shape the model expects.") from err
+        pruner = _Pruner(model, inputs, output)
+        candidates, notes = _find_candidates(pruner, dense.sequence, round_to, min_ratio,
+                                             set(ignored_layers))
+        check_each = False
+        while True:
+            try:
+                found = probe(pruner.model, inputs, [_step(c) for c in candidates],
+                                    lambda _, u, n: pruner.remove_last(candidates[u], n),
+                                    output, check_each=check_each)
+            except ProbeError as err:
+                if err.unit is None:
+                    check_each = True
+                else:
+                    notes.append(_kept_dense(candidates.pop(err.unit), str(err)))
+                pruner = _Pruner(model, inputs, output)
+                continue
+            space = cls(candidates=candidates, plan=plan_rows(traceable_copy(model), found),
+                        example_inputs=inputs, round_to=round_to, min_ratio=min_ratio,
+                        output=output, notes=notes) if candidates else None
+            bad = space._disagreements(model) if space is not None else {}
+            if not bad:
+                break
+            for u in sorted(bad, reverse=True):
+                notes.append(_kept_dense(candidates.pop(u), bad[u]))
+            pruner = _Pruner(model, inputs, output)
+        if space is None:
+            cls(candidates=(), plan=LayerPlan(), example_inputs=inputs, round_to=round_to,
+                min_ratio=min_ratio, output=output, notes=notes)
+        return space
 
-        order = {n: i for i, n in enumerate(name_of.values())}
-        units: list[Unit] = []
-        out_owner: dict[str, str] = {}
-        in_owner: dict[str, str] = {}
-        for group in graph.get_all_groups(ignored_layers=ignored):
-            outs, ins, touches_output = [], [], False
-            for dep, _ in group:
-                node = dep.target
-                is_out = dep.handler.__name__ == "prune_out_channels"
-                if is_out and not node.outputs:
-                    touches_output = True  # pruning it would change the model's output shape
-                if not isinstance(node.module, nn.Module) or node.module not in name_of:
-                    continue
-                (outs if is_out else ins).append(name_of[node.module])
-            if touches_output or not outs:
-                continue
-            full = len(group[0].idxs)
-            choices = channel_choices(full, round_to=round_to, min_ratio=min_ratio)
-            if len(choices) < 2:
-                continue
-            members = tuple(sorted(set(outs), key=order.__getitem__))
-            primary = [n for n in members if isinstance(module_of[n], (*_CONVS, nn.Linear))]
-            unit = Unit(name=(primary or list(members))[0], full=full, choices=choices,
-                        members=members)
-            units.append(unit)
-            for n in members:
-                out_owner[n] = unit.name
-            for n in ins:
-                in_owner[n] = unit.name
-        units.sort(key=lambda u: order[u.name])
-        rows = _row_templates(work, shapes, out_owner, in_owner)
-        return cls(units=units, rows=rows, example_inputs=inputs, round_to=round_to,
-                   min_ratio=min_ratio)
+    def _disagreements(self, model: nn.Module) -> dict[int, str]:
+        """Units whose costs disagree with a direct count, checked at the thinnest and at a
+        random configuration; each unit alone when the whole configuration disagrees."""
+        rng = np.random.default_rng(0)
+        configs = [self.min_config(), self.decode(rng.random(self.dim))]
+        if all(self._agrees(model, c) is None for c in configs):
+            return {}
+        out = {}
+        for i, u in enumerate(self.units):
+            reason = self._agrees(model, {u.name: u.minimum})
+            if reason is not None:
+                out[i] = reason
+        return out or {i: "its costs disagree with a direct count together with other units"
+                       for i in range(len(self.units))}
+
+    def _agrees(self, model: nn.Module, config: Mapping[str, int]) -> str | None:
+        try:
+            pruned = self.apply(model, config).eval()
+            log = run_log(pruned, self.example_inputs, self.output)
+        except Exception as err:  # noqa: BLE001
+            return f"the pruned network fails ({type(err).__name__}: {err})"
+        table = self.layer_table(config)
+        modules = dict(pruned.named_modules())
+        macs = sum(o.macs for o in log.ops) + sum(
+            recurrent_macs(modules[name], steps) for name, steps in log.recurrent)
+        want = (sum(r.macs for r in table), sum(r.params for r in table))
+        got = (macs, reference_params(pruned))
+        if want != got:
+            return (f"its MACs / parameters are {got[0]:,} / {got[1]:,} when pruned, "
+                    f"predicted {want[0]:,} / {want[1]:,}")
+        return None
 
     # ------------------------------------------------------------------ the contract
     @property
@@ -193,7 +255,7 @@ class ChannelSpace(SearchSpace):
         return {u.name: u.minimum for u in self.units}
 
     def ratios(self, config: Mapping[str, int]) -> dict[str, float]:
-        """Kept fraction of channels per unit."""
+        """Kept fraction of elements per unit."""
         full = self.complete_config(config)
         return {u.name: full[u.name] / u.full for u in self.units}
 
@@ -202,40 +264,27 @@ class ChannelSpace(SearchSpace):
 
     def layer_table(self, config: Mapping[str, int]) -> LayerTable:
         ch = self.complete_config(config)
-        table = []
-        for r in self._rows:
-            out_c = ch[r.out_unit] if r.out_unit else r.out_full
-            in_c = out_c if r.depthwise else (ch[r.in_unit] if r.in_unit else r.in_full)
-            table.append(LayerRow(
-                name=r.name, kind=r.kind, in_channels=in_c, out_channels=out_c, kernel=r.kernel,
-                stride=r.stride, groups=out_c if r.depthwise else r.groups, in_size=r.in_size,
-                out_size=r.out_size, batch=r.batch, rows=r.rows, bias=r.bias,
-                params_per_channel=r.params_per_channel, fixed_params=r.fixed_params,
-                call=r.call))
-        return tuple(table)
+        return self._plan.table([u.full - ch[u.name] for u in self.units])
 
     def apply(self, model: nn.Module, config: Mapping[str, int]) -> nn.Module:
-        """A physically smaller copy: each unit keeps its channels of largest L2 magnitude
-        (summed over the whole coupled group, Torch-Pruning's GroupMagnitudeImportance)."""
+        """A physically smaller copy: each unit keeps its elements of largest L2 magnitude
+        (summed over the whole coupled group, Torch-Pruning's GroupMagnitudeImportance; for
+        heads, over the head's projections)."""
         ch = self.complete_config(config)
         was_training = model.training
         grad_flags = [p.requires_grad for p in model.parameters()]
-        work = _traceable_copy(model)
-        graph = _build_graph(work, self.example_inputs)
-        module_of = dict(work.named_modules())
-        importance = tp.importance.GroupMagnitudeImportance(p=2)
-        for u in self.units:
-            keep = ch[u.name]
-            if keep >= u.full:
+        pruner = _Pruner(model, self.example_inputs, self.output)
+        # channel groups through Torch-Pruning's graph first, then heads layer by layer
+        for c in sorted(self._candidates, key=lambda c: c.heads is not None):
+            keep = ch[c.unit.name]
+            if keep >= c.unit.full:
                 continue
-            root = module_of[u.name]
-            prune_fn = graph.get_pruner_of_module(root).prune_out_channels
-            group = graph.get_pruning_group(root, prune_fn, list(range(u.full)))
-            with torch.no_grad():
-                scores = importance(group)
-            order = torch.argsort(scores, descending=True)
-            drop = sorted(order[keep:].tolist())
-            graph.get_pruning_group(root, prune_fn, drop).prune()
+            scores = pruner.scores(c)
+            if c.heads is not None:
+                pruner.remove(c, drop_heads(c.heads, scores, keep))
+            else:
+                pruner.remove(c, sorted(np.argsort(-scores, kind="stable")[keep:].tolist()))
+        work = pruner.model
         for p, flag in zip(work.parameters(), grad_flags):
             p.requires_grad_(flag)
         return work.train(was_training)
@@ -251,110 +300,141 @@ class ChannelSpace(SearchSpace):
         for u in self.units:
             c = int(config.get(u.name, u.full))
             if not 1 <= c <= u.full:
-                raise ValueError(f"unit {u.name!r} keeps {c} channels; it must keep 1..{u.full}")
+                raise ValueError(f"unit {u.name!r} keeps {c} {u.kind}; it must keep 1..{u.full}")
             out[u.name] = c
         return out
 
     def channel_scores(self, model: nn.Module) -> list[np.ndarray]:
-        """Per unit, one importance per channel: the L2 magnitude of the channel's whole coupled
-        group (``GroupMagnitudeImportance(p=2)`` without normalisation), the scores by which
-        ``apply`` chooses the channels a unit keeps."""
-        work = _traceable_copy(model)
-        graph = _build_graph(work, self.example_inputs)
-        module_of = dict(work.named_modules())
-        importance = tp.importance.GroupMagnitudeImportance(p=2, normalizer=None)
-        scores = []
-        for u in self.units:
-            root = module_of[u.name]
-            prune_fn = graph.get_pruner_of_module(root).prune_out_channels
-            group = graph.get_pruning_group(root, prune_fn, list(range(u.full)))
-            with torch.no_grad():
-                scores.append(importance(group).detach().cpu().double().numpy())
-        return scores
+        """Per unit, one importance per element: the L2 magnitude of the element's whole
+        coupled group (``GroupMagnitudeImportance(p=2)`` without normalisation), the scores by
+        which ``apply`` chooses what a unit keeps."""
+        pruner = _Pruner(model, self.example_inputs, self.output)
+        return [pruner.scores(c) for c in self._candidates]
 
     def unit_layers(self) -> list[list[tuple[int, int, int, int]]]:
         """Per unit, the weight shape ``(in_channels / groups, out_channels, kernel_h,
         kernel_w)`` of every conv or linear layer whose output channels it owns (dense sizes;
         linear layers and 1-D kernels fill the missing sizes with 1)."""
-        out: dict[str, list[tuple[int, int, int, int]]] = {u.name: [] for u in self.units}
-        for r in self._rows:
-            if r.kind not in ("conv", "linear") or r.out_unit not in out or r.call:
+        out: list[list[tuple[int, int, int, int]]] = [[] for _ in self.units]
+        for plan, r in zip(self._plan.rows, self.layer_table({})):
+            if r.kind not in ("conv", "linear") or r.call or not plan.shape:
                 continue  # (a module called again has no weights of its own)
+            out_dim = plan.shape[1] if plan.layout in ("conv1d", "conv_transpose") else plan.shape[0]
             kernel = (tuple(r.kernel) + (1, 1))[:2] if r.kind == "conv" else (1, 1)
-            fan_in = 1 if r.depthwise else r.in_full // max(1, r.groups)
-            out[r.out_unit].append((fan_in, r.out_full, int(kernel[0]), int(kernel[1])))
-        return [out[u.name] for u in self.units]
+            fan_in = r.in_channels // max(1, r.groups)
+            for u, _ in out_dim.slopes:
+                out[u].append((fan_in, r.out_channels, int(kernel[0]), int(kernel[1])))
+        return out
 
     def describe(self) -> list[dict[str, object]]:
         """One row per unit, for tables and JSON."""
-        return [{"unit": u.name, "channels": u.full, "min": u.minimum, "choices": len(u.choices),
-                 "layers": len(u.members)} for u in self.units]
+        return [{"unit": u.name, "kind": u.kind, "full": u.full, "min": u.minimum,
+                 "choices": len(u.choices), "layers": len(u.members)} for u in self.units]
 
 
-def _record_shapes(model: nn.Module, inputs: tuple[torch.Tensor, ...]
-                   ) -> dict[str, list[tuple[torch.Size, torch.Size]]]:
-    """Input and output shape of every call of every leaf module with parameters (a module
-    called more than once, weights shared, does work at each call)."""
-    shapes: dict[str, list[tuple[torch.Size, torch.Size]]] = {}
-    hooks = []
-    for name, m in model.named_modules():
-        if next(m.children(), None) is None and any(True for _ in m.parameters(recurse=False)):
-            def hook(mod: nn.Module, args: tuple, out: torch.Tensor, name: str = name) -> None:
-                if args and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
-                    shapes.setdefault(name, []).append((args[0].shape, out.shape))
-            hooks.append(m.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model(*inputs)
-    except Exception as err:  # noqa: BLE001
-        raise UntraceableModelError(
-            f"{type(model).__name__} failed on the example inputs ({type(err).__name__}: {err}). "
-            "Fix: pass example inputs of the shape the model expects."
-        ) from err
-    finally:
-        for h in hooks:
-            h.remove()
-    return shapes
+def _step(c: _Candidate) -> int:
+    return c.unit.choices[-1] - c.unit.choices[-2]
 
 
-def _row_templates(model: nn.Module, shapes: Mapping[str, list[tuple[torch.Size, torch.Size]]],
-                   out_owner: Mapping[str, str], in_owner: Mapping[str, str]) -> list[_RowTemplate]:
-    """One row per parameterised leaf module; a conv or linear layer called more than once gets
-    one row per call (``name``, ``name#2``, ...), each with its own shapes, the later ones
-    marked by ``call`` so their shared weights are counted once."""
-    rows = []
-    for name, m in model.named_modules():
-        own = list(m.parameters(recurse=False))
-        if not own or next(m.children(), None) is not None:
+def _kept_dense(c: _Candidate, why: str) -> str:
+    layers = ", ".join(c.unit.members[:4]) + (", ..." if len(c.unit.members) > 4 else "")
+    return (f"{c.unit.name} ({c.unit.kind} of {layers}) is kept dense: {why}. The rest of the "
+            f"model is searched; to leave these layers out on purpose, pass "
+            f"ignored_layers=[{c.unit.members[0]!r}]")
+
+
+_SPLITTING = ("_SplitOp", "_UnbindOp", "_SliceOp", "_ExpandOp")
+
+
+def _blocks(graph: tp.DependencyGraph, group: tp.Group, root: nn.Module,
+            full: int) -> tuple[tuple[int, ...], ...] | None:
+    """The root's channels that Torch-Pruning removes together (both halves of a chunked gate
+    are one element); ``None`` when the elements are not all the same size. Only a group that
+    splits a tensor can couple channels of its root, so only then is each channel asked."""
+    if not any(type(dep.target.module).__name__ in _SPLITTING for dep, _ in group):
+        return tuple((i,) for i in range(full))
+    owner: dict[int, int] = {}
+    blocks: list[tuple[int, ...]] = []
+    for i in range(full):
+        if i in owner:
             continue
-        n_params = sum(p.numel() for p in own)
-        common = dict(name=name, kernel=(), stride=(), groups=1, in_size=(), out_size=(), batch=1,
-                      rows=1, bias=False, params_per_channel=0, fixed_params=0, depthwise=False,
-                      in_unit=in_owner.get(name), out_unit=out_owner.get(name))
-        calls = shapes.get(name, [])
-        if isinstance(m, _CONVS) and calls:
-            depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
-            for k, (x_shape, y_shape) in enumerate(calls):
-                rows.append(_RowTemplate(**{
-                    **common, "name": call_name(name, k), "call": k,
-                    "kernel": tuple(m.kernel_size), "stride": tuple(m.stride),
-                    "groups": m.groups, "in_size": tuple(x_shape[2:]),
-                    "out_size": tuple(y_shape[2:]), "batch": int(x_shape[0]),
-                    "rows": int(x_shape[0]), "bias": m.bias is not None,
-                    "depthwise": depthwise}, kind="conv", in_full=m.in_channels,
-                    out_full=m.out_channels))
-        elif isinstance(m, nn.Linear) and calls:
-            for k, (x_shape, _) in enumerate(calls):
-                rows.append(_RowTemplate(**{
-                    **common, "name": call_name(name, k), "call": k,
-                    "rows": int(np.prod(x_shape[:-1])), "batch": int(x_shape[0]),
-                    "bias": m.bias is not None}, kind="linear", in_full=m.in_features,
-                    out_full=m.out_features))
-        elif isinstance(m, _NORMS) and name in out_owner:
-            channels = own[0].shape[0]
-            common.update(params_per_channel=n_params // channels)
-            rows.append(_RowTemplate(kind="norm", in_full=channels, out_full=channels, **common))
-        else:
-            common.update(fixed_params=n_params, in_unit=None, out_unit=None)
-            rows.append(_RowTemplate(kind="fixed", in_full=0, out_full=0, **common))
-    return rows
+        together = {i}
+        for item in pruning_group(graph, root, [i]).items:
+            if item.dep.target.module is root and item.dep.handler.__name__ == "prune_out_channels":
+                together |= {int(k) for k in item.idxs if int(k) < full}
+        if together & set(owner):
+            return None  # overlapping couplings: not a partition into equal elements
+        for k in together:
+            owner[k] = len(blocks)
+        blocks.append(tuple(sorted(together)))
+    return tuple(blocks) if len({len(b) for b in blocks}) == 1 else None
+
+
+def _find_candidates(pruner: _Pruner, sequence: Sequence[str], round_to: int, min_ratio: float,
+                     ignored: set[str]) -> tuple[list[_Candidate], list[str]]:
+    """Every attention layer whose heads can be read, and every other channel group of the
+    graph that can be a unit, with a note for each one set aside."""
+    graph, model = pruner.graph, pruner.model
+    name_of = {m: n for n, m in model.named_modules()}
+    order = {n: i for i, n in enumerate(name_of.values())}
+    candidates: list[_Candidate] = []
+    notes: list[str] = []
+    projections: set[str] = set()
+    for heads in find_attention(model, sequence):
+        members = tuple(dict.fromkeys((heads.q, heads.k, heads.v, heads.out)))
+        projections |= {heads.q, heads.k, heads.v}
+        if ignored & set(members):
+            continue
+        per = heads.kv_heads if heads.kv_heads < heads.heads else 1  # GQA: same in every group
+        low = max(per, math.ceil(min_ratio * heads.heads / per) * per)
+        choices = tuple(range(min(low, heads.heads), heads.heads + 1, per))
+        if len(choices) >= 2:
+            candidates.append(_Candidate(heads=heads, unit=Unit(
+                name=f"{heads.module}:heads", full=heads.heads, choices=choices, members=members,
+                kind="heads")))
+    visited: set[nn.Module] = {m for m in name_of if name_of[m] in projections}
+    for root in list(graph.module2node):
+        if not isinstance(root, roots()) or root in visited or name_of.get(root) in ignored:
+            continue
+        fn = graph.get_pruner_of_module(root)
+        if fn is None or fn.get_out_channels(root) is None:
+            continue
+        full_root = int(fn.get_out_channels(root))
+        try:
+            group = pruning_group(graph, root, range(full_root))
+        except Exception as err:  # noqa: BLE001 - Torch-Pruning's own failure, named here
+            notes.append(f"{name_of[root]} is kept dense: Torch-Pruning cannot group its channels "
+                         f"({type(err).__name__}: {err}). Fix: leave it out with ignored_layers")
+            continue
+        outs, touches_output = [], False
+        for dep, _ in group:
+            node = dep.target
+            if dep.handler.__name__ != "prune_out_channels":
+                continue
+            if not node.outputs:
+                touches_output = True  # pruning it would change the model's output shape
+            if isinstance(node.module, nn.Module) and node.module in name_of:
+                outs.append(name_of[node.module])
+                visited.add(node.module)
+        if touches_output or not outs or ignored & set(outs) or projections & set(outs):
+            continue
+        members = tuple(sorted(set(outs), key=order.__getitem__))
+        blocks = _blocks(graph, group, root, full_root)
+        if blocks is None:
+            notes.append(f"{name_of[root]} is kept dense: its channels are coupled in groups "
+                         "of different sizes, which cannot be costed exactly")
+            continue
+        step = round_to
+        for n in members:  # nn.MultiheadAttention needs a width its heads divide
+            m = model.get_submodule(n)
+            if isinstance(m, nn.MultiheadAttention):
+                step = math.lcm(step, int(m.num_heads))
+        choices = channel_choices(len(blocks), round_to=step, min_ratio=min_ratio)
+        if len(choices) < 2:
+            continue
+        primary = [n for n in members if isinstance(model.get_submodule(n), roots())]
+        unit = Unit(name=(primary or list(members))[0], full=len(blocks), choices=choices,
+                    members=members)
+        candidates.append(_Candidate(unit=unit, root=name_of[root], blocks=blocks))
+    candidates.sort(key=lambda c: order.get(c.unit.members[0], 0))
+    return candidates, notes

@@ -1,0 +1,260 @@
+"""Attention heads as units: found, ranked and pruned whole, with the module told.
+
+Torch-Pruning sees an attention layer's query, key and value projections and its output
+projection as one channel group (the matmuls between them look element-wise to it), but it
+does not know where one head ends: pruning that group channel by channel leaves widths that
+no longer split into heads, or heads made of pieces of several. Here such a group becomes a
+unit of *heads*:
+
+- an attention module is recognised by its projections -- separate (``q_proj``/``k_proj``/
+  ``v_proj``, ``query``/``key``/``value``, ``q``/``k``/``v``, ``q_lin``/...) or fused
+  (``c_attn``, ``qkv``, laid out ``[q | k | v]``) -- and its head size (``head_dim``,
+  ``attention_head_size``, ``head_size``) or head count (``num_heads``,
+  ``num_attention_heads``, ``n_head``, ``n_heads``);
+- the output projection is the first linear layer to run after the value projection that
+  takes all heads' width;
+- with grouped-query attention (fewer key/value heads than query heads) the unit is the query
+  heads, the same number kept in every key/value group; keys and values stay;
+- pruning removes the chosen heads' rows from the projections and their columns from the
+  output projection, then sets the module's own attributes (head counts, all-head sizes,
+  ``split_size``, ``num_key_value_groups``) so that it runs, saves and reloads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from .tracing import Conv1DPruner, conv1d_type
+
+__all__ = ["AttentionHeads", "drop_heads", "find_attention", "head_scores", "prune_heads"]
+
+_SEPARATE = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"), ("q", "k", "v"),
+             ("q_lin", "k_lin", "v_lin"), ("to_q", "to_k", "to_v"), ("wq", "wk", "wv"))
+_FUSED = ("c_attn", "qkv", "in_proj")
+_HEAD_SIZE = ("head_dim", "attention_head_size", "head_size")
+_HEADS = ("num_heads", "num_attention_heads", "n_head", "n_heads")
+_ALL_HEADS = ("all_head_size", "inner_dim")
+
+
+@dataclass(frozen=True)
+class AttentionHeads:
+    """One attention layer's heads: where they live and how many there are."""
+
+    module: str
+    q: str
+    k: str
+    v: str
+    out: str
+    heads: int
+    kv_heads: int
+    head_dim: int
+
+    @property
+    def fused(self) -> bool:
+        return self.q == self.k == self.v
+
+    @property
+    def group(self) -> int:
+        """Query heads per key/value head."""
+        return self.heads // self.kv_heads
+
+
+def _linear_like(m: nn.Module) -> bool:
+    conv1d = conv1d_type()
+    return isinstance(m, nn.Linear) or (conv1d is not None and isinstance(m, conv1d))
+
+
+def _out_features(m: nn.Module) -> int:
+    return int(m.out_features) if isinstance(m, nn.Linear) else int(m.nf)
+
+
+def _rows(m: nn.Module) -> torch.Tensor:
+    """The weight as ``[out, in]`` (HF's Conv1D stores ``[in, out]``)."""
+    return m.weight if isinstance(m, nn.Linear) else m.weight.t()
+
+
+def _int_attr(m: nn.Module, names: Sequence[str]) -> int | None:
+    for n in names:
+        v = getattr(m, n, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
+
+
+def _projections(prefix: str, m: nn.Module) -> tuple[str, str, str] | None:
+    for names in _SEPARATE:
+        if all(_linear_like(getattr(m, n, None) or nn.Identity()) for n in names):
+            return tuple(prefix + n for n in names)  # type: ignore[return-value]
+    for n in _FUSED:
+        if _linear_like(getattr(m, n, None) or nn.Identity()):
+            return (prefix + n,) * 3
+    return None
+
+
+def find_attention(model: nn.Module, sequence: Sequence[str]) -> list[AttentionHeads]:
+    """Every attention layer of ``model`` whose heads can be read. ``sequence`` is the order in
+    which modules with parameters ran; the output projection is the first linear layer to run
+    after the value projection that takes all heads' width (``o_proj`` beside the projections,
+    or BERT's ``attention.output.dense`` in a sibling module)."""
+    modules = dict(model.named_modules())
+    found = []
+    for name, m in modules.items():
+        projections = _projections(f"{name}." if name else "", m)
+        if projections is None or projections[2] not in sequence:
+            continue
+        q = modules[projections[0]]
+        width = _out_features(q) // 3 if projections[0] == projections[1] else _out_features(q)
+        start = max(sequence.index(p) for p in set(projections))
+        out = next((n for n in sequence[start + 1:] if n not in projections
+                    and _linear_like(modules[n]) and _in_features(modules[n]) == width), None)
+        if out is None:
+            continue
+        spec = _heads_of(name, m, projections, out, modules)
+        if spec is not None:
+            found.append(spec)
+    return found
+
+
+def _in_features(m: nn.Module) -> int:
+    return int(m.in_features) if isinstance(m, nn.Linear) else int(m.weight.shape[0])
+
+
+def _heads_of(name: str, m: nn.Module, projections: tuple[str, str, str], out: str,
+              modules: Mapping[str, nn.Module]) -> AttentionHeads | None:
+    q, k, v = (modules[p] for p in projections)
+    config = getattr(m, "config", None)
+    head_dim = _int_attr(m, _HEAD_SIZE)
+    heads = _int_attr(m, _HEADS) or (config is not None and _int_attr(config, ("num_attention_heads",)))
+    if projections[0] == projections[1]:  # fused [q | k | v]
+        total = _out_features(q)
+        if total % 3:
+            return None
+        width = total // 3
+        if head_dim is None and heads:
+            head_dim = width // heads if width % heads == 0 else None
+        if not head_dim or width % head_dim:
+            return None
+        return AttentionHeads(module=name, q=projections[0], k=projections[1], v=projections[2],
+                              out=out, heads=width // head_dim, kv_heads=width // head_dim,
+                              head_dim=head_dim)
+    q_width, k_width, v_width = _out_features(q), _out_features(k), _out_features(v)
+    if head_dim is None and heads:
+        head_dim = q_width // heads if q_width % heads == 0 else None
+    if not head_dim or q_width % head_dim or k_width % head_dim or k_width != v_width:
+        return None
+    n_q, n_kv = q_width // head_dim, k_width // head_dim
+    if n_kv == 0 or n_q % n_kv:
+        return None
+    return AttentionHeads(module=name, q=projections[0], k=projections[1], v=projections[2],
+                          out=out, heads=n_q, kv_heads=n_kv, head_dim=head_dim)
+
+
+def _sections(spec: AttentionHeads) -> tuple[int, int, int]:
+    """Offsets of q, k and v in their projections' outputs (fused: one after the other)."""
+    if spec.fused:
+        width = spec.heads * spec.head_dim
+        return 0, width, 2 * width
+    return 0, 0, 0
+
+
+def _channels(head: int, spec: AttentionHeads, offset: int = 0) -> list[int]:
+    start = offset + head * spec.head_dim
+    return list(range(start, start + spec.head_dim))
+
+
+def head_scores(model: nn.Module, spec: AttentionHeads) -> np.ndarray:
+    """Per query head, the L2 norm of everything pruning it removes: its query rows, its
+    output-projection columns and, when heads and key/value heads are one, its key and value
+    rows (the same magnitude criterion as channel groups)."""
+    modules = dict(model.named_modules())
+    q, k, v, o = (modules[n] for n in (spec.q, spec.k, spec.v, spec.out))
+    oq, ok, ov = _sections(spec)
+    cols = _rows(o).t()  # [in, out]: a row per input channel of the output projection
+    with torch.no_grad():
+        scores = []
+        for h in range(spec.heads):
+            total = _rows(q)[_channels(h, spec, oq)].pow(2).sum() + cols[_channels(h, spec)].pow(2).sum()
+            if spec.kv_heads == spec.heads:
+                total = total + _rows(k)[_channels(h, spec, ok)].pow(2).sum() \
+                    + _rows(v)[_channels(h, spec, ov)].pow(2).sum()
+            scores.append(float(total.sqrt()))
+    return np.asarray(scores)
+
+
+def _prune_out(layer: nn.Module, idxs: Sequence[int]) -> None:
+    if not idxs:
+        return
+    if isinstance(layer, nn.Linear):
+        tp.prune_linear_out_channels(layer, list(idxs))
+    else:
+        Conv1DPruner().prune_out_channels(layer, idxs)
+
+
+def _prune_in(layer: nn.Module, idxs: Sequence[int]) -> None:
+    if not idxs:
+        return
+    if isinstance(layer, nn.Linear):
+        tp.prune_linear_in_channels(layer, list(idxs))
+    else:
+        Conv1DPruner().prune_in_channels(layer, idxs)
+
+
+def drop_heads(spec: AttentionHeads, scores: np.ndarray, keep: int) -> list[int]:
+    """The query heads to remove so that ``keep`` stay: the lowest-scoring ones, the same
+    number in every key/value group."""
+    if spec.kv_heads == spec.heads:  # keys and values go with their query head
+        return sorted(np.argsort(-np.asarray(scores), kind="stable")[keep:].tolist())
+    per_group = keep // spec.kv_heads
+    drop = []
+    for g in range(spec.kv_heads):
+        members = list(range(g * spec.group, (g + 1) * spec.group))
+        ranked = sorted(members, key=lambda h: -scores[h])
+        drop += sorted(ranked[per_group:])
+    return sorted(drop)
+
+
+def prune_heads(model: nn.Module, spec: AttentionHeads, drop: Sequence[int]) -> AttentionHeads:
+    """Remove query heads ``drop`` (and, without grouped-query attention, their keys and
+    values) from ``model`` in place; returns the layer's new description."""
+    modules = dict(model.named_modules())
+    q, k, v, o, attn = (modules[n] for n in (spec.q, spec.k, spec.v, spec.out, spec.module))
+    oq, ok, ov = _sections(spec)
+    q_idx = [c for h in drop for c in _channels(h, spec, oq)]
+    o_idx = [c for h in drop for c in _channels(h, spec)]
+    if spec.fused:
+        _prune_out(q, q_idx + [c for h in drop for c in _channels(h, spec, ok)]
+                   + [c for h in drop for c in _channels(h, spec, ov)])
+    else:
+        _prune_out(q, q_idx)
+        if spec.kv_heads == spec.heads:
+            _prune_out(k, [c for h in drop for c in _channels(h, spec, ok)])
+            _prune_out(v, [c for h in drop for c in _channels(h, spec, ov)])
+    _prune_in(o, o_idx)
+    heads = spec.heads - len(drop)
+    kv_heads = heads if spec.kv_heads == spec.heads else spec.kv_heads
+    _set_attributes(attn, spec, heads, kv_heads)
+    return AttentionHeads(module=spec.module, q=spec.q, k=spec.k, v=spec.v, out=spec.out,
+                          heads=heads, kv_heads=kv_heads, head_dim=spec.head_dim)
+
+
+def _set_attributes(attn: nn.Module, spec: AttentionHeads, heads: int, kv_heads: int) -> None:
+    """Tell the module its new head counts (the attributes its forward reads)."""
+    for n in _HEADS:
+        if isinstance(getattr(attn, n, None), int) and getattr(attn, n) == spec.heads:
+            setattr(attn, n, heads)
+    for n in _ALL_HEADS:
+        if isinstance(getattr(attn, n, None), int) and getattr(attn, n) == spec.heads * spec.head_dim:
+            setattr(attn, n, heads * spec.head_dim)
+    if spec.fused and getattr(attn, "split_size", None) == spec.heads * spec.head_dim:
+        attn.split_size = heads * spec.head_dim
+    if isinstance(getattr(attn, "num_key_value_groups", None), int):
+        attn.num_key_value_groups = heads // kv_heads
+    for n in ("num_key_value_heads", "num_kv_heads", "n_kv_heads"):
+        if isinstance(getattr(attn, n, None), int) and getattr(attn, n) == spec.kv_heads:
+            setattr(attn, n, kv_heads)

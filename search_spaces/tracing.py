@@ -1,0 +1,203 @@
+"""Running and tracing a user's model: its inputs, its output, and Torch-Pruning's graph of it.
+
+Models come from anywhere: our zoo, plain PyTorch, Hugging Face. This module is the one place
+that knows how to call them and what of their output counts:
+
+- inputs are a tensor or a tuple of tensors (positional arguments);
+- the output may be a tensor, a tuple or list, a dict, or a Hugging Face ``ModelOutput``; the
+  traced value is the first tensor in it, or the entry the user names (``output=``);
+- Hugging Face models are run without a cache (``use_cache=False``): caches are not tensors
+  Torch-Pruning can trace, and a pruned network must not reuse one;
+- layers Torch-Pruning does not know are given pruners here (HF's ``Conv1D``, whose weight is
+  stored transposed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from .base import UntraceableModelError
+
+__all__ = ["MAX_GROUP_STEPS", "PRUNABLE_ROOTS", "Conv1DPruner", "GroupTooLarge", "Output",
+           "as_inputs", "build_graph", "call_model", "conv1d_type", "no_cache", "output_tensor",
+           "pruning_group", "roots", "traceable_copy"]
+
+#: Which output of the model is traced and compared: ``None`` (the first tensor), an entry's
+#: name (a dict key or ``ModelOutput`` field) or a position in a tuple.
+Output = str | int | None
+
+
+def as_inputs(inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """The positional inputs of the model as a tuple of tensors."""
+    out = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    if not out or not all(isinstance(x, torch.Tensor) for x in out):
+        raise ValueError("example_inputs must be a tensor or a sequence of tensors (the model's "
+                         f"positional inputs), got {type(inputs).__name__}")
+    return out
+
+
+@contextlib.contextmanager
+def no_cache(model: nn.Module) -> Iterator[None]:
+    """Run a Hugging Face model (or any module with ``config.use_cache``) without its key/value
+    cache, restoring the setting afterwards."""
+    configs = []
+    for m in model.modules():
+        cfg = getattr(m, "config", None)
+        if cfg is not None and getattr(cfg, "use_cache", None) and all(c is not cfg for c, _ in configs):
+            configs.append((cfg, cfg.use_cache))
+    for cfg, _ in configs:
+        cfg.use_cache = False
+    try:
+        yield
+    finally:
+        for cfg, value in configs:
+            cfg.use_cache = value
+
+
+def call_model(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
+    """``model(*inputs)`` without a cache."""
+    with no_cache(model):
+        return model(*inputs)
+
+
+def _tensors(out: Any) -> list[tuple[str, torch.Tensor]]:
+    if isinstance(out, torch.Tensor):
+        return [("", out)]
+    if isinstance(out, Mapping):
+        return [(str(k), v) for k, v in out.items() if isinstance(v, torch.Tensor)]
+    if isinstance(out, (tuple, list)):
+        return [(str(i), v) for i, v in enumerate(out) if isinstance(v, torch.Tensor)]
+    return []
+
+
+def output_tensor(out: Any, output: Output = None) -> torch.Tensor:
+    """The tensor of ``out`` that stands for the model's value: ``output`` names it, else the
+    first tensor (a ``ModelOutput`` is a dict of its fields that are set)."""
+    if isinstance(out, torch.Tensor) and output is None:
+        return out
+    named = _tensors(out)
+    if output is None:
+        if named:
+            return named[0][1]
+    else:
+        for name, t in named:
+            if name == str(output):
+                return t
+    kinds = ", ".join(n or "tensor" for n, _ in named) or "none"
+    want = f"an entry named {output!r}" if output is not None else "a tensor"
+    raise UntraceableModelError(
+        f"the model's output ({type(out).__name__}) has no {want}; its tensors: {kinds}. Fix: "
+        "pass output=NAME (--output NAME) naming the tensor to prune for, e.g. 'logits'.")
+
+
+def conv1d_type() -> type[nn.Module] | None:
+    """Hugging Face's ``Conv1D`` (GPT-2's linear layer, weight ``[in, out]``), if loaded."""
+    import sys  # noqa: PLC0415 - only to look, never to import transformers ourselves
+
+    utils = sys.modules.get("transformers.pytorch_utils")
+    return getattr(utils, "Conv1D", None)
+
+
+class Conv1DPruner(tp.pruner.BasePruningFunc):
+    """Torch-Pruning's view of HF ``Conv1D``: a linear layer whose weight is ``[in, out]``."""
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        keep = sorted(set(range(layer.nf)) - set(int(i) for i in idxs))
+        layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 1)
+        if layer.bias is not None:
+            layer.bias = self._prune_parameter_and_grad(layer.bias, keep, 0)
+        layer.nf = len(keep)
+        return layer
+
+    def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        keep = sorted(set(range(layer.weight.shape[0])) - set(int(i) for i in idxs))
+        layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 0)
+        return layer
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        return int(layer.nf)
+
+    def get_in_channels(self, layer: nn.Module) -> int:
+        return int(layer.weight.shape[0])
+
+
+def _customized_pruners() -> dict[type[nn.Module], tp.pruner.BasePruningFunc]:
+    conv1d = conv1d_type()
+    return {conv1d: Conv1DPruner()} if conv1d is not None else {}
+
+
+#: Module types that root a channel group (Torch-Pruning's default is convs and linears).
+PRUNABLE_ROOTS: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear, nn.RNNBase)
+
+
+def roots() -> tuple[type[nn.Module], ...]:
+    conv1d = conv1d_type()
+    return PRUNABLE_ROOTS + ((conv1d,) if conv1d is not None else ())
+
+
+class GroupTooLarge(RuntimeError):
+    """Torch-Pruning's search for a channel group did not end (index mappings that cycle, as
+    through rotary position embeddings' halves)."""
+
+
+#: The most dependencies one channel group may collect before its search is given up.
+MAX_GROUP_STEPS = 20_000
+
+
+def pruning_group(graph: tp.DependencyGraph, module: nn.Module, idxs: Sequence[int]) -> tp.Group:
+    """``graph``'s group of ``module``'s out-channels ``idxs``, given up with
+    :class:`GroupTooLarge` after ``MAX_GROUP_STEPS`` steps."""
+    from torch_pruning.dependency.group import Group  # noqa: PLC0415 - the class to bound
+
+    original = Group.add_dep
+    steps = [0]
+
+    def add_dep(self: Group, dep: Any, idxs: Any) -> Any:
+        steps[0] += 1
+        if steps[0] > MAX_GROUP_STEPS:
+            raise GroupTooLarge(f"the search for the channels coupled to this layer did not end "
+                                f"after {MAX_GROUP_STEPS:,} steps")
+        return original(self, dep, idxs)
+
+    fn = graph.get_pruner_of_module(module).prune_out_channels
+    Group.add_dep = add_dep
+    try:
+        return graph.get_pruning_group(module, fn, list(idxs))
+    finally:
+        Group.add_dep = original
+
+
+def traceable_copy(model: nn.Module) -> nn.Module:
+    """A copy in eval mode (tracing must not touch BN statistics) whose parameters require
+    grad (Torch-Pruning traces through autograd)."""
+    work = copy.deepcopy(model).eval()
+    for p in work.parameters():
+        p.requires_grad_(True)
+    return work
+
+
+def build_graph(model: nn.Module, inputs: tuple[torch.Tensor, ...],
+                output: Output = None) -> tp.DependencyGraph:
+    """Torch-Pruning's dependency graph of ``model`` (a traceable copy) on ``inputs``."""
+    try:
+        with torch.enable_grad(), no_cache(model):
+            return tp.DependencyGraph().build_dependency(
+                model, example_inputs=inputs, forward_fn=lambda m, x: m(*x),
+                output_transform=lambda out: output_tensor(out, output),
+                customized_pruners=_customized_pruners(), verbose=False)
+    except UntraceableModelError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any tracing failure becomes one clear error
+        raise UntraceableModelError(
+            f"Torch-Pruning could not trace {type(model).__name__} with the example inputs "
+            f"({type(err).__name__}: {err}). Fix: make forward() run on the example inputs using "
+            "differentiable tensor operations only (no .numpy(), .item() or .detach() on the "
+            "feature path), or pass example inputs of the right shape."
+        ) from err
