@@ -85,7 +85,8 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
              target: str | Sequence[str],
              evaluate: Evaluator | Callable[[nn.Module], Mapping[str, float]],
              agent: str = "random", trials: int = 30, seed: int = 0, round_to: int = 8,
-             min_ratio: float = 0.2, space: str = "channel", objective: str | None = None,
+             min_ratio: float = 0.2, space: str | SearchSpace = "channel",
+             output: str | int | None = None, objective: str | None = None,
              pareto: bool = False, run_dir: str | Path | None = None, progress: bool = False,
              latency_table: LatencyTable | None = None, device: Device | None = None,
              executor: str | Executor = "local", reward: str = "acc",
@@ -102,12 +103,16 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
     ``model`` and ``evaluate`` must pickle (cloudpickle: closures are fine). ``reward`` is what
     the RL agents (``ddpg``, ``td3``) learn from: ``"acc"`` or ``"acc-flops"``. ``pareto``
     searches the front of the objective against the first budget's cost, from the thinnest
-    network up to that budget (an agent that handles two objectives).
+    network up to that budget (an agent that handles two objectives). ``space`` is a
+    registered space's name or a space already built on ``model``; ``output`` names the
+    model's output tensor that pruning must keep (a ``ModelOutput`` field such as
+    ``"logits"``, a dict key or a tuple position; default: the first tensor).
     """
     evaluator = as_evaluator(evaluate)
     targets = parse_targets(target)
     _agent(agent, 1, seed=seed, pareto=pareto, reward=reward)  # bad names fail before any work
-    searched = make_space(space, model, example_inputs, round_to=round_to, min_ratio=min_ratio)
+    searched = space if isinstance(space, SearchSpace) else make_space(
+        space, model, example_inputs, round_to=round_to, min_ratio=min_ratio, output=output)
     table = None
     if any(t.metric == "latency_ms" for t in targets):
         table = latency_table or LatencyTable.build(model, example_inputs, space=searched,
@@ -123,6 +128,8 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
         for b in problem.budgets:
             if (tight := _tightness(problem, b)) is not None:
                 console.print(f"[yellow]note:[/] {tight}", highlight=False)
+        for note in getattr(searched, "notes", ()):
+            console.print(f"[yellow]note:[/] {note}", highlight=False)
     store = StudyStore.in_folder(Path(run_dir)) if run_dir else StudyStore.in_memory()
     if objective is None:
         objective = store.get_meta("objective") or _objective_of(evaluator(copy.deepcopy(model)))
@@ -156,6 +163,15 @@ def _allocation(problem: PruningProblem, records: list[TrialRecord], *,
     best = check.chosen if check else best_record(records, problem)
     if best is None:
         reasons = sorted({r.reason for r in records if r.failed})[:3]
+        broke = [r for r in records if r.failed and r.reason.startswith("PruningBrokeModel")]
+        if broke and len(broke) == sum(r.failed for r in records):
+            units = sorted({u for r in broke for u in r.extra.get("broken_units", ())})
+            raise SearchError(
+                f"no trial finished: pruning breaks this model ({len(broke)} of {len(records)} "
+                f"pruned networks fail in forward{'; units: ' + ', '.join(units) if units else ''}"
+                f"). First failure: {broke[0].reason.split(': ', 1)[-1]}. Fix: leave those "
+                "layers out (ignored_layers), or tell us the model: the space should have kept "
+                "them dense.")
         raise SearchError(f"no trial finished with a usable score ({len(records)} trials); "
                           f"failures: {reasons or 'none'}. Fix the evaluator so it returns a "
                           "finite accuracy or loss.")
@@ -199,9 +215,9 @@ def _search(settings: SearchSettings, executor: Executor, run_dir: Path,
         cache_dir=settings.cache_dir, progress=settings.progress)
     example = data.example_inputs(1)
     table = table_info = None
+    space = make_space(settings.space.space, model, example, round_to=settings.space.round_to,
+                       min_ratio=settings.space.min_ratio, output=src.output)
     if settings.has_latency_target():
-        space = make_space(settings.space.space, model, example,
-                           round_to=settings.space.round_to, min_ratio=settings.space.min_ratio)
         table, table_info = table_for_search(
             model, example, space, lut=settings.lut,
             cache_dir=Path(settings.cache_dir or default_cache_dir()), device=settings.device,
@@ -220,7 +236,7 @@ def _search(settings: SearchSettings, executor: Executor, run_dir: Path,
     alloc = allocate(model, example_inputs=example, target=settings.targets, evaluate=evaluator,
                      agent=settings.agent, trials=settings.trials, seed=settings.seed,
                      round_to=settings.space.round_to, min_ratio=settings.space.min_ratio,
-                     space=settings.space.space, objective="accuracy",
+                     space=space, objective="accuracy",
                      pareto=settings.objective == "pareto", run_dir=run_dir,
                      progress=settings.progress, latency_table=table, device=settings.device,
                      executor=executor, reward=settings.reward, console=console)

@@ -27,6 +27,7 @@ from autoprune.executors.base import Executor, LocalExecutor
 from autoprune.pareto import ParetoRange
 from autoprune.problem import PruningProblem
 from autoprune.study import StudyStore, TrialRecord
+from autoprune.search_spaces import PruningBrokeModel
 
 __all__ = ["Proposal", "PruneAndEvaluate", "SearchSession", "TrialFailure", "best_record",
            "evaluate_point", "objective_value", "run_search"]
@@ -49,7 +50,13 @@ class PruneAndEvaluate:
 
     def __call__(self, config: Mapping[str, int]) -> dict[str, float]:
         pruned = self.space.apply(self.model, config)
-        metrics = self.evaluate(pruned)
+        try:
+            metrics = self.evaluate(pruned)
+        except Exception as err:
+            broken = self.space.broken_units(self.model, config)
+            if broken is not None:  # the pruned network itself fails, not the evaluator
+                raise PruningBrokeModel(broken, err) from err
+            raise
         if not isinstance(metrics, Mapping):
             raise TypeError(f"the evaluator returned {type(metrics).__name__}; it must return a "
                             "dict such as {'accuracy': 0.93} or {'loss': 0.2}")
@@ -353,8 +360,10 @@ def _make_record(number: int, x: np.ndarray, config: Mapping[str, int],
     if isinstance(outcome, BaseException):
         reason = str(outcome) if isinstance(outcome, TrialFailure) \
             else f"{type(outcome).__name__}: {outcome}"
+        extra = {"broken_units": list(outcome.units)} \
+            if isinstance(outcome, PruningBrokeModel) else {}
         return TrialRecord(number=number, point=tuple(x), config=config, costs=costs, metrics={},
-                           objective=float("nan"), failed=True, reason=reason)
+                           objective=float("nan"), failed=True, reason=reason, extra=extra)
     value = objective_value(outcome, objective, minimize=minimize)
     if not math.isfinite(value):
         return TrialRecord(number=number, point=tuple(x), config=config, costs=costs,

@@ -41,6 +41,9 @@ class ModelSource:
     data: str = "digits"
     image_size: int = 32
     width_mult: float = 1.0
+    # The output tensor pruning must keep (a ModelOutput field, dict key or tuple position;
+    # None: the first tensor).
+    output: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,7 +123,8 @@ class SearchSettings:
     def identity(self) -> dict[str, Any]:
         """What a run folder records and a resume must match (flat, as run.json has always
         held it)."""
-        flat: dict[str, Any] = {**asdict(self.source), "targets": list(self.targets),
+        source = {k: v for k, v in asdict(self.source).items() if k != "output" or v is not None}
+        flat: dict[str, Any] = {**source, "targets": list(self.targets),
                                 "agent": self.agent, "seed": self.seed,
                                 "round_to": self.space.round_to, "min_ratio": self.space.min_ratio,
                                 **asdict(self.scoring)}

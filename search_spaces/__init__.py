@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from .base import (SPACES, LayerRow, LayerTable, SearchSpace, Unit, UnitFactsError,
-                   UntraceableModelError, call_name, make_space, register_space)
+from .base import (SPACES, LayerRow, LayerTable, PruningBrokeModel, SearchSpace, Unit,
+                   UnitFactsError, UntraceableModelError, call_name, make_space, register_space)
 from .channel import ChannelSpace, channel_choices
+from .reference import reference_macs, reference_params
 
-__all__ = ["SPACES", "ChannelSpace", "LayerRow", "LayerTable", "SearchSpace", "Unit",
-           "UnitFactsError", "UntraceableModelError", "call_name", "channel_choices", "make_space",
+__all__ = ["SPACES", "ChannelSpace", "LayerRow", "LayerTable", "PruningBrokeModel",
+           "SearchSpace", "Unit", "UnitFactsError", "UntraceableModelError", "call_name",
+           "channel_choices", "make_space", "reference_macs", "reference_params",
            "register_space"]

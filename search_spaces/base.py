@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 import numpy as np
 from torch import nn
 
-__all__ = ["SPACES", "LayerRow", "LayerTable", "SearchSpace", "Unit", "UnitFactsError",
-           "UntraceableModelError", "call_name", "make_space", "register_space"]
+__all__ = ["SPACES", "LayerRow", "LayerTable", "PruningBrokeModel", "SearchSpace", "Unit",
+           "UnitFactsError", "UntraceableModelError", "call_name", "make_space", "register_space"]
 
 
 class UnitFactsError(ValueError):
@@ -25,6 +25,16 @@ class UnitFactsError(ValueError):
 
 class UntraceableModelError(ValueError):
     """The model could not be analysed (traced) into prunable units."""
+
+
+class PruningBrokeModel(RuntimeError):
+    """A pruned network fails in forward; ``units`` names the units that break it."""
+
+    def __init__(self, units: Sequence[str], error: BaseException) -> None:
+        self.units = tuple(units)
+        super().__init__(
+            f"pruning breaks the model: with {', '.join(self.units) or 'these widths'} pruned "
+            f"it fails in forward ({type(error).__name__}: {error})")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,8 +121,9 @@ class SearchSpace(ABC):
     @classmethod
     @abstractmethod
     def from_model(cls, model: nn.Module, example_inputs: Any, *, round_to: int = 8,
-                   min_ratio: float = 0.2) -> SearchSpace:
-        """Find the units of ``model`` (left untouched) by tracing it on ``example_inputs``."""
+                   min_ratio: float = 0.2, output: str | int | None = None) -> SearchSpace:
+        """Find the units of ``model`` (left untouched) by tracing it on ``example_inputs``;
+        ``output`` names the output tensor that must keep its shape (default: the first)."""
 
     @property
     @abstractmethod
@@ -157,6 +168,12 @@ class SearchSpace(ABC):
         """The thinnest configuration the space allows (the origin of the cube)."""
         return self.decode(np.zeros(self.dim))
 
+    def broken_units(self, model: nn.Module, config: Mapping[str, int]) -> list[str] | None:
+        """``None`` if ``model`` pruned to ``config`` runs on the example inputs, else the units
+        that make it fail (each pruned alone to its width in ``config``; empty when only
+        together). Spaces that cannot run a model return ``None``."""
+        return None
+
     def channel_scores(self, model: nn.Module) -> list[np.ndarray]:
         """Per unit, one importance per prunable element, the scores by which ``apply`` chooses
         what a unit keeps. Agents that rank across units (global magnitude, LAMP) read them; a
@@ -187,7 +204,7 @@ def register_space(name: str) -> Callable[[type[SearchSpace]], type[SearchSpace]
 
 
 def make_space(name: str, model: nn.Module, example_inputs: Any, *, round_to: int = 8,
-               min_ratio: float = 0.2) -> SearchSpace:
+               min_ratio: float = 0.2, output: str | int | None = None) -> SearchSpace:
     """The registered space ``name`` over ``model``: what every caller outside this package
     uses, so a new space plugs in without edits elsewhere."""
     try:
@@ -195,4 +212,5 @@ def make_space(name: str, model: nn.Module, example_inputs: Any, *, round_to: in
     except KeyError:
         raise ValueError(f"unknown search space {name!r}; available: "
                          f"{', '.join(sorted(SPACES))}") from None
-    return cls.from_model(model, example_inputs, round_to=round_to, min_ratio=min_ratio)
+    return cls.from_model(model, example_inputs, round_to=round_to, min_ratio=min_ratio,
+                          output=output)

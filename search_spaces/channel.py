@@ -30,7 +30,8 @@ from .base import LayerTable, SearchSpace, Unit, UntraceableModelError, register
 from .importance import group_magnitude
 from .layers import LayerPlan, plan_rows
 from .reference import recurrent_macs, reference_params
-from .tracing import Output, as_inputs, build_graph, pruning_group, roots, traceable_copy
+from .tracing import (Output, as_inputs, build_graph, call_model, pruning_group, roots,
+                      traceable_copy)
 
 __all__ = ["ChannelSpace", "channel_choices"]
 
@@ -303,6 +304,22 @@ class ChannelSpace(SearchSpace):
                 raise ValueError(f"unit {u.name!r} keeps {c} {u.kind}; it must keep 1..{u.full}")
             out[u.name] = c
         return out
+
+    def broken_units(self, model: nn.Module, config: Mapping[str, int]) -> list[str] | None:
+        ch = self.complete_config(config)
+
+        def fails(cfg: Mapping[str, int]) -> BaseException | None:
+            try:
+                with torch.no_grad():
+                    call_model(self.apply(model, cfg).eval(), self.example_inputs)
+            except Exception as err:  # noqa: BLE001 - what the caller asked about
+                return err
+            return None
+
+        if fails(ch) is None:
+            return None
+        return [u.name for u in self.units
+                if ch[u.name] < u.full and fails({u.name: ch[u.name]}) is not None]
 
     def channel_scores(self, model: nn.Module) -> list[np.ndarray]:
         """Per unit, one importance per element: the L2 magnitude of the element's whole

@@ -82,6 +82,9 @@ def search(
                                              help="Fewest channels a unit keeps, as a fraction.")] = _S.space.min_ratio,
     image_size: Annotated[int, typer.Option(min=8, help="Input resolution (digits: 32 upsamples, 8 is native).")] = _S.source.image_size,
     width_mult: Annotated[float, typer.Option(min=0.05, help="Width multiplier of the zoo model.")] = _S.source.width_mult,
+    output: Annotated[str | None, typer.Option(
+        help="The model output pruning must keep when it returns several (a ModelOutput field "
+             "such as logits, a dict key or a tuple position; default: the first tensor).")] = _S.source.output,
     calib_batches: Annotated[int, typer.Option(min=0, help="Training batches for adaptive BatchNorm.")] = _S.scoring.calib_batches,
     finetune_steps: Annotated[int, typer.Option(min=0, help="SGD steps per candidate before scoring.")] = _S.scoring.finetune_steps,
     executor: Annotated[str, typer.Option(
@@ -119,7 +122,7 @@ def search(
     try:
         settings = SearchSettings(
             source=ModelSource(model=model, data=data, image_size=image_size,
-                               width_mult=width_mult),
+                               width_mult=width_mult, output=output),
             space=SpaceSettings(round_to=round_to, min_ratio=min_ratio),
             scoring=ScoringSettings(calib_batches=calib_batches, finetune_steps=finetune_steps),
             device=Device(batch=batch, threads=threads, backend=backend,

@@ -17,6 +17,7 @@ from torch import nn
 from autoprune.settings import ProfilePlan
 from autoprune.latency.measure import make_runner, pinned_threads, time_calls
 from autoprune.search_spaces import LayerRow, SearchSpace, call_name
+from autoprune.search_spaces.tracing import call_model, conv1d_type
 
 __all__ = ["BlockSpec", "block_followers", "calibration_configs", "fit_correction",
            "measure_blocks_and_networks", "monotone", "op_of", "unit_links", "width_grid"]
@@ -76,11 +77,17 @@ def _calls(model: nn.Module, inputs: tuple[torch.Tensor, ...]
             hooks.append(m.register_forward_hook(hook))
     try:
         with torch.no_grad():
-            model(*inputs)
+            call_model(model, inputs)
     finally:
         for h in hooks:
             h.remove()
     return calls
+
+
+def _linear(module: nn.Module) -> bool:
+    """``nn.Linear``, or HF's ``Conv1D`` (a linear layer with its weight stored transposed)."""
+    conv1d = conv1d_type()
+    return isinstance(module, nn.Linear) or (conv1d is not None and isinstance(module, conv1d))
 
 
 def block_followers(model: nn.Module, inputs: tuple[torch.Tensor, ...]
@@ -92,7 +99,7 @@ def block_followers(model: nn.Module, inputs: tuple[torch.Tensor, ...]
     out: dict[str, list[nn.Module]] = {}
     seen: dict[str, int] = {}
     for i, (name, mod, _, ptr) in enumerate(calls):
-        if not isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+        if not (isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) or _linear(mod)):
             continue
         seen[name] = seen.get(name, -1) + 1
         name = call_name(name, seen[name])
@@ -111,7 +118,7 @@ def op_of(module: nn.Module, row: LayerRow, chain: Sequence[nn.Module],
            depthwise: bool) -> dict[str, Any]:
     """What the block runs, besides its widths: the dedupe key and the recipe of the block."""
     then = [type(m).__name__ if isinstance(m, _BNS) else repr(m) for m in chain]
-    if isinstance(module, nn.Linear):
+    if _linear(module):
         return {"type": "Linear", "bias": module.bias is not None,
                 "rows": row.rows // max(1, row.batch), "then": then}
     return {"type": type(module).__name__, "kernel": list(module.kernel_size),
@@ -126,7 +133,7 @@ def op_of(module: nn.Module, row: LayerRow, chain: Sequence[nn.Module],
 def _block(module: nn.Module, chain: Sequence[nn.Module], op: Mapping[str, Any], cin: int,
            cout: int, batch: int) -> tuple[nn.Module, torch.Tensor]:
     """A fresh block at widths (cin, cout) and an input for it."""
-    if isinstance(module, nn.Linear):
+    if op["type"] == "Linear":
         layers: list[nn.Module] = [nn.Linear(cin, cout, bias=op["bias"])]
         shape = (batch, op["rows"], cin) if op["rows"] > 1 else (batch, cin)
     else:

@@ -147,8 +147,7 @@ class Device:
         shapes = [tuple(x.shape[1:]) for x in examples]
         if self.input_shape is not None:
             shapes[0] = tuple(self.input_shape)
-        return tuple(torch.randn((self.batch, *s), generator=gen).to(x.dtype)
-                     for s, x in zip(shapes, examples))
+        return tuple(_like(x, (self.batch, *s), gen) for s, x in zip(shapes, examples))
 
     def fingerprint(self, example: torch.Tensor | Sequence[torch.Tensor]) -> dict[str, Any]:
         """This device on this machine, for inputs like ``example``: what tables store."""
@@ -164,6 +163,17 @@ class Device:
                    threads=int(fingerprint.get("threads", 1)),
                    batch=int(fingerprint.get("batch", 1)), clock=fingerprint.get("clock"),
                    input_shape=tuple(int(d) for d in one[1:]) if one else None)
+
+
+def _like(example: Any, shape: tuple[int, ...], gen: Any) -> Any:
+    """Random values of ``example``'s kind: normal floats, or integers (token ids, class
+    labels) drawn from the example's own range so an embedding lookup stays in bounds."""
+    import torch  # noqa: PLC0415 - see backend_version
+
+    if example.dtype.is_floating_point or example.dtype.is_complex:
+        return torch.randn(shape, generator=gen).to(example.dtype)
+    high = max(1, int(example.max()) + 1) if example.numel() else 1
+    return torch.randint(0, high, shape, generator=gen).to(example.dtype)
 
 
 def onnxruntime_module() -> Any:

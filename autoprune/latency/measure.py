@@ -26,6 +26,7 @@ execution provider with ``intra_op_num_threads``). onnx/onnxruntime are imported
 from __future__ import annotations
 
 import gc
+import inspect
 import io
 import time
 import warnings
@@ -118,6 +119,8 @@ def make_runner(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.
     inputs = as_inputs(example_inputs)
     if backend == "torch":
         model.eval()
+        if "use_cache" in inspect.signature(model.forward).parameters:  # HF: time no cache
+            return lambda: model(*inputs, use_cache=False)
         return lambda: model(*inputs)
     ort = onnxruntime_module()
     options = ort.SessionOptions()
