@@ -35,7 +35,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from .reference import _steps
-from .tracing import Output, call_model, output_tensor
+from .tracing import Output, call_model, output_tensors
 
 __all__ = ["Affine", "OpRecord", "Probe", "RunLog", "run_log"]
 
@@ -90,7 +90,7 @@ class RunLog:
     recurrent: list[tuple[str, int]] = field(default_factory=list)
     calls: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]] = field(default_factory=dict)
     sequence: list[str] = field(default_factory=list)  # parameterised modules, in call order
-    output_shape: tuple[int, ...] = ()
+    output_shape: tuple[tuple[int, ...], ...] = ()
 
     @property
     def functional(self) -> list[OpRecord]:
@@ -198,7 +198,7 @@ def run_log(model: nn.Module, inputs: tuple[torch.Tensor, ...], output: Output =
         with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH), recorder:
             out = call_model(model, inputs)
     log.ops = recorder.ops
-    log.output_shape = tuple(output_tensor(out, output).shape)
+    log.output_shape = tuple(tuple(t.shape) for t in output_tensors(out, output))
     return log
 
 
@@ -297,6 +297,6 @@ def _checked_run(model: nn.Module, inputs: tuple[torch.Tensor, ...], output: Out
         raise ProbeError(unit, f"the pruned network fails in forward ({type(err).__name__}: "
                                f"{err})") from err
     if log.output_shape != dense.output_shape:
-        raise ProbeError(unit, f"pruning it changes the output's shape ({list(dense.output_shape)}"
-                               f" -> {list(log.output_shape)})")
+        raise ProbeError(unit, f"pruning it changes the output's shape ({dense.output_shape} -> "
+                               f"{log.output_shape})")
     return log

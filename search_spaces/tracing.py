@@ -4,8 +4,9 @@ Models come from anywhere: our zoo, plain PyTorch, Hugging Face. This module is 
 that knows how to call them and what of their output counts:
 
 - inputs are a tensor or a tuple of tensors (positional arguments);
-- the output may be a tensor, a tuple or list, a dict, or a Hugging Face ``ModelOutput``; the
-  traced value is the first tensor in it, or the entry the user names (``output=``);
+- the output may be a tensor, a tuple or list, a dict, or a Hugging Face ``ModelOutput``;
+  every tensor in it is traced and keeps its shape, and the model's value (what costs and
+  checks are about) is the first tensor or the entry the user names (``output=``);
 - Hugging Face models are run without a cache (``use_cache=False``): caches are not tensors
   Torch-Pruning can trace, and a pruned network must not reuse one;
 - layers Torch-Pruning does not know are given pruners here (HF's ``Conv1D``, whose weight is
@@ -26,7 +27,7 @@ from torch import nn
 from .base import UntraceableModelError
 
 __all__ = ["MAX_GROUP_STEPS", "PRUNABLE_ROOTS", "Conv1DPruner", "GroupTooLarge", "Output",
-           "as_inputs", "build_graph", "call_model", "conv1d_type", "no_cache", "output_tensor",
+           "as_inputs", "build_graph", "call_model", "conv1d_type", "no_cache", "output_tensor", "output_tensors",
            "pruning_group", "roots", "traceable_copy"]
 
 #: Which output of the model is traced and compared: ``None`` (the first tensor), an entry's
@@ -95,6 +96,13 @@ def output_tensor(out: Any, output: Output = None) -> torch.Tensor:
     raise UntraceableModelError(
         f"the model's output ({type(out).__name__}) has no {want}; its tensors: {kinds}. Fix: "
         "pass output=NAME (--output NAME) naming the tensor to prune for, e.g. 'logits'.")
+
+
+def output_tensors(out: Any, output: Output = None) -> list[torch.Tensor]:
+    """Every tensor of ``out``: all are traced, so that every branch of a multi-output model
+    is pruned consistently, and all keep their shapes. ``output`` is checked to name one."""
+    output_tensor(out, output)
+    return [t for _, t in _tensors(out)]
 
 
 def conv1d_type() -> type[nn.Module] | None:
@@ -190,7 +198,7 @@ def build_graph(model: nn.Module, inputs: tuple[torch.Tensor, ...],
         with torch.enable_grad(), no_cache(model):
             return tp.DependencyGraph().build_dependency(
                 model, example_inputs=inputs, forward_fn=lambda m, x: m(*x),
-                output_transform=lambda out: output_tensor(out, output),
+                output_transform=lambda out: output_tensors(out, output),
                 customized_pruners=_customized_pruners(), verbose=False)
     except UntraceableModelError:
         raise

@@ -86,3 +86,52 @@ def test_a_three_trial_allocation_runs(built: tuple) -> None:
                                evaluate=score, trials=3, space=space)
     assert len(alloc.trials) >= 1 and not alloc.chosen.failed, name
     assert alloc.costs["macs"] <= limit
+
+
+@pytest.mark.parametrize("name, layer, words", [
+    ("lstm", "rnn", "Torch-Pruning"),                # its LSTM pruner fails: kept dense
+    ("inception-grouped", "b1.0", "fails"),          # a grouped conv after a concat
+    ("split-branches", "stem.0", "split_with_sizes"),  # split sizes written into forward()
+])
+def test_refused_patterns_are_kept_dense_with_a_note_naming_the_layer(
+        name: str, layer: str, words: str) -> None:
+    torch.manual_seed(0)
+    model, inputs, options = ARCHITECTURES[name]()
+    space = ChannelSpace.from_model(model.eval(), inputs, **options)
+    (note,) = [n for n in space.notes if n.startswith(layer)]
+    assert "kept dense" in note and words in note and f"ignored_layers=['{layer}']" in note
+    assert layer not in {m for u in space.units for m in u.members}
+
+
+def test_a_model_with_nothing_prunable_is_refused_with_one_error() -> None:
+    from autoprune.search_spaces import UntraceableModelError
+
+    with pytest.raises(UntraceableModelError, match="No prunable") as err:
+        ChannelSpace.from_model(nn.Sequential(nn.Linear(6, 4)), torch.randn(2, 6))
+    assert "Fix:" in str(err.value)
+
+
+def test_a_search_whose_pruned_networks_all_fail_blames_pruning_and_names_the_units() -> None:
+    from autoprune.errors import SearchError
+
+    torch.manual_seed(0)
+    model, inputs, options = ARCHITECTURES["squeeze-excite"]()
+    model.eval()
+    space = ChannelSpace.from_model(model, inputs, **options)
+    real = nn.Linear.forward
+
+    def picky(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:  # breaks on any thinner input
+        if self.out_features == 10 and self.in_features < 32:  # the classifier head
+            raise RuntimeError("this head only takes 32 features")
+        return real(self, x)
+
+    def score(pruned: nn.Module) -> dict[str, float]:
+        return {"loss": float(_out(pruned, inputs, None).pow(2).mean())}
+
+    low = sum(r.macs for r in space.layer_table(space.min_config()))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(model.head), "forward", picky)
+        with pytest.raises(SearchError, match="pruning breaks this model") as err:
+            autoprune.allocate(model, example_inputs=inputs, target=f"macs={low}",
+                               evaluate=score, trials=3, space=space)
+    assert "conv2.0" in str(err.value) and "evaluator" not in str(err.value).split("Fix")[0]

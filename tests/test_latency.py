@@ -445,3 +445,37 @@ def test_a_lucky_reading_does_not_set_the_repair_s_speed(
                            record=record)
     assert check.met and len(check.repaired) == 1 and check.chosen.number == check.repaired[0]
     assert check.measured[0].median_ms == pytest.approx(1.01 * target)
+
+
+def test_a_latency_search_on_a_vit_meets_its_budget_when_measured() -> None:
+    # A Hugging Face ViT built from its config: heads, MLP widths and the hidden width are the
+    # units; the table times its linear layers, the correction the rest (attention, norms).
+    import warnings
+
+    import transformers
+
+    warnings.filterwarnings("ignore", module="transformers")
+    cfg = transformers.ViTConfig(image_size=32, patch_size=4, num_channels=1, hidden_size=64,
+                                 num_hidden_layers=3, num_attention_heads=4,
+                                 intermediate_size=256, num_labels=10)
+    torch.manual_seed(0)
+    vit = transformers.ViTForImageClassification(cfg).eval()
+    x = torch.randn(1, 1, 32, 32)
+    space = ChannelSpace.from_model(vit, x)
+    assert {u.kind for u in space.units} == {"channels", "heads"}
+    table = LatencyTable.build(vit, x, space=space, plan=QUICK)
+    dense, thinnest = table.predict({}), table.predict(space.min_config())
+    # 85% of the dense network's predicted latency, while the thinnest is predicted ~30% below
+    # it: the search has to prune, and a busy host still leaves it a network to meet it with.
+    assert thinnest < 0.75 * dense
+    target = 0.85 * dense
+
+    def score(model: nn.Module) -> dict[str, float]:
+        with torch.no_grad():
+            return {"loss": float(model(x).logits.pow(2).mean())}
+
+    alloc = autoprune.allocate(vit, example_inputs=x, target=f"latency={target!r}ms",
+                               evaluate=score, trials=6, space=space, latency_table=table)
+    lat = alloc.latency
+    assert lat is not None and lat["met"], lat["checked"]
+    assert lat["measured"]["latency_ms"] <= target
