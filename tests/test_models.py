@@ -19,7 +19,8 @@ def macs(model: torch.nn.Module, shape: tuple[int, ...] = (1, 3, 32, 32)) -> flo
 
 
 def test_zoo_names() -> None:
-    assert ALL_MODELS == ["resnet20", "resnet56", "vgg11", "vgg16", "mobilenetv1", "mobilenetv2"]
+    assert ALL_MODELS == ["resnet20", "resnet56", "vgg11", "vgg16", "mobilenetv1", "mobilenetv2",
+                          "vit"]
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
