@@ -32,7 +32,8 @@ from torch import nn
 
 from .tracing import Conv1DPruner, conv1d_type
 
-__all__ = ["AttentionHeads", "drop_heads", "find_attention", "head_scores", "prune_heads"]
+__all__ = ["AttentionHeads", "drop_head_dims", "drop_heads", "find_attention", "head_dim_scores",
+           "head_scores", "prune_head_dims", "prune_heads"]
 
 _SEPARATE = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"), ("q", "k", "v"),
              ("q_lin", "k_lin", "v_lin"), ("to_q", "to_k", "to_v"), ("wq", "wk", "wv"))
@@ -258,3 +259,72 @@ def _set_attributes(attn: nn.Module, spec: AttentionHeads, heads: int, kv_heads:
     for n in ("num_key_value_heads", "num_kv_heads", "n_kv_heads"):
         if isinstance(getattr(attn, n, None), int) and getattr(attn, n) == spec.kv_heads:
             setattr(attn, n, kv_heads)
+
+
+# ---------------------------------------------------------------------- head dimensions
+def head_dim_scores(model: nn.Module, spec: AttentionHeads) -> tuple[np.ndarray, np.ndarray]:
+    """Per key/value head and position inside a head (``[kv_heads, head_dim]`` each): the
+    squared norm of what pruning that position removes from the query-key product (the query
+    rows of every query head of the group and the key row) and from the value path (the value
+    row and the output-projection columns of every query head of the group)."""
+    modules = dict(model.named_modules())
+    q, k, v, o = (modules[n] for n in (spec.q, spec.k, spec.v, spec.out))
+    oq, ok, ov = _sections(spec)
+    d = spec.head_dim
+    with torch.no_grad():
+        rq, rk, rv = (_rows(m).detach().double().pow(2).sum(1) for m in (q, k, v))
+        ro = _rows(o).detach().double().pow(2).sum(0)  # per input column of the projection
+        qk, vo = np.zeros((spec.kv_heads, d)), np.zeros((spec.kv_heads, d))
+        for h in range(spec.heads):
+            g = h // spec.group
+            qk[g] += rq[oq + h * d: oq + (h + 1) * d].numpy()
+            vo[g] += ro[h * d:(h + 1) * d].numpy()
+        for g in range(spec.kv_heads):
+            qk[g] += rk[ok + g * d: ok + (g + 1) * d].numpy()
+            vo[g] += rv[ov + g * d: ov + (g + 1) * d].numpy()
+    return qk, vo
+
+
+def drop_head_dims(scores: tuple[np.ndarray, np.ndarray], keep: int
+                   ) -> tuple[list[list[int]], list[list[int]]]:
+    """Per key/value head, the positions to remove so that ``keep`` stay, chosen apart for the
+    query-key product and for the value path (lowest scores go)."""
+    qk, vo = scores
+    pick = lambda row: sorted(np.argsort(-row, kind="stable")[keep:].tolist())  # noqa: E731
+    return [pick(r) for r in qk], [pick(r) for r in vo]
+
+
+def prune_head_dims(model: nn.Module, spec: AttentionHeads, drop_qk: Sequence[Sequence[int]],
+                    drop_vo: Sequence[Sequence[int]]) -> AttentionHeads:
+    """Remove positions inside every head: ``drop_qk[g]`` from the queries and key of
+    key/value group ``g``, ``drop_vo[g]`` from its value and the output projection's columns
+    (the same count everywhere); returns the layer's new description. The attention keeps
+    its scaling (``scaling``/``scale`` attributes are left as they were)."""
+    if len({len(x) for x in (*drop_qk, *drop_vo)}) != 1:
+        raise ValueError("every head must lose the same number of positions")
+    modules = dict(model.named_modules())
+    q, k, v, o, attn = (modules[n] for n in (spec.q, spec.k, spec.v, spec.out, spec.module))
+    oq, ok, ov = _sections(spec)
+    d = spec.head_dim
+    q_idx = [oq + h * d + j for h in range(spec.heads) for j in drop_qk[h // spec.group]]
+    k_idx = [ok + g * d + j for g in range(spec.kv_heads) for j in drop_qk[g]]
+    v_idx = [ov + g * d + j for g in range(spec.kv_heads) for j in drop_vo[g]]
+    o_idx = [h * d + j for h in range(spec.heads) for j in drop_vo[h // spec.group]]
+    if spec.fused:
+        _prune_out(q, q_idx + k_idx + v_idx)
+    else:
+        _prune_out(q, q_idx)
+        _prune_out(k, k_idx)
+        _prune_out(v, v_idx)
+    _prune_in(o, o_idx)
+    new = d - len(drop_qk[0])
+    for n in _HEAD_SIZE:
+        if getattr(attn, n, None) == d:
+            setattr(attn, n, new)
+    for n in _ALL_HEADS:
+        if getattr(attn, n, None) == spec.heads * d:
+            setattr(attn, n, spec.heads * new)
+    if spec.fused and getattr(attn, "split_size", None) == spec.heads * d:
+        attn.split_size = spec.heads * new
+    return AttentionHeads(module=spec.module, q=spec.q, k=spec.k, v=spec.v, out=spec.out,
+                          heads=spec.heads, kv_heads=spec.kv_heads, head_dim=new)

@@ -25,7 +25,8 @@ import torch_pruning as tp
 from torch import nn
 
 from .exact import ProbeError, probe, run_log
-from .attention import AttentionHeads, drop_heads, find_attention, head_scores, prune_heads
+from .attention import (AttentionHeads, drop_head_dims, drop_heads, find_attention, head_dim_scores,
+                        head_scores, prune_head_dims, prune_heads)
 from .base import LayerTable, SearchSpace, Unit, UntraceableModelError, register_space
 from .importance import group_magnitude
 from .layers import LayerPlan, plan_rows
@@ -49,12 +50,14 @@ def channel_choices(full: int, *, round_to: int, min_ratio: float) -> tuple[int,
 @dataclass(frozen=True)
 class _Candidate:
     """How a unit is pruned: a channel group from ``root`` (whose out-channels in ``blocks[i]``
-    go together as element ``i``), or an attention layer's ``heads``."""
+    go together as element ``i``), or an attention layer's ``heads`` (whole heads, or with
+    ``dims`` the positions inside every head)."""
 
     unit: Unit
     root: str = ""
     blocks: tuple[tuple[int, ...], ...] = ()
     heads: AttentionHeads | None = None
+    dims: bool = False
 
 
 def _ties(model: nn.Module) -> list[list[tuple[str, str]]]:
@@ -76,30 +79,60 @@ class _Pruner:
         self.ties = _ties(self.model)
         self.heads: dict[str, AttentionHeads] = {}
 
+    def spec(self, c: _Candidate) -> AttentionHeads:
+        """The attention layer of ``c`` as it is now (heads and positions already removed)."""
+        assert c.heads is not None
+        return self.heads.get(c.heads.module, c.heads)
+
     def scores(self, c: _Candidate) -> np.ndarray:
-        """Importance per element: the squared L2 magnitude of its whole coupled group."""
+        """Importance per element: the squared L2 magnitude of its whole coupled group (for
+        head positions: summed over the heads, each head choosing its own, see ``keep``)."""
+        if c.dims:
+            qk, vo = head_dim_scores(self.model, self.spec(c))
+            return qk.sum(0) + vo.sum(0)
         if c.heads is not None:
-            return head_scores(self.model, self.heads.get(c.unit.name, c.heads))
+            return head_scores(self.model, self.spec(c))
         full = max(i for b in c.blocks for i in b) + 1
         group = self._group(c, list(range(full)))
         per_channel = group_magnitude(self.graph, group, full)
         return np.array([per_channel[list(b)].sum() for b in c.blocks])
 
+    def keep(self, c: _Candidate, keep: int) -> None:
+        """Prune ``c`` to ``keep`` elements, removing the least important."""
+        if keep >= c.unit.full:
+            return
+        if c.dims:
+            spec = self.spec(c)
+            self._dims(c, *drop_head_dims(head_dim_scores(self.model, spec), keep))
+        elif c.heads is not None:
+            self.remove(c, drop_heads(self.spec(c), self.scores(c), keep))
+        else:
+            self.remove(c, sorted(np.argsort(-self.scores(c), kind="stable")[keep:].tolist()))
+
     def remove(self, c: _Candidate, drop: Sequence[int]) -> None:
         """Remove elements ``drop`` (dense numbering) of candidate ``c``."""
         if not drop:
             return
+        if c.dims:
+            groups = range(self.spec(c).kv_heads)
+            self._dims(c, [list(drop) for _ in groups], [list(drop) for _ in groups])
+            return
         if c.heads is not None:
-            spec = self.heads.get(c.unit.name, c.heads)
-            self.heads[c.unit.name] = prune_heads(self.model, spec, drop)
+            self.heads[c.heads.module] = prune_heads(self.model, self.spec(c), drop)
         else:
             self._group(c, sorted(i for k in drop for i in c.blocks[k])).prune()
         self._retie()
 
+    def _dims(self, c: _Candidate, qk: list[list[int]], vo: list[list[int]]) -> None:
+        self.heads[c.heads.module] = prune_head_dims(self.model, self.spec(c), qk, vo)
+
     def remove_last(self, c: _Candidate, n: int) -> None:
         """Remove ``n`` elements of ``c`` (which ones does not change any size)."""
-        if c.heads is not None:
-            spec = self.heads.get(c.unit.name, c.heads)
+        if c.dims:
+            d = self.spec(c).head_dim
+            self.remove(c, list(range(d - n, d)))
+        elif c.heads is not None:
+            spec = self.spec(c)
             order = np.arange(spec.heads, 0, -1, dtype=float)
             self.remove(c, drop_heads(spec, order, spec.heads - n))
         else:
@@ -145,9 +178,12 @@ class ChannelSpace(SearchSpace):
     @classmethod
     def from_model(cls, model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], *,
                    round_to: int = 8, min_ratio: float = 0.2,
-                   ignored_layers: Sequence[str] = (), output: Output = None) -> ChannelSpace:
+                   ignored_layers: Sequence[str] = (), output: Output = None,
+                   prune_head_dims: bool = False) -> ChannelSpace:
         """Find the units of ``model`` (left untouched) by tracing it on ``example_inputs``;
-        ``output`` names the output tensor to keep (default: the first one)."""
+        ``output`` names the model's value among its outputs (default: the first tensor).
+        Attention heads are pruned whole; ``prune_head_dims`` adds a unit per attention
+        layer for the positions inside its heads (the same number kept in every head)."""
         if not 0.0 < min_ratio <= 1.0:
             raise ValueError(f"min_ratio must be in (0, 1], got {min_ratio}")
         if round_to < 1:
@@ -167,13 +203,14 @@ class ChannelSpace(SearchSpace):
                 f"{err}). Fix: pass example inputs of the shape the model expects.") from err
         pruner = _Pruner(model, inputs, output)
         candidates, notes = _find_candidates(pruner, dense.sequence, round_to, min_ratio,
-                                             set(ignored_layers))
+                                             set(ignored_layers), prune_head_dims)
         check_each = False
         while True:
             try:
                 found = probe(pruner.model, inputs, [_step(c) for c in candidates],
                                     lambda _, u, n: pruner.remove_last(candidates[u], n),
-                                    output, check_each=check_each)
+                                    output, check_each=check_each,
+                                    products=_products(candidates))
             except ProbeError as err:
                 if err.unit is None:
                     check_each = True
@@ -276,16 +313,9 @@ class ChannelSpace(SearchSpace):
         was_training = model.training
         grad_flags = [p.requires_grad for p in model.parameters()]
         pruner = _Pruner(model, self.example_inputs, self.output)
-        # channel groups through Torch-Pruning's graph first, then heads layer by layer
-        for c in sorted(self._candidates, key=lambda c: c.heads is not None):
-            keep = ch[c.unit.name]
-            if keep >= c.unit.full:
-                continue
-            scores = pruner.scores(c)
-            if c.heads is not None:
-                pruner.remove(c, drop_heads(c.heads, scores, keep))
-            else:
-                pruner.remove(c, sorted(np.argsort(-scores, kind="stable")[keep:].tolist()))
+        # channel groups through Torch-Pruning's graph first, then heads, then head positions
+        for c in sorted(self._candidates, key=lambda c: (c.heads is not None, c.dims)):
+            pruner.keep(c, ch[c.unit.name])
         work = pruner.model
         for p, flag in zip(work.parameters(), grad_flags):
             p.requires_grad_(flag)
@@ -350,6 +380,13 @@ class ChannelSpace(SearchSpace):
                  "choices": len(u.choices), "layers": len(u.members)} for u in self.units]
 
 
+def _products(candidates: Sequence[_Candidate]) -> list[tuple[int, int]]:
+    """Pairs (heads, head positions) of one attention layer: their counts multiply."""
+    heads = {c.heads.module: i for i, c in enumerate(candidates) if c.heads and not c.dims}
+    return [(heads[c.heads.module], i) for i, c in enumerate(candidates)
+            if c.dims and c.heads.module in heads]
+
+
 def _step(c: _Candidate) -> int:
     return c.unit.choices[-1] - c.unit.choices[-2]
 
@@ -389,7 +426,8 @@ def _blocks(graph: tp.DependencyGraph, group: tp.Group, root: nn.Module,
 
 
 def _find_candidates(pruner: _Pruner, sequence: Sequence[str], round_to: int, min_ratio: float,
-                     ignored: set[str]) -> tuple[list[_Candidate], list[str]]:
+                     ignored: set[str], head_dims: bool = False
+                     ) -> tuple[list[_Candidate], list[str]]:
     """Every attention layer whose heads can be read, and every other channel group of the
     graph that can be a unit, with a note for each one set aside."""
     graph, model = pruner.graph, pruner.model
@@ -410,6 +448,12 @@ def _find_candidates(pruner: _Pruner, sequence: Sequence[str], round_to: int, mi
             candidates.append(_Candidate(heads=heads, unit=Unit(
                 name=f"{heads.module}:heads", full=heads.heads, choices=choices, members=members,
                 kind="heads")))
+        dims = channel_choices(heads.head_dim, round_to=max(1, heads.head_dim // 8),
+                               min_ratio=min_ratio)
+        if head_dims and len(dims) >= 2:
+            candidates.append(_Candidate(heads=heads, dims=True, unit=Unit(
+                name=f"{heads.module}:head_dim", full=heads.head_dim, choices=dims,
+                members=members, kind="head_dim")))
     visited: set[nn.Module] = {m for m in name_of if name_of[m] in projections}
     for root in list(graph.module2node):
         if not isinstance(root, roots()) or root in visited or name_of.get(root) in ignored:

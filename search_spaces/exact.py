@@ -51,9 +51,13 @@ class Affine:
     dense: int
     slopes: tuple[tuple[int, int], ...] = ()  # (unit index, size lost per ``per`` elements)
     per: int = 1
+    # Sizes that are a product of two units' counts (a layer's heads x its head size) give
+    # back ``weight / per`` for every pair of elements removed from both: (u, v, weight).
+    cross: tuple[tuple[int, int, int], ...] = ()
 
     def at(self, removed: Sequence[int]) -> int:
-        lost = sum(s * removed[u] for u, s in self.slopes)
+        lost = sum(s * removed[u] for u, s in self.slopes) \
+            - sum(w * removed[u] * removed[v] for u, v, w in self.cross)
         if lost % self.per:
             raise ValueError(f"a size {self.dense} - {lost}/{self.per} is not whole: the "
                              "configuration removes elements in steps the layer cannot take")
@@ -235,20 +239,43 @@ def _slopes(before: Sequence[int], after: Sequence[int], step: int, unit: int,
     return [Fraction(b - a, step) for b, a in zip(before, after)]
 
 
-def _affine(dense: int, slopes: Sequence[tuple[int, Fraction]]) -> Affine:
-    per = math.lcm(*(s.denominator for _, s in slopes)) if slopes else 1
-    return Affine(dense, tuple((u, int(s * per)) for u, s in slopes), per)
+def _undo_order(dense: int, slopes: list[tuple[int, Fraction]],
+                products: Sequence[tuple[int, int]], steps: Sequence[int]
+                ) -> list[tuple[int, Fraction]]:
+    """The dense slopes of a size ``c * a * b``: the probe measured ``b``'s slope after ``a``
+    (probed first) had lost ``steps[a]`` elements, when ``b``'s slope was already
+    ``s_b * (1 - s_a * steps[a] / dense)``."""
+    of = dict(slopes)
+    for u, v in products:
+        first, second = min(u, v), max(u, v)
+        if first in of and second in of and dense:
+            of[second] = of[second] / (1 - of[first] * steps[first] / dense)
+    return list(of.items())
+
+
+def _affine(dense: int, slopes: Sequence[tuple[int, Fraction]],
+            products: Sequence[tuple[int, int]] = ()) -> Affine:
+    """The size, with a cross term for each pair of ``products`` it depends on both of: a
+    size ``c * a * b`` of two counts loses ``s_a * r_a + s_b * r_b - r_a * r_b * s_a * s_b /
+    dense`` when ``r_a`` and ``r_b`` elements go."""
+    of = dict(slopes)
+    cross = [(u, v, of[u] * of[v] / dense) for u, v in products if u in of and v in of and dense]
+    per = math.lcm(*(s.denominator for _, s in slopes), *(w.denominator for *_, w in cross)) \
+        if slopes else 1
+    return Affine(dense, tuple((u, int(s * per)) for u, s in slopes), per,
+                  tuple((u, v, int(w * per)) for u, v, w in cross))
 
 
 def probe(model: nn.Module, inputs: tuple[torch.Tensor, ...], steps: Sequence[int],
           remove: Callable[[nn.Module, int, int], None], output: Output = None, *,
-          check_each: bool = False) -> Probe:
+          check_each: bool = False, products: Sequence[tuple[int, int]] = ()) -> Probe:
     """Measure the slopes: on ``model`` (a working copy, pruned in place), unit ``u`` in turn
     loses ``steps[u]`` elements through ``remove(model, u, n)``; a forward pass after each
     unit (with ``check_each``, or when the dense one ran activation matmuls) or once at the
     end checks that the network still runs with the same output shape. Raises
     :class:`ProbeError` naming the unit that broke it (``unit`` is ``None`` when only the
-    final check failed: probe again with ``check_each`` to find it)."""
+    final check failed: probe again with ``check_each`` to find it). ``products`` are pairs
+    of units whose counts multiply in a size (an attention layer's heads and head size)."""
     dense = run_log(model, inputs, output)
     shapes = dense_shapes = _shapes(model)
     functional = dense.functional
@@ -281,10 +308,16 @@ def probe(model: nn.Module, inputs: tuple[torch.Tensor, ...], steps: Sequence[in
                         if s:
                             slopes_f[i][d].append((u, s))
                 functional = ops
+    for n, dims in slopes_p.items():
+        for d, sl in enumerate(dims):
+            dims[d] = _undo_order(dense_shapes[n][d], sl, products, steps)
+    for (o, dims) in zip(dense.functional, slopes_f):
+        for d, sl in enumerate(dims):
+            dims[d] = _undo_order(o.factors[d], sl, products, steps)
     return Probe(
-        params={n: tuple(_affine(dense_shapes[n][d], sl) for d, sl in enumerate(dims))
+        params={n: tuple(_affine(dense_shapes[n][d], sl, products) for d, sl in enumerate(dims))
                 for n, dims in slopes_p.items()},
-        functional=[(o, tuple(_affine(f, sl) for f, sl in zip(o.factors, dims)))
+        functional=[(o, tuple(_affine(f, sl, products) for f, sl in zip(o.factors, dims)))
                     for o, dims in zip(dense.functional, slopes_f)],
         dense=dense)
 

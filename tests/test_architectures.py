@@ -135,3 +135,35 @@ def test_a_search_whose_pruned_networks_all_fail_blames_pruning_and_names_the_un
             autoprune.allocate(model, example_inputs=inputs, target=f"macs={low}",
                                evaluate=score, trials=3, space=space)
     assert "conv2.0" in str(err.value) and "evaluator" not in str(err.value).split("Fix")[0]
+
+
+def test_rotary_attention_keeps_its_head_size_with_a_note() -> None:
+    # Llama's rotary embeddings are computed for the configured head size: shortening heads
+    # breaks them, which the space finds and says.
+    torch.manual_seed(0)
+    model, inputs, options = ARCHITECTURES["hf-llama-gqa"]()
+    space = ChannelSpace.from_model(model.eval(), inputs, **options, prune_head_dims=True)
+    assert not [u for u in space.units if u.kind == "head_dim"]
+    assert [u for u in space.units if u.kind == "heads"]
+    notes = [n for n in space.notes if ":head_dim" in n]
+    assert len(notes) == 2 and all("fails in forward" in n for n in notes)
+
+
+@pytest.mark.parametrize("name", ["hf-bert", "hf-gpt2", "sdpa-attention"])
+def test_head_dimensions_prune_as_an_option_with_exact_costs(name: str) -> None:
+    torch.manual_seed(0)
+    model, inputs, options = ARCHITECTURES[name]()
+    model.eval()
+    space = ChannelSpace.from_model(model, inputs, **options, prune_head_dims=True)
+    dims = [u for u in space.units if u.kind == "head_dim"]
+    assert dims and all(u.full == 8 for u in dims), space.notes
+    output = options.get("output")
+    for config in (space.min_config(), {u.name: u.minimum for u in dims}):
+        pruned = space.apply(model, config)
+        assert _out(pruned, inputs, output).shape == _out(model, inputs, output).shape
+        table = space.layer_table(config)
+        assert sum(r.macs for r in table) == reference_macs(pruned, inputs), config
+        assert sum(r.params for r in table) == reference_params(pruned)
+    # by default the head size stays whole
+    assert not [u for u in ChannelSpace.from_model(model, inputs, **options).units
+                if u.kind == "head_dim"]

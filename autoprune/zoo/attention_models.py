@@ -21,6 +21,7 @@ class Attention(nn.Module):
         if dim % heads:
             raise ValueError(f"width {dim} is not a multiple of {heads} heads")
         self.num_heads, self.head_dim, self.causal = heads, dim // heads, causal
+        self.scaling = self.head_dim ** -0.5  # kept when pruning shortens the heads
         self.q_proj, self.k_proj, self.v_proj = (nn.Linear(dim, dim) for _ in range(3))
         self.o_proj = nn.Linear(dim, dim)
 
@@ -28,7 +29,7 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         q, k, v = (p(x).view(b, t, -1, self.head_dim).transpose(1, 2)
                    for p in (self.q_proj, self.k_proj, self.v_proj))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, scale=self.scaling)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 
 
