@@ -305,3 +305,11 @@ def test_cli_train_extract_front(supernet_dir: Path, cache: Path, tmp_path: Path
     out = _cli(["extract", str(tmp_path / "missing"), "-t", "flops=50%"], cache)
     assert out.returncode == 2 and "error:" in out.stderr, out.stderr[-2000:]
     assert "ofa train" in " ".join(out.stderr.split()) and "Traceback" not in out.stderr
+
+
+def test_a_transformer_is_refused_with_the_fix() -> None:
+    # elastic width is about channels; attention heads are searched instead
+    vit = build_model("vit", in_channels=1, input_size=16).eval()
+    space = ChannelSpace.from_model(vit, torch.zeros(1, 1, 16, 16))
+    with pytest.raises(SupernetError, match="attention heads.*autoprune search"):
+        sort_channels(vit, space)

@@ -111,6 +111,12 @@ def sort_channels(model: nn.Module, space: ChannelSpace) -> list[np.ndarray]:
     """Reorder ``model`` in place so that every unit's channels are in decreasing importance
     (group L2 magnitude, as pruning ranks them); returns each unit's order (new position ->
     old channel). The model's function is unchanged."""
+    other = [u.name for u in space.units if u.kind != "channels"]
+    if other:
+        raise SupernetError(
+            f"elastic width covers channel groups only, and this model has {len(other)} units "
+            f"of attention heads ({', '.join(other[:2])}{', ...' if len(other) > 2 else ''}). "
+            "Fix: search it with `autoprune search` / autoprune.allocate instead.")
     scores = space.channel_scores(model)
     orders = [np.argsort(-s, kind="stable") for s in scores]
     work = _traceable(model)

@@ -347,9 +347,9 @@ _BUILDERS: dict[str, _Builder] = {
     "vgg16": lambda nc, ic, w, s: VGG("vgg16", num_classes=nc, in_channels=ic, width_mult=w, input_size=s),
     "mobilenetv1": lambda nc, ic, w, s: MobileNetV1(num_classes=nc, in_channels=ic, width_mult=w),
     "mobilenetv2": lambda nc, ic, w, s: MobileNetV2(num_classes=nc, in_channels=ic, width_mult=w),
-    # a small Vision Transformer: 4x4 patches, 4 pre-norm blocks of 4 heads, width 64
+    # a small Vision Transformer: a 4x4 grid of patches, 4 pre-norm blocks of 4 heads, width 64
     "vit": lambda nc, ic, w, s: ViT(num_classes=nc, in_channels=ic, image_size=s,
-                                    dim=make_divisible(64 * w, 8)),
+                                    patch=max(1, s // 4), dim=make_divisible(64 * w, 8)),
 }
 
 

@@ -69,7 +69,10 @@ BASELINE_RECIPES: dict[str, BaselineRecipe] = {
     "vgg16": BaselineRecipe(epochs=4, lr=0.01),
     "mobilenetv1": BaselineRecipe(epochs=10),
     "mobilenetv2": BaselineRecipe(epochs=8),
-    "vit": BaselineRecipe(epochs=15, lr=2e-3, optimizer="adamw"),
+    # A ViT needs AdamW and many more steps than the CNNs (16 patches of 8x8 at 32 px, 1,293
+    # training images): 15 epochs at 4x4 patches reached 54.0% test accuracy, 40 epochs at
+    # 8x8 patches 92.8%, 80 epochs 98.9% (83 s on a shared 2-core host).
+    "vit": BaselineRecipe(epochs=80, lr=2e-3, optimizer="adamw"),
 }
 FALLBACK_RECIPE = BaselineRecipe(epochs=10)
 DEFAULT_EPOCHS: dict[str, int] = {name: recipe.epochs for name, recipe in BASELINE_RECIPES.items()}
