@@ -376,7 +376,7 @@ class ChannelSpace(SearchSpace):
 
     def describe(self) -> list[dict[str, object]]:
         """One row per unit, for tables and JSON."""
-        return [{"unit": u.name, "kind": u.kind, "full": u.full, "min": u.minimum,
+        return [{"unit": u.name, "kind": u.kind, "channels": u.full, "min": u.minimum,
                  "choices": len(u.choices), "layers": len(u.members)} for u in self.units]
 
 
