@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import autoprune
-from architectures import ARCHITECTURES
+from autoprune.testing.architectures import ARCHITECTURES
 from autoprune.search_spaces import ChannelSpace, reference_macs, reference_params
 from autoprune.search_spaces.tracing import call_model, output_tensor
 

@@ -2,7 +2,9 @@
 ``check_agent`` for an agent, ``check_space`` for a search space on a model,
 ``check_cost_model`` for a cost model, ``check_executor`` for an executor. Each raises
 ``AssertionError`` naming the broken promise; autoprune's own tests run them over every
-registered part."""
+registered part. ``autoprune.testing.architectures.ARCHITECTURES`` is a zoo of foreign
+architectures (HF transformers, plain attention, awkward CNNs, recurrent layers) to run a
+space on."""
 
 from __future__ import annotations
 

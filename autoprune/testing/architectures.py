@@ -1,8 +1,10 @@
-"""A zoo of foreign architectures for the conformance tests: what users bring, built small.
+"""A zoo of foreign architectures: what users bring, built small, for conformance checks.
 
 Each entry is ``name -> builder``; a builder returns ``(model, example_inputs, options)`` where
 ``options`` are extra ``ChannelSpace.from_model`` arguments. Hugging Face models are built
-from their configs with random weights (no download).
+from their configs with random weights (no download; ``transformers`` is imported only by
+their builders). The project's tests (``tests/test_architectures.py``) and
+``benchmarks/architectures.py`` run over all of them; a third-party space can too.
 """
 
 from __future__ import annotations
