@@ -78,7 +78,7 @@ def test_cache_round_trip(tmp_path: Path) -> None:
     sidecar = json.loads(weights.with_suffix(".json").read_text())
     assert sidecar["spec"] == model.autoprune_spec
     assert sidecar["epochs"] == 3 and sidecar["metrics"] == record["metrics"]
-    assert sidecar["recipe"] == {"epochs": 3, "lr": 0.05, "batch_size": 64}
+    assert sidecar["recipe"] == {"epochs": 3, "lr": 0.05, "batch_size": 64, "optimizer": "sgd"}
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
 
     # The second call loads: same weights, no training (epochs=None accepts any cached entry).
