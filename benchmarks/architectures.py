@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = set(names) - set(ARCHITECTURES)
     if unknown:
         parser.error(f"unknown architectures {sorted(unknown)}; known: {', '.join(sorted(ARCHITECTURES))}")
-    console = Console()
+    console = Console(width=150)
     rows = []
     for name in names:
         console.print(f"[dim]{name}...[/]")
