@@ -188,22 +188,16 @@ def head_scores(model: nn.Module, spec: AttentionHeads) -> np.ndarray:
     return np.asarray(scores)
 
 
-def _prune_out(layer: nn.Module, idxs: Sequence[int]) -> None:
+def _prune(layer: nn.Module, idxs: Sequence[int], *, out: bool) -> None:
+    """Remove output (``out``) or input channels ``idxs`` of a linear layer or HF ``Conv1D``."""
     if not idxs:
         return
     if isinstance(layer, nn.Linear):
-        tp.prune_linear_out_channels(layer, list(idxs))
+        fn = tp.prune_linear_out_channels if out else tp.prune_linear_in_channels
+        fn(layer, list(idxs))
     else:
-        Conv1DPruner().prune_out_channels(layer, idxs)
-
-
-def _prune_in(layer: nn.Module, idxs: Sequence[int]) -> None:
-    if not idxs:
-        return
-    if isinstance(layer, nn.Linear):
-        tp.prune_linear_in_channels(layer, list(idxs))
-    else:
-        Conv1DPruner().prune_in_channels(layer, idxs)
+        pruner = Conv1DPruner()
+        (pruner.prune_out_channels if out else pruner.prune_in_channels)(layer, idxs)
 
 
 def drop_heads(spec: AttentionHeads, scores: np.ndarray, keep: int) -> list[int]:
@@ -229,14 +223,14 @@ def prune_heads(model: nn.Module, spec: AttentionHeads, drop: Sequence[int]) -> 
     q_idx = [c for h in drop for c in _channels(h, spec, oq)]
     o_idx = [c for h in drop for c in _channels(h, spec)]
     if spec.fused:
-        _prune_out(q, q_idx + [c for h in drop for c in _channels(h, spec, ok)]
-                   + [c for h in drop for c in _channels(h, spec, ov)])
+        _prune(q, q_idx + [c for h in drop for c in _channels(h, spec, ok)]
+                   + [c for h in drop for c in _channels(h, spec, ov)], out=True)
     else:
-        _prune_out(q, q_idx)
+        _prune(q, q_idx, out=True)
         if spec.kv_heads == spec.heads:
-            _prune_out(k, [c for h in drop for c in _channels(h, spec, ok)])
-            _prune_out(v, [c for h in drop for c in _channels(h, spec, ov)])
-    _prune_in(o, o_idx)
+            _prune(k, [c for h in drop for c in _channels(h, spec, ok)], out=True)
+            _prune(v, [c for h in drop for c in _channels(h, spec, ov)], out=True)
+    _prune(o, o_idx, out=False)
     heads = spec.heads - len(drop)
     kv_heads = heads if spec.kv_heads == spec.heads else spec.kv_heads
     _set_attributes(attn, spec, heads, kv_heads)
@@ -311,12 +305,12 @@ def prune_head_dims(model: nn.Module, spec: AttentionHeads, drop_qk: Sequence[Se
     v_idx = [ov + g * d + j for g in range(spec.kv_heads) for j in drop_vo[g]]
     o_idx = [h * d + j for h in range(spec.heads) for j in drop_vo[h // spec.group]]
     if spec.fused:
-        _prune_out(q, q_idx + k_idx + v_idx)
+        _prune(q, q_idx + k_idx + v_idx, out=True)
     else:
-        _prune_out(q, q_idx)
-        _prune_out(k, k_idx)
-        _prune_out(v, v_idx)
-    _prune_in(o, o_idx)
+        _prune(q, q_idx, out=True)
+        _prune(k, k_idx, out=True)
+        _prune(v, v_idx, out=True)
+    _prune(o, o_idx, out=False)
     new = d - len(drop_qk[0])
     for n in _HEAD_SIZE:
         if getattr(attn, n, None) == d:

@@ -158,12 +158,7 @@ class ChannelSpace(SearchSpace):
                  example_inputs: tuple[torch.Tensor, ...], round_to: int, min_ratio: float,
                  output: Output = None, notes: Sequence[str] = ()) -> None:
         if not candidates:
-            raise UntraceableModelError(
-                "No prunable channel groups or attention heads were found (every conv/linear "
-                "feeds the model output directly, has too few channels for the rounding, or "
-                "breaks the model when pruned). Fix: use a model with hidden conv/linear "
-                "layers, or lower --round-to / --min-ratio."
-                + ("".join(f"\n  - {n}" for n in notes)))
+            raise _nothing_prunable(notes)
         self._candidates = tuple(candidates)
         self.units: tuple[Unit, ...] = tuple(c.unit for c in candidates)
         self._plan = plan
@@ -208,9 +203,9 @@ class ChannelSpace(SearchSpace):
         while True:
             try:
                 found = probe(pruner.model, inputs, [_step(c) for c in candidates],
-                                    lambda _, u, n: pruner.remove_last(candidates[u], n),
-                                    output, check_each=check_each,
-                                    products=_products(candidates))
+                              lambda _, u, n: pruner.remove_last(candidates[u], n), output,
+                              check_each=check_each, products=_products(candidates),
+                              dense=dense)
             except ProbeError as err:
                 if err.unit is None:
                     check_each = True
@@ -218,7 +213,7 @@ class ChannelSpace(SearchSpace):
                     notes.append(_kept_dense(candidates.pop(err.unit), str(err)))
                 pruner = _Pruner(model, inputs, output)
                 continue
-            space = cls(candidates=candidates, plan=plan_rows(traceable_copy(model), found),
+            space = cls(candidates=candidates, plan=plan_rows(model, found),
                         example_inputs=inputs, round_to=round_to, min_ratio=min_ratio,
                         output=output, notes=notes) if candidates else None
             bad = space._disagreements(model) if space is not None else {}
@@ -228,8 +223,7 @@ class ChannelSpace(SearchSpace):
                 notes.append(_kept_dense(candidates.pop(u), bad[u]))
             pruner = _Pruner(model, inputs, output)
         if space is None:
-            cls(candidates=(), plan=LayerPlan(), example_inputs=inputs, round_to=round_to,
-                min_ratio=min_ratio, output=output, notes=notes)
+            raise _nothing_prunable(notes)
         return space
 
     def _disagreements(self, model: nn.Module) -> dict[int, str]:
@@ -378,6 +372,14 @@ class ChannelSpace(SearchSpace):
         """One row per unit, for tables and JSON."""
         return [{"unit": u.name, "kind": u.kind, "channels": u.full, "min": u.minimum,
                  "choices": len(u.choices), "layers": len(u.members)} for u in self.units]
+
+
+def _nothing_prunable(notes: Sequence[str]) -> UntraceableModelError:
+    return UntraceableModelError(
+        "No prunable channel groups or attention heads were found (every conv/linear feeds the "
+        "model output directly, has too few channels for the rounding, or breaks the model when "
+        "pruned). Fix: use a model with hidden conv/linear layers, or lower --round-to / "
+        "--min-ratio." + "".join(f"\n  - {n}" for n in notes))
 
 
 def _products(candidates: Sequence[_Candidate]) -> list[tuple[int, int]]:

@@ -34,7 +34,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from .reference import _steps
+from .reference import recurrent_steps
 from .tracing import Output, call_model, output_tensors
 
 __all__ = ["Affine", "OpRecord", "Probe", "RunLog", "run_log"]
@@ -164,7 +164,7 @@ def _module_stack(model: nn.Module) -> Iterator[tuple[list[str], RunLog, Callabl
             if isinstance(mod, nn.RNNBase):
                 recurrent_depth[0] += 1
                 if args:
-                    log.recurrent.append((name, _steps(mod, args[0])))
+                    log.recurrent.append((name, recurrent_steps(mod, args[0])))
 
         def post(mod: nn.Module, args: tuple, out: object, name: str = name,
                  own: bool = own) -> None:
@@ -268,15 +268,17 @@ def _affine(dense: int, slopes: Sequence[tuple[int, Fraction]],
 
 def probe(model: nn.Module, inputs: tuple[torch.Tensor, ...], steps: Sequence[int],
           remove: Callable[[nn.Module, int, int], None], output: Output = None, *,
-          check_each: bool = False, products: Sequence[tuple[int, int]] = ()) -> Probe:
+          check_each: bool = False, products: Sequence[tuple[int, int]] = (),
+          dense: RunLog | None = None) -> Probe:
     """Measure the slopes: on ``model`` (a working copy, pruned in place), unit ``u`` in turn
     loses ``steps[u]`` elements through ``remove(model, u, n)``; a forward pass after each
     unit (with ``check_each``, or when the dense one ran activation matmuls) or once at the
     end checks that the network still runs with the same output shape. Raises
     :class:`ProbeError` naming the unit that broke it (``unit`` is ``None`` when only the
     final check failed: probe again with ``check_each`` to find it). ``products`` are pairs
-    of units whose counts multiply in a size (an attention layer's heads and head size)."""
-    dense = run_log(model, inputs, output)
+    of units whose counts multiply in a size (an attention layer's heads and head size);
+    ``dense`` is the dense model's log when the caller has it already."""
+    dense = dense or run_log(model, inputs, output)
     shapes = dense_shapes = _shapes(model)
     functional = dense.functional
     slopes_p: dict[str, list[list[tuple[int, Fraction]]]] = {n: [[] for _ in s] for n, s in shapes.items()}

@@ -58,8 +58,6 @@ class RowPlan:
     batch: int = 1
     rows: int = 1
     bias: bool = False
-    fixed_in: int = 0
-    fixed_out: int = 0
 
     def row(self, removed: Sequence[int]) -> LayerRow:
         macs = sum(v * _product(dims, removed) for v, dims in self.macs)
@@ -89,7 +87,7 @@ class RowPlan:
             return s[0], s[1], 1
         if self.layout == "matmul":  # factors (batch, M, K, N)
             return s[2], s[3], 1
-        return self.fixed_in, self.fixed_out, 1
+        return 0, 0, 1  # parameters and other operations: no channels of their own
 
 
 @dataclass

@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .tracing import call_model
 
-__all__ = ["reference_macs", "reference_params", "recurrent_macs"]
+__all__ = ["recurrent_macs", "recurrent_steps", "reference_macs", "reference_params"]
 
 
 def reference_params(model: nn.Module) -> int:
@@ -31,7 +31,7 @@ def reference_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _steps(module: nn.RNNBase, x: torch.Tensor) -> int:
+def recurrent_steps(module: nn.RNNBase, x: torch.Tensor) -> int:
     """Batch x time of one call of a recurrent layer on ``x`` (packed sequences: their rows)."""
     if isinstance(x, nn.utils.rnn.PackedSequence):
         return int(x.data.shape[0])
@@ -52,7 +52,7 @@ def reference_macs(model: nn.Module, inputs: Sequence[torch.Tensor]) -> int:
     module docstring says."""
     steps: list[tuple[nn.RNNBase, int]] = []
     hooks = [m.register_forward_pre_hook(
-        lambda mod, args: steps.append((mod, _steps(mod, args[0]))))
+        lambda mod, args: steps.append((mod, recurrent_steps(mod, args[0]))))
         for m in model.modules() if isinstance(m, nn.RNNBase)]
     counter = FlopCounterMode(display=False)
     try:
