@@ -34,8 +34,8 @@ from autoprune.session import PruneAndEvaluate, best_record, evaluate_point, run
 from autoprune.settings import OBJECTIVES, SearchSettings, slug
 from autoprune.study import StudyStore, TrialRecord
 from autoprune.targets import Budget, parse_targets
-from autoprune.zoo.evaluate import ClassificationEvaluator
-from autoprune.zoo.train import default_cache_dir, load_or_train_baseline
+from autoprune.zoo.tasks import Task, load_task
+from autoprune.zoo.train import default_cache_dir
 
 __all__ = ["OBJECTIVES", "Allocation", "SearchError", "SearchSettings", "allocate", "load_pruned",
            "pick", "search"]
@@ -210,10 +210,13 @@ def search(settings: SearchSettings, *, console: Console | None = None) -> dict[
 def _search(settings: SearchSettings, executor: Executor, run_dir: Path,
             console: Console) -> dict[str, Any]:
     src = settings.source
-    model, data, baseline = load_or_train_baseline(
-        src.model, src.data, image_size=src.image_size, width_mult=src.width_mult,
-        cache_dir=settings.cache_dir, progress=settings.progress)
-    example = data.example_inputs(1)
+    task = _load_task(src.model, src.data, image_size=src.image_size,
+                      width_mult=src.width_mult, cache_dir=settings.cache_dir,
+                      progress=settings.progress)
+    evaluator = task.evaluator(calib_batches=settings.scoring.calib_batches,
+                               finetune_steps=settings.scoring.finetune_steps, seed=settings.seed)
+    model, metric = task.model, task.metric
+    example = task.example_inputs(1)
     table = table_info = None
     space = make_space(settings.space.space, model, example, round_to=settings.space.round_to,
                        min_ratio=settings.space.min_ratio, output=src.output)
@@ -222,105 +225,119 @@ def _search(settings: SearchSettings, executor: Executor, run_dir: Path,
             model, example, space, lut=settings.lut,
             cache_dir=Path(settings.cache_dir or default_cache_dir()), device=settings.device,
             console=console)
-    evaluator = ClassificationEvaluator(data, calib_batches=settings.scoring.calib_batches,
-                                        finetune_steps=settings.scoring.finetune_steps,
-                                        seed=settings.seed)
     store = StudyStore.in_folder(run_dir)
     dense_val = store.get_meta("dense_metrics")
     if dense_val is None:
         dense_copy = copy.deepcopy(model)
         dense_val = {"val": evaluator(dense_copy), "test": evaluator.test(dense_copy)}
         store.set_meta("dense_metrics", dense_val)
-    console.print(f"[bold]{src.model}[/] on {src.data}: dense validation accuracy "
-                  f"{dense_val['val']['accuracy']:.4f}")
+    console.print(f"[bold]{src.model}[/] on {src.data}: dense validation "
+                  f"{task.describe(dense_val['val'])}")
     alloc = allocate(model, example_inputs=example, target=settings.targets, evaluate=evaluator,
                      agent=settings.agent, trials=settings.trials, seed=settings.seed,
                      round_to=settings.space.round_to, min_ratio=settings.space.min_ratio,
-                     space=space, objective="accuracy",
+                     space=space, objective=metric,
                      pareto=settings.objective == "pareto", run_dir=run_dir,
                      progress=settings.progress, latency_table=table, device=settings.device,
                      executor=executor, reward=settings.reward, console=console)
-    return _report(settings, run_dir, alloc, model=model, data=data, evaluator=evaluator,
-                   dense_val=dense_val, baseline=baseline, table_info=table_info,
-                   console=console)
+    return _report(settings, run_dir, alloc, task=task, evaluator=evaluator, dense_val=dense_val,
+                   table_info=table_info, console=console)
 
 
-def _report(settings: SearchSettings, run_dir: Path, alloc: Allocation, *, model: nn.Module,
-            data: Any, evaluator: ClassificationEvaluator, dense_val: Mapping[str, Any],
-            baseline: Mapping[str, Any], table_info: Mapping[str, Any] | None,
+def _load_task(*args: Any, **kwargs: Any) -> Task:
+    """``load_task``, its bad model/data pairs as a ``SearchError``."""
+    try:
+        return load_task(*args, **kwargs)
+    except ValueError as err:
+        raise SearchError(str(err)) from None
+
+
+def _split_metrics(val: Mapping[str, float], test: Mapping[str, float]) -> dict[str, float]:
+    """``val_<name>`` and ``test_<name>`` of every metric, as best.json records them."""
+    return {**{f"val_{k}": v for k, v in val.items()}, **{f"test_{k}": v for k, v in test.items()}}
+
+
+def _report(settings: SearchSettings, run_dir: Path, alloc: Allocation, *, task: Task,
+            evaluator: Evaluator, dense_val: Mapping[str, Any], table_info: Mapping[str, Any] | None,
             console: Console) -> dict[str, Any]:
     """Score the chosen network on validation and test, write the run folder's files and
     print the tables people read."""
     problem, records, check, pareto = alloc.problem, list(alloc.trials), alloc.check, alloc.pareto
     assert problem is not None
+    model, metric = task.model, task.metric
     space, targets = alloc.space, parse_targets(settings.targets)
     pruned = space.apply(model, alloc.config)
     val = evaluator(pruned)  # recalibrates BN, as every candidate was scored
     test = evaluator.test(pruned)
     best = alloc.chosen
     dense: dict[str, Any] = {"costs": problem.dense_costs,
-                             "metrics": {"val_accuracy": dense_val["val"]["accuracy"],
-                                         "test_accuracy": dense_val["test"]["accuracy"]}}
+                             "metrics": {f"val_{metric}": dense_val["val"][metric],
+                                         f"test_{metric}": dense_val["test"][metric]}}
     extra: dict[str, Any] = {"dense": dense}
     if check:
         extra["measured"] = _measured(check.best_measurement())
         dense["measured"] = _measured(check.dense)
     choice = write_choice(
         run_dir / "best.json", model=model, space=space, data=settings.source.data,
-        example_input_shape=data.example_inputs(1).shape, config=alloc.config,
+        example_inputs=task.example_inputs(1), config=alloc.config,
         costs=alloc.costs, trial=best.number if best else None,
-        metrics={"val_accuracy": val["accuracy"], "val_loss": val["loss"],
-                 "test_accuracy": test["accuracy"], "test_loss": test["loss"]},
+        metrics=_split_metrics(val, test),
         budgets=[asdict(b) for b in problem.budgets], weights=pruned, weights_file="pruned.pt",
         extra=extra)
     plot = pareto_plot(records, run_dir / "pareto.png", dense_costs=problem.dense_costs,
-                       dense_objective=dense_val["val"]["accuracy"], budgets=problem.budgets,
-                       objective="accuracy", best=best,
+                       dense_objective=dense_val["val"][metric], budgets=problem.budgets,
+                       objective=metric, best=best,
                        title=f"{settings.source.model} on {settings.source.data}, {', '.join(settings.targets)}, "
                              f"agent {settings.agent}")
     summary = {
         "target": {t.text: {"metric": t.metric, "limit": b.limit}
                    for t, b in zip(targets, problem.budgets)},
         "dense": {"costs": problem.dense_costs,
-                  "metrics": {"accuracy": dense_val["val"]["accuracy"],
-                              "test_accuracy": dense_val["test"]["accuracy"]}},
+                  "metrics": {metric: dense_val["val"][metric],
+                              f"test_{metric}": dense_val["test"][metric]}},
         "best": {"costs": alloc.costs,
-                 "metrics": {"accuracy": val["accuracy"], "loss": val["loss"],
-                             "test_accuracy": test["accuracy"], "test_loss": test["loss"]},
+                 "metrics": {**val, **{f"test_{k}": v for k, v in test.items()}},
                  "units": {k: int(v) for k, v in alloc.config.items()},
                  "ratios": {k: round(u["ratio"], 4) for k, u in alloc.units.items()},
                  "trial": choice["trial"]},
         "budgets_met": problem.feasible(alloc.costs) and (check is None or check.met),
         "trials": len(records),
         "failed_trials": sum(r.failed for r in records),
-        "baseline": {"cached": bool(baseline.get("cached")), "epochs": baseline.get("epochs")},
+        "baseline": {"cached": bool(task.baseline.get("cached")),
+                     "epochs": task.baseline.get("epochs"), **(
+                         {"steps": task.baseline["steps"]} if "steps" in task.baseline else {})},
+        "data": task.data_info(),
         "run_dir": str(run_dir),
         "files": {"study": str(run_dir / "study.db"), "choice": str(run_dir / "best.json"),
                   "model": str(run_dir / "pruned.pt"), "plot": str(plot)},
     }
     if pareto is not None:
+        # accuracy is bounded below by 0; a loss front is measured from its worst trial
+        worst = min((r.objective for r in records if not r.failed), default=0.0)
         front = front_summary(records, metric=pareto.metric, dense_cost=pareto.dense,
-                              ref_cost=pareto.high)
+                              ref_cost=pareto.high,
+                              ref_objective=0.0 if metric == "accuracy" else worst)
         write_json(run_dir / "front.json", front)
         summary["front"] = {"metric": pareto.metric, "hypervolume": front["hypervolume"],
                             "reference": front["reference"], "points": len(front["points"]),
                             "range": [pareto.low, pareto.high]}
         summary["files"]["front"] = str(run_dir / "front.json")
-        console.print(front_table(front, dense_objective=dense_val["val"]["accuracy"]))
+        console.print(front_table(front, dense_objective=dense_val["val"][metric],
+                                  objective=metric))
     if check:
         summary["dense"]["measured"] = _measured(check.dense)
         summary["best"]["measured"] = _measured(check.best_measurement())
         summary["latency"] = _latency_summary(check, problem, table_info)
     write_json(run_dir / "summary.json", summary)
-    console.print(trials_table(records, dense_costs=problem.dense_costs, objective="accuracy"))
+    console.print(trials_table(records, dense_costs=problem.dense_costs, objective=metric))
     if check:
         console.print(latency_check_view(check))
     console.print(units_table(alloc.units, title="chosen channels per unit"))
     console.print(
         f"chosen: trial {choice['trial']}, {100 * alloc.costs['macs'] / problem.dense_costs['macs']:.1f}% "
         f"MACs, {100 * alloc.costs['params'] / problem.dense_costs['params']:.1f}% params; "
-        f"validation accuracy {val['accuracy']:.4f}, test accuracy {test['accuracy']:.4f} "
-        f"(dense {dense_val['test']['accuracy']:.4f}), after adaptive BN, no fine-tune.\n"
+        f"validation {task.describe(val)}, test {task.describe(test)} "
+        f"(dense: test {task.describe(dense_val['test'])}), {_scored_after(task, settings)}.\n"
         f"run folder: {run_dir}  (study.db, best.json, pruned.pt, pareto.png, summary.json"
         + (", front.json)" if pareto else ")"))
     if check and not check.met:
@@ -331,6 +348,13 @@ def _report(settings: SearchSettings, run_dir: Path, alloc: Allocation, *, model
             "measurements; rebuild the table when it is quiet (autoprune profile), or ask for "
             "a little more latency.")
     return summary
+
+
+def _scored_after(task: Task, settings: SearchSettings) -> str:
+    """What every score was taken after (the chosen network's, too)."""
+    steps = settings.scoring.finetune_steps
+    tune = f"a {steps}-step fine-tune" if steps else "no fine-tune"
+    return f"after adaptive BN, {tune}" if task.metric == "accuracy" else f"after {tune}"
 
 
 def _pareto_range(problem: PruningProblem) -> ParetoRange:
@@ -392,10 +416,12 @@ def pick(run_dir: str | Path, target: str | Sequence[str], *, cache_dir: Path | 
     run_dir = Path(run_dir)
     saved = read_run_settings(run_dir)
     targets = parse_targets(target)
-    model, data, _ = load_or_train_baseline(
-        saved["model"], saved["data"], image_size=saved["image_size"],
-        width_mult=saved["width_mult"], cache_dir=cache_dir, progress=False)
-    space = make_space(saved.get("space", "channel"), model, data.example_inputs(1),
+    task = _load_task(saved["model"], saved["data"], image_size=saved["image_size"],
+                      width_mult=saved["width_mult"], cache_dir=cache_dir, progress=False)
+    model = task.model
+    evaluator = task.evaluator(calib_batches=saved["calib_batches"],
+                               finetune_steps=saved["finetune_steps"], seed=saved["seed"])
+    space = make_space(saved.get("space", "channel"), model, task.example_inputs(1),
                        round_to=saved["round_to"], min_ratio=saved["min_ratio"])
     problem = build_problem(space, targets)
     records = StudyStore.in_folder(run_dir).records()
@@ -408,25 +434,20 @@ def pick(run_dir: str | Path, target: str | Sequence[str], *, cache_dir: Path | 
         raise SearchError(f"no trial of {run_dir} meets {', '.join(t.text for t in targets)} "
                           f"(cheapest: {cheapest} of dense); pick a looser target or run a "
                           "search for this budget")
-    evaluator = ClassificationEvaluator(data, calib_batches=saved["calib_batches"],
-                                        finetune_steps=saved["finetune_steps"],
-                                        seed=saved["seed"])
     pruned = space.apply(model, best.config)
     val = evaluator(pruned)
     test = evaluator.test(pruned)
     name = f"pick-{slug('_'.join(t.text for t in targets))}"
     choice = write_choice(
         run_dir / f"{name}.json", model=model, space=space, data=saved["data"],
-        example_input_shape=data.example_inputs(1).shape, config=best.config,
-        costs=best.costs, trial=best.number,
-        metrics={"val_accuracy": val["accuracy"], "val_loss": val["loss"],
-                 "test_accuracy": test["accuracy"], "test_loss": test["loss"]},
+        example_inputs=task.example_inputs(1), config=best.config,
+        costs=best.costs, trial=best.number, metrics=_split_metrics(val, test),
         budgets=[asdict(b) for b in problem.budgets], weights=pruned)
     console.print(
         f"picked trial {best.number} of {len(records)}: "
         + ", ".join(f"{b.metric} {best.costs[b.metric] / problem.dense_costs[b.metric]:.1%} of "
                     f"dense (budget {b.text})" for b in problem.budgets)
-        + f"; validation accuracy {val['accuracy']:.4f}, test accuracy {test['accuracy']:.4f}"
+        + f"; validation {task.describe(val)}, test {task.describe(test)}"
         f"\nwrote {run_dir / (name + '.json')} and {name}.pt")
     return {"run_dir": str(run_dir), "choice": name, "trial": best.number,
             "costs": dict(best.costs), "metrics": choice["metrics"],

@@ -14,9 +14,8 @@ from autoprune.latency.verify import LatencyCheck
 from autoprune.study import TrialRecord
 from autoprune.targets import Budget
 
-__all__ = ["format_cost", "front_table", "latency_check_view", "pareto_front", "pareto_plot",
-           "trials_table",
-           "units_table"]
+__all__ = ["curve_table", "format_cost", "front_table", "latency_check_view", "pareto_front",
+           "pareto_plot", "trials_table", "units_table"]
 
 
 def format_cost(name: str, value: float) -> str:
@@ -60,19 +59,35 @@ def trials_table(records: Sequence[TrialRecord], *, dense_costs: Mapping[str, fl
     return table
 
 
-def front_table(front: Mapping[str, object], *, dense_objective: float | None = None) -> Table:
-    """The Pareto front of ``autoprune.pareto.front_summary``, cheapest first."""
+def front_table(front: Mapping[str, object], *, dense_objective: float | None = None,
+                objective: str = "accuracy") -> Table:
+    """The Pareto front of ``autoprune.pareto.front_summary``, cheapest first (a loss is
+    shown as the loss, though the front stores it negated)."""
     metric = front["metric"]
-    table = Table(title=f"Pareto front: validation accuracy against {metric}")
-    for col in ("trial", f"{metric} % dense", "accuracy"):
+    sign = -1.0 if objective == "loss" else 1.0
+    table = Table(title=f"Pareto front: validation {objective} against {metric}")
+    for col in ("trial", f"{metric} % dense", objective):
         table.add_column(col, justify="right")
     for p in front["points"]:
-        table.add_row(str(p["trial"]), f"{100 * p['cost_fraction']:.1f}%", f"{p['objective']:.4f}")
+        table.add_row(str(p["trial"]), f"{100 * p['cost_fraction']:.1f}%",
+                      f"{sign * p['objective']:.4f}")
     ref = front["reference"]
     table.caption = (f"hypervolume {front['hypervolume']:.4f} (fraction of dense {metric} x "
-                     f"accuracy, reference {100 * ref['cost_fraction']:.0f}%, "
-                     f"{ref['objective']:g})"
-                     + (f"; dense accuracy {dense_objective:.4f}" if dense_objective else ""))
+                     f"{objective}, reference {100 * ref['cost_fraction']:.0f}%, "
+                     f"{sign * ref['objective']:g})"
+                     + (f"; dense {objective} {dense_objective:.4f}" if dense_objective else ""))
+    return table
+
+
+def curve_table(curve: Sequence[Sequence[float]], *, best_step: int,
+                title: str = "training curve") -> Table:
+    """A training curve ``[(step, train_loss, val_loss), ...]``, the kept (best) step marked."""
+    table = Table(title=title)
+    for col in ("step", "train loss", "validation loss", ""):
+        table.add_column(col, justify="right")
+    for step, train, val in curve:
+        table.add_row(str(int(step)), f"{train:.4f}", f"{val:.4f}",
+                      "kept" if int(step) == best_step else "")
     return table
 
 

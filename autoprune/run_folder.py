@@ -76,7 +76,7 @@ def unit_table(space: SearchSpace, config: Mapping[str, int]) -> dict[str, dict[
 
 
 def write_choice(path: Path, *, model: nn.Module | Mapping[str, Any], space: SearchSpace,
-                 data: str, example_input_shape: Sequence[int], config: Mapping[str, int],
+                 data: str, example_inputs: torch.Tensor, config: Mapping[str, int],
                  costs: Mapping[str, float], metrics: Mapping[str, Any],
                  budgets: Sequence[Mapping[str, Any]], trial: int | None = None,
                  weights: nn.Module | None = None, weights_file: str | None = None,
@@ -88,7 +88,8 @@ def write_choice(path: Path, *, model: nn.Module | Mapping[str, Any], space: Sea
     spec = dict(model if isinstance(model, Mapping) else model.autoprune_spec)
     choice: dict[str, Any] = {
         "format": RUN_FORMAT, "model_spec": spec, "data": data,
-        "example_input_shape": list(example_input_shape),
+        "example_input_shape": list(example_inputs.shape),
+        "example_input_dtype": str(example_inputs.dtype).removeprefix("torch."),
         "round_to": space.round_to, "min_ratio": space.min_ratio, "trial": trial,
         "config": {k: int(v) for k, v in config.items()}, "units": unit_table(space, config),
         "costs": dict(costs), "metrics": dict(metrics), "budgets": list(budgets),
@@ -121,7 +122,9 @@ def rebuild_choice(choice: Mapping[str, Any], folder: Path
                    ) -> tuple[nn.Module, nn.Module, torch.Tensor]:
     """``(pruned, dense, example)``: the pruned network rebuilt from the dense model's spec
     and its configuration, with its weights when they are in ``folder``."""
-    example = torch.zeros(choice["example_input_shape"])
+    # zeros of the recorded shape and dtype (character ids for a language model)
+    example = torch.zeros(choice["example_input_shape"],
+                          dtype=getattr(torch, choice.get("example_input_dtype", "float32")))
     dense = build_model_from_spec(choice["model_spec"]).eval()
     space = make_space(choice.get("space", "channel"), dense, example,
                        round_to=choice.get("round_to", 8), min_ratio=choice.get("min_ratio", 0.2))

@@ -1,9 +1,11 @@
 """The agents league: every registered agent on the same work, side by side.
 
 A league is a list of tasks (model, input size, budget). In each, every agent gets the same
-model (a zoo network trained on digits by ``autoprune.zoo.train.load_or_train_baseline``), the same
-budget, the same number of evaluations and the same evaluator (adaptive BN on the same
-calibration batches, accuracy on the validation split), over a few seeds. Every agent runs
+model (a zoo network trained on its data by ``autoprune.zoo.tasks.load_task``: digits for the
+CNNs and the ViT, the python-stdlib corpus for the character-level decoder), the same budget,
+the same number of evaluations and the same evaluator (images: adaptive BN on the same
+calibration batches, accuracy on the validation split; text: validation loss), over a few
+seeds. Every agent runs
 through the real search loop (``autoprune.session.run_search``: repair to the budget,
 de-duplication, tell), so this measures what a user gets. A latency budget is costed by the
 device's lookup table with the search's margin, as ``autoprune search`` does, and the best
@@ -43,7 +45,6 @@ from rich.console import Console
 from rich.table import Table
 
 from autoprune.agents import AGENTS, Agent, AgentContext, make_agent
-from autoprune.zoo.evaluate import ClassificationEvaluator
 from autoprune.executors import LocalExecutor, TrialSource, TrialWork
 from autoprune.latency.measure import measure_latency
 from autoprune.latency.cache import table_for_search
@@ -53,7 +54,8 @@ from autoprune.problem import build_problem
 from autoprune.search_spaces import make_space
 from autoprune.study import StudyStore, TrialRecord
 from autoprune.targets import parse_targets
-from autoprune.zoo.train import default_cache_dir, load_or_train_baseline
+from autoprune.zoo.tasks import load_task
+from autoprune.zoo.train import default_cache_dir
 
 __all__ = ["LeagueSettings", "main", "run_league"]
 
@@ -65,6 +67,7 @@ class LeagueSettings:
     model: str = "resnet20"
     data: str = "digits"
     image_size: int = 16
+    width_mult: float = 1.0
     target: str = "flops=50%"
     trials: int = 100
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -73,6 +76,9 @@ class LeagueSettings:
     agents: tuple[str, ...] = ()  # empty: every registered agent and the CHAINS
     threads: int = 1
     baseline_epochs: int | None = None  # None: the model's own recipe (autoprune.zoo.train)
+    # The fine-tune's own noise: uniform's network (or the first run's) fine-tuned with this
+    # many data orders; the spread between agents after the fine-tune is read against it.
+    noise_seeds: int = 3
 
 
 #: Chains in the league by default: a heuristic's few evaluations, then a model-based search.
@@ -186,11 +192,12 @@ DETERMINISTIC = frozenset({"uniform", "global", "lamp", "erk", "sensitivity"})
 def run_league(settings: LeagueSettings, *, console: Console) -> dict[str, Any]:
     """One task: every agent (random first, then uniform, then the rest) over the seeds."""
     torch.set_num_threads(settings.threads)
-    model, data, baseline = load_or_train_baseline(settings.model, settings.data,
-                                                   image_size=settings.image_size,
-                                                   epochs=settings.baseline_epochs,
-                                                   progress=True)
-    example = data.example_inputs(1)
+    task = load_task(settings.model, settings.data, image_size=settings.image_size,
+                     width_mult=settings.width_mult, epochs=settings.baseline_epochs)
+    model, metric, baseline = task.model, task.metric, task.baseline
+    # What the study stores is higher-is-better: a loss is negated there, and shown as itself.
+    sign = -1.0 if metric == "loss" else 1.0
+    example = task.example_inputs(1)
     space = make_space("channel", model, example)
     targets = parse_targets(settings.target)
     table = None
@@ -200,10 +207,13 @@ def run_league(settings: LeagueSettings, *, console: Console) -> dict[str, Any]:
                                     cache_dir=default_cache_dir(),
                                     device=Device(threads=settings.threads), console=console)
     problem = build_problem(space, targets, table=table)
-    evaluator = ClassificationEvaluator(data, calib_batches=settings.calib_batches, seed=0)
-    tuner = ClassificationEvaluator(data, calib_batches=settings.calib_batches,
-                                    finetune_steps=settings.finetune_steps, seed=0)
-    dense_val = evaluator(space.apply(model, space.dense_config()))["accuracy"]
+    evaluator = task.evaluator(calib_batches=settings.calib_batches, seed=0)
+
+    def tuner(seed: int = 0):  # noqa: ANN202 - the fine-tune of every run's best network
+        return task.evaluator(calib_batches=settings.calib_batches,
+                              finetune_steps=settings.finetune_steps, seed=seed)
+
+    dense_val = evaluator(space.apply(model, space.dense_config()))[metric]
     executor = CachingExecutor()
     finals: dict[tuple[tuple[str, int], ...], dict[str, float]] = {}
 
@@ -212,10 +222,10 @@ def run_league(settings: LeagueSettings, *, console: Console) -> dict[str, Any]:
         (and its measured latency for a latency task); once per configuration."""
         key = tuple(sorted((k, int(v)) for k, v in config.items()))
         if key not in finals:
-            out = {"test": evaluator.test(space.apply(model, config), prepared=False)["accuracy"]}
-            tuned = space.apply(model, config)
-            out["ft_val"] = tuner(tuned)["accuracy"]  # fine-tunes, recalibrates BN, scores
-            out["ft_test"] = tuner.test(tuned)["accuracy"]
+            out = {"test": evaluator.test(space.apply(model, config), prepared=False)[metric]}
+            tuned, tune = space.apply(model, config), tuner()
+            out["ft_val"] = tune(tuned)[metric]  # fine-tunes, recalibrates BN, scores
+            out["ft_test"] = tune.test(tuned)[metric]
             if table is not None:
                 out["measured_ms"] = measure_latency(
                     space.apply(model, config), example,
@@ -237,14 +247,14 @@ def run_league(settings: LeagueSettings, *, console: Console) -> dict[str, Any]:
             t = time.perf_counter()
             records = run_search(problem, model=model, evaluate=evaluator, agent=agent,
                                  trials=settings.trials, store=StudyStore.in_memory(),
-                                 executor=executor, progress=False)
+                                 executor=executor, progress=False, objective=metric)
             loop = time.perf_counter() - t
             best = best_record(records, problem)
             if best is None:
                 raise RuntimeError(f"agent {name} (seed {seed}) produced no usable trial")
             scores = final_scores(best.config)
             runs.append({
-                "seed": seed, "trials": len(records), "best_val": best.objective,
+                "seed": seed, "trials": len(records), "best_val": sign * best.objective,
                 "best_test": scores["test"], "ft_val": scores["ft_val"],
                 "ft_test": scores["ft_test"],
                 "best_costs": dict(best.costs),
@@ -252,41 +262,64 @@ def run_league(settings: LeagueSettings, *, console: Console) -> dict[str, Any]:
                 **({"measured_ms": scores["measured_ms"],
                     "latency_met": scores["measured_ms"] <= problem.budgets[0].limit}
                    if "measured_ms" in scores else {}),
-                "curve": [r.objective for r in records],
+                "curve": [sign * r.objective for r in records],
                 # Loop time without the cache's savings: every evaluation at its full price.
                 "wall_s": loop - (executor.spent - spent) + (executor.charged - charged),
                 "overhead_ms": 1e3 * agent.seconds / max(1, agent.proposals),
                 "best_config": dict(best.config)})
-            console.print(f"  {name:14s} seed {seed}: best val {best.objective:.4f}, "
+            console.print(f"  {name:14s} seed {seed}: best val {sign * best.objective:.4f}, "
                           f"fine-tuned {scores['ft_val']:.4f} ({len(records)} trials, "
                           f"{runs[-1]['wall_s']:.0f}s)", highlight=False)
-        if name in reference:
-            reference[name] = float(np.mean([r["best_val"] for r in runs]))
+        if name in reference:  # in the study's higher-is-better terms
+            reference[name] = float(np.mean([sign * r["best_val"] for r in runs]))
         rows[name] = {"runs": runs}
     for name, row in rows.items():
         for r in row["runs"]:
             r["beat_uniform_at"] = (None if name == "uniform" else
-                                    _first_at(_records_of(r), reference["uniform"]))
-            r["reach_random_at"] = _first_at(_records_of(r), reference["random"], strict=False)
+                                    _first_at(_records_of(r, sign), reference["uniform"]))
+            r["reach_random_at"] = _first_at(_records_of(r, sign), reference["random"],
+                                             strict=False)
         row.update(_summary(row["runs"]))
+    noise = _finetune_noise(rows, settings.noise_seeds,
+                            lambda config, seed: tuner(seed)(space.apply(model, config))[metric])
     return {
-        "settings": asdict(settings), "dense": {"val_accuracy": dense_val,
-                                                "costs": problem.dense_costs},
-        "baseline": {k: baseline.get(k) for k in ("epochs", "metrics", "cached")},
+        "settings": asdict(settings), "metric": metric,
+        "dense": {f"val_{metric}": dense_val, "costs": problem.dense_costs},
+        "baseline": {k: baseline.get(k) for k in ("epochs", "steps", "best_step", "converged",
+                                                  "curve", "metrics", "cached")},
+        "data": task.data_info(),
+        "noise": noise,
         "budget": {"target": settings.target, "metric": problem.budgets[0].metric,
                    "limit": problem.budgets[0].limit},
-        "units": space.dim, "uniform_val": reference["uniform"],
-        "random_final_val": reference["random"],
+        "units": space.dim,
+        "uniform_val": None if reference["uniform"] is None else sign * reference["uniform"],
+        "random_final_val": None if reference["random"] is None else sign * reference["random"],
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "threads": settings.threads, "processor": platform.processor()},
         "agents": rows,
     }
 
 
-def _records_of(run: Mapping[str, Any]) -> list[TrialRecord]:
-    """The run's best-so-far curve as records (what ``_first_at`` reads)."""
+def _finetune_noise(rows: Mapping[str, Mapping[str, Any]], seeds: int,
+                    tuned: Any) -> dict[str, Any] | None:
+    """How much the fine-tuned score of one network moves with the fine-tune's data order
+    (``tuned(config, seed)``), beside how much the agents' fine-tuned scores differ."""
+    if seeds < 2 or not rows:
+        return None
+    name = "uniform" if "uniform" in rows else next(iter(rows))
+    config = rows[name]["runs"][0]["best_config"]
+    values = [float(tuned(config, seed)) for seed in range(seeds)]
+    means = [row["ft_val"][0] for row in rows.values()]
+    return {"network": name, "seeds": seeds, "ft_val": values,
+            "std": float(np.std(values, ddof=1)), "range": max(values) - min(values),
+            "agents_spread": max(means) - min(means)}
+
+
+def _records_of(run: Mapping[str, Any], sign: float) -> list[TrialRecord]:
+    """The run's scores as records in the study's higher-is-better terms (what ``_first_at``
+    reads)."""
     return [TrialRecord(number=i, point=(), config={}, costs={}, metrics={},
-                        objective=float(v) if v is not None else float("nan"),
+                        objective=sign * float(v) if v is not None else float("nan"),
                         failed=v is None or not math.isfinite(v))
             for i, v in enumerate(run["curve"])]
 
@@ -319,14 +352,17 @@ def league_table(result: Mapping[str, Any]) -> Table:
     latency = result["budget"]["metric"] == "latency_ms"
     table = Table(title=f"agents league: {s['model']} on {s['data']} ({s['image_size']}px), "
                         f"{s['target']}, {s['trials']} evaluations, seeds {s['seeds']}")
-    cols = ["agent", "best val acc", "test acc of best", f"val after {s['finetune_steps']}-step "
-            "fine-tune", "test after fine-tune", "evals to beat uniform",
+    metric = result.get("metric", "accuracy")
+    short = "acc" if metric == "accuracy" else metric
+    cols = ["agent", f"best val {short}", f"test {short} of best",
+            f"val after {s['finetune_steps']}-step fine-tune", "test after fine-tune", "evals to beat uniform",
             "evals to reach random's final", "trials", "wall s", "overhead ms/proposal"]
     if latency:
         cols.insert(5, "measured ms (met)")
     for col in cols:
         table.add_column(col, justify="left" if col == "agent" else "right")
-    ranked = sorted(result["agents"].items(), key=lambda kv: -kv[1]["best_val"][0])
+    sign = -1.0 if metric == "loss" else 1.0
+    ranked = sorted(result["agents"].items(), key=lambda kv: -sign * kv[1]["best_val"][0])
 
     def cell(pair: Sequence[float], spread: bool) -> str:
         return f"{pair[0]:.4f}" + (f" ± {pair[1]:.3f}" if spread else "")
@@ -353,13 +389,17 @@ def league_table(result: Mapping[str, Any]) -> Table:
     def ref(value: float | None) -> str:
         return "not run" if value is None else f"{value:.4f}"
 
+    noise = result.get("noise")
     table.caption = (
-        f"dense validation accuracy {result['dense']['val_accuracy']:.4f}; uniform "
+        f"dense validation {metric} {result['dense'][f'val_{metric}']:.4f}; uniform "
         f"{ref(result['uniform_val'])}; random's final (mean best at {s['trials']}) "
         f"{ref(result['random_final_val'])}; ± is the std over seeds; deterministic agents run "
         "once; 'evals to ...' is the mean over the seeds that got there (how many did)"
         + (f"; budget {result['budget']['limit']:.3f} ms predicted by the table, best networks "
-           "measured" if latency else ""))
+           "measured" if latency else "")
+        + (f"; after the fine-tune the agents' means span {noise['agents_spread']:.4f}, while "
+           f"{noise['network']}'s network fine-tuned with {noise['seeds']} data orders spans "
+           f"{noise['range']:.4f} (std {noise['std']:.4f})" if noise else ""))
     return table
 
 
@@ -370,11 +410,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tasks", type=int, nargs="+",
                         help="run these tasks of the suite only (1-based), e.g. --tasks 2 3")
     parser.add_argument("--model", help="run one task on this zoo model instead of the suite")
+    parser.add_argument("--data", help="data of that task: digits, or python-stdlib for chargpt")
     parser.add_argument("--image-size", type=int, help="input size of that task")
     parser.add_argument("--target", help="budget of that task, e.g. flops=50%% or latency=80%%")
     parser.add_argument("--trials", type=int, help="evaluations per run")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds of the stochastic agents")
     parser.add_argument("--agents", nargs="+", help="agents to run (default: all, and chains)")
+    parser.add_argument("--finetune-steps", type=int,
+                        help="steps of the equal fine-tune of every run's best network")
+    parser.add_argument("--noise-seeds", type=int,
+                        help="data orders the fine-tune's noise is measured with (0: not)")
     parser.add_argument("--out", type=Path, help="JSON results (default benchmarks/results/)")
     args = parser.parse_args(argv)
     tasks: tuple[LeagueSettings, ...] = QUICK if args.quick else SUITE
@@ -383,8 +428,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if bad:
             parser.error(f"--tasks: the suite has tasks 1 to {len(tasks)}, not {bad}")
         tasks = tuple(tasks[t - 1] for t in args.tasks)
-    one = {k: v for k, v in (("model", args.model), ("image_size", args.image_size),
-                             ("target", args.target)) if v}
+    one = {k: v for k, v in (("model", args.model), ("data", args.data),
+                             ("image_size", args.image_size), ("target", args.target)) if v}
     if one:  # one task: the suite's first, changed as asked
         tasks = (LeagueSettings(**{**asdict(tasks[0]), **one}),)
     overrides: dict[str, Any] = {}
@@ -394,6 +439,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         overrides["seeds"] = tuple(args.seeds)
     if args.agents:
         overrides["agents"] = tuple(args.agents)
+    if args.finetune_steps is not None:
+        overrides["finetune_steps"] = args.finetune_steps
+    if args.noise_seeds is not None:
+        overrides["noise_seeds"] = args.noise_seeds
     tasks = tuple(LeagueSettings(**{**asdict(t), **overrides}) for t in tasks)
     out = args.out or Path(__file__).parent / "results" / (
         f"agents{'-quick' if args.quick else ''}.json")

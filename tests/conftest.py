@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -11,6 +13,18 @@ from pathlib import Path
 import torch
 from torch import nn
 import pytest
+
+
+def run_cli(args: list[str], cache: Path, check: bool = True,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``autoprune ARGS`` in a subprocess with its baseline cache in ``cache``; with ``check``
+    a non-zero exit fails the test, showing the end of stderr."""
+    full = {**os.environ, "AUTOPRUNE_CACHE": str(cache), "COLUMNS": "120", **(env or {})}
+    out = subprocess.run([sys.executable, "-m", "autoprune.cli", *args], capture_output=True,
+                         text=True, env=full, timeout=900)
+    if check:
+        assert out.returncode == 0, out.stderr[-3000:]
+    return out
 
 
 @pytest.fixture(autouse=True)

@@ -38,7 +38,7 @@ def _check_configs(model: nn.Module, x: torch.Tensor, space: ChannelSpace, n: in
             assert width == config[unit.name]
 
 
-@pytest.mark.parametrize("name", available_models())
+@pytest.mark.parametrize("name", available_models("images"))
 def test_zoo_models_prune_to_configured_shapes_and_costs(name: str) -> None:
     torch.manual_seed(0)
     model = build_model(name, in_channels=1, input_size=32).eval()

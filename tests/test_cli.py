@@ -12,17 +12,12 @@ import pytest
 import torch
 
 import autoprune
+from conftest import run_cli
 
 SMALL = ["--model", "resnet20", "--image-size", "8", "--width-mult", "0.5", "--round-to", "4"]
 
 
-def _cli(args: list[str], cache: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "AUTOPRUNE_CACHE": str(cache), "COLUMNS": "120"}
-    out = subprocess.run([sys.executable, "-m", "autoprune.cli", *args], capture_output=True,
-                         text=True, env=env, timeout=900)
-    if check:
-        assert out.returncode == 0, out.stderr[-3000:]
-    return out
+_cli = run_cli
 
 
 @pytest.fixture(scope="module")

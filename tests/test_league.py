@@ -44,3 +44,25 @@ def test_a_small_league_reports_every_agent_within_the_budget(league, tmp_path, 
         sum(r["best_val"] for r in rows["random"]["runs"]) / 2)
     console.print(league.league_table(result))
     json.dumps(result, default=league._jsonable)  # what main() saves
+
+
+def test_a_language_league_minimises_the_loss_and_measures_the_fine_tunes_noise(league, tmp_path,
+                                                                               monkeypatch):
+    from autoprune.zoo.language import load_or_train_language_baseline
+
+    monkeypatch.setenv("AUTOPRUNE_CACHE", str(tmp_path / "cache"))
+    load_or_train_language_baseline(width_mult=0.25, max_steps=60, progress=False)  # cached first
+    settings = league.LeagueSettings(
+        model="chargpt", data="python-stdlib", width_mult=0.25, trials=4, seeds=(0,),
+        finetune_steps=3, noise_seeds=2, agents=("uniform", "random"))
+    console = Console(file=(tmp_path / "log.txt").open("w"), width=200)
+    result = league.run_league(settings, console=console)
+    assert result["metric"] == "loss" and len(result["data"]["sha256"]) == 64
+    run = result["agents"]["random"]["runs"][0]
+    assert run["best_val"] == pytest.approx(min(run["curve"]))  # the lowest loss is the best
+    assert result["random_final_val"] == pytest.approx(run["best_val"])
+    noise = result["noise"]
+    assert noise["network"] == "uniform" and len(noise["ft_val"]) == 2
+    assert noise["range"] == pytest.approx(max(noise["ft_val"]) - min(noise["ft_val"]))
+    console.print(league.league_table(result))
+    json.dumps(result, default=league._jsonable)

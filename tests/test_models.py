@@ -7,7 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from autoprune.zoo.models import available_models, build_model, build_model_from_spec, make_divisible
 
-ALL_MODELS = available_models()
+ALL_MODELS = available_models("images")
 
 
 def macs(model: torch.nn.Module, shape: tuple[int, ...] = (1, 3, 32, 32)) -> float:
@@ -21,6 +21,8 @@ def macs(model: torch.nn.Module, shape: tuple[int, ...] = (1, 3, 32, 32)) -> flo
 def test_zoo_names() -> None:
     assert ALL_MODELS == ["resnet20", "resnet56", "vgg11", "vgg16", "mobilenetv1", "mobilenetv2",
                           "vit"]
+    assert available_models("text") == ["chargpt"]
+    assert available_models() == [*ALL_MODELS, "chargpt"]
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)

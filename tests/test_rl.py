@@ -114,7 +114,7 @@ def test_action_bound_spends_the_budget_on_early_units() -> None:
 
 
 # ---------------------------------------------------------------------- budgets on real models
-@pytest.mark.parametrize("name", available_models())
+@pytest.mark.parametrize("name", available_models("images"))
 def test_every_episode_meets_the_flops_budget_on_zoo_models(name: str) -> None:
     torch.manual_seed(0)
     model = build_model(name, in_channels=1, input_size=16)

@@ -25,7 +25,7 @@ CHANCE = 0.1
 
 
 def test_default_epochs_cover_the_zoo() -> None:
-    assert set(DEFAULT_EPOCHS) == set(available_models())
+    assert set(DEFAULT_EPOCHS) == set(available_models("images"))
 
 
 def test_short_training_beats_chance() -> None:

@@ -32,6 +32,8 @@ TARGET_HELP = (
 )
 # The same three options on profile, search and latency: what a latency refers to.
 BATCH_HELP = "Batch size a latency is for."
+DATA_HELP = ("Data source: digits (scikit-learn's images, embedded) or python-stdlib (the text of "
+             "this Python's standard library, for --model chargpt; scored by loss).")
 THREADS_HELP = "CPU threads a latency is for (torch.set_num_threads / intra_op_num_threads)."
 BACKEND_HELP = "Runtime a latency is for: torch (eager) or onnxruntime."
 CLOCK_HELP = ("How calls are timed: cpu (the calling thread's CPU time; unaffected by other "
@@ -59,7 +61,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def search(
     target: Annotated[list[str], typer.Option("--target", "-t", metavar="BUDGET", help=TARGET_HELP)] = list(_S.targets),  # noqa: B006
     model: Annotated[str, typer.Option(help="Zoo model (autoprune models lists them).")] = _S.source.model,
-    data: Annotated[str, typer.Option(help="Dataset: 'digits' (scikit-learn, embedded).")] = _S.source.data,
+    data: Annotated[str, typer.Option(help=DATA_HELP)] = _S.source.data,
     agent: Annotated[str, typer.Option(
         help="Search agent (autoprune agents lists them); 'a+b' chains two, e.g. erk+tpe: "
              "ERK's allocations first, then TPE starting from them.")] = _S.agent,
@@ -86,7 +88,7 @@ def search(
         help="The model output pruning must keep when it returns several (a ModelOutput field "
              "such as logits, a dict key or a tuple position; default: the first tensor).")] = _S.source.output,
     calib_batches: Annotated[int, typer.Option(min=0, help="Training batches for adaptive BatchNorm.")] = _S.scoring.calib_batches,
-    finetune_steps: Annotated[int, typer.Option(min=0, help="SGD steps per candidate before scoring.")] = _S.scoring.finetune_steps,
+    finetune_steps: Annotated[int, typer.Option(min=0, help="Fine-tune steps per candidate before scoring (SGD for images, AdamW for text).")] = _S.scoring.finetune_steps,
     executor: Annotated[str, typer.Option(
         help="Where trials run: local (this process, one at a time) or ray (Ray Tune: a local "
              "Ray, or the cluster of --ray-address; needs pip install 'ray[tune]').")] = _S.executor.executor,
@@ -110,10 +112,11 @@ def search(
     backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = _S.device.backend,
     clock: Annotated[str, typer.Option(help=CLOCK_HELP)] = "auto",
 ) -> None:
-    """Search per-unit channel counts that meet every --target at the best validation accuracy.
+    """Search per-unit channel counts that meet every --target at the best validation score.
 
-    Trains (and caches) the dense baseline if needed, scores each candidate after adaptive
-    BatchNorm on a validation split carved from the training data, and writes the run folder:
+    Trains (and caches) the dense baseline if needed, scores each candidate on a validation
+    split carved from the training data (images: accuracy after adaptive BatchNorm; text:
+    loss and perplexity per character), and writes the run folder:
     study.db (optuna), best.json, pruned.pt, pareto.png, summary.json. With a latency target
     candidates are costed by an on-device lookup table and the chosen network is measured.
     """
@@ -166,36 +169,63 @@ def pick(
 @app.command()
 def train(
     model: Annotated[str, typer.Option(help="Zoo model (autoprune models lists them).")] = "vgg11",
-    data: Annotated[str, typer.Option(help="Dataset: 'digits'.")] = "digits",
+    data: Annotated[str, typer.Option(help=DATA_HELP)] = "digits",
     image_size: Annotated[int, typer.Option(min=8, help="Input resolution.")] = 32,
     width_mult: Annotated[float, typer.Option(min=0.05, help="Width multiplier.")] = 1.0,
-    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (default: per model).")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (images; default: per model).")] = None,
+    max_steps: Annotated[int | None, typer.Option(
+        min=1, help="Most training steps (text; default 10000: training stops earlier, when the "
+                    "validation loss stops improving).")] = None,
     retrain: Annotated[bool, typer.Option(help="Train again even if a cached baseline exists.")] = False,
     cache_dir: Annotated[Path | None, typer.Option(help="Baseline cache folder.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the baseline record as JSON.")] = False,
 ) -> None:
-    """Train (or load from the cache) the dense baseline that searches start from."""
-    from autoprune.zoo.train import load_or_train_baseline
+    """Train (or load from the cache) the dense baseline that searches start from.
+
+    Images train for --epochs; the text decoder trains until its validation loss stops
+    improving, and its curve is printed.
+    """
+    from autoprune.zoo.tasks import TEXT_SOURCES
 
     try:
-        _, _, record = load_or_train_baseline(model, data, image_size=image_size,
-                                              width_mult=width_mult, epochs=epochs,
-                                              cache_dir=cache_dir, retrain=retrain)
+        if data.strip().lower() in TEXT_SOURCES:
+            from autoprune.zoo.language import load_or_train_language_baseline
+            from autoprune.zoo.tasks import zoo_architecture
+
+            if epochs is not None:
+                _fail("--epochs is for images; the text decoder trains until its validation "
+                      "loss stops improving, at most --max-steps")
+            zoo_architecture(model, data)  # a model that reads no text fails before the corpus
+            _, _, record = load_or_train_language_baseline(
+                model, width_mult=width_mult, cache_dir=cache_dir, retrain=retrain,
+                max_steps=max_steps)
+        else:
+            if max_steps is not None:
+                _fail("--max-steps is for text; images train for --epochs")
+            from autoprune.zoo.train import load_or_train_baseline
+
+            _, _, record = load_or_train_baseline(model, data, image_size=image_size,
+                                                  width_mult=width_mult, epochs=epochs,
+                                                  cache_dir=cache_dir, retrain=retrain)
     except _user_errors() as e:
         _fail(str(e))
     if as_json:
         sys.stdout.write(json.dumps(record, indent=2, default=str) + "\n")
-    else:
-        metrics = record.get("metrics", record)
-        err.print(f"{model} on {data}: " + ", ".join(
-            f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-            + f"  ({'cached' if record.get('cached') else 'trained'}: {record.get('weights_path')})")
+        return
+    if "curve" in record:
+        from autoprune.report import curve_table
+
+        err.print(curve_table(record["curve"], best_step=record["best_step"]))
+    metrics = record.get("metrics", record)
+    err.print(f"{model} on {data}: " + ", ".join(
+        f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        + f"  ({'cached' if record.get('cached') else 'trained'}: {record.get('weights_path')})")
 
 
 @app.command()
 def profile(
     model: Annotated[str, typer.Option(help="Zoo model (autoprune models lists them).")] = _P.source.model,
-    data: Annotated[str, typer.Option(help="Dataset (gives the input shape): 'digits'.")] = _P.source.data,
+    data: Annotated[str, typer.Option(help=DATA_HELP + " It gives the input shape.")] = _P.source.data,
     batch: Annotated[int, typer.Option(min=1, help=BATCH_HELP)] = _P.device.batch,
     threads: Annotated[int, typer.Option(min=1, help=THREADS_HELP)] = _P.device.threads,
     backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = _P.device.backend,
@@ -244,7 +274,7 @@ def latency(
     model: Annotated[str, typer.Option(help="Zoo model (autoprune models lists them).")] = _L.source.model,
     config: Annotated[Path | None, typer.Option(
         help="A run's best.json (or run folder): measure its pruned network instead of the dense one.")] = None,
-    data: Annotated[str, typer.Option(help="Dataset (gives the input shape): 'digits'.")] = _L.source.data,
+    data: Annotated[str, typer.Option(help=DATA_HELP + " It gives the input shape.")] = _L.source.data,
     batch: Annotated[int, typer.Option(min=1, help=BATCH_HELP)] = _L.device.batch,
     threads: Annotated[int, typer.Option(min=1, help=THREADS_HELP)] = _L.device.threads,
     backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = _L.device.backend,
@@ -286,11 +316,13 @@ def latency(
 
 @app.command("models")
 def list_models() -> None:
-    """List the zoo models."""
+    """List the zoo models and the data each reads."""
     from autoprune.zoo.models import available_models
 
-    for name in available_models():
-        typer.echo(name)
+    for name in available_models("images"):
+        typer.echo(f"{name:12s} images (--data digits)")
+    for name in available_models("text"):
+        typer.echo(f"{name:12s} text (--data python-stdlib)")
 
 
 @app.command("agents")

@@ -15,19 +15,15 @@ from autoprune.latency.table import LatencyTable
 from autoprune.run_folder import read_choice, rebuild_choice
 from autoprune.search_spaces import make_space
 from autoprune.settings import LatencySettings, ModelSource, ProfileSettings
-from autoprune.zoo.data import load_data
-from autoprune.zoo.models import build_model
+from autoprune.zoo.tasks import zoo_architecture
 
 __all__ = ["latency", "profile", "table_summary"]
 
 
 def _zoo_model(source: ModelSource) -> tuple[nn.Module, torch.Tensor]:
-    splits = load_data(source.data, image_size=source.image_size)
     torch.manual_seed(0)
-    model = build_model(source.model, num_classes=splits.num_classes,
-                        in_channels=splits.in_channels, width_mult=source.width_mult,
-                        input_size=splits.image_size).eval()
-    return model, splits.example_inputs(1)
+    return zoo_architecture(source.model, source.data, image_size=source.image_size,
+                            width_mult=source.width_mult)
 
 
 def profile(settings: ProfileSettings, *, console: Console | None = None) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+import torch
 from torch import nn
 
 from autoprune.agents.evolution import EvolutionAgent, EvolutionConfig
@@ -362,7 +363,7 @@ def save_subnetwork(extraction: Extraction, path: str | Path, supernet: ElasticN
     if extraction.measured:
         extra["measured"] = extraction.measured
     write_choice(path.with_suffix(".json"), model=meta["model_spec"], space=supernet.space,
-                 data=meta["data"], example_input_shape=meta["example_input_shape"],
+                 data=meta["data"], example_inputs=torch.zeros(meta["example_input_shape"]),
                  config=extraction.config, costs=extraction.costs, budgets=extraction.budgets,
                  metrics={"val_accuracy": None if math.isnan(extraction.val_accuracy)
                           else extraction.val_accuracy,

@@ -3,6 +3,9 @@
 - :func:`train_language_model` trains until the validation loss stops improving (checked
   every ``eval_every`` steps; ``patience`` checks without a new best end it) and returns the
   curve, so a baseline is never an unfinished training that a fine-tune merely continues.
+- :func:`load_or_train_language_baseline` is the zoo decoder trained that way on this
+  Python's corpus, cached like the image baselines and keyed by the corpus's content hash
+  (another Python's files make another baseline).
 - :class:`LanguageModelEvaluator` scores a pruned network by its validation loss (mean
   cross-entropy per character, nats) and perplexity, after an optional few-step fine-tune;
   ``test(model)`` does the same on the test split.
@@ -11,7 +14,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,16 +25,23 @@ from torch import nn
 
 from autoprune.evaluator import Evaluator
 
-from .text import TextSplits
+from .models import LANGUAGE_MODELS, build_model
+from .text import TextSplits, load_stdlib_corpus
+from .train import default_cache_dir, read_cached_baseline, write_baseline
 
-__all__ = ["LanguageModelEvaluator", "LanguageRecipe", "lm_loss", "train_language_model"]
+__all__ = ["CONTEXT", "LanguageModelEvaluator", "LanguageRecipe", "lm_loss",
+           "load_or_train_language_baseline", "train_language_model"]
+
+#: The context length (characters) of the zoo's decoder.
+CONTEXT = 64
+_SEED = 0
 
 
 @dataclass(frozen=True, kw_only=True)
 class LanguageRecipe:
     """How the decoder is trained: AdamW, warm-up then constant rate, early stopping."""
 
-    max_steps: int = 6000
+    max_steps: int = 10000
     lr: float = 2e-3
     batch_size: int = 32
     weight_decay: float = 0.05
@@ -87,9 +100,10 @@ def train_language_model(model: nn.Module, corpus: TextSplits, *,
     with Progress(console=Console(stderr=True), disable=not progress) as bar:
         task = bar.add_task("train chargpt", total=recipe.max_steps)
         while step < recipe.max_steps and waited < recipe.patience:
-            train = _steps(model, corpus, opt, recipe.eval_every, batch_size=recipe.batch_size,
+            chunk = min(recipe.eval_every, recipe.max_steps - step)
+            train = _steps(model, corpus, opt, chunk, batch_size=recipe.batch_size,
                            generator=generator, schedule=warm)
-            step += recipe.eval_every
+            step += chunk
             if not math.isfinite(train):
                 raise RuntimeError(f"training diverged (loss {train}) by step {step}; lower lr")
             val = lm_loss(model, val_x, val_y)
@@ -108,6 +122,53 @@ def train_language_model(model: nn.Module, corpus: TextSplits, *,
     return {"curve": curve, "best_step": best_step, "stopped_at": step,
             "converged": waited >= recipe.patience, "val_loss": lm_loss(model, val_x, val_y),
             "test_loss": lm_loss(model, test_x, test_y)}
+
+
+def load_or_train_language_baseline(
+        model_name: str = "chargpt", *, width_mult: float = 1.0, cache_dir: Path | None = None,
+        progress: bool = True, retrain: bool = False, recipe: LanguageRecipe = LanguageRecipe(),
+        max_steps: int | None = None, corpus: TextSplits | None = None
+) -> tuple[nn.Module, TextSplits, dict[str, Any]]:
+    """The zoo decoder trained on the ``python-stdlib`` corpus (or ``corpus``) until its
+    validation loss stops improving: from the cache, or trained now and cached. Returns
+    ``(model in eval mode, corpus, record)``; ``record`` holds the curve, the corpus's hash
+    and files, and ``cached``. ``max_steps=None`` trains at most the recipe's steps and
+    accepts a cached baseline of any length; a number accepts only one trained with it."""
+    key = model_name.strip().lower()
+    if key not in LANGUAGE_MODELS:
+        raise ValueError(f"{model_name!r} is not a language model; python-stdlib is text, so "
+                         f"use --model {' or '.join(sorted(LANGUAGE_MODELS))}")
+    corpus = corpus or load_stdlib_corpus(block=CONTEXT)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_SEED)
+        model = build_model(key, num_classes=corpus.vocab_size, in_channels=1,
+                            width_mult=width_mult, input_size=corpus.block)
+    spec = model.autoprune_spec
+    weights = Path(cache_dir or default_cache_dir()) / (
+        f"{key}_{corpus.name}_ctx{corpus.block}_w{float(width_mult):g}_{corpus.sha256[:12]}.pt")
+
+    if max_steps is not None:
+        recipe = replace(recipe, max_steps=max_steps)
+    wanted = {k: v for k, v in asdict(recipe).items() if k != "max_steps" or max_steps}
+
+    def accept(record: dict[str, Any]) -> bool:
+        cached = record.get("recipe") or {}
+        return (record.get("spec") == spec and record.get("data", {}).get("sha256") == corpus.sha256
+                and all(cached.get(k) == v for k, v in wanted.items()))
+
+    if not retrain and (record := read_cached_baseline(model, weights, weights.with_suffix(".json"),
+                                                       accept)) is not None:
+        return model.eval(), corpus, {**record, "cached": True, "weights_path": str(weights)}
+    started = time.perf_counter()
+    out = train_language_model(model, corpus, recipe=recipe, seed=_SEED, progress=progress)
+    record = write_baseline(model, weights, {
+        "spec": spec, "data": corpus.info(), "recipe": asdict(recipe),
+        "epochs": None, "steps": out["stopped_at"], "best_step": out["best_step"],
+        "converged": out["converged"], "curve": out["curve"],
+        "metrics": {"val_loss": out["val_loss"], "test_loss": out["test_loss"]},
+        "train_seconds": time.perf_counter() - started, "torch_version": torch.__version__,
+        "created_unix": time.time()})
+    return model.eval(), corpus, {**record, "cached": False, "weights_path": str(weights)}
 
 
 class LanguageModelEvaluator(Evaluator):

@@ -21,9 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .attention_models import ViT
+from .attention_models import CharGPT, ViT
 
 __all__ = [
+    "LANGUAGE_MODELS",
     "available_models",
     "build_model",
     "build_model_from_spec",
@@ -350,12 +351,22 @@ _BUILDERS: dict[str, _Builder] = {
     # a small Vision Transformer: a 4x4 grid of patches, 4 pre-norm blocks of 4 heads, width 64
     "vit": lambda nc, ic, w, s: ViT(num_classes=nc, in_channels=ic, image_size=s,
                                     patch=max(1, s // 4), dim=make_divisible(64 * w, 8)),
+    # the language task's decoder (``nc``: the vocabulary, ``s``: the context length): six
+    # causal blocks of 4 heads, width 64 -- deep and narrow, so per-layer budgets matter
+    "chargpt": lambda nc, ic, w, s: CharGPT(vocab_size=nc, block=s, dim=make_divisible(64 * w, 8),
+                                            depth=6, heads=4),
 }
 
+#: Zoo models that read character ids (the ``python-stdlib`` corpus), not images.
+LANGUAGE_MODELS: frozenset[str] = frozenset({"chargpt"})
 
-def available_models() -> list[str]:
-    """Names accepted by :func:`build_model`, in a stable order."""
-    return list(_BUILDERS)
+
+def available_models(reads: str | None = None) -> list[str]:
+    """Names accepted by :func:`build_model`, in a stable order; ``reads="images"`` or
+    ``"text"``: only the models that read those."""
+    if reads not in (None, "images", "text"):
+        raise ValueError(f"reads must be images or text, not {reads!r}")
+    return [n for n in _BUILDERS if reads is None or (n in LANGUAGE_MODELS) == (reads == "text")]
 
 
 def build_model(

@@ -44,9 +44,16 @@ _UNKNOWN = len(VOCAB)
 _INDEX = {c: i for i, c in enumerate(VOCAB)}
 
 
+# id of every code point below 128; anything above is unknown too
+_TABLE = torch.tensor([_INDEX.get(chr(c), _UNKNOWN) for c in range(128)], dtype=torch.long)
+
+
 def encode(text: str) -> torch.Tensor:
     """Character ids of ``text`` (int64)."""
-    return torch.tensor([_INDEX.get(c, _UNKNOWN) for c in text], dtype=torch.long)
+    if not text:
+        return torch.zeros(0, dtype=torch.long)
+    codes = torch.frombuffer(bytearray(text.encode("utf-32-le")), dtype=torch.int32).long()
+    return torch.where(codes < 128, _TABLE[codes.clamp(max=127)], _UNKNOWN)
 
 
 def decode(ids: torch.Tensor) -> str:

@@ -16,6 +16,7 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from torch import nn
 
 from autoprune.zoo.data import DataSplits, load_data
 from autoprune.zoo.evaluate import evaluate_accuracy, model_device
-from autoprune.zoo.models import build_model
+from autoprune.zoo.models import LANGUAGE_MODELS, build_model
 
 __all__ = [
     "BASELINE_RECIPES",
@@ -271,6 +272,45 @@ def _save_weights(model: nn.Module, path: Path) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
+def read_cached_baseline(model: nn.Module, weights: Path, sidecar: Path,
+                         accept: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+    """Load cached weights into ``model`` if the entry is complete, of this format, accepted
+    by ``accept(sidecar record)``, and its weights match the hash the sidecar recorded; else
+    None (the caller retrains)."""
+    if not (weights.is_file() and sidecar.is_file()):
+        return None
+    try:
+        record = json.loads(sidecar.read_text())
+        payload = weights.read_bytes()
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("format_version") != _SIDECAR_VERSION:
+        return None
+    if not accept(record):
+        return None
+    # The hash pairs weights with their sidecar: a half-finished overwrite by a concurrent
+    # trainer, or a truncated copy, is retrained rather than trusted.
+    if record.get("weights_sha256") != hashlib.sha256(payload).hexdigest():
+        return None
+    try:
+        state = torch.load(io.BytesIO(payload), map_location=model_device(model), weights_only=True)
+        model.load_state_dict(state)
+    except Exception as error:  # any unreadable or mismatched file means "retrain"
+        warnings.warn(f"ignoring unreadable cached baseline {weights}: {error}", stacklevel=3)
+        return None
+    return record
+
+
+def write_baseline(model: nn.Module, weights: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Cache ``model``'s weights and their sidecar ``record`` (with the format version and the
+    weights' hash added). Weights first, sidecar last: the sidecar marks a complete entry."""
+    record = {"format_version": _SIDECAR_VERSION, **record}
+    record["weights_sha256"] = _save_weights(model, weights)
+    _atomic_write_bytes(weights.with_suffix(".json"),
+                        (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    return record
+
+
 def _try_load_cached(
     model: nn.Module,
     weights: Path,
@@ -286,38 +326,17 @@ def _try_load_cached(
     longer on purpose is reused by later searches; a changed learning rate or batch size
     in the model's default recipe makes older entries stale.
     """
-    if not (weights.is_file() and sidecar.is_file()):
-        return None
-    try:
-        record = json.loads(sidecar.read_text())
-        payload = weights.read_bytes()
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or record.get("format_version") != _SIDECAR_VERSION:
-        return None
-    if record.get("spec") != model.autoprune_spec or record.get("data", {}).get("name") != data_name:
-        return None
-    if epochs is not None and record.get("epochs") != epochs:
-        return None
-    cached_recipe = record.get("recipe")
-    if not isinstance(cached_recipe, dict) or (cached_recipe.get("lr"), cached_recipe.get("batch_size"),
-                                               cached_recipe.get("optimizer", "sgd")) != (
-        recipe.lr,
-        recipe.batch_size,
-        recipe.optimizer,
-    ):
-        return None
-    # The hash pairs weights with their sidecar: a half-finished overwrite by a concurrent
-    # trainer, or a truncated copy, is retrained rather than trusted.
-    if record.get("weights_sha256") != hashlib.sha256(payload).hexdigest():
-        return None
-    try:
-        state = torch.load(io.BytesIO(payload), map_location=model_device(model), weights_only=True)
-        model.load_state_dict(state)
-    except Exception as error:  # any unreadable or mismatched file means "retrain"
-        warnings.warn(f"ignoring unreadable cached baseline {weights}: {error}", stacklevel=3)
-        return None
-    return record
+    def accept(record: dict[str, Any]) -> bool:
+        if record.get("spec") != model.autoprune_spec or record.get("data", {}).get("name") != data_name:
+            return False
+        if epochs is not None and record.get("epochs") != epochs:
+            return False
+        cached = record.get("recipe")
+        return isinstance(cached, dict) and (
+            cached.get("lr"), cached.get("batch_size"), cached.get("optimizer", "sgd")
+        ) == (recipe.lr, recipe.batch_size, recipe.optimizer)
+
+    return read_cached_baseline(model, weights, sidecar, accept)
 
 
 def load_or_train_baseline(
@@ -339,6 +358,10 @@ def load_or_train_baseline(
     ``epochs=None`` uses the recipe's epochs and accepts a cached entry of any length;
     an explicit ``epochs`` only accepts an entry trained for exactly that many.
     """
+    if model_name.strip().lower() in LANGUAGE_MODELS:
+        raise ValueError(f"{model_name} is a language model and {data_name} is not text; use "
+                         "--data python-stdlib (autoprune.zoo.language."
+                         "load_or_train_language_baseline)")
     data = load_data(data_name, image_size=image_size)
     # A forked RNG makes the initial weights reproducible without reseeding the caller's RNG.
     with torch.random.fork_rng(devices=[]):
@@ -374,8 +397,7 @@ def load_or_train_baseline(
         optimizer=recipe.optimizer,
     )
     seconds = time.perf_counter() - started
-    record = {
-        "format_version": _SIDECAR_VERSION,
+    record = write_baseline(model, weights, {
         "spec": spec,
         "data": {"name": data.name, "image_size": data.image_size, "seed": _BASELINE_SEED},
         "epochs": n_epochs,
@@ -384,9 +406,6 @@ def load_or_train_baseline(
         "train_seconds": seconds,
         "torch_version": torch.__version__,
         "created_unix": time.time(),
-    }
-    # Weights first, sidecar last: the sidecar (with the weights' hash) marks a complete entry.
-    record["weights_sha256"] = _save_weights(model, weights)
-    _atomic_write_bytes(sidecar, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    })
     model.eval()
     return model, data, {**record, "cached": False, "weights_path": str(weights)}

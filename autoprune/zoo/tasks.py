@@ -1,0 +1,118 @@
+"""A task: a trained zoo model on an embedded data source, with the evaluator that scores its
+pruned copies and the metric a search optimises.
+
+- ``digits`` (images): the classification baselines, scored by validation accuracy after
+  adaptive BatchNorm (:class:`~autoprune.zoo.evaluate.ClassificationEvaluator`);
+- ``python-stdlib`` (text): the character-level decoder, scored by validation loss
+  (nats per character) and perplexity
+  (:class:`~autoprune.zoo.language.LanguageModelEvaluator`).
+
+Both evaluators score on the validation split and keep ``test(model)`` for the final report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .data import DataSplits, available_datasets, load_data
+from .evaluate import ClassificationEvaluator
+from .language import CONTEXT, LanguageModelEvaluator, load_or_train_language_baseline
+from .models import LANGUAGE_MODELS, build_model
+from .text import VOCAB, TextSplits
+from .train import load_or_train_baseline
+
+__all__ = ["DATA_SOURCES", "TEXT_SOURCES", "Task", "load_task", "zoo_architecture"]
+
+#: The text data sources (read by the language models).
+TEXT_SOURCES: tuple[str, ...] = ("python-stdlib",)
+#: Every name ``--data`` takes.
+DATA_SOURCES: tuple[str, ...] = (*available_datasets(), *TEXT_SOURCES)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Task:
+    """A trained model, its data, and the metric searched (``accuracy``, higher is better, or
+    ``loss``, lower is better); :meth:`evaluator` makes the evaluator that scores it."""
+
+    model: nn.Module
+    data: DataSplits | TextSplits
+    metric: str
+    baseline: dict[str, Any]
+
+    def evaluator(self, *, calib_batches: int = 16, finetune_steps: int = 0,
+                  seed: int = 0) -> ClassificationEvaluator | LanguageModelEvaluator:
+        """Scores on the validation split, after ``finetune_steps`` (and, for images, adaptive
+        BatchNorm on ``calib_batches`` training batches); ``test(model)`` for final reports."""
+        if isinstance(self.data, TextSplits):
+            return LanguageModelEvaluator(self.data, finetune_steps=finetune_steps, seed=seed)
+        return ClassificationEvaluator(self.data, calib_batches=calib_batches,
+                                       finetune_steps=finetune_steps, seed=seed)
+
+    def example_inputs(self, batch: int = 1) -> torch.Tensor:
+        return self.data.example_inputs(batch)
+
+    def data_info(self) -> dict[str, Any]:
+        """What results record about the data (a corpus's content hash and files)."""
+        if isinstance(self.data, TextSplits):
+            return self.data.info()
+        return {"name": self.data.name, "image_size": self.data.image_size}
+
+    def describe(self, metrics: dict[str, float]) -> str:
+        """``metrics`` (an evaluator's) as people read them."""
+        if self.metric == "accuracy":
+            return f"accuracy {metrics['accuracy']:.4f}"
+        return f"loss {metrics['loss']:.4f} (perplexity {metrics['perplexity']:.3f})"
+
+
+def _check_pair(model: str, data: str) -> tuple[str, str]:
+    """The normalised names; a language model on images, or an image model on text, is one
+    clear error."""
+    name, source = model.strip().lower(), data.strip().lower()
+    if source not in DATA_SOURCES:
+        raise ValueError(f"unknown data source {data!r}; available: {', '.join(DATA_SOURCES)}")
+    if (source in TEXT_SOURCES) != (name in LANGUAGE_MODELS):
+        if name in LANGUAGE_MODELS:
+            raise ValueError(f"{model} is a language model and {data} is not text; use --data "
+                             f"{' or '.join(TEXT_SOURCES)}")
+        raise ValueError(f"{data} is text and {model} is an image model; use --model "
+                         f"{' or '.join(sorted(LANGUAGE_MODELS))}")
+    return name, source
+
+
+def zoo_architecture(model: str, data: str, *, image_size: int = 32,
+                     width_mult: float = 1.0) -> tuple[nn.Module, torch.Tensor]:
+    """The untrained zoo architecture for ``data`` and an example input (what latency
+    depends on; no weights and, for text, no corpus are loaded)."""
+    name, source = _check_pair(model, data)
+    if source in TEXT_SOURCES:
+        net = build_model(name, num_classes=len(VOCAB) + 1, in_channels=1,
+                          width_mult=width_mult, input_size=CONTEXT)
+        return net.eval(), torch.zeros(1, CONTEXT, dtype=torch.long)
+    images = load_data(source, image_size=image_size)
+    net = build_model(name, num_classes=images.num_classes, in_channels=images.in_channels,
+                      width_mult=width_mult, input_size=images.image_size)
+    return net.eval(), images.example_inputs(1)
+
+
+def load_task(model: str, data: str, *, image_size: int = 32, width_mult: float = 1.0,
+              epochs: int | None = None, cache_dir: Path | None = None,
+              progress: bool = True) -> Task:
+    """The trained ``model`` on ``data``, from the baseline cache or trained now (images:
+    ``epochs`` as :func:`~autoprune.zoo.train.load_or_train_baseline` takes them). A language
+    model on images, or an image model on text, is one clear error. ``image_size`` and
+    ``epochs`` do not apply to text (the decoder's context is fixed, 64 characters, and it
+    trains until its validation loss stops improving)."""
+    name, source = _check_pair(model, data)
+    if source in TEXT_SOURCES:
+        net, corpus, record = load_or_train_language_baseline(
+            name, width_mult=width_mult, cache_dir=cache_dir, progress=progress)
+        return Task(model=net, data=corpus, metric="loss", baseline=record)
+    net, images, record = load_or_train_baseline(name, source, image_size=image_size,
+                                                 width_mult=width_mult, epochs=epochs,
+                                                 cache_dir=cache_dir, progress=progress)
+    return Task(model=net, data=images, metric="accuracy", baseline=record)
