@@ -489,3 +489,46 @@ def test_a_latency_search_on_a_vit_meets_its_budget_when_measured() -> None:
         print(f"attempt {attempt}: measured {lat['measured']['latency_ms']:.3f} ms against "
               f"{target:.3f} ms; profiling again")
     assert lat["met"] and lat["measured"]["latency_ms"] <= target
+
+
+@pytest.mark.parametrize("which", ["zoo-chargpt", "hf-vit"])
+def test_a_transformer_s_table_times_its_norms_and_attention_cores_as_blocks(which: str) -> None:
+    import warnings
+
+    torch.manual_seed(0)
+    if which == "hf-vit":
+        import transformers
+
+        warnings.filterwarnings("ignore", module="transformers")
+        cfg = transformers.ViTConfig(image_size=16, patch_size=4, num_channels=1, hidden_size=32,
+                                     num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, num_labels=10)
+        model, x = transformers.ViTForImageClassification(cfg).eval(), torch.randn(1, 1, 16, 16)
+    else:
+        from autoprune.zoo.models import build_model
+
+        model = build_model("chargpt", num_classes=98, width_mult=0.5, input_size=32).eval()
+        x = torch.zeros(1, 32, dtype=torch.long)
+    space = ChannelSpace.from_model(model, x)
+    table = LatencyTable.build(model, x, space=space, plan=QUICK)
+    types = {e.op["type"] for e in table.entries}
+    assert {"LayerNorm", "attention"} <= types
+    cores = [e for e in table.entries if e.op["type"] == "attention"]
+    assert all(e.op["sdpa"] for e in cores)  # both call F.scaled_dot_product_attention
+    assert any(e.op["causal"] for e in cores) == (which == "zoo-chargpt")
+    # the GELU after each MLP's first linear is fused into that linear's block
+    fused = [" ".join(e.op["then"]) for e in table.entries if e.op["type"] == "Linear"]
+    assert any("GELU" in t for t in fused)
+    heads = [u for u in space.units if u.kind == "heads"]
+    norms = sum(1 for r in space.layer_table(space.dense_config()) if r.kind == "norm")
+    assert sum(table.entries[lay.entry].op["type"] == "LayerNorm"
+               for lay in table.layers.values()) == norms
+    for u in heads:  # a core's rows follow its heads: fewer heads never predict slower
+        core = next(lay for lay in table.layers.values() if lay.out_unit == u.name
+                    and table.entries[lay.entry].op["type"] == "attention")
+        assert len(table.entries[core.entry].out_grid) > 1
+        assert table.predict({u.name: u.minimum}) <= table.predict({})
+    rng = np.random.default_rng(0)
+    for _ in range(5):  # predict(config) and the cost model's layer-table estimate agree
+        cfg = space.decode(rng.random(space.dim))
+        assert table.cost_model().estimate(space.layer_table(cfg)) == pytest.approx(table.predict(cfg))

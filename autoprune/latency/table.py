@@ -4,7 +4,11 @@ How a table is built (``LatencyTable.build``), on the device the latency is want
 
 1. Every costed layer (conv / linear) of the channel space's layer table becomes a small block
    of the ops that run on its output in the real model: the layer, its BatchNorm and its
-   activation (and a following pool), found by following the tensor through one forward pass.
+   activation (and a following pool; Hugging Face's activation modules too), found by
+   following the tensor through one forward pass. A transformer's layer norms, and its
+   attention cores (``F.scaled_dot_product_attention`` where the model calls it, else
+   matmul-softmax-matmul), are blocks of their own, timed over the widths of the units that
+   move them: the residual width, and the heads (rows = heads x query tokens).
    nn-Meter (Zhang et al., MobiSys 2021) predicts per fused kernel the same way
    (conv+bn+relu as one unit) because isolated per-op timings miss fusion.
 2. Layers that would run the same block over the same widths are profiled once (a ResNet-56
@@ -49,14 +53,16 @@ from autoprune.latency.device import Device, describe_device, fingerprint_mismat
 from autoprune.latency.build import (
     BlockSpec,
     ProfilePlan,
+    attention_and_norm_layers,
     block_followers,
     calibration_configs,
     fit_correction,
     measure_blocks_and_networks,
+    mapped_grid,
     monotone,
     op_of,
+    row_widths,
     unit_links,
-    width_grid,
 )
 from autoprune.search_spaces import LayerTable, SearchSpace, make_space
 
@@ -64,7 +70,12 @@ __all__ = ["TABLE_FORMAT", "TABLE_VERSION", "LatencyCost", "LatencyTable", "Late
            "ProfilePlan", "model_signature"]
 
 TABLE_FORMAT = "autoprune-latency-table"
-TABLE_VERSION = 1
+# 2: layer norms and attention cores are timed as blocks (layers with affine width maps)
+TABLE_VERSION = 2
+# Rows a table must hold (any other costed row it holds is used, the rest is left to the
+# whole-network correction).
+_REQUIRED = ("conv", "linear")
+_SIGNED = ("conv", "linear", "norm", "matmul")
 
 
 class LatencyTableError(ValueError):
@@ -95,7 +106,10 @@ class _Entry:
 
 @dataclass(frozen=True, kw_only=True)
 class _Layer:
-    """Where one costed layer's widths come from, so ``predict(config)`` needs no space."""
+    """Where one costed layer's widths come from, so ``predict(config)`` needs no space: each
+    width is ``offset + scale * value`` of its unit (a conv's channels: 0 + 1 x value; an
+    attention core's rows: 0 + query tokens x heads), the dense width when the unit is not
+    in the configuration."""
 
     name: str
     entry: int
@@ -104,13 +118,31 @@ class _Layer:
     in_full: int
     out_full: int
     depthwise: bool
+    in_map: tuple[float, float] = (0.0, 1.0)
+    out_map: tuple[float, float] = (0.0, 1.0)
 
     def widths(self, config: Mapping[str, int]) -> tuple[int, int]:
-        cout = int(config.get(self.out_unit, self.out_full)) if self.out_unit else self.out_full
+        cout = _mapped(config, self.out_unit, self.out_map, self.out_full)
         if self.depthwise:
             return cout, cout
-        cin = int(config.get(self.in_unit, self.in_full)) if self.in_unit else self.in_full
-        return cin, cout
+        return _mapped(config, self.in_unit, self.in_map, self.in_full), cout
+
+
+def _layer(name: str, entry: int, in_link: tuple[str, float, float] | None,
+           out_link: tuple[str, float, float] | None, in_full: int, out_full: int,
+           depthwise: bool) -> _Layer:
+    return _Layer(name=name, entry=entry, in_unit=in_link[0] if in_link else None,
+                  out_unit=out_link[0] if out_link else None, in_full=in_full,
+                  out_full=out_full, depthwise=depthwise,
+                  in_map=(in_link[1], in_link[2]) if in_link else (0.0, 1.0),
+                  out_map=(out_link[1], out_link[2]) if out_link else (0.0, 1.0))
+
+
+def _mapped(config: Mapping[str, int], unit: str | None, line: tuple[float, float],
+            full: int) -> int:
+    if unit is None or unit not in config:
+        return full
+    return int(round(line[0] + line[1] * int(config[unit])))
 
 
 def _bracket(grid: Sequence[int], v: float) -> tuple[int, int, float]:
@@ -129,7 +161,7 @@ def model_signature(space: SearchSpace) -> str:
     table's layers are the space's layers."""
     rows = [[r.name, r.kind, r.in_channels, r.out_channels, list(r.kernel), list(r.stride),
              r.groups, list(r.in_size), r.rows // max(1, r.batch)]
-            for r in space.layer_table(space.dense_config()) if r.kind in ("conv", "linear")]
+            for r in space.layer_table(space.dense_config()) if r.kind in _SIGNED]
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 
@@ -195,21 +227,26 @@ class LatencyTable:
             if row.kind not in ("conv", "linear"):
                 continue
             module = named[row.module]
-            in_unit, out_unit = links[row.name]
+            in_link, out_link = links[row.name]
             depthwise = row.kind == "conv" and 1 < row.groups == row.in_channels == row.out_channels
             div = 1 if depthwise or row.kind == "linear" else row.groups
-            out_grid = (width_grid(choices[out_unit], plan.grid, div) if out_unit
-                        else (row.out_channels,))
-            in_grid: tuple[int, ...] = () if depthwise else (
-                width_grid(choices[in_unit], plan.grid, div) if in_unit else (row.in_channels,))
+            out_grid = mapped_grid(out_link, row.out_channels, choices, plan.grid, div)
+            in_grid: tuple[int, ...] = () if depthwise else mapped_grid(
+                in_link, row.in_channels, choices, plan.grid, div)
             op = op_of(module, row, chains.get(row.name, []), depthwise)
             key = json.dumps([op, in_grid, out_grid], sort_keys=True)
             if key not in keys:
                 keys[key] = len(specs)
                 specs.append((module, chains.get(row.name, []), op, in_grid, out_grid))
-            layers.append(_Layer(name=row.name, entry=keys[key], in_unit=in_unit,
-                                 out_unit=out_unit, in_full=row.in_channels,
-                                 out_full=row.out_channels, depthwise=depthwise))
+            layers.append(_layer(row.name, keys[key], in_link, out_link, row.in_channels,
+                                 row.out_channels, depthwise))
+        for extra in attention_and_norm_layers(model, one, space, plan.grid):
+            key = json.dumps([extra.op, extra.in_grid, extra.out_grid], sort_keys=True)
+            if key not in keys:
+                keys[key] = len(specs)
+                specs.append((extra.module, [], extra.op, extra.in_grid, extra.out_grid))
+            layers.append(_layer(extra.name, keys[key], extra.in_link, extra.out_link,
+                                 extra.in_full, extra.out_full, not extra.in_grid))
         n_points = sum(max(1, len(s[3])) * len(s[4]) for s in specs)
         say(f"{len(layers)} costed layers -> {len(specs)} distinct blocks, {n_points} grid "
             f"points; {plan.calibration} whole networks for the correction")
@@ -242,15 +279,20 @@ class LatencyTable:
         """Sum of the entries of the costed layers of ``table`` (before the correction)."""
         total = 0.0
         for row in table:
-            if row.kind not in ("conv", "linear"):
+            if row.kind not in _SIGNED:
                 continue
             layer = self.layers.get(row.name)
+            if layer is None and row.kind not in _REQUIRED:
+                continue  # a norm or matmul the table leaves to its correction
             if layer is None:
                 raise LatencyTableError(
                     f"layer {row.name!r} is not in this latency table: it was profiled for "
                     f"another model ({self.model.get('class')}). Fix: build a table for this "
                     "model (autoprune profile, or LatencyTable.build).")
-            total += self.entries[layer.entry].at(row.in_channels, row.out_channels)
+            entry = self.entries[layer.entry]
+            widths = ((row.in_channels, row.out_channels) if row.kind in _REQUIRED
+                      else row_widths(entry.op, row))
+            total += entry.at(*widths)
         return total
 
     def estimate(self, table: LayerTable) -> float:
@@ -321,7 +363,8 @@ class LatencyTable:
                 "entries": [e.to_json() for e in self.entries],
                 "layers": [{"name": lay.name, "entry": lay.entry, "in_unit": lay.in_unit,
                             "out_unit": lay.out_unit, "in_full": lay.in_full,
-                            "out_full": lay.out_full, "depthwise": lay.depthwise}
+                            "out_full": lay.out_full, "depthwise": lay.depthwise,
+                            "in_map": list(lay.in_map), "out_map": list(lay.out_map)}
                            for lay in self.layers.values()]})
 
     def save(self, path: str | Path) -> Path:
@@ -387,7 +430,9 @@ class LatencyTable:
                 raise IndexError(f"layer {lay['name']!r} points at missing entry {index}")
             layers.append(_Layer(name=str(lay["name"]), entry=index, in_unit=lay["in_unit"],
                                  out_unit=lay["out_unit"], in_full=int(lay["in_full"]),
-                                 out_full=int(lay["out_full"]), depthwise=bool(lay["depthwise"])))
+                                 out_full=int(lay["out_full"]), depthwise=bool(lay["depthwise"]),
+                                 in_map=_line(lay.get("in_map", (0.0, 1.0))),
+                                 out_map=_line(lay.get("out_map", (0.0, 1.0)))))
         if not layers:
             raise ValueError("the table has no layers")
         corr = dict(raw["correction"])
@@ -403,6 +448,13 @@ class LatencyTable:
                    entries=entries, layers=layers, correction=corr, plan=dict(raw.get("plan", {})),
                    build_seconds=float(raw.get("build_seconds", 0.0)),
                    created=str(raw.get("created", "")))
+
+
+def _line(raw: Sequence[float]) -> tuple[float, float]:
+    offset, scale = (float(v) for v in raw)
+    if not (math.isfinite(offset) and math.isfinite(scale)):
+        raise ValueError("a layer's width map is not finite")
+    return offset, scale
 
 
 class LatencyCost(CostModel):
