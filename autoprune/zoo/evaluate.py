@@ -81,19 +81,28 @@ def _accuracy_and_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return {"accuracy": accuracy, "loss": loss}
 
 
+# The fine-tune's learning rate per optimizer (the baseline recipe's optimizer is used).
+_FINETUNE_LR = {"sgd": 0.01, "adamw": 5e-4}
+
+
 class ClassificationEvaluator(Evaluator):
-    """Adaptive BN on ``calib_batches`` training batches, an optional few-step fine-tune, then
-    accuracy and cross-entropy on the validation split. ``test(model)`` does the same on the
+    """Adaptive BN on ``calib_batches`` training batches, an optional few-step fine-tune
+    (``finetune_optimizer``: sgd, or adamw for transformers), then accuracy and cross-entropy
+    on the validation split. ``test(model)`` does the same on the
     test split, for final reports only."""
 
     def __init__(self, data: DataSplits, *, calib_batches: int = 16, batch_size: int = 64,
-                 finetune_steps: int = 0, finetune_lr: float = 0.01, seed: int = 0) -> None:
+                 finetune_steps: int = 0, finetune_lr: float | None = None,
+                 finetune_optimizer: str = "sgd", seed: int = 0) -> None:
         if calib_batches < 0 or finetune_steps < 0:
             raise ValueError("calib_batches and finetune_steps must be >= 0")
+        if finetune_optimizer not in _FINETUNE_LR:
+            raise ValueError(f"unknown optimizer {finetune_optimizer!r}; choose sgd or adamw")
         self.data = data
         self.batch_size = batch_size
         self.finetune_steps = finetune_steps
-        self.finetune_lr = finetune_lr
+        self.finetune_optimizer = finetune_optimizer
+        self.finetune_lr = _FINETUNE_LR[finetune_optimizer] if finetune_lr is None else finetune_lr
         self.seed = seed
         loader = data.loader("train", batch_size=batch_size, shuffle=True, seed=seed)
         self._calib = [x for x, _ in _take(loader, calib_batches)]
@@ -102,7 +111,8 @@ class ClassificationEvaluator(Evaluator):
         """Fine-tune (if asked) and recalibrate BN: what every score is taken after."""
         if self.finetune_steps:
             finetune(model, self.data, steps=self.finetune_steps, lr=self.finetune_lr,
-                     batch_size=self.batch_size, seed=self.seed)
+                     batch_size=self.batch_size, seed=self.seed,
+                     optimizer=self.finetune_optimizer)
         return adaptive_bn(model, self._calib)
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
@@ -117,9 +127,13 @@ class ClassificationEvaluator(Evaluator):
 
 
 def finetune(model: nn.Module, data: DataSplits, *, steps: int, lr: float, batch_size: int,
-             seed: int) -> nn.Module:
-    """A few SGD steps on the training split (no augmentation)."""
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+             seed: int, optimizer: str = "sgd") -> nn.Module:
+    """A few steps on the training split (no augmentation): SGD with momentum, or AdamW for
+    networks trained with it (transformers: SGD at the CNNs' rate wrecked a trained ViT, 0.97
+    -> 0.77 validation accuracy in 100 steps)."""
+    opt: torch.optim.Optimizer = (
+        torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0) if optimizer == "adamw"
+        else torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4))
     model.train()
     done = 0
     while done < steps:

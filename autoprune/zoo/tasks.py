@@ -19,12 +19,20 @@ from typing import Any
 import torch
 from torch import nn
 
+import time
+from dataclasses import asdict
+import hashlib
+import json
+
+from autoprune.user_model import UserModelError, build_user_model, is_factory, parse_model_args
+
 from .data import DataSplits, available_datasets, load_data
 from .evaluate import ClassificationEvaluator
 from .language import CONTEXT, LanguageModelEvaluator, load_or_train_language_baseline
 from .models import LANGUAGE_MODELS, build_model
 from .text import VOCAB, TextSplits
-from .train import load_or_train_baseline
+from .train import (FALLBACK_RECIPE, default_cache_dir, load_or_train_baseline,
+                    read_cached_baseline, train_model, write_baseline)
 
 __all__ = ["DATA_SOURCES", "TEXT_SOURCES", "Task", "load_task", "zoo_architecture"]
 
@@ -46,12 +54,15 @@ class Task:
 
     def evaluator(self, *, calib_batches: int = 16, finetune_steps: int = 0,
                   seed: int = 0) -> ClassificationEvaluator | LanguageModelEvaluator:
-        """Scores on the validation split, after ``finetune_steps`` (and, for images, adaptive
-        BatchNorm on ``calib_batches`` training batches); ``test(model)`` for final reports."""
+        """Scores on the validation split, after ``finetune_steps`` (with the optimizer the
+        baseline was trained with) and, for images, adaptive BatchNorm on ``calib_batches``
+        training batches; ``test(model)`` for final reports."""
         if isinstance(self.data, TextSplits):
             return LanguageModelEvaluator(self.data, finetune_steps=finetune_steps, seed=seed)
+        optimizer = str((self.baseline.get("recipe") or {}).get("optimizer", "sgd"))
         return ClassificationEvaluator(self.data, calib_batches=calib_batches,
-                                       finetune_steps=finetune_steps, seed=seed)
+                                       finetune_steps=finetune_steps,
+                                       finetune_optimizer=optimizer, seed=seed)
 
     def example_inputs(self, batch: int = 1) -> torch.Tensor:
         return self.data.example_inputs(batch)
@@ -75,6 +86,11 @@ def _check_pair(model: str, data: str) -> tuple[str, str]:
     name, source = model.strip().lower(), data.strip().lower()
     if source not in DATA_SOURCES:
         raise ValueError(f"unknown data source {data!r}; available: {', '.join(DATA_SOURCES)}")
+    if is_factory(model):
+        if source in TEXT_SOURCES:
+            raise ValueError(f"a model of your own reads images here: use --data "
+                             f"{' or '.join(available_datasets())}")
+        return model.strip(), source
     if (source in TEXT_SOURCES) != (name in LANGUAGE_MODELS):
         if name in LANGUAGE_MODELS:
             raise ValueError(f"{model} is a language model and {data} is not text; use --data "
@@ -84,11 +100,21 @@ def _check_pair(model: str, data: str) -> tuple[str, str]:
     return name, source
 
 
-def zoo_architecture(model: str, data: str, *, image_size: int = 32,
-                     width_mult: float = 1.0) -> tuple[nn.Module, torch.Tensor]:
-    """The untrained zoo architecture for ``data`` and an example input (what latency
-    depends on; no weights and, for text, no corpus are loaded)."""
+def zoo_architecture(model: str, data: str, *, image_size: int = 32, width_mult: float = 1.0,
+                     model_args: tuple[str, ...] = (), weights: str | None = None,
+                     input_shape: tuple[int, ...] | None = None
+                     ) -> tuple[nn.Module, torch.Tensor]:
+    """The architecture for ``data`` and an example input (what latency depends on): a zoo
+    model untrained, without loading its corpus; a user's factory with its ``weights`` if
+    given, and an input of ``input_shape`` if given, else shaped like ``data``'s."""
     name, source = _check_pair(model, data)
+    if is_factory(name):
+        net = build_user_model(name, parse_model_args(model_args),
+                               Path(weights) if weights else None)
+        example = (torch.zeros(1, *input_shape) if input_shape is not None
+                   else load_data(source, image_size=image_size).example_inputs(1))
+        _check_fits(net, example, None)
+        return net, example
     if source in TEXT_SOURCES:
         net = build_model(name, num_classes=len(VOCAB) + 1, in_channels=1,
                           width_mult=width_mult, input_size=CONTEXT)
@@ -101,13 +127,18 @@ def zoo_architecture(model: str, data: str, *, image_size: int = 32,
 
 def load_task(model: str, data: str, *, image_size: int = 32, width_mult: float = 1.0,
               epochs: int | None = None, cache_dir: Path | None = None,
-              progress: bool = True) -> Task:
+              progress: bool = True, model_args: tuple[str, ...] = (),
+              weights: str | None = None) -> Task:
     """The trained ``model`` on ``data``, from the baseline cache or trained now (images:
     ``epochs`` as :func:`~autoprune.zoo.train.load_or_train_baseline` takes them). A language
     model on images, or an image model on text, is one clear error. ``image_size`` and
     ``epochs`` do not apply to text (the decoder's context is fixed, 64 characters, and it
     trains until its validation loss stops improving)."""
     name, source = _check_pair(model, data)
+    if is_factory(name):
+        return _user_task(name, source, image_size=image_size, epochs=epochs,
+                          cache_dir=cache_dir, progress=progress, model_args=model_args,
+                          weights=weights)
     if source in TEXT_SOURCES:
         net, corpus, record = load_or_train_language_baseline(
             name, width_mult=width_mult, cache_dir=cache_dir, progress=progress)
@@ -116,3 +147,59 @@ def load_task(model: str, data: str, *, image_size: int = 32, width_mult: float 
                                                  width_mult=width_mult, epochs=epochs,
                                                  cache_dir=cache_dir, progress=progress)
     return Task(model=net, data=images, metric="accuracy", baseline=record)
+
+
+def _check_fits(model: nn.Module, example: torch.Tensor, classes: int | None) -> None:
+    """Data whose shape does not fit the model is one error, before any work."""
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.cat([example, example]))
+    except Exception as err:  # noqa: BLE001 - any failure of the user's forward
+        raise UserModelError(f"the model cannot take inputs of shape {tuple(example.shape[1:])} "
+                             f"(per sample): {type(err).__name__}: {err}. Fix: --image-size, "
+                             "--input-shape, or other data") from err
+    if classes is not None and (not isinstance(out, torch.Tensor) or out.shape != (2, classes)):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserModelError(f"the model returns {shape} for a batch of 2, but the data has "
+                             f"{classes} classes: it must return (batch, {classes}) logits")
+
+
+def _user_task(factory: str, data: str, *, image_size: int, epochs: int | None,
+               cache_dir: Path | None, progress: bool, model_args: tuple[str, ...],
+               weights: str | None) -> Task:
+    """A user's model on image data: its weights, or a baseline trained here and cached
+    (keyed by the factory's record and the data)."""
+    images = load_data(data, image_size=image_size)
+    net = build_user_model(factory, parse_model_args(model_args), Path(weights) if weights else None)
+    _check_fits(net, images.example_inputs(1), images.num_classes)
+    if weights:
+        return Task(model=net, data=images, metric="accuracy",
+                    baseline={"cached": False, "weights_path": net.autoprune_spec["weights"],
+                              "epochs": None})
+    spec = net.autoprune_spec
+    key = hashlib.sha256(json.dumps([spec, data, image_size], sort_keys=True,
+                                    default=str).encode()).hexdigest()[:16]
+    path = Path(cache_dir or default_cache_dir()) / f"user_{key}_{data}_{image_size}px.pt"
+    recipe = FALLBACK_RECIPE
+
+    def accept(record: dict[str, Any]) -> bool:
+        return record.get("spec") == json.loads(json.dumps(spec, default=str)) and (
+            epochs is None or record.get("epochs") == epochs)
+
+    record = read_cached_baseline(net, path, path.with_suffix(".json"), accept)
+    if record is None:
+        started = time.perf_counter()
+        n = epochs or recipe.epochs
+        metrics = train_model(net, images, epochs=n, lr=recipe.lr, batch_size=recipe.batch_size,
+                              progress=progress, optimizer=recipe.optimizer)
+        record = write_baseline(net, path, {
+            "spec": json.loads(json.dumps(spec, default=str)), "data": {"name": data,
+                                                                        "image_size": image_size},
+            "epochs": n, "recipe": {**asdict(recipe), "epochs": n}, "metrics": metrics,
+            "train_seconds": time.perf_counter() - started, "torch_version": torch.__version__,
+            "created_unix": time.time()})
+        record = {**record, "cached": False}
+    else:
+        record = {**record, "cached": True}
+    return Task(model=net.eval(), data=images, metric="accuracy",
+                baseline={**record, "weights_path": str(path)})
