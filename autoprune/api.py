@@ -19,9 +19,10 @@ from autoprune.agents import Agent, AgentOptionError, make_agent
 from autoprune.errors import SearchError
 from autoprune.evaluator import Evaluator, as_evaluator
 from autoprune.executors import Executor, make_executor
+from autoprune.export import ExportError, export_program
 from autoprune.latency.cache import table_for_search
 from autoprune.latency.device import Device
-from autoprune.latency.measure import LatencyMeasurement
+from autoprune.latency.measure import LatencyMeasurement, measure_latency
 from autoprune.latency.table import LatencyTable
 from autoprune.latency.verify import LatencyCheck, check_summary, verify_latency
 from autoprune.pareto import ParetoRange, front_summary
@@ -199,7 +200,9 @@ def search(settings: SearchSettings, *, console: Console | None = None) -> dict[
                              cpus_per_trial=ex.cpus_per_trial)
     run_dir = Path(settings.run_dir or settings.default_run_dir())
     run_dir.mkdir(parents=True, exist_ok=True)
-    check_run_folder(run_dir, settings.identity())
+    # Checked now; recorded once the model and data have loaded, so a bad --model or
+    # --weights leaves no half-made run folder that the corrected command would refuse.
+    check_run_folder(run_dir, settings.identity(), write=False)
     try:
         executor.start()  # an unreachable cluster fails here, before a baseline is trained
         return _search(settings, executor, run_dir, console)
@@ -212,10 +215,12 @@ def _search(settings: SearchSettings, executor: Executor, run_dir: Path,
     src = settings.source
     task = _load_task(src.model, src.data, image_size=src.image_size,
                       width_mult=src.width_mult, cache_dir=settings.cache_dir,
-                      progress=settings.progress)
+                      progress=settings.progress, model_args=src.model_args,
+                      weights=src.weights)
     evaluator = task.evaluator(calib_batches=settings.scoring.calib_batches,
                                finetune_steps=settings.scoring.finetune_steps, seed=settings.seed)
     model, metric = task.model, task.metric
+    check_run_folder(run_dir, settings.identity())
     example = task.example_inputs(1)
     table = table_info = None
     space = make_space(settings.space.space, model, example, round_to=settings.space.round_to,
@@ -233,6 +238,17 @@ def _search(settings: SearchSettings, executor: Executor, run_dir: Path,
         store.set_meta("dense_metrics", dense_val)
     console.print(f"[bold]{src.model}[/] on {src.data}: dense validation "
                   f"{task.describe(dense_val['val'])}")
+    if (met := _dense_meets(settings, model, example, space, table, console)) is not None:
+        summary = {"target": {b.text: {"metric": b.metric, "limit": b.limit}
+                              for b in met["budgets"]},
+                   "dense": {"costs": met["costs"], "metrics": {
+                       metric: dense_val["val"][metric],
+                       f"test_{metric}": dense_val["test"][metric]},
+                       **({"measured": met["measured"]} if met["measured"] else {})},
+                   "budgets_met": True, "dense_meets_budgets": True, "trials": 0,
+                   "run_dir": str(run_dir), "data": task.data_info()}
+        write_json(run_dir / "summary.json", summary)
+        return summary
     alloc = allocate(model, example_inputs=example, target=settings.targets, evaluate=evaluator,
                      agent=settings.agent, trials=settings.trials, seed=settings.seed,
                      round_to=settings.space.round_to, min_ratio=settings.space.min_ratio,
@@ -242,6 +258,33 @@ def _search(settings: SearchSettings, executor: Executor, run_dir: Path,
                      executor=executor, reward=settings.reward, console=console)
     return _report(settings, run_dir, alloc, task=task, evaluator=evaluator, dense_val=dense_val,
                    table_info=table_info, console=console)
+
+
+def _dense_meets(settings: SearchSettings, model: nn.Module, example: torch.Tensor,
+                 space: SearchSpace, table: LatencyTable | None, console: Console
+                 ) -> dict[str, Any] | None:
+    """The dense network's figures when it already meets every budget (a latency budget:
+    predicted within it, then measured within it), after saying so; else None."""
+    problem = build_problem(space, parse_targets(settings.targets), table=table)
+    costs = problem.dense_costs
+    if not all(costs[b.metric] <= b.limit for b in problem.budgets):
+        return None
+    measured = None
+    if table is not None:
+        m = measure_latency(model, example, device=settings.device)
+        if any(m.median_ms > b.limit for b in problem.budgets if b.metric == "latency_ms"):
+            return None  # predicted within the budget but measured over it: search
+        measured = _measured(m)
+    figures = ", ".join(
+        f"{b.text}: dense "
+        + (f"{measured['latency_ms']:.2f} ms measured ({costs[b.metric]:.2f} predicted)"
+           if b.metric == "latency_ms" and measured else f"{costs[b.metric]:,.0f} {b.metric}")
+        + (f" <= {b.limit:.2f} ms" if b.metric == "latency_ms" else f" <= {b.limit:,.0f}")
+        for b in problem.budgets)
+    console.print(f"[bold green]The dense network already meets every budget[/] ({figures}); "
+                  "nothing to prune, no search run. Ask for a tighter budget to prune it.",
+                  highlight=False)
+    return {"budgets": problem.budgets, "costs": dict(costs), "measured": measured}
 
 
 def _load_task(*args: Any, **kwargs: Any) -> Task:
@@ -284,6 +327,7 @@ def _report(settings: SearchSettings, run_dir: Path, alloc: Allocation, *, task:
         metrics=_split_metrics(val, test),
         budgets=[asdict(b) for b in problem.budgets], weights=pruned, weights_file="pruned.pt",
         extra=extra)
+    program = _save_program(pruned, task.example_inputs(1), run_dir / "pruned.pt2", console)
     plot = pareto_plot(records, run_dir / "pareto.png", dense_costs=problem.dense_costs,
                        dense_objective=dense_val["val"][metric], budgets=problem.budgets,
                        objective=metric, best=best,
@@ -309,7 +353,8 @@ def _report(settings: SearchSettings, run_dir: Path, alloc: Allocation, *, task:
         "data": task.data_info(),
         "run_dir": str(run_dir),
         "files": {"study": str(run_dir / "study.db"), "choice": str(run_dir / "best.json"),
-                  "model": str(run_dir / "pruned.pt"), "plot": str(plot)},
+                  "model": str(run_dir / "pruned.pt"), "plot": str(plot),
+                  "program": program},
     }
     if pareto is not None:
         # accuracy is bounded below by 0; a loss front is measured from its worst trial
@@ -338,7 +383,8 @@ def _report(settings: SearchSettings, run_dir: Path, alloc: Allocation, *, task:
         f"MACs, {100 * alloc.costs['params'] / problem.dense_costs['params']:.1f}% params; "
         f"validation {task.describe(val)}, test {task.describe(test)} "
         f"(dense: test {task.describe(dense_val['test'])}), {_scored_after(task, settings)}.\n"
-        f"run folder: {run_dir}  (study.db, best.json, pruned.pt, pareto.png, summary.json"
+        f"run folder: {run_dir}  (study.db, best.json, pruned.pt"
+        + (", pruned.pt2" if program else "") + ", pareto.png, summary.json"
         + (", front.json)" if pareto else ")"))
     if check and not check.met:
         console.print(
@@ -348,6 +394,18 @@ def _report(settings: SearchSettings, run_dir: Path, alloc: Allocation, *, task:
             "measurements; rebuild the table when it is quiet (autoprune profile), or ask for "
             "a little more latency.")
     return summary
+
+
+def _save_program(pruned: nn.Module, example: torch.Tensor, path: Path,
+                  console: Console) -> str | None:
+    """The chosen network as a ``torch.export`` program (loads without autoprune or the
+    model's code); a model torch.export cannot take gets a note, and the run goes on."""
+    try:
+        export_program(pruned, Device().inputs(example), path)
+    except ExportError as err:
+        console.print(f"[yellow]note:[/] no pruned.pt2: {err}", highlight=False)
+        return None
+    return str(path)
 
 
 def _scored_after(task: Task, settings: SearchSettings) -> str:
@@ -417,7 +475,9 @@ def pick(run_dir: str | Path, target: str | Sequence[str], *, cache_dir: Path | 
     saved = read_run_settings(run_dir)
     targets = parse_targets(target)
     task = _load_task(saved["model"], saved["data"], image_size=saved["image_size"],
-                      width_mult=saved["width_mult"], cache_dir=cache_dir, progress=False)
+                      width_mult=saved["width_mult"], cache_dir=cache_dir, progress=False,
+                      model_args=tuple(saved.get("model_args", ())),
+                      weights=saved.get("weights"))
     model = task.model
     evaluator = task.evaluator(calib_batches=saved["calib_batches"],
                                finetune_steps=saved["finetune_steps"], seed=saved["seed"])

@@ -5,6 +5,9 @@
     best.json       the chosen network: how the dense model is built, per-unit channels,
                     costs, metrics, budgets (and, with a latency budget, what was measured)
     pruned.pt       its weights (loaded with ``weights_only=True``)
+    pruned.pt2      the same network as a ``torch.export`` program (``torch.export.load``
+                    runs it without autoprune or the model's code; absent when the model
+                    cannot be exported, with a note)
     pick-*.json/.pt networks chosen later by ``autoprune pick``; ``ofa extract`` writes the
                     same form for a sub-network
     summary.json, front.json, pareto.png   reports
@@ -41,8 +44,9 @@ def write_json(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
-def check_run_folder(run_dir: Path, identity: Mapping[str, Any]) -> None:
-    """Record ``identity`` in a new run folder, or refuse to resume one holding another."""
+def check_run_folder(run_dir: Path, identity: Mapping[str, Any], *, write: bool = True) -> None:
+    """Record ``identity`` in a new run folder (``write=False``: not yet), or refuse to resume
+    one holding another."""
     path = run_dir / "run.json"
     if path.exists():
         try:
@@ -57,7 +61,8 @@ def check_run_folder(run_dir: Path, identity: Mapping[str, Any]) -> None:
                               f"{diff}); resume it with the same options or choose another "
                               "--run-dir")
         return
-    write_json(path, {"format": RUN_FORMAT, "settings": dict(identity)})
+    if write:
+        write_json(path, {"format": RUN_FORMAT, "settings": dict(identity)})
 
 
 def read_run_settings(run_dir: Path) -> dict[str, Any]:

@@ -32,7 +32,9 @@ def slug(text: str) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class ModelSource:
-    """What to prune: a zoo model on a data source, at an input resolution and width."""
+    """What to prune: a zoo model, or a user's factory (``file.py:fn``, ``package.module:fn``,
+    called with ``model_args``, each ``name=value``, and loaded with ``weights``), on a data
+    source, at an input resolution and width (a zoo model's)."""
 
     # VGG-11: its dense latency at batch 1 on one thread is well above the 10 ms of the headline
     # `autoprune search --target latency=10ms` on our 2-core hosts, and it trains to ~98.6% on
@@ -44,6 +46,17 @@ class ModelSource:
     # The output tensor pruning must keep (a ModelOutput field, dict key or tuple position;
     # None: the first tensor).
     output: str | None = None
+    model_args: tuple[str, ...] = ()
+    weights: str | None = None
+    # One sample's input shape (no batch), for when no data gives it (profile, latency).
+    input_shape: tuple[int, ...] | None = None
+
+    def recorded(self) -> dict[str, Any]:
+        """The fields a run folder records: the options left at their defaults are left out,
+        so folders made before them still resume."""
+        optional = {"output": None, "model_args": (), "weights": None, "input_shape": None}
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()
+                if k not in optional or v != optional[k]}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,8 +136,7 @@ class SearchSettings:
     def identity(self) -> dict[str, Any]:
         """What a run folder records and a resume must match (flat, as run.json has always
         held it)."""
-        source = {k: v for k, v in asdict(self.source).items() if k != "output" or v is not None}
-        flat: dict[str, Any] = {**source, "targets": list(self.targets),
+        flat: dict[str, Any] = {**self.source.recorded(), "targets": list(self.targets),
                                 "agent": self.agent, "seed": self.seed,
                                 "round_to": self.space.round_to, "min_ratio": self.space.min_ratio,
                                 **asdict(self.scoring)}
@@ -144,7 +156,9 @@ class SearchSettings:
 
     def default_run_dir(self) -> Path:
         kind = "" if self.objective == "accuracy" else f"-{self.objective}"
-        return Path("runs") / (f"{self.source.model}-{self.source.data}-"
+        model = slug(self.source.model.rpartition(":")[2]) if ":" in self.source.model \
+            else self.source.model
+        return Path("runs") / (f"{model}-{slug(self.source.data)}-"
                                f"{slug('_'.join(self.targets))}-{self.agent}{kind}-s{self.seed}")
 
 

@@ -349,10 +349,11 @@ def _summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def league_table(result: Mapping[str, Any]) -> Table:
     s = result["settings"]
-    latency = result["budget"]["metric"] == "latency_ms"
-    table = Table(title=f"agents league: {s['model']} on {s['data']} ({s['image_size']}px), "
-                        f"{s['target']}, {s['trials']} evaluations, seeds {s['seeds']}")
     metric = result.get("metric", "accuracy")
+    latency = result["budget"]["metric"] == "latency_ms"
+    where = f"{s['data']} ({s['image_size']}px)" if metric == "accuracy" else s["data"]
+    table = Table(title=f"agents league: {s['model']} on {where}, "
+                        f"{s['target']}, {s['trials']} evaluations, seeds {s['seeds']}")
     short = "acc" if metric == "accuracy" else metric
     cols = ["agent", f"best val {short}", f"test {short} of best",
             f"val after {s['finetune_steps']}-step fine-tune", "test after fine-tune", "evals to beat uniform",

@@ -41,7 +41,8 @@ from autoprune.latency.device import Device, describe_device, resolve_clock
 from autoprune.latency.measure import (make_runner, pinned_threads,
                                time_calls)
 from autoprune.latency.table import LatencyTable, ProfilePlan
-from autoprune.zoo.models import build_model
+from autoprune.zoo.models import available_models
+from autoprune.zoo.tasks import zoo_architecture
 from autoprune.latency.roofline import RooflineCost
 from autoprune.search_spaces import SearchSpace, make_space
 
@@ -104,8 +105,10 @@ def scores(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
 
 def run_model(name: str, s: Settings, roof: RooflineCost, console: Console) -> dict[str, Any]:
     torch.manual_seed(0)
-    model = build_model(name, in_channels=1, num_classes=10, input_size=s.image_size).eval()
-    x = torch.randn(s.batch, 1, s.image_size, s.image_size)
+    # the zoo model on its own data's inputs (digits images; python-stdlib ids for chargpt)
+    data = "python-stdlib" if name in available_models("text") else "digits"
+    model, example = zoo_architecture(name, data, image_size=s.image_size)
+    x = Device(batch=s.batch).inputs(example)[0]
     space = make_space("channel", model, x[:1])
     load_before = load()
     table = LatencyTable.build(model, x, space=space,

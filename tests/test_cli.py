@@ -62,6 +62,50 @@ def test_run_folder_holds_study_choice_model_and_plot(finished_run: tuple[Path, 
     assert sum(p.numel() for p in model.parameters()) == summary["best"]["costs"]["params"]
 
 
+def test_the_chosen_network_loads_as_an_exported_program_without_autoprune(
+        finished_run: tuple[Path, dict]) -> None:
+    run_dir, summary = finished_run
+    assert summary["files"]["program"] == str(run_dir / "pruned.pt2")
+    # a fresh interpreter with torch alone: no autoprune, no model code
+    script = ("import sys, torch; sys.modules['autoprune'] = None; "
+              f"m = torch.export.load({str(run_dir / 'pruned.pt2')!r}).module(); "
+              "print(tuple(m(torch.zeros(4, 1, 8, 8)).shape))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300, cwd=run_dir)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "(4, 10)"  # any batch, not only the traced one
+    expected = autoprune.load_pruned(run_dir)(torch.zeros(4, 1, 8, 8))
+    program = torch.export.load(str(run_dir / "pruned.pt2")).module()
+    assert torch.allclose(program(torch.zeros(4, 1, 8, 8)), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("onnx", "m.onnx"), ("torchscript", "m.ts"),
+                                           ("exported-program", "m.pt2"), ("state_dict", "m.pt")])
+def test_export_writes_a_checked_file_in_each_format(finished_run: tuple[Path, dict], cache: Path,
+                                                     tmp_path: Path, fmt: str, name: str) -> None:
+    run_dir, _ = finished_run
+    out = _cli(["export", str(run_dir), "-o", str(tmp_path / name), "--json"], cache)
+    done = json.loads(out.stdout)
+    assert done["format"] == fmt and done["bytes"] == (tmp_path / name).stat().st_size > 0
+    if fmt == "state_dict":
+        assert done["max_abs_diff"] is None
+        state = torch.load(tmp_path / name, weights_only=True)
+        assert state.keys() == autoprune.load_pruned(run_dir).state_dict().keys()
+    else:
+        assert 0.0 <= done["max_abs_diff"] <= 1e-4 + 1e-3  # within the stated tolerance
+        assert "largest difference from torch" in " ".join(out.stderr.split())
+
+
+def test_export_refuses_what_it_cannot_write(finished_run: tuple[Path, dict], cache: Path,
+                                             tmp_path: Path) -> None:
+    run_dir, _ = finished_run
+    bad = _cli(["export", str(run_dir), "-o", str(tmp_path / "m.bin"), "--format", "tflite"],
+               cache, check=False)
+    assert bad.returncode == 2 and "choose one of onnx, torchscript" in " ".join(bad.stderr.split())
+    missing = _cli(["export", str(tmp_path), "-o", str(tmp_path / "m.onnx")], cache, check=False)
+    assert missing.returncode == 2 and "best.json" in missing.stderr
+
+
 def test_every_trial_in_the_study_meets_the_budget(finished_run: tuple[Path, dict]) -> None:
     import optuna
 
@@ -133,3 +177,16 @@ def test_lists_models_and_agents() -> None:
     agents = subprocess.run([sys.executable, "-m", "autoprune.cli", "agents"], capture_output=True,
                             text=True, check=True).stdout
     assert "random" in agents and "uniform" in agents
+
+
+def test_a_dense_network_within_every_budget_is_said_so_and_not_searched(
+        finished_run: tuple[Path, dict], cache: Path, tmp_path: Path) -> None:
+    # A budget the dense network meets, predicted and measured (seconds, on any host).
+    out = _cli(["search", *SMALL, "--target", "latency=10s", "--target", "flops=100%",
+                "--trials", "5", "--run-dir", str(tmp_path / "r"), "--json", "--no-progress"],
+               cache)
+    summary = json.loads(out.stdout)
+    assert summary["dense_meets_budgets"] is True and summary["trials"] == 0
+    assert summary["dense"]["measured"]["latency_ms"] < 10_000
+    assert "already meets every budget" in " ".join(out.stderr.split())
+    assert not (tmp_path / "r" / "best.json").exists()  # nothing was chosen: nothing to prune

@@ -32,6 +32,14 @@ TARGET_HELP = (
 )
 # The same three options on profile, search and latency: what a latency refers to.
 BATCH_HELP = "Batch size a latency is for."
+MODEL_HELP = ("Zoo model (autoprune models lists them), or your own: path/to/file.py:factory or "
+              "package.module:factory, a callable returning an nn.Module.")
+MODEL_ARG_HELP = ("Keyword argument of your factory, name=value (repeatable; values read as "
+                  "Python literals where they parse, else strings).")
+WEIGHTS_HELP = ("Weights of your model (torch.load with weights_only=True): a state dict, or a "
+                "dict holding one under 'state_dict' or 'model'. Without: a baseline is trained "
+                "and cached.")
+INPUT_SHAPE_HELP = "One sample's input shape without the batch, e.g. 3x32x32 (default: the data's)."
 DATA_HELP = ("Data source: digits (scikit-learn's images, embedded) or python-stdlib (the text of "
              "this Python's standard library, for --model chargpt; scored by loss).")
 THREADS_HELP = "CPU threads a latency is for (torch.set_num_threads / intra_op_num_threads)."
@@ -50,6 +58,24 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def _source(model: str, data: str, image_size: int, width_mult: float, *,
+            output: str | None = None, model_arg: list[str] | None = None,
+            weights: Path | None = None, input_shape: str | None = None) -> ModelSource:
+    """The ModelSource of a command's options (the input shape parsed here, lazily)."""
+    shape = None
+    if input_shape:
+        from autoprune.user_model import parse_input_shape
+
+        shape = parse_input_shape(input_shape)
+    where, colon, name = model.rpartition(":")
+    if colon and (where.endswith(".py") or "/" in where):  # a file: recorded by absolute path
+        model = f"{Path(where).expanduser().resolve()}:{name}"
+    return ModelSource(model=model, data=data, image_size=image_size, width_mult=width_mult,
+                       output=output, model_args=tuple(model_arg or ()),
+                       weights=str(Path(weights).expanduser().resolve()) if weights else None,
+                       input_shape=shape)
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from autoprune.api import SearchError
     from autoprune.latency.device import BackendError
@@ -60,7 +86,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 @app.command()
 def search(
     target: Annotated[list[str], typer.Option("--target", "-t", metavar="BUDGET", help=TARGET_HELP)] = list(_S.targets),  # noqa: B006
-    model: Annotated[str, typer.Option(help="Zoo model (autoprune models lists them).")] = _S.source.model,
+    model: Annotated[str, typer.Option(help=MODEL_HELP)] = _S.source.model,
+    model_arg: Annotated[list[str] | None, typer.Option("--model-arg", metavar="NAME=VALUE", help=MODEL_ARG_HELP)] = None,
+    weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
     data: Annotated[str, typer.Option(help=DATA_HELP)] = _S.source.data,
     agent: Annotated[str, typer.Option(
         help="Search agent (autoprune agents lists them); 'a+b' chains two, e.g. erk+tpe: "
@@ -124,8 +152,8 @@ def search(
 
     try:
         settings = SearchSettings(
-            source=ModelSource(model=model, data=data, image_size=image_size,
-                               width_mult=width_mult, output=output),
+            source=_source(model, data, image_size, width_mult, output=output,
+                           model_arg=model_arg, weights=weights),
             space=SpaceSettings(round_to=round_to, min_ratio=min_ratio),
             scoring=ScoringSettings(calib_batches=calib_batches, finetune_steps=finetune_steps),
             device=Device(batch=batch, threads=threads, backend=backend,
@@ -168,7 +196,9 @@ def pick(
 
 @app.command()
 def train(
-    model: Annotated[str, typer.Option(help="Zoo model (autoprune models lists them).")] = "vgg11",
+    model: Annotated[str, typer.Option(help=MODEL_HELP)] = "vgg11",
+    model_arg: Annotated[list[str] | None, typer.Option("--model-arg", metavar="NAME=VALUE", help=MODEL_ARG_HELP)] = None,
+    weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
     data: Annotated[str, typer.Option(help=DATA_HELP)] = "digits",
     image_size: Annotated[int, typer.Option(min=8, help="Input resolution.")] = 32,
     width_mult: Annotated[float, typer.Option(min=0.05, help="Width multiplier.")] = 1.0,
@@ -199,6 +229,12 @@ def train(
             _, _, record = load_or_train_language_baseline(
                 model, width_mult=width_mult, cache_dir=cache_dir, retrain=retrain,
                 max_steps=max_steps)
+        elif ":" in model:  # a factory of the user's: weights given, or trained and cached
+            from autoprune.zoo.tasks import load_task
+
+            record = load_task(model, data, image_size=image_size, epochs=epochs,
+                               cache_dir=cache_dir, model_args=tuple(model_arg or ()),
+                               weights=str(weights) if weights else None).baseline
         else:
             if max_steps is not None:
                 _fail("--max-steps is for text; images train for --epochs")
@@ -224,7 +260,10 @@ def train(
 
 @app.command()
 def profile(
-    model: Annotated[str, typer.Option(help="Zoo model (autoprune models lists them).")] = _P.source.model,
+    model: Annotated[str, typer.Option(help=MODEL_HELP)] = _P.source.model,
+    model_arg: Annotated[list[str] | None, typer.Option("--model-arg", metavar="NAME=VALUE", help=MODEL_ARG_HELP)] = None,
+    weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
+    input_shape: Annotated[str | None, typer.Option(help=INPUT_SHAPE_HELP)] = None,
     data: Annotated[str, typer.Option(help=DATA_HELP + " It gives the input shape.")] = _P.source.data,
     batch: Annotated[int, typer.Option(min=1, help=BATCH_HELP)] = _P.device.batch,
     threads: Annotated[int, typer.Option(min=1, help=THREADS_HELP)] = _P.device.threads,
@@ -249,8 +288,8 @@ def profile(
 
     try:
         settings = ProfileSettings(
-            source=ModelSource(model=model, data=data, image_size=image_size,
-                               width_mult=width_mult),
+            source=_source(model, data, image_size, width_mult, model_arg=model_arg,
+                           weights=weights, input_shape=input_shape),
             space=SpaceSettings(round_to=round_to, min_ratio=min_ratio),
             device=Device(batch=batch, threads=threads, backend=backend,
                           clock=None if clock == "auto" else clock),
@@ -271,7 +310,10 @@ def profile(
 
 @app.command()
 def latency(
-    model: Annotated[str, typer.Option(help="Zoo model (autoprune models lists them).")] = _L.source.model,
+    model: Annotated[str, typer.Option(help=MODEL_HELP)] = _L.source.model,
+    model_arg: Annotated[list[str] | None, typer.Option("--model-arg", metavar="NAME=VALUE", help=MODEL_ARG_HELP)] = None,
+    weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
+    input_shape: Annotated[str | None, typer.Option(help=INPUT_SHAPE_HELP)] = None,
     config: Annotated[Path | None, typer.Option(
         help="A run's best.json (or run folder): measure its pruned network instead of the dense one.")] = None,
     data: Annotated[str, typer.Option(help=DATA_HELP + " It gives the input shape.")] = _L.source.data,
@@ -292,8 +334,8 @@ def latency(
 
     try:
         settings = LatencySettings(
-            source=ModelSource(model=model, data=data, image_size=image_size,
-                               width_mult=width_mult),
+            source=_source(model, data, image_size, width_mult, model_arg=model_arg,
+                           weights=weights, input_shape=input_shape),
             device=Device(batch=batch, threads=threads, backend=backend,
                           clock=None if clock == "auto" else clock),
             config=config, warmup=warmup, repeats=repeats, lut=lut)
@@ -312,6 +354,38 @@ def latency(
     typer.echo(f"{net['model']} ({what}): median {result['median_ms']:.2f} ms (p10 "
                f"{result['p10_ms']:.2f}, p90 {result['p90_ms']:.2f}) on "
                f"{describe_device(result['device'])}{wall}{pred}")
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="A run folder (its best.json), or a chosen-network "
+                                             "JSON: pick-*.json, or an ofa extract result.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="File to write.")],
+    fmt: Annotated[str | None, typer.Option(
+        "--format", help="onnx, torchscript, exported-program (torch.export, .pt2) or "
+                         "state_dict; default: from the file's suffix (.onnx, .ts, .pt2, .pt), "
+                         "else onnx.")] = None,
+    atol: Annotated[float, typer.Option(min=0.0, help="Absolute tolerance of the check.")] = 1e-4,
+    rtol: Annotated[float, typer.Option(min=0.0, help="Relative tolerance of the check.")] = 1e-3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
+) -> None:
+    """Write a chosen network for deployment, checked against torch.
+
+    The exported network is run on random inputs of the recorded shape (onnxruntime for
+    onnx) and must reproduce the pruned torch network's output within atol + rtol x |output|.
+    """
+    from autoprune.export import ExportError, export_choice
+
+    try:
+        done = export_choice(run, output, fmt=fmt, atol=atol, rtol=rtol)
+    except (*_user_errors(), ExportError) as e:
+        _fail(str(e))
+    if as_json:
+        sys.stdout.write(json.dumps(done.summary(), indent=2) + "\n")
+    check = ("weights only" if done.max_abs_diff is None else
+             f"largest difference from torch {done.max_abs_diff:.2e} ({done.tolerance})")
+    err.print(f"wrote {done.path} ({done.format}, {done.bytes / 1e6:.3f} MB); {check}",
+              highlight=False)
 
 
 @app.command("models")

@@ -23,7 +23,8 @@ __all__ = ["latency", "profile", "table_summary"]
 def _zoo_model(source: ModelSource) -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     return zoo_architecture(source.model, source.data, image_size=source.image_size,
-                            width_mult=source.width_mult)
+                            width_mult=source.width_mult, model_args=source.model_args,
+                            weights=source.weights, input_shape=source.input_shape)
 
 
 def profile(settings: ProfileSettings, *, console: Console | None = None) -> dict[str, Any]:

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoprune.user_model import rebuild_user_model
+
 from .attention_models import CharGPT, ViT
 
 __all__ = [
@@ -399,7 +401,10 @@ def build_model(
 
 
 def build_model_from_spec(spec: Mapping[str, Any]) -> nn.Module:
-    """Rebuild the architecture recorded in a model's ``autoprune_spec`` (weights not included)."""
+    """Rebuild the architecture recorded in a model's ``autoprune_spec`` (weights not
+    included): a zoo model, or a user's factory (``autoprune.user_model``)."""
+    if "factory" in spec:
+        return rebuild_user_model(spec)
     try:
         return build_model(
             str(spec["name"]),
