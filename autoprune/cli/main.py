@@ -110,7 +110,7 @@ def search(
     round_to: Annotated[int, typer.Option(min=1, help="Channel counts are multiples of this.")] = _S.space.round_to,
     min_ratio: Annotated[float, typer.Option(min=0.01, max=1.0,
                                              help="Fewest channels a unit keeps, as a fraction.")] = _S.space.min_ratio,
-    image_size: Annotated[int, typer.Option(min=8, help="Input resolution (digits: 32 upsamples, 8 is native).")] = _S.source.image_size,
+    image_size: Annotated[int, typer.Option(min=8, help="Input resolution (digits are 8x8, upsampled to this).")] = _S.source.image_size,
     width_mult: Annotated[float, typer.Option(min=0.05, help="Width multiplier of the zoo model.")] = _S.source.width_mult,
     output: Annotated[str | None, typer.Option(
         help="The model output pruning must keep when it returns several (a ModelOutput field "
@@ -200,7 +200,7 @@ def train(
     model_arg: Annotated[list[str] | None, typer.Option("--model-arg", metavar="NAME=VALUE", help=MODEL_ARG_HELP)] = None,
     weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
     data: Annotated[str, typer.Option(help=DATA_HELP)] = "digits",
-    image_size: Annotated[int, typer.Option(min=8, help="Input resolution.")] = 32,
+    image_size: Annotated[int, typer.Option(min=8, help="Input resolution.")] = _S.source.image_size,
     width_mult: Annotated[float, typer.Option(min=0.05, help="Width multiplier.")] = 1.0,
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (images; default: per model).")] = None,
     max_steps: Annotated[int | None, typer.Option(
