@@ -136,3 +136,54 @@ def test_a_bad_user_model_is_one_error_before_any_work(user, tmp_path, args, mes
 def test_model_args_are_python_literals_or_strings() -> None:
     assert parse_model_args(["width=32", "ratio=0.5", "deep=True", "name=wide", "k=(1, 2)"]) == {
         "width": 32, "ratio": 0.5, "deep": True, "name": "wide", "k": (1, 2)}
+
+
+@pytest.fixture(scope="module")
+def npz_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Digits written as npz files, as a user's own data would come."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    root = tmp_path_factory.mktemp("npz")
+    digits = load_digits()
+    x, y = (digits.images * 16).clip(0, 255).astype(np.uint8), digits.target
+    np.savez(root / "own.npz", x=x[:1500], y=y[:1500], x_test=x[1500:], y_test=y[1500:])
+    np.savez(root / "nolabels.npz", images=x)
+    np.savez(root / "oneclass.npz", x=x[:50], y=np.zeros(50, dtype=np.int64))
+    np.savez(root / "rgb_last.npz", x=np.repeat(x[..., None], 3, axis=-1), y=y)
+    return root
+
+
+def test_a_search_on_an_npz_of_the_user_s_states_its_data(user, npz_files, tmp_path) -> None:  # noqa: ANN001
+    run_dir = tmp_path / "r"
+    out = _cli(["search", "--model", f"{user['file']}:make", "--data", str(npz_files / "own.npz"),
+                "--image-size", "8", "--trials", "2", "--run-dir", str(run_dir), "--json",
+                "--no-progress"], user)
+    data = json.loads(out.stdout)["data"]
+    assert data["split"] == {"train": 1275, "val": 225, "test": 297, "test_from": "x_test"}
+    assert data["scaled"] == "uint8 / 255" and data["layout"].startswith("N x H x W")
+    assert len(data["sha256"]) == 64 and data["path"] == str(npz_files / "own.npz")
+    assert autoprune.load_pruned(run_dir)(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+
+
+def test_an_npz_is_read_channels_last_and_split_when_it_has_no_test_arrays(npz_files) -> None:  # noqa: ANN001
+    from autoprune.zoo.data import load_npz_splits
+
+    data = load_npz_splits(npz_files / "rgb_last.npz", image_size=16)
+    assert data.in_channels == 3 and data.train_x.shape[1:] == (3, 16, 16)
+    assert data.about["split"]["test_from"] == "x (20%, seeded)"
+    assert len(data.train_y) + len(data.val_y) + len(data.test_y) == 1797
+    mean = data.train_x.mean(dim=(0, 2, 3))
+    assert torch.allclose(mean, torch.zeros(3), atol=1e-4)  # normalised on the training split
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("nolabels.npz", "needs x (images) and y (integer labels)"),
+    ("oneclass.npz", "a single class"),
+    ("missing.npz", "no such file"),
+])
+def test_a_bad_npz_is_one_error(user, npz_files, tmp_path, name, message) -> None:  # noqa: ANN001
+    out = _cli(["search", "--model", "resnet20", "--data", str(npz_files / name), "--image-size",
+                "8", "--trials", "2", "--run-dir", str(tmp_path / "r"), "--no-progress"], user,
+               check=False)
+    assert out.returncode == 2 and message in " ".join(out.stderr.split()), out.stderr[-1500:]

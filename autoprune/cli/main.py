@@ -40,8 +40,10 @@ WEIGHTS_HELP = ("Weights of your model (torch.load with weights_only=True): a st
                 "dict holding one under 'state_dict' or 'model'. Without: a baseline is trained "
                 "and cached.")
 INPUT_SHAPE_HELP = "One sample's input shape without the batch, e.g. 3x32x32 (default: the data's)."
-DATA_HELP = ("Data source: digits (scikit-learn's images, embedded) or python-stdlib (the text of "
-             "this Python's standard library, for --model chargpt; scored by loss).")
+DATA_HELP = ("Data source: digits (scikit-learn's images, embedded), python-stdlib (the text of "
+             "this Python's standard library, for --model chargpt; scored by loss), or "
+             "path/to/file.npz with arrays x (images) and y (labels), optionally x_test and "
+             "y_test (resized to --image-size, normalised per channel).")
 THREADS_HELP = "CPU threads a latency is for (torch.set_num_threads / intra_op_num_threads)."
 BACKEND_HELP = "Runtime a latency is for: torch (eager) or onnxruntime."
 CLOCK_HELP = ("How calls are timed: cpu (the calling thread's CPU time; unaffected by other "
@@ -70,6 +72,8 @@ def _source(model: str, data: str, image_size: int, width_mult: float, *,
     where, colon, name = model.rpartition(":")
     if colon and (where.endswith(".py") or "/" in where):  # a file: recorded by absolute path
         model = f"{Path(where).expanduser().resolve()}:{name}"
+    if data.strip().endswith(".npz"):  # a file: recorded by absolute path
+        data = str(Path(data.strip()).expanduser().resolve())
     return ModelSource(model=model, data=data, image_size=image_size, width_mult=width_mult,
                        output=output, model_args=tuple(model_arg or ()),
                        weights=str(Path(weights).expanduser().resolve()) if weights else None,

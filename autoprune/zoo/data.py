@@ -15,14 +15,18 @@ statistic leaks from the held-out splits.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-__all__ = ["DataSplits", "SPLITS", "available_datasets", "load_data", "load_digits_splits"]
+__all__ = ["DataSplits", "SPLITS", "available_datasets", "load_data", "load_digits_splits",
+           "load_npz_splits"]
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -47,6 +51,9 @@ class DataSplits:
     num_classes: int
     in_channels: int
     image_size: int
+    # What results record about the data beyond its name (a file's path and hash, how it
+    # was scaled and normalised).
+    about: dict[str, Any] = field(default_factory=dict)
 
     def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(images, labels)`` of ``split`` (one of ``train``, ``val``, ``test``)."""
@@ -137,8 +144,88 @@ def available_datasets() -> list[str]:
     return list(_LOADERS)
 
 
+def _npz_images(x: np.ndarray, path: Path) -> tuple[torch.Tensor, str]:
+    """``x`` as float NCHW in [0, 1] (uint8 scaled by 1/255, floats kept), and its layout."""
+    if x.ndim == 3:
+        x, layout = x[:, None], "N x H x W (one channel)"
+    elif x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+        x, layout = np.moveaxis(x, -1, 1), "N x H x W x C (channels last)"
+    elif x.ndim == 4:
+        layout = "N x C x H x W"
+    else:
+        raise ValueError(f"{path}: x has shape {x.shape}; it must be images, N x C x H x W, "
+                         "N x H x W x C or N x H x W")
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        raise ValueError(f"{path}: x holds {x.dtype}, not numbers")
+    images = torch.from_numpy(np.ascontiguousarray(x)).float()
+    if x.dtype == np.uint8:
+        images = images / 255.0
+    return images, layout
+
+
+def load_npz_splits(path: str | Path, *, image_size: int = 32, seed: int = 0) -> DataSplits:
+    """Images and labels from an ``.npz`` with ``x`` and ``y`` (optionally ``x_test`` and
+    ``y_test``): resized to ``image_size`` (bilinear), the test split the file's own or 20% of
+    ``x``, the validation split 15% of the rest (both stratified and seeded), normalised per
+    channel with the training split's statistics."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"--data {path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except Exception as err:  # noqa: BLE001 - not an npz, or pickled objects
+        raise ValueError(f"--data {path} is not a readable .npz of arrays ({err})") from None
+    missing = [k for k in ("x", "y") if k not in arrays]
+    if missing or (("x_test" in arrays) != ("y_test" in arrays)):
+        raise ValueError(f"--data {path} has the arrays {sorted(arrays)}; it needs x (images) "
+                         "and y (integer labels), and optionally both x_test and y_test")
+    x, layout = _npz_images(arrays["x"], path)
+    labels = np.asarray(arrays["y"]).reshape(-1)
+    if not np.issubdtype(labels.dtype, np.integer) or len(labels) != len(x) or labels.min() < 0:
+        raise ValueError(f"--data {path}: y must hold one non-negative integer label per image "
+                         f"(x has {len(x)} images, y is {labels.dtype} of {len(labels)})")
+    classes = int(labels.max()) + 1
+    if len(np.unique(labels)) < 2:
+        raise ValueError(f"--data {path}: y holds a single class; a classifier needs two or more")
+    rng = np.random.default_rng(seed)
+    if "x_test" in arrays:
+        test_x, _ = _npz_images(arrays["x_test"], path)
+        test_y = np.asarray(arrays["y_test"]).reshape(-1).astype(np.int64)
+        if test_x.shape[1:] != x.shape[1:] or len(test_y) != len(test_x):
+            raise ValueError(f"--data {path}: x_test {tuple(test_x.shape)} / y_test "
+                             f"{len(test_y)} do not match x {tuple(x.shape)}")
+        trainval = np.arange(len(x))
+    else:
+        trainval, test = _stratified_split(labels, _TEST_FRACTION, rng, np.arange(len(labels)))
+        test_x, test_y = x[test], labels[test]
+    train, val = _stratified_split(labels, _VAL_FRACTION, rng, trainval)
+    if x.shape[-2:] != (image_size, image_size):
+        def resize(t: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(t, size=(image_size, image_size), mode="bilinear",
+                                 align_corners=False)
+        x, test_x = resize(x), resize(test_x)
+    mean = x[train].mean(dim=(0, 2, 3), keepdim=True)
+    std = x[train].std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    x, test_x = (x - mean) / std, (test_x - mean) / std
+    y = torch.from_numpy(labels.astype(np.int64))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return DataSplits(
+        name=f"npz-{path.stem}-{digest[:8]}", train_x=x[train], train_y=y[train], val_x=x[val],
+        val_y=y[val], test_x=test_x.contiguous(), test_y=torch.as_tensor(test_y),
+        num_classes=classes, in_channels=int(x.shape[1]), image_size=image_size,
+        about={"path": str(path.resolve()), "sha256": digest, "layout": layout,
+               "native_size": list(arrays["x"].shape[1:]), "resized_to": image_size,
+               "scaled": "uint8 / 255" if arrays["x"].dtype == np.uint8 else "as stored",
+               "normalised": "per channel, by the training split's mean and std",
+               "split": {"train": len(train), "val": len(val), "test": int(len(test_y)),
+                         "test_from": "x_test" if "x_test" in arrays else "x (20%, seeded)"}})
+
+
 def load_data(name: str, *, image_size: int = 32, seed: int = 0) -> DataSplits:
-    """Load an embedded dataset by name."""
+    """Load an embedded dataset by name, or an ``.npz`` file by its path."""
+    if name.strip().endswith(".npz"):
+        return load_npz_splits(name.strip(), image_size=image_size, seed=seed)
     key = name.strip().lower()
     if key not in _LOADERS:
         raise ValueError(f"unknown dataset {name!r}; available datasets: {', '.join(available_datasets())}")

@@ -71,7 +71,7 @@ class Task:
         """What results record about the data (a corpus's content hash and files)."""
         if isinstance(self.data, TextSplits):
             return self.data.info()
-        return {"name": self.data.name, "image_size": self.data.image_size}
+        return {"name": self.data.name, "image_size": self.data.image_size, **self.data.about}
 
     def describe(self, metrics: dict[str, float]) -> str:
         """``metrics`` (an evaluator's) as people read them."""
@@ -84,8 +84,15 @@ def _check_pair(model: str, data: str) -> tuple[str, str]:
     """The normalised names; a language model on images, or an image model on text, is one
     clear error."""
     name, source = model.strip().lower(), data.strip().lower()
+    if source.endswith(".npz"):  # a file of images: any image model reads it
+        source = data.strip()
+        if name in LANGUAGE_MODELS:
+            raise ValueError(f"{model} is a language model and {data} holds images; use --data "
+                             f"{' or '.join(TEXT_SOURCES)}")
+        return (model.strip() if is_factory(model) else name), source
     if source not in DATA_SOURCES:
-        raise ValueError(f"unknown data source {data!r}; available: {', '.join(DATA_SOURCES)}")
+        raise ValueError(f"unknown data source {data!r}; available: {', '.join(DATA_SOURCES)}, "
+                         "or a path/to/file.npz")
     if is_factory(model):
         if source in TEXT_SOURCES:
             raise ValueError(f"a model of your own reads images here: use --data "
