@@ -217,9 +217,20 @@ def _search(settings: SearchSettings, executor: Executor, run_dir: Path,
                       width_mult=src.width_mult, cache_dir=settings.cache_dir,
                       progress=settings.progress, model_args=src.model_args,
                       weights=src.weights)
-    evaluator = task.evaluator(calib_batches=settings.scoring.calib_batches,
-                               finetune_steps=settings.scoring.finetune_steps, seed=settings.seed)
+    try:
+        evaluator = task.evaluator(calib_batches=settings.scoring.calib_batches,
+                                   finetune_steps=settings.scoring.finetune_steps,
+                                   seed=settings.seed, user=settings.scoring.evaluator)
+    except ValueError as err:
+        raise SearchError(str(err)) from None
     model, metric = task.model, task.metric
+    if settings.scoring.evaluator:  # the user's metric decides: accuracy if it has one
+        try:
+            first = evaluator(copy.deepcopy(model))
+        except Exception as err:  # noqa: BLE001 - the user's function: one error, before work
+            raise SearchError(f"the evaluator {settings.scoring.evaluator} failed on the dense "
+                              f"model ({type(err).__name__}: {err})") from None
+        metric = "accuracy" if "accuracy" in first else "loss"
     check_run_folder(run_dir, settings.identity())
     example = task.example_inputs(1)
     table = table_info = None
@@ -256,7 +267,8 @@ def _search(settings: SearchSettings, executor: Executor, run_dir: Path,
                      pareto=settings.objective == "pareto", run_dir=run_dir,
                      progress=settings.progress, latency_table=table, device=settings.device,
                      executor=executor, reward=settings.reward, console=console)
-    return _report(settings, run_dir, alloc, task=task, evaluator=evaluator, dense_val=dense_val,
+    return _report(settings, run_dir, alloc, task=task, metric=metric, evaluator=evaluator,
+                   dense_val=dense_val,
                    table_info=table_info, console=console)
 
 
@@ -301,13 +313,13 @@ def _split_metrics(val: Mapping[str, float], test: Mapping[str, float]) -> dict[
 
 
 def _report(settings: SearchSettings, run_dir: Path, alloc: Allocation, *, task: Task,
-            evaluator: Evaluator, dense_val: Mapping[str, Any], table_info: Mapping[str, Any] | None,
+            metric: str, evaluator: Evaluator, dense_val: Mapping[str, Any], table_info: Mapping[str, Any] | None,
             console: Console) -> dict[str, Any]:
     """Score the chosen network on validation and test, write the run folder's files and
     print the tables people read."""
     problem, records, check, pareto = alloc.problem, list(alloc.trials), alloc.check, alloc.pareto
     assert problem is not None
-    model, metric = task.model, task.metric
+    model = task.model
     space, targets = alloc.space, parse_targets(settings.targets)
     pruned = space.apply(model, alloc.config)
     val = evaluator(pruned)  # recalibrates BN, as every candidate was scored
@@ -480,7 +492,8 @@ def pick(run_dir: str | Path, target: str | Sequence[str], *, cache_dir: Path | 
                       weights=saved.get("weights"))
     model = task.model
     evaluator = task.evaluator(calib_batches=saved["calib_batches"],
-                               finetune_steps=saved["finetune_steps"], seed=saved["seed"])
+                               finetune_steps=saved["finetune_steps"], seed=saved["seed"],
+                               user=saved.get("evaluator"))
     space = make_space(saved.get("space", "channel"), model, task.example_inputs(1),
                        round_to=saved["round_to"], min_ratio=saved["min_ratio"])
     problem = build_problem(space, targets)

@@ -8,11 +8,12 @@ expected. The built-in classification evaluator is ``autoprune.zoo.Classificatio
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from torch import nn
 
-__all__ = ["Evaluator", "FunctionEvaluator", "as_evaluator"]
+__all__ = ["BatchesEvaluator", "Evaluator", "FunctionEvaluator", "as_evaluator"]
 
 
 class Evaluator(ABC):
@@ -40,3 +41,28 @@ def as_evaluator(evaluate: Evaluator | Callable[[nn.Module], Mapping[str, float]
     if not callable(evaluate):
         raise TypeError("evaluate must be a callable model -> {'accuracy': ...} or {'loss': ...}")
     return FunctionEvaluator(evaluate)
+
+
+class BatchesEvaluator(Evaluator):
+    """A user's metric ``fn(model, batches) -> {"accuracy": ...} or {"loss": ...}`` over the
+    validation split's ``(inputs, targets)`` batches, after the built-in evaluator's
+    preparation (adaptive BatchNorm, the optional fine-tune); ``test(model)`` runs it over
+    the test split's batches, for the final report."""
+
+    def __init__(self, fn: Callable[[nn.Module, Iterable[Any]], Mapping[str, float]],
+                 base: Any, val: Sequence[Any], test: Sequence[Any], name: str) -> None:
+        self.fn, self.base, self.name = fn, base, name
+        self._val, self._test = list(val), list(test)
+
+    def _score(self, model: nn.Module, batches: Sequence[Any]) -> dict[str, float]:
+        out = self.fn(model.eval(), iter(batches))
+        if not isinstance(out, Mapping) or not ({"accuracy", "loss"} & set(out)):
+            raise TypeError(f"the evaluator {self.name} returned {out!r}; it must return a dict "
+                            "with 'accuracy' (higher is better) or 'loss' (lower is better)")
+        return {str(k): float(v) for k, v in out.items()}
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        return self._score(self.base.prepare(model), self._val)
+
+    def test(self, model: nn.Module, *, prepared: bool = True) -> dict[str, float]:
+        return self._score(model if prepared else self.base.prepare(model), self._test)

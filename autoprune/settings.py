@@ -72,10 +72,13 @@ class SpaceSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class ScoringSettings:
-    """How a candidate is scored: adaptive-BN batches, optional few-step fine-tune."""
+    """How a candidate is scored: adaptive-BN batches, optional few-step fine-tune, and the
+    metric (the built-in one, or a user's ``evaluator``)."""
 
     calib_batches: int = 16
     finetune_steps: int = 0
+    # A metric of the user's: file.py:fn or package.module:fn, fn(model, batches) -> dict.
+    evaluator: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,7 +144,8 @@ class SearchSettings:
         flat: dict[str, Any] = {**self.source.recorded(), "targets": list(self.targets),
                                 "agent": self.agent, "seed": self.seed,
                                 "round_to": self.space.round_to, "min_ratio": self.space.min_ratio,
-                                **asdict(self.scoring)}
+                                **{k: v for k, v in asdict(self.scoring).items()
+                                   if k != "evaluator" or v is not None}}
         if self.space.space != "channel":  # so run folders made before the registry resume
             flat["space"] = self.space.space
         if self.objective != "accuracy":  # so run folders made before Pareto searches resume

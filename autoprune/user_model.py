@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["UserModelError", "build_user_model", "is_factory", "load_weights",
+__all__ = ["UserModelError", "build_user_model", "is_factory", "load_callable", "load_weights",
            "parse_input_shape", "parse_model_args", "rebuild_user_model"]
 
 
@@ -69,19 +69,24 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _factory(spec: str) -> tuple[Callable[..., Any], dict[str, Any]]:
+def load_callable(spec: str, option: str = "--evaluator") -> Callable[..., Any]:
+    """The callable ``file.py:fn`` or ``package.module:fn`` names (errors name ``option``)."""
+    return _factory(spec, option)[0]
+
+
+def _factory(spec: str, option: str = "--model") -> tuple[Callable[..., Any], dict[str, Any]]:
     """The callable ``spec`` names, and what records where it came from."""
     where, _, name = spec.rpartition(":")
     if not where or not name.isidentifier():
-        raise UserModelError(f"--model {spec!r} is not file.py:factory or package.module:factory")
+        raise UserModelError(f"{option} {spec!r} is not file.py:fn or package.module:fn")
     if where.endswith(".py") or "/" in where or Path(where).is_file():
         path = Path(where).expanduser().resolve()
         if not path.is_file():
-            raise UserModelError(f"--model {spec!r}: {path} does not exist")
+            raise UserModelError(f"{option} {spec!r}: {path} does not exist")
         module_name = f"autoprune_user_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
         loader = importlib.util.spec_from_file_location(module_name, path)
         if loader is None or loader.loader is None:
-            raise UserModelError(f"--model {spec!r}: {path} is not a Python file")
+            raise UserModelError(f"{option} {spec!r}: {path} is not a Python file")
         module = importlib.util.module_from_spec(loader)
         sys.modules[module_name] = module  # so the model's classes pickle and export by name
         try:
@@ -94,7 +99,7 @@ def _factory(spec: str) -> tuple[Callable[..., Any], dict[str, Any]]:
         try:
             module = importlib.import_module(where)
         except Exception as err:  # noqa: BLE001
-            raise UserModelError(f"--model {spec!r}: cannot import {where} ({type(err).__name__}: "
+            raise UserModelError(f"{option} {spec!r}: cannot import {where} ({type(err).__name__}: "
                                  f"{err}); install the package or pass file.py:factory") from err
         file = getattr(module, "__file__", None)
         origin = {"factory": f"{where}:{name}",
@@ -102,7 +107,7 @@ def _factory(spec: str) -> tuple[Callable[..., Any], dict[str, Any]]:
     fn = getattr(module, name, None)
     if not callable(fn):
         found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
-        raise UserModelError(f"--model {spec!r}: {where} has no callable {name!r} (its callables: "
+        raise UserModelError(f"{option} {spec!r}: {where} has no callable {name!r} (its callables: "
                              f"{', '.join(found[:12]) or 'none'})")
     return fn, origin
 

@@ -187,3 +187,61 @@ def test_a_bad_npz_is_one_error(user, npz_files, tmp_path, name, message) -> Non
                 "8", "--trials", "2", "--run-dir", str(tmp_path / "r"), "--no-progress"], user,
                check=False)
     assert out.returncode == 2 and message in " ".join(out.stderr.split()), out.stderr[-1500:]
+
+
+METRICS = '''
+import torch
+import torch.nn.functional as F
+
+
+def top1(model, batches):
+    right = seen = 0
+    with torch.no_grad():
+        for x, y in batches:
+            right += int((model(x).argmax(1) == y).sum())
+            seen += len(y)
+    return {"accuracy": right / seen, "seen": seen}
+
+
+def nll(model, batches):
+    with torch.no_grad():
+        losses = [F.cross_entropy(model(x), y, reduction="sum") for x, y in batches]
+    return {"loss": float(sum(losses))}
+
+
+def nothing(model, batches):
+    return {"score": 1.0}
+'''
+
+
+@pytest.mark.parametrize("fn", ["top1", "nll"])
+def test_a_user_s_evaluator_scores_the_search(user, tmp_path, fn) -> None:  # noqa: ANN001
+    (tmp_path / "metrics.py").write_text(METRICS)
+    run_dir = tmp_path / "r"
+    out = _cli(["search", "--model", f"{user['file']}:make", "--weights", str(user["weights"]),
+                "--model-arg", "width=24", "--image-size", "8", "--trials", "3", "--evaluator",
+                f"{tmp_path / 'metrics.py'}:{fn}", "--run-dir", str(run_dir), "--json",
+                "--no-progress"], user)
+    best = json.loads(out.stdout)["best"]["metrics"]
+    settings = json.loads((run_dir / "run.json").read_text())["settings"]
+    assert settings["evaluator"] == f"{tmp_path / 'metrics.py'}:{fn}"
+    if fn == "top1":  # the whole validation split, batch by batch
+        from autoprune.zoo.data import load_data
+
+        assert best["seen"] == len(load_data("digits", image_size=8).val_y)
+        assert 0.0 <= best["accuracy"] <= 1.0
+    else:  # a loss: the best trial is the lowest
+        from autoprune.study import StudyStore
+
+        losses = [r.metrics["loss"] for r in StudyStore.in_folder(run_dir).records() if not r.failed]
+        assert best["loss"] == pytest.approx(min(losses)) and "accuracy" not in best
+
+
+def test_an_evaluator_without_accuracy_or_loss_is_one_error(user, tmp_path) -> None:  # noqa: ANN001
+    (tmp_path / "metrics.py").write_text(METRICS)
+    out = _cli(["search", "--model", "resnet20", "--image-size", "8", "--width-mult", "0.5",
+                "--trials", "2", "--evaluator", f"{tmp_path / 'metrics.py'}:nothing",
+                "--run-dir", str(tmp_path / "r"), "--no-progress"], user, check=False)
+    text = " ".join(out.stderr.split())
+    assert out.returncode == 2 and "must return a dict with 'accuracy'" in text, text[-1500:]
+    assert not (tmp_path / "r" / "run.json").exists()

@@ -69,15 +69,23 @@ def _source(model: str, data: str, image_size: int, width_mult: float, *,
         from autoprune.user_model import parse_input_shape
 
         shape = parse_input_shape(input_shape)
-    where, colon, name = model.rpartition(":")
-    if colon and (where.endswith(".py") or "/" in where):  # a file: recorded by absolute path
-        model = f"{Path(where).expanduser().resolve()}:{name}"
+    model = _absolute(model) or model  # a file: recorded by absolute path
     if data.strip().endswith(".npz"):  # a file: recorded by absolute path
         data = str(Path(data.strip()).expanduser().resolve())
     return ModelSource(model=model, data=data, image_size=image_size, width_mult=width_mult,
                        output=output, model_args=tuple(model_arg or ()),
                        weights=str(Path(weights).expanduser().resolve()) if weights else None,
                        input_shape=shape)
+
+
+def _absolute(spec: str | None) -> str | None:
+    """``file.py:fn`` with the file by its absolute path (a run folder records it)."""
+    if not spec:
+        return spec
+    where, colon, name = spec.rpartition(":")
+    if colon and (where.endswith(".py") or "/" in where):
+        return f"{Path(where).expanduser().resolve()}:{name}"
+    return spec
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -119,6 +127,11 @@ def search(
     output: Annotated[str | None, typer.Option(
         help="The model output pruning must keep when it returns several (a ModelOutput field "
              "such as logits, a dict key or a tuple position; default: the first tensor).")] = _S.source.output,
+    evaluator: Annotated[str | None, typer.Option(
+        help="Your own metric: file.py:fn or package.module:fn, called as fn(model, batches) "
+             "with the validation split's (inputs, targets) batches; it returns a dict with "
+             "accuracy (higher is better) or loss (lower is better). Adaptive BN and "
+             "--finetune-steps run first.")] = None,
     calib_batches: Annotated[int, typer.Option(min=0, help="Training batches for adaptive BatchNorm.")] = _S.scoring.calib_batches,
     finetune_steps: Annotated[int, typer.Option(min=0, help="Fine-tune steps per candidate before scoring (SGD for images, AdamW for text).")] = _S.scoring.finetune_steps,
     executor: Annotated[str, typer.Option(
@@ -159,7 +172,8 @@ def search(
             source=_source(model, data, image_size, width_mult, output=output,
                            model_arg=model_arg, weights=weights),
             space=SpaceSettings(round_to=round_to, min_ratio=min_ratio),
-            scoring=ScoringSettings(calib_batches=calib_batches, finetune_steps=finetune_steps),
+            scoring=ScoringSettings(calib_batches=calib_batches, finetune_steps=finetune_steps,
+                                    evaluator=_absolute(evaluator)),
             device=Device(batch=batch, threads=threads, backend=backend,
                           clock=None if clock == "auto" else clock),
             executor=ExecutorSettings(executor=executor, workers=workers,

@@ -24,7 +24,9 @@ from dataclasses import asdict
 import hashlib
 import json
 
-from autoprune.user_model import UserModelError, build_user_model, is_factory, parse_model_args
+from autoprune.evaluator import BatchesEvaluator
+from autoprune.user_model import (UserModelError, build_user_model, is_factory, load_callable,
+                                  parse_model_args)
 
 from .data import DataSplits, available_datasets, load_data
 from .evaluate import ClassificationEvaluator
@@ -52,17 +54,28 @@ class Task:
     metric: str
     baseline: dict[str, Any]
 
-    def evaluator(self, *, calib_batches: int = 16, finetune_steps: int = 0,
-                  seed: int = 0) -> ClassificationEvaluator | LanguageModelEvaluator:
+    def evaluator(self, *, calib_batches: int = 16, finetune_steps: int = 0, seed: int = 0,
+                  user: str | None = None
+                  ) -> ClassificationEvaluator | LanguageModelEvaluator | BatchesEvaluator:
         """Scores on the validation split, after ``finetune_steps`` (with the optimizer the
         baseline was trained with) and, for images, adaptive BatchNorm on ``calib_batches``
-        training batches; ``test(model)`` for final reports."""
+        training batches; ``test(model)`` for final reports. ``user`` (``file.py:fn`` or
+        ``package.module:fn``) scores with ``fn(model, batches)`` over the split's
+        ``(inputs, targets)`` batches instead, after the same preparation."""
         if isinstance(self.data, TextSplits):
-            return LanguageModelEvaluator(self.data, finetune_steps=finetune_steps, seed=seed)
-        optimizer = str((self.baseline.get("recipe") or {}).get("optimizer", "sgd"))
-        return ClassificationEvaluator(self.data, calib_batches=calib_batches,
-                                       finetune_steps=finetune_steps,
-                                       finetune_optimizer=optimizer, seed=seed)
+            base: ClassificationEvaluator | LanguageModelEvaluator = LanguageModelEvaluator(
+                self.data, finetune_steps=finetune_steps, seed=seed)
+            val, test, size = base._val, base._test, 32
+        else:
+            optimizer = str((self.baseline.get("recipe") or {}).get("optimizer", "sgd"))
+            base = ClassificationEvaluator(self.data, calib_batches=calib_batches,
+                                           finetune_steps=finetune_steps,
+                                           finetune_optimizer=optimizer, seed=seed)
+            val, test, size = self.data.tensors("val"), self.data.tensors("test"), 256
+        if user is None:
+            return base
+        return BatchesEvaluator(load_callable(user), base, _batches(*val, size),
+                                _batches(*test, size), user)
 
     def example_inputs(self, batch: int = 1) -> torch.Tensor:
         return self.data.example_inputs(batch)
@@ -74,10 +87,12 @@ class Task:
         return {"name": self.data.name, "image_size": self.data.image_size, **self.data.about}
 
     def describe(self, metrics: dict[str, float]) -> str:
-        """``metrics`` (an evaluator's) as people read them."""
-        if self.metric == "accuracy":
+        """``metrics`` (an evaluator's, or a user's) as people read them."""
+        if "accuracy" in metrics:
             return f"accuracy {metrics['accuracy']:.4f}"
-        return f"loss {metrics['loss']:.4f} (perplexity {metrics['perplexity']:.3f})"
+        if "perplexity" in metrics:
+            return f"loss {metrics['loss']:.4f} (perplexity {metrics['perplexity']:.3f})"
+        return f"loss {metrics['loss']:.4f}"
 
 
 def _check_pair(model: str, data: str) -> tuple[str, str]:
@@ -210,3 +225,7 @@ def _user_task(factory: str, data: str, *, image_size: int, epochs: int | None,
         record = {**record, "cached": True}
     return Task(model=net.eval(), data=images, metric="accuracy",
                 baseline={**record, "weights_path": str(path)})
+
+
+def _batches(x: torch.Tensor, y: torch.Tensor, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(x), size)]
