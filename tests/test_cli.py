@@ -190,3 +190,40 @@ def test_a_dense_network_within_every_budget_is_said_so_and_not_searched(
     assert summary["dense"]["measured"]["latency_ms"] < 10_000
     assert "already meets every budget" in " ".join(out.stderr.split())
     assert not (tmp_path / "r" / "best.json").exists()  # nothing was chosen: nothing to prune
+
+
+def test_optuna_dashboard_serves_a_run_s_study(finished_run: tuple[Path, dict]) -> None:
+    # headless, on the loopback address, bounded in time: what README tells users to run
+    import shutil
+    import socket
+    import time
+    import urllib.request
+
+    run_dir, summary = finished_run
+    exe = shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent))
+    assert exe, "optuna-dashboard is in the dev extra"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([exe, f"sqlite:///{run_dir / 'study.db'}", "--host", "127.0.0.1",
+                               "--port", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline, body = time.monotonic() + 120, None
+        while time.monotonic() < deadline and body is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
+                    body = json.loads(r.read())
+            except OSError:
+                assert server.poll() is None, "the dashboard exited"
+                time.sleep(0.5)
+        assert body is not None, "the dashboard did not answer within 120 s"
+        (study,) = body["study_summaries"]
+        assert study["study_name"] == "autoprune" and study["directions"] == ["maximize"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study['study_id']}"
+                                    "?after=0", timeout=10) as r:
+            trials = json.loads(r.read())["trials"]
+        assert len(trials) == summary["trials"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
