@@ -223,7 +223,9 @@ def test_optuna_dashboard_serves_a_run_s_study(finished_run: tuple[Path, dict]) 
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study['study_id']}"
                                     "?after=0", timeout=10) as r:
             trials = json.loads(r.read())["trials"]
-        assert len(trials) == summary["trials"]
+        from autoprune.study import StudyStore  # other tests may have resumed this run
+
+        assert len(trials) == len(StudyStore.in_folder(run_dir).records()) >= summary["trials"]
     finally:
         server.terminate()
         server.wait(timeout=30)
