@@ -224,13 +224,15 @@ def _search(settings: SearchSettings, executor: Executor, run_dir: Path,
     except ValueError as err:
         raise SearchError(str(err)) from None
     model, metric = task.model, task.metric
+    dense_now = None
     if settings.scoring.evaluator:  # the user's metric decides: accuracy if it has one
+        dense_copy = copy.deepcopy(model)
         try:
-            first = evaluator(copy.deepcopy(model))
+            dense_now = {"val": evaluator(dense_copy), "test": evaluator.test(dense_copy)}
         except Exception as err:  # noqa: BLE001 - the user's function: one error, before work
             raise SearchError(f"the evaluator {settings.scoring.evaluator} failed on the dense "
                               f"model ({type(err).__name__}: {err})") from None
-        metric = "accuracy" if "accuracy" in first else "loss"
+        metric = "accuracy" if "accuracy" in dense_now["val"] else "loss"
     check_run_folder(run_dir, settings.identity())
     example = task.example_inputs(1)
     table = table_info = None
@@ -244,8 +246,10 @@ def _search(settings: SearchSettings, executor: Executor, run_dir: Path,
     store = StudyStore.in_folder(run_dir)
     dense_val = store.get_meta("dense_metrics")
     if dense_val is None:
-        dense_copy = copy.deepcopy(model)
-        dense_val = {"val": evaluator(dense_copy), "test": evaluator.test(dense_copy)}
+        if dense_now is None:
+            dense_copy = copy.deepcopy(model)
+            dense_now = {"val": evaluator(dense_copy), "test": evaluator.test(dense_copy)}
+        dense_val = dense_now
         store.set_meta("dense_metrics", dense_val)
     console.print(f"[bold]{src.model}[/] on {src.data}: dense validation "
                   f"{task.describe(dense_val['val'])}")
@@ -268,8 +272,7 @@ def _search(settings: SearchSettings, executor: Executor, run_dir: Path,
                      progress=settings.progress, latency_table=table, device=settings.device,
                      executor=executor, reward=settings.reward, console=console)
     return _report(settings, run_dir, alloc, task=task, metric=metric, evaluator=evaluator,
-                   dense_val=dense_val,
-                   table_info=table_info, console=console)
+                   dense_val=dense_val, table_info=table_info, console=console)
 
 
 def _dense_meets(settings: SearchSettings, model: nn.Module, example: torch.Tensor,

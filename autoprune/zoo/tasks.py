@@ -12,17 +12,15 @@ Both evaluators score on the validation split and keep ``test(model)`` for the f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-
-import time
-from dataclasses import asdict
-import hashlib
-import json
 
 from autoprune.evaluator import BatchesEvaluator
 from autoprune.user_model import (UserModelError, build_user_model, is_factory, load_callable,
@@ -198,15 +196,15 @@ def _user_task(factory: str, data: str, *, image_size: int, epochs: int | None,
         return Task(model=net, data=images, metric="accuracy",
                     baseline={"cached": False, "weights_path": net.autoprune_spec["weights"],
                               "epochs": None})
-    spec = net.autoprune_spec
-    key = hashlib.sha256(json.dumps([spec, data, image_size], sort_keys=True,
-                                    default=str).encode()).hexdigest()[:16]
-    path = Path(cache_dir or default_cache_dir()) / f"user_{key}_{data}_{image_size}px.pt"
+    spec = json.loads(json.dumps(net.autoprune_spec, default=str))  # as the sidecar holds it
+    key = hashlib.sha256(json.dumps([spec, images.name, image_size],
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    # images.name, not the --data text: an npz's path would put folders into the file name
+    path = Path(cache_dir or default_cache_dir()) / f"user_{key}_{images.name}_{image_size}px.pt"
     recipe = FALLBACK_RECIPE
 
     def accept(record: dict[str, Any]) -> bool:
-        return record.get("spec") == json.loads(json.dumps(spec, default=str)) and (
-            epochs is None or record.get("epochs") == epochs)
+        return record.get("spec") == spec and (epochs is None or record.get("epochs") == epochs)
 
     record = read_cached_baseline(net, path, path.with_suffix(".json"), accept)
     if record is None:
@@ -215,8 +213,7 @@ def _user_task(factory: str, data: str, *, image_size: int, epochs: int | None,
         metrics = train_model(net, images, epochs=n, lr=recipe.lr, batch_size=recipe.batch_size,
                               progress=progress, optimizer=recipe.optimizer)
         record = write_baseline(net, path, {
-            "spec": json.loads(json.dumps(spec, default=str)), "data": {"name": data,
-                                                                        "image_size": image_size},
+            "spec": spec, "data": {"name": images.name, "image_size": image_size},
             "epochs": n, "recipe": {**asdict(recipe), "epochs": n}, "metrics": metrics,
             "train_seconds": time.perf_counter() - started, "torch_version": torch.__version__,
             "created_unix": time.time()})
