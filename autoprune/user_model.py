@@ -65,6 +65,16 @@ def parse_input_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+#: Modules made from a user's files are named with this prefix (never importable elsewhere):
+#: executors that ship work to other processes pickle them by value (``user_modules``).
+USER_MODULE_PREFIX = "autoprune_user_"
+
+
+def user_modules() -> list[Any]:
+    """The modules loaded from a user's files in this process (factories, evaluators)."""
+    return [m for name, m in list(sys.modules.items()) if name.startswith(USER_MODULE_PREFIX)]
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -83,7 +93,7 @@ def _factory(spec: str, option: str = "--model") -> tuple[Callable[..., Any], di
         path = Path(where).expanduser().resolve()
         if not path.is_file():
             raise UserModelError(f"{option} {spec!r}: {path} does not exist")
-        module_name = f"autoprune_user_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
+        module_name = f"{USER_MODULE_PREFIX}{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
         loader = importlib.util.spec_from_file_location(module_name, path)
         if loader is None or loader.loader is None:
             raise UserModelError(f"{option} {spec!r}: {path} is not a Python file")

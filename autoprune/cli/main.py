@@ -43,7 +43,9 @@ INPUT_SHAPE_HELP = "One sample's input shape without the batch, e.g. 3x32x32 (de
 DATA_HELP = ("Data source: digits (scikit-learn's images, embedded), python-stdlib (the text of "
              "this Python's standard library, for --model chargpt; scored by loss), or "
              "path/to/file.npz with arrays x (images) and y (labels), optionally x_test and "
-             "y_test (resized to --image-size, normalised per channel).")
+             "y_test, or an image folder: one sub-folder per class of PNG/JPEG files, with "
+             "train/ val/ test/ sub-folders if you have them, read a batch at a time (both "
+             "resized to --image-size, normalised per channel).")
 THREADS_HELP = "CPU threads a latency is for (torch.set_num_threads / intra_op_num_threads)."
 BACKEND_HELP = "Runtime a latency is for: torch (eager) or onnxruntime."
 CLOCK_HELP = ("How calls are timed: cpu (the calling thread's CPU time; unaffected by other "
@@ -70,7 +72,8 @@ def _source(model: str, data: str, image_size: int, width_mult: float, *,
 
         shape = parse_input_shape(input_shape)
     model = _absolute(model) or model  # a file: recorded by absolute path
-    if data.strip().endswith(".npz"):  # a file: recorded by absolute path
+    if data.strip().endswith(".npz") or Path(data.strip()).expanduser().is_dir():
+        # a file or a folder of the user's: recorded by absolute path
         data = str(Path(data.strip()).expanduser().resolve())
     return ModelSource(model=model, data=data, image_size=image_size, width_mult=width_mult,
                        output=output, model_args=tuple(model_arg or ()),
@@ -250,9 +253,16 @@ def train(
         elif ":" in model:  # a factory of the user's: weights given, or trained and cached
             from autoprune.zoo.tasks import load_task
 
-            record = load_task(model, data, image_size=image_size, epochs=epochs,
-                               cache_dir=cache_dir, model_args=tuple(model_arg or ()),
-                               weights=str(weights) if weights else None).baseline
+            task = load_task(model, data, image_size=image_size, epochs=epochs,
+                             cache_dir=cache_dir, model_args=tuple(model_arg or ()),
+                             weights=str(weights) if weights else None)
+            record = task.baseline
+            if weights:  # trained already: scored, not trained again
+                from autoprune.zoo.train import evaluate_accuracy
+
+                scores = {f"{split}_{k}": v for split in ("val", "test") for k, v in zip(
+                    ("accuracy", "loss"), evaluate_accuracy(task.model, *task.data.tensors(split)))}
+                record = {**record, "metrics": scores, "trained": False}
         else:
             if max_steps is not None:
                 _fail("--max-steps is for text; images train for --epochs")
@@ -273,7 +283,9 @@ def train(
     metrics = record.get("metrics", record)
     err.print(f"{model} on {data}: " + ", ".join(
         f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-        + f"  ({'cached' if record.get('cached') else 'trained'}: {record.get('weights_path')})")
+        + (f"  (your weights, nothing trained: {record.get('weights_path')})"
+           if record.get("trained") is False else
+           f"  ({'cached' if record.get('cached') else 'trained'}: {record.get('weights_path')})"))
 
 
 @app.command()

@@ -43,8 +43,18 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 @app.command()
 def train(
-    model: Annotated[str, typer.Option(help="Zoo model (autoprune models lists them).")] = "resnet20",
-    data: Annotated[str, typer.Option(help="Dataset: 'digits' (scikit-learn, embedded).")] = "digits",
+    model: Annotated[str, typer.Option(help=(
+        "Zoo model (autoprune models lists them), or your own: path/to/file.py:factory or "
+        "package.module:factory (a callable returning an nn.Module)."))] = "resnet20",
+    data: Annotated[str, typer.Option(help=(
+        "digits (scikit-learn, embedded), path/to/file.npz (x, y, optional x_test/y_test) or "
+        "an image folder (one sub-folder per class; train/ val/ test/ if present)."))] = "digits",
+    model_arg: Annotated[list[str] | None, typer.Option(
+        "--model-arg", metavar="NAME=VALUE",
+        help="Keyword argument of your factory, repeatable (values are Python literals).")] = None,
+    weights: Annotated[Path | None, typer.Option(help=(
+        "Trained weights of your model (a state dict, or a dict holding one under "
+        "'state_dict' or 'model'); without, a baseline is trained here and cached."))] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Supernet folder (an unfinished one is resumed).")] = Path("supernet"),
     epochs: Annotated[int, typer.Option(min=1, help="Epochs of sandwich-rule training.")] = 10,
     random_widths: Annotated[int, typer.Option(min=0, help="Random widths per step, besides the largest and the smallest.")] = 2,
@@ -61,7 +71,8 @@ def train(
     progress: Annotated[bool, typer.Option(help="Show progress bars (stderr).")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
 ) -> None:
-    """Train an elastic-width supernet from the cached dense baseline.
+    """Train an elastic-width supernet from a trained dense network (a zoo model's cached
+    baseline, or your own model and data).
 
     Channels of every unit are sorted by importance, then each step trains the largest, the
     smallest and --random-widths random sub-networks (sandwich rule), the others distilled
@@ -71,7 +82,9 @@ def train(
     from autoprune.ofa.train import SupernetSettings, train_supernet
 
     try:
-        settings = SupernetSettings(model=model, data=data, image_size=image_size,
+        settings = SupernetSettings(model=model, data=data, model_args=tuple(model_arg or ()),
+                                    weights=str(weights) if weights else None,
+                                    image_size=image_size,
                                     width_mult=width_mult, round_to=round_to, min_ratio=min_ratio,
                                     epochs=epochs, lr=lr, random_widths=random_widths, seed=seed,
                                     calib_batches=calib_batches, samples=samples, output=output,

@@ -37,6 +37,7 @@ from ray import tune
 from autoprune.executors.base import Executor, TrialWork
 from autoprune.executors.tune_searcher import ERROR_KEY, AgentSearcher
 from autoprune.session import SearchSession
+from autoprune.user_model import user_modules
 
 
 __all__ = ["RayExecutor"]
@@ -111,6 +112,7 @@ class RayExecutor(Executor):
         if capacity < self.cpus_per_trial:
             raise ValueError(f"the Ray cluster has {capacity:g} CPUs; a trial asks for "
                              f"{self.cpus_per_trial:g} (--cpus-per-trial)")
+        _ship_user_code()
         searcher = AgentSearcher.for_session(session)
         searcher.defer_errors = True
         watch = _Watch(searcher, self.max_failures)
@@ -154,6 +156,7 @@ class RayExecutor(Executor):
             ) -> Iterator[tuple[int, Any | BaseException]]:
         """``fn(item)`` as Ray tasks, ``workers`` at a time, yielded as they finish."""
         self.start()
+        _ship_user_code()
         remote = ray.remote(num_cpus=self.cpus_per_trial, max_retries=self.max_failures)(_call)
         fn_ref = ray.put(fn)
         slots = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1)
@@ -259,6 +262,14 @@ def _remove_stale_storage() -> None:
             shutil.rmtree(path, ignore_errors=True)
         except OSError:  # alive (another user's): leave it
             pass
+
+
+def _ship_user_code() -> None:
+    """Classes and functions of a user's files (``--model file.py:fn``, ``--evaluator``) go to
+    the workers by value: their modules exist only in this process, so a reference to them
+    would not unpickle there."""
+    for module in user_modules():
+        ray.cloudpickle.register_pickle_by_value(module)
 
 
 def _probe(address: str) -> None:

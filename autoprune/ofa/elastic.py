@@ -274,8 +274,12 @@ class ElasticNet:
     derived: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def load(cls, path: str | Path, *, data: DataSplits | None = None) -> ElasticNet:
-        """Read a supernet folder (weights with ``weights_only=True``, metadata from JSON)."""
+    def load(cls, path: str | Path, *, data: DataSplits | None = None,
+             model: nn.Module | None = None) -> ElasticNet:
+        """Read a supernet folder (weights with ``weights_only=True``, metadata from JSON).
+        ``model`` (any instance of the architecture) and ``data`` are needed only for a
+        supernet trained from a module and data passed to the API: a zoo model or a user's
+        factory is rebuilt from its record, and a file or folder of data read again."""
         from autoprune.zoo.models import build_model_from_spec
 
         path = Path(path)
@@ -297,8 +301,24 @@ class ElasticNet:
                                 f"of {meta.get('training', {}).get('total_steps', '?')}). Fix: "
                                 f"resume it with `autoprune ofa train -o {path}` and the same "
                                 "options.")
-        model = build_model_from_spec(meta["model_spec"])
-        model.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu"))
+        spec = meta["model_spec"]
+        if model is not None:
+            model = copy.deepcopy(model)
+        elif "module" in spec:
+            raise SupernetError(f"the supernet in {path} was trained from a module of class "
+                                f"{spec['module']} passed to the API. Fix: Supernet.load({str(path)!r}, "
+                                "model=<an instance of it>)")
+        else:
+            model = build_model_from_spec(spec)
+        try:
+            model.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu"))
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[:2]
+            raise SupernetError(f"the model does not fit the supernet in {path}: "
+                                f"{' '.join(first)}") from None
+        if data is not None and meta.get("data_name", data.name) != data.name:
+            raise SupernetError(f"the supernet in {path} was trained on {meta['data_name']}, "
+                                f"not {data.name}. Fix: pass its own data")
         space = ChannelSpace.from_model(model.eval(), torch.zeros(meta["example_input_shape"]),
                                         round_to=meta["round_to"], min_ratio=meta["min_ratio"])
         samples_path = path / "samples.json"
@@ -313,7 +333,16 @@ class ElasticNet:
         if self.data_splits is None:
             from autoprune.zoo.data import load_data
 
-            self.data_splits = load_data(self.meta["data"], image_size=int(self.meta["image_size"]))
+            if self.meta.get("data_from_api"):
+                raise SupernetError(f"the supernet in {self.path} was trained on data passed to "
+                                    "the API. Fix: Supernet.load(path, data=<the same "
+                                    "DataSplits>)")
+            splits = load_data(self.meta["data"], image_size=int(self.meta["image_size"]))
+            if splits.name != self.meta.get("data_name", splits.name):
+                raise SupernetError(f"{self.meta['data']} has changed since the supernet in "
+                                    f"{self.path} was trained on it ({self.meta['data_name']}, "
+                                    f"now {splits.name}). Fix: restore it, or train again")
+            self.data_splits = splits
         return self.data_splits
 
     def calibration_batches(self, n: int | None = None) -> list[torch.Tensor]:

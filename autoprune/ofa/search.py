@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from autoprune.agents.evolution import EvolutionAgent, EvolutionConfig
+from autoprune.export import ExportError, export_program
 from autoprune.latency.cache import table_for_search
 from autoprune.latency.device import Device
 from autoprune.latency.measure import LatencyMeasurement, measure_latency
@@ -351,7 +352,8 @@ def _key(config: Mapping[str, int]) -> tuple[int, ...]:
 
 def save_subnetwork(extraction: Extraction, path: str | Path, supernet: ElasticNet) -> Path:
     """Write ``<path>.pt`` (weights) and ``<path>.json`` in the form of a search result, so
-    ``autoprune.load_pruned(path.parent, choice=path.stem)`` rebuilds the network."""
+    ``autoprune.load_pruned(path.parent, choice=path.stem)`` rebuilds the network, and
+    ``<path>.pt2``, the network as a ``torch.export`` program (no model code needed)."""
     path = Path(path)
     if path.suffix != ".pt":
         path = path.with_name(path.name + ".pt")
@@ -362,6 +364,12 @@ def save_subnetwork(extraction: Extraction, path: str | Path, supernet: ElasticN
                                         "seconds": extraction.seconds, "met": extraction.met}}
     if extraction.measured:
         extra["measured"] = extraction.measured
+    example = torch.zeros(meta["example_input_shape"])
+    try:
+        export_program(extraction.model, Device().inputs(example), path.with_suffix(".pt2"))
+        extra["program"] = path.with_suffix(".pt2").name
+    except ExportError as err:
+        extra["program_error"] = str(err)
     write_choice(path.with_suffix(".json"), model=meta["model_spec"], space=supernet.space,
                  data=meta["data"], example_inputs=torch.zeros(meta["example_input_shape"]),
                  config=extraction.config, costs=extraction.costs, budgets=extraction.budgets,

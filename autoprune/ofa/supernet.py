@@ -11,6 +11,7 @@ from torch import nn
 from autoprune.ofa.elastic import ElasticNet, SupernetError
 from autoprune.ofa.search import Extraction, front, specialise
 from autoprune.ofa.train import SupernetSettings, train_supernet
+from autoprune.zoo.data import DataSplits
 
 __all__ = ["Supernet"]
 
@@ -25,12 +26,16 @@ class Supernet(ElasticNet):
     """
 
     @classmethod
-    def train(cls, settings: SupernetSettings, *, until_step: int | None = None,
+    def train(cls, settings: SupernetSettings, *, model: nn.Module | None = None,
+              data: DataSplits | None = None, until_step: int | None = None,
               console: Any = None) -> Supernet:
-        """Train (or resume) a supernet as ``settings`` says and return it loaded; see
-        :func:`autoprune.ofa.train.train_supernet`."""
-        summary = train_supernet(settings, until_step=until_step, console=console)
-        return cls.load(summary["path"])  # type: ignore[return-value]
+        """Train (or resume) a supernet as ``settings`` says and return it loaded. ``model``
+        (a trained module of the user's) and ``data`` (``DataSplits``, e.g.
+        ``autoprune.zoo.data.load_data("path/to/folder")``) replace the settings' zoo model
+        and data source; see :func:`autoprune.ofa.train.train_supernet`."""
+        summary = train_supernet(settings, model=model, data=data, until_step=until_step,
+                                 console=console)
+        return cls.load(summary["path"], model=model, data=data)  # type: ignore[return-value]
 
     def specialise(self, targets: str | Sequence[str], **options: Any) -> list[Extraction]:
         """One sub-network per target (each may join budgets with commas: ``"latency=2ms,

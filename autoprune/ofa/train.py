@@ -20,6 +20,7 @@ split: the training set of the accuracy predictor (``autoprune.ofa.search``), sa
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -41,7 +42,9 @@ from autoprune.ofa.elastic import (SUPERNET_FORMAT, ElasticNet, SupernetError, W
                                    check_masking, sample_config, sort_channels)
 from autoprune.ofa.predictor import predictor_quality
 from autoprune.search_spaces import ChannelSpace
-from autoprune.zoo.train import evaluate_accuracy, load_or_train_baseline, random_shift
+from autoprune.zoo.data import is_data_path
+from autoprune.zoo.tasks import load_task
+from autoprune.zoo.train import evaluate_accuracy, random_shift
 
 __all__ = ["SupernetSettings", "score_configs", "train_supernet"]
 
@@ -51,8 +54,12 @@ class SupernetSettings:
     """Everything ``autoprune ofa train`` takes. Fields up to ``samples`` define the supernet:
     a folder refuses to resume with different values for them."""
 
+    # a zoo name, or a user's factory (path/to/file.py:fn or package.module:fn) with its
+    # keyword arguments (name=value) and weights (a trained baseline is made when absent)
     model: str = "resnet20"
-    data: str = "digits"
+    data: str = "digits"  # digits, an .npz, or an image folder
+    model_args: tuple[str, ...] = ()
+    weights: str | None = None
     image_size: int = 32
     width_mult: float = 1.0
     round_to: int = 8
@@ -81,9 +88,16 @@ class SupernetSettings:
             raise SupernetError("epochs and calib_batches must be >= 1, random_widths >= 0")
 
     def identity(self) -> dict[str, Any]:
+        """The fields that define the supernet; a user model's arguments and weights only when
+        given (folders of zoo models written before they existed stay resumable), and a path
+        of data made absolute."""
         d = asdict(self)
         keys = list(d)[: list(d).index("samples") + 1]
-        return {k: d[k] for k in keys}
+        out = {k: d[k] for k in keys if not (k == "model_args" and not d[k])
+               and not (k == "weights" and d[k] is None)}
+        if is_data_path(self.data):
+            out["data"] = str(Path(self.data).expanduser().resolve())
+        return out
 
 
 def _write_json(path: Path, payload: Any) -> None:
@@ -121,7 +135,20 @@ def _batch(data: DataSplits, step: int, steps_per_epoch: int, batch_size: int, s
     return random_shift(data.train_x[index], shift, gen), data.train_y[index]
 
 
-def _check_folder(out: Path, settings: SupernetSettings) -> dict[str, Any] | None:
+def _identity(settings: SupernetSettings, model: nn.Module | None,
+              data: DataSplits | None) -> dict[str, Any]:
+    """What a folder must match to be resumed: the settings, with a module or data passed to
+    the API named by its class and its data's name (which holds a file's hash)."""
+    want = json.loads(json.dumps(settings.identity(), default=str))
+    if model is not None:
+        want["model"] = getattr(model, "autoprune_spec", {}).get("factory") or (
+            f"module:{type(model).__module__}.{type(model).__qualname__}")
+    if data is not None:
+        want["data"] = data.name
+    return want
+
+
+def _check_folder(out: Path, want: dict[str, Any]) -> dict[str, Any] | None:
     path = out / "supernet.json"
     if not path.exists():
         if out.exists() and any(out.iterdir()):
@@ -133,7 +160,6 @@ def _check_folder(out: Path, settings: SupernetSettings) -> dict[str, Any] | Non
     except json.JSONDecodeError as err:
         raise SupernetError(f"{path} is corrupt ({err}); remove {out} or choose another -o") from None
     saved = meta.get("settings", {})
-    want = json.loads(json.dumps(settings.identity(), default=str))
     if saved != want:
         diff = {k: (saved.get(k), v) for k, v in want.items() if saved.get(k) != v}
         raise SupernetError(f"{out} holds a different supernet (saved vs now: {diff}); resume "
@@ -141,21 +167,51 @@ def _check_folder(out: Path, settings: SupernetSettings) -> dict[str, Any] | Non
     return meta
 
 
-def train_supernet(settings: SupernetSettings, *, until_step: int | None = None,
+def _start(settings: SupernetSettings, model: nn.Module | None, data: DataSplits | None
+           ) -> tuple[nn.Module, DataSplits, dict[str, Any]]:
+    """The trained dense network, its data and its baseline record: the API's own module and
+    data as given, or a zoo model's / a user factory's, from the cache or trained now."""
+    if data is None and model is None:
+        task = load_task(settings.model, settings.data, image_size=settings.image_size,
+                         width_mult=settings.width_mult, cache_dir=settings.cache_dir,
+                         progress=settings.progress, model_args=settings.model_args,
+                         weights=settings.weights)
+        if task.metric != "accuracy":
+            raise SupernetError(f"once-for-all trains image classifiers; {settings.model} on "
+                                f"{settings.data} is a language model. Fix: autoprune search "
+                                "prunes it")
+        return task.model, task.data, task.baseline  # type: ignore[return-value]
+    if data is None:
+        from autoprune.zoo.data import load_data
+
+        data = load_data(settings.data, image_size=settings.image_size)
+    if model is None:
+        raise SupernetError("Supernet.train(data=...) needs the trained model too (model=)")
+    if not isinstance(data, DataSplits):
+        raise SupernetError(f"data must be a DataSplits or a --data name, not {type(data).__name__}")
+    return copy.deepcopy(model).eval(), data, {"cached": False, "given": True}
+
+
+def train_supernet(settings: SupernetSettings, *, model: nn.Module | None = None,
+                   data: DataSplits | None = None, until_step: int | None = None,
                    console: Console | None = None) -> dict[str, Any]:
     """Train (or resume) the supernet into ``settings.output``, then score the predictor's
     sample sub-networks; returns the summary also saved in ``supernet.json``.
 
-    ``until_step`` stops training after that many steps (a checkpoint is written), to split a
-    long training over several sessions; calling again resumes.
+    ``model`` (a trained ``nn.Module``, never modified) and ``data`` (``DataSplits``) replace
+    ``settings.model`` and ``settings.data``; a folder trained from them is loaded again with
+    ``ElasticNet.load(path, model=..., data=...)`` unless the module came from
+    ``autoprune.user_model.build_user_model`` (its record rebuilds it). ``until_step`` stops
+    training after that many steps (a checkpoint is written), to split a long training over
+    several sessions; calling again resumes.
     """
     console = console or Console(stderr=True)
     out = Path(settings.output)
-    meta = _check_folder(out, settings)
+    want = _identity(settings, model, data)
+    meta = _check_folder(out, want)
+    data_from_api = data is not None
+    model, data, baseline = _start(settings, model, data)
     out.mkdir(parents=True, exist_ok=True)
-    model, data, baseline = load_or_train_baseline(
-        settings.model, settings.data, image_size=settings.image_size,
-        width_mult=settings.width_mult, cache_dir=settings.cache_dir, progress=settings.progress)
     example = data.example_inputs(1)
     space = ChannelSpace.from_model(model, example, round_to=settings.round_to,
                                     min_ratio=settings.min_ratio)
@@ -165,9 +221,12 @@ def train_supernet(settings: SupernetSettings, *, until_step: int | None = None,
         dense_val, _ = evaluate_accuracy(model, data.val_x, data.val_y)
         sort_channels(model, space)
         check_masking(model, space, seed=settings.seed)
-        meta = {"format": SUPERNET_FORMAT, "settings": json.loads(json.dumps(
-                    settings.identity(), default=str)),
-                "model_spec": dict(model.autoprune_spec), "data": settings.data,
+        spec = getattr(model, "autoprune_spec", None)
+        meta = {"format": SUPERNET_FORMAT, "settings": want,
+                "model_spec": json.loads(json.dumps(dict(spec), default=str)) if spec else
+                {"module": want["model"].removeprefix("module:")},
+                "data": want["data"], "data_name": data.name, "data_from_api": data_from_api,
+                "data_about": json.loads(json.dumps(data.about, default=str)),
                 "image_size": data.image_size, "example_input_shape": list(example.shape),
                 "round_to": settings.round_to, "min_ratio": settings.min_ratio,
                 "calib_batches": settings.calib_batches, "seed": settings.seed,
@@ -184,7 +243,7 @@ def train_supernet(settings: SupernetSettings, *, until_step: int | None = None,
         _train(model, space, data, settings, meta, out, until_step, console)
         if not meta["training"]["done"]:
             return _summary(out, meta)
-    supernet = ElasticNet.load(out, data=data)
+    supernet = ElasticNet.load(out, data=data, model=model)
     _sample(supernet, settings, meta, out, console)
     return _summary(out, meta)
 

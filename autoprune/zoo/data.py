@@ -8,6 +8,9 @@ example, test and benchmark runs offline.  The split is fixed and stratified:
   candidates here, so the reported test accuracy is not selected on (DESIGN.md, step 4);
 * ``train`` — what remains, used for baseline training and fine-tuning.
 
+A user's own data comes as an ``.npz`` (:func:`load_npz_splits`) or an image folder
+(:func:`load_image_folder`, read lazily by :mod:`autoprune.zoo.images`).
+
 Images are scaled to [0, 1], optionally upsampled (bilinear) to the resolution the CIFAR-style
 zoo was designed for, and normalised with the training split's mean and std only, so no
 statistic leaks from the held-out splits.
@@ -16,6 +19,7 @@ statistic leaks from the held-out splits.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-__all__ = ["DataSplits", "SPLITS", "available_datasets", "load_data", "load_digits_splits",
-           "load_npz_splits"]
+from .images import LazyImages, is_image_folder, read_image_folder
+
+__all__ = ["DataSplits", "SPLITS", "available_datasets", "is_data_path", "load_data",
+           "load_digits_splits", "load_image_folder", "load_npz_splits"]
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -39,7 +45,9 @@ _DIGITS_NATIVE_SIZE = 8
 # eq=False: the fields are tensors, whose == is elementwise and not a truth value.
 @dataclass(frozen=True, kw_only=True, eq=False)
 class DataSplits:
-    """Normalised image tensors ``(N, C, H, W)`` float32 and int64 labels for each split."""
+    """Normalised images ``(N, C, H, W)`` float32 and int64 labels for each split: tensors, or
+    for an image folder :class:`~autoprune.zoo.images.LazyImages`, which index like tensors and
+    decode a batch at a time."""
 
     name: str
     train_x: torch.Tensor
@@ -56,7 +64,8 @@ class DataSplits:
     about: dict[str, Any] = field(default_factory=dict)
 
     def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(images, labels)`` of ``split`` (one of ``train``, ``val``, ``test``)."""
+        """``(images, labels)`` of ``split`` (one of ``train``, ``val``, ``test``); the images
+        of an image folder are :class:`~autoprune.zoo.images.LazyImages`."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
         return getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
@@ -66,6 +75,8 @@ class DataSplits:
         images, labels = self.tensors(split)
         # A private generator keeps the order reproducible without touching global RNG state.
         generator = torch.Generator().manual_seed(seed)
+        if isinstance(images, LazyImages):  # a batch decoded at a time, in the same order
+            return _LazyLoader(images, labels, batch_size, shuffle, generator)  # type: ignore[return-value]
         return DataLoader(
             TensorDataset(images, labels),
             batch_size=batch_size,
@@ -76,6 +87,25 @@ class DataSplits:
     def example_inputs(self, batch: int = 1) -> torch.Tensor:
         """Zeros shaped like one input batch, for tracing and cost counting."""
         return torch.zeros(batch, self.in_channels, self.image_size, self.image_size)
+
+
+class _LazyLoader:
+    """Batches of an image folder's split, in the order a ``DataLoader`` would give them."""
+
+    def __init__(self, images: LazyImages, labels: torch.Tensor, batch_size: int,
+                 shuffle: bool, generator: torch.Generator) -> None:
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.shuffle, self.generator = shuffle, generator
+
+    def __len__(self) -> int:
+        return -(-len(self.images) // self.batch_size)
+
+    def __iter__(self):  # noqa: ANN204 - a generator of (images, labels)
+        n = len(self.images)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        for start in range(0, n, self.batch_size):
+            index = order[start:start + self.batch_size]
+            yield self.images[index], self.labels[index]
 
 
 def _stratified_split(
@@ -222,11 +252,29 @@ def load_npz_splits(path: str | Path, *, image_size: int = 32, seed: int = 0) ->
                          "test_from": "x_test" if "x_test" in arrays else "x (20%, seeded)"}})
 
 
+def load_image_folder(folder: str | Path, *, image_size: int = 32, seed: int = 0) -> DataSplits:
+    """An image folder (one sub-folder per class; see :mod:`autoprune.zoo.images`), read
+    lazily; its test split is the folder's ``test/`` or 20% of it, seeded."""
+    return DataSplits(**read_image_folder(folder, image_size=image_size, seed=seed,
+                                          stratify=_stratified_split))
+
+
+def is_data_path(text: str) -> bool:
+    """Whether ``--data`` names a file or folder of the user's (not an embedded source)."""
+    text = text.strip()
+    return text.endswith(".npz") or is_image_folder(text) or "/" in text or os.sep in text
+
+
 def load_data(name: str, *, image_size: int = 32, seed: int = 0) -> DataSplits:
-    """Load an embedded dataset by name, or an ``.npz`` file by its path."""
+    """Load an embedded dataset by name, an ``.npz`` file or an image folder by its path."""
+    if is_image_folder(name.strip()):
+        return load_image_folder(name.strip(), image_size=image_size, seed=seed)
     if name.strip().endswith(".npz"):
         return load_npz_splits(name.strip(), image_size=image_size, seed=seed)
     key = name.strip().lower()
+    if is_data_path(name):
+        raise ValueError(f"--data {name}: no such folder or .npz file. Fix: the path of an image "
+                         "folder (one sub-folder per class) or of an .npz with x and y")
     if key not in _LOADERS:
         raise ValueError(f"unknown dataset {name!r}; available datasets: {', '.join(available_datasets())}")
     return _LOADERS[key](image_size=image_size, seed=seed)

@@ -405,6 +405,10 @@ def build_model_from_spec(spec: Mapping[str, Any]) -> nn.Module:
     included): a zoo model, or a user's factory (``autoprune.user_model``)."""
     if "factory" in spec:
         return rebuild_user_model(spec)
+    if "module" in spec:
+        raise ValueError(f"this network was made from a module of class {spec['module']} passed "
+                         "to the Python API, so it cannot be rebuilt from its record. Fix: load "
+                         "its .pt2 with torch.export.load (no model code needed)")
     try:
         return build_model(
             str(spec["name"]),

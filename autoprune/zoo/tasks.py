@@ -26,7 +26,7 @@ from autoprune.evaluator import BatchesEvaluator
 from autoprune.user_model import (UserModelError, build_user_model, is_factory, load_callable,
                                   parse_model_args)
 
-from .data import DataSplits, available_datasets, load_data
+from .data import DataSplits, available_datasets, is_data_path, load_data
 from .evaluate import ClassificationEvaluator
 from .language import CONTEXT, LanguageModelEvaluator, load_or_train_language_baseline
 from .models import LANGUAGE_MODELS, build_model
@@ -97,7 +97,7 @@ def _check_pair(model: str, data: str) -> tuple[str, str]:
     """The normalised names; a language model on images, or an image model on text, is one
     clear error."""
     name, source = model.strip().lower(), data.strip().lower()
-    if source.endswith(".npz"):  # a file of images: any image model reads it
+    if is_data_path(data):  # an npz or an image folder: any image model reads it
         source = data.strip()
         if name in LANGUAGE_MODELS:
             raise ValueError(f"{model} is a language model and {data} holds images; use --data "
@@ -105,7 +105,7 @@ def _check_pair(model: str, data: str) -> tuple[str, str]:
         return (model.strip() if is_factory(model) else name), source
     if source not in DATA_SOURCES:
         raise ValueError(f"unknown data source {data!r}; available: {', '.join(DATA_SOURCES)}, "
-                         "or a path/to/file.npz")
+                         "a path/to/file.npz, or an image folder (one sub-folder per class)")
     if is_factory(model):
         if source in TEXT_SOURCES:
             raise ValueError(f"a model of your own reads images here: use --data "
