@@ -28,12 +28,13 @@ from autoprune.latency.verify import LatencyCheck, check_summary, verify_latency
 from autoprune.pareto import ParetoRange, front_summary
 from autoprune.problem import PruningProblem, build_problem
 from autoprune.report import front_table, latency_check_view, pareto_plot, trials_table, units_table
-from autoprune.run_folder import (check_run_folder, load_pruned, read_run_settings, unit_table,
-                                  write_choice, write_json)
+from autoprune.run_folder import (check_run_folder, describe_study, load_pruned, open_study,
+                                  read_run_settings, study_record, unit_table, write_choice,
+                                  write_json)
 from autoprune.search_spaces import SearchSpace, make_space
 from autoprune.session import PruneAndEvaluate, best_record, evaluate_point, run_search
 from autoprune.settings import OBJECTIVES, SearchSettings, slug
-from autoprune.study import StudyStore, TrialRecord
+from autoprune.study import StudyStore, TrialRecord, check_storage, masked
 from autoprune.targets import Budget, parse_targets
 from autoprune.zoo.tasks import Task, load_task
 from autoprune.zoo.train import default_cache_dir
@@ -91,12 +92,15 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
              pareto: bool = False, run_dir: str | Path | None = None, progress: bool = False,
              latency_table: LatencyTable | None = None, device: Device | None = None,
              executor: str | Executor = "local", reward: str = "acc",
-             console: Console | None = None) -> Allocation:
+             storage: str | None = None, console: Console | None = None) -> Allocation:
     """Find how many channels each unit of ``model`` keeps so that every budget of ``target``
     is met and ``evaluate(pruned)`` (a dict with ``accuracy`` or ``loss``) is best.
 
     ``model`` is never modified. With ``run_dir`` the study is kept in ``run_dir/study.db`` and
-    a repeated call resumes it; without, it lives in memory. A latency budget is costed with
+    a repeated call resumes it; without, it lives in memory. ``storage`` (with ``run_dir``)
+    keeps it in a shared database instead, an optuna RDB URL such as
+    ``postgresql+psycopg://user@host/db``, under a study name of the folder's own (a folder
+    whose run.json records a store uses that one). A latency budget is costed with
     ``latency_table`` (default: one built now for ``device``, default torch, 1 thread, batch 1)
     and the chosen network is measured on this machine (``Allocation.latency``). ``executor``:
     ``"local"`` (in this process), ``"ray"`` (a local Ray, one trial per CPU) or an executor
@@ -111,6 +115,12 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
     """
     evaluator = as_evaluator(evaluate)
     targets = parse_targets(target)
+    if storage is not None and run_dir is None:
+        raise SearchError("storage= needs a run_dir: a run's study in a shared database is "
+                          "named after its run folder")
+    record = study_record(Path(run_dir), storage) if run_dir else None
+    if record is not None:  # an unreachable database fails before any work
+        check_storage(record["storage"])
     _agent(agent, 1, seed=seed, pareto=pareto, reward=reward)  # bad names fail before any work
     searched = space if isinstance(space, SearchSpace) else make_space(
         space, model, example_inputs, round_to=round_to, min_ratio=min_ratio, output=output)
@@ -131,7 +141,7 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
                 console.print(f"[yellow]note:[/] {tight}", highlight=False)
         for note in getattr(searched, "notes", ()):
             console.print(f"[yellow]note:[/] {note}", highlight=False)
-    store = StudyStore.in_folder(Path(run_dir)) if run_dir else StudyStore.in_memory()
+    store = open_study(Path(run_dir), record) if run_dir else StudyStore.in_memory()
     if objective is None:
         objective = store.get_meta("objective") or _objective_of(evaluator(copy.deepcopy(model)))
     store.set_meta("objective", objective)
@@ -202,7 +212,10 @@ def search(settings: SearchSettings, *, console: Console | None = None) -> dict[
     run_dir.mkdir(parents=True, exist_ok=True)
     # Checked now; recorded once the model and data have loaded, so a bad --model or
     # --weights leaves no half-made run folder that the corrected command would refuse.
-    check_run_folder(run_dir, settings.identity(), write=False)
+    record = check_run_folder(run_dir, settings.identity(), write=False,
+                              storage=settings.storage)
+    if record is not None:  # an unreachable or unusable database fails before any work
+        check_storage(record["storage"])
     try:
         executor.start()  # an unreachable cluster fails here, before a baseline is trained
         return _search(settings, executor, run_dir, console)
@@ -233,7 +246,9 @@ def _search(settings: SearchSettings, executor: Executor, run_dir: Path,
             raise SearchError(f"the evaluator {settings.scoring.evaluator} failed on the dense "
                               f"model ({type(err).__name__}: {err})") from None
         metric = "accuracy" if "accuracy" in dense_now["val"] else "loss"
-    check_run_folder(run_dir, settings.identity())
+    record = check_run_folder(run_dir, settings.identity(), storage=settings.storage)
+    if record is not None:
+        console.print(describe_study(run_dir, record), highlight=False)
     example = task.example_inputs(1)
     table = table_info = None
     space = make_space(settings.space.space, model, example, round_to=settings.space.round_to,
@@ -243,7 +258,7 @@ def _search(settings: SearchSettings, executor: Executor, run_dir: Path,
             model, example, space, lut=settings.lut,
             cache_dir=Path(settings.cache_dir or default_cache_dir()), device=settings.device,
             console=console)
-    store = StudyStore.in_folder(run_dir)
+    store = open_study(run_dir, record)
     dense_val = store.get_meta("dense_metrics")
     if dense_val is None:
         if dense_now is None:
@@ -261,7 +276,9 @@ def _search(settings: SearchSettings, executor: Executor, run_dir: Path,
                        f"test_{metric}": dense_val["test"][metric]},
                        **({"measured": met["measured"]} if met["measured"] else {})},
                    "budgets_met": True, "dense_meets_budgets": True, "trials": 0,
-                   "run_dir": str(run_dir), "data": task.data_info()}
+                   "run_dir": str(run_dir), "data": task.data_info(),
+                   **({"study": {"storage": masked(record["storage"]), "name": record["name"]}}
+                      if record else {})}
         write_json(run_dir / "summary.json", summary)
         return summary
     alloc = allocate(model, example_inputs=example, target=settings.targets, evaluate=evaluator,
@@ -270,9 +287,10 @@ def _search(settings: SearchSettings, executor: Executor, run_dir: Path,
                      space=space, objective=metric,
                      pareto=settings.objective == "pareto", run_dir=run_dir,
                      progress=settings.progress, latency_table=table, device=settings.device,
-                     executor=executor, reward=settings.reward, console=console)
+                     executor=executor, reward=settings.reward,
+                     storage=record["storage"] if record else None, console=console)
     return _report(settings, run_dir, alloc, task=task, metric=metric, evaluator=evaluator,
-                   dense_val=dense_val, table_info=table_info, console=console)
+                   dense_val=dense_val, table_info=table_info, record=record, console=console)
 
 
 def _dense_meets(settings: SearchSettings, model: nn.Module, example: torch.Tensor,
@@ -317,7 +335,7 @@ def _split_metrics(val: Mapping[str, float], test: Mapping[str, float]) -> dict[
 
 def _report(settings: SearchSettings, run_dir: Path, alloc: Allocation, *, task: Task,
             metric: str, evaluator: Evaluator, dense_val: Mapping[str, Any], table_info: Mapping[str, Any] | None,
-            console: Console) -> dict[str, Any]:
+            console: Console, record: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Score the chosen network on validation and test, write the run folder's files and
     print the tables people read."""
     problem, records, check, pareto = alloc.problem, list(alloc.trials), alloc.check, alloc.pareto
@@ -367,10 +385,13 @@ def _report(settings: SearchSettings, run_dir: Path, alloc: Allocation, *, task:
                          {"steps": task.baseline["steps"]} if "steps" in task.baseline else {})},
         "data": task.data_info(),
         "run_dir": str(run_dir),
-        "files": {"study": str(run_dir / "study.db"), "choice": str(run_dir / "best.json"),
+        "files": {"study": masked(record["storage"]) if record else str(run_dir / "study.db"),
+                  "choice": str(run_dir / "best.json"),
                   "model": str(run_dir / "pruned.pt"), "plot": str(plot),
                   "program": program},
     }
+    if record is not None:  # a shared store: the URL as it may be printed, and the name
+        summary["study"] = {"storage": masked(record["storage"]), "name": record["name"]}
     if pareto is not None:
         # accuracy is bounded below by 0; a loss front is measured from its worst trial
         worst = min((r.objective for r in records if not r.failed), default=0.0)
@@ -398,9 +419,14 @@ def _report(settings: SearchSettings, run_dir: Path, alloc: Allocation, *, task:
         f"MACs, {100 * alloc.costs['params'] / problem.dense_costs['params']:.1f}% params; "
         f"validation {task.describe(val)}, test {task.describe(test)} "
         f"(dense: test {task.describe(dense_val['test'])}), {_scored_after(task, settings)}.\n"
-        f"run folder: {run_dir}  (study.db, best.json, pruned.pt"
+        f"run folder: {run_dir}  ({'' if record else 'study.db, '}best.json, pruned.pt"
         + (", pruned.pt2" if program else "") + ", pareto.png, summary.json"
-        + (", front.json)" if pareto else ")"))
+        + (", front.json)" if pareto else ")")
+        + (f"\n{describe_study(run_dir, record)}; serve it with optuna-dashboard "
+           f"'{masked(record['storage'])}'"
+           + (" (your password in place of ***)"
+              if masked(record["storage"]) != record["storage"] else "") if record else ""),
+        highlight=False)
     if check and not check.met:
         console.print(
             f"[bold red]latency budget missed:[/] no candidate measured within "
@@ -489,6 +515,7 @@ def pick(run_dir: str | Path, target: str | Sequence[str], *, cache_dir: Path | 
     run_dir = Path(run_dir)
     saved = read_run_settings(run_dir)
     targets = parse_targets(target)
+    store = open_study(run_dir, study_record(run_dir))  # a shared store: from run.json
     task = _load_task(saved["model"], saved["data"], image_size=saved["image_size"],
                       width_mult=saved["width_mult"], cache_dir=cache_dir, progress=False,
                       model_args=tuple(saved.get("model_args", ())),
@@ -500,7 +527,7 @@ def pick(run_dir: str | Path, target: str | Sequence[str], *, cache_dir: Path | 
     space = make_space(saved.get("space", "channel"), model, task.example_inputs(1),
                        round_to=saved["round_to"], min_ratio=saved["min_ratio"])
     problem = build_problem(space, targets)
-    records = StudyStore.in_folder(run_dir).records()
+    records = store.records()
     best = best_record(records, problem)
     if best is None:
         finished = [r for r in records if not r.failed]

@@ -1,7 +1,9 @@
 """Everything a run folder holds, written and read here only.
 
-    run.json        the search's identity (a resume must match it)
-    study.db        the optuna study (``autoprune.study``)
+    run.json        the search's identity (a resume must match it), and where its study
+                    lives when that is a shared database (``study``: the URL, kept whole so
+                    the folder reopens it, and the run's study name there)
+    study.db        the optuna study (``autoprune.study``), unless it is in a shared database
     best.json       the chosen network: how the dense model is built, per-unit channels,
                     costs, metrics, budgets (and, with a latency budget, what was measured)
     pruned.pt       its weights (loaded with ``weights_only=True``)
@@ -29,10 +31,12 @@ from torch import nn
 
 from autoprune.errors import SearchError
 from autoprune.search_spaces import SearchSpace, make_space
+from autoprune.study import StudyStore, check_storage, masked, normalize_storage, study_name_for
 from autoprune.zoo.models import build_model_from_spec
 
-__all__ = ["RUN_FORMAT", "check_run_folder", "load_pruned", "read_choice", "read_run_settings",
-           "rebuild_choice", "unit_table", "write_choice", "write_json"]
+__all__ = ["RUN_FORMAT", "check_run_folder", "describe_study", "load_pruned", "open_study",
+           "read_choice", "read_run_settings", "rebuild_choice", "study_record", "unit_table",
+           "write_choice", "write_json"]
 
 RUN_FORMAT = 1
 
@@ -44,33 +48,86 @@ def write_json(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
-def check_run_folder(run_dir: Path, identity: Mapping[str, Any], *, write: bool = True) -> None:
-    """Record ``identity`` in a new run folder (``write=False``: not yet), or refuse to resume
-    one holding another."""
+def _read_run_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise SearchError(f"{path} is corrupt ({err}); remove the run folder or choose "
+                          "another --run-dir") from None
+
+
+def study_record(run_dir: Path, storage: str | None = None) -> dict[str, str] | None:
+    """Where the study of ``run_dir`` lives: ``{"storage": URL, "name": study name}`` in a
+    shared database, None for the folder's own ``study.db``. A folder with a run.json keeps
+    what it recorded (``storage`` None reads it from there; another one is refused); a new
+    folder's study goes to ``storage``, under a name of its own (``study_name_for``)."""
     path = run_dir / "run.json"
     if path.exists():
-        try:
-            saved = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise SearchError(f"{path} is corrupt ({err}); remove the run folder or choose "
-                              "another --run-dir") from None
+        recorded = _read_run_json(path).get("study")
+        if storage is None:
+            return recorded
+        storage = normalize_storage(storage)
+        if recorded is None:
+            raise SearchError(
+                f"run folder {run_dir} keeps its study in {run_dir / 'study.db'}, not in "
+                f"--storage {masked(storage)}; resume it without --storage, or choose another "
+                "--run-dir for a run in that database")
+        if recorded["storage"] != storage:
+            raise SearchError(
+                f"run folder {run_dir} keeps its study ({recorded['name']}) in "
+                f"{masked(recorded['storage'])}, not in --storage {masked(storage)}; resume it "
+                "with that --storage (or without --storage: the folder records it), or choose "
+                "another --run-dir")
+        return recorded
+    if storage is None:
+        return None
+    return {"storage": normalize_storage(storage), "name": study_name_for(run_dir)}
+
+
+def open_study(run_dir: Path, record: Mapping[str, str] | None) -> StudyStore:
+    """The study ``study_record`` says (a shared database is checked to answer first)."""
+    if record is None:
+        return StudyStore.in_folder(run_dir)
+    check_storage(record["storage"])
+    return StudyStore(record["storage"], study_name=record["name"])
+
+
+def describe_study(run_dir: Path, record: Mapping[str, str] | None) -> str:
+    """Where a run's study is, as it may be printed (a URL's password masked)."""
+    if record is None:
+        return str(run_dir / "study.db")
+    return f"study {record['name']} in {masked(record['storage'])}"
+
+
+def check_run_folder(run_dir: Path, identity: Mapping[str, Any], *, write: bool = True,
+                     storage: str | None = None) -> dict[str, str] | None:
+    """Record ``identity`` (and a shared study's URL and name) in a new run folder
+    (``write=False``: not yet), or refuse to resume one holding another search or keeping its
+    study elsewhere than ``storage``. Returns where the study lives (``study_record``)."""
+    path = run_dir / "run.json"
+    if path.exists():
+        saved = _read_run_json(path)
         if saved.get("settings") != identity:
             diff = {k: (saved.get("settings", {}).get(k), v) for k, v in identity.items()
                     if saved.get("settings", {}).get(k) != v}
             raise SearchError(f"run folder {run_dir} holds a different search (saved vs now: "
                               f"{diff}); resume it with the same options or choose another "
                               "--run-dir")
-        return
+        return study_record(run_dir, storage)
+    record = study_record(run_dir, storage)
     if write:
-        write_json(path, {"format": RUN_FORMAT, "settings": dict(identity)})
+        write_json(path, {"format": RUN_FORMAT, "settings": dict(identity),
+                          **({"study": record} if record else {})})
+    return record
 
 
 def read_run_settings(run_dir: Path) -> dict[str, Any]:
     """The identity a finished run folder recorded; refuses what is not one."""
     run_json, db = run_dir / "run.json", run_dir / "study.db"
-    if not run_json.exists() or not db.exists():
+    if not run_json.exists() or not (db.exists() or study_record(run_dir) is not None):
         raise FileNotFoundError(f"{run_dir} is not an autoprune run folder (it needs run.json "
-                                "and study.db; run autoprune search --run-dir ... first)")
+                                "and study.db, or a study store recorded in run.json; run "
+                                "autoprune search --run-dir ... first)")
     return dict(json.loads(run_json.read_text())["settings"])
 
 

@@ -132,6 +132,10 @@ class SearchSettings:
     seed: int = 0
     trials: int = 30
     run_dir: Path | None = None
+    # A shared study store: an optuna RDB URL (postgresql+psycopg://...). None: study.db in
+    # the run folder. Not part of the identity: run.json records it beside, and a resume
+    # elsewhere is refused with its own error (``run_folder.study_record``).
+    storage: str | None = None
     cache_dir: Path | None = None
     progress: bool = True
     # The lookup table that costs a latency budget (None: built on first use and cached next

@@ -5,12 +5,18 @@ at any moment loses nothing that had finished and leaves no half-written trial. 
 ratios are the trial's params (so ``optuna-dashboard <run>/study.db`` plots them); channels,
 costs, metrics and the evaluated point are user attributes; the agent's state is a study
 attribute, saved after every trial, so a resumed search continues where it stopped.
+
+A study lives in the run folder's ``study.db`` (SQLite), or in a shared database given as an
+optuna RDB URL (``--storage postgresql+psycopg://...``): there each run folder has a study of
+its own name (``study_name_for``), and a URL is only ever printed masked (``masked``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,7 +28,8 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
-__all__ = ["StudyError", "StudyStore", "TrialRecord"]
+__all__ = ["StudyError", "StudyStore", "TrialRecord", "check_storage", "masked",
+           "normalize_storage", "study_name_for"]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 _OPEN_TRIES = 5
@@ -56,9 +63,15 @@ class StudyStore:
     """An optuna study used as an append-only log of trials."""
 
     def __init__(self, storage: str | None, *, study_name: str = "autoprune") -> None:
+        self.storage, self.study_name = storage, study_name
         for attempt in range(_OPEN_TRIES):
             try:
-                self.study = optuna.create_study(storage=storage, study_name=study_name,
+                where: Any = storage
+                if storage is not None and not storage.startswith("sqlite"):
+                    # a database server may close a connection left idle during a long trial
+                    where = optuna.storages.RDBStorage(
+                        storage, engine_kwargs={"pool_pre_ping": True})
+                self.study = optuna.create_study(storage=where, study_name=study_name,
                                                  direction="maximize", load_if_exists=True)
                 return
             except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
@@ -71,8 +84,14 @@ class StudyStore:
                 if storage is None:
                     raise
                 if attempt == _OPEN_TRIES - 1:
+                    first = _first_line(err, storage)
+                    if not storage.startswith("sqlite:///"):
+                        raise StudyError(
+                            f"cannot open the study {study_name!r} in {masked(storage)} "
+                            f"({first}). Fix: check that the database server is up and the "
+                            "URL's user may create tables there, or give the run a new folder "
+                            "(--run-dir).") from err
                     where = storage.removeprefix("sqlite:///")
-                    first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
                     raise StudyError(
                         f"cannot open the study {where} ({first}). Fix: give the run a new "
                         f"folder (--run-dir), or move {Path(where).name} away to start it "
@@ -122,6 +141,105 @@ class StudyStore:
 
     def get_meta(self, key: str, default: Any = None) -> Any:
         return self.study.user_attrs.get(key, default)
+
+
+# ---------------------------------------------------------------------- shared stores (URLs)
+def masked(url: str) -> str:
+    """``url`` with its password as ``***`` (what may be printed)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def normalize_storage(url: str) -> str:
+    """The form of ``url`` a run folder records: a relative SQLite file by its absolute path
+    (so the folder reopens it from anywhere); any other URL as given."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        u = make_url(url.strip())
+    except ArgumentError:
+        return url.strip()
+    if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:") \
+            and not Path(u.database).is_absolute():
+        u = u.set(database=str(Path(u.database).resolve()))
+        return u.render_as_string(hide_password=False)
+    return url.strip()
+
+
+_DRIVERS = {"postgresql": "pip install 'autoprune[postgres]' (psycopg; URLs "
+                          "postgresql+psycopg://...)",
+            "mysql": "pip install pymysql (URLs mysql+pymysql://...)"}
+_EXAMPLE = ("e.g. postgresql+psycopg://user:password@host:5432/database, "
+            "mysql+pymysql://user:password@host/database or sqlite:////absolute/path/study.db")
+
+
+def check_storage(url: str, *, timeout_s: float = 10.0) -> None:
+    """Refuse, with one ``StudyError`` naming the fix, a ``url`` that is not an RDB URL optuna
+    can use, whose driver is missing, or whose database does not answer (a connection is
+    opened and closed, at most ``timeout_s`` to connect)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+    from sqlalchemy.pool import NullPool
+
+    shown = masked(url)
+    try:
+        u = make_url(url)
+        u.get_dialect()
+    except (ArgumentError, NoSuchModuleError) as err:
+        raise StudyError(f"--storage {shown} is not a database URL optuna can keep a study in "
+                         f"({_first_line(err, url)}); give an RDB URL, {_EXAMPLE}") from None
+    backend = u.get_backend_name()
+    connect_args: dict[str, Any] = {}
+    if backend in ("postgresql", "mysql"):
+        connect_args["connect_timeout"] = max(1, int(timeout_s))
+    try:
+        engine = create_engine(u, poolclass=NullPool, connect_args=connect_args)
+    except ImportError as err:
+        fix = _DRIVERS.get(backend, f"install the {u.drivername} driver")
+        raise StudyError(f"--storage {shown}: its database driver is not installed ({err}). "
+                         f"Fix: {fix}") from None
+    try:
+        with engine.connect():
+            pass
+    except SQLAlchemyError as err:
+        raise StudyError(
+            f"cannot reach the study store {shown} ({_first_line(err, url)}). Fix: start the "
+            "database server, or correct --storage (host, port, user, password; the database "
+            "must exist, e.g. createdb NAME)") from None
+    finally:
+        engine.dispose()
+
+
+def study_name_for(run_dir: Path) -> str:
+    """The study name of a run folder in a shared database: the folder's name and a short
+    hash of its resolved path, so many runs share one database without mixing trials."""
+    where = str(Path(run_dir).resolve())
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(where).name).strip("-")[:80] or "run"
+    return f"autoprune-{name}-{hashlib.sha256(where.encode()).hexdigest()[:10]}"
+
+
+def _first_line(err: BaseException, url: str | None = None) -> str:
+    """An error's first line, without the URL's password should the driver repeat it."""
+    text = str(err).strip()
+    first = text.splitlines()[0] if text else repr(err)
+    if url and "://" in url:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            password = make_url(url).password
+        except ArgumentError:
+            password = None
+        if password:
+            first = first.replace(str(password), "***")
+    return first
 
 
 def _finite(metrics: Mapping[str, float]) -> dict[str, float | None]:

@@ -122,6 +122,13 @@ def search(
     run_dir: Annotated[Path | None, typer.Option(
         help="Run folder (default runs/<model>-<data>-<targets>-<agent>-s<seed>); an existing "
              "one is resumed.")] = None,
+    storage: Annotated[str | None, typer.Option(
+        metavar="URL",
+        help="Keep the study in a shared database instead of the run folder's study.db: an "
+             "optuna RDB URL, e.g. postgresql+psycopg://user:password@host:5432/db (pip "
+             "install 'autoprune[postgres]') or mysql+pymysql://... Many runs share one "
+             "database, each under a study name of its own; run.json records it, so a "
+             "resume (without --storage) and autoprune pick need only the folder.")] = None,
     round_to: Annotated[int, typer.Option(min=1, help="Channel counts are multiples of this.")] = _S.space.round_to,
     min_ratio: Annotated[float, typer.Option(min=0.01, max=1.0,
                                              help="Fewest channels a unit keeps, as a fraction.")] = _S.space.min_ratio,
@@ -182,7 +189,8 @@ def search(
             executor=ExecutorSettings(executor=executor, workers=workers,
                                       ray_address=ray_address, cpus_per_trial=cpus_per_trial),
             targets=tuple(target), agent=agent, objective=objective, reward=reward, seed=seed,
-            trials=trials, run_dir=run_dir, cache_dir=cache_dir, progress=progress, lut=lut)
+            trials=trials, run_dir=run_dir, storage=storage, cache_dir=cache_dir,
+            progress=progress, lut=lut)
         summary = run(settings, console=err)
     except _user_errors() as e:
         _fail(str(e))
