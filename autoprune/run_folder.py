@@ -118,6 +118,8 @@ def check_run_folder(run_dir: Path, identity: Mapping[str, Any], *, write: bool 
     if write:
         write_json(path, {"format": RUN_FORMAT, "settings": dict(identity),
                           **({"study": record} if record else {})})
+        if record and masked(record["storage"]) != record["storage"]:
+            os.chmod(path, 0o600)  # it holds the database's password: its owner's alone
     return record
 
 

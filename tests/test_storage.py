@@ -175,6 +175,7 @@ def test_a_search_keeps_its_trials_in_postgres(shared_run: tuple[Path, dict, str
     assert len(trials) == 4 and all(t.user_attrs["channels"] for t in trials)
     assert summary["study"]["name"] == study["name"]
     assert PASSWORD not in printed and "***" in summary["study"]["storage"]
+    assert (run_dir / "run.json").stat().st_mode & 0o077 == 0  # the password: owner only
 
 
 @pytest.fixture(scope="module")
