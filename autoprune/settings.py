@@ -95,14 +95,16 @@ class ExecutorSettings:
 @dataclass(frozen=True, kw_only=True)
 class ProfilePlan:
     """How much to measure. ``grid`` widths per axis at most; ``calibration`` whole networks
-    (dense, thinnest, random). In each of ``rounds`` shuffled rounds a block gets ``warmup`` +
-    ``repeats`` calls and a whole network ``net_warmup`` + ``net_repeats``."""
+    (dense, thinnest, random) the correction is fitted on, and ``holdout`` random ones it is
+    checked on. In each of ``rounds`` shuffled rounds a block gets ``warmup`` + ``repeats``
+    calls and a whole network ``net_warmup`` + ``net_repeats``."""
 
     grid: int = 5
     rounds: int = 3
     warmup: int = 3
     repeats: int = 10
     calibration: int = 10
+    holdout: int = 6
     net_warmup: int = 3
     net_repeats: int = 10
     seed: int = 0
@@ -112,6 +114,8 @@ class ProfilePlan:
             raise ValueError(f"invalid profile plan {self}: grid >= 2, repeats, rounds >= 1")
         if self.calibration < 2:
             raise ValueError("calibration needs at least 2 whole networks (dense and thinnest)")
+        if self.holdout < 1:
+            raise ValueError("holdout needs at least 1 whole network (the table's check)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -14,8 +14,14 @@ measurement, median absolute % error, Spearman rank correlation; the realized sp
 the FLOPs reduction; and the *test-retest* agreement of the two measurement passes, the noise
 ceiling no predictor can beat on a busy machine. Load averages before and after are recorded.
 
-    python benchmarks/latency_model.py            # resnet56, mobilenetv2, vgg11; 70 configs each
+    python benchmarks/latency_model.py            # resnet56, mobilenetv2, vgg11, vit, chargpt;
+                                                  # torch and onnxruntime; 70 configs each
     python benchmarks/latency_model.py --quick    # resnet20 and mobilenetv2, 15 each (~2 min)
+    python benchmarks/latency_model.py --models mobilenetv2 --configs 20 --seed 3
+
+Every table is built with its own check (whole networks it was not fitted on) and kept even
+when the check fails (``refuse=False``), so a failed build is reported, not hidden: the
+``check`` columns say what the table said about itself, next to what it really scored.
 
 Writes benchmarks/results/latency_model[-quick].json and prints tables.
 """
@@ -27,7 +33,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +120,7 @@ def run_model(name: str, s: Settings, roof: RooflineCost, console: Console) -> d
     table = LatencyTable.build(model, x, space=space,
                                device=Device(threads=s.threads, backend=s.backend,
                                              batch=s.batch, clock=s.clock),
-                               plan=s.plan, console=console)
+                               plan=replace(s.plan, seed=s.seed), console=console, refuse=False)
     rng = np.random.default_rng(s.seed)
     configs = [space.dense_config()] + configs_for(space, s.configs, rng)
     nets = [space.apply(model, c).eval() for c in configs]
@@ -141,10 +147,14 @@ def run_model(name: str, s: Settings, roof: RooflineCost, console: Console) -> d
                          "median_flops_reduction": float(np.median(reduction[sel])),
                          "median_speedup": float(np.median(speedup[sel]))})
     return {
-        "model": name, "units": space.dim, "n": len(configs) - 1,
+        "model": name, "backend": s.backend,
+        "label": name if s.backend == "torch" else f"{name} ({s.backend})",
+        "units": space.dim, "n": len(configs) - 1,
         "device": table.device, "table_build_seconds": round(table.build_seconds, 1),
         "table_blocks": len(table.entries), "table_grid_points": int(sum(e.ms.size for e in table.entries)),
         "table_loo_median_pct": 100 * table.correction["loo_median_abs_rel"],
+        "table_check": {k: v for k, v in table.check.items() if k != "points"},
+        "table_first_attempt": table.correction.get("first_attempt"),
         "measure_seconds": round(seconds, 1), "load_before": load_before, "load_after": load(),
         "dense_measured_ms": float(dense_ms), "dense_predicted_ms": float(pred[0]),
         "flops_scale_ms_per_gmac": flops_scale * 1e9,
@@ -181,8 +191,9 @@ def show(results: list[dict[str, Any]], total: dict[str, dict[str, float]], cons
         t.add_column(col, justify="left" if col in ("model", "predictor") else "right")
     labels = {"table": "lookup table", "flops": "FLOPs x best scale", "roofline": "roofline",
               "retest": "re-measurement"}
-    for name, n, sc in [(r["model"], r["n"], r["scores"]) for r in results] + [
-            ("all", sum(r["n"] for r in results), total)]:
+    torch_rows = [r for r in results if r["backend"] == "torch"] or results
+    for name, n, sc in [(r["label"], r["n"], r["scores"]) for r in results] + [
+            ("all (torch)", sum(r["n"] for r in torch_rows), total)]:
         for key in ("table", "flops", "roofline", "retest"):
             v = sc[key]
             t.add_row(name if key == "table" else "", str(n) if key == "table" else "",
@@ -197,12 +208,24 @@ def show(results: list[dict[str, Any]], total: dict[str, dict[str, float]], cons
         sp.add_column(col, justify="left" if col == "model" else "right")
     for r in results:
         for i, b in enumerate(r["speedup_vs_flops_reduction"]["bins"]):
-            sp.add_row(r["model"] if i == 0 else "", b["macs_fraction"], str(b["n"]),
+            sp.add_row(r["label"] if i == 0 else "", b["macs_fraction"], str(b["n"]),
                        f"{b['median_flops_reduction']:.2f}x", f"{b['median_speedup']:.2f}x")
         sp.add_section()
     console.print(sp)
+    ck = Table(title="what each table said about itself (its check) against what it scored")
+    for col in ("model", "check: median |err|", "limit", "passed", "attempts",
+                "real: median |err|", "real: within 10%", "re-measurement within 10%"):
+        ck.add_column(col, justify="left" if col == "model" else "right")
     for r in results:
-        console.print(f"{r['model']}: table built in {r['table_build_seconds']}s "
+        c = r["table_check"]
+        ck.add_row(r["label"], f"{100 * c['median_abs_rel']:.1f}%", f"{100 * c['limit']:.1f}%",
+                   "yes" if c["passed"] else "NO", "2" if r["table_first_attempt"] else "1",
+                   f"{r['scores']['table']['median_abs_pct']:.1f}%",
+                   f"{100 * r['scores']['table']['within_10pct']:.1f}%",
+                   f"{100 * r['scores']['retest']['within_10pct']:.1f}%")
+    console.print(ck)
+    for r in results:
+        console.print(f"{r['label']}: table built in {r['table_build_seconds']}s "
                       f"({r['table_blocks']} blocks, {r['table_grid_points']} grid points), dense "
                       f"measured {r['dense_measured_ms']:.2f} ms / predicted "
                       f"{r['dense_predicted_ms']:.2f} ms; load {r['load_before']} -> {r['load_after']}")
@@ -214,7 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models", default=None, help="comma-separated zoo models")
     ap.add_argument("--configs", type=int, default=None, help="random configurations per model")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    ap.add_argument("--backends", default=None,
+                    help="comma-separated: torch, onnxruntime (default both; --quick: torch)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--clock", default="auto", choices=["auto", "cpu", "wall"])
     ap.add_argument("--repeats", type=int, default=None, help="timed calls per network per pass")
@@ -223,7 +247,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     quick = args.quick
     models = tuple((args.models or ("resnet20,mobilenetv2" if quick else
-                                    "resnet56,mobilenetv2,vgg11")).split(","))
+                                    "resnet56,mobilenetv2,vgg11,vit,chargpt")).split(","))
+    backends = tuple((args.backends or ("torch" if quick else "torch,onnxruntime")).split(","))
     s = Settings(models=models, configs=args.configs or (15 if quick else 70), warmup=3,
                  repeats=args.repeats or 15, threads=args.threads,
                  backend=args.backend, clock=resolve_clock(None if args.clock == "auto" else
@@ -232,16 +257,18 @@ def main(argv: list[str] | None = None) -> None:
                  plan=ProfilePlan(),
                  seed=args.seed,
                  out=args.out or RESULTS / (f"latency_model{'-quick' if quick else ''}"
-                                            f"{'' if args.backend == 'torch' else '-' + args.backend}"
+                                            f"{'' if backends == ('torch',) or not quick else '-' + '-'.join(backends)}"
                                             f"{'-wall' if args.clock == 'wall' else ''}.json"))
     console = Console()
     console.print(f"load average {load()}; models {', '.join(models)}; {s.configs} configurations "
-                  f"each; backend {s.backend}, {s.threads} thread(s), batch {s.batch}, clock {s.clock}")
+                  f"each; backends {', '.join(backends)}, {s.threads} thread(s), batch {s.batch}, "
+                  f"clock {s.clock}")
     roof = RooflineCost.measure(threads=s.threads, batch=s.batch, clock=s.clock)
     console.print(f"roofline micro-benchmark: {roof}")
     started = time.perf_counter()
-    results = [run_model(m, s, roof, console) for m in models]
-    total = pooled(results)
+    results = [run_model(m, replace(s, backend=b), roof, console)
+               for b in backends for m in models]
+    total = pooled([r for r in results if r["device"]["backend"] == "torch"] or results)
     show(results, total, console)
     payload = {"command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
                "device": describe_device(results[0]["device"]), "roofline": roof.to_json(),

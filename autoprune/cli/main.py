@@ -338,12 +338,14 @@ def profile(
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     else:
-        c = summary["correction"]
+        c = summary["check"]
         err.print(f"wrote {summary['path']}: {summary['layers']} layers, {summary['blocks']} "
                   f"blocks, {summary['grid_points']} grid points in {summary['build_seconds']}s; "
-                  f"dense predicted {summary['dense_predicted_ms']:.2f} ms; whole-network error "
-                  f"(leave-one-out over {c['points']} measured networks): median "
-                  f"{c['loo_median_abs_pct']}%, max {c['loo_max_abs_pct']}%", highlight=False)
+                  f"dense predicted {summary['dense_predicted_ms']:.2f} ms; error on "
+                  f"{c['networks']} whole networks it was not fitted on: median "
+                  f"{100 * c['median_abs_rel']:.1f}%, max {100 * c['max_abs_rel']:.1f}%, "
+                  f"{100 * c['within_10pct']:.0f}% within 10% (the machine's re-measurement "
+                  f"noise {100 * c['retest_median_abs_rel']:.1f}%)", highlight=False)
 
 
 @app.command()

@@ -23,7 +23,7 @@ from autoprune.search_spaces import LayerRow, SearchSpace, call_name
 from autoprune.search_spaces.tracing import call_model, conv1d_type
 
 __all__ = ["BlockSpec", "ExtraLayer", "attention_and_norm_layers", "block_followers",
-           "calibration_configs", "fit_correction", "mapped_grid", "measure_blocks_and_networks",
+           "calibration_configs", "check_on_holdout", "fit_correction", "holdout_configs", "mapped_grid", "measure_blocks_and_networks",
            "monotone",
            "op_of", "unit_links", "width_grid"]
 
@@ -395,6 +395,50 @@ def calibration_configs(space: SearchSpace, n: int, rng: np.random.Generator
         level = (k + 0.5) / (n - 2)
         configs.append(space.decode(np.clip(level + rng.normal(0, 0.25, space.dim), 0, 1)))
     return configs
+
+
+def holdout_configs(space: SearchSpace, n: int, rng: np.random.Generator,
+                    exclude: Sequence[Mapping[str, int]] = ()) -> list[dict[str, int]]:
+    """``n`` random configurations the correction is not fitted on (none of ``exclude``, where
+    the space has room): a width level per network drawn uniformly, plus per-unit noise, as a
+    search's candidates spread."""
+    out: list[dict[str, int]] = []
+    for _ in range(50 * n):
+        config = space.decode(np.clip(rng.uniform(0, 1) + rng.normal(0, 0.3, space.dim), 0, 1))
+        if config not in exclude or len(out) + (50 * n - _) <= n:
+            out.append(config)
+        if len(out) == n:
+            break
+    return out
+
+
+#: A table passes its check when its median error on the held-out networks is at most this,
+#: or twice the machine's own re-measurement noise in the same build if that is larger.
+CHECK_MEDIAN_LIMIT = 0.05
+
+
+def check_on_holdout(predicted: np.ndarray, samples: Sequence[np.ndarray], repeats: int,
+                     configs: Sequence[Mapping[str, int]]) -> dict[str, Any]:
+    """The table's error on whole networks it was not fitted on, measured in the same rounds
+    as its blocks, against the noise of the machine then: each network's samples split by
+    round (even rounds against odd), the median disagreement of the two halves."""
+    measured = np.array([np.median(s) for s in samples])
+    rel = predicted / measured - 1.0
+    halves = []
+    for s in samples:
+        rounds = np.asarray(s).reshape(-1, repeats)
+        if len(rounds) >= 2:
+            halves.append(abs(np.median(rounds[0::2]) / np.median(rounds[1::2]) - 1.0))
+    noise = float(np.median(halves)) if halves else 0.0
+    limit = max(CHECK_MEDIAN_LIMIT, 2.0 * noise)
+    median = float(np.median(np.abs(rel)))
+    return {"networks": len(configs), "median_abs_rel": round(median, 6),
+            "max_abs_rel": round(float(np.max(np.abs(rel))), 6),
+            "within_10pct": round(float(np.mean(np.abs(rel) <= 0.10)), 6),
+            "retest_median_abs_rel": round(noise, 6), "limit": round(limit, 6),
+            "passed": bool(median <= limit),
+            "points": [{"predicted_ms": round(float(p), 6), "measured_ms": round(float(m), 6),
+                        "config": dict(c)} for p, m, c in zip(predicted, measured, configs)]}
 
 
 def fit_correction(sums: np.ndarray, configs: Sequence[Mapping[str, int]],
