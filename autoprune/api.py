@@ -253,12 +253,15 @@ def _search(settings: SearchSettings, executor: Executor, run_dir: Path,
     table = table_info = None
     space = make_space(settings.space.space, model, example, round_to=settings.space.round_to,
                        min_ratio=settings.space.min_ratio, output=src.output)
+    store = open_study(run_dir, record)
     if settings.has_latency_target():
+        # a resumed search costs with the speed it started with, so its trials stay comparable
+        speed = store.get_meta("latency_speed")
         table, table_info = table_for_search(
             model, example, space, lut=settings.lut,
             cache_dir=Path(settings.cache_dir or default_cache_dir()), device=settings.device,
-            console=console)
-    store = open_study(run_dir, record)
+            console=console, speed=speed)
+        store.set_meta("latency_speed", table.speed)
     dense_val = store.get_meta("dense_metrics")
     if dense_val is None:
         if dense_now is None:

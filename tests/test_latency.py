@@ -295,9 +295,9 @@ def test_search_table_is_built_once_cached_and_checked(net: nn.Module, x: torch.
     assert info["built"] and Path(info["path"]).parent == tmp_path / "latency"
     again, info2 = table_for_search(net, x, space, lut=None, cache_dir=tmp_path, **common)
     assert not info2["built"] and info2["path"] == info["path"]
-    assert again.predict({}) == pytest.approx(first.predict({}))
-    assert info2["dense_now"]["measured_ms"] > 0  # a table read from disk is checked now
-    assert info2["dense_now"]["predicted_ms"] == pytest.approx(first.predict({}))
+    assert info2["dense_now"]["measured_ms"] > 0  # anchored to the machine's speed now
+    assert again.predict({}) == pytest.approx(info2["anchor"]["speed"] * LatencyTable.load(
+        info2["path"]).predict({}))
     Path(info["path"]).write_text("{ truncated")  # a corrupt cache entry is rebuilt, not fatal
     _, info3 = table_for_search(net, x, space, lut=None, cache_dir=tmp_path, **common)
     assert info3["built"]
@@ -311,12 +311,15 @@ def test_search_table_is_built_once_cached_and_checked(net: nn.Module, x: torch.
 
 
 @pytest.mark.parametrize("now", [1.5, 0.6, 1.05])
-def test_a_stale_table_is_named_with_the_fix(net: nn.Module, x: torch.Tensor, space: ChannelSpace,
-                                             table: LatencyTable, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch, now: float) -> None:
-    # The machine runs the dense network `now` times the table's prediction (simulated, so the
-    # drift is exact): beyond twice the table's margin (and 25%) the user is told, with the
-    # file to rebuild; a few percent is one reading's noise and says nothing.
+def test_a_table_is_anchored_to_the_machine_s_speed_now(net: nn.Module, x: torch.Tensor,
+                                                        space: ChannelSpace, table: LatencyTable,
+                                                        tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        now: float) -> None:
+    # The machine runs every network `now` times the table's prediction (simulated, so the
+    # drift is exact): the search's table predicts what the machine does now, at every width;
+    # beyond twice the table's margin (and 25%) the user is also told, with the file to
+    # rebuild; a few percent says nothing. A resumed search keeps its recorded speed.
     import io
 
     from rich.console import Console
@@ -331,13 +334,19 @@ def test_a_stale_table_is_named_with_the_fix(net: nn.Module, x: torch.Tensor, sp
     loaded, info = table_for_search(net, x, space, lut=lut, cache_dir=tmp_path, device=Device(),
                                     console=Console(file=out, width=400))
     assert info["dense_now"]["drift"] == pytest.approx(now - 1)
-    assert loaded.predict({}) == pytest.approx(table.predict({}))  # told, never rescaled
+    thin = space.decode(np.zeros(space.dim))
+    for config in ({}, thin, space.decode(np.full(space.dim, 0.5))):
+        assert loaded.predict(config) == pytest.approx(now * table.predict(config))
     said = " ".join(out.getvalue().split())
     if abs(now - 1) > stale_threshold(table):
         assert ("runs slower" if now > 1 else "runs faster") in said
-        assert f"autoprune profile ... -o {lut}" in said
+        assert "rescaled to now" in said and f"autoprune profile ... -o {lut}" in said
     else:
         assert said == ""
+    resumed, info = table_for_search(net, x, space, lut=lut, cache_dir=tmp_path,
+                                     device=Device(), console=Console(file=io.StringIO()),
+                                     speed=loaded.speed)
+    assert info["anchor"]["recorded"] and resumed.predict(thin) == pytest.approx(loaded.predict(thin))
 
 
 def test_cli_latency_json_and_profile(tmp_path: Path) -> None:

@@ -1,6 +1,5 @@
 """The latency table a search costs with: a given file, the cached one, or one built now and
-cached (keyed by the device fingerprint and the model), and the check that a table read from
-disk still matches this machine's speed."""
+cached (keyed by the device fingerprint and the model), anchored to this machine's speed now."""
 
 from __future__ import annotations
 
@@ -10,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from torch import nn
@@ -20,12 +20,13 @@ from autoprune.latency.measure import measure_latency
 from autoprune.latency.table import LatencyTable, LatencyTableError, model_signature
 from autoprune.search_spaces import SearchSpace
 
-__all__ = ["STALE_REPEATS", "STALE_WARMUP", "check_staleness", "stale_threshold",
+__all__ = ["ANCHOR_REPEATS", "ANCHOR_ROUNDS", "anchor_to_now", "note_drift", "stale_threshold",
            "table_cache_path", "table_for_search"]
 
-# Timing of the dense network when a table is read from disk, to tell a stale one.
-STALE_WARMUP = 5
-STALE_REPEATS = 30
+# The anchor: the dense and the thinnest network, each timed in rounds of warm-up + repeats.
+ANCHOR_ROUNDS = 3
+ANCHOR_WARMUP = 3
+ANCHOR_REPEATS = 10
 
 
 def table_cache_path(model: nn.Module, space: SearchSpace, device: Mapping[str, Any],
@@ -43,18 +44,21 @@ def table_cache_path(model: nn.Module, space: SearchSpace, device: Mapping[str, 
 
 def table_for_search(model: nn.Module, example: torch.Tensor, space: SearchSpace, *,
                      lut: Path | None, cache_dir: Path, device: Device, console: Console,
-                     plan: ProfilePlan | None = None) -> tuple[LatencyTable, dict[str, Any]]:
+                     plan: ProfilePlan | None = None, speed: float | None = None
+                     ) -> tuple[LatencyTable, dict[str, Any]]:
     """The table a latency search costs with: ``lut`` if given (refused if built for another
-    device or model; built there if missing), else the cached one, else built now and cached.
-    A table read from disk is checked against the dense network timed now (see
-    :func:`check_staleness`)."""
+    device or model; built there if missing), else the cached one, else built now and cached;
+    then anchored to this machine's speed now (:func:`anchor_to_now`), or to ``speed`` (a
+    resumed search keeps the speed it started with)."""
     fingerprint = device.fingerprint(example)
 
-    def loaded(table: LatencyTable, info: dict[str, Any]) -> tuple[LatencyTable, dict[str, Any]]:
-        now = measure_latency(model, example, device=device, warmup=STALE_WARMUP,
-                              repeats=STALE_REPEATS)
-        info["dense_now"] = check_staleness(table, now.median_ms, path=Path(info["path"]),
-                                            cached=info.get("cached", False), console=console)
+    def ready(table: LatencyTable, info: dict[str, Any]) -> tuple[LatencyTable, dict[str, Any]]:
+        if speed is not None:
+            info["anchor"] = {"speed": speed, "recorded": True}
+            return table.anchored(speed, info["anchor"]), info
+        table, info["anchor"] = anchor_to_now(table, model, example, space, device)
+        info["dense_now"] = note_drift(table, info["anchor"], path=Path(info["path"]),
+                                       cached=info.get("cached", False), console=console)
         return table, info
 
     if lut is not None:
@@ -62,7 +66,7 @@ def table_for_search(model: nn.Module, example: torch.Tensor, space: SearchSpace
         if path.exists():
             table = LatencyTable.load(path, expected_device=fingerprint)
             table.check_space(space, source=f"latency table {path}")
-            return loaded(table, {"path": str(path), "built": False})
+            return ready(table, {"path": str(path), "built": False})
     else:
         path, cached = table_cache_path(model, space, fingerprint, cache_dir), True
         if path.exists():
@@ -72,37 +76,56 @@ def table_for_search(model: nn.Module, example: torch.Tensor, space: SearchSpace
             except LatencyTableError as err:  # our own cache: rebuild rather than fail
                 console.print(f"[yellow]rebuilding the cached latency table:[/] {err}")
             else:
-                return loaded(table, {"path": str(path), "built": False, "cached": True})
+                return ready(table, {"path": str(path), "built": False, "cached": True})
     where = "cached at" if cached else "written to"
     console.print(f"building the latency table for this device (once; {where} {path})")
     table = LatencyTable.build(model, example, space=space, device=device, plan=plan,
                                console=console)
     table.save(path)
-    return table, {"path": str(path), "built": True, "cached": cached}
+    return ready(table, {"path": str(path), "built": True, "cached": cached})
 
 
-def check_staleness(table: LatencyTable, measured_ms: float, *, path: Path, cached: bool,
-                    console: Console) -> dict[str, float]:
-    """Compare a table read from disk with the dense network's latency measured now. Load on a
-    shared host changes over hours, so a table can be off by more than its own margin: the
-    search then optimises against stale numbers and only the final check (which repairs the
-    choice to the measured speed) catches it. Nothing is rescaled here -- one short timing is
-    too noisy to rewrite a table with -- but beyond :func:`stale_threshold` the user is told
-    how to re-profile."""
-    predicted = table.predict({})
-    drift = measured_ms / predicted - 1
+def anchor_to_now(table: LatencyTable, model: nn.Module, example: torch.Tensor,
+                  space: SearchSpace, device: Device) -> tuple[LatencyTable, dict[str, Any]]:
+    """The table rescaled to how fast this machine runs now: the dense and the thinnest
+    network are timed in ``ANCHOR_ROUNDS`` alternating rounds, and the predictions scaled by
+    the mean of their measured / predicted ratios.
+
+    A shared host's speed drifts over minutes to hours (neighbours come and go): a table built
+    at one speed predicts every network off by the same factor at another, while its relative
+    costs -- which channel is worth how much -- stay right. Two networks at both ends of the
+    range fix that factor in about a second."""
+    configs = {"dense": space.dense_config(), "thinnest": space.decode(np.zeros(space.dim))}
+    nets = {k: space.apply(model, c).eval() for k, c in configs.items()}
+    times: dict[str, list[float]] = {k: [] for k in nets}
+    for _ in range(ANCHOR_ROUNDS):
+        for k, net in nets.items():
+            times[k].append(measure_latency(net, example, device=device, warmup=ANCHOR_WARMUP,
+                                            repeats=ANCHOR_REPEATS).median_ms)
+    rows = {k: {"predicted_ms": table.predict(configs[k]),
+                "measured_ms": float(np.median(times[k]))} for k in nets}
+    factor = float(np.mean([r["measured_ms"] / r["predicted_ms"] for r in rows.values()]))
+    anchor = {"speed": table.speed * factor, "factor": factor, "networks": rows}
+    return table.anchored(table.speed * factor, anchor), anchor
+
+
+def note_drift(table: LatencyTable, anchor: Mapping[str, Any], *, path: Path, cached: bool,
+               console: Console) -> dict[str, float]:
+    """Tell the user when the machine runs far from the speed the table was built at (beyond
+    :func:`stale_threshold`): its predictions are rescaled, but a table built at another
+    speed may also have its relative costs off; say how to rebuild it."""
+    dense = anchor["networks"]["dense"]
+    drift = float(anchor["factor"]) - 1
     if abs(drift) > stale_threshold(table):
         how = (f"delete {path} (the next search rebuilds it)" if cached else
                f"rebuild it with `autoprune profile ... -o {path}`")
         console.print(
-            f"[yellow]note:[/] the latency table predicts the dense network at {predicted:.2f} "
-            f"ms; it measures {measured_ms:.2f} ms now ({100 * drift:+.1f}%): this machine "
-            f"runs {'slower' if drift > 0 else 'faster'} than when the table was built, or a "
-            f"passing load touched this one short timing. The chosen network is still measured"
-            f" and repaired to the speed measured at the end; if this persists, {how}.",
-            highlight=False)
-    return {"predicted_ms": predicted, "measured_ms": measured_ms, "drift": drift,
-            "threshold": stale_threshold(table)}
+            f"[yellow]note:[/] this machine runs {'slower' if drift > 0 else 'faster'} than when "
+            f"the latency table was built ({100 * drift:+.1f}%: the dense network measures "
+            f"{dense['measured_ms']:.2f} ms, the table said {dense['predicted_ms']:.2f}); its "
+            f"predictions are rescaled to now. If this persists, {how}.", highlight=False)
+    return {"predicted_ms": dense["predicted_ms"], "measured_ms": dense["measured_ms"],
+            "drift": drift, "threshold": stale_threshold(table)}
 
 
 def stale_threshold(table: LatencyTable) -> float:

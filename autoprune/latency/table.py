@@ -188,6 +188,8 @@ class LatencyTable:
         self.correction = dict(correction)
         self.offset_ms = float(correction["offset_ms"])
         self.scale = float(correction["scale"])
+        # How fast this machine runs now against when the table was built (``anchored``).
+        self.speed = float(correction.get("speed", 1.0))
         self.plan = dict(plan)
         self.build_seconds = float(build_seconds)
         self.created = created
@@ -347,7 +349,7 @@ class LatencyTable:
 
     def estimate(self, table: LayerTable) -> float:
         """Predicted whole-network latency (ms) of the network whose layers are ``table``."""
-        return self.offset_ms + self.scale * self.layers_ms(table)
+        return self.speed * (self.offset_ms + self.scale * self.layers_ms(table))
 
     def predict(self, config: Mapping[str, int]) -> float:
         """Predicted latency (ms) of a configuration ({unit: channels kept}; missing = dense)."""
@@ -359,7 +361,19 @@ class LatencyTable:
         total = 0.0
         for lay in self.layers.values():
             total += self.entries[lay.entry].at(*lay.widths(config))
-        return self.offset_ms + self.scale * total
+        return self.speed * (self.offset_ms + self.scale * total)
+
+    def anchored(self, speed: float, anchor: Mapping[str, Any] | None = None) -> LatencyTable:
+        """A copy whose predictions are ``speed`` times the built table's: the machine's speed
+        now, measured on whole networks (:func:`autoprune.latency.cache.anchor_to_now`)."""
+        if not (math.isfinite(speed) and speed > 0):
+            raise ValueError(f"speed must be a positive number, got {speed}")
+        copy_ = LatencyTable._from_json(self.to_json())
+        copy_.correction["speed"] = float(speed)
+        if anchor is not None:
+            copy_.correction["anchor"] = dict(anchor)
+        copy_.speed = float(speed)
+        return copy_
 
     def cost_model(self) -> LatencyCost:
         return LatencyCost(self)

@@ -234,11 +234,15 @@ class Extraction:
 
 
 def _latency_table(supernet: ElasticNet, setup: LatencySetup, console: Console) -> LatencyTable:
-    table, _ = table_for_search(
-        supernet.model, supernet.data.example_inputs(1), supernet.space, lut=setup.lut,
-        cache_dir=Path(setup.cache_dir or default_cache_dir()), device=setup.device,
-        console=console)
-    return table
+    """The device's table, anchored to the machine's speed once per loaded supernet and setup
+    (every extraction of a session costs with the same numbers)."""
+    tables = supernet.derived.setdefault("latency_tables", {})
+    if repr(setup) not in tables:
+        tables[repr(setup)], _ = table_for_search(
+            supernet.model, supernet.data.example_inputs(1), supernet.space, lut=setup.lut,
+            cache_dir=Path(setup.cache_dir or default_cache_dir()), device=setup.device,
+            console=console)
+    return tables[repr(setup)]
 
 
 def _measure(model: nn.Module, supernet: ElasticNet, setup: LatencySetup) -> LatencyMeasurement:
