@@ -9,7 +9,9 @@ plain JSON (points, values, and the few integer attributes a sampler keeps on it
   propose the same points (a resumed search continues exactly; this is what the conformance
   suite checks);
 - rebuilding costs about 0.25 ms per past trial (``Study.add_trials`` into in-memory storage),
-  far below a trial's prune-and-evaluate time, and well below a GP fit.
+  far below a trial's prune-and-evaluate time, and well below a GP fit. An agent whose model
+  grows with the history caps what its study holds (``max_history``: the best and the most
+  recent trials; GP).
 
 One distribution per coordinate: ``FloatDistribution(0, 1)`` named ``x0``, ``x1``, ...
 With ``objectives > 1`` the study maximises every objective (TPE becomes MOTPE, GP uses
@@ -70,6 +72,9 @@ class OptunaAgent(Agent):
     #: stopped after 12-33 distinct trials, TPE after 39, of 100). NSGA-II keeps its
     #: generations instead (a point without one would not count in them).
     explore_after_repeat: ClassVar[bool] = True
+    #: At most this many past trials go into the sampler's study (None: all): the best half by
+    #: value and the most recent half. Caps a model whose fit grows with the history (GP).
+    max_history: ClassVar[int | None] = None
 
     def __init__(self, dim: int, *, seed: int = 0) -> None:
         super().__init__(dim, seed=seed)
@@ -198,5 +203,19 @@ class OptunaAgent(Agent):
         study = optuna.create_study(directions=["maximize"] * self.objectives,
                                     sampler=self.make_sampler(self._round_seed()))
         if self._frozen:
-            study.add_trials(self._frozen)
+            study.add_trials(self._kept())
         return study
+
+    def _kept(self) -> list[optuna.trial.FrozenTrial]:
+        """The trials the sampler sees: all, or with ``max_history`` the best half (by the mean
+        of the values) and the most recent half, in study order (deterministic in the
+        history, so a resumed agent sees the same)."""
+        cap = self.max_history
+        if cap is None or len(self._frozen) <= cap:
+            return self._frozen
+        recent = set(range(len(self._frozen) - cap // 2, len(self._frozen)))
+        scored = [i for i, h in enumerate(self._history) if h["value"] is not None
+                  and i not in recent]
+        scored.sort(key=lambda i: (-float(np.mean(self._history[i]["value"])), i))
+        keep = recent | set(scored[:cap - len(recent)])
+        return [t for i, t in enumerate(self._frozen) if i in keep]

@@ -2,13 +2,22 @@
 
 It costs configurations from their layer tables and repairs infeasible points *before* any
 pruning happens, so every evaluated candidate meets every budget.
+
+Costs are asked for far more often than candidates are evaluated: every repair is a 30-step
+bisection, and the AMC environment bounds every action by one. So MACs and parameters come
+from exact quadratic forms of the channel counts where the space allows them
+(:class:`QuadraticCost`, checked against the layer table at random configurations, built once
+per space), and every configuration's costs are memoised.
 """
 
 from __future__ import annotations
 
 import copy
+import math
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -17,9 +26,94 @@ from autoprune.latency.table import LatencyTable
 from autoprune.search_spaces import SearchSpace
 from autoprune.targets import Budget, Target, resolve_budgets
 
-__all__ = ["PruningProblem", "build_problem"]
+__all__ = ["FAST_UNITS", "PruningProblem", "QuadraticCost", "build_problem", "quadratic_costs"]
 
 _REPAIR_STEPS = 30
+#: Spaces of at most this many units get quadratic forms (about d^2 / 2 exact evaluations).
+FAST_UNITS = 48
+_MEMO = 200_000  # memoised configurations per problem, then the memo starts over
+_FORMS: weakref.WeakKeyDictionary[SearchSpace, dict[str, QuadraticCost]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _forms(space: SearchSpace) -> dict[str, QuadraticCost]:
+    if space not in _FORMS:
+        _FORMS[space] = quadratic_costs(space)
+    return _FORMS[space]
+
+
+# ---------------------------------------------------------------------- fast costs
+class QuadraticCost:
+    """A cost that is exactly a quadratic polynomial of the channel counts, evaluated in
+    microseconds instead of rebuilding the layer table (an evolution repairs hundreds of
+    children, each a 30-step bisection over costs).
+
+    MACs and parameters are: each conv/linear row is ``k * in * out`` (depthwise: ``k * out``),
+    each norm row ``k * out``, and a row's widths come from at most two units. The coefficients
+    are read off the exact cost at the thinnest configuration and at one- and two-unit changes
+    of it, and the form is checked against the exact cost at random configurations (the
+    caller falls back to the exact cost if it does not match).
+    """
+
+    def __init__(self, space: SearchSpace, exact: Callable[[dict[str, int]], float]) -> None:
+        units = space.units
+        self.base = np.array([u.minimum for u in units], dtype=float)
+        self.span = np.array([u.full - u.minimum for u in units], dtype=float)
+
+        def at(delta: np.ndarray) -> float:
+            return float(exact({u.name: int(b + d) for u, b, d in zip(units, self.base, delta)}))
+
+        d = len(units)
+        self.f0 = at(np.zeros(d))
+        self.linear, self.square = np.zeros(d), np.zeros(d)
+        self.cross = np.zeros((d, d))
+        gain = np.zeros(d)
+        for i in range(d):
+            one, half = np.zeros(d), np.zeros(d)
+            one[i] = self.span[i]
+            half[i] = max(1.0, float(np.floor(self.span[i] / 2)))
+            g1, g2 = at(one) - self.f0, at(half) - self.f0
+            x1, x2 = one[i], half[i]
+            if x1 == x2 or x1 == 0:
+                continue
+            # g(x) = a x + s x^2 through (x1, g1) and (x2, g2)
+            self.square[i] = (g1 / x1 - g2 / x2) / (x1 - x2)
+            self.linear[i] = g1 / x1 - self.square[i] * x1
+            gain[i] = g1
+        for i in range(d):
+            for j in range(i + 1, d):
+                both = np.zeros(d)
+                both[i], both[j] = self.span[i], self.span[j]
+                if both[i] and both[j]:
+                    rest = at(both) - self.f0 - gain[i] - gain[j]
+                    self.cross[i, j] = rest / (both[i] * both[j])
+
+    def __call__(self, channels: Sequence[int]) -> float:
+        delta = np.asarray(channels, dtype=float) - self.base
+        return float(self.f0 + self.linear @ delta + self.square @ (delta * delta)
+                     + delta @ self.cross @ delta)
+
+
+def quadratic_costs(space: SearchSpace, *, seed: int = 0) -> dict[str, QuadraticCost]:
+    """Exact fast forms of ``macs`` and ``params`` for ``space`` (those that check out at
+    random configurations; none for a space of more than ``FAST_UNITS`` units, whose forms
+    would cost more exact evaluations to build than a search makes)."""
+    if space.dim > FAST_UNITS:
+        return {}
+    rng = np.random.default_rng(seed)
+    checks = [space.decode(rng.random(space.dim)) for _ in range(8)]
+    out = {}
+    for name in ("macs", "params"):
+        model = get_cost_model(name)
+        form = QuadraticCost(space, lambda c, m=model: m.estimate(space.layer_table(c)))
+        if all(math.isclose(form([c[u.name] for u in space.units]),
+                            model.estimate(space.layer_table(c)), rel_tol=1e-9, abs_tol=0.5)
+               for c in checks):
+            out[name] = form
+    return out
+
+
+
 
 
 class PruningProblem:
@@ -43,6 +137,10 @@ class PruningProblem:
             if t.metric not in models:
                 models[t.metric] = get_cost_model(t.metric)
         self.cost_models: dict[str, CostModel] = models
+        # forms of the standard cost models only (a caller's own "macs" model is its own)
+        self._fast = {n: f for n, f in _forms(space).items()
+                      if type(models[n]) is type(get_cost_model(n))}
+        self._memo: dict[tuple[int, ...], dict[str, float]] = {}
         self.dense_costs = self.costs(space.dense_config())
         self.min_costs = self.costs(space.decode(np.zeros(space.dim)))
         self.budgets: list[Budget] = resolve_budgets(targets, self.dense_costs, self.min_costs,
@@ -61,8 +159,25 @@ class PruningProblem:
         return out
 
     def costs(self, config: Mapping[str, int]) -> dict[str, float]:
-        table = self.space.layer_table(config)
-        return {name: m.estimate(table) for name, m in self.cost_models.items()}
+        key = tuple(int(config.get(u.name, u.full)) for u in self.space.units)
+        hit = self._memo.get(key)
+        if hit is None:
+            table = None
+            hit = {}
+            for name, m in self.cost_models.items():
+                form = self._fast.get(name)
+                if form is not None:
+                    hit[name] = form(key)
+                else:
+                    table = table or self.space.layer_table(config)
+                    hit[name] = m.estimate(table)
+            if len(self._memo) >= _MEMO:
+                self._memo.clear()
+            self._memo[key] = hit
+        return dict(hit)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_memo": {}}  # shipped to workers without the memo
 
     def feasible(self, costs: Mapping[str, float], *,
                  budgets: Sequence[Budget] | None = None) -> bool:

@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     backends = tuple((args.backends or ("torch" if quick else "torch,onnxruntime")).split(","))
     s = Settings(models=models, configs=args.configs or (15 if quick else 70), warmup=3,
                  repeats=args.repeats or 15, threads=args.threads,
-                 backend=args.backend, clock=resolve_clock(None if args.clock == "auto" else
+                 backend=backends[0], clock=resolve_clock(None if args.clock == "auto" else
                                                            args.clock, args.threads),
                  batch=args.batch, image_size=32,
                  plan=ProfilePlan(),

@@ -25,7 +25,6 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +43,8 @@ from autoprune.latency.verify import measure_and_repair
 from autoprune.latency.table import LatencyTable
 from autoprune.ofa.elastic import ElasticNet, SupernetError
 from autoprune.ofa.predictor import AccuracyPredictor
-from autoprune.problem import PruningProblem, build_problem
+from autoprune.problem import PruningProblem, QuadraticCost, build_problem, quadratic_costs
 from autoprune.run_folder import write_choice
-from autoprune.search_spaces import ChannelSpace
 from autoprune.targets import Target, parse_targets
 from autoprune.zoo.evaluate import evaluate_accuracy
 from autoprune.zoo.train import default_cache_dir
@@ -69,101 +67,6 @@ def _predictor(supernet: ElasticNet) -> AccuracyPredictor:
             [s["val_accuracy"] for s in supernet.samples])
         supernet.derived["predictor"] = cached
     return cached
-
-
-# ---------------------------------------------------------------------- fast costs
-class QuadraticCost:
-    """A cost that is exactly a quadratic polynomial of the channel counts, evaluated in
-    microseconds instead of rebuilding the layer table (an evolution repairs hundreds of
-    children, each a 30-step bisection over costs).
-
-    MACs and parameters are: each conv/linear row is ``k * in * out`` (depthwise: ``k * out``),
-    each norm row ``k * out``, and a row's widths come from at most two units. The coefficients
-    are read off the exact cost at the thinnest configuration and at one- and two-unit changes
-    of it, and the form is checked against the exact cost at random configurations (the
-    caller falls back to the exact cost if it does not match).
-    """
-
-    def __init__(self, space: ChannelSpace, exact: Any) -> None:
-        units = space.units
-        self.base = np.array([u.minimum for u in units], dtype=float)
-        self.span = np.array([u.full - u.minimum for u in units], dtype=float)
-
-        def at(delta: np.ndarray) -> float:
-            return float(exact({u.name: int(b + d) for u, b, d in zip(units, self.base, delta)}))
-
-        d = len(units)
-        self.f0 = at(np.zeros(d))
-        self.linear, self.square = np.zeros(d), np.zeros(d)
-        self.cross = np.zeros((d, d))
-        gain = np.zeros(d)
-        for i in range(d):
-            one, half = np.zeros(d), np.zeros(d)
-            one[i] = self.span[i]
-            half[i] = max(1.0, float(np.floor(self.span[i] / 2)))
-            g1, g2 = at(one) - self.f0, at(half) - self.f0
-            x1, x2 = one[i], half[i]
-            if x1 == x2 or x1 == 0:
-                continue
-            # g(x) = a x + s x^2 through (x1, g1) and (x2, g2)
-            self.square[i] = (g1 / x1 - g2 / x2) / (x1 - x2)
-            self.linear[i] = g1 / x1 - self.square[i] * x1
-            gain[i] = g1
-        for i in range(d):
-            for j in range(i + 1, d):
-                both = np.zeros(d)
-                both[i], both[j] = self.span[i], self.span[j]
-                if both[i] and both[j]:
-                    rest = at(both) - self.f0 - gain[i] - gain[j]
-                    self.cross[i, j] = rest / (both[i] * both[j])
-
-    def __call__(self, channels: Sequence[int]) -> float:
-        delta = np.asarray(channels, dtype=float) - self.base
-        return float(self.f0 + self.linear @ delta + self.square @ (delta * delta)
-                     + delta @ self.cross @ delta)
-
-
-def quadratic_costs(space: ChannelSpace, *, seed: int = 0) -> dict[str, QuadraticCost]:
-    """Exact fast forms of ``macs`` and ``params`` for ``space`` (those that check out)."""
-    probe = build_problem(space, [])
-    rng = np.random.default_rng(seed)
-    checks = [space.decode(rng.random(space.dim)) for _ in range(8)]
-    out = {}
-    for name, model in probe.cost_models.items():
-        if name not in ("macs", "params"):
-            continue
-        form = QuadraticCost(space, lambda c, m=model: m.estimate(space.layer_table(c)))
-        if all(math.isclose(form([c[u.name] for u in space.units]),
-                            model.estimate(space.layer_table(c)), rel_tol=1e-9, abs_tol=0.5)
-               for c in checks):
-            out[name] = form
-    return out
-
-
-class _FastProblem(PruningProblem):
-    """A pruning problem whose costs are memoised and, for MACs and params, quadratic forms."""
-
-    def __init__(self, space: ChannelSpace, targets: Sequence[Target], *,
-                 cost_models: Sequence[Any] = (), margins: Mapping[str, float] | None = None,
-                 forms: Mapping[str, QuadraticCost]) -> None:
-        self._forms = dict(forms)
-        self._memo: dict[tuple[int, ...], dict[str, float]] = {}
-        super().__init__(space, targets, cost_models=cost_models, margins=margins)
-
-    def costs(self, config: Mapping[str, int]) -> dict[str, float]:
-        key = tuple(int(config.get(u.name, u.full)) for u in self.space.units)
-        hit = self._memo.get(key)
-        if hit is None:
-            table = None
-            hit = {}
-            for name, model in self.cost_models.items():
-                if name in self._forms:
-                    hit[name] = self._forms[name](key)
-                else:
-                    table = table or self.space.layer_table(config)
-                    hit[name] = model.estimate(table)
-            self._memo[key] = hit
-        return dict(hit)
 
 
 # ---------------------------------------------------------------------- evolution
@@ -251,11 +154,7 @@ def _measure(model: nn.Module, supernet: ElasticNet, setup: LatencySetup) -> Lat
 
 def _problem(supernet: ElasticNet, targets: Sequence[Target], table: LatencyTable | None
              ) -> PruningProblem:
-    forms = supernet.derived.get("cost_forms")
-    if forms is None:
-        forms = supernet.derived["cost_forms"] = quadratic_costs(supernet.space)
-    return build_problem(supernet.space, targets, table=table,
-                         problem=partial(_FastProblem, forms=forms))
+    return build_problem(supernet.space, targets, table=table)  # fast costs: see problem.py
 
 
 def specialise(supernet: ElasticNet, targets: Sequence[str | Sequence[Target]], *,
