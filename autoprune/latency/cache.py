@@ -27,6 +27,8 @@ __all__ = ["ANCHOR_REPEATS", "ANCHOR_ROUNDS", "anchor_to_now", "note_drift", "st
 ANCHOR_ROUNDS = 3
 ANCHOR_WARMUP = 3
 ANCHOR_REPEATS = 10
+# Both anchor networks must be off by more than this (and the table's check limit) to rescale.
+ANCHOR_MIN_DRIFT = 0.10
 
 
 def table_cache_path(model: nn.Module, space: SearchSpace, device: Mapping[str, Any],
@@ -87,14 +89,18 @@ def table_for_search(model: nn.Module, example: torch.Tensor, space: SearchSpace
 
 def anchor_to_now(table: LatencyTable, model: nn.Module, example: torch.Tensor,
                   space: SearchSpace, device: Device) -> tuple[LatencyTable, dict[str, Any]]:
-    """The table rescaled to how fast this machine runs now: the dense and the thinnest
-    network are timed in ``ANCHOR_ROUNDS`` alternating rounds, and the predictions scaled by
-    the mean of their measured / predicted ratios.
+    """The table rescaled to how fast this machine runs now, when the machine has clearly
+    changed speed: the dense and the thinnest network are timed in ``ANCHOR_ROUNDS``
+    alternating rounds, and if both measure off their predictions on the same side by more
+    than the table's own check limit (and 10%), the predictions are scaled by the geometric
+    mean of the two ratios.
 
     A shared host's speed drifts over minutes to hours (neighbours come and go): a table built
     at one speed predicts every network off by the same factor at another, while its relative
-    costs -- which channel is worth how much -- stay right. Two networks at both ends of the
-    range fix that factor in about a second."""
+    costs stay right. Two networks that disagree (the main job here: dense 0.92 of its
+    prediction, thinnest 0.75) show an error of the table's shape at one end, not a change of
+    speed, and scaling every prediction by their mean made the whole search 16% optimistic; so
+    then nothing is rescaled, and the final measurement's repair takes care of the rest."""
     configs = {"dense": space.dense_config(), "thinnest": space.decode(np.zeros(space.dim))}
     nets = {k: space.apply(model, c).eval() for k, c in configs.items()}
     times: dict[str, list[float]] = {k: [] for k in nets}
@@ -104,26 +110,34 @@ def anchor_to_now(table: LatencyTable, model: nn.Module, example: torch.Tensor,
                                             repeats=ANCHOR_REPEATS).median_ms)
     rows = {k: {"predicted_ms": table.predict(configs[k]),
                 "measured_ms": float(np.median(times[k]))} for k in nets}
-    factor = float(np.mean([r["measured_ms"] / r["predicted_ms"] for r in rows.values()]))
-    anchor = {"speed": table.speed * factor, "factor": factor, "networks": rows}
-    return table.anchored(table.speed * factor, anchor), anchor
+    ratios = [r["measured_ms"] / r["predicted_ms"] for r in rows.values()]
+    threshold = max(ANCHOR_MIN_DRIFT, float(table.check.get("limit", 0.0)))
+    drifted = (all(abs(r - 1) > threshold for r in ratios)
+               and len({r > 1 for r in ratios}) == 1)
+    factor = float(np.exp(np.mean(np.log(ratios)))) if drifted else 1.0
+    anchor = {"speed": table.speed * factor, "factor": factor, "applied": drifted,
+              "threshold": threshold, "ratios": {k: r for k, r in zip(rows, ratios)},
+              "networks": rows}
+    return (table.anchored(table.speed * factor, anchor) if drifted else table), anchor
 
 
 def note_drift(table: LatencyTable, anchor: Mapping[str, Any], *, path: Path, cached: bool,
                console: Console) -> dict[str, float]:
-    """Tell the user when the machine runs far from the speed the table was built at (beyond
-    :func:`stale_threshold`): its predictions are rescaled, but a table built at another
-    speed may also have its relative costs off; say how to rebuild it."""
+    """Tell the user when the dense network runs far from the table's prediction (beyond
+    :func:`stale_threshold`): whether the predictions were rescaled, and how to rebuild."""
     dense = anchor["networks"]["dense"]
-    drift = float(anchor["factor"]) - 1
+    drift = float(anchor["ratios"]["dense"]) - 1
     if abs(drift) > stale_threshold(table):
         how = (f"delete {path} (the next search rebuilds it)" if cached else
                f"rebuild it with `autoprune profile ... -o {path}`")
+        done = ("its predictions are rescaled to now" if anchor["applied"] else
+                "not rescaled, since the dense and the thinnest network do not both show it "
+                "beyond the table's own error")
         console.print(
             f"[yellow]note:[/] this machine runs {'slower' if drift > 0 else 'faster'} than when "
             f"the latency table was built ({100 * drift:+.1f}%: the dense network measures "
-            f"{dense['measured_ms']:.2f} ms, the table said {dense['predicted_ms']:.2f}); its "
-            f"predictions are rescaled to now. If this persists, {how}.", highlight=False)
+            f"{dense['measured_ms']:.2f} ms, the table said {dense['predicted_ms']:.2f}); "
+            f"{done}. If this persists, {how}.", highlight=False)
     return {"predicted_ms": dense["predicted_ms"], "measured_ms": dense["measured_ms"],
             "drift": drift, "threshold": stale_threshold(table)}
 
