@@ -71,7 +71,11 @@ class QuadraticCost:
         for i in range(d):
             one, half = np.zeros(d), np.zeros(d)
             one[i] = self.span[i]
-            half[i] = max(1.0, float(np.floor(self.span[i] / 2)))
+            # a width the unit can take, near the middle (grouped layers move in steps)
+            inner = [c - self.base[i] for c in getattr(units[i], "choices", ())
+                     if self.base[i] < c < self.base[i] + self.span[i]]
+            half[i] = (float(inner[len(inner) // 2]) if inner
+                       else max(1.0, float(np.floor(self.span[i] / 2))))
             g1, g2 = at(one) - self.f0, at(half) - self.f0
             x1, x2 = one[i], half[i]
             if x1 == x2 or x1 == 0:
@@ -105,7 +109,10 @@ def quadratic_costs(space: SearchSpace, *, seed: int = 0) -> dict[str, Quadratic
     out = {}
     for name in ("macs", "params"):
         model = get_cost_model(name)
-        form = QuadraticCost(space, lambda c, m=model: m.estimate(space.layer_table(c)))
+        try:
+            form = QuadraticCost(space, lambda c, m=model: m.estimate(space.layer_table(c)))
+        except ValueError:  # a width the space cannot cost: the exact cost it is
+            continue
         if all(math.isclose(form([c[u.name] for u in space.units]),
                             model.estimate(space.layer_table(c)), rel_tol=1e-9, abs_tol=0.5)
                for c in checks):
