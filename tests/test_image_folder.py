@@ -18,6 +18,7 @@ from autoprune.ofa.train import SupernetSettings
 from autoprune.zoo.data import load_data
 from autoprune.zoo.images import LazyImages
 from conftest import run_cli
+from test_user_model import METRICS
 
 NET = '''
 from torch import nn
@@ -30,18 +31,6 @@ def make(width=16, classes=10):
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, classes))
 '''
 
-METRIC = '''
-import torch
-
-
-def top1(model, batches):
-    right = seen = 0
-    with torch.no_grad():
-        for x, y in batches:
-            right += int((model(x).argmax(1) == y).sum())
-            seen += len(y)
-    return {"accuracy": right / seen}
-'''
 
 
 def _write_digits(root: Path, rows: range | None = None, size: int = 8) -> Path:
@@ -62,7 +51,7 @@ def _write_digits(root: Path, rows: range | None = None, size: int = 8) -> Path:
 def own(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("own")
     (root / "mynet.py").write_text(NET)
-    (root / "metric.py").write_text(METRIC)
+    (root / "metric.py").write_text(METRICS)
     _write_digits(root / "images")
     from autoprune.user_model import build_user_model
 

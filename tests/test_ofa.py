@@ -25,7 +25,8 @@ from autoprune.zoo.models import build_model
 from autoprune.ofa import Supernet, SupernetError
 from autoprune.ofa.elastic import WidthMasks, check_masking, slice_config, sort_channels
 from autoprune.ofa.predictor import predictor_quality
-from autoprune.ofa.search import LatencySetup, quadratic_costs, save_subnetwork
+from autoprune.ofa.search import LatencySetup, save_subnetwork
+from autoprune.problem import quadratic_costs
 from autoprune.ofa.train import SupernetSettings, train_supernet
 from autoprune.problem import PruningProblem
 from autoprune.search_spaces import ChannelSpace

@@ -266,11 +266,7 @@ def train(
                              weights=str(weights) if weights else None)
             record = task.baseline
             if weights:  # trained already: scored, not trained again
-                from autoprune.zoo.train import evaluate_accuracy
-
-                scores = {f"{split}_{k}": v for split in ("val", "test") for k, v in zip(
-                    ("accuracy", "loss"), evaluate_accuracy(task.model, *task.data.tensors(split)))}
-                record = {**record, "metrics": scores, "trained": False}
+                record = {**record, "metrics": task.scores(), "trained": False}
         else:
             if max_steps is not None:
                 _fail("--max-steps is for text; images train for --epochs")

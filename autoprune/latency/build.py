@@ -402,14 +402,17 @@ def holdout_configs(space: SearchSpace, n: int, rng: np.random.Generator,
     """``n`` random configurations the correction is not fitted on (none of ``exclude``, where
     the space has room): a width level per network drawn uniformly, plus per-unit noise, as a
     search's candidates spread."""
+    def draw() -> dict[str, int]:
+        return space.decode(np.clip(rng.uniform(0, 1) + rng.normal(0, 0.3, space.dim), 0, 1))
+
     out: list[dict[str, int]] = []
-    for _ in range(50 * n):
-        config = space.decode(np.clip(rng.uniform(0, 1) + rng.normal(0, 0.3, space.dim), 0, 1))
-        if config not in exclude or len(out) + (50 * n - _) <= n:
-            out.append(config)
+    for _ in range(50 * n):  # a space too small to avoid them takes repeats below
         if len(out) == n:
-            break
-    return out
+            return out
+        config = draw()
+        if config not in exclude:
+            out.append(config)
+    return out + [draw() for _ in range(n - len(out))]
 
 
 #: A table passes its check when its median error on the held-out networks is at most this,

@@ -43,14 +43,13 @@ from autoprune.latency.verify import measure_and_repair
 from autoprune.latency.table import LatencyTable
 from autoprune.ofa.elastic import ElasticNet, SupernetError
 from autoprune.ofa.predictor import AccuracyPredictor
-from autoprune.problem import PruningProblem, QuadraticCost, build_problem, quadratic_costs
+from autoprune.problem import PruningProblem, build_problem
 from autoprune.run_folder import write_choice
 from autoprune.targets import Target, parse_targets
 from autoprune.zoo.evaluate import evaluate_accuracy
 from autoprune.zoo.train import default_cache_dir
 
-__all__ = ["Extraction", "LatencySetup", "QuadraticCost", "extraction_table",
-           "find_config", "front", "front_view", "quadratic_costs",
+__all__ = ["Extraction", "LatencySetup", "extraction_table", "find_config", "front", "front_view",
            "save_subnetwork", "specialise"]
 
 _MAX_LATENCY_RETRIES = 3

@@ -27,7 +27,7 @@ from autoprune.user_model import (UserModelError, build_user_model, is_factory, 
                                   parse_model_args)
 
 from .data import DataSplits, available_datasets, is_data_path, load_data
-from .evaluate import ClassificationEvaluator
+from .evaluate import ClassificationEvaluator, evaluate_accuracy
 from .language import CONTEXT, LanguageModelEvaluator, load_or_train_language_baseline
 from .models import LANGUAGE_MODELS, build_model
 from .text import VOCAB, TextSplits
@@ -77,6 +77,15 @@ class Task:
 
     def example_inputs(self, batch: int = 1) -> torch.Tensor:
         return self.data.example_inputs(batch)
+
+    def scores(self) -> dict[str, float]:
+        """The model as it is (no BN recalibration, no fine-tune) on the validation and test
+        splits of image data: ``val_accuracy``, ``val_loss``, ``test_accuracy``, ``test_loss``."""
+        if isinstance(self.data, TextSplits):
+            raise ValueError("scores() is for image classifiers; a language model's evaluator "
+                             "reports its loss")
+        return {f"{split}_{k}": v for split in ("val", "test") for k, v in zip(
+            ("accuracy", "loss"), evaluate_accuracy(self.model, *self.data.tensors(split)))}
 
     def data_info(self) -> dict[str, Any]:
         """What results record about the data (a corpus's content hash and files)."""
