@@ -204,13 +204,16 @@ def register_space(name: str) -> Callable[[type[SearchSpace]], type[SearchSpace]
 
 
 def make_space(name: str, model: nn.Module, example_inputs: Any, *, round_to: int = 8,
-               min_ratio: float = 0.2, output: str | int | None = None) -> SearchSpace:
+               min_ratio: float = 0.2, output: str | int | None = None,
+               criterion: Any = None) -> SearchSpace:
     """The registered space ``name`` over ``model``: what every caller outside this package
-    uses, so a new space plugs in without edits elsewhere."""
+    uses, so a new space plugs in without edits elsewhere. ``criterion`` (a pruning
+    criterion's name or object, ``criteria.py``) is passed on only when given."""
     try:
         cls = SPACES[name]
     except KeyError:
         raise ValueError(f"unknown search space {name!r}; available: "
                          f"{', '.join(sorted(SPACES))}") from None
+    extra = {"criterion": criterion} if criterion is not None else {}
     return cls.from_model(model, example_inputs, round_to=round_to, min_ratio=min_ratio,
-                          output=output)
+                          output=output, **extra)

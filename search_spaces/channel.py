@@ -5,7 +5,8 @@ channels together: a conv's outputs, its BatchNorm, the next layers' inputs, eve
 residual add or a concatenation, a depthwise conv's inputs and outputs, both halves of a
 chunked gate. Each such group is one *unit*; a group that runs through an attention layer's
 projections becomes a unit of whole heads (``attention.py``). A configuration gives the number
-of elements (channels, heads) each unit keeps.
+of elements (channels, heads) each unit keeps: a unit's channels are ranked by the space's
+criterion (``criteria.py``; L2 group magnitude by default), heads by their L2 magnitude.
 
 Costs are exact by construction (``exact.py``, ``layers.py``): every size is measured as an
 affine function of the units' widths on a probed copy, and the space checks itself against
@@ -16,8 +17,10 @@ pruned, or that cannot be costed exactly, is kept dense and named in ``notes``.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 import torch
@@ -28,7 +31,7 @@ from .exact import ProbeError, probe, run_log
 from .attention import (AttentionHeads, drop_head_dims, drop_heads, find_attention, head_dim_scores,
                         head_scores, prune_head_dims, prune_heads)
 from .base import LayerTable, SearchSpace, Unit, UntraceableModelError, register_space
-from .importance import group_magnitude
+from .criteria import Criterion, L2Magnitude, as_criterion
 from .layers import LayerPlan, plan_rows
 from .reference import recurrent_macs, reference_params
 from .tracing import (Output, as_inputs, build_graph, call_model, pruning_group, roots,
@@ -72,7 +75,9 @@ def _ties(model: nn.Module) -> list[list[tuple[str, str]]]:
 class _Pruner:
     """A working copy of a model and its dependency graph; removes elements unit by unit."""
 
-    def __init__(self, model: nn.Module, inputs: tuple[torch.Tensor, ...], output: Output) -> None:
+    def __init__(self, model: nn.Module, inputs: tuple[torch.Tensor, ...], output: Output,
+                 criterion: Criterion | None = None) -> None:
+        self.criterion = criterion if criterion is not None else L2Magnitude()
         self.model = traceable_copy(model)
         self.graph = build_graph(self.model, inputs, output)
         self.modules = dict(self.model.named_modules())
@@ -84,21 +89,24 @@ class _Pruner:
         assert c.heads is not None
         return self.heads.get(c.heads.module, c.heads)
 
-    def scores(self, c: _Candidate) -> np.ndarray:
-        """Importance per element: the squared L2 magnitude of its whole coupled group (for
-        head positions: summed over the heads, each head choosing its own, see ``keep``)."""
+    def scores(self, c: _Candidate, stats: object = None) -> np.ndarray:
+        """Importance per element: the criterion's score of a channel group (from ``stats``,
+        what a data criterion measured on this copy), heads by their L2 magnitude (head
+        positions: summed over the heads, each head choosing its own, see ``keep``)."""
         if c.dims:
             qk, vo = head_dim_scores(self.model, self.spec(c))
             return qk.sum(0) + vo.sum(0)
         if c.heads is not None:
             return head_scores(self.model, self.spec(c))
-        full = max(i for b in c.blocks for i in b) + 1
-        group = self._group(c, list(range(full)))
-        per_channel = group_magnitude(self.graph, group, full)
-        return np.array([per_channel[list(b)].sum() for b in c.blocks])
+        return self.criterion.score(self.graph, self.group_of(c), c.blocks, stats)
 
-    def keep(self, c: _Candidate, keep: int) -> None:
-        """Prune ``c`` to ``keep`` elements, removing the least important."""
+    def group_of(self, c: _Candidate) -> tp.Group:
+        """The whole channel group of ``c``."""
+        return self._group(c, list(range(max(i for b in c.blocks for i in b) + 1)))
+
+    def keep(self, c: _Candidate, keep: int, scores: np.ndarray | None = None) -> None:
+        """Prune ``c`` to ``keep`` elements, removing the least important (by ``scores``, one
+        per element in dense numbering, when given)."""
         if keep >= c.unit.full:
             return
         if c.dims:
@@ -107,7 +115,8 @@ class _Pruner:
         elif c.heads is not None:
             self.remove(c, drop_heads(self.spec(c), self.scores(c), keep))
         else:
-            self.remove(c, sorted(np.argsort(-self.scores(c), kind="stable")[keep:].tolist()))
+            scores = self.scores(c) if scores is None else scores
+            self.remove(c, sorted(np.argsort(-scores, kind="stable")[keep:].tolist()))
 
     def remove(self, c: _Candidate, drop: Sequence[int]) -> None:
         """Remove elements ``drop`` (dense numbering) of candidate ``c``."""
@@ -152,11 +161,13 @@ class _Pruner:
 
 @register_space("channel")
 class ChannelSpace(SearchSpace):
-    """Elements kept per unit (channels rounded to a multiple, whole heads), bounded below."""
+    """Elements kept per unit (channels rounded to a multiple, whole heads), bounded below;
+    ``criterion`` ranks the channels of each unit (``criteria.py``)."""
 
     def __init__(self, *, candidates: Sequence[_Candidate], plan: LayerPlan,
                  example_inputs: tuple[torch.Tensor, ...], round_to: int, min_ratio: float,
-                 output: Output = None, notes: Sequence[str] = ()) -> None:
+                 output: Output = None, notes: Sequence[str] = (),
+                 criterion: Criterion | None = None) -> None:
         if not candidates:
             raise _nothing_prunable(notes)
         self._candidates = tuple(candidates)
@@ -168,17 +179,33 @@ class ChannelSpace(SearchSpace):
         self.min_ratio = min_ratio
         self.output = output
         self.notes: tuple[str, ...] = tuple(notes)
+        self.criterion: Criterion = criterion if criterion is not None else L2Magnitude()
+        self._scored: tuple | None = None  # a data criterion's dense scores: (model, key, scores)
+        heads = any(c.heads is not None for c in self._candidates)
+        if heads and self.criterion.name not in ("l1", "l2"):
+            self.notes += (f"attention heads and head positions are ranked by their L2 "
+                           f"magnitude: criterion {self.criterion.name!r} ranks channel groups "
+                           "only",)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_scored"] = None  # held for one model of this process only
+        return state
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_model(cls, model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], *,
                    round_to: int = 8, min_ratio: float = 0.2,
                    ignored_layers: Sequence[str] = (), output: Output = None,
-                   prune_head_dims: bool = False) -> ChannelSpace:
+                   prune_head_dims: bool = False,
+                   criterion: str | Criterion = "l2") -> ChannelSpace:
         """Find the units of ``model`` (left untouched) by tracing it on ``example_inputs``;
         ``output`` names the model's value among its outputs (default: the first tensor).
         Attention heads are pruned whole; ``prune_head_dims`` adds a unit per attention
-        layer for the positions inside its heads (the same number kept in every head)."""
+        layer for the positions inside its heads (the same number kept in every head).
+        ``criterion`` (a registered name or a :class:`Criterion`; a data criterion made by
+        ``make_criterion(name, calibration=...)``) ranks each unit's channels."""
+        criterion = as_criterion(criterion)
         if not 0.0 < min_ratio <= 1.0:
             raise ValueError(f"min_ratio must be in (0, 1], got {min_ratio}")
         if round_to < 1:
@@ -199,6 +226,9 @@ class ChannelSpace(SearchSpace):
         pruner = _Pruner(model, inputs, output)
         candidates, notes = _find_candidates(pruner, dense.sequence, round_to, min_ratio,
                                              set(ignored_layers), prune_head_dims)
+        if type(criterion).check is not Criterion.check:  # (a group search per unit)
+            criterion.check({c.unit.name: pruner.group_of(c) for c in candidates
+                             if c.heads is None})
         check_each = False
         while True:
             try:
@@ -215,7 +245,7 @@ class ChannelSpace(SearchSpace):
                 continue
             space = cls(candidates=candidates, plan=plan_rows(model, found),
                         example_inputs=inputs, round_to=round_to, min_ratio=min_ratio,
-                        output=output, notes=notes) if candidates else None
+                        output=output, notes=notes, criterion=criterion) if candidates else None
             bad = space._disagreements(model) if space is not None else {}
             if not bad:
                 break
@@ -243,8 +273,8 @@ class ChannelSpace(SearchSpace):
                        for i in range(len(self.units))}
 
     def _agrees(self, model: nn.Module, config: Mapping[str, int]) -> str | None:
-        try:
-            pruned = self.apply(model, config).eval()
+        try:  # sizes do not depend on which channels go: no data pass for this check
+            pruned = self._prune(model, config, data=False).eval()
             log = run_log(pruned, self.example_inputs, self.output)
         except Exception as err:  # noqa: BLE001
             return f"the pruned network fails ({type(err).__name__}: {err})"
@@ -300,16 +330,24 @@ class ChannelSpace(SearchSpace):
         return self._plan.table([u.full - ch[u.name] for u in self.units])
 
     def apply(self, model: nn.Module, config: Mapping[str, int]) -> nn.Module:
-        """A physically smaller copy: each unit keeps its elements of largest L2 magnitude
-        (summed over the whole coupled group, Torch-Pruning's GroupMagnitudeImportance; for
-        heads, over the head's projections)."""
+        """A physically smaller copy: each unit keeps its elements of largest score under the
+        space's criterion (default: L2 magnitude summed over the whole coupled group,
+        Torch-Pruning's GroupMagnitudeImportance); heads keep those of largest L2 magnitude
+        over the head's projections. Weight-only criteria score each unit on the copy as it
+        is pruned; data criteria score every unit once on the dense ``model`` (cached for it)."""
+        return self._prune(model, config)
+
+    def _prune(self, model: nn.Module, config: Mapping[str, int], data: bool = True) -> nn.Module:
         ch = self.complete_config(config)
         was_training = model.training
         grad_flags = [p.requires_grad for p in model.parameters()]
-        pruner = _Pruner(model, self.example_inputs, self.output)
+        plain = self.criterion.needs_data and not data  # ranked by L2 magnitude instead
+        pruner = _Pruner(model, self.example_inputs, self.output,
+                         None if plain else self.criterion)
+        dense = self._dense_scores(model, pruner) if data else {}
         # channel groups through Torch-Pruning's graph first, then heads, then head positions
         for c in sorted(self._candidates, key=lambda c: (c.heads is not None, c.dims)):
-            pruner.keep(c, ch[c.unit.name])
+            pruner.keep(c, ch[c.unit.name], dense.get(c.unit.name))
         work = pruner.model
         for p, flag in zip(work.parameters(), grad_flags):
             p.requires_grad_(flag)
@@ -347,11 +385,30 @@ class ChannelSpace(SearchSpace):
                 if ch[u.name] < u.full and fails({u.name: ch[u.name]}) is not None]
 
     def channel_scores(self, model: nn.Module) -> list[np.ndarray]:
-        """Per unit, one importance per element: the L2 magnitude of the element's whole
-        coupled group (``GroupMagnitudeImportance(p=2)`` without normalisation), the scores by
-        which ``apply`` chooses what a unit keeps."""
-        pruner = _Pruner(model, self.example_inputs, self.output)
-        return [pruner.scores(c) for c in self._candidates]
+        """Per unit, one importance per element on the dense ``model``, the scores by which
+        ``apply`` chooses what a unit keeps: the criterion's (default: the L2 magnitude of the
+        element's whole coupled group, ``GroupMagnitudeImportance(p=2)`` unnormalised); heads
+        and head positions by L2 magnitude."""
+        pruner = _Pruner(model, self.example_inputs, self.output, self.criterion)
+        dense = self._dense_scores(model, pruner)
+        return [dense[c.unit.name] if c.unit.name in dense else pruner.scores(c)
+                for c in self._candidates]
+
+    def _dense_scores(self, model: nn.Module, pruner: _Pruner) -> dict[str, np.ndarray]:
+        """A data criterion's scores of every channel unit, measured once over the calibration
+        batches on ``pruner``'s copy of the dense ``model`` (still unpruned) and kept for
+        ``model`` while its parameters and buffers are unchanged; ``{}`` for weight-only."""
+        if not self.criterion.needs_data:
+            return {}
+        key = tuple((id(t), t._version, t.data_ptr())
+                    for t in chain(model.parameters(), model.buffers()))
+        held = getattr(self, "_scored", None)
+        if held is not None and held[0]() is model and held[1] == key:
+            return held[2]
+        stats = self.criterion.measure(pruner.model, self.output)
+        scores = {c.unit.name: pruner.scores(c, stats) for c in self._candidates if c.heads is None}
+        self._scored = (weakref.ref(model), key, scores)
+        return scores
 
     def unit_layers(self) -> list[list[tuple[int, int, int, int]]]:
         """Per unit, the weight shape ``(in_channels / groups, out_channels, kernel_h,

@@ -9,6 +9,9 @@ parameters), summed per channel of the group's root.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import torch
 import torch_pruning as tp
@@ -16,7 +19,7 @@ from torch import nn
 
 from .tracing import conv1d_type
 
-__all__ = ["group_magnitude"]
+__all__ = ["group_magnitude", "group_sum", "item_slices", "rows"]
 
 
 def _slices(module: object, handler: str) -> list[tuple[torch.Tensor, int]]:
@@ -45,22 +48,47 @@ def _slices(module: object, handler: str) -> list[tuple[torch.Tensor, int]]:
     return []
 
 
-def group_magnitude(graph: tp.DependencyGraph, group: tp.Group, full: int) -> np.ndarray:
-    """Per channel of the group's root (``full`` of them), the sum of the squared weights it
-    removes over the whole group."""
+def item_slices(graph: tp.DependencyGraph, item: Any) -> list[tuple[torch.Tensor, int]]:
+    """(tensor, dimension) pairs of one group item whose slices along the dimension its
+    channel indices select (a free parameter along Torch-Pruning's pruning dimension)."""
+    module = item.dep.target.module
+    if isinstance(module, nn.Parameter):
+        return [(module, getattr(graph.module2node.get(module), "pruning_dim", -1))]
+    return _slices(module, item.dep.handler.__name__)
+
+
+def rows(tensor: torch.Tensor, dim: int) -> torch.Tensor:
+    """``tensor`` in double as one row per index along ``dim``."""
+    dim = dim % tensor.dim()
+    return tensor.detach().double().transpose(0, dim).reshape(tensor.shape[dim], -1)
+
+
+def group_sum(graph: tp.DependencyGraph, group: tp.Group, full: int,
+              per_index: Callable[[torch.Tensor, int], np.ndarray | None],
+              items: Callable[[Any], bool] = lambda item: True) -> np.ndarray:
+    """Per channel of the group's root (``full`` of them), the sum of ``per_index(tensor,
+    dim)`` (one value per index along ``dim``, ``None`` to skip) over the slices it removes
+    in every item of the group that ``items`` accepts."""
     scores = np.zeros(full)
     with torch.no_grad():
         for item in group.items:
-            module = item.dep.target.module
-            slices = _slices(module, item.dep.handler.__name__)
-            if isinstance(module, nn.Parameter):
-                dim = getattr(graph.module2node.get(module), "pruning_dim", -1)
-                slices = [(module, dim)]
-            for tensor, dim in slices:
-                dim = dim % tensor.dim()
-                flat = tensor.detach().double().transpose(0, dim).reshape(tensor.shape[dim], -1)
-                per = flat.pow(2).sum(1).cpu().numpy()
+            if not items(item):
+                continue
+            for tensor, dim in item_slices(graph, item):
+                per = per_index(tensor, dim % tensor.dim())
+                if per is None:
+                    continue
                 for i, r in zip(item.idxs, item.root_idxs):
                     if int(i) < len(per) and int(r) < full:
                         scores[int(r)] += per[int(i)]
     return scores
+
+
+def _squares(tensor: torch.Tensor, dim: int) -> np.ndarray:
+    return rows(tensor, dim).pow(2).sum(1).cpu().numpy()
+
+
+def group_magnitude(graph: tp.DependencyGraph, group: tp.Group, full: int) -> np.ndarray:
+    """Per channel of the group's root (``full`` of them), the sum of the squared weights it
+    removes over the whole group."""
+    return group_sum(graph, group, full, _squares)
