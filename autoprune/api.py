@@ -31,7 +31,8 @@ from autoprune.report import front_table, latency_check_view, pareto_plot, trial
 from autoprune.run_folder import (check_run_folder, describe_study, load_pruned, open_study,
                                   read_run_settings, study_record, unit_table, write_choice,
                                   write_json)
-from autoprune.search_spaces import SearchSpace, make_space
+from autoprune.search_spaces import (CRITERIA, Criterion, SearchSpace, criterion_names,
+                                     make_criterion, make_space)
 from autoprune.session import PruneAndEvaluate, best_record, evaluate_point, run_search
 from autoprune.settings import OBJECTIVES, SearchSettings, slug
 from autoprune.study import StudyStore, TrialRecord, check_storage, masked
@@ -92,7 +93,9 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
              pareto: bool = False, run_dir: str | Path | None = None, progress: bool = False,
              latency_table: LatencyTable | None = None, device: Device | None = None,
              executor: str | Executor = "local", reward: str = "acc",
-             storage: str | None = None, console: Console | None = None) -> Allocation:
+             storage: str | None = None, criterion: str | Criterion = "l2",
+             calibration: Sequence[tuple[Any, Any]] | None = None,
+             console: Console | None = None) -> Allocation:
     """Find how many channels each unit of ``model`` keeps so that every budget of ``target``
     is met and ``evaluate(pruned)`` (a dict with ``accuracy`` or ``loss``) is best.
 
@@ -111,7 +114,10 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
     network up to that budget (an agent that handles two objectives). ``space`` is a
     registered space's name or a space already built on ``model``; ``output`` names the
     model's output tensor that pruning must keep (a ``ModelOutput`` field such as
-    ``"logits"``, a dict key or a tuple position; default: the first tensor).
+    ``"logits"``, a dict key or a tuple position; default: the first tensor). ``criterion``
+    ranks the channels within each unit (``autoprune.search_spaces.criterion_names()``); the
+    data-driven ones (taylor, hessian, apoz, reconstruction) rank on ``calibration``, a few
+    ``(inputs, targets)`` batches of the training split.
     """
     evaluator = as_evaluator(evaluate)
     targets = parse_targets(target)
@@ -122,8 +128,15 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
     if record is not None:  # an unreachable database fails before any work
         check_storage(record["storage"])
     _agent(agent, 1, seed=seed, pareto=pareto, reward=reward)  # bad names fail before any work
-    searched = space if isinstance(space, SearchSpace) else make_space(
-        space, model, example_inputs, round_to=round_to, min_ratio=min_ratio, output=output)
+    if not isinstance(space, SearchSpace):
+        try:
+            ranks = make_criterion(criterion, calibration=calibration) \
+                if isinstance(criterion, str) else criterion
+        except ValueError as err:
+            raise SearchError(str(err)) from None
+        space = make_space(space, model, example_inputs, round_to=round_to, min_ratio=min_ratio,
+                           output=output, **({} if ranks.name == "l2" else {"criterion": ranks}))
+    searched = space
     table = None
     if any(t.metric == "latency_ms" for t in targets):
         table = latency_table or LatencyTable.build(model, example_inputs, space=searched,
@@ -205,6 +218,9 @@ def search(settings: SearchSettings, *, console: Console | None = None) -> dict[
     # Unknown agents, or a single-objective agent for a Pareto search, fail before training.
     _agent(settings.agent, 1, pareto=settings.objective == "pareto", reward=settings.reward)
     parse_targets(settings.targets)
+    if settings.space.criterion not in CRITERIA:
+        raise SearchError(f"unknown criterion {settings.space.criterion!r}; available: "
+                          f"{', '.join(criterion_names())}")
     ex = settings.executor
     executor = make_executor(ex.executor, workers=ex.workers, address=ex.ray_address,
                              cpus_per_trial=ex.cpus_per_trial)
@@ -252,7 +268,9 @@ def _search(settings: SearchSettings, executor: Executor, run_dir: Path,
     example = task.example_inputs(1)
     table = table_info = None
     space = make_space(settings.space.space, model, example, round_to=settings.space.round_to,
-                       min_ratio=settings.space.min_ratio, output=src.output)
+                       min_ratio=settings.space.min_ratio, output=src.output,
+                       **_criterion(task, settings.space.criterion,
+                                    settings.space.criterion_batches, settings.seed))
     store = open_study(run_dir, record)
     if settings.has_latency_target():
         # a resumed search costs with the speed it started with, so its trials stay comparable
@@ -294,6 +312,16 @@ def _search(settings: SearchSettings, executor: Executor, run_dir: Path,
                      storage=record["storage"] if record else None, console=console)
     return _report(settings, run_dir, alloc, task=task, metric=metric, evaluator=evaluator,
                    dense_val=dense_val, table_info=table_info, record=record, console=console)
+
+
+def _criterion(task: Task, name: str, batches: int, seed: int) -> dict[str, Criterion]:
+    """``make_space``'s criterion option for a run's criterion (none for the default, l2): a
+    data-driven one ranks on ``batches`` seeded batches of the training split."""
+    if name == "l2":
+        return {}
+    calibration = task.calibration_batches(batches, seed=seed) if CRITERIA[name].needs_data \
+        else None
+    return {"criterion": make_criterion(name, calibration=calibration)}
 
 
 def _dense_meets(settings: SearchSettings, model: nn.Module, example: torch.Tensor,
@@ -352,7 +380,7 @@ def _report(settings: SearchSettings, run_dir: Path, alloc: Allocation, *, task:
     dense: dict[str, Any] = {"costs": problem.dense_costs,
                              "metrics": {f"val_{metric}": dense_val["val"][metric],
                                          f"test_{metric}": dense_val["test"][metric]}}
-    extra: dict[str, Any] = {"dense": dense}
+    extra: dict[str, Any] = {"dense": dense, "criterion": settings.space.criterion}
     if check:
         extra["measured"] = _measured(check.best_measurement())
         dense["measured"] = _measured(check.dense)
@@ -381,6 +409,7 @@ def _report(settings: SearchSettings, run_dir: Path, alloc: Allocation, *, task:
                  "ratios": {k: round(u["ratio"], 4) for k, u in alloc.units.items()},
                  "trial": choice["trial"]},
         "budgets_met": problem.feasible(alloc.costs) and (check is None or check.met),
+        "criterion": settings.space.criterion,
         "trials": len(records),
         "failed_trials": sum(r.failed for r in records),
         "baseline": {"cached": bool(task.baseline.get("cached")),
@@ -528,7 +557,9 @@ def pick(run_dir: str | Path, target: str | Sequence[str], *, cache_dir: Path | 
                                finetune_steps=saved["finetune_steps"], seed=saved["seed"],
                                user=saved.get("evaluator"))
     space = make_space(saved.get("space", "channel"), model, task.example_inputs(1),
-                       round_to=saved["round_to"], min_ratio=saved["min_ratio"])
+                       round_to=saved["round_to"], min_ratio=saved["min_ratio"],
+                       **_criterion(task, saved.get("criterion", "l2"),
+                                    saved.get("criterion_batches", 8), saved["seed"]))
     problem = build_problem(space, targets)
     records = store.records()
     best = best_record(records, problem)

@@ -63,11 +63,16 @@ class ModelSource:
 
 @dataclass(frozen=True, kw_only=True)
 class SpaceSettings:
-    """The search space: its registered name (``--space``), channel rounding, lower bound."""
+    """The search space: its registered name (``--space``), channel rounding, lower bound, and
+    the criterion that ranks the channels within each unit (``--criterion``: a registered
+    one, ``autoprune.search_spaces.criterion_names()``; the data-driven ones rank on
+    ``criterion_batches`` batches of the training split)."""
 
     space: str = "channel"
     round_to: int = 8
     min_ratio: float = 0.2
+    criterion: str = "l2"
+    criterion_batches: int = 8
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,6 +161,9 @@ class SearchSettings:
                                    if k != "evaluator" or v is not None}}
         if self.space.space != "channel":  # so run folders made before the registry resume
             flat["space"] = self.space.space
+        if self.space.criterion != "l2":  # likewise for run folders made before the criteria
+            flat["criterion"] = self.space.criterion
+            flat["criterion_batches"] = self.space.criterion_batches
         if self.objective != "accuracy":  # so run folders made before Pareto searches resume
             flat["objective"] = self.objective
         if self.reward != "acc":  # likewise for run folders made before the RL agents

@@ -46,6 +46,13 @@ DATA_HELP = ("Data source: digits (scikit-learn's images, embedded), python-stdl
              "y_test, or an image folder: one sub-folder per class of PNG/JPEG files, with "
              "train/ val/ test/ sub-folders if you have them, read a batch at a time (both "
              "resized to --image-size, normalised per channel).")
+CRITERION_HELP = (
+    "How each unit ranks its channels (the lowest go): l2 (default; the L2 magnitude of the "
+    "channel's whole coupled group), l1, taylor (first-order Taylor, Molchanov), hessian "
+    "(Optimal Brain Damage's diagonal saliency), bn-scale (|gamma|, Network Slimming), fpgm "
+    "(geometric median), apoz (share of zero activations) or reconstruction (the next layer's "
+    "output without the channel, ThiNet). taylor, hessian, apoz and reconstruction rank on "
+    "batches of the training split. Attention heads are ranked by magnitude.")
 THREADS_HELP = "CPU threads a latency is for (torch.set_num_threads / intra_op_num_threads)."
 BACKEND_HELP = "Runtime a latency is for: torch (eager) or onnxruntime."
 CLOCK_HELP = ("How calls are timed: cpu (the calling thread's CPU time; unaffected by other "
@@ -132,6 +139,7 @@ def search(
     round_to: Annotated[int, typer.Option(min=1, help="Channel counts are multiples of this.")] = _S.space.round_to,
     min_ratio: Annotated[float, typer.Option(min=0.01, max=1.0,
                                              help="Fewest channels a unit keeps, as a fraction.")] = _S.space.min_ratio,
+    criterion: Annotated[str, typer.Option(help=CRITERION_HELP)] = _S.space.criterion,
     image_size: Annotated[int, typer.Option(min=8, help="Input resolution (digits are 8x8, upsampled to this).")] = _S.source.image_size,
     width_mult: Annotated[float, typer.Option(min=0.05, help="Width multiplier of the zoo model.")] = _S.source.width_mult,
     output: Annotated[str | None, typer.Option(
@@ -181,7 +189,7 @@ def search(
         settings = SearchSettings(
             source=_source(model, data, image_size, width_mult, output=output,
                            model_arg=model_arg, weights=weights),
-            space=SpaceSettings(round_to=round_to, min_ratio=min_ratio),
+            space=SpaceSettings(round_to=round_to, min_ratio=min_ratio, criterion=criterion),
             scoring=ScoringSettings(calib_batches=calib_batches, finetune_steps=finetune_steps,
                                     evaluator=_absolute(evaluator)),
             device=Device(batch=batch, threads=threads, backend=backend,

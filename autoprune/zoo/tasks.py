@@ -13,6 +13,7 @@ Both evaluators score on the validation split and keep ``test(model)`` for the f
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -77,6 +78,25 @@ class Task:
 
     def example_inputs(self, batch: int = 1) -> torch.Tensor:
         return self.data.example_inputs(batch)
+
+    def calibration_batches(self, n: int = 8, *, batch_size: int = 64,
+                            seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``n`` seeded ``(inputs, targets)`` batches of the **training** split, never the
+        validation or test split: what data-driven pruning criteria rank channels on."""
+        if n < 1:
+            raise ValueError(f"calibration needs at least one batch, got {n}")
+        if isinstance(self.data, TextSplits):
+            generator = torch.Generator().manual_seed(seed)
+            return [self.data.batch("train", batch_size=min(batch_size, 32), generator=generator)
+                    for _ in range(n)]
+        out: list[tuple[torch.Tensor, torch.Tensor]] = []
+        loader = self.data.loader("train", batch_size=batch_size, shuffle=True, seed=seed)
+        while len(out) < n:
+            before = len(out)
+            out.extend((x, y) for x, y in itertools.islice(loader, n - len(out)))
+            if len(out) == before:
+                break
+        return out
 
     def scores(self) -> dict[str, float]:
         """The model as it is (no BN recalibration, no fine-tune) on the validation and test
