@@ -13,6 +13,9 @@
     pick-*.json/.pt networks chosen later by ``autoprune pick``; ``ofa extract`` writes the
                     same form for a sub-network
     summary.json, front.json, pareto.png   reports
+    recover.ckpt    a recovery under way (``autoprune recover``), removed when it finishes;
+                    once recovered, best.json/pruned.pt hold the recovered network, with the
+                    search's figures kept as ``before_recovery`` (``record_recovery``)
 
 A chosen-network JSON (``write_choice``/``read_choice``) is enough, with its weights, to rebuild
 the pruned network (``load_pruned``) without the search.
@@ -35,8 +38,8 @@ from autoprune.study import StudyStore, check_storage, masked, normalize_storage
 from autoprune.zoo.models import build_model_from_spec
 
 __all__ = ["RUN_FORMAT", "check_run_folder", "describe_study", "load_pruned", "open_study",
-           "read_choice", "read_run_settings", "rebuild_choice", "study_record", "unit_table",
-           "write_choice", "write_json"]
+           "read_choice", "read_run_settings", "rebuild_choice", "record_recovery", "study_record",
+           "unit_table", "write_choice", "write_json"]
 
 RUN_FORMAT = 1
 
@@ -213,3 +216,43 @@ def load_pruned(run_dir: str | Path, *, choice: str = "best") -> nn.Module:
         raise FileNotFoundError(f"{run_dir / data.get('weights', 'pruned.pt')} is missing: "
                                 "the run folder is incomplete")
     return rebuild_choice(data, run_dir)[0]
+
+
+def record_recovery(run_dir: Path, *, val: Mapping[str, float], test: Mapping[str, float],
+                    recovery: Mapping[str, Any], weights: nn.Module,
+                    files: Mapping[str, str | None] | None = None) -> dict[str, Any]:
+    """Rewrite a run's chosen network as recovered: its weights in pruned.pt (atomically), its
+    ``val``/``test`` metrics in best.json with ``before_recovery`` (the search's figures, kept
+    as they were from the first recovery on) and the ``recovery`` block beside them (an
+    earlier recovery's block moves to its ``previous``); summary.json's best metrics likewise,
+    with ``files`` merged into its files. Returns the new best.json."""
+    path = run_dir / "best.json"
+    choice, _ = read_choice(path)
+    before = choice.get("before_recovery", choice["metrics"])
+    block = dict(recovery)
+    if (prev := choice.get("recovery")) is not None:
+        older = list(prev.get("previous", []))
+        if prev.get("history") != block.get("history"):  # not this recovery written again
+            older.append({k: v for k, v in prev.items() if k != "previous"})
+        if older:
+            block["previous"] = older
+    target = run_dir / choice.get("weights", "pruned.pt")
+    tmp = target.with_suffix(target.suffix + ".tmp")
+    torch.save(weights.state_dict(), tmp)
+    os.replace(tmp, target)
+    choice.update(metrics={**{f"val_{k}": v for k, v in val.items()},
+                           **{f"test_{k}": v for k, v in test.items()}},
+                  before_recovery=before, recovery=block)
+    write_json(path, choice)
+    summary_path = run_dir / "summary.json"
+    if summary_path.exists():
+        summary = _read_run_json(summary_path)
+        best = summary.setdefault("best", {})
+        best["before_recovery"] = best.get("before_recovery", best.get("metrics"))
+        best["metrics"] = {**val, **{f"test_{k}": v for k, v in test.items()}}
+        summary["recovery"] = {k: v for k, v in block.items()
+                               if k not in ("history", "stages", "previous")}
+        summary["recovery"]["rounds"] = 1 + len(block.get("previous", []))
+        summary.setdefault("files", {}).update(files or {})
+        write_json(summary_path, summary)
+    return choice
