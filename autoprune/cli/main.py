@@ -174,6 +174,17 @@ def search(
     threads: Annotated[int, typer.Option(min=1, help=THREADS_HELP)] = _S.device.threads,
     backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = _S.device.backend,
     clock: Annotated[str, typer.Option(help=CLOCK_HELP)] = "auto",
+    recover_steps: Annotated[int | None, typer.Option(
+        "--recover", min=1, metavar="STEPS",
+        help="After the search, recover the chosen network: fine-tune it STEPS steps on the "
+             "training split (as autoprune recover RUN --steps STEPS does) and rewrite the "
+             "run folder with it.")] = None,
+    distill: Annotated[bool, typer.Option(
+        "--distill", help="With --recover: distil from the dense network (KL at T=4, half "
+                          "the loss).")] = False,
+    gradual: Annotated[bool, typer.Option(
+        "--gradual", help="With --recover: start from the dense network and prune to the "
+                          "chosen widths gradually (AGP's cubic schedule).")] = False,
 ) -> None:
     """Search per-unit channel counts that meet every --target at the best validation score.
 
@@ -184,6 +195,9 @@ def search(
     candidates are costed by an on-device lookup table and the chosen network is measured.
     """
     from autoprune.api import search as run
+
+    if (distill or gradual) and not recover_steps:
+        _fail("--distill and --gradual are options of the recovery: add --recover STEPS")
 
     try:
         settings = SearchSettings(
@@ -200,6 +214,15 @@ def search(
             trials=trials, run_dir=run_dir, storage=storage, cache_dir=cache_dir,
             progress=progress, lut=lut)
         summary = run(settings, console=err)
+        if recover_steps and summary.get("dense_meets_budgets"):
+            err.print("[yellow]note:[/] nothing was pruned, so nothing to recover")
+        elif recover_steps:
+            from autoprune.recover import recover_run
+
+            summary["recovery"] = recover_run(summary["run_dir"], steps=recover_steps,
+                                              distill=distill, gradual=gradual, seed=seed,
+                                              cache_dir=cache_dir, progress=progress,
+                                              console=err)
     except _user_errors() as e:
         _fail(str(e))
     if as_json:
@@ -230,6 +253,47 @@ def pick(
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
 
+
+
+@app.command()
+def recover(
+    run: Annotated[Path, typer.Argument(help="A finished run folder (autoprune search "
+                                             "--run-dir).")],
+    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps of fine-tuning on the "
+                                                   "training split.")],
+    distill: Annotated[bool, typer.Option(
+        "--distill", help="Distil from the dense network: alpha T^2 KL(teacher || student) + "
+                          "(1 - alpha) cross-entropy, T=4, alpha=0.5 (Hinton et al. 2015).")] = False,
+    gradual: Annotated[bool, typer.Option(
+        "--gradual", help="Start from the dense network and prune to the chosen widths in 4 "
+                          "stages on AGP's cubic schedule over the first two thirds of the "
+                          "steps, then fine-tune (Zhu & Gupta 2017).")] = False,
+    lr: Annotated[float | None, typer.Option(
+        min=0.0, help="Learning rate (cosine decay to 0); default 0.01 with SGD, 5e-4 with "
+                      "AdamW (what the baseline trained with: transformers and text).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the training order.")] = 0,
+    cache_dir: Annotated[Path | None, typer.Option(help="Baseline cache folder.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar (stderr).")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
+) -> None:
+    """Recover a run's chosen network: fine-tune it, then rewrite the run folder with it.
+
+    Trains on the training split only and scores on the run's validation split (adaptive BN,
+    as the search scored) once per epoch, or 4 times when --steps is under an epoch; test is
+    scored once, at the end. best.json gets the recovered metrics with before_recovery and a
+    recovery block beside them; pruned.pt (load_pruned), pruned.pt2 and summary.json hold
+    the recovered network. A killed recovery resumes from RUN/recover.ckpt. A run recovered
+    before is recovered further from its recovered weights (--gradual starts from dense).
+    """
+    from autoprune.recover import recover_run
+
+    try:
+        result = recover_run(run, steps=steps, distill=distill, gradual=gradual, lr=lr,
+                             seed=seed, cache_dir=cache_dir, progress=progress, console=err)
+    except _user_errors() as e:
+        _fail(str(e))
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
 
 @app.command()
 def train(
