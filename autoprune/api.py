@@ -19,7 +19,7 @@ from autoprune.agents import Agent, AgentOptionError, make_agent
 from autoprune.errors import SearchError
 from autoprune.evaluator import Evaluator, as_evaluator
 from autoprune.executors import Executor, make_executor
-from autoprune.export import ExportError, export_program
+from autoprune.export import save_program
 from autoprune.latency.cache import table_for_search
 from autoprune.latency.device import Device
 from autoprune.latency.measure import LatencyMeasurement, measure_latency
@@ -269,8 +269,9 @@ def _search(settings: SearchSettings, executor: Executor, run_dir: Path,
     table = table_info = None
     space = make_space(settings.space.space, model, example, round_to=settings.space.round_to,
                        min_ratio=settings.space.min_ratio, output=src.output,
-                       **_criterion(task, settings.space.criterion,
-                                    settings.space.criterion_batches, settings.seed))
+                       **task.criterion_option(settings.space.criterion,
+                                               batches=settings.space.criterion_batches,
+                                               seed=settings.seed))
     store = open_study(run_dir, record)
     if settings.has_latency_target():
         # a resumed search costs with the speed it started with, so its trials stay comparable
@@ -312,16 +313,6 @@ def _search(settings: SearchSettings, executor: Executor, run_dir: Path,
                      storage=record["storage"] if record else None, console=console)
     return _report(settings, run_dir, alloc, task=task, metric=metric, evaluator=evaluator,
                    dense_val=dense_val, table_info=table_info, record=record, console=console)
-
-
-def _criterion(task: Task, name: str, batches: int, seed: int) -> dict[str, Criterion]:
-    """``make_space``'s criterion option for a run's criterion (none for the default, l2): a
-    data-driven one ranks on ``batches`` seeded batches of the training split."""
-    if name == "l2":
-        return {}
-    calibration = task.calibration_batches(batches, seed=seed) if CRITERIA[name].needs_data \
-        else None
-    return {"criterion": make_criterion(name, calibration=calibration)}
 
 
 def _dense_meets(settings: SearchSettings, model: nn.Module, example: torch.Tensor,
@@ -391,7 +382,7 @@ def _report(settings: SearchSettings, run_dir: Path, alloc: Allocation, *, task:
         metrics=_split_metrics(val, test),
         budgets=[asdict(b) for b in problem.budgets], weights=pruned, weights_file="pruned.pt",
         extra=extra)
-    program = _save_program(pruned, task.example_inputs(1), run_dir / "pruned.pt2", console)
+    program = save_program(pruned, task.example_inputs(1), run_dir / "pruned.pt2", console)
     plot = pareto_plot(records, run_dir / "pareto.png", dense_costs=problem.dense_costs,
                        dense_objective=dense_val["val"][metric], budgets=problem.budgets,
                        objective=metric, best=best,
@@ -467,18 +458,6 @@ def _report(settings: SearchSettings, run_dir: Path, alloc: Allocation, *, task:
             "measurements; rebuild the table when it is quiet (autoprune profile), or ask for "
             "a little more latency.")
     return summary
-
-
-def _save_program(pruned: nn.Module, example: torch.Tensor, path: Path,
-                  console: Console) -> str | None:
-    """The chosen network as a ``torch.export`` program (loads without autoprune or the
-    model's code); a model torch.export cannot take gets a note, and the run goes on."""
-    try:
-        export_program(pruned, Device().inputs(example), path)
-    except ExportError as err:
-        console.print(f"[yellow]note:[/] no pruned.pt2: {err}", highlight=False)
-        return None
-    return str(path)
 
 
 def _scored_after(task: Task, settings: SearchSettings) -> str:
@@ -558,8 +537,9 @@ def pick(run_dir: str | Path, target: str | Sequence[str], *, cache_dir: Path | 
                                user=saved.get("evaluator"))
     space = make_space(saved.get("space", "channel"), model, task.example_inputs(1),
                        round_to=saved["round_to"], min_ratio=saved["min_ratio"],
-                       **_criterion(task, saved.get("criterion", "l2"),
-                                    saved.get("criterion_batches", 8), saved["seed"]))
+                       **task.criterion_option(saved.get("criterion", "l2"),
+                                               batches=saved.get("criterion_batches", 8),
+                                               seed=saved["seed"]))
     problem = build_problem(space, targets)
     records = store.records()
     best = best_record(records, problem)

@@ -30,7 +30,8 @@ from autoprune.latency.device import Device
 from autoprune.latency.measure import export_onnx
 from autoprune.run_folder import read_choice, rebuild_choice
 
-__all__ = ["EXPORT_FORMATS", "ExportError", "Exported", "export_choice", "export_program"]
+__all__ = ["EXPORT_FORMATS", "ExportError", "Exported", "export_choice", "export_program",
+           "save_program"]
 
 EXPORT_FORMATS = ("onnx", "torchscript", "exported-program", "state_dict")
 _SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "exported-program": ".pt2", "state_dict": ".pt"}
@@ -149,3 +150,17 @@ def _run_onnx(path: Path, inputs: tuple[torch.Tensor, ...]) -> np.ndarray:
     names = [i.name for i in session.get_inputs()]
     return np.asarray(session.run(None, {n: x.numpy() for n, x in zip(names, inputs)})[0],
                       dtype=np.float32)
+
+
+def save_program(model: nn.Module, example: torch.Tensor, path: Path,
+                 console: Any) -> str | None:
+    """A chosen network as a ``torch.export`` program beside its weights (loads without
+    autoprune or the model's code); a model torch.export cannot take gets a note on
+    ``console`` (and loses a stale program), and the caller goes on."""
+    try:
+        export_program(model, Device().inputs(example), path)
+    except ExportError as err:
+        path.unlink(missing_ok=True)
+        console.print(f"[yellow]note:[/] no {path.name}: {err}", highlight=False)
+        return None
+    return str(path)

@@ -32,6 +32,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from torch import nn
 
+from autoprune.export import save_program
+from autoprune.reconstruct import reconstruct as reconstruct_layers
 from autoprune.run_folder import (read_choice, read_run_settings, rebuild_choice,
                                   record_recovery)
 from autoprune.search_spaces import SearchSpace, make_space
@@ -395,8 +397,8 @@ def _describe(metrics: Mapping[str, float]) -> str:
 
 def recover_run(run_dir: str | Path, *, steps: int, distill: bool = False,
                 gradual: bool = False, lr: float | None = None, seed: int = 0,
-                cache_dir: Path | None = None, progress: bool = True,
-                console: Console | None = None) -> dict[str, Any]:
+                reconstruct: bool = False, cache_dir: Path | None = None,
+                progress: bool = True, console: Console | None = None) -> dict[str, Any]:
     """Recover a finished run's chosen network (its best.json) and write it back: best.json
     with the recovered validation and test metrics, ``before_recovery`` and a ``recovery``
     block (steps, lr, distill, gradual, history); pruned.pt, pruned.pt2 and summary.json.
@@ -404,7 +406,15 @@ def recover_run(run_dir: str | Path, *, steps: int, distill: bool = False,
     Scored by the run's own evaluator (adaptive BN, validation split); test once, at the
     end. The teacher and AGP's start are the run's trained baseline. A killed recovery resumes
     from ``recover.ckpt`` in the run folder. A run recovered before is recovered further from
-    its recovered weights (``gradual`` starts from the dense baseline again)."""
+    its recovered weights (``gradual`` starts from the dense baseline again). ``reconstruct``
+    first refits the layers that read pruned channels by least squares on 8 training-split
+    batches (``autoprune.reconstruct``, no training); with ``steps=0`` that is all."""
+    if steps < 0 or (steps == 0 and not reconstruct):
+        raise ValueError(f"--steps must be >= 1 (got {steps}); --steps 0 only with "
+                         "--reconstruct, the training-free refit")
+    if reconstruct and gradual:
+        raise ValueError("--reconstruct refits the chosen network, while --gradual starts from "
+                         "the dense one: use one of them")
     console = console or Console(stderr=True)
     run_dir = Path(run_dir)
     saved = read_run_settings(run_dir)
@@ -430,18 +440,31 @@ def recover_run(run_dir: str | Path, *, steps: int, distill: bool = False,
                "under recovery.previous" if gradual else
                "recovering it further, from its recovered weights"), highlight=False)
     ckpt = run_dir / CHECKPOINT
+    refit = None
+    if reconstruct and not ckpt.exists():  # a resumed recovery refitted before it trained
+        batches = [x for x, _ in task.calibration_batches(8, seed=saved["seed"])]
+        refit = reconstruct_layers(pruned, dense, batches)
+        console.print(
+            f"least-squares refit (no training) of {len(refit.refitted)} layers that read pruned "
+            f"channels: output error against the dense network on the calibration batches "
+            f"{refit.output_error_before:.3f} -> {refit.output_error_after:.3f}", highlight=False)
     if ckpt.exists():
         console.print(f"resuming the recovery in {ckpt}", highlight=False)
-    rec = recover(pruned, data=task.data, steps=steps, evaluate=evaluator, dense=dense,
-                  distill=distill, gradual=gradual, space=space,
-                  config=choice["config"] if gradual else None, optimizer=optimizer, lr=lr,
-                  batch_size=32 if text else 64, seed=seed, checkpoint=ckpt,
-                  progress=progress, console=console)
-    model = rec.model
+    if steps:
+        rec = recover(pruned, data=task.data, steps=steps, evaluate=evaluator, dense=dense,
+                      distill=distill, gradual=gradual, space=space,
+                      config=choice["config"] if gradual else None, optimizer=optimizer, lr=lr,
+                      batch_size=32 if text else 64, seed=seed, checkpoint=ckpt,
+                      progress=progress, console=console)
+        model, block = rec.model, rec.as_dict()
+    else:
+        model, block = pruned, {"steps": 0, "history": [], "eval_every": 0, "eval_unit": "none",
+                                "lr": 0.0, "distill": False, "gradual": False}
     val = dict(evaluator(model))  # adaptive BN in place, as the search's choice was saved
     test = dict(evaluator.test(model))
-    program = _save_program(model, example, run_dir / "pruned.pt2", console)
-    block = {**rec.as_dict(), "from": "search" if gradual or not again else "recovered"}
+    program = save_program(model, example, run_dir / "pruned.pt2", console)
+    block = {**block, "from": "search" if gradual or not again else "recovered",
+             **({"reconstruction": refit.as_dict()} if refit is not None else {})}
     written = record_recovery(run_dir, val=val, test=test, recovery=block, weights=model,
                               files={"program": program})
     ckpt.unlink(missing_ok=True)
@@ -453,10 +476,13 @@ def recover_run(run_dir: str | Path, *, steps: int, distill: bool = False,
     console.print(recovery_table(result))
     metric = "accuracy" if "accuracy" in val else "loss"
     b, a = written["before_recovery"], written["metrics"]
+    how = (f"{steps} steps ({'gradual (AGP) from dense, ' if gradual else ''}"
+           f"{'distilled, ' if distill else ''}{optimizer} lr {block['lr']:g}, validation every "
+           f"{block['eval_every']} steps{' (an epoch)' if block['eval_unit'] == 'epoch' else ''}"
+           f"{', after a least-squares refit' if refit else ''})" if steps
+           else "by the least-squares refit alone, no training")
     console.print(
-        f"recovered {steps} steps ({'gradual (AGP) from dense, ' if gradual else ''}"
-        f"{'distilled, ' if distill else ''}{optimizer} lr {rec.lr:g}, validation every "
-        f"{rec.eval_every} steps{' (an epoch)' if rec.eval_unit == 'epoch' else ''}): "
+        f"recovered {how}: "
         f"validation {metric} {b.get('val_' + metric, float('nan')):.4f} -> "
         f"{a['val_' + metric]:.4f}, test {metric} {b.get('test_' + metric, float('nan')):.4f} "
         f"-> {a['test_' + metric]:.4f} (test scored once, at the end)\n"
@@ -467,33 +493,11 @@ def recover_run(run_dir: str | Path, *, steps: int, distill: bool = False,
 def _run_space(saved: Mapping[str, Any], task: Any) -> SearchSpace:
     """The space the run searched, made as the search made it (its criterion too: AGP's
     stages rank channels by it)."""
-    extra: dict[str, Any] = {}
-    if (name := saved.get("criterion", "l2")) != "l2":
-        from autoprune.search_spaces import CRITERIA, make_criterion
-
-        calibration = task.calibration_batches(saved.get("criterion_batches", 8),
-                                               seed=saved["seed"]) \
-            if CRITERIA[name].needs_data else None
-        extra["criterion"] = make_criterion(name, calibration=calibration)
+    extra = task.criterion_option(saved.get("criterion", "l2"),
+                                  batches=saved.get("criterion_batches", 8), seed=saved["seed"])
     return make_space(saved.get("space", "channel"), task.model, task.example_inputs(1),
                       round_to=saved["round_to"], min_ratio=saved["min_ratio"],
                       output=saved.get("output"), **extra)
-
-
-def _save_program(model: nn.Module, example: torch.Tensor, path: Path,
-                  console: Console) -> str | None:
-    """The recovered network as a ``torch.export`` program, as the search writes it; a model
-    torch.export cannot take gets a note (and loses the stale program)."""
-    from autoprune.export import ExportError, export_program
-    from autoprune.latency.device import Device
-
-    try:
-        export_program(model, Device().inputs(example), path)
-    except ExportError as err:
-        path.unlink(missing_ok=True)
-        console.print(f"[yellow]note:[/] no pruned.pt2: {err}", highlight=False)
-        return None
-    return str(path)
 
 
 def recovery_table(result: Mapping[str, Any]) -> Table:

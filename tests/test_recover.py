@@ -232,11 +232,23 @@ def test_the_cli_recovers_a_finished_run(chosen: dict, cache: Path, tmp_path: Pa
     assert fresh["recovery"]["distill"] is True and "previous" not in fresh["recovery"]
     assert fresh["before_recovery"] == searched["metrics"]
 
+    # Training-free: the least-squares refit of the layers that read pruned channels alone.
+    out = run_cli(["recover", str(run), "--steps", "0", "--reconstruct", "--no-progress"], cache)
+    refit = json.loads((run / "best.json").read_text())["recovery"]
+    assert refit["steps"] == 0 and refit["history"] == []
+    layers = refit["reconstruction"]["layers"]
+    assert any(r["refitted"] for r in layers)
+    assert all(r["error_after"] <= r["error_before"] for r in layers if r["refitted"])
+    assert "least-squares refit" in out.stderr
+
 
 def test_cli_errors_are_one_line(cache: Path, tmp_path: Path) -> None:
     out = run_cli(["recover", str(tmp_path / "nowhere"), "--steps", "5"], cache, check=False)
     assert out.returncode == 2 and out.stderr.count("error:") == 1
     assert "not an autoprune run folder" in out.stderr
+    out = run_cli(["recover", str(tmp_path / "nowhere"), "--steps", "0"], cache, check=False)
+    assert out.returncode == 2 and out.stderr.count("error:") == 1
+    assert "--reconstruct" in out.stderr
     out = run_cli(["search", *SMALL, "--distill", "--run-dir", str(tmp_path / "x")], cache,
                   check=False)
     assert out.returncode == 2 and "add --recover STEPS" in out.stderr

@@ -214,6 +214,10 @@ def search(
             trials=trials, run_dir=run_dir, storage=storage, cache_dir=cache_dir,
             progress=progress, lut=lut)
         summary = run(settings, console=err)
+        if not recover_steps and not summary.get("dense_meets_budgets"):
+            err.print(f"not recovered yet: autoprune recover {summary['run_dir']} --steps 300 "
+                      "fine-tunes it on the training split (--distill, --gradual, "
+                      "--reconstruct; or search with --recover STEPS)", highlight=False)
         if recover_steps and summary.get("dense_meets_budgets"):
             err.print("[yellow]note:[/] nothing was pruned, so nothing to recover")
         elif recover_steps:
@@ -259,8 +263,13 @@ def pick(
 def recover(
     run: Annotated[Path, typer.Argument(help="A finished run folder (autoprune search "
                                              "--run-dir).")],
-    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps of fine-tuning on the "
-                                                   "training split.")],
+    steps: Annotated[int, typer.Option(min=0, help="Optimizer steps of fine-tuning on the "
+                                                   "training split (0 only with "
+                                                   "--reconstruct).")],
+    reconstruct: Annotated[bool, typer.Option(
+        "--reconstruct", help="First refit, by least squares on 8 training batches, the layers "
+                              "that read pruned channels so their outputs match the dense "
+                              "network's (He et al. 2017; no training).")] = False,
     distill: Annotated[bool, typer.Option(
         "--distill", help="Distil from the dense network: alpha T^2 KL(teacher || student) + "
                           "(1 - alpha) cross-entropy, T=4, alpha=0.5 (Hinton et al. 2015).")] = False,
@@ -289,11 +298,13 @@ def recover(
 
     try:
         result = recover_run(run, steps=steps, distill=distill, gradual=gradual, lr=lr,
-                             seed=seed, cache_dir=cache_dir, progress=progress, console=err)
+                             seed=seed, reconstruct=reconstruct, cache_dir=cache_dir,
+                             progress=progress, console=err)
     except _user_errors() as e:
         _fail(str(e))
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
+
 
 @app.command()
 def train(
