@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -253,3 +254,29 @@ def test_cli_errors_are_one_line(cache: Path, tmp_path: Path) -> None:
                   check=False)
     assert out.returncode == 2 and "add --recover STEPS" in out.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_a_language_model_recovers_gradually_with_a_data_criterion() -> None:
+    """The character-level decoder (heads and MLP widths) under taylor: AGP's stages re-trace
+    attention too, distillation runs on next-character logits, the loss falls."""
+    from autoprune.search_spaces import make_criterion
+    from autoprune.zoo.language import LanguageModelEvaluator
+    from autoprune.zoo.models import build_model
+    from autoprune.zoo.text import load_stdlib_corpus
+
+    corpus = load_stdlib_corpus(block=32, max_chars=120_000)
+    torch.manual_seed(0)
+    dense = build_model("chargpt", num_classes=corpus.vocab_size, width_mult=0.25,
+                        input_size=32).eval()
+    gen = torch.Generator().manual_seed(0)
+    calibration = [corpus.batch("train", batch_size=8, generator=gen) for _ in range(2)]
+    space = make_space("channel", dense, corpus.example_inputs(1), round_to=4,
+                       criterion=make_criterion("taylor", calibration=calibration))
+    config = space.decode(np.full(space.dim, 0.3))
+    evaluator = LanguageModelEvaluator(corpus, windows=32)
+    rec = recover(space.apply(dense, config), data=corpus, steps=12, evaluate=evaluator,
+                  dense=dense, distill=True, gradual=True, space=space, config=config,
+                  optimizer="adamw", batch_size=8)
+    want = {k: v.shape for k, v in space.apply(dense, config).state_dict().items()}
+    assert {k: v.shape for k, v in rec.model.state_dict().items()} == want
+    assert rec.after["loss"] < evaluator(space.apply(dense, config))["loss"]
