@@ -95,6 +95,15 @@ class LayerRow:
     call: int = 0
     macs: int = 0
     params: int = 0
+    # Weight-granularity spaces (unstructured, N:M) only; zero elsewhere. ``weight_elements``:
+    # elements of the row's pruned weight tensor, dense; ``weight_nonzero``: those kept (then
+    # ``params`` counts them, not the dense elements, and ``macs`` the MACs of non-zero
+    # weights); ``weight_rows``: the rows it is stored as (output channels: CSR's row
+    # pointers); ``dense_macs``: the MACs the row would cost with its weight dense.
+    weight_elements: int = 0
+    weight_nonzero: int = 0
+    weight_rows: int = 0
+    dense_macs: int = 0
 
     @property
     def module(self) -> str:
@@ -205,10 +214,11 @@ def register_space(name: str) -> Callable[[type[SearchSpace]], type[SearchSpace]
 
 def make_space(name: str, model: nn.Module, example_inputs: Any, *, round_to: int = 8,
                min_ratio: float = 0.2, output: str | int | None = None,
-               criterion: Any = None) -> SearchSpace:
+               criterion: Any = None, **options: Any) -> SearchSpace:
     """The registered space ``name`` over ``model``: what every caller outside this package
     uses, so a new space plugs in without edits elsewhere. ``criterion`` (a pruning
-    criterion's name or object, ``criteria.py``) is passed on only when given."""
+    criterion's name or object) and a space's own ``options`` (the weight-sparsity spaces'
+    ``levels``, ``nm``, ``include_ends``, ``calibration``) are passed on only when given."""
     try:
         cls = SPACES[name]
     except KeyError:
@@ -216,4 +226,4 @@ def make_space(name: str, model: nn.Module, example_inputs: Any, *, round_to: in
                          f"{', '.join(sorted(SPACES))}") from None
     extra = {"criterion": criterion} if criterion is not None else {}
     return cls.from_model(model, example_inputs, round_to=round_to, min_ratio=min_ratio,
-                          output=output, **extra)
+                          output=output, **extra, **options)
