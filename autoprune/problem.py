@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from autoprune.costs import CostModel, get_cost_model
+from autoprune.costs import CostModel, SizeCost, get_cost_model
 from autoprune.latency.table import LatencyTable
 from autoprune.search_spaces import SearchSpace
-from autoprune.targets import Budget, Target, resolve_budgets
+from autoprune.targets import Budget, Target, TargetError, resolve_budgets
 
 __all__ = ["FAST_UNITS", "PruningProblem", "QuadraticCost", "build_problem", "quadratic_costs"]
 
@@ -34,6 +34,8 @@ FAST_UNITS = 48
 _MEMO = 200_000  # memoised configurations per problem, then the memo starts over
 _FORMS: weakref.WeakKeyDictionary[SearchSpace, dict[str, QuadraticCost]] = \
     weakref.WeakKeyDictionary()
+#: Budgets on single weights: only a weight-granularity space's rows carry what they count.
+_WEIGHT_METRICS = ("weights", "size_bytes")
 
 
 def _forms(space: SearchSpace) -> dict[str, QuadraticCost]:
@@ -140,6 +142,7 @@ class PruningProblem:
         for name in ("macs", "params"):
             models.setdefault(name, get_cost_model(name))
         targets = list(targets)
+        _check_weight_budgets(space, targets)
         for t in targets:
             if t.metric not in models:
                 models[t.metric] = get_cost_model(t.metric)
@@ -223,14 +226,30 @@ class PruningProblem:
         return self.space.encode(self.space.decode(at(lo)))
 
 
+def _check_weight_budgets(space: SearchSpace, targets: Sequence[Target]) -> None:
+    """``sparsity=`` and ``size=`` on a space whose rows count no single weights (the channel
+    space) is one error, before anything is costed."""
+    asked = [t.text for t in targets if t.metric in _WEIGHT_METRICS]
+    if asked and not any(r.weight_elements > 0
+                         for r in space.layer_table(space.dense_config())):
+        raise TargetError(f"target {asked[0]!r} on the {space.name} space: sparsity= and size= "
+                          "budget single weights: use --granularity unstructured or nm (or "
+                          "channel+unstructured)")
+
+
 def build_problem(space: SearchSpace, targets: Iterable[Target], *,
-                  table: LatencyTable | None = None,
+                  table: LatencyTable | None = None, storage_format: str = "bitmap",
                   problem: Callable[..., PruningProblem] = PruningProblem) -> PruningProblem:
     """The one way a search's problem is made (search, allocate, once-for-all, benchmarks):
     the budgets over ``space``, a latency budget costed by ``table`` with predictions kept the
-    table's typical error inside the limit (``LatencyTable.prediction_margin``). ``problem``
-    makes the instance (once-for-all passes its memoised subclass)."""
+    table's typical error inside the limit (``LatencyTable.prediction_margin``), a ``size=``
+    budget costed in ``storage_format`` (``dense``, ``bitmap``, ``csr``: ``SizeCost``).
+    ``problem`` makes the instance (once-for-all passes its memoised subclass)."""
+    targets = list(targets)
+    models: list[CostModel] = []
+    if any(t.metric == "size_bytes" for t in targets):
+        models.append(SizeCost(storage_format))
     if table is None:
-        return problem(space, targets)
-    return problem(space, targets, cost_models=[table.cost_model()],
+        return problem(space, targets, cost_models=models) if models else problem(space, targets)
+    return problem(space, targets, cost_models=[table.cost_model(), *models],
                    margins={"latency_ms": table.prediction_margin()})
