@@ -7,8 +7,13 @@ from .base import (SPACES, LayerRow, LayerTable, PruningBrokeModel, SearchSpace,
 from .channel import ChannelSpace, channel_choices
 from .criteria import CRITERIA, Criterion, criterion_names, make_criterion, register_criterion
 from .reference import reference_macs, reference_params
+from .sparse import (NMSparsitySpace, UnstructuredSparsitySpace, WeightCriterion,
+                     WeightSparsitySpace, magnitude_mask, mask_of, parse_nm, remove_masks)
 
 __all__ = ["CRITERIA", "SPACES", "ChannelSpace", "Criterion", "LayerRow", "LayerTable",
-           "PruningBrokeModel", "SearchSpace", "Unit", "UnitFactsError", "UntraceableModelError",
-           "call_name", "channel_choices", "criterion_names", "make_criterion", "make_space",
-           "reference_macs", "reference_params", "register_criterion", "register_space"]
+           "NMSparsitySpace", "PruningBrokeModel", "SearchSpace", "Unit", "UnitFactsError",
+           "UnstructuredSparsitySpace", "UntraceableModelError", "WeightCriterion",
+           "WeightSparsitySpace", "call_name", "channel_choices", "criterion_names",
+           "magnitude_mask", "make_criterion", "make_space", "mask_of", "parse_nm",
+           "reference_macs", "reference_params", "register_criterion", "register_space",
+           "remove_masks"]

@@ -1,0 +1,542 @@
+"""Weight sparsity: units are the prunable weight tensors, each kept to a count from a grid.
+
+Two spaces share this class: ``unstructured`` (a layer keeps any ``round((1 - level) * full)``
+of its weights, ``level`` from ``levels``) and ``nm`` (a layer is dense or follows an N:M
+pattern: N weights kept in every group of M consecutive weights along its input dimension,
+the 2:4 of sparse tensor cores). A configuration gives the number of weights each unit keeps.
+
+Units are the weights of every ``nn.Conv*d``, ``nn.ConvTranspose*d``, ``nn.Linear`` and HF
+``Conv1D`` the model calls on the example inputs. Left dense, and named in ``notes``: the
+first and last such layer in call order (unless ``include_ends``), every embedding (always),
+a weight shared by several modules (tied), and a layer whose weight no grid level thins.
+
+Shapes never change, so the layer table is the dense model's (``layers.plan_rows`` over one
+traced run) with every unit's row told how many of its weights are non-zero: its ``macs``
+count only the non-zero weights (each used once per output position per batch item in a
+conv, once per input row in a linear layer), its ``params`` the kept weights.
+
+``apply`` masks in place: a copy whose unit weights carry a ``torch.nn.utils.parametrize``
+parametrization ``_Mask`` (``weight * mask``), so masked weights stay zero while the copy is
+fine-tuned; :func:`remove_masks` bakes them into plain weights for saving and export.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from itertools import chain
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .base import LayerTable, SearchSpace, Unit, UntraceableModelError, register_space
+from .exact import Affine, Probe, run_log
+from .layers import plan_rows
+from .tracing import Output, as_inputs, conv1d_type, traceable_copy
+
+__all__ = ["NMSparsitySpace", "UnstructuredSparsitySpace", "WeightCriterion",
+           "WeightSparsitySpace", "magnitude_mask", "mask_of", "parse_nm", "remove_masks"]
+
+DEFAULT_LEVELS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
+WEIGHT_CRITERIA = ("magnitude", "wanda", "sparsegpt")
+_DATA_FIX = "pass calibration=[(inputs, targets), ...] batches from the training split"
+
+
+@dataclass(frozen=True)
+class WeightCriterion:
+    """How ``apply`` chooses the weights a unit keeps: ``magnitude`` (|w|), or the data
+    criteria ``wanda`` and ``sparsegpt`` (``weight_masks.py``), which need calibration."""
+
+    name: str
+
+    @property
+    def needs_data(self) -> bool:
+        return self.name != "magnitude"
+
+
+class _Mask(nn.Module):
+    """The parametrization of a masked weight: ``weight * mask`` (``mask`` a bool buffer)."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask.detach().to(torch.bool).clone())
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.mask
+
+
+def _masks(module: nn.Module) -> list[_Mask]:
+    lists = getattr(module, "parametrizations", None)
+    if lists is None or "weight" not in lists:
+        return []
+    return [p for p in lists["weight"] if isinstance(p, _Mask)]
+
+
+def mask_of(module: nn.Module) -> torch.Tensor | None:
+    """The bool mask ``apply`` put on ``module``'s weight (several: their product), or ``None``
+    for a module whose weight is not masked."""
+    found = _masks(module)
+    if not found:
+        return None
+    out = found[0].mask.clone()
+    for m in found[1:]:
+        out &= m.mask
+    return out
+
+
+def remove_masks(model: nn.Module) -> nn.Module:
+    """``model`` itself (changed in place: deep-copy it first to keep the masked one) with every
+    masked weight baked into a plain parameter holding the zeros
+    (``parametrize.remove_parametrizations(..., leave_parametrized=True)``; any other
+    parametrization of the same weight is baked with it)."""
+    for module in list(model.modules()):
+        if _masks(module):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    return model
+
+
+def parse_nm(pattern: str | Sequence[int]) -> tuple[int, int]:
+    """``"2:4"`` (or ``(2, 4)``) as ``(N, M)`` with ``0 < N < M``."""
+    try:
+        n, m = (int(v) for v in (pattern.split(":") if isinstance(pattern, str) else pattern))
+    except (ValueError, TypeError):
+        raise ValueError(f"N:M pattern {pattern!r} is not of the form 'N:M'. Fix: write it as "
+                         "'2:4' (N weights kept in every M)") from None
+    if not 0 < n < m:
+        raise ValueError(f"N:M pattern {pattern!r} must keep 0 < N < M weights per group. Fix: "
+                         "use e.g. '2:4' or '1:4' (a dense layer is always a choice)")
+    return n, m
+
+
+def _check_levels(levels: Sequence[float]) -> tuple[float, ...]:
+    out = tuple(float(v) for v in levels)
+    if not out:
+        raise ValueError("levels is empty. Fix: pass sparsity levels in [0, 1), e.g. "
+                         "(0.0, 0.5, 0.9)")
+    bad = [v for v in out if not 0.0 <= v < 1.0]
+    if bad:
+        raise ValueError(f"sparsity levels must be in [0, 1) (the share of weights removed), got "
+                         f"{bad}. Fix: pass levels such as (0.0, 0.5, 0.9)")
+    if len(set(out)) != len(out):
+        raise ValueError(f"sparsity levels {list(out)} repeat a value. Fix: list each level once")
+    return tuple(sorted(set(out) | {0.0}))
+
+
+def _check_nm(nm: Sequence[str | Sequence[int]]) -> tuple[tuple[int, int], ...]:
+    if isinstance(nm, str):
+        nm = (nm,)
+    out = [parse_nm(p) for p in nm]
+    if not out:
+        raise ValueError("nm is empty. Fix: pass N:M patterns, e.g. ('2:4', '1:4')")
+    shares: dict[tuple[int, int], tuple[int, int]] = {}
+    for n, m in out:
+        g = math.gcd(n, m)
+        if (n // g, m // g) in shares:
+            a, b = shares[(n // g, m // g)]
+            raise ValueError(f"N:M patterns {a}:{b} and {n}:{m} both keep {n // g}/{m // g} of "
+                             "the weights: they keep the same share; choose one")
+        shares[(n // g, m // g)] = (n, m)
+    return tuple(sorted(out, key=lambda p: p[0] / p[1]))
+
+
+def _check_calibration(calibration: Any, name: str) -> list[tuple[tuple[torch.Tensor, ...], Any]]:
+    if calibration is None or isinstance(calibration, (torch.Tensor, str, bytes, Mapping)):
+        got = "none" if calibration is None else f"a {type(calibration).__name__}"
+        raise ValueError(f"weight criterion {name!r} chooses weights on data and was given {got}. "
+                         f"Fix: {_DATA_FIX}, or use criterion='magnitude'")
+    out = []
+    for k, batch in enumerate(calibration):
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise ValueError(f"calibration batch {k} is a {type(batch).__name__}, not an "
+                             f"(inputs, targets) pair. Fix: {_DATA_FIX}")
+        out.append((as_inputs(batch[0]), batch[1]))
+    if not out:
+        raise ValueError(f"weight criterion {name!r} was given no calibration batches. "
+                         f"Fix: {_DATA_FIX}")
+    return out
+
+
+@dataclass(frozen=True)
+class _DataCriteria:
+    prune_layer: Any
+    layer_statistics: Any
+
+
+def _weight_masks() -> _DataCriteria:
+    """``weight_masks.py``'s ``prune_layer`` and ``layer_statistics`` (imported when used)."""
+    try:
+        from .weight_masks import layer_statistics, prune_layer  # noqa: PLC0415 - optional
+    except ImportError as err:
+        raise ValueError("the data criteria 'wanda' and 'sparsegpt' need "
+                         "search_spaces/weight_masks.py (prune_layer, layer_statistics), which "
+                         f"this installation lacks ({err}). Fix: use criterion='magnitude'") from None
+    return _DataCriteria(prune_layer, layer_statistics)
+
+
+def _layer_types() -> tuple[type[nn.Module], ...]:
+    conv1d = conv1d_type()
+    return (nn.modules.conv._ConvNd, nn.Linear) + ((conv1d,) if conv1d is not None else ())
+
+
+def _canonical(module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+    """The weight as ``[out, in, *kernel]`` (a view): HF ``Conv1D`` and transposed convs store
+    theirs with the input dimension first."""
+    conv1d = conv1d_type()
+    if isinstance(module, nn.modules.conv._ConvTransposeNd) or (
+            conv1d is not None and isinstance(module, conv1d)):
+        return weight.transpose(0, 1)
+    return weight
+
+
+def _input_dim(module: nn.Module) -> int:
+    """The size of the dimension N:M groups run along: inputs per output (per conv group)."""
+    w = module.weight
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return int(w.shape[0]) // int(module.groups)
+    if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+        return int(w.shape[1])
+    return int(w.shape[0])  # HF Conv1D: [in, out]
+
+
+def magnitude_mask(weight: torch.Tensor, *, keep: int | None = None,
+                   nm: tuple[int, int] | None = None) -> torch.Tensor:
+    """The bool mask keeping the ``keep`` weights of largest |w| (ties: the first in
+    storage order), or with ``nm = (N, M)`` the N largest of every M consecutive weights
+    along dimension 1 of ``weight`` (given as ``[out, in, *kernel]``)."""
+    score = weight.detach().abs()
+    if nm is None:
+        flat = score.reshape(-1)
+        order = torch.sort(-flat, stable=True).indices[:keep]
+        mask = torch.zeros(flat.numel(), dtype=torch.bool, device=weight.device)
+        mask[order] = True
+        return mask.reshape(weight.shape)
+    n, m = nm
+    moved = score.movedim(1, -1)  # input channels last: groups of M consecutive inputs
+    groups = moved.reshape(-1, m)
+    order = torch.sort(-groups, dim=1, stable=True).indices[:, :n]
+    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, order, True)
+    return mask.reshape(moved.shape).movedim(-1, 1)
+
+
+def _ties(model: nn.Module) -> set[str]:
+    """Modules holding a weight that another module holds too."""
+    seen: dict[int, list[str]] = {}
+    for name, m in model.named_modules():
+        for p in m.parameters(recurse=False):
+            seen.setdefault(id(p), []).append(name)
+    return {n for names in seen.values() if len(names) > 1 for n in names}
+
+
+def _model_key(model: nn.Module) -> tuple:
+    return tuple((id(t), t._version, t.data_ptr()) for t in chain(model.parameters(), model.buffers()))
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """A unit's layer: its rows in the table (index, input vectors of its weight), the N:M
+    pattern of each kept count, and its dense weight shape as ``unit_layers`` gives it."""
+
+    rows: tuple[tuple[int, int], ...]
+    patterns: Mapping[int, tuple[int, int]]
+    shape: tuple[int, int, int, int]
+
+
+class WeightSparsitySpace(SearchSpace):
+    """Weights kept per layer, from a grid of sparsity levels (``unstructured``) or of N:M
+    patterns (``nm``); registered under both names (``granularity`` tells them apart)."""
+
+    granularity: ClassVar[str] = "unstructured"
+
+    def __init__(self, *, units: Sequence[Unit], layers: Sequence[_Layer], rows: LayerTable,
+                 example_inputs: tuple[torch.Tensor, ...], round_to: int, min_ratio: float,
+                 output: Output, notes: Sequence[str], criterion: WeightCriterion,
+                 calibration: list | None, levels: tuple[float, ...],
+                 nm: tuple[tuple[int, int], ...]) -> None:
+        self.units: tuple[Unit, ...] = tuple(units)
+        self._layers = tuple(layers)
+        self._rows = tuple(rows)
+        self._index = {u.name: i for i, u in enumerate(self.units)}
+        self.example_inputs = example_inputs
+        self.round_to = round_to
+        self.min_ratio = min_ratio
+        self.output = output
+        self.notes: tuple[str, ...] = tuple(notes)
+        self.criterion = criterion
+        self.calibration = calibration
+        self.levels = levels
+        self.nm = nm
+        self._stats: tuple | None = None  # a data criterion's statistics: (model, key, stats)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_stats"] = None  # held for one model of this process only
+        return state
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_model(cls, model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], *,
+                   round_to: int = 8, min_ratio: float = 0.2, output: Output = None,
+                   criterion: str | Any = "magnitude",
+                   levels: Sequence[float] = DEFAULT_LEVELS,
+                   nm: Sequence[str | Sequence[int]] = ("2:4", "1:4"),
+                   include_ends: bool = False,
+                   calibration: Sequence[tuple[Any, Any]] | None = None) -> WeightSparsitySpace:
+        """The weight units of ``model`` (left untouched), found by running it once on
+        ``example_inputs``. ``round_to`` and ``min_ratio`` are accepted for the contract and
+        ignored: the grid is ``levels`` (shares of weights removed, in [0, 1); 0, dense, is
+        always a choice; a unit keeps ``max(1, round((1 - level) * full))``) for
+        ``unstructured`` and ``nm`` (patterns ``"N:M"``; dense is always
+        a choice) for ``nm``; each space ignores the other's grid. ``include_ends`` makes the
+        first and last conv/linear layers (in call order) units too; embeddings are never
+        units, nor is a weight shared by several modules (tied). ``criterion`` (``magnitude``, ``wanda`` or ``sparsegpt``; a name or an object
+        with ``.name``) chooses which weights ``apply`` keeps; the data criteria need
+        ``calibration``, a list of ``(inputs, targets)`` batches from the training split."""
+        name = criterion if isinstance(criterion, str) else getattr(criterion, "name", None)
+        if name not in WEIGHT_CRITERIA:
+            raise ValueError(f"unknown weight criterion {criterion!r} for the {cls.granularity} "
+                             f"space; available: {', '.join(WEIGHT_CRITERIA)}")
+        chosen = WeightCriterion(name)
+        batches = None
+        if chosen.needs_data:
+            if calibration is None:
+                calibration = getattr(criterion, "calibration", None)
+            batches = _check_calibration(calibration, name)
+            _weight_masks()
+        grid_levels = _check_levels(levels) if cls.granularity == "unstructured" else ()
+        patterns = _check_nm(nm) if cls.granularity == "nm" else ()
+        inputs = as_inputs(example_inputs)
+        work = remove_masks(traceable_copy(model))  # an already masked model: its plain weights
+        try:
+            log = run_log(work, inputs, output)
+        except UntraceableModelError:
+            raise
+        except Exception as err:  # noqa: BLE001
+            raise UntraceableModelError(
+                f"{type(model).__name__} failed on the example inputs ({type(err).__name__}: "
+                f"{err}). Fix: pass example inputs of the shape the model expects.") from err
+        params = dict(work.named_parameters())
+        found = Probe(params={n: tuple(Affine(int(d)) for d in p.shape) for n, p in params.items()},
+                      functional=[(o, tuple(Affine(int(f)) for f in o.factors))
+                                  for o in log.functional], dense=log)
+        plan = plan_rows(work, found)
+        rows = plan.table([])
+        modules = dict(work.named_modules())
+        types = _layer_types()
+        layers = [n for n in dict.fromkeys(log.sequence) if isinstance(modules[n], types)
+                  and isinstance(getattr(modules[n], "weight", None), torch.Tensor)]
+        notes: list[str] = []
+        embeddings = [n for n, m in modules.items() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
+        if embeddings:
+            notes.append(f"embeddings are kept dense: {', '.join(embeddings)}")
+        ends = {layers[0], layers[-1]} if layers and not include_ends else set()
+        if ends:
+            notes.append(f"the first and last layers ({', '.join(sorted(ends))}) are kept dense; "
+                         "include_ends=True searches them too")
+        tied = _ties(work)
+        canon = {id(p): n for n, p in params.items()}
+        units: list[Unit] = []
+        info: list[_Layer] = []
+        for name_ in layers:
+            if name_ in ends:
+                continue
+            m = modules[name_]
+            if name_ in tied:
+                notes.append(f"{name_} is kept dense: its weight is shared with another module")
+                continue
+            wname = canon[id(m.weight)]
+            mine = [(i, sum(v for v, dims in p.macs if dims is found.params[wname]))
+                    for i, p in enumerate(plan.rows) if p.name.split("#", 1)[0] == name_
+                    and p.kind in ("conv", "conv_transpose", "linear")]
+            if not mine or any(v == 0 for _, v in mine):
+                notes.append(f"{name_} is kept dense: its weight's MACs could not be read off "
+                             "the traced run")
+                continue
+            full = int(m.weight.numel())
+            kept: dict[int, tuple[int, int]] = {}
+            if cls.granularity == "nm":
+                fan = _input_dim(m)
+                for n, mm in patterns:
+                    if fan % mm == 0:
+                        kept[full * n // mm] = (n, mm)
+                choices = tuple(sorted(set(kept) | {full}))
+                why = (f"its input dimension ({fan}) is not divisible by "
+                       f"{' or '.join(str(mm) for _, mm in patterns)}")
+            else:
+                choices = tuple(sorted({max(1, round((1 - lv) * full)) for lv in grid_levels}))
+                why = "no sparsity level removes any of its weights"
+            if len(choices) < 2:
+                notes.append(f"{name_} is kept dense: {why}")
+                continue
+            r = rows[mine[0][0]]
+            kernel = (tuple(r.kernel) + (1, 1))[:2] if r.kind in ("conv", "conv_transpose") else (1, 1)
+            shape = (r.in_channels // max(1, r.groups), r.out_channels, int(kernel[0]), int(kernel[1]))
+            units.append(Unit(name=name_, full=full, choices=choices, members=(name_,),
+                              kind="weights"))
+            info.append(_Layer(rows=tuple(mine), patterns=kept, shape=shape))
+        if not units:
+            raise UntraceableModelError(
+                "No prunable weights were found (no conv/linear layer between the first and the "
+                "last, or none the grid can thin). Fix: use a model with hidden conv/linear "
+                "layers, or pass include_ends=True." + "".join(f"\n  - {n}" for n in notes))
+        return cls(units=units, layers=info, rows=rows, example_inputs=inputs, round_to=round_to,
+                   min_ratio=min_ratio, output=output, notes=notes, criterion=chosen,
+                   calibration=batches, levels=grid_levels, nm=patterns)
+
+    # ------------------------------------------------------------------ the contract
+    @property
+    def dim(self) -> int:
+        return len(self.units)
+
+    def decode(self, x: Sequence[float]) -> dict[str, int]:
+        x = np.asarray(x, dtype=float)
+        if x.shape != (self.dim,):
+            raise ValueError(f"a point of this space has {self.dim} coordinates, got shape {x.shape}")
+        return {u.name: u.choices[int(round(float(xi) * (len(u.choices) - 1)))]
+                for u, xi in zip(self.units, np.clip(x, 0.0, 1.0))}
+
+    def encode(self, config: Mapping[str, int]) -> np.ndarray:
+        full = self.complete_config(config)
+        return np.array([u.choices.index(full[u.name]) / (len(u.choices) - 1) for u in self.units])
+
+    def dense_config(self) -> dict[str, int]:
+        return {u.name: u.full for u in self.units}
+
+    def min_config(self) -> dict[str, int]:
+        return {u.name: u.minimum for u in self.units}
+
+    def ratios(self, config: Mapping[str, int]) -> dict[str, float]:
+        """Kept fraction of weights per unit."""
+        full = self.complete_config(config)
+        return {u.name: full[u.name] / u.full for u in self.units}
+
+    def ratio_lower_bounds(self) -> dict[str, float]:
+        return {u.name: u.minimum / u.full for u in self.units}
+
+    def complete_config(self, config: Mapping[str, int]) -> dict[str, int]:
+        """``config`` with every unit present (dense where missing) and every count checked."""
+        unknown = set(config) - set(self._index)
+        if unknown:
+            raise ValueError(f"configuration names unknown units {sorted(unknown)}; "
+                             f"units are {[u.name for u in self.units]}")
+        out = {}
+        for u in self.units:
+            c = config.get(u.name, u.full)
+            if int(c) != c or int(c) not in u.choices:
+                raise ValueError(f"unit {u.name!r} keeps {c} weights, not one of its choices "
+                                 f"{list(u.choices)}. Fix: take a count from space.units")
+            out[u.name] = int(c)
+        return out
+
+    def pattern(self, unit: str, keep: int) -> tuple[int, int] | None:
+        """The ``(N, M)`` pattern of unit ``unit`` keeping ``keep`` weights (``None``: dense, or
+        any count of the unstructured space)."""
+        return self._layers[self._index[unit]].patterns.get(int(keep))
+
+    def layer_table(self, config: Mapping[str, int]) -> LayerTable:
+        """The dense model's rows; every row of a unit's layer (each call) carries
+        ``weight_elements`` (dense weights), ``weight_nonzero`` (kept), ``weight_rows`` (output
+        channels), ``dense_macs``, ``macs`` with only the kept weights' MACs and, on the first
+        call's row, ``params`` less the removed weights."""
+        kept = self.complete_config(config)
+        rows = list(self._rows)
+        for u, layer in zip(self.units, self._layers):
+            gone = u.full - kept[u.name]
+            for i, vectors in layer.rows:
+                r = rows[i]
+                rows[i] = replace(r, macs=r.macs - vectors * gone,
+                                  params=r.params - gone if r.call == 0 else r.params,
+                                  weight_elements=u.full, weight_nonzero=kept[u.name],
+                                  weight_rows=r.out_channels, dense_macs=r.macs)
+        return tuple(rows)
+
+    def apply(self, model: nn.Module, config: Mapping[str, int]) -> nn.Module:
+        """A copy of ``model`` whose pruned units' weights are masked (``_Mask``, a
+        parametrization; the stored weights are zeroed where masked too); dense units are left
+        plain. The space's criterion chooses the kept weights: ``magnitude`` the ``keep`` of
+        largest |w| in the layer (``unstructured``; ties: the first in storage order) or the N
+        largest of every group (``nm``); ``wanda``/``sparsegpt`` ``weight_masks.prune_layer``
+        over statistics measured once per dense ``model`` (SparseGPT also updates the kept
+        weights). A masked ``model`` is ranked by its masked weights. Train/eval mode and
+        ``requires_grad`` are kept."""
+        kept = self.complete_config(config)
+        work = copy.deepcopy(model)
+        remove_masks(work)
+        pruned = [u for u in self.units if kept[u.name] < u.full]
+        stats = self._statistics(model, [u.name for u in pruned]) if pruned and \
+            self.criterion.needs_data else {}
+        for u in pruned:
+            module = work.get_submodule(u.name)
+            keep, nm = kept[u.name], self.pattern(u.name, kept[u.name])
+            with torch.no_grad():
+                w = _canonical(module, module.weight)
+                if self.criterion.needs_data:
+                    new = _weight_masks().prune_layer(
+                        w.detach().clone(), keep=None if nm else keep, nm=nm,
+                        criterion=self.criterion.name, stats=stats.get(u.name))
+                    w.copy_(new)
+                    mask = new != 0
+                else:
+                    mask = magnitude_mask(w, keep=None if nm else keep, nm=nm)
+                mask = _canonical(module, mask)  # back to the stored layout
+                module.weight.mul_(mask)
+            parametrize.register_parametrization(module, "weight", _Mask(mask))
+            module.parametrizations.train(module.training)
+        return work
+
+    def _statistics(self, model: nn.Module, layers: Sequence[str]) -> dict[str, object]:
+        """The data criterion's statistics of every unit, measured once on a copy of the dense
+        ``model`` and kept for it while its parameters and buffers are unchanged (keyed as
+        ``criteria.py`` keys its data pass)."""
+        key = _model_key(model)
+        held = self._stats
+        if held is not None and held[0]() is model and held[1] == key:
+            return held[2]
+        dense = remove_masks(copy.deepcopy(model)).eval()
+        stats = dict(_weight_masks().layer_statistics(dense, [u.name for u in self.units],
+                                                      self.calibration, self.output))
+        self._stats = (weakref.ref(model), key, stats)
+        return stats
+
+    def broken_units(self, model: nn.Module, config: Mapping[str, int]) -> list[str] | None:
+        """Masking never changes a shape: always ``None``."""
+        self.complete_config(config)
+        return None
+
+    def channel_scores(self, model: nn.Module) -> list[np.ndarray]:
+        """Per unit, |w| of every weight of ``model``'s layer, flattened in storage order (the
+        magnitude criterion's scores; data criteria rank on data instead)."""
+        out = []
+        for u in self.units:
+            m = model.get_submodule(u.name)
+            out.append(m.weight.detach().abs().reshape(-1).cpu().numpy())
+        return out
+
+    def unit_layers(self) -> list[list[tuple[int, int, int, int]]]:
+        """Per unit, its one layer's dense weight shape ``(in_channels / groups, out_channels,
+        kernel_h, kernel_w)`` (linear layers and 1-D kernels fill the missing sizes with 1)."""
+        return [[layer.shape] for layer in self._layers]
+
+    def describe(self) -> list[dict[str, object]]:
+        """One row per unit, for tables and JSON."""
+        return [{"unit": u.name, "kind": u.kind, "weights": u.full, "min": u.minimum,
+                 "choices": len(u.choices), "layers": 1} for u in self.units]
+
+
+@register_space("unstructured")
+class UnstructuredSparsitySpace(WeightSparsitySpace):
+    """Any ``round((1 - level) * full)`` weights of a layer kept, ``level`` from ``levels``."""
+
+    granularity: ClassVar[str] = "unstructured"
+
+
+@register_space("nm")
+class NMSparsitySpace(WeightSparsitySpace):
+    """A layer dense or N:M sparse (N kept in every M consecutive inputs), from ``nm``."""
+
+    granularity: ClassVar[str] = "nm"
