@@ -30,11 +30,12 @@ from autoprune.problem import PruningProblem, build_problem
 from autoprune.report import front_table, latency_check_view, pareto_plot, trials_table, units_table
 from autoprune.run_folder import (check_run_folder, describe_study, load_pruned, open_study,
                                   read_run_settings, study_record, unit_table, write_choice,
-                                  write_json)
-from autoprune.search_spaces import (CRITERIA, Criterion, SearchSpace, criterion_names,
-                                     make_criterion, make_space)
+                                  write_json, write_sparse)
+from autoprune.search_spaces import Criterion, SearchSpace, make_space
+from autoprune.spaces import (check_space, check_space_targets, criterion_options,
+                              space_options)
 from autoprune.session import PruneAndEvaluate, best_record, evaluate_point, run_search
-from autoprune.settings import OBJECTIVES, SearchSettings, slug
+from autoprune.settings import OBJECTIVES, SearchSettings, SpaceSettings, slug
 from autoprune.study import StudyStore, TrialRecord, check_storage, masked
 from autoprune.targets import Budget, parse_targets
 from autoprune.zoo.tasks import Task, load_task
@@ -95,6 +96,7 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
              executor: str | Executor = "local", reward: str = "acc",
              storage: str | None = None, criterion: str | Criterion = "l2",
              calibration: Sequence[tuple[Any, Any]] | None = None,
+             space_options: Mapping[str, Any] | None = None, storage_format: str = "bitmap",
              console: Console | None = None) -> Allocation:
     """Find how many channels each unit of ``model`` keeps so that every budget of ``target``
     is met and ``evaluate(pruned)`` (a dict with ``accuracy`` or ``loss``) is best.
@@ -117,7 +119,11 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
     ``"logits"``, a dict key or a tuple position; default: the first tensor). ``criterion``
     ranks the channels within each unit (``autoprune.search_spaces.criterion_names()``); the
     data-driven ones (taylor, hessian, apoz, reconstruction) rank on ``calibration``, a few
-    ``(inputs, targets)`` batches of the training split.
+    ``(inputs, targets)`` batches of the training split. ``space="unstructured"`` or
+    ``"nm"`` prunes single weights instead (``space_options``: ``levels``, ``nm``,
+    ``include_ends``; ``criterion`` magnitude, wanda or sparsegpt), where ``sparsity=`` and
+    ``size=`` budgets apply (``size=`` for ``storage_format`` dense, bitmap or csr) and a
+    latency budget is refused.
     """
     evaluator = as_evaluator(evaluate)
     targets = parse_targets(target)
@@ -129,20 +135,17 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
         check_storage(record["storage"])
     _agent(agent, 1, seed=seed, pareto=pareto, reward=reward)  # bad names fail before any work
     if not isinstance(space, SearchSpace):
-        try:
-            ranks = make_criterion(criterion, calibration=calibration) \
-                if isinstance(criterion, str) else criterion
-        except ValueError as err:
-            raise SearchError(str(err)) from None
         space = make_space(space, model, example_inputs, round_to=round_to, min_ratio=min_ratio,
-                           output=output, **({} if ranks.name == "l2" else {"criterion": ranks}))
+                           output=output, **criterion_options(space, criterion, calibration),
+                           **(space_options or {}))
     searched = space
+    check_space_targets(searched.name, targets)
     table = None
     if any(t.metric == "latency_ms" for t in targets):
         table = latency_table or LatencyTable.build(model, example_inputs, space=searched,
                                                     device=device)
         table.check_space(searched, source="latency_table")
-    problem = build_problem(searched, targets, table=table)
+    problem = build_problem(searched, targets, table=table, storage_format=storage_format)
     if console is not None:
         console.print(f"{searched.dim} units, dense {problem.dense_costs['macs'] / 1e6:.1f}M MACs, "
                       f"{problem.dense_costs['params'] / 1e6:.3f}M params"
@@ -218,9 +221,7 @@ def search(settings: SearchSettings, *, console: Console | None = None) -> dict[
     # Unknown agents, or a single-objective agent for a Pareto search, fail before training.
     _agent(settings.agent, 1, pareto=settings.objective == "pareto", reward=settings.reward)
     parse_targets(settings.targets)
-    if settings.space.criterion not in CRITERIA:
-        raise SearchError(f"unknown criterion {settings.space.criterion!r}; available: "
-                          f"{', '.join(criterion_names())}")
+    check_space(settings.space, parse_targets(settings.targets))
     ex = settings.executor
     executor = make_executor(ex.executor, workers=ex.workers, address=ex.ray_address,
                              cpus_per_trial=ex.cpus_per_trial)
@@ -269,9 +270,7 @@ def _search(settings: SearchSettings, executor: Executor, run_dir: Path,
     table = table_info = None
     space = make_space(settings.space.space, model, example, round_to=settings.space.round_to,
                        min_ratio=settings.space.min_ratio, output=src.output,
-                       **task.criterion_option(settings.space.criterion,
-                                               batches=settings.space.criterion_batches,
-                                               seed=settings.seed))
+                       **space_options(settings.space, task, seed=settings.seed))
     store = open_study(run_dir, record)
     if settings.has_latency_target():
         # a resumed search costs with the speed it started with, so its trials stay comparable
@@ -310,9 +309,18 @@ def _search(settings: SearchSettings, executor: Executor, run_dir: Path,
                      pareto=settings.objective == "pareto", run_dir=run_dir,
                      progress=settings.progress, latency_table=table, device=settings.device,
                      executor=executor, reward=settings.reward,
-                     storage=record["storage"] if record else None, console=console)
+                     storage=record["storage"] if record else None,
+                     storage_format=settings.space.storage_format, console=console)
     return _report(settings, run_dir, alloc, task=task, metric=metric, evaluator=evaluator,
                    dense_val=dense_val, table_info=table_info, record=record, console=console)
+
+
+def _space_record(space: SpaceSettings) -> dict[str, Any]:
+    """What a chosen-network JSON holds of a weight-sparsity space, so that it rebuilds."""
+    if space.space == "channel":
+        return {}
+    return {"space": space.space, "space_options": space.options(),
+            "storage_format": space.storage_format}
 
 
 def _dense_meets(settings: SearchSettings, model: nn.Module, example: torch.Tensor,
@@ -320,7 +328,8 @@ def _dense_meets(settings: SearchSettings, model: nn.Module, example: torch.Tens
                  ) -> dict[str, Any] | None:
     """The dense network's figures when it already meets every budget (a latency budget:
     predicted within it, then measured within it), after saying so; else None."""
-    problem = build_problem(space, parse_targets(settings.targets), table=table)
+    problem = build_problem(space, parse_targets(settings.targets), table=table,
+                            storage_format=settings.space.storage_format)
     costs = problem.dense_costs
     if not all(costs[b.metric] <= b.limit for b in problem.budgets):
         return None
@@ -371,7 +380,9 @@ def _report(settings: SearchSettings, run_dir: Path, alloc: Allocation, *, task:
     dense: dict[str, Any] = {"costs": problem.dense_costs,
                              "metrics": {f"val_{metric}": dense_val["val"][metric],
                                          f"test_{metric}": dense_val["test"][metric]}}
-    extra: dict[str, Any] = {"dense": dense, "criterion": settings.space.criterion}
+    extra: dict[str, Any] = {"dense": dense, "criterion": settings.space.criterion,
+                             **_space_record(settings.space)}
+    delivered = space.deployable(pruned)  # a weight-sparse network: masks baked in
     if check:
         extra["measured"] = _measured(check.best_measurement())
         dense["measured"] = _measured(check.dense)
@@ -380,9 +391,9 @@ def _report(settings: SearchSettings, run_dir: Path, alloc: Allocation, *, task:
         example_inputs=task.example_inputs(1), config=alloc.config,
         costs=alloc.costs, trial=best.number if best else None,
         metrics=_split_metrics(val, test),
-        budgets=[asdict(b) for b in problem.budgets], weights=pruned, weights_file="pruned.pt",
-        extra=extra)
-    program = save_program(pruned, task.example_inputs(1), run_dir / "pruned.pt2", console)
+        budgets=[asdict(b) for b in problem.budgets], weights=delivered,
+        weights_file="pruned.pt", extra=extra)
+    program = save_program(delivered, task.example_inputs(1), run_dir / "pruned.pt2", console)
     plot = pareto_plot(records, run_dir / "pareto.png", dense_costs=problem.dense_costs,
                        dense_objective=dense_val["val"][metric], budgets=problem.budgets,
                        objective=metric, best=best,
@@ -413,6 +424,17 @@ def _report(settings: SearchSettings, run_dir: Path, alloc: Allocation, *, task:
                   "model": str(run_dir / "pruned.pt"), "plot": str(plot),
                   "program": program},
     }
+    if settings.space.space != "channel":  # the compressed file, and what size= predicted
+        summary["sparse"] = write_sparse(run_dir, delivered, space.layer_table(alloc.config),
+                                         storage_format=settings.space.storage_format)
+        summary["files"]["sparse"] = summary["sparse"]["file"]
+        console.print(
+            f"{summary['sparse']['sparsity']:.1%} of the prunable weights are zero; MACs count "
+            f"non-zero weights only ({summary['sparse']['macs_nonzero'] / 1e6:.2f}M of "
+            f"{summary['sparse']['dense_equivalent_macs'] / 1e6:.2f}M dense-equivalent); "
+            f"pruned.sparse.pt ({settings.space.storage_format}) is "
+            f"{summary['sparse']['bytes']:,} bytes, {summary['sparse']['predicted_bytes']:,} "
+            "predicted", highlight=False)
     if record is not None:  # a shared store: the URL as it may be printed, and the name
         summary["study"] = {"storage": masked(record["storage"]), "name": record["name"]}
     if pareto is not None:
@@ -537,10 +559,9 @@ def pick(run_dir: str | Path, target: str | Sequence[str], *, cache_dir: Path | 
                                user=saved.get("evaluator"))
     space = make_space(saved.get("space", "channel"), model, task.example_inputs(1),
                        round_to=saved["round_to"], min_ratio=saved["min_ratio"],
-                       **task.criterion_option(saved.get("criterion", "l2"),
-                                               batches=saved.get("criterion_batches", 8),
-                                               seed=saved["seed"]))
-    problem = build_problem(space, targets)
+                       **space_options(SpaceSettings.from_recorded(saved), task,
+                                       seed=saved["seed"]))
+    problem = build_problem(space, targets, storage_format=saved.get("storage_format", "bitmap"))
     records = store.records()
     best = best_record(records, problem)
     if best is None:
@@ -559,7 +580,8 @@ def pick(run_dir: str | Path, target: str | Sequence[str], *, cache_dir: Path | 
         run_dir / f"{name}.json", model=model, space=space, data=saved["data"],
         example_inputs=task.example_inputs(1), config=best.config,
         costs=best.costs, trial=best.number, metrics=_split_metrics(val, test),
-        budgets=[asdict(b) for b in problem.budgets], weights=pruned)
+        budgets=[asdict(b) for b in problem.budgets], weights=space.deployable(pruned),
+        extra=_space_record(SpaceSettings.from_recorded(saved)))
     console.print(
         f"picked trial {best.number} of {len(records)}: "
         + ", ".join(f"{b.metric} {best.costs[b.metric] / problem.dense_costs[b.metric]:.1%} of "

@@ -233,8 +233,7 @@ def _check_weight_budgets(space: SearchSpace, targets: Sequence[Target]) -> None
     if asked and not any(r.weight_elements > 0
                          for r in space.layer_table(space.dense_config())):
         raise TargetError(f"target {asked[0]!r} on the {space.name} space: sparsity= and size= "
-                          "budget single weights: use --granularity unstructured or nm (or "
-                          "channel+unstructured)")
+                          "budget single weights: use --granularity unstructured or nm")
 
 
 def build_problem(space: SearchSpace, targets: Iterable[Target], *,

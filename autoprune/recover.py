@@ -35,8 +35,10 @@ from torch import nn
 from autoprune.export import save_program
 from autoprune.reconstruct import reconstruct as reconstruct_layers
 from autoprune.run_folder import (read_choice, read_run_settings, rebuild_choice,
-                                  record_recovery)
+                                  record_recovery, write_sparse)
 from autoprune.search_spaces import SearchSpace, make_space
+from autoprune.settings import SpaceSettings
+from autoprune.spaces import space_options
 from autoprune.zoo.data import DataSplits
 from autoprune.zoo.evaluate import _FINETUNE_LR
 from autoprune.zoo.tasks import load_task
@@ -426,8 +428,15 @@ def recover_run(run_dir: str | Path, *, steps: int, distill: bool = False,
     evaluator = task.evaluator(calib_batches=saved["calib_batches"], finetune_steps=0,
                                seed=saved["seed"], user=saved.get("evaluator"))
     dense, example = task.model, task.example_inputs(1)
-    space = _run_space(saved, task) if gradual else None
+    weights = saved.get("space", "channel") != "channel"  # a weight-sparse run
+    if weights and (gradual or reconstruct):
+        raise ValueError(f"--{'gradual' if gradual else 'reconstruct'} works on channels; a "
+                         "weight-sparse run recovers by fine-tuning with its zeros masked "
+                         "(plain, or --distill)")
+    space = _run_space(saved, task) if gradual or weights else None
     pruned = rebuild_choice(choice, run_dir)[0]
+    if space is not None:  # weight-sparse: its zeros stay zero while it trains
+        pruned = space.trainable(pruned)
     text = isinstance(task.data, TextSplits)
     optimizer = "adamw" if text else str((task.baseline.get("recipe") or {}).get("optimizer",
                                                                                   "sgd"))
@@ -457,6 +466,11 @@ def recover_run(run_dir: str | Path, *, steps: int, distill: bool = False,
                       batch_size=32 if text else 64, seed=seed, checkpoint=ckpt,
                       progress=progress, console=console)
         model, block = rec.model, rec.as_dict()
+        if space is not None:  # the masks baked in again, as the search saved it
+            model = space.deployable(model)
+            if weights:
+                write_sparse(run_dir, model, space.layer_table(choice["config"]),
+                             storage_format=saved.get("storage_format", "bitmap"))
     else:
         model, block = pruned, {"steps": 0, "history": [], "eval_every": 0, "eval_unit": "none",
                                 "lr": 0.0, "distill": False, "gradual": False}
@@ -493,8 +507,7 @@ def recover_run(run_dir: str | Path, *, steps: int, distill: bool = False,
 def _run_space(saved: Mapping[str, Any], task: Any) -> SearchSpace:
     """The space the run searched, made as the search made it (its criterion too: AGP's
     stages rank channels by it)."""
-    extra = task.criterion_option(saved.get("criterion", "l2"),
-                                  batches=saved.get("criterion_batches", 8), seed=saved["seed"])
+    extra = space_options(SpaceSettings.from_recorded(saved), task, seed=saved["seed"])
     return make_space(saved.get("space", "channel"), task.model, task.example_inputs(1),
                       round_to=saved["round_to"], min_ratio=saved["min_ratio"],
                       output=saved.get("output"), **extra)

@@ -73,6 +73,45 @@ class SpaceSettings:
     min_ratio: float = 0.2
     criterion: str = "l2"
     criterion_batches: int = 8
+    # The weight-sparsity spaces (``space`` unstructured or nm; ``--granularity``): the
+    # sparsity levels a weight tensor may take, the N:M patterns a layer may follow, whether
+    # the first and last layers are pruned too, and the storage format ``size=`` counts.
+    levels: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
+    nm: tuple[str, ...] = ("2:4", "1:4")
+    include_ends: bool = False
+    storage_format: str = "bitmap"
+
+    def options(self) -> dict[str, Any]:
+        """The space's own options (``make_space(..., **options)``); none for channels."""
+        if self.space == "channel":
+            return {}
+        common: dict[str, Any] = {"include_ends": self.include_ends}
+        return {**common, "levels": self.levels} if self.space == "unstructured" \
+            else {**common, "nm": self.nm}
+
+    @classmethod
+    def from_recorded(cls, saved: dict[str, Any]) -> SpaceSettings:
+        """The space settings a run folder's identity (run.json) records."""
+        default = cls()
+        kept = {k: saved[k] for k in ("space", "round_to", "min_ratio", "criterion",
+                                      "criterion_batches", "include_ends", "storage_format")
+                if k in saved}
+        return cls(**kept, levels=tuple(saved.get("levels", default.levels)),
+                   nm=tuple(saved.get("nm", default.nm)))
+
+    def recorded(self) -> dict[str, Any]:
+        """What a run's identity holds of the space beyond rounding and floor (older run
+        folders hold none of it, and resume)."""
+        flat: dict[str, Any] = {}
+        if self.space != "channel":
+            flat["space"] = self.space
+            flat.update({k: (list(v) if isinstance(v, tuple) else v)
+                         for k, v in self.options().items()})
+            flat["storage_format"] = self.storage_format
+        if self.criterion != "l2":
+            flat["criterion"] = self.criterion
+            flat["criterion_batches"] = self.criterion_batches
+        return flat
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -159,11 +198,7 @@ class SearchSettings:
                                 "round_to": self.space.round_to, "min_ratio": self.space.min_ratio,
                                 **{k: v for k, v in asdict(self.scoring).items()
                                    if k != "evaluator" or v is not None}}
-        if self.space.space != "channel":  # so run folders made before the registry resume
-            flat["space"] = self.space.space
-        if self.space.criterion != "l2":  # likewise for run folders made before the criteria
-            flat["criterion"] = self.space.criterion
-            flat["criterion_batches"] = self.space.criterion_batches
+        flat.update(self.space.recorded())  # only what differs from a channel search
         if self.objective != "accuracy":  # so run folders made before Pareto searches resume
             flat["objective"] = self.objective
         if self.reward != "acc":  # likewise for run folders made before the RL agents

@@ -29,6 +29,7 @@ architecture: ``model.load_state_dict(load_sparse(path))`` reproduces the output
 from __future__ import annotations
 
 import json
+import zlib
 import os
 import re
 from collections.abc import Mapping
@@ -40,7 +41,7 @@ from torch import nn
 
 from autoprune.costs import STORAGE_FORMATS, sparse_weight_bytes
 
-__all__ = ["FILE_FORMAT", "buffer_bytes", "load_sparse", "plain_state_dict", "save_sparse"]
+__all__ = ["container_bytes", "FILE_FORMAT", "buffer_bytes", "load_sparse", "plain_state_dict", "save_sparse"]
 
 FILE_FORMAT = "autoprune-sparse"
 _VERSION = 1
@@ -181,7 +182,10 @@ def save_sparse(model: nn.Module, path: str | os.PathLike[str], *,
         header.append(entry)
     blob = {
         "format": FILE_FORMAT, "version": _VERSION, "storage_format": storage_format,
-        "header": json.dumps(header, separators=(",", ":")),
+        # the names, shapes and offsets, deflated: as JSON they outweighed a small model's
+        # index bits (14 kB of 91 kB for a half-width ResNet-20)
+        "header": torch.frombuffer(bytearray(zlib.compress(
+            json.dumps(header, separators=(",", ":")).encode(), 9)), dtype=torch.uint8),
         "values": torch.from_numpy(np.concatenate(values) if values
                                    else np.zeros(0, dtype=np.float32)),
         "index": torch.from_numpy(np.concatenate(index) if index
@@ -190,6 +194,16 @@ def save_sparse(model: nn.Module, path: str | os.PathLike[str], *,
     }
     torch.save(blob, path)
     return os.path.getsize(path)
+
+
+def container_bytes() -> int:
+    """The bytes a ``save_sparse`` file adds to its payload whatever the model holds (torch's
+    zip container, its aligned records and the deflated header of a model with nothing in
+    it): about 4 kB, measured by saving an empty model."""
+    import tempfile  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return save_sparse(nn.Module(), os.path.join(tmp, "empty.pt"))
 
 
 def load_sparse(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -205,7 +219,7 @@ def load_sparse(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     values = blob["values"].numpy()
     index = blob["index"].numpy()
     out: dict[str, torch.Tensor] = {}
-    for entry in json.loads(blob["header"]):
+    for entry in json.loads(zlib.decompress(blob["header"].numpy().tobytes())):
         dtype = getattr(torch, entry["dtype"])
         shape = tuple(entry["shape"])
         if entry["kind"] == "dense":

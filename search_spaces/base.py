@@ -173,6 +173,18 @@ class SearchSpace(ABC):
     def apply(self, model: nn.Module, config: Mapping[str, int]) -> nn.Module:
         """A pruned copy of ``model`` (the argument is left untouched)."""
 
+    def deployable(self, model: nn.Module) -> nn.Module:
+        """``model`` (what ``apply`` returned, perhaps fine-tuned since) as it is delivered:
+        saved, exported and rebuilt from a run folder. A channel space's network is already
+        plain; a weight-sparsity space bakes its masks into the weights."""
+        return model
+
+    def trainable(self, model: nn.Module) -> nn.Module:
+        """``model`` as ``deployable`` delivered it, ready to train further without losing
+        what was pruned (the inverse of ``deployable``): a channel network as it is; a
+        weight-sparse one with its zeros masked again."""
+        return model
+
     def min_config(self) -> Mapping[str, int]:
         """The thinnest configuration the space allows (the origin of the cube)."""
         return self.decode(np.zeros(self.dim))

@@ -478,7 +478,8 @@ class WeightSparsitySpace(SearchSpace):
                 if self.criterion.needs_data:
                     new = _weight_masks().prune_layer(
                         w.detach().clone(), keep=None if nm else keep, nm=nm,
-                        criterion=self.criterion.name, stats=stats.get(u.name))
+                        criterion=self.criterion.name, stats=stats.get(u.name),
+                        transposed=False)  # w is [out, in, *k] already
                     w.copy_(new)
                     mask = new != 0
                 else:
@@ -502,6 +503,25 @@ class WeightSparsitySpace(SearchSpace):
                                                       self.calibration, self.output))
         self._stats = (weakref.ref(model), key, stats)
         return stats
+
+    def deployable(self, model: nn.Module) -> nn.Module:
+        """A copy with the masks baked into plain weights (zeros in place): what is saved,
+        exported and rebuilt from a run folder (a parametrized module does not pickle)."""
+        return remove_masks(copy.deepcopy(model))
+
+    def trainable(self, model: nn.Module) -> nn.Module:
+        """A copy whose units' zero weights are masked again (what ``deployable`` baked), so
+        fine-tuning keeps them zero."""
+        work = copy.deepcopy(model)
+        for u in self.units:
+            module = work.get_submodule(u.name)
+            if _masks(module):
+                continue
+            mask = module.weight.detach() != 0
+            if int(mask.sum()) < u.full:
+                parametrize.register_parametrization(module, "weight", _Mask(mask))
+                module.parametrizations.train(module.training)
+        return work
 
     def broken_units(self, model: nn.Module, config: Mapping[str, int]) -> list[str] | None:
         """Masking never changes a shape: always ``None``."""

@@ -33,7 +33,6 @@ def test_several_targets_at_once() -> None:
     ("flops=150%", "more than the dense"),
     ("speed=3", "unknown budget"),
     ("latency=fast", "cannot read the latency"),
-    ("sparsity=80%", "unstructured"),
 ])
 def test_bad_targets_get_one_clear_error(text: str, hint: str) -> None:
     with pytest.raises(TargetError, match=hint):

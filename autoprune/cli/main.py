@@ -52,7 +52,15 @@ CRITERION_HELP = (
     "(Optimal Brain Damage's diagonal saliency), bn-scale (|gamma|, Network Slimming), fpgm "
     "(geometric median), apoz (share of zero activations) or reconstruction (the next layer's "
     "output without the channel, ThiNet). taylor, hessian, apoz and reconstruction rank on "
-    "batches of the training split. Attention heads are ranked by magnitude.")
+    "batches of the training split. Attention heads are ranked by magnitude. With "
+    "--granularity unstructured or nm: magnitude (default), wanda (|W| times the input's "
+    "norm) or sparsegpt (layer-wise second-order reconstruction), on the same batches.")
+GRANULARITY_HELP = (
+    "What is pruned: channel (default: whole channels and heads, a physically smaller "
+    "network), unstructured (single weights of every conv/linear, at --levels) or nm (N of "
+    "every M consecutive weights along the input dimension, the patterns of --nm). The first "
+    "and last layers and embeddings stay dense unless --include-ends. A latency budget needs "
+    "channel: this CPU's dense kernels gain nothing from scattered zeros.")
 THREADS_HELP = "CPU threads a latency is for (torch.set_num_threads / intra_op_num_threads)."
 BACKEND_HELP = "Runtime a latency is for: torch (eager) or onnxruntime."
 CLOCK_HELP = ("How calls are timed: cpu (the calling thread's CPU time; unaffected by other "
@@ -86,6 +94,20 @@ def _source(model: str, data: str, image_size: int, width_mult: float, *,
                        output=output, model_args=tuple(model_arg or ()),
                        weights=str(Path(weights).expanduser().resolve()) if weights else None,
                        input_shape=shape)
+
+
+def _space(granularity: str, *, criterion: str | None, levels: str, nm: str,
+           **rest: object) -> SpaceSettings:
+    """The SpaceSettings of search's options: ``--levels`` in percent, ``--nm`` a list, and the
+    criterion defaulting to the granularity's own (l2 for channels, magnitude for weights)."""
+    try:
+        points = tuple(float(v) / 100.0 for v in levels.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"--levels takes percents separated by commas, e.g. 0,50,80,90; got "
+                         f"{levels!r}") from None
+    default = "l2" if granularity == "channel" else "magnitude"
+    return SpaceSettings(space=granularity, criterion=criterion or default, levels=points,
+                         nm=tuple(p.strip() for p in nm.split(",") if p.strip()), **rest)  # type: ignore[arg-type]
 
 
 def _absolute(spec: str | None) -> str | None:
@@ -139,7 +161,20 @@ def search(
     round_to: Annotated[int, typer.Option(min=1, help="Channel counts are multiples of this.")] = _S.space.round_to,
     min_ratio: Annotated[float, typer.Option(min=0.01, max=1.0,
                                              help="Fewest channels a unit keeps, as a fraction.")] = _S.space.min_ratio,
-    criterion: Annotated[str, typer.Option(help=CRITERION_HELP)] = _S.space.criterion,
+    criterion: Annotated[str | None, typer.Option(help=CRITERION_HELP)] = None,
+    granularity: Annotated[str, typer.Option(help=GRANULARITY_HELP)] = _S.space.space,
+    levels: Annotated[str, typer.Option(
+        help="Sparsity levels (percent) a weight tensor may take, with --granularity "
+             "unstructured.")] = ",".join(f"{100 * v:g}" for v in _S.space.levels),
+    nm: Annotated[str, typer.Option(
+        "--nm", help="N:M patterns a layer may follow besides dense, with --granularity nm "
+                     "(2:4 keeps half, 1:4 a quarter; 4:8 and others where asked).")] = ",".join(_S.space.nm),
+    include_ends: Annotated[bool, typer.Option(
+        "--include-ends", help="Prune the first and last layers too (weight granularity).")] = False,
+    storage_format: Annotated[str, typer.Option(
+        help="How a sparse weight is stored, for size= budgets and the saved pruned.sparse.pt: "
+             "dense, bitmap (a bit per weight plus the non-zero values) or csr (values, "
+             "column indices and row pointers, index bits packed).")] = _S.space.storage_format,
     image_size: Annotated[int, typer.Option(min=8, help="Input resolution (digits are 8x8, upsampled to this).")] = _S.source.image_size,
     width_mult: Annotated[float, typer.Option(min=0.05, help="Width multiplier of the zoo model.")] = _S.source.width_mult,
     output: Annotated[str | None, typer.Option(
@@ -203,7 +238,9 @@ def search(
         settings = SearchSettings(
             source=_source(model, data, image_size, width_mult, output=output,
                            model_arg=model_arg, weights=weights),
-            space=SpaceSettings(round_to=round_to, min_ratio=min_ratio, criterion=criterion),
+            space=_space(granularity, round_to=round_to, min_ratio=min_ratio,
+                         criterion=criterion, levels=levels, nm=nm, include_ends=include_ends,
+                         storage_format=storage_format),
             scoring=ScoringSettings(calib_batches=calib_batches, finetune_steps=finetune_steps,
                                     evaluator=_absolute(evaluator)),
             device=Device(batch=batch, threads=threads, backend=backend,

@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from autoprune.evaluator import BatchesEvaluator
-from autoprune.search_spaces import CRITERIA, Criterion, make_criterion
 from autoprune.user_model import (UserModelError, build_user_model, is_factory, load_callable,
                                   parse_model_args)
 
@@ -79,15 +78,6 @@ class Task:
 
     def example_inputs(self, batch: int = 1) -> torch.Tensor:
         return self.data.example_inputs(batch)
-
-    def criterion_option(self, name: str, *, batches: int = 8,
-                         seed: int = 0) -> dict[str, Criterion]:
-        """``make_space``'s option for the channel criterion ``name`` (nothing for the
-        default, l2): a data-driven one ranks on ``batches`` seeded training-split batches."""
-        if name == "l2":
-            return {}
-        data = self.calibration_batches(batches, seed=seed) if CRITERIA[name].needs_data else None
-        return {"criterion": make_criterion(name, calibration=data)}
 
     def calibration_batches(self, n: int = 8, *, batch_size: int = 64,
                             seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
