@@ -383,7 +383,8 @@ def test_data_criteria_go_through_weight_masks_once_per_model(monkeypatch) -> No
         calls["stats"] += 1
         return {name: f"stats of {name}" for name in layers}
 
-    def prune_layer(weight, *, keep, nm, criterion, stats):
+    def prune_layer(weight, *, keep, nm, criterion, stats, transposed=None):
+        assert transposed is False  # the space hands weights over as [out, in, *k]
         calls["prune"].append((tuple(weight.shape), keep, nm, criterion, stats))
         flat = weight.reshape(-1).clone()
         flat[keep:] = 0.0  # the first ``keep`` in storage order; SparseGPT would update them
