@@ -16,6 +16,7 @@ from .global_magnitude import GlobalMagnitudeAgent
 from .gp import GPAgent
 from .lamp import LAMPAgent
 from .nsga2 import NSGA2Agent
+from .owl import OWLAgent
 from .rl import REWARDS, DDPGAgent, RLAgent, RLConfig, TD3Agent
 from .sensitivity import SensitivityAgent
 from .simple import RandomAgent, UniformAgent
@@ -23,7 +24,7 @@ from .tpe import TPEAgent
 
 __all__ = ["AGENTS", "REWARDS", "AgentOptionError", "Agent", "AgentContext", "CMAESAgent", "ChainAgent", "DDPGAgent",
            "ERKAgent", "EvolutionAgent", "EvolutionConfig", "GPAgent", "GlobalMagnitudeAgent",
-           "LAMPAgent", "NSGA2Agent", "PointCosts", "RLAgent", "RLConfig", "RandomAgent",
+           "LAMPAgent", "NSGA2Agent", "OWLAgent", "PointCosts", "RLAgent", "RLConfig", "RandomAgent",
            "SensitivityAgent", "TD3Agent", "TPEAgent", "UniformAgent", "UnitFacts",
            "agent_descriptions", "agent_options",
            "make_agent", "register_agent"]

@@ -62,33 +62,50 @@ class PointCosts:
 @dataclass(frozen=True, kw_only=True)
 class AgentContext:
     """What the search loop may tell an agent about the units of its space: plain numbers, no
-    torch. Heuristic agents (global magnitude, LAMP, ERK) allocate from it; others ignore it.
+    torch. Heuristic agents (global magnitude, LAMP, ERK, OWL) allocate from it; others ignore
+    it.
 
-    ``choices``: per unit, the channel counts it may keep (ascending, the last is all of them);
-    coordinate ``x[i]`` decodes to ``choices[i][round(x[i] * (len(choices[i]) - 1))]``.
-    ``scores``: per unit, one importance per channel: the L2 magnitude of the channel's whole
-    coupled group (Torch-Pruning's ``GroupMagnitudeImportance``, un-normalised), the scores by
-    which pruning keeps channels; empty when not computed.
+    ``granularity``: what a unit's elements are: ``channels`` (the channel space: channel groups
+    and attention heads) or, on the weight-sparsity spaces, ``unstructured`` or ``nm`` (single
+    weights of one conv/linear layer; for ``nm`` the counts below N:M patterns).
+    ``choices``: per unit, the element counts it may keep (channels, or weights on a weight
+    space; ascending, the last is all of them); coordinate ``x[i]`` decodes to
+    ``choices[i][round(x[i] * (len(choices[i]) - 1))]``.
+    ``scores``: per unit, one importance per element; empty when not computed. On the channel
+    space a tuple of floats per unit: the L2 magnitude of the channel's whole coupled group
+    (Torch-Pruning's ``GroupMagnitudeImportance``, un-normalised), the scores by which pruning
+    keeps channels. On a weight space a read-only 1-D numpy array per unit: ``|w|`` of every
+    weight of the unit's layer, flattened in storage order, in the model's dtype (whatever the
+    space's criterion; Wanda and SparseGPT rank on data in ``apply``). Every weight, not a
+    sample, so that one global threshold is the method's own; at the model's own 4 bytes a
+    weight (36 MB for a VGG-11), never Python floats. Read them with ``np.asarray``.
     ``layers``: per unit, ``(in_channels, out_channels, kernel_h, kernel_w)`` of every conv or
-    linear layer whose output channels the unit owns (linear layers have a 1x1 kernel).
+    linear layer whose output channels the unit owns (linear layers have a 1x1 kernel); on a
+    weight space the unit's one layer, ``in_channels`` per conv group.
     ``units``: per unit, its ``UnitFacts`` (the RL agents' layer embedding).
     ``budget``: the ``PointCosts`` of the search (costs of points and the budgets), for agents
     that bound their own proposals; ``None`` when not computed.
     """
 
     choices: tuple[tuple[int, ...], ...]
-    scores: tuple[tuple[float, ...], ...] = ()
+    scores: tuple[Sequence[float] | np.ndarray, ...] = ()
     layers: tuple[tuple[tuple[int, int, int, int], ...], ...] = ()
     units: tuple[UnitFacts, ...] = ()
     budget: PointCosts | None = None
+    granularity: str = "channels"
+
+    @property
+    def weights(self) -> bool:
+        """Whether units are single weights (the ``unstructured`` and ``nm`` spaces)."""
+        return self.granularity != "channels"
 
     @property
     def dim(self) -> int:
         return len(self.choices)
 
     def point_for_fractions(self, keep: Sequence[float]) -> np.ndarray:
-        """The point whose units keep the allowed channel count nearest to ``keep[i]`` of their
-        channels (fractions below a unit's lowest choice give its lowest choice)."""
+        """The point whose units keep the allowed count nearest to ``keep[i]`` of their elements
+        (channels or weights; fractions below a unit's lowest choice give its lowest choice)."""
         keep = np.asarray(keep, dtype=float)
         if keep.shape != (self.dim,):
             raise ValueError(f"expected {self.dim} fractions, got shape {keep.shape}")

@@ -1,5 +1,11 @@
-"""ERK: Erdos-Renyi-Kernel layer densities (Evci et al., "Rigging the Lottery", ICML 2020),
-applied to channel keep fractions."""
+"""ERK: Erdos-Renyi-Kernel layer densities (Evci et al., "Rigging the Lottery", ICML 2020).
+
+On the weight-sparsity spaces (``unstructured``, ``nm``) this is RigL's allocation itself:
+layer ``l`` keeps a density ``min(1, eps * (n_in + n_out + k_h + k_w) / (n_in * n_out * k_h *
+k_w))`` of its weights (``n_in`` per conv group), ``eps`` the one scale that meets the budget,
+found by the knob's bisection; layers the formula would make denser than 1 are dense and the
+scale is set for the rest, which is RigL's capping and rescaling. On the channel space the same
+densities are used as channel keep fractions."""
 
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ def erk_factors(layers: tuple[tuple[tuple[int, int, int, int], ...], ...]) -> np
 
 @register_agent("erk")
 class ERKAgent(KnobAllocationAgent):
-    """Erdos-Renyi-Kernel keep fractions: small layers stay dense (Evci et al., RigL)."""
+    """Erdos-Renyi-Kernel densities: small layers stay dense (Evci et al., RigL)."""
 
     context_needs: ClassVar[frozenset[str]] = frozenset({"layers"})
 

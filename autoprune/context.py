@@ -1,5 +1,5 @@
 """Facts about a search space's units for agents that allocate from them (global magnitude,
-LAMP, ERK) or bound their own proposals (the RL agents): computed here, where torch and the cost
+LAMP, ERK, OWL) or bound their own proposals (the RL agents): computed here, where torch and the cost
 models live, and handed over as plain numbers and a numpy-level cost function."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from autoprune.search_spaces import SearchSpace, UnitFactsError
 if TYPE_CHECKING:
     from autoprune.problem import PruningProblem
 
-__all__ = ["CONTEXT_FIELDS", "agent_context", "point_costs", "unit_facts"]
+__all__ = ["CONTEXT_FIELDS", "agent_context", "point_costs", "space_granularity", "unit_facts"]
 
 #: The ``AgentContext`` fields an agent may ask for in ``context_needs``.
 CONTEXT_FIELDS = frozenset({"scores", "layers", "units", "budget"})
@@ -32,9 +32,9 @@ def agent_context(space: SearchSpace, model: nn.Module, *, needs: Set[str] = fro
     if "budget" in needs and problem is None:
         raise ValueError("an agent that needs the budget needs the pruning problem: "
                          "agent_context(..., problem=problem)")
+    granularity = space_granularity(space)
     try:
-        scores = tuple(tuple(float(v) for v in s) for s in space.channel_scores(model)) \
-            if "scores" in needs else ()
+        scores = _scores(space, model, granularity) if "scores" in needs else ()
         layers = tuple(tuple(rows) for rows in space.unit_layers()) if "layers" in needs else ()
         units = unit_facts(space) if "units" in needs else ()
     except UnitFactsError as err:
@@ -43,7 +43,31 @@ def agent_context(space: SearchSpace, model: nn.Module, *, needs: Set[str] = fro
                              "another agent or space") from None
     budget = point_costs(problem) if "budget" in needs and problem is not None else None
     return AgentContext(choices=tuple(u.choices for u in space.units), scores=scores,
-                        layers=layers, units=units, budget=budget)
+                        layers=layers, units=units, budget=budget, granularity=granularity)
+
+
+def space_granularity(space: SearchSpace) -> str:
+    """``channels``, or for a space whose units are single weights (``Unit.kind == "weights"``)
+    the space's ``granularity`` (``unstructured`` or ``nm``)."""
+    if space.units and all(u.kind == "weights" for u in space.units):
+        return str(getattr(space, "granularity", "unstructured"))
+    return "channels"
+
+
+def _scores(space: SearchSpace, model: nn.Module, granularity: str) -> tuple:
+    """Channel scores as tuples of floats (as ever); per-weight scores as one read-only numpy
+    array per unit (millions of weights: never Python floats)."""
+    raw = space.channel_scores(model)
+    if granularity == "channels":
+        return tuple(tuple(float(v) for v in s) for s in raw)
+    out = []
+    for s in raw:
+        a = np.asarray(s).reshape(-1)
+        if not np.issubdtype(a.dtype, np.floating):
+            a = a.astype(np.float64)
+        a.flags.writeable = False  # a view: the agents cannot change what they were given
+        out.append(a)
+    return tuple(out)
 
 
 def unit_facts(space: SearchSpace) -> tuple[UnitFacts, ...]:
