@@ -1,6 +1,6 @@
 """Weight sparsity: units are the prunable weight tensors, each kept to a count from a grid.
 
-Two spaces share this class: ``unstructured`` (a layer keeps any ``round((1 - level) * full)``
+Two spaces share this class: ``unstructured`` (a layer keeps any ``floor((1 - level) * full)``
 of its weights, ``level`` from ``levels``) and ``nm`` (a layer is dense or follows an N:M
 pattern: N weights kept in every group of M consecutive weights along its input dimension,
 the 2:4 of sparse tensor cores). A configuration gives the number of weights each unit keeps.
@@ -290,8 +290,8 @@ class WeightSparsitySpace(SearchSpace):
         """The weight units of ``model`` (left untouched), found by running it once on
         ``example_inputs``. ``round_to`` and ``min_ratio`` are accepted for the contract and
         ignored: the grid is ``levels`` (shares of weights removed, in [0, 1); 0, dense, is
-        always a choice; a unit keeps ``max(1, round((1 - level) * full))``) for
-        ``unstructured`` and ``nm`` (patterns ``"N:M"``; dense is always
+        always a choice; a unit keeps ``max(1, floor((1 - level) * full))``, so a layer at a
+        level is at least that sparse) for ``unstructured`` and ``nm`` (patterns ``"N:M"``; dense is always
         a choice) for ``nm``; each space ignores the other's grid. ``include_ends`` makes the
         first and last conv/linear layers (in call order) units too; embeddings are never
         units, nor is a weight shared by several modules (tied). ``criterion`` (``magnitude``, ``wanda`` or ``sparsegpt``; a name or an object
@@ -368,7 +368,8 @@ class WeightSparsitySpace(SearchSpace):
                 why = (f"its input dimension ({fan}) is not divisible by "
                        f"{' or '.join(str(mm) for _, mm in patterns)}")
             else:
-                choices = tuple(sorted({max(1, round((1 - lv) * full)) for lv in grid_levels}))
+                choices = tuple(sorted({max(1, math.floor((1 - lv) * full + 1e-9))
+                                        for lv in grid_levels}))
                 why = "no sparsity level removes any of its weights"
             if len(choices) < 2:
                 notes.append(f"{name_} is kept dense: {why}")
@@ -550,7 +551,7 @@ class WeightSparsitySpace(SearchSpace):
 
 @register_space("unstructured")
 class UnstructuredSparsitySpace(WeightSparsitySpace):
-    """Any ``round((1 - level) * full)`` weights of a layer kept, ``level`` from ``levels``."""
+    """Any ``floor((1 - level) * full)`` weights of a layer kept, ``level`` from ``levels``."""
 
     granularity: ClassVar[str] = "unstructured"
 
