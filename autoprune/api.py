@@ -458,7 +458,9 @@ def _report(settings: SearchSettings, run_dir: Path, alloc: Allocation, *, task:
     console.print(trials_table(records, dense_costs=problem.dense_costs, objective=metric))
     if check:
         console.print(latency_check_view(check))
-    console.print(units_table(alloc.units, title="chosen channels per unit"))
+    console.print(units_table(alloc.units, title="chosen " + {
+        "channel": "channels", "unstructured": "weights", "nm": "weights"}.get(
+        settings.space.space, "channels and weights") + " per unit"))
     console.print(
         f"chosen: trial {choice['trial']}, {100 * alloc.costs['macs'] / problem.dense_costs['macs']:.1f}% "
         f"MACs, {100 * alloc.costs['params'] / problem.dense_costs['params']:.1f}% params; "
