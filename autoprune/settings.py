@@ -82,11 +82,13 @@ class SpaceSettings:
     storage_format: str = "bitmap"
 
     def options(self) -> dict[str, Any]:
-        """The space's own options (``make_space(..., **options)``); none for channels."""
+        """The space's own options (``make_space(..., **options)``); none for channels,
+        ``levels`` and ``include_ends`` for unstructured and channel+unstructured."""
         if self.space == "channel":
             return {}
         common: dict[str, Any] = {"include_ends": self.include_ends}
-        return {**common, "levels": self.levels} if self.space == "unstructured" \
+        return {**common, "levels": self.levels} \
+            if self.space in ("unstructured", "channel+unstructured") \
             else {**common, "nm": self.nm}
 
     @classmethod

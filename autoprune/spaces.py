@@ -15,7 +15,12 @@ from autoprune.settings import SpaceSettings
 from autoprune.targets import Target
 from autoprune.zoo.tasks import Task
 
-__all__ = ["check_space", "check_space_targets", "criterion_options", "space_options"]
+__all__ = ["CHANNEL_SPACES", "check_space", "check_space_targets", "criterion_options",
+           "space_options"]
+
+#: Granularities that prune channels: a channel criterion ranks them, and a latency budget
+#: steers them.
+CHANNEL_SPACES = ("channel", "channel+unstructured")
 
 
 def check_space(space: SpaceSettings, targets: Sequence[Target]) -> None:
@@ -23,7 +28,7 @@ def check_space(space: SpaceSettings, targets: Sequence[Target]) -> None:
     if space.space not in SPACES:
         raise SearchError(f"unknown granularity {space.space!r}; choose one of "
                           f"{', '.join(sorted(SPACES))}")
-    names = criterion_names() if space.space == "channel" else list(WEIGHT_CRITERIA)
+    names = criterion_names() if space.space in CHANNEL_SPACES else list(WEIGHT_CRITERIA)
     if space.criterion not in names:
         raise SearchError(f"unknown criterion {space.criterion!r} for --granularity "
                           f"{space.space}; available: {', '.join(names)}")
@@ -32,11 +37,12 @@ def check_space(space: SpaceSettings, targets: Sequence[Target]) -> None:
 
 def check_space_targets(space: str, targets: Sequence[Target]) -> None:
     """A latency budget on a weight-sparsity space is refused, with the reason, and so are
-    sparsity= and size= budgets on channels."""
+    sparsity= and size= budgets on channels; channel+unstructured takes every budget (latency
+    and flops= steer its channels, sparsity= and size= its weights)."""
     if space == "channel" and any(t.metric in ("weights", "size_bytes") for t in targets):
         raise SearchError("sparsity= and size= budget single weights: use --granularity "
-                          "unstructured or nm")
-    if space != "channel" and any(t.metric == "latency_ms" for t in targets):
+                          "unstructured or nm (or channel+unstructured, both in one search)")
+    if space not in CHANNEL_SPACES and any(t.metric == "latency_ms" for t in targets):
         raise SearchError(
             f"a latency budget cannot steer --granularity {space}: this CPU's dense kernels "
             "(eager torch, onnxruntime) run a weight tensor with scattered zeros exactly as fast "
@@ -49,8 +55,9 @@ def criterion_options(space: str, criterion: str | Criterion,
                       calibration: Sequence[tuple[Any, Any]] | None) -> dict[str, Any]:
     """``make_space``'s criterion options from a name (or a channel criterion already made):
     none for the channel default, l2; a weight space takes its criterion by name (the default,
-    l2, meaning magnitude there), with its data."""
-    if space != "channel":
+    l2, meaning magnitude there), with its data. channel+unstructured takes a channel
+    criterion (its weights are chosen by magnitude)."""
+    if space not in CHANNEL_SPACES:
         name = "magnitude" if criterion == "l2" else criterion
         return {"criterion": name, **({"calibration": calibration} if calibration else {})}
     try:
@@ -66,7 +73,7 @@ def space_options(space: SpaceSettings, task: Task, *, seed: int = 0) -> dict[st
     patterns, ends) and its criterion. A data-driven criterion ranks on
     ``space.criterion_batches`` seeded batches of the task's training split."""
     name = space.criterion
-    needs = name in CRITERIA_NEEDING_DATA if space.space != "channel" \
+    needs = name in CRITERIA_NEEDING_DATA if space.space not in CHANNEL_SPACES \
         else name != "l2" and CRITERIA[name].needs_data
     data = task.calibration_batches(space.criterion_batches, seed=seed) if needs else None
     return {**space.options(), **criterion_options(space.space, name, data)}

@@ -5,13 +5,14 @@ from __future__ import annotations
 from .base import (SPACES, LayerRow, LayerTable, PruningBrokeModel, SearchSpace, Unit,
                    UnitFactsError, UntraceableModelError, call_name, make_space, register_space)
 from .channel import ChannelSpace, channel_choices
+from .hybrid import ChannelWeightSpace
 from .criteria import CRITERIA, Criterion, criterion_names, make_criterion, register_criterion
 from .reference import reference_macs, reference_params
 from .sparse import (NMSparsitySpace, UnstructuredSparsitySpace, WeightCriterion,
                      WeightSparsitySpace, magnitude_mask, mask_of, parse_nm, remove_masks)
 
-__all__ = ["CRITERIA", "SPACES", "ChannelSpace", "Criterion", "LayerRow", "LayerTable",
-           "NMSparsitySpace", "PruningBrokeModel", "SearchSpace", "Unit", "UnitFactsError",
+__all__ = ["CRITERIA", "SPACES", "ChannelSpace", "ChannelWeightSpace", "Criterion", "LayerRow",
+           "LayerTable", "NMSparsitySpace", "PruningBrokeModel", "SearchSpace", "Unit", "UnitFactsError",
            "UnstructuredSparsitySpace", "UntraceableModelError", "WeightCriterion",
            "WeightSparsitySpace", "call_name", "channel_choices", "criterion_names",
            "magnitude_mask", "make_criterion", "make_space", "mask_of", "parse_nm",

@@ -57,10 +57,13 @@ CRITERION_HELP = (
     "norm) or sparsegpt (layer-wise second-order reconstruction), on the same batches.")
 GRANULARITY_HELP = (
     "What is pruned: channel (default: whole channels and heads, a physically smaller "
-    "network), unstructured (single weights of every conv/linear, at --levels) or nm (N of "
-    "every M consecutive weights along the input dimension, the patterns of --nm). The first "
+    "network), unstructured (single weights of every conv/linear, at --levels), nm (N of "
+    "every M consecutive weights along the input dimension, the patterns of --nm) or "
+    "channel+unstructured (both in one search: latency and flops= budgets steer the "
+    "channels, sparsity= and size= the single weights, params= counts non-zeros). The first "
     "and last layers and embeddings stay dense unless --include-ends. A latency budget needs "
-    "channel: this CPU's dense kernels gain nothing from scattered zeros.")
+    "channel (or channel+unstructured): this CPU's dense kernels gain nothing from "
+    "scattered zeros.")
 THREADS_HELP = "CPU threads a latency is for (torch.set_num_threads / intra_op_num_threads)."
 BACKEND_HELP = "Runtime a latency is for: torch (eager) or onnxruntime."
 CLOCK_HELP = ("How calls are timed: cpu (the calling thread's CPU time; unaffected by other "
@@ -99,13 +102,14 @@ def _source(model: str, data: str, image_size: int, width_mult: float, *,
 def _space(granularity: str, *, criterion: str | None, levels: str, nm: str,
            **rest: object) -> SpaceSettings:
     """The SpaceSettings of search's options: ``--levels`` in percent, ``--nm`` a list, and the
-    criterion defaulting to the granularity's own (l2 for channels, magnitude for weights)."""
+    criterion defaulting to the granularity's own (l2 where channels are pruned, magnitude
+    for weights only)."""
     try:
         points = tuple(float(v) / 100.0 for v in levels.split(",") if v.strip())
     except ValueError:
         raise ValueError(f"--levels takes percents separated by commas, e.g. 0,50,80,90; got "
                          f"{levels!r}") from None
-    default = "l2" if granularity == "channel" else "magnitude"
+    default = "l2" if granularity in ("channel", "channel+unstructured") else "magnitude"
     return SpaceSettings(space=granularity, criterion=criterion or default, levels=points,
                          nm=tuple(p.strip() for p in nm.split(",") if p.strip()), **rest)  # type: ignore[arg-type]
 

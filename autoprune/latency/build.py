@@ -25,7 +25,7 @@ from autoprune.search_spaces.tracing import call_model, conv1d_type
 __all__ = ["BlockSpec", "ExtraLayer", "attention_and_norm_layers", "block_followers",
            "calibration_configs", "check_on_holdout", "fit_correction", "holdout_configs", "mapped_grid", "measure_blocks_and_networks",
            "monotone",
-           "op_of", "unit_links", "width_grid"]
+           "op_of", "profiled_space", "unit_links", "width_grid"]
 
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _FOLLOWERS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU,
@@ -335,6 +335,13 @@ class _AttentionCore(nn.Module):
         if self.sdpa:
             return F.scaled_dot_product_attention(q, self.k, self.v, is_causal=self.causal)
         return torch.softmax(q @ self.k.transpose(-2, -1) * self.scale, dim=-1) @ self.v
+
+
+def profiled_space(space: SearchSpace) -> SearchSpace:
+    """The space whose units set the widths a table profiles and predicts: the space itself,
+    or a composite's own ``latency_space`` (channel+unstructured: its channel part, since
+    masking single weights changes no width and its rows have the channel space's widths)."""
+    return getattr(space, "latency_space", None) or space
 
 
 def unit_links(space: SearchSpace) -> dict[str, list[tuple[str, float, float] | None]]:

@@ -15,7 +15,7 @@ from rich.console import Console
 from torch import nn
 
 from autoprune.latency.device import DEVICE_MATCH_KEYS, Device
-from autoprune.latency.build import ProfilePlan
+from autoprune.latency.build import ProfilePlan, profiled_space
 from autoprune.latency.measure import measure_latency
 from autoprune.latency.table import LatencyTable, LatencyTableError, model_signature
 from autoprune.search_spaces import SearchSpace
@@ -101,6 +101,7 @@ def anchor_to_now(table: LatencyTable, model: nn.Module, example: torch.Tensor,
     prediction, thinnest 0.75) show an error of the table's shape at one end, not a change of
     speed, and scaling every prediction by their mean made the whole search 16% optimistic; so
     then nothing is rescaled, and the final measurement's repair takes care of the rest."""
+    space = profiled_space(space)  # a composite's channel part: the table's units
     configs = {"dense": space.dense_config(), "thinnest": space.decode(np.zeros(space.dim))}
     nets = {k: space.apply(model, c).eval() for k, c in configs.items()}
     times: dict[str, list[float]] = {k: [] for k in nets}

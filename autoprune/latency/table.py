@@ -63,6 +63,7 @@ from autoprune.latency.build import (
     mapped_grid,
     monotone,
     op_of,
+    profiled_space,
     row_widths,
     unit_links,
 )
@@ -253,7 +254,7 @@ class LatencyTable:
         device_ = device or Device()
         inputs = device_.inputs(example_inputs)
         one = tuple(x[:1] for x in inputs)
-        space = space or make_space("channel", model, one)
+        space = profiled_space(space or make_space("channel", model, one))
         traced = [tuple(x.shape[1:]) for x in space.example_inputs]
         if traced != [tuple(x.shape[1:]) for x in inputs]:
             raise ValueError(f"the space was traced with inputs of shape {traced} per sample but "

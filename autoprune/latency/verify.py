@@ -140,7 +140,8 @@ def verify_latency(problem: PruningProblem, records: Sequence[TrialRecord], *,
     base = ranked[0]
 
     def measure(r: TrialRecord) -> LatencyMeasurement:
-        m = measure_latency(problem.space.apply(model, r.config), example, device=device)
+        net = problem.space.deployable(problem.space.apply(model, r.config))  # masks baked
+        m = measure_latency(net, example, device=device)
         ok = m.median_ms <= budget.limit
         say(f"measured trial {r.number}: {m.median_ms:.2f} ms (predicted "
             f"{r.costs['latency_ms']:.2f} ms, budget {budget.limit:.2f} ms) "
