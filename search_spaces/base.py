@@ -95,11 +95,12 @@ class LayerRow:
     call: int = 0
     macs: int = 0
     params: int = 0
-    # Weight-granularity spaces (unstructured, N:M) only; zero elsewhere. ``weight_elements``:
-    # elements of the row's pruned weight tensor, dense; ``weight_nonzero``: those kept (then
-    # ``params`` counts them, not the dense elements, and ``macs`` the MACs of non-zero
-    # weights); ``weight_rows``: the rows it is stored as (output channels: CSR's row
-    # pointers); ``dense_macs``: the MACs the row would cost with its weight dense.
+    # Weight-granularity spaces (unstructured, N:M, channel+unstructured) only; zero
+    # elsewhere. ``weight_elements``: elements of the row's pruned weight tensor, dense;
+    # ``weight_nonzero``: those kept (then ``params`` counts them, not the dense elements, and
+    # in unstructured and N:M spaces ``macs`` the MACs of non-zero weights; channel+unstructured
+    # keeps dense MACs, which steer its channels); ``weight_rows``: the rows it is stored as
+    # (output channels: CSR's row pointers); ``dense_macs``: the MACs with the weight dense.
     weight_elements: int = 0
     weight_nonzero: int = 0
     weight_rows: int = 0

@@ -8,7 +8,7 @@ channel units first, then the weight units, named ``<module>:weights`` (``kind="
 
 A weight unit's value is the **share of the layer's weights kept after channel pruning, in
 permille** (an int from ``round(1000 * (1 - level))`` over ``levels``; 1000 is dense), so its
-choices never depend on the channel part. The layer keeps ``max(1, round(permille / 1000 *
+choices never depend on the channel part. The layer keeps ``max(1, floor(permille / 1000 *
 elements))`` weights of largest |w|, ``elements`` being the channel-pruned weight's element
 count.
 
@@ -28,6 +28,7 @@ masks change no width, and a table for the channel space costs this space's rows
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -40,7 +41,7 @@ from torch.nn.utils import parametrize
 from .base import LayerRow, LayerTable, SearchSpace, Unit, UnitFactsError, register_space
 from .channel import ChannelSpace
 from .sparse import (DEFAULT_LEVELS, UnstructuredSparsitySpace, _canonical, _Mask, _masks,
-                     magnitude_mask, remove_masks)
+                     baked_copy, magnitude_mask)
 from .tracing import Output
 
 __all__ = ["ChannelWeightSpace", "kept_weights"]
@@ -50,7 +51,7 @@ _WEIGHT_KINDS = ("conv", "conv_transpose", "linear")
 
 def kept_weights(permille: int, elements: int) -> int:
     """The weights a layer of ``elements`` (channel-pruned) keeps at ``permille``: at least 1."""
-    return max(1, min(int(elements), int(round(int(permille) / 1000 * int(elements)))))
+    return max(1, min(int(elements), math.floor(int(permille) * int(elements) / 1000 + 1e-9)))
 
 
 def weight_elements(row: LayerRow) -> int:
@@ -61,19 +62,6 @@ def weight_elements(row: LayerRow) -> int:
         for k in row.kernel:
             n *= int(k)
     return int(n)
-
-
-def _baked(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with its masks baked in (``remove_masks``), leaving ``model``
-    working: a deep copy shares the parametrized class torch made for each masked module,
-    and removing a parametrization deletes the weight's property from that class, so each
-    copied module gets a class of its own first."""
-    work = copy.deepcopy(model)
-    for module in work.modules():
-        if _masks(module):
-            cls = type(module)
-            module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
-    return remove_masks(work)
 
 
 @dataclass(frozen=True)
@@ -241,7 +229,7 @@ class ChannelWeightSpace(SearchSpace):
         is pruned as its masked weights."""
         ch, wt = self._split(config)
         if any(_masks(m) for m in model.modules()):
-            model = _baked(model)
+            model = baked_copy(model)
         work = self.channels.apply(model, ch)
         for u, layer in zip(self.weight_units, self._layers):
             module = work.get_submodule(layer.module)
@@ -261,7 +249,7 @@ class ChannelWeightSpace(SearchSpace):
         """A copy with the masks baked into plain weights (zeros in place), at the channel-
         pruned shapes: what is saved, exported and rebuilt from a run folder. ``model`` keeps
         working (unlike a plain ``remove_masks`` of a deep copy)."""
-        return _baked(model)
+        return baked_copy(model)
 
     def trainable(self, model: nn.Module) -> nn.Module:
         """A copy whose weight units' zero weights are masked again (what ``deployable``

@@ -101,6 +101,19 @@ def remove_masks(model: nn.Module) -> nn.Module:
     return model
 
 
+def baked_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with its masks baked in (``remove_masks``), leaving ``model``
+    working: a deep copy shares the parametrized class torch made for each masked module,
+    and removing a parametrization deletes the weight's property from that class, so each
+    copied module gets a class of its own first."""
+    work = copy.deepcopy(model)
+    for module in work.modules():
+        if _masks(module):
+            cls = type(module)
+            module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+    return remove_masks(work)
+
+
 def parse_nm(pattern: str | Sequence[int]) -> tuple[int, int]:
     """``"2:4"`` (or ``(2, 4)``) as ``(N, M)`` with ``0 < N < M``."""
     try:
@@ -508,7 +521,7 @@ class WeightSparsitySpace(SearchSpace):
     def deployable(self, model: nn.Module) -> nn.Module:
         """A copy with the masks baked into plain weights (zeros in place): what is saved,
         exported and rebuilt from a run folder (a parametrized module does not pickle)."""
-        return remove_masks(copy.deepcopy(model))
+        return baked_copy(model)
 
     def trainable(self, model: nn.Module) -> nn.Module:
         """A copy whose units' zero weights are masked again (what ``deployable`` baked), so

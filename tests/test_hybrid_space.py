@@ -5,6 +5,7 @@ restored, a latency budget with sparsity=, and a search from the command line.""
 from __future__ import annotations
 
 import json
+import math
 import pickle
 from pathlib import Path
 
@@ -106,7 +107,7 @@ def test_rows_are_direct_counts_of_the_pruned_network(which: str, request: pytes
             w = pruned.get_submodule(layer).weight
             row = rows[layer]
             assert row.weight_elements == w.numel()  # the channel-pruned weight
-            kept = max(1, round(config[unit] / 1000 * w.numel()))
+            kept = max(1, math.floor(config[unit] * w.numel() / 1000 + 1e-9))
             assert int((w != 0).sum()) == row.weight_nonzero == kept
             zeros += w.numel() - kept
         # params: the non-zeros of the channel-pruned network

@@ -411,3 +411,15 @@ def test_data_criteria_go_through_weight_masks_once_per_model(monkeypatch) -> No
         model.get_submodule(fc).weight.mul_(1.0)  # a changed model is measured again
     space.apply(model, config)
     assert calls["stats"] == 2
+
+
+def test_deployable_leaves_the_masked_network_working() -> None:
+    """Baking the masks of a copy must not break the masked original (a deep copy shares the
+    parametrized class torch made, whose weight property removal would delete)."""
+    model, x, space = _space("resnet20", "unstructured")
+    masked = space.apply(model, space.decode(np.full(space.dim, 0.5)))
+    plain = space.deployable(masked)
+    with torch.no_grad():
+        assert torch.allclose(masked(x), plain(x), atol=1e-6)
+        masked(x)  # still runs after a second look
+    assert space.deployable(masked) is not None
