@@ -65,7 +65,6 @@ def run_model(name: str, *, settings: Sequence[str], agents: Sequence[str], tria
     evaluator = task.evaluator(calib_batches=16, seed=seed)
     tuned = task.evaluator(calib_batches=16, finetune_steps=finetune, seed=seed)
     calibration = task.calibration_batches(8, seed=seed)
-    output = "logits" if name == "chargpt" else None
     dense = float(evaluator(copy.deepcopy(model))[metric])
     console.print(f"[bold]{name}[/] on {data}: dense validation {metric} {dense:.4f}")
     rows: list[dict[str, Any]] = []
@@ -91,7 +90,7 @@ def run_model(name: str, *, settings: Sequence[str], agents: Sequence[str], tria
                            agent="uniform", trials=1, seed=seed, space=space).config
         for crit in CRITERIA:
             ranked = make_space(kind, model, example, criterion=crit, calibration=calibration,
-                                output=output, **options)
+                                **options)
             start = time.perf_counter()
             pruned = ranked.apply(model, uniform)
             seconds = time.perf_counter() - start
