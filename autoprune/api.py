@@ -467,7 +467,9 @@ def _report(settings: SearchSettings, run_dir: Path, alloc: Allocation, *, task:
         f"validation {task.describe(val)}, test {task.describe(test)} "
         f"(dense: test {task.describe(dense_val['test'])}), {_scored_after(task, settings)}.\n"
         f"run folder: {run_dir}  ({'' if record else 'study.db, '}best.json, pruned.pt"
-        + (", pruned.pt2" if program else "") + ", pareto.png, summary.json"
+        + (", pruned.pt2" if program else "")
+        + (", pruned.sparse.pt" if settings.space.space != "channel" else "")
+        + ", pareto.png, summary.json"
         + (", front.json)" if pareto else ")")
         + (f"\n{describe_study(run_dir, record)}; serve it with optuna-dashboard "
            f"'{masked(record['storage'])}'"

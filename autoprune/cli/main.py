@@ -256,9 +256,10 @@ def search(
             progress=progress, lut=lut)
         summary = run(settings, console=err)
         if not recover_steps and not summary.get("dense_meets_budgets"):
+            options = "--distill" if "sparse" in summary else "--distill, --gradual, --reconstruct"
             err.print(f"not recovered yet: autoprune recover {summary['run_dir']} --steps 300 "
-                      "fine-tunes it on the training split (--distill, --gradual, "
-                      "--reconstruct; or search with --recover STEPS)", highlight=False)
+                      f"fine-tunes it on the training split ({options}; or search with "
+                      "--recover STEPS)", highlight=False)
         if recover_steps and summary.get("dense_meets_budgets"):
             err.print("[yellow]note:[/] nothing was pruned, so nothing to recover")
         elif recover_steps:
