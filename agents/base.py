@@ -192,7 +192,9 @@ class Agent(ABC):
 
     @abstractmethod
     def state_dict(self) -> dict[str, Any]:
-        """JSON-serialisable state, enough to resume the search where it stopped."""
+        """JSON-serialisable state, enough to resume the search where it stopped. Large texts
+        that change rarely (networks) go under the key ``blobs`` (name -> str): the search
+        loop stores those apart and rewrites them only when they change."""
 
     @abstractmethod
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

@@ -110,7 +110,9 @@ class SearchSession:
     each tell with the oldest outstanding ask (optuna and CMA-ES agents keep a FIFO of asked
     points). The saved state (``search_state``: the agent's state, how many trials it had
     seen recorded, which of those it was not told yet) is one study attribute written after
-    every change, so a resumed search tells the agent exactly what it missed.
+    every change, so a resumed search tells the agent exactly what it missed. Large parts of
+    an agent's state that change rarely (its ``blobs``: an RL agent's networks) are stored
+    apart and rewritten only when they change (``StudyStore.put_blob``).
 
     A proposal repeating a configuration scored before is told that result and costs no trial
     (nothing is pruned again); one repeating a *running* configuration waits for its result
@@ -152,7 +154,11 @@ class SearchSession:
         saved = self.store.get_meta("search_state")
         untold: list[TrialRecord] = []
         if saved is not None:
-            self.agent.load_state_dict(saved["agent"])
+            state = saved["agent"]
+            if "blobs" in state:  # kept apart (StudyStore.put_blob)
+                state = {**state, "blobs": {name: self.store.get_blob(name, ref)
+                                            for name, ref in state["blobs"].items()}}
+            self.agent.load_state_dict(state)
             missed = set(saved.get("untold", ()))
             untold = [r for r in self.records
                       if r.number in missed or r.number >= int(saved.get("recorded", 0))]
@@ -167,8 +173,12 @@ class SearchSession:
 
     def _save(self) -> None:
         untold = [p.record.number for p in self._queue if p.record is not None and not p.repeat]
-        self.store.set_meta("search_state", {"agent": self.agent.state_dict(),
-                                             "recorded": len(self.records), "untold": untold})
+        state = self.agent.state_dict()
+        if "blobs" in state:  # large and rarely changing: stored apart, only when changed
+            state = {**state, "blobs": {name: self.store.put_blob(name, text)
+                                        for name, text in state["blobs"].items()}}
+        self.store.set_meta("search_state", {"agent": state, "recorded": len(self.records),
+                                             "untold": untold})
 
     # ------------------------------------------------------------------ state
     @property

@@ -64,6 +64,7 @@ class StudyStore:
 
     def __init__(self, storage: str | None, *, study_name: str = "autoprune") -> None:
         self.storage, self.study_name = storage, study_name
+        self._blobs: dict[str, tuple[str, dict[str, str]]] = {}  # name -> (text, its ref)
         for attempt in range(_OPEN_TRIES):
             try:
                 where: Any = storage
@@ -141,6 +142,33 @@ class StudyStore:
 
     def get_meta(self, key: str, default: Any = None) -> Any:
         return self.study.user_attrs.get(key, default)
+
+    def put_blob(self, name: str, text: str) -> dict[str, str]:
+        """Keep a large text that changes rarely (an RL agent's networks) in an attribute of its
+        own, written only when it changed, and return the small reference to save in its
+        place (``get_blob`` reads it back). Two attributes alternate, so the reference saved
+        last always names a complete blob: a kill between the two writes leaves the previous
+        pair. Writing megabytes after every trial would cost more than the agent."""
+        known = self._blobs.get(name)
+        if known is not None and (known[0] is text or known[0] == text):
+            return known[1]
+        slot = "b" if known is not None and known[1]["key"].endswith(".a") else "a"
+        ref = {"key": f"blob.{name}.{slot}",
+               "sha256": hashlib.sha256(text.encode("ascii")).hexdigest()}
+        self.set_meta(ref["key"], text)
+        self._blobs[name] = (text, ref)
+        return ref
+
+    def get_blob(self, name: str, ref: Mapping[str, str]) -> str:
+        """The text ``put_blob`` returned ``ref`` for."""
+        text = self.get_meta(ref["key"])
+        if not isinstance(text, str) or \
+                hashlib.sha256(text.encode("ascii")).hexdigest() != ref["sha256"]:
+            raise StudyError(f"the study's saved {name!r} ({ref['key']}) is missing or does not "
+                             "match its reference; resume is not possible from this study. "
+                             "Fix: start the search in a new run folder")
+        self._blobs[name] = (text, dict(ref))
+        return text
 
 
 # ---------------------------------------------------------------------- shared stores (URLs)

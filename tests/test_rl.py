@@ -9,6 +9,7 @@ import json
 import math
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -179,55 +180,103 @@ def _final_regret(name: str, seed: int, evaluations: int) -> float:
     return land.optimum - best
 
 
-# Measured regrets after 100 evaluations, seeds 0-3: ddpg 0.30, 0.11, 0.20, 0.42 (mean 0.26),
-# random 0.49, 0.51, 0.25, 0.99 (mean 0.56). Two seeds keep the test near half a minute.
+# Measured regrets after 100 evaluations, seeds 0-3, one update behind (the learner trains
+# while the next trial runs): ddpg 0.35, 0.24, 0.10, 0.72 (mean 0.35; updating before every
+# ask: 0.49, 0.11, 0.20, 0.41, mean 0.30), random 0.49, 0.51, 0.25, 0.99 (mean 0.56). Single
+# seeds spread from 0.1 to 0.7, so the test takes all four.
 def test_ddpg_learns_the_known_best_allocation_better_than_random() -> None:
-    seeds = range(2)
+    seeds = range(4)
     random_regret = float(np.mean([_final_regret("random", s, 100) for s in seeds]))
     ddpg_regret = float(np.mean([_final_regret("ddpg", s, 100) for s in seeds]))
-    assert ddpg_regret < 0.6 * random_regret, (ddpg_regret, random_regret)
+    assert ddpg_regret < 0.75 * random_regret, (ddpg_regret, random_regret)
 
 
 # ---------------------------------------------------------------------- resume
 @pytest.mark.parametrize("name", ["ddpg", "td3"])
-def test_resume_restores_replay_buffer_and_networks(name: str) -> None:
+@pytest.mark.parametrize("rounds", [3, 6])
+def test_resume_continues_exactly(name: str, rounds: int) -> None:
+    """A JSON round trip of the state, then the same proposals as the agent that never
+    stopped: before the first saved networks (every job re-run) and after them (the networks
+    loaded, the jobs since re-run), with batches of two."""
     land = BudgetLandscape(0)
-    agent = make_agent(name, DIM, seed=4)
-    assert isinstance(agent, RLAgent)
-    agent.config = SMALL
-    agent.set_context(_landscape_context(land))
+    config = replace(SMALL, checkpoint_every=2)
+
+    def fresh(seed: int) -> RLAgent:
+        agent = make_agent(name, DIM, seed=seed)
+        assert isinstance(agent, RLAgent)
+        agent.config = config
+        agent.set_context(_landscape_context(land))
+        return agent
 
     def feed(a: RLAgent, points: list[np.ndarray]) -> None:
         for x in points:
             r = land.repair(x)
             a.tell(r, {"objective": land.value(r)})
 
-    for _ in range(4):  # past the warm-up: trained networks, a partly filled buffer
+    agent = fresh(4)
+    for _ in range(rounds):  # two warm-up episodes, then one update job per batch
         feed(agent, agent.ask(2))
-    assert agent._model is not None and agent._model._n_updates > 0
     state = json.loads(json.dumps(agent.state_dict()))
+    assert len(state["jobs"]) == rounds - 1 and len(state["episodes"]) == 2 * rounds
+    # The networks are saved every 2 jobs, once their job is done: none yet after 3 rounds.
+    assert ("checkpoint" in state) == (rounds == 6)
+    small = {k: v for k, v in state.items() if k != "blobs"}
+    assert len(json.dumps(small)) < 20_000  # what is written after every trial
     resumed = make_agent(name, DIM, seed=0)
     assert isinstance(resumed, RLAgent)
     resumed.set_context(_landscape_context(land))
     resumed.load_state_dict(state)
-    a, b = agent._model, resumed._model
-    assert b is not None and a.replay_buffer.pos == b.replay_buffer.pos > 0
-    n = a.replay_buffer.size()
-    for field in ("observations", "next_observations", "actions", "rewards", "dones"):
-        assert np.array_equal(getattr(a.replay_buffer, field)[:n],
-                              getattr(b.replay_buffer, field)[:n])
-    for (k, p), (_, q) in zip(a.policy.state_dict().items(), b.policy.state_dict().items()):
-        assert torch.equal(p, q), k
-    for _ in range(2):  # asks agree, and so do the updates that follow
+    for _ in range(3):  # asks agree, and so do the updates that follow
         x, y = agent.ask(2), resumed.ask(2)
         assert all(np.array_equal(u, v) for u, v in zip(x, y))
         feed(agent, x)
         feed(resumed, y)
+    assert agent._policy is not None and resumed._policy is not None
+    for (k, p), (_, q) in zip(agent._policy.state_dict().items(),
+                              resumed._policy.state_dict().items()):
+        assert torch.equal(p, q), k
 
 
-def test_a_killed_search_resumes_exactly(tmp_path: Path) -> None:
+def test_an_old_state_is_refused_with_the_fix() -> None:
+    agent = make_agent("td3", 3)
+    with pytest.raises(ValueError, match="older autoprune.*new run folder"):
+        agent.load_state_dict({"format": 1, "algorithm": "TD3"})
+
+
+def test_a_dead_learner_is_one_clear_error() -> None:
+    from autoprune.agents import rl_learner
+
+    land = BudgetLandscape(0)
+    agent = make_agent("td3", DIM, seed=1)
+    assert isinstance(agent, RLAgent)
+    agent.config = SMALL
+    agent.set_context(_landscape_context(land))
+    for x in agent.ask(3):
+        agent.tell(land.repair(x), {"objective": 0.5})
+    process = rl_learner._process()
+    process.proc.kill()
+    process.reader.join(timeout=30)
+    with pytest.raises(rl_learner.LearnerError, match="learner process ended.*resumes"):
+        for _ in range(3):
+            for x in agent.ask(1):
+                agent.tell(land.repair(x), {"objective": 0.5})
+    # the next agent gets a new learner
+    other = make_agent("td3", DIM, seed=1)
+    assert isinstance(other, RLAgent)
+    other.config = SMALL
+    other.set_context(_landscape_context(land))
+    for _ in range(4):
+        for x in other.ask(1):
+            other.tell(land.repair(x), {"objective": 0.5})
+    assert other.jobs
+
+
+@pytest.mark.parametrize("every", [1, 8])
+def test_a_killed_search_resumes_exactly(tmp_path: Path, every: int) -> None:
     """Through the real loop and study: 3 trials, stop, resume to 6 == 6 without a stop (the
-    agent learns from the third trial on, so the resumed part runs trained networks)."""
+    agent learns from the third trial on, so the resumed part runs trained networks). With a
+    checkpoint after every job, the networks go to the study apart from the state written
+    after every trial, and only when they changed."""
     from autoprune.session import run_search
     from autoprune.study import StudyStore
 
@@ -239,17 +288,29 @@ def test_a_killed_search_resumes_exactly(tmp_path: Path) -> None:
         with torch.no_grad():
             return {"accuracy": float(sum(p.abs().sum() for p in model.parameters())) / 1e4}
 
+    writes: list[str] = []
+
     def search(run_dir: Path, trials: int) -> list[tuple[float, ...]]:
         agent = make_agent("td3", problem.space.dim, seed=2)
-        agent.config = SMALL  # type: ignore[attr-defined]
+        agent.config = replace(SMALL, checkpoint_every=every)  # type: ignore[attr-defined]
+        store = StudyStore.in_folder(run_dir)
+        set_meta = store.set_meta
+        store.set_meta = lambda key, value: (writes.append(key), set_meta(key, value))[1]
         records = run_search(problem, model=model, evaluate=score, agent=agent,
-                             trials=trials, store=StudyStore.in_folder(run_dir), progress=False)
+                             trials=trials, store=store, progress=False)
         assert len(records) == trials
         return [r.point for r in records]
 
     search(tmp_path / "a", 3)
     resumed = search(tmp_path / "a", 6)
     assert resumed == search(tmp_path / "b", 6)
+    blobs = [k for k in writes if k.startswith("blob.")]
+    states = [k for k in writes if k == "search_state"]
+    if every == 1:  # one job per trial after the warm-up, its networks saved once it is done
+        assert blobs and set(blobs) <= {"blob.networks.a", "blob.networks.b"}
+        assert len(blobs) < len(states)
+    else:
+        assert not blobs
 
 
 # ---------------------------------------------------------------------- rewards
