@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoprune.search_spaces.tracing import padded_conv_input
+
 __all__ = ["LayerFit", "ReconstructionReport", "reconstruct"]
 
 _REFIT = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -224,17 +226,7 @@ def _positions(m: nn.Module, t: torch.Tensor, patches: bool = False) -> torch.Te
         t = t.unsqueeze(0)
     if not patches:
         return t.flatten(2)
-    k, s, dil = m.kernel_size, m.stride, m.dilation
-    if isinstance(m.padding, str):
-        total = [0] * nd if m.padding == "valid" else [d * (kk - 1) for d, kk in zip(dil, k)]
-        pairs = [(n // 2, n - n // 2) for n in total]
-    else:
-        pairs = [(p, p) for p in m.padding]
-    if any(a or b for a, b in pairs):
-        flat = [v for pair in reversed(pairs) for v in pair]
-        t = F.pad(t, flat, mode="constant" if m.padding_mode == "zeros" else m.padding_mode)
-    if nd == 1:
-        t, k, s, dil = t.unsqueeze(2), (1, *k), (1, *s), (1, *dil)
+    t, k, s, dil = padded_conv_input(m, t)
     return F.unfold(t, k, dilation=dil, stride=s)  # (N, C*prod(k), L)
 
 

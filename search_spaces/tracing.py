@@ -136,6 +136,29 @@ class Conv1DPruner(tp.pruner.BasePruningFunc):
         return int(layer.weight.shape[0])
 
 
+def padded_conv_input(m: nn.Module, x: torch.Tensor
+                      ) -> tuple[torch.Tensor, tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """A conv's input padded as the layer pads it (numbers, ``"same"``/``"valid"``, any
+    padding mode), as a batch of 2-D images, with kernel, stride and dilation (a Conv1d seen
+    as a conv of height 1): what ``F.unfold`` takes for the layer's im2col patches."""
+    nd = len(m.kernel_size)
+    if x.dim() == nd + 1:
+        x = x.unsqueeze(0)
+    k, s, dil = tuple(m.kernel_size), tuple(m.stride), tuple(m.dilation)
+    if isinstance(m.padding, str):
+        total = [0] * nd if m.padding == "valid" else [d * (kk - 1) for d, kk in zip(dil, k)]
+        pairs = [(n // 2, n - n // 2) for n in total]
+    else:
+        pairs = [(p, p) for p in m.padding]
+    if any(a or b for a, b in pairs):
+        flat = [v for pair in reversed(pairs) for v in pair]
+        x = torch.nn.functional.pad(
+            x, flat, mode="constant" if m.padding_mode == "zeros" else m.padding_mode)
+    if nd == 1:
+        x, k, s, dil = x.unsqueeze(2), (1, *k), (1, *s), (1, *dil)
+    return x, k, s, dil
+
+
 def _customized_pruners() -> dict[type[nn.Module], tp.pruner.BasePruningFunc]:
     conv1d = conv1d_type()
     return {conv1d: Conv1DPruner()} if conv1d is not None else {}

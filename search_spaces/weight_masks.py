@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .tracing import Output, as_inputs, call_model, conv1d_type, output_tensor
+from .tracing import Output, as_inputs, call_model, conv1d_type, output_tensor, padded_conv_input
 
 __all__ = ["CRITERIA_NEEDING_DATA", "WEIGHT_CRITERIA", "LayerStats", "layer_statistics",
            "prune_layer"]
@@ -93,30 +93,10 @@ def _work(device: torch.device) -> torch.device:
     return torch.device("cpu") if device.type == "mps" else device  # no float64 on MPS
 
 
-def _padded(m: nn.Module, x: Tensor) -> tuple[Tensor, tuple, tuple, tuple]:
-    """A conv's input padded as the layer pads it, as a 2-D image, with kernel, stride and
-    dilation (Conv1d seen as a conv of height 1)."""
-    nd = len(m.kernel_size)
-    if x.dim() == nd + 1:
-        x = x.unsqueeze(0)
-    k, s, dil = m.kernel_size, m.stride, m.dilation
-    if isinstance(m.padding, str):
-        total = [0] * nd if m.padding == "valid" else [d * (kk - 1) for d, kk in zip(dil, k)]
-        pairs = [(n // 2, n - n // 2) for n in total]
-    else:
-        pairs = [(p, p) for p in m.padding]
-    if any(a or b for a, b in pairs):
-        flat = [v for pair in reversed(pairs) for v in pair]
-        x = F.pad(x, flat, mode="constant" if m.padding_mode == "zeros" else m.padding_mode)
-    if nd == 1:
-        x, k, s, dil = x.unsqueeze(2), (1, *k), (1, *s), (1, *dil)
-    return x, k, s, dil
-
-
 def _conv_rows(m: nn.Module, x: Tensor, rng: np.random.Generator, limit: int) -> Tensor:
     """im2col rows ``[rows, in*prod(k)]`` of a conv's input: at most ``limit`` output
     positions (seeded sample, image-major), unfolded a chunk of images at a time."""
-    x, k, s, dil = _padded(m, x)
+    x, k, s, dil = padded_conv_input(m, x)
     n, c = x.shape[:2]
     out_hw = [(x.shape[2 + i] - dil[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(2)]
     per = out_hw[0] * out_hw[1]
