@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import (SPACES, LayerRow, LayerTable, PruningBrokeModel, SearchSpace, Unit,
+from .base import (SPACES, CountedSpace, LayerRow, LayerTable, PruningBrokeModel, SearchSpace, Unit,
                    UnitFactsError, UntraceableModelError, call_name, make_space, register_space)
 from .channel import ChannelSpace, channel_choices
 from .hybrid import ChannelWeightSpace
@@ -11,7 +11,7 @@ from .reference import reference_macs, reference_params
 from .sparse import (NMSparsitySpace, UnstructuredSparsitySpace, WeightCriterion,
                      WeightSparsitySpace, magnitude_mask, mask_of, parse_nm, remove_masks)
 
-__all__ = ["CRITERIA", "SPACES", "ChannelSpace", "ChannelWeightSpace", "Criterion", "LayerRow",
+__all__ = ["CRITERIA", "SPACES", "ChannelSpace", "ChannelWeightSpace", "CountedSpace", "Criterion", "LayerRow",
            "LayerTable", "NMSparsitySpace", "PruningBrokeModel", "SearchSpace", "Unit", "UnitFactsError",
            "UnstructuredSparsitySpace", "UntraceableModelError", "WeightCriterion",
            "WeightSparsitySpace", "call_name", "channel_choices", "criterion_names",

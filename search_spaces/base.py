@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 from torch import nn
 
-__all__ = ["SPACES", "LayerRow", "LayerTable", "PruningBrokeModel", "SearchSpace", "Unit",
+__all__ = ["SPACES", "CountedSpace", "LayerRow", "LayerTable", "PruningBrokeModel", "SearchSpace", "Unit",
            "UnitFactsError", "UntraceableModelError", "call_name", "make_space", "register_space"]
 
 
@@ -207,6 +207,31 @@ class SearchSpace(ABC):
         it prunes (ERK and AMC's embedding read them); a space that has none raises
         :class:`UnitFactsError`."""
         raise UnitFactsError(f"{type(self).__name__} does not list the layers of its units")
+
+
+
+class CountedSpace(SearchSpace):
+    """A space whose units keep counts of elements (channels, heads or weights) among their
+    ``Unit.choices``: its dense and thinnest configurations, kept fractions and their floors
+    follow from the units alone. ``complete_config`` fills and checks a configuration."""
+
+    @abstractmethod
+    def complete_config(self, config: Mapping[str, int]) -> dict[str, int]:
+        """``config`` with every unit present (dense where missing), every count checked."""
+
+    def dense_config(self) -> dict[str, int]:
+        return {u.name: u.full for u in self.units}
+
+    def min_config(self) -> dict[str, int]:
+        return {u.name: u.minimum for u in self.units}
+
+    def ratios(self, config: Mapping[str, int]) -> dict[str, float]:
+        """Kept fraction of elements per unit."""
+        full = self.complete_config(config)
+        return {u.name: full[u.name] / u.full for u in self.units}
+
+    def ratio_lower_bounds(self) -> dict[str, float]:
+        return {u.name: u.minimum / u.full for u in self.units}
 
 
 SPACES: dict[str, type[SearchSpace]] = {}

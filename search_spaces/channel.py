@@ -30,7 +30,7 @@ from torch import nn
 from .exact import ProbeError, probe, run_log
 from .attention import (AttentionHeads, drop_head_dims, drop_heads, find_attention, head_dim_scores,
                         head_scores, prune_head_dims, prune_heads)
-from .base import LayerTable, SearchSpace, Unit, UntraceableModelError, register_space
+from .base import CountedSpace, LayerTable, Unit, UntraceableModelError, register_space
 from .criteria import Criterion, L2Magnitude, as_criterion
 from .layers import LayerPlan, plan_rows
 from .reference import recurrent_macs, reference_params
@@ -160,7 +160,7 @@ class _Pruner:
 
 
 @register_space("channel")
-class ChannelSpace(SearchSpace):
+class ChannelSpace(CountedSpace):
     """Elements kept per unit (channels rounded to a multiple, whole heads), bounded below;
     ``criterion`` ranks the channels of each unit (``criteria.py``)."""
 
@@ -310,20 +310,6 @@ class ChannelSpace(SearchSpace):
             k = int(np.argmin([abs(c - full[u.name]) for c in u.choices]))
             x[i] = k / (len(u.choices) - 1)
         return x
-
-    def dense_config(self) -> dict[str, int]:
-        return {u.name: u.full for u in self.units}
-
-    def min_config(self) -> dict[str, int]:
-        return {u.name: u.minimum for u in self.units}
-
-    def ratios(self, config: Mapping[str, int]) -> dict[str, float]:
-        """Kept fraction of elements per unit."""
-        full = self.complete_config(config)
-        return {u.name: full[u.name] / u.full for u in self.units}
-
-    def ratio_lower_bounds(self) -> dict[str, float]:
-        return {u.name: u.minimum / u.full for u in self.units}
 
     def layer_table(self, config: Mapping[str, int]) -> LayerTable:
         ch = self.complete_config(config)

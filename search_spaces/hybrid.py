@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .base import LayerRow, LayerTable, SearchSpace, Unit, UnitFactsError, register_space
+from .base import CountedSpace, LayerRow, LayerTable, Unit, UnitFactsError, register_space
 from .channel import ChannelSpace
 from .sparse import (DEFAULT_LEVELS, UnstructuredSparsitySpace, _canonical, _Mask, _masks,
                      baked_copy, magnitude_mask)
@@ -73,7 +73,7 @@ class _WeightLayer:
 
 
 @register_space("channel+unstructured")
-class ChannelWeightSpace(SearchSpace):
+class ChannelWeightSpace(CountedSpace):
     """Channels kept per channel unit and, per weight unit, the permille of the channel-pruned
     layer's weights kept (magnitude); see the module's docstring for the costs."""
 
@@ -186,12 +186,6 @@ class ChannelWeightSpace(SearchSpace):
         ch, wt = self._split(config)
         tail = [u.choices.index(wt[u.name]) / (len(u.choices) - 1) for u in self.weight_units]
         return np.concatenate([self.channels.encode(ch), np.asarray(tail, dtype=float)])
-
-    def dense_config(self) -> dict[str, int]:
-        return {u.name: u.full for u in self.units}
-
-    def min_config(self) -> dict[str, int]:
-        return {u.name: u.minimum for u in self.units}
 
     def ratios(self, config: Mapping[str, int]) -> dict[str, float]:
         """Kept fraction per unit: of the channels, of the (channel-pruned) weights."""

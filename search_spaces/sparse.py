@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .base import LayerTable, SearchSpace, Unit, UntraceableModelError, register_space
+from .base import CountedSpace, LayerTable, Unit, UntraceableModelError, register_space
 from .exact import Affine, Probe, run_log
 from .layers import plan_rows
 from .tracing import Output, as_inputs, conv1d_type, traceable_copy
@@ -260,7 +260,7 @@ class _Layer:
     shape: tuple[int, int, int, int]
 
 
-class WeightSparsitySpace(SearchSpace):
+class WeightSparsitySpace(CountedSpace):
     """Weights kept per layer, from a grid of sparsity levels (``unstructured``) or of N:M
     patterns (``nm``); registered under both names (``granularity`` tells them apart)."""
 
@@ -417,20 +417,6 @@ class WeightSparsitySpace(SearchSpace):
     def encode(self, config: Mapping[str, int]) -> np.ndarray:
         full = self.complete_config(config)
         return np.array([u.choices.index(full[u.name]) / (len(u.choices) - 1) for u in self.units])
-
-    def dense_config(self) -> dict[str, int]:
-        return {u.name: u.full for u in self.units}
-
-    def min_config(self) -> dict[str, int]:
-        return {u.name: u.minimum for u in self.units}
-
-    def ratios(self, config: Mapping[str, int]) -> dict[str, float]:
-        """Kept fraction of weights per unit."""
-        full = self.complete_config(config)
-        return {u.name: full[u.name] / u.full for u in self.units}
-
-    def ratio_lower_bounds(self) -> dict[str, float]:
-        return {u.name: u.minimum / u.full for u in self.units}
 
     def complete_config(self, config: Mapping[str, int]) -> dict[str, int]:
         """``config`` with every unit present (dense where missing) and every count checked."""
