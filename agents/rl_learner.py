@@ -184,8 +184,13 @@ class _Model:
 
 def serve(inp: IO[bytes], out: IO[bytes]) -> None:
     """The learner's loop: one reply per request, in order, until its input closes."""
+    import signal
+
     import torch
 
+    # Ctrl-C reaches the whole process group: the agent's process handles it, and its exit
+    # closes this input; a traceback from here too would only be noise.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     models: dict[Any, _Model] = {}
     while True:
