@@ -73,10 +73,12 @@ def _one_run(settings: ScalingSettings, problem: PruningProblem, model: torch.nn
     t0 = time.perf_counter()
     executor.start()
     startup = time.perf_counter() - t0
+    cpu0 = _cpu_seconds()
     try:
         records = run_search(problem, model=model, evaluate=evaluator, agent=agent,
                              trials=settings.trials, store=StudyStore.in_memory(),
                              executor=executor, progress=False)
+        cpu = {k: v - cpu0.get(k, 0.0) for k, v in _cpu_seconds().items()}
     finally:
         executor.close()
     wall = time.perf_counter() - t0
@@ -91,7 +93,37 @@ def _one_run(settings: ScalingSettings, problem: PruningProblem, model: torch.nn
             "trials": len(records), "evaluated": len(evaluated),
             "failed": sum(r.failed for r in records),
             "trials_per_min": steady, "end_to_end_per_min": 60.0 * len(records) / wall,
+            "cpu_s_per_trial": {k: v / max(1, len(records)) for k, v in cpu.items()},
             "configs": sorted(_key(r) for r in records)}
+
+
+def _cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) so far of this process (``driver``: for the local executor
+    it runs the trials too) and of its live descendants: Ray's trial actors (``workers``) and
+    everything else Ray runs (``ray_other``: raylet, GCS, agents, idle workers). Linux /proc;
+    empty elsewhere."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    procs: dict[int, tuple[int, float, str]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            cmd = (stat.parent / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2:].split()
+        procs[int(stat.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick,
+                                        cmd)
+    me = os.getpid()
+    out = {"driver": time.process_time(), "workers": 0.0, "ray_other": 0.0}
+    if not procs:
+        return {"driver": out["driver"]}
+    family = {me}
+    for _ in range(4):  # driver -> raylet -> workers (and agents): a few generations
+        family |= {pid for pid, (ppid, _, _) in procs.items() if ppid in family}
+    for pid in family - {me}:
+        _, seconds, cmd = procs[pid]
+        out["workers" if cmd.startswith("ray::TrialActor") else "ray_other"] += seconds
+    return out
 
 
 def _key(r: TrialRecord) -> str:
@@ -117,9 +149,11 @@ def run_scaling(settings: ScalingSettings, *, console: Console) -> dict[str, Any
             ex: Executor = LocalExecutor() if kind == "local" else RayExecutor(workers=workers)
             run = _one_run(settings, problem, model, evaluator, ex)
             runs[f"{kind}-{workers}"].append(run)
+            cpu = ", ".join(f"{k} {v:.2f}" for k, v in run["cpu_s_per_trial"].items())
             console.print(f"repeat {rep + 1}/{settings.repeats} {kind} x{workers}: "
                           f"{run['trials']} trials in {run['wall_s']:.1f}s, "
-                          f"{run['trials_per_min']:.1f}/min steady, fixed {run['fixed_s']:.1f}s")
+                          f"{run['trials_per_min']:.1f}/min steady, fixed {run['fixed_s']:.1f}s; "
+                          f"CPU s per trial: {cpu}")
     configs = {tuple(r["configs"]) for rs in runs.values() for r in rs}
     rows = {}
     for name, rs in runs.items():

@@ -1,58 +1,52 @@
-"""Trials on Ray Tune (``--executor ray``): each candidate is one Tune trial that prunes,
-evaluates and reports one configuration; the agent proposes through ``AgentSearcher``, so
-``workers`` candidates stay in flight and a new one is proposed whenever one finishes.
+"""Trials on Ray (``--executor ray``): one warm Ray actor per worker slot, created once per
+search, runs candidate after candidate (``autoprune.executors.ray_actors``); the driver keeps
+``workers`` calls in flight and proposes a new candidate from the session whenever one
+finishes. (Ray Tune is the way to plug autoprune's agents into a user's own Tune runs:
+``AgentSearcher``, ``autoprune.executors.tune_searcher``.)
 
 What travels: the trial's work (the search space, the dense model and the evaluator with its
 data, plus a latency table when costing needs one — costing itself stays on the driver) is put
-in Ray's object store once by ``tune.with_parameters``; each trial receives only its
-``{"channels": {unit: kept}}``. Results come back to the driver, which writes the run folder's
+in Ray's object store once and handed to each actor when it is created; each call carries only
+the candidate's ``{unit: kept}``. Results come back to the driver, which writes the run folder's
 optuna study exactly as the local executor does.
 
-Faults: an exception in the evaluator is reported as the trial's failure (recorded with its
-reason, not retried: it would fail again); a worker that dies (a crash, ``os._exit``, out of
-memory, a lost node) is retried by Tune up to ``max_failures`` times, then recorded as failed
-with Tune's error text. A killed driver leaves the study; rerunning resumes from it.
+Faults: an exception in the evaluator is the trial's recorded failure (with its reason, not
+retried: it would fail again); a worker that dies (a crash, ``os._exit``, out of memory, a lost
+node) is replaced by a fresh actor and the trial retried up to ``max_failures`` times, then
+recorded as failed with Ray's error text. A killed driver leaves the study; rerunning resumes
+from it.
 
-Threads: every trial pins torch to ``max(1, int(cpus_per_trial))`` threads and the workers get
+Threads: every actor pins torch to ``max(1, int(cpus_per_trial))`` threads and the workers get
 ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` to match: several torch processes with default thread
-pools on a few cores spin on each other's barriers and run many times slower.
+pools on a few cores spin on each other's barriers and run many times slower. Workers run at
+normal priority (``RAY_worker_niceness=0``; Ray's default of 15 leaves them only the CPU that
+the driver and the host's other processes do not use).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import ray
-from ray import tune
 
-from autoprune.executors.base import Executor, TrialWork
-from autoprune.executors.tune_searcher import ERROR_KEY, AgentSearcher
-from autoprune.session import SearchSession
+from autoprune.executors.base import Executor, TrialSource, TrialWork
+from autoprune.executors.ray_actors import ActorPool, worker_env
 from autoprune.user_model import user_modules
 
 
 __all__ = ["RayExecutor"]
 
-# While our Tuner runs (and only then: a user's own Tuner in the same process keeps Tune's
-# defaults): no Tune CSV/JSON/TensorBoard loggers per trial (disk and driver time for files
-# nobody reads: the study is the record), the old console engine (verbose=0 silences it).
-_TUNE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_AIR_NEW_OUTPUT": "0"}
-
-
 class RayExecutor(Executor):
     """Runs trials on Ray: a local Ray started for the search (``address=None``), or a running
     cluster (``address="auto"`` or ``"host:port"`` of its head). ``workers``: trials in
-    flight (``None``: as many as the cluster's CPUs hold); ``cpus_per_trial``: CPUs Tune
-    reserves for each; ``max_failures``: retries of a trial whose worker died."""
+    flight, one warm actor each (``None``, or more than the cluster's CPUs hold now: as many
+    as they hold); ``cpus_per_trial``: CPUs each actor reserves (and its torch threads);
+    ``max_failures``: retries of a trial whose worker died."""
 
     name = "ray"
 
@@ -68,9 +62,9 @@ class RayExecutor(Executor):
         #: Seconds ``start`` took (connecting, or starting a local Ray).
         self.startup_s: float | None = None
         #: Of the last ``execute``: seconds from its start until every worker slot is running
-        #: a trial (Tune's set-up and the workers' start, each importing torch: with
+        #: a trial (the actors' start, each importing torch and loading the work: with
         #: ``startup_s``, Ray's fixed cost), then from that moment to the last trial's end
-        #: and the trials that ended in it (steady state), and the trials Tune ran.
+        #: and the trials that ended in it (steady state), and the trials run.
         self.timings: dict[str, float] = {}
         self._owns_ray = False
 
@@ -81,8 +75,7 @@ class RayExecutor(Executor):
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # CI and clusters: no network
         t0 = time.perf_counter()
         if not ray.is_initialized():  # else: the caller's connection (and cluster) is used
-            env = {"OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads),
-                   "RAY_USAGE_STATS_ENABLED": "0"}
+            env = {**worker_env(self.threads), "RAY_USAGE_STATS_ENABLED": "0"}
             kwargs: dict[str, Any] = {}
             if self.address is None:
                 kwargs = {"include_dashboard": False}
@@ -104,7 +97,8 @@ class RayExecutor(Executor):
         self.startup_s = None
 
     # ------------------------------------------------------------------ a whole search
-    def execute(self, session: SearchSession, work: TrialWork, *, batch: int = 1) -> None:  # type: ignore[override]
+    def execute(self, session: TrialSource, work: TrialWork, *, batch: int = 1) -> None:  # type: ignore[override]
+        self.timings = {}
         if session.finished:
             return
         self.start()
@@ -112,43 +106,22 @@ class RayExecutor(Executor):
         if capacity < self.cpus_per_trial:
             raise ValueError(f"the Ray cluster has {capacity:g} CPUs; a trial asks for "
                              f"{self.cpus_per_trial:g} (--cpus-per-trial)")
-        _ship_user_code()
-        searcher = AgentSearcher.for_session(session)
-        searcher.defer_errors = True
-        watch = _Watch(searcher, self.max_failures)
-        trainable = tune.with_resources(
-            tune.with_parameters(_trial, work=work, threads=self.threads),
-            {"cpu": self.cpus_per_trial})
-        _remove_stale_storage()
-        # Tune's bookkeeping (not ours: the study is the record), named after this process so a
-        # later search removes it if this driver is killed before it can.
-        storage = tempfile.mkdtemp(prefix=f"autoprune-tune-{os.getpid()}-")
+        # No more actors than the cluster holds: a call queued on an actor that never gets
+        # its CPUs would wait for ever.
+        fits = max(1, int(capacity // self.cpus_per_trial))
+        slots = min(self.workers or fits, fits)
+        _ship_user_code()  # before the work is pickled into the object store
         t0 = time.perf_counter()
-        with _quiet_tune():
-            try:
-                tune.Tuner(
-                    trainable,
-                    tune_config=tune.TuneConfig(
-                        search_alg=searcher, num_samples=max(1, session.room),
-                        max_concurrent_trials=self.workers,  # None: as resources allow
-                        # one actor per worker slot, reused: no process start and no import
-                        # of torch per trial
-                        reuse_actors=True),
-                    run_config=tune.RunConfig(
-                        name="autoprune", storage_path=storage, verbose=0, log_to_file=False,
-                        failure_config=tune.FailureConfig(max_failures=self.max_failures),
-                        callbacks=[watch])).fit()
-            finally:
-                shutil.rmtree(storage, ignore_errors=True)
-        if watch.starts:
-            slots = self.workers or int(capacity // self.cpus_per_trial)
-            starts = sorted(watch.starts)
-            ready = starts[min(max(1, slots), len(starts)) - 1]  # the last slot's first trial
+        pool = ActorPool(work, slots=slots, threads=self.threads,
+                         cpus_per_trial=self.cpus_per_trial, max_failures=self.max_failures)
+        pool.drive(session)
+        starts, ends = sorted(pool.timeline.starts), pool.timeline.ends
+        if starts:
+            ready = starts[min(slots, len(starts)) - 1]  # the last slot's first trial
             self.timings = {"to_first_trial_s": starts[0] - t0, "to_all_workers_s": ready - t0,
-                            "steady_span_s": max(watch.ends or [ready]) - ready,
-                            "steady_trials": float(sum(e > ready for e in watch.ends)),
-                            "trials_run": float(len(watch.ends))}
-        searcher.abandon("Ray Tune stopped before this trial reported a result")
+                            "steady_span_s": max(ends or [ready]) - ready,
+                            "steady_trials": float(sum(e > ready for e in ends)),
+                            "trials_run": float(len(ends))}
 
     # ------------------------------------------------------------------ plain fan-out (not part
     # of the Executor contract: Ray's own helper for plain calls, e.g. benchmarks)
@@ -175,93 +148,15 @@ class RayExecutor(Executor):
                 yield i, err
 
 
-@contextlib.contextmanager
-def _quiet_tune() -> Iterator[None]:
-    """Tune's console output off while our Tuner runs; restored after (a user's own Tuner in
-    this process keeps Tune's defaults). Its tracebacks of failed trials are noise for us:
-    failures are recorded with their reason and shown in the trials table."""
-    loggers = [logging.getLogger(n) for n in ("ray.tune", "ray.train", "ray.air")]
-    levels = [lg.level for lg in loggers]
-    saved = {k: os.environ.get(k) for k in _TUNE_ENV}
-    os.environ.update(_TUNE_ENV)
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _pin(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
 
 
-def _trial(config: dict[str, Any], work: TrialWork, threads: int) -> None:
-    """One Tune trial: prune to ``config["channels"]``, evaluate, report the metrics."""
-    _pin(threads)
-    try:
-        metrics = work(config["channels"])
-    except Exception as err:  # noqa: BLE001 - reported: recorded as failed, not retried
-        tune.report({ERROR_KEY: f"{type(err).__name__}: {err}"})
-        return
-    tune.report(dict(metrics))
-
-
 def _call(fn: Callable[[Any], Any], item: Any, threads: int) -> Any:
     _pin(threads)
     return fn(item)
-
-
-class _Watch(tune.Callback):
-    """Gives the searcher the error of a trial Tune gave up on (the searcher alone only learns
-    *that* it failed), and notes when trials start and end (the scaling benchmark)."""
-
-    def __init__(self, searcher: AgentSearcher, max_failures: int) -> None:
-        self.searcher = searcher
-        self.max_failures = max_failures
-        self.starts: list[float] = []
-        self.ends: list[float] = []
-
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.starts.append(time.perf_counter())
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.ends.append(time.perf_counter())
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.ends.append(time.perf_counter())
-        text = ""
-        try:
-            text = Path(trial.error_file).read_text() if trial.error_file else ""
-        except OSError:
-            pass
-        lines = [ln.strip() for ln in text.splitlines()
-                 if ln.strip() and not ln.startswith("Failure #")]
-        detail = lines[-1] if lines else "no error text"
-        self.searcher.fail(trial.trial_id,
-                           f"the Ray worker running this trial failed {self.max_failures + 1} "
-                           f"time(s): {detail[:500]}")
-
-
-def _remove_stale_storage() -> None:
-    for path in Path(tempfile.gettempdir()).glob("autoprune-tune-*-*"):
-        pid = path.name.split("-")[2]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:  # its driver is gone
-            shutil.rmtree(path, ignore_errors=True)
-        except OSError:  # alive (another user's): leave it
-            pass
 
 
 def _ship_user_code() -> None:
