@@ -196,7 +196,10 @@ def test_a_latency_budget_with_sparsity_steers_channels_and_weights() -> None:
     assert cost.estimate(space.layer_table(thin)) < dense_ms
     sparse_only = space.decode(np.r_[np.ones(space.channels.dim), np.zeros(len(space.weight_units))])
     assert cost.estimate(space.layer_table(sparse_only)) == pytest.approx(dense_ms)
-    limit = 0.85 * dense_ms
+    # Halfway between the thinnest network and the dense one on this host's own table (its
+    # shape differs between hosts: the thinnest was 87% of dense on one, under 85% on others).
+    thinnest_ms = cost.estimate(space.layer_table(space.min_config()))
+    limit = thinnest_ms + 0.5 * (dense_ms - thinnest_ms)
 
     def evaluate(net: nn.Module) -> dict[str, float]:
         with torch.no_grad():
