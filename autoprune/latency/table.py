@@ -15,7 +15,8 @@ How a table is built (``LatencyTable.build``), on the device the latency is want
    has 57 convs but about ten distinct blocks).
 3. Each block is timed at a coarse grid of (input, output) widths the space can produce, in
    interleaved, shuffled rounds so a burst of load from another process spreads over many
-   entries instead of corrupting one; the median of all samples is kept. Latency between grid
+   entries instead of corrupting one (the whole networks of step 4 in each round too, after the
+   blocks); the median of all samples is kept. Latency between grid
    widths is bilinear in (input, output) channels. Entries are made non-decreasing in width
    (isotonic regression, then a running maximum): the search's repair bisects on costs and
    needs them monotone, and a wider layer measuring faster on a coarse grid is noise.
