@@ -1,6 +1,7 @@
 """Any autoprune agent as a Ray Tune ``Searcher``: ask on ``suggest``, tell on
 ``on_trial_complete``, so RL, Bayesian optimization and evolution all run with several trials in
-flight inside a user's own ``tune.Tuner`` — and inside ``--executor ray``, which uses this class.
+flight inside a user's own ``tune.Tuner``. (``--executor ray`` drives the same session on warm
+actors instead of Tune trials: ``autoprune.executors.ray_actors``.)
 
     problem = autoprune.build_problem(space, autoprune.parse_targets("flops=50%"))
     searcher = autoprune.AgentSearcher("tpe", problem, metric="accuracy", mode="max")
