@@ -44,7 +44,7 @@ from rich.table import Table
 from scipy.stats import spearmanr
 
 from autoprune.latency.cache import anchor_to_now
-from autoprune.latency.device import Device, describe_device, resolve_clock
+from autoprune.latency.device import BackendError, Device, describe_device, resolve_clock
 from autoprune.latency.measure import (make_runner, pinned_threads,
                                time_calls)
 from autoprune.latency.table import LatencyTable, ProfilePlan
@@ -279,19 +279,39 @@ def main(argv: list[str] | None = None) -> None:
     roof = RooflineCost.measure(threads=s.threads, batch=s.batch, clock=s.clock)
     console.print(f"roofline micro-benchmark: {roof}")
     started = time.perf_counter()
-    results = [run_model(m, replace(s, backend=b), roof, console)
-               for b in backends for m in models]
-    total = pooled([r for r in results if r["device"]["backend"] == "torch"] or results)
-    show(results, total, console)
-    payload = {"command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
-               "device": describe_device(results[0]["device"]), "roofline": roof.to_json(),
-               "settings": {"configs": s.configs, "warmup": s.warmup, "repeats": s.repeats,
-                            "passes": 2, "plan": {k: getattr(s.plan, k) for k in
-                                                  ProfilePlan.__dataclass_fields__}},
-               "seconds": round(time.perf_counter() - started, 1), "pooled": total,
-               "models": results}
-    s.out.parent.mkdir(parents=True, exist_ok=True)
-    s.out.write_text(json.dumps(payload, indent=1) + "\n")
+    results: list[dict[str, Any]] = []
+    failed: list[dict[str, str]] = []
+
+    def save() -> dict[str, Any]:
+        """Everything measured so far, written after every model (a later failure or a kill
+        keeps the rows already measured)."""
+        torch_rows = [r for r in results if r["device"]["backend"] == "torch"] or results
+        payload = {"command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+                   "device": describe_device(results[0]["device"]) if results else None,
+                   "roofline": roof.to_json(),
+                   "settings": {"configs": s.configs, "warmup": s.warmup, "repeats": s.repeats,
+                                "passes": 2, "plan": {k: getattr(s.plan, k) for k in
+                                                      ProfilePlan.__dataclass_fields__}},
+                   "seconds": round(time.perf_counter() - started, 1),
+                   "pooled": pooled(torch_rows) if torch_rows else {}, "models": results,
+                   "failed": failed}
+        s.out.parent.mkdir(parents=True, exist_ok=True)
+        s.out.write_text(json.dumps(payload, indent=1) + "\n")
+        return payload
+
+    for b in backends:
+        for m in models:
+            try:
+                results.append(run_model(m, replace(s, backend=b), roof, console))
+            except BackendError as err:  # one model the backend cannot run: the others go on
+                failed.append({"model": m, "backend": b, "error": str(err)})
+                console.print(f"[red]{m} ({b}) skipped:[/] {err}")
+            save()
+    payload = save()
+    if results:
+        show(results, payload["pooled"], console)
+    for f in failed:
+        console.print(f"[red]not measured:[/] {f['model']} ({f['backend']}): {f['error']}")
     console.print(f"wrote {s.out} in {payload['seconds']}s")
 
 

@@ -6,6 +6,8 @@ channel space prunes their heads, MLP widths and residual width like any HF mode
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -76,14 +78,14 @@ class ViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)
-        side = x.shape[-1]
+        side = int(x.shape[-1])  # a Python int also under tracing (ONNX export)
         x = x.flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self._positions(side)
         return self.head(self.norm(self.blocks(x))[:, 0])
 
     def _positions(self, side: int) -> torch.Tensor:
         """The position table, resampled (bicubic) when the input is not the planned size."""
-        planned = round((self.pos_embed.shape[1] - 1) ** 0.5)
+        planned = math.isqrt(int(self.pos_embed.shape[1]) - 1)
         if side == planned:
             return self.pos_embed
         cls, grid = self.pos_embed[:, :1], self.pos_embed[:, 1:]
