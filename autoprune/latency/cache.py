@@ -137,8 +137,8 @@ def note_drift(table: LatencyTable, anchor: Mapping[str, Any], *, path: Path, ca
         how = (f"delete {path} (the next search rebuilds it)" if cached else
                f"rebuild it with `autoprune profile ... -o {path}`")
         done = ("its predictions are rescaled to now" if anchor["applied"] else
-                "not rescaled, since the thinnest network does not run off its prediction by "
-                "the same factor (the table's shape, not the machine's speed)")
+                "not rescaled, since the dense and the thinnest network do not both show it "
+                "beyond the table's own error")
         console.print(
             f"[yellow]note:[/] this machine runs {'slower' if drift > 0 else 'faster'} than when "
             f"the latency table was built ({100 * drift:+.1f}%: the dense network measures "
