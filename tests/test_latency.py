@@ -8,7 +8,6 @@ predictions, and the search is checked against its own measurement of the chosen
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -401,35 +400,6 @@ def test_cli_latency_json_and_profile(tmp_path: Path) -> None:
     assert out.exit_code == 2 and "autoprune profile" in out.output
     out = runner.invoke(app, ["search", "--target", "latency=fast"])
     assert out.exit_code == 2 and "cannot read the latency" in out.output
-
-
-@pytest.mark.parametrize("thin_factor, applied", [(0.63, True), (0.85, False)])
-def test_a_noisy_table_is_still_anchored_when_both_networks_drift_alike(
-        net: nn.Module, x: torch.Tensor, space: ChannelSpace, table: LatencyTable,
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, thin_factor: float,
-        applied: bool) -> None:
-    # A table built on a noisy stretch (its check limit 55%) meets a machine running the dense
-    # network at 0.66 of its prediction: with the thinnest at 0.63 that is a change of speed,
-    # rescaled whatever the table's own limit (seen: a ViT table left 45% pessimistic); with
-    # the thinnest at 0.85 the two disagree, and nothing is rescaled.
-    import io
-
-    from rich.console import Console
-
-    from autoprune.latency import cache as latency_jobs
-    from autoprune.latency.cache import table_for_search
-
-    noisy = LatencyTable.load(table.save(tmp_path / "built.json"))
-    noisy.correction["check"] = {**noisy.check, "limit": 0.55}
-    dense_ms = noisy.predict({})
-    monkeypatch.setattr(latency_jobs, "measure_latency", _simulated_device(
-        noisy, space, x, lambda call, ms: ms * (thin_factor if ms < 0.999 * dense_ms else 0.66)))
-    loaded, info = table_for_search(net, x, space, lut=noisy.save(tmp_path / "lut.json"),
-                                    cache_dir=tmp_path, device=Device(),
-                                    console=Console(file=io.StringIO()))
-    assert info["anchor"]["applied"] == applied
-    expected = math.sqrt(0.66 * thin_factor) if applied else 1.0
-    assert loaded.predict({}) == pytest.approx(expected * dense_ms)
 
 
 def _simulated_device(table: LatencyTable, space: ChannelSpace, x: torch.Tensor,

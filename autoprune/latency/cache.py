@@ -92,18 +92,15 @@ def anchor_to_now(table: LatencyTable, model: nn.Module, example: torch.Tensor,
     """The table rescaled to how fast this machine runs now, when the machine has clearly
     changed speed: the dense and the thinnest network are timed in ``ANCHOR_ROUNDS``
     alternating rounds, and if both measure off their predictions on the same side by more
-    than 10% and by about the same factor (their log-ratios within half of the smaller one of
-    each other), the predictions are scaled by the geometric mean of the two ratios.
+    than the table's own check limit (and 10%), the predictions are scaled by the geometric
+    mean of the two ratios.
 
     A shared host's speed drifts over minutes to hours (neighbours come and go): a table built
     at one speed predicts every network off by the same factor at another, while its relative
     costs stay right. Two networks that disagree (the main job here: dense 0.92 of its
     prediction, thinnest 0.75) show an error of the table's shape at one end, not a change of
     speed, and scaling every prediction by their mean made the whole search 16% optimistic; so
-    then nothing is rescaled, and the final measurement's repair takes care of the rest. (The
-    drift once had to exceed the table's own check limit too: a ViT table built on a noisy
-    stretch, limit 55%, then ran dense 0.66 and thinnest 0.63 of its predictions and was left
-    45% pessimistic for every network.)"""
+    then nothing is rescaled, and the final measurement's repair takes care of the rest."""
     space = profiled_space(space)  # a composite's channel part: the table's units
     configs = {"dense": space.dense_config(), "thinnest": space.decode(np.zeros(space.dim))}
     nets = {k: space.apply(model, c).eval() for k, c in configs.items()}
@@ -115,11 +112,9 @@ def anchor_to_now(table: LatencyTable, model: nn.Module, example: torch.Tensor,
     rows = {k: {"predicted_ms": table.predict(configs[k]),
                 "measured_ms": float(np.median(times[k]))} for k in nets}
     ratios = [r["measured_ms"] / r["predicted_ms"] for r in rows.values()]
-    threshold = ANCHOR_MIN_DRIFT
-    logs = np.abs(np.log(ratios))
-    drifted = bool(all(abs(r - 1) > threshold for r in ratios)
-                   and len({r > 1 for r in ratios}) == 1
-                   and abs(np.log(ratios[0]) - np.log(ratios[1])) <= 0.5 * float(logs.min()))
+    threshold = max(ANCHOR_MIN_DRIFT, float(table.check.get("limit", 0.0)))
+    drifted = (all(abs(r - 1) > threshold for r in ratios)
+               and len({r > 1 for r in ratios}) == 1)
     factor = float(np.exp(np.mean(np.log(ratios)))) if drifted else 1.0
     anchor = {"speed": table.speed * factor, "factor": factor, "applied": drifted,
               "threshold": threshold, "ratios": {k: r for k, r in zip(rows, ratios)},
