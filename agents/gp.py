@@ -134,20 +134,6 @@ class GPAgent(OptunaAgent):
             previous = np.array(self._kernel)
         return [float(v) for v in _fit_kernel(X, Y, previous, gtol=self.fit_gtol)]
 
-    def _kept(self) -> list[optuna.trial.FrozenTrial]:
-        # OptunaAgent._kept's selection (the best half by the mean of the values, the most
-        # recent half), with the ranking key computed once per trial in plain Python.
-        cap = self.max_history
-        if cap is None or len(self._frozen) <= cap:
-            return self._frozen
-        n = len(self._frozen)
-        recent = set(range(n - cap // 2, n))
-        scored = [(-_mean(h["value"]), i) for i, h in enumerate(self._history)
-                  if h["value"] is not None and i not in recent]
-        scored.sort()
-        keep = recent | {i for _, i in scored[:cap - len(recent)]}
-        return [t for i, t in enumerate(self._frozen) if i in keep]
-
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -179,10 +165,6 @@ def _one_blas_thread() -> Any:
         return _BLAS[0].limit(limits=1, user_api="blas")
     except ImportError:  # threadpoolctl comes with scikit-learn; without it, as it is
         return contextlib.nullcontext()
-
-
-def _mean(values: list[float]) -> float:
-    return float(values[0]) if len(values) == 1 else float(np.mean(values))
 
 
 _SQRT_HALF = 0.5 ** 0.5

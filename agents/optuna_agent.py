@@ -214,8 +214,9 @@ class OptunaAgent(Agent):
         if cap is None or len(self._frozen) <= cap:
             return self._frozen
         recent = set(range(len(self._frozen) - cap // 2, len(self._frozen)))
-        scored = [i for i, h in enumerate(self._history) if h["value"] is not None
-                  and i not in recent]
-        scored.sort(key=lambda i: (-float(np.mean(self._history[i]["value"])), i))
-        keep = recent | set(scored[:cap - len(recent)])
+        # the ranking key once per trial, in plain Python for the usual single value
+        scored = sorted((-(float(v[0]) if len(v) == 1 else float(np.mean(v))), i)
+                        for i, h in enumerate(self._history)
+                        if (v := h["value"]) is not None and i not in recent)
+        keep = recent | {i for _, i in scored[:cap - len(recent)]}
         return [t for i, t in enumerate(self._frozen) if i in keep]
