@@ -264,8 +264,12 @@ def search_model(prep: Prepared, seed: int, s: Settings, *,
     dense_ratio = against_latency_pick(dense_net)
     points = [(1.0, dense_ratio)]
     fraction = lat["macs_fraction"]
+    # the thinnest network's MACs: a FLOPs budget below it cannot be met (the latency pick may
+    # be that network, and a budget written to two decimals rounds below it)
+    floor = sum(r.macs for r in space.layer_table(space.decode(np.zeros(space.dim)))) / dense_macs
     for _ in range(s.flops_steps):
-        run = search("flops", f"flops={100 * fraction:.2f}%", fraction)
+        fraction = max(fraction, floor)
+        run = search("flops", f"flops={math.ceil(10000 * fraction) / 100:.2f}%", fraction)
         run["steer_ratio"] = against_latency_pick(nets[-1])
         said(run)
         points.append((run["macs_fraction"], run["steer_ratio"]))
