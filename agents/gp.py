@@ -110,10 +110,9 @@ class GPAgent(OptunaAgent):
         return [np.clip(x, 0.0, 1.0)]
 
     def _propose(self, trials: list[optuna.trial.FrozenTrial]) -> np.ndarray:
-        from optuna._gp.search_space import SearchSpace
-
-        space = SearchSpace(self._distributions())
-        X = space.get_normalized_params(trials)
+        # Every parameter is a FloatDistribution(0, 1) (OptunaAgent._distributions): optuna's
+        # normalized coordinates are the values themselves.
+        X = np.array([[t.params[k] for k in self._names] for t in trials], dtype=float)
         values = np.array([t.values[0] for t in trials], dtype=float)  # maximised
         Y = (values - values.mean()) / max(_EPS, float(values.std()))
         if self._kernel is None or len(self._kernel) != self.dim + 2 \
@@ -122,10 +121,8 @@ class GPAgent(OptunaAgent):
             self._kernel_fitted_at = self._asked
         acq = _LogEI(X, Y, np.array(self._kernel))
         rng = np.random.RandomState(self._round_seed() % (2**32))
-        best = _maximise(acq, space, X[np.argmax(Y)], rng, samples=self.preliminary_samples,
+        return _maximise(acq, X[np.argmax(Y)], rng, samples=self.preliminary_samples,
                          local_searches=self.local_searches, tol=self.acq_tol)
-        params = space.get_unnormalized_param(best)
-        return np.array([params[k] for k in self._names], dtype=float)
 
     def _fit_kernel(self, X: np.ndarray, Y: np.ndarray) -> list[float]:
         """optuna's maximum a-posteriori kernel fit, from the last fit if there is one."""
@@ -242,14 +239,16 @@ class _LogEI:
         return value, dlogh[:, None] * dz + dsigma / sigma[:, None]
 
 
-def _maximise(acq: _LogEI, space: Any, best_trial: np.ndarray, rng: np.random.RandomState, *,
+def _maximise(acq: _LogEI, best_trial: np.ndarray, rng: np.random.RandomState, *,
               samples: int, local_searches: int, tol: float) -> np.ndarray:
-    """optuna's ``optimize_acqf_mixed`` for continuous parameters: quasi-random samples, then
-    batched L-BFGS-B from the best sample, roulette-picked samples and the best trial, in
-    coordinates scaled by the lengthscales."""
-    from optuna._gp import batched_lbfgsb
+    """optuna's ``optimize_acqf_mixed`` for continuous parameters in [0, 1]: scrambled Sobol
+    samples (seeded from ``rng`` as optuna seeds them), then batched L-BFGS-B from the best
+    sample, roulette-picked samples and the best trial, in coordinates scaled by the
+    lengthscales."""
+    from scipy.stats import qmc
 
-    xs = space.sample_normalized_params(samples, rng=rng)
+    xs = qmc.Sobol(acq.X.shape[1], scramble=True,
+                   seed=rng.randint(np.iinfo(np.int32).max)).random(samples)
     f = acq(xs)
     top = int(np.argmax(f))
     probs = np.exp(f - f[top])
@@ -268,13 +267,43 @@ def _maximise(acq: _LogEI, space: Any, best_trial: np.ndarray, rng: np.random.Ra
         value, grad = acq(np.clip(scaled * ls, 0.0, 1.0), grad=True)
         return -value, -grad * ls
 
-    scaled_opt, neg_f, iters = batched_lbfgsb.batched_lbfgsb(
-        func_and_grad=negative, x0_batched=starts / ls, bounds=[(0.0, 1.0 / s) for s in ls],
-        pgtol=tol ** 0.5, max_iters=200)
+    scaled_opt, neg_f, iters = _batched_lbfgsb(negative, starts / ls,
+                                               [(0.0, 1.0 / s) for s in ls], pgtol=tol ** 0.5,
+                                               max_iters=200)
     better = (-neg_f > start_f) & (iters > 0)
     cands = np.where(better[:, None], np.clip(scaled_opt * ls, 0.0, 1.0), starts)
     vals = np.where(better, -neg_f, start_f)
     return cands[int(np.argmax(vals))]
+
+
+def _batched_lbfgsb(func_and_grad: Any, x0: np.ndarray, bounds: list[tuple[float, float]], *,
+                    pgtol: float, max_iters: int, batched: bool = True
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """L-BFGS-B from each row of ``x0`` (``func_and_grad`` takes and returns batches):
+    optuna's greenlet-batched driver where this optuna has it (a private module, so any other
+    optuna, or ``batched=False``, runs the same scipy L-BFGS-B one start after another, as
+    optuna itself does without greenlet: the same optima, more Python calls)."""
+    if batched:
+        try:
+            from optuna._gp.batched_lbfgsb import batched_lbfgsb
+        except ImportError:
+            batched = False
+    if batched:
+        return batched_lbfgsb(func_and_grad=func_and_grad, x0_batched=x0, bounds=bounds,
+                              pgtol=pgtol, max_iters=max_iters)
+    from scipy.optimize import fmin_l_bfgs_b
+
+    def one(x: np.ndarray) -> tuple[float, np.ndarray]:
+        value, grad = func_and_grad(x[None, :])
+        return float(value[0]), np.array(grad[0], dtype=float)
+
+    xs, fs, iters = np.empty_like(x0), np.empty(len(x0)), np.empty(len(x0), dtype=int)
+    for i, start in enumerate(x0):
+        xs[i], fs[i], info = fmin_l_bfgs_b(one, start, bounds=bounds, m=10, factr=1e7,
+                                           pgtol=pgtol, maxfun=15000, maxiter=max_iters,
+                                           maxls=20)
+        iters[i] = info["nit"]
+    return xs, fs, iters
 
 
 _MIN_NOISE = 1e-6  # optuna's prior.DEFAULT_MINIMUM_NOISE_VAR

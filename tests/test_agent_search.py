@@ -135,3 +135,28 @@ def test_a_resumed_agent_continues_exactly_past_its_warm_up(name: str) -> None:
             r = land.repair(x)
             agent.tell(r, {"objective": land.value(r)})
             resumed.tell(r, {"objective": land.value(r)})
+
+
+def test_gp_proposes_the_same_without_optuna_s_private_batched_optimizer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GP agent's acquisition search uses optuna's greenlet-batched L-BFGS-B, a private
+    module; an optuna without it gets the same scipy L-BFGS-B run start by start, and so the
+    same proposals."""
+    import sys
+
+    def proposals() -> list[np.ndarray]:
+        land = BudgetLandscape(1)
+        agent = make_agent("gp", DIM, seed=2)
+        out = []
+        for _ in range(16):  # 10 start-up trials, then 6 direct proposals
+            x = agent.ask(1)[0]
+            r = land.repair(x)
+            agent.tell(r, {"objective": land.value(r)})
+            out.append(x)
+        return out
+
+    batched = proposals()
+    monkeypatch.setitem(sys.modules, "optuna._gp.batched_lbfgsb", None)  # import fails
+    sequential = proposals()
+    for a, b in zip(batched, sequential):
+        np.testing.assert_allclose(a, b, atol=1e-6)
