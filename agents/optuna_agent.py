@@ -30,7 +30,7 @@ holds is its ``learn_from``:
   bookkeeping is about their own samples (a GA's generations, CMA-ES).
 - ``"repaired"`` (Lamarckian): only the repaired point.
 
-Measured on the synthetic budget landscape of ``tests/test_agent_search.py`` (mean regret of
+Measured on the synthetic budget landscape ``autoprune.testing.landscape`` (mean regret of
 the best point, lower is better; seeds 0-11, or 3-7 for GP):
 
     TPE, 60 evaluations:    both 0.16   repaired 0.17   asked 0.19   (random 0.70)

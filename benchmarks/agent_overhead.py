@@ -1,7 +1,7 @@
 """An agent's own time per proposal (ask + tell + state_dict) at several history lengths.
 
-No model and no torch training: the landscape is the synthetic budget landscape of
-``tests/test_agent_search.py`` on ``--dim`` units (a linear cost, a budget at 45% of it, an
+No model and no torch training: the landscape is the synthetic budget landscape
+``autoprune.testing.landscape.BudgetLandscape`` (the agent tests' own) on ``--dim`` units (a linear cost, a budget at 45% of it, an
 accuracy-like concave objective), with the search loop's repair. For each history length ``n``
 one search per agent is run to ``n`` evaluated proposals of its own (asked, repaired, told, as
 the search loop does), then the next ``--proposals`` are timed one by one: ask(1), repair, tell,
@@ -29,49 +29,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from autoprune.agents import AGENTS, make_agent
+from autoprune.testing.landscape import BudgetLandscape
 
-__all__ = ["Landscape", "measure"]
+__all__ = ["measure"]
 
 RESULTS = Path(__file__).parent / "results"
-EPS = 0.05
-BUDGET = 0.45
 
 
-class Landscape:
-    """``sum_i s_i log(EPS + x_i)`` under ``a . x <= BUDGET * sum(a)``, repaired like
-    ``PruningProblem.repair`` (uniform scaling along one monotone path)."""
-
-    def __init__(self, dim: int, seed: int = 0) -> None:
-        rng = np.random.default_rng(1000 + seed)
-        self.a = rng.uniform(0.3, 2.0, dim)
-        self.s = rng.uniform(0.2, 2.0, dim)
-        self.limit = BUDGET * self.a.sum()
-
-    def value(self, x: np.ndarray) -> float:
-        return float(np.sum(self.s * np.log(EPS + x)))
-
-    def repair(self, x: np.ndarray) -> np.ndarray:
-        x = np.clip(np.asarray(x, dtype=float), 0.0, 1.0)
-
-        def at(t: float) -> np.ndarray:
-            return x * t if t <= 1.0 else x + (1.0 - x) * (t - 1.0)
-
-        lo, hi = 0.0, 2.0
-        for _ in range(40):
-            mid = 0.5 * (lo + hi)
-            lo, hi = (mid, hi) if float(self.a @ at(mid)) <= self.limit else (lo, mid)
-        return at(lo)
-
-
-def _step(agent: Any, land: Landscape) -> None:
+def _step(agent: Any, land: BudgetLandscape) -> None:
     for x in agent.ask(1):
         r = land.repair(x)
-        agent.tell(r, {"objective": land.value(r), "cost.macs": float(land.a @ r)})
+        agent.tell(r, {"objective": land.value(r), "cost.macs": land.cost(r)})
     agent.state_dict()
 
 
@@ -79,7 +51,7 @@ def measure(name: str, *, dim: int, histories: list[int], proposals: int, seed: 
             profile: bool = False) -> list[dict[str, Any]]:
     """One search by ``name``: at each history length (evaluations told so far), time the next
     ``proposals`` proposals (they then count in the history too)."""
-    land = Landscape(dim, seed)
+    land = BudgetLandscape(dim, seed)
     agent = make_agent(name, dim, seed=seed)
     told, rows = 0, []
     for n in sorted(histories):

@@ -1,11 +1,6 @@
-"""Search quality on a synthetic budget landscape with a known optimum (no torch, no model).
-
-The landscape mimics a pruning problem: ``dim`` units, a linear cost ``a . x`` (each unit's
-share of the MACs), a budget at 45% of the dense cost, and an accuracy-like objective that
-grows with every unit's width with diminishing returns, ``sum_i s_i log(eps + x_i)``, with
-unit sensitivities ``s_i`` unknown to the agents. Points are repaired to the budget exactly as
-``PruningProblem.repair`` does (uniform scaling along one monotone path), so every evaluated
-point sits on the budget surface, and the optimum is known in closed form (KKT).
+"""Search quality on a synthetic budget landscape with a known optimum (no torch, no model):
+``autoprune.testing.landscape.BudgetLandscape`` on 8 units (a linear cost, a budget at 45% of
+it, a concave accuracy-like objective, the search loop's repair; the optimum in closed form).
 
 Bayesian optimization and evolution must beat random search at equal evaluations, with a
 margin, averaged over seeds.
@@ -13,79 +8,25 @@ margin, averaged over seeds.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
 from autoprune.agents import make_agent
+from autoprune.testing.landscape import BudgetLandscape, run_agent
 
 DIM = 8
-EPS = 0.05
-BUDGET = 0.45
-
-
-class BudgetLandscape:
-    """``f(x) = sum_i s_i log(EPS + x_i)`` subject to ``a . x <= BUDGET * sum(a)``."""
-
-    def __init__(self, seed: int = 0) -> None:
-        rng = np.random.default_rng(1000 + seed)
-        self.a = rng.uniform(0.3, 2.0, DIM)   # unit costs
-        self.s = rng.uniform(0.2, 2.0, DIM)   # unit sensitivities
-        self.limit = BUDGET * self.a.sum()
-        self.optimum = self.value(self._kkt())
-
-    def value(self, x: np.ndarray) -> float:
-        return float(np.sum(self.s * np.log(EPS + x)))
-
-    def feasible(self, x: np.ndarray) -> bool:
-        return float(self.a @ x) <= self.limit * (1 + 1e-12)
-
-    def repair(self, x: np.ndarray) -> np.ndarray:
-        """``PruningProblem.repair``'s path: scale toward 0 below t = 1, toward 1 above."""
-        x = np.clip(np.asarray(x, dtype=float), 0.0, 1.0)
-
-        def at(t: float) -> np.ndarray:
-            return x * t if t <= 1.0 else x + (1.0 - x) * (t - 1.0)
-
-        lo, hi = 0.0, 2.0
-        for _ in range(40):
-            mid = 0.5 * (lo + hi)
-            lo, hi = (mid, hi) if self.feasible(at(mid)) else (lo, mid)
-        return at(lo)
-
-    def _kkt(self) -> np.ndarray:
-        # max sum s_i log(eps + x_i) s.t. a.x = limit, 0 <= x <= 1: x_i = clip(s_i/(lam a_i) - eps).
-        lo, hi = 1e-9, 1e9
-        for _ in range(200):
-            lam = math.sqrt(lo * hi)
-            x = np.clip(self.s / (lam * self.a) - EPS, 0.0, 1.0)
-            lo, hi = (lam, hi) if self.a @ x > self.limit else (lo, lam)
-        return np.clip(self.s / (hi * self.a) - EPS, 0.0, 1.0)
 
 
 def run(agent_name: str, landscape: BudgetLandscape, *, evaluations: int, seed: int,
         batch: int = 1) -> list[float]:
-    """The search loop in miniature: ask, repair, evaluate, tell. Returns the regret of the
-    best point after each evaluation."""
-    agent = make_agent(agent_name, DIM, seed=seed)
-    best, regrets = -math.inf, []
-    while len(regrets) < evaluations:
-        points = agent.ask(min(batch, evaluations - len(regrets)))
-        assert points, f"{agent_name} stopped after {len(regrets)} evaluations"
-        for x in points:
-            r = landscape.repair(x)
-            assert landscape.feasible(r)
-            v = landscape.value(r)
-            agent.tell(r, {"objective": v, "cost.macs": float(landscape.a @ r)})
-            best = max(best, v)
-            regrets.append(landscape.optimum - best)
-    return regrets
+    """``run_agent`` with a fresh agent: the regret of the best point after each evaluation."""
+    return run_agent(make_agent(agent_name, DIM, seed=seed), landscape,
+                     evaluations=evaluations, batch=batch)
 
 
 def test_the_landscape_optimum_is_feasible_and_unbeaten() -> None:
-    land = BudgetLandscape(0)
-    x_star = land._kkt()
+    land = BudgetLandscape(DIM, 0)
+    x_star = land.kkt()
     assert land.feasible(x_star * (1 - 1e-9))
     rng = np.random.default_rng(0)
     for _ in range(2000):
@@ -93,7 +34,7 @@ def test_the_landscape_optimum_is_feasible_and_unbeaten() -> None:
 
 
 def _mean_final_regret(name: str, *, evaluations: int, seeds: range) -> float:
-    return float(np.mean([run(name, BudgetLandscape(s), evaluations=evaluations, seed=s)[-1]
+    return float(np.mean([run(name, BudgetLandscape(DIM, s), evaluations=evaluations, seed=s)[-1]
                           for s in seeds]))
 
 
@@ -119,7 +60,7 @@ def test_a_resumed_agent_continues_exactly_past_its_warm_up(name: str) -> None:
     proposes exactly what the uninterrupted one proposes, with batched asks too."""
     import json
 
-    land = BudgetLandscape(0)
+    land = BudgetLandscape(DIM, 0)
     agent = make_agent(name, DIM, seed=5)
     for _ in range(5 if name == "gp" else 14):  # GP: 10 evaluations = 20 of its trials
         for x in agent.ask(2):
@@ -145,7 +86,7 @@ def test_gp_proposes_the_same_without_optuna_s_private_batched_optimizer(
     import sys
 
     def proposals() -> list[np.ndarray]:
-        land = BudgetLandscape(1)
+        land = BudgetLandscape(DIM, 1)
         agent = make_agent("gp", DIM, seed=2)
         out = []
         for _ in range(16):  # 10 start-up trials, then 6 direct proposals

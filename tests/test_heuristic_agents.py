@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_agent_search import DIM, BudgetLandscape
+from test_agent_search import DIM
+from autoprune.testing.landscape import BudgetLandscape
 
 
 def test_lamp_scores_follow_the_paper() -> None:
@@ -54,7 +55,7 @@ def _continuous_context(dim: int) -> AgentContext:
 
 @pytest.mark.parametrize("name", ["global", "lamp", "erk"])
 def test_knob_agents_find_the_member_of_their_family_that_fits_the_budget(name: str) -> None:
-    land = BudgetLandscape(0)
+    land = BudgetLandscape(DIM, 0)
     agent = make_agent(name, DIM)
     agent.set_context(_continuous_context(DIM))
     moves = []
@@ -72,7 +73,7 @@ def test_knob_agents_find_the_member_of_their_family_that_fits_the_budget(name: 
 
 
 def test_sensitivity_probes_each_unit_then_allocates_by_the_gains() -> None:
-    land = BudgetLandscape(0)
+    land = BudgetLandscape(DIM, 0)
     agent = make_agent("sensitivity", DIM)
     values = []
     while points := agent.ask(3):

@@ -29,7 +29,8 @@ from autoprune.search_spaces import ChannelSpace
 from autoprune.targets import parse_targets
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_agent_search import DIM, BudgetLandscape  # noqa: E402  (the shared landscape)
+from test_agent_search import DIM  # noqa: E402
+from autoprune.testing.landscape import BudgetLandscape  # noqa: E402  (the shared landscape)
 
 SMALL = RLConfig(hidden=(32, 32), warmup=2, batch_size=32)  # fast, and learns after 2 episodes
 
@@ -166,7 +167,7 @@ def _landscape_context(land: BudgetLandscape) -> AgentContext:
 
 def _final_regret(name: str, seed: int, evaluations: int) -> float:
     """The search loop in miniature (ask, repair, evaluate, tell), as test_agent_search."""
-    land = BudgetLandscape(seed)
+    land = BudgetLandscape(DIM, seed)
     agent = make_agent(name, DIM, seed=seed)
     if isinstance(agent, RLAgent):
         agent.config = RLConfig(hidden=(64, 64))
@@ -198,7 +199,7 @@ def test_resume_continues_exactly(name: str, rounds: int) -> None:
     """A JSON round trip of the state, then the same proposals as the agent that never
     stopped: before the first saved networks (every job re-run) and after them (the networks
     loaded, the jobs since re-run), with batches of two."""
-    land = BudgetLandscape(0)
+    land = BudgetLandscape(DIM, 0)
     config = replace(SMALL, checkpoint_every=2)
 
     def fresh(seed: int) -> RLAgent:
@@ -246,7 +247,7 @@ def test_an_old_state_is_refused_with_the_fix() -> None:
 def test_a_dead_learner_is_one_clear_error() -> None:
     from autoprune.agents import rl_learner
 
-    land = BudgetLandscape(0)
+    land = BudgetLandscape(DIM, 0)
     agent = make_agent("td3", DIM, seed=1)
     assert isinstance(agent, RLAgent)
     agent.config = SMALL
