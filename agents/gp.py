@@ -35,7 +35,6 @@ The fitted hyperparameters and the ask at which they were fitted are part of ``s
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -151,17 +150,14 @@ _BLAS: list[Any] = []  # a threadpoolctl controller, made on first use
 def _one_blas_thread() -> Any:
     """BLAS on one thread while proposing: on these small matrices OpenBLAS's threads only
     wait on each other, and on a busy machine that cost 2-3x the proposal time (measured)."""
-    try:
-        if not _BLAS:
-            import importlib
+    if not _BLAS:
+        import importlib
 
-            importlib.import_module("scipy.linalg")  # scipy's BLAS loaded before looking for it
-            from threadpoolctl import ThreadpoolController
+        importlib.import_module("scipy.linalg")  # scipy's BLAS loaded before looking for it
+        from threadpoolctl import ThreadpoolController
 
-            _BLAS.append(ThreadpoolController())
-        return _BLAS[0].limit(limits=1, user_api="blas")
-    except ImportError:  # threadpoolctl comes with scikit-learn; without it, as it is
-        return contextlib.nullcontext()
+        _BLAS.append(ThreadpoolController())
+    return _BLAS[0].limit(limits=1, user_api="blas")
 
 
 _SQRT_HALF = 0.5 ** 0.5
