@@ -273,18 +273,16 @@ def _maximise(acq: _LogEI, best_trial: np.ndarray, rng: np.random.RandomState, *
 
 
 def _batched_lbfgsb(func_and_grad: Any, x0: np.ndarray, bounds: list[tuple[float, float]], *,
-                    pgtol: float, max_iters: int, batched: bool = True
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    pgtol: float, max_iters: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """L-BFGS-B from each row of ``x0`` (``func_and_grad`` takes and returns batches):
-    optuna's greenlet-batched driver where this optuna has it (a private module, so any other
-    optuna, or ``batched=False``, runs the same scipy L-BFGS-B one start after another, as
-    optuna itself does without greenlet: the same optima, more Python calls)."""
-    if batched:
-        try:
-            from optuna._gp.batched_lbfgsb import batched_lbfgsb
-        except ImportError:
-            batched = False
-    if batched:
+    optuna's greenlet-batched driver where this optuna has it (a private module, so another
+    optuna may not), else the same scipy L-BFGS-B one start after another, as optuna itself
+    runs it without greenlet: the same optima, more Python calls."""
+    try:
+        from optuna._gp.batched_lbfgsb import batched_lbfgsb
+    except ImportError:
+        pass
+    else:
         return batched_lbfgsb(func_and_grad=func_and_grad, x0_batched=x0, bounds=bounds,
                               pgtol=pgtol, max_iters=max_iters)
     from scipy.optimize import fmin_l_bfgs_b
