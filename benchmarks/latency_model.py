@@ -1,8 +1,10 @@
 """How well does the latency lookup table predict measured latency, against FLOPs and roofline?
 
 For each model: build a lookup table on this machine (timed), draw random configurations (not
-those the table was calibrated on), prune to each and measure it for real (two passes in
-shuffled order; the latency is the median of both passes' samples), and compare predictors:
+those the table was calibrated on), prune to each and measure it for real (``--passes``
+passes, 6 by default, each over all networks in a fresh shuffled order; the latency is the median
+of all passes' samples, so a burst of contention during one pass moves it little), and compare
+predictors:
 
 * ``table``      the lookup table's prediction (what latency budgets are costed with);
 * ``flops``      MACs times one scale, least-squares fitted *on the evaluated networks
@@ -11,8 +13,9 @@ shuffled order; the latency is the median of both passes' samples), and compare 
 
 Reported per model and over all: share of networks predicted within +-5% and +-10% of the
 measurement, median absolute % error, Spearman rank correlation; the realized speedup against
-the FLOPs reduction; and the *test-retest* agreement of the two measurement passes, the noise
-ceiling no predictor can beat on a busy machine. Load averages before and after are recorded.
+the FLOPs reduction; and the *test-retest* agreement of the two halves of the measurement (the
+median of the even passes' samples against the odd passes', ``pass_a_ms`` and ``pass_b_ms`` in
+the rows), the noise ceiling no predictor can beat on a busy machine. Load averages before and after are recorded.
 
     python benchmarks/latency_model.py            # resnet56, mobilenetv2, vgg11, vit, chargpt;
                                                   # torch and onnxruntime; 70 configs each
@@ -62,6 +65,7 @@ class Settings:
     configs: int
     warmup: int
     repeats: int
+    passes: int
     threads: int
     backend: str
     clock: str
@@ -88,18 +92,23 @@ def configs_for(space: SearchSpace, n: int, rng: np.random.Generator) -> list[di
 
 def measure_all(nets: list[torch.nn.Module], x: torch.Tensor, s: Settings,
                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Two passes in shuffled order; per network the median of each pass and of both."""
-    passes: list[list[np.ndarray]] = [[np.empty(0)] * len(nets) for _ in range(2)]
+    """``s.passes`` passes, each over every network in a fresh shuffled order; per network the
+    median of the even passes' samples, of the odd passes' (the re-measurement: two
+    independent estimates of the same networks) and of all of them (the latency)."""
+    passes: list[list[np.ndarray]] = [[np.empty(0)] * len(nets) for _ in range(s.passes)]
     with pinned_threads(s.threads), torch.inference_mode():
         runners = [make_runner(n, (x,), backend=s.backend, threads=s.threads) for n in nets]
-        for p in range(2):
+        for p in range(s.passes):
             for i in rng.permutation(len(nets)):
                 timings = time_calls(runners[i], warmup=s.warmup, repeats=s.repeats)
                 passes[p][i] = timings.of(s.clock) * 1e3
-    a = np.array([np.median(v) for v in passes[0]])
-    b = np.array([np.median(v) for v in passes[1]])
-    both = np.array([np.median(np.concatenate([u, v])) for u, v in zip(passes[0], passes[1])])
-    return a, b, both
+
+    def pooled_median(which: range) -> np.ndarray:
+        return np.array([np.median(np.concatenate([passes[p][i] for p in which]))
+                         for i in range(len(nets))])
+
+    return (pooled_median(range(0, s.passes, 2)), pooled_median(range(1, s.passes, 2)),
+            pooled_median(range(s.passes)))
 
 
 def scores(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
@@ -214,7 +223,7 @@ def show(results: list[dict[str, Any]], total: dict[str, dict[str, float]], cons
         t.add_section()
     t.caption = ("lookup table: anchored to the machine's speed now, as a search costs with it; "
                  "table as built: before that; re-measurement: the same networks timed twice "
-                 "(pass A vs pass B), the noise ceiling on this machine now")
+                 "(even passes vs odd passes), the noise ceiling on this machine now")
     console.print(t)
     sp = Table(title="realized speedup vs FLOPs reduction (measured)")
     for col in ("model", "MACs of dense", "n", "FLOPs reduction (median)", "speedup (median)"):
@@ -255,15 +264,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--clock", default="auto", choices=["auto", "cpu", "wall"])
     ap.add_argument("--repeats", type=int, default=None, help="timed calls per network per pass")
+    ap.add_argument("--passes", type=int, default=6,
+                    help="measurement passes over all networks, each in its own shuffled order "
+                         "(even, >= 2); the re-measurement compares the even passes with the odd")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
+    if args.passes < 2 or args.passes % 2:
+        ap.error(f"--passes {args.passes}: give an even number, 2 or more (each half of the "
+                 "passes is one independent measurement of every network)")
     quick = args.quick
     models = tuple((args.models or ("resnet20,mobilenetv2" if quick else
                                     "resnet56,mobilenetv2,vgg11,vit,chargpt")).split(","))
     backends = tuple((args.backends or ("torch" if quick else "torch,onnxruntime")).split(","))
     s = Settings(models=models, configs=args.configs or (15 if quick else 70), warmup=3,
-                 repeats=args.repeats or 15, threads=args.threads,
+                 repeats=args.repeats or 15, passes=args.passes, threads=args.threads,
                  backend=backends[0], clock=resolve_clock(None if args.clock == "auto" else
                                                            args.clock, args.threads),
                  batch=args.batch, image_size=32,
@@ -290,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
                    "device": describe_device(results[0]["device"]) if results else None,
                    "roofline": roof.to_json(),
                    "settings": {"configs": s.configs, "warmup": s.warmup, "repeats": s.repeats,
-                                "passes": 2, "plan": {k: getattr(s.plan, k) for k in
+                                "passes": s.passes, "plan": {k: getattr(s.plan, k) for k in
                                                       ProfilePlan.__dataclass_fields__}},
                    "seconds": round(time.perf_counter() - started, 1),
                    "pooled": pooled(torch_rows) if torch_rows else {}, "models": results,
