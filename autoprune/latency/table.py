@@ -235,6 +235,11 @@ class LatencyTable:
         kept.correction["first_attempt" if kept is second else "second_attempt"] = {
             k: v for k, v in other.check.items() if k != "points"}
         kept.build_seconds = first.build_seconds + second.build_seconds
+        if kept.check.get("passed") and kept.noisy():
+            say(f"[yellow]the machine stayed busy[/]: kept the quieter build (re-measurement "
+                f"noise {100 * kept.noise():.1f}%); its predictions can be off by as much as "
+                "this machine's speed swings. Build it again when nothing else runs on it for "
+                "a table to trust closer than that.")
         if kept.check.get("passed") or not refuse:
             return kept
         raise LatencyTableError(
