@@ -48,7 +48,8 @@ def table_summary(table: LatencyTable, path: Path | None = None) -> dict[str, An
             "correction": {"offset_ms": corr["offset_ms"], "scale": corr["scale"],
                            "loo_median_abs_pct": round(100 * corr.get("loo_median_abs_rel", 0), 2),
                            "loo_max_abs_pct": round(100 * corr.get("loo_max_abs_rel", 0), 2),
-                           "points": len(corr.get("points", []))},
+                           "points": len(corr.get("points", [])),
+                           "memory": corr.get("memory")},
             "check": {k: v for k, v in table.check.items() if k != "points"},
             "dense_predicted_ms": round(table.predict({}), 4)}
 

@@ -68,6 +68,7 @@ from autoprune.latency.build import (
     profiled_space,
     row_widths,
     unit_links,
+    weight_mb,
 )
 from autoprune.search_spaces import LayerTable, SearchSpace, make_space
 
@@ -175,7 +176,8 @@ def model_signature(space: SearchSpace) -> str:
 class LatencyTable:
     """Predicted latency (ms) of any configuration of one model on one device.
 
-    ``predict(config)`` = ``offset + scale * sum(layer entries)``; ``cost_model()`` is the
+    ``predict(config)`` = ``offset + scale * sum(layer entries)`` (+ a weight term, see
+    ``build.fit_correction``); ``cost_model()`` is the
     ``latency_ms`` :class:`~autoprune.costs.CostModel` reading a layer table.
     """
 
@@ -191,6 +193,9 @@ class LatencyTable:
         self.correction = dict(correction)
         self.offset_ms = float(correction["offset_ms"])
         self.scale = float(correction["scale"])
+        memory = correction.get("memory") or {}  # the weight term (build.fit_correction)
+        self.knee_mb = float(memory.get("knee_mb", 0.0))
+        self.ms_per_mb = float(memory.get("ms_per_mb", 0.0))
         # How fast this machine runs now against when the table was built (``anchored``).
         self.speed = float(correction.get("speed", 1.0))
         self.plan = dict(plan)
@@ -339,8 +344,8 @@ class LatencyTable:
                     entries=entries, layers=layers,
                     correction={"offset_ms": 0.0, "scale": 1.0, "points": []},
                     plan=_plan_info(plan), build_seconds=0.0, created="")
-        sums = np.array([table.layers_ms(space.layer_table(c)) for c in configs])
-        correction = fit_correction(sums, configs, net_samples)
+        sums, weights = np.array([table.sums(space.layer_table(c)) for c in configs]).T
+        correction = fit_correction(sums, configs, net_samples, weights)
         built = cls(device=fingerprint, model=table.model, space=table.space, entries=entries,
                     layers=layers, correction=correction, plan=table.plan,
                     build_seconds=time.perf_counter() - started,
@@ -348,14 +353,20 @@ class LatencyTable:
         predicted = np.array([built.predict(c) for c in held])
         built.correction["check"] = check_on_holdout(predicted, held_samples, plan.net_repeats,
                                                      held)
+        memory = (f", {built.ms_per_mb:.4f} ms per MB of weights over {built.knee_mb:g} MB"
+                  if built.ms_per_mb else "")
         say(f"built in {built.build_seconds:.1f}s: offset {built.offset_ms:+.3f} ms, scale "
-            f"{built.scale:.3f}; {built.check_text()}")
+            f"{built.scale:.3f}{memory}; {built.check_text()}")
         return built
 
     # ------------------------------------------------------------------ predicting
     def layers_ms(self, table: LayerTable) -> float:
         """Sum of the entries of the costed layers of ``table`` (before the correction)."""
-        total = 0.0
+        return self.sums(table)[0]
+
+    def sums(self, table: LayerTable) -> tuple[float, float]:
+        """``(sum of the entries, weight megabytes)`` of the costed layers of ``table``."""
+        total = weights = 0.0
         for row in table:
             if row.kind not in _SIGNED:
                 continue
@@ -371,11 +382,16 @@ class LatencyTable:
             widths = ((row.in_channels, row.out_channels) if row.kind in _REQUIRED
                       else row_widths(entry.op, row))
             total += entry.at(*widths)
-        return total
+            weights += weight_mb(entry.op, *widths)
+        return total, weights
+
+    def _corrected(self, layers_ms: float, weights_mb: float) -> float:
+        memory = self.ms_per_mb * max(0.0, weights_mb - self.knee_mb)
+        return self.speed * (self.offset_ms + self.scale * layers_ms + memory)
 
     def estimate(self, table: LayerTable) -> float:
         """Predicted whole-network latency (ms) of the network whose layers are ``table``."""
-        return self.speed * (self.offset_ms + self.scale * self.layers_ms(table))
+        return self._corrected(*self.sums(table))
 
     def predict(self, config: Mapping[str, int]) -> float:
         """Predicted latency (ms) of a configuration ({unit: channels kept}; missing = dense)."""
@@ -384,10 +400,12 @@ class LatencyTable:
         if unknown:
             raise ValueError(f"configuration names units this table does not know: "
                              f"{sorted(unknown)}; its units are {sorted(known)}")
-        total = 0.0
+        total = weights = 0.0
         for lay in self.layers.values():
-            total += self.entries[lay.entry].at(*lay.widths(config))
-        return self.speed * (self.offset_ms + self.scale * total)
+            entry, widths = self.entries[lay.entry], lay.widths(config)
+            total += entry.at(*widths)
+            weights += weight_mb(entry.op, *widths)
+        return self._corrected(total, weights)
 
     def anchored(self, speed: float, anchor: Mapping[str, Any] | None = None) -> LatencyTable:
         """A copy whose predictions are ``speed`` times the built table's: the machine's speed
