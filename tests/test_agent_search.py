@@ -82,7 +82,8 @@ def test_gp_proposes_the_same_without_optuna_s_private_batched_optimizer(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The GP agent's acquisition search uses optuna's greenlet-batched L-BFGS-B, a private
     module; an optuna without it gets the same scipy L-BFGS-B run start by start, and so the
-    same proposals."""
+    same proposals up to where the search stops: its gradient tolerance (sqrt(1e-3)) lets the
+    two drivers, which sum in other orders, stop a few thousandths apart (seen: 1e-3)."""
     import sys
 
     def proposals() -> list[np.ndarray]:
@@ -99,5 +100,6 @@ def test_gp_proposes_the_same_without_optuna_s_private_batched_optimizer(
     batched = proposals()
     monkeypatch.setitem(sys.modules, "optuna._gp.batched_lbfgsb", None)  # import fails
     sequential = proposals()
+    assert len(batched) == len(sequential) == 16
     for a, b in zip(batched, sequential):
-        np.testing.assert_allclose(a, b, atol=1e-6)
+        np.testing.assert_allclose(a, b, atol=0.01)
