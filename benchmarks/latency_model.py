@@ -15,7 +15,8 @@ Reported per model and over all: share of networks predicted within +-5% and +-1
 measurement, median absolute % error, Spearman rank correlation; the realized speedup against
 the FLOPs reduction; and the *test-retest* agreement of the two halves of the measurement (the
 median of the even passes' samples against the odd passes', ``pass_a_ms`` and ``pass_b_ms`` in
-the rows), the noise ceiling no predictor can beat on a busy machine. Load averages before and after are recorded.
+the rows), the noise ceiling no predictor can beat on a busy machine. Load averages before
+and after are recorded.
 
     python benchmarks/latency_model.py            # resnet56, mobilenetv2, vgg11, vit, chargpt;
                                                   # torch and onnxruntime; 70 configs each

@@ -540,8 +540,7 @@ def fit_correction(sums: np.ndarray, configs: Sequence[Mapping[str, int]],
         return out
 
     knee: float | None = None
-    errors = loo(None) or []
-    best: list[float] = errors
+    errors = best = loo(None) or []  # the line's fit never fails: [] is for the type only
     if weights_mb is not None and np.ptp(weights_mb) > 0 and inlier.sum() >= 6:
         for k in MEMORY_KNEES_MB:
             if k >= float(np.max(weights_mb)):
