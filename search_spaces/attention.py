@@ -30,6 +30,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .importance import squares
 from .tracing import Conv1DPruner, conv1d_type
 
 __all__ = ["AttentionHeads", "drop_head_dims", "drop_heads", "find_attention", "head_dim_scores",
@@ -172,20 +173,20 @@ def _channels(head: int, spec: AttentionHeads, offset: int = 0) -> list[int]:
 def head_scores(model: nn.Module, spec: AttentionHeads) -> np.ndarray:
     """Per query head, the L2 norm of everything pruning it removes: its query rows, its
     output-projection columns and, when heads and key/value heads are one, its key and value
-    rows (the same magnitude criterion as channel groups)."""
+    rows (the same magnitude criterion as channel groups), summed in double."""
     modules = dict(model.named_modules())
     q, k, v, o = (modules[n] for n in (spec.q, spec.k, spec.v, spec.out))
     oq, ok, ov = _sections(spec)
-    cols = _rows(o).t()  # [in, out]: a row per input channel of the output projection
+    width = spec.heads * spec.head_dim
+
+    def per_head(squares: np.ndarray, offset: int) -> np.ndarray:
+        return squares[offset:offset + width].reshape(spec.heads, spec.head_dim).sum(1)
+
     with torch.no_grad():
-        scores = []
-        for h in range(spec.heads):
-            total = _rows(q)[_channels(h, spec, oq)].pow(2).sum() + cols[_channels(h, spec)].pow(2).sum()
-            if spec.kv_heads == spec.heads:
-                total = total + _rows(k)[_channels(h, spec, ok)].pow(2).sum() \
-                    + _rows(v)[_channels(h, spec, ov)].pow(2).sum()
-            scores.append(float(total.sqrt()))
-    return np.asarray(scores)
+        total = per_head(squares(_rows(q), 0), oq) + per_head(squares(_rows(o), 1), 0)
+        if spec.kv_heads == spec.heads:
+            total = total + per_head(squares(_rows(k), 0), ok) + per_head(squares(_rows(v), 0), ov)
+    return np.sqrt(total)
 
 
 def _prune(layer: nn.Module, idxs: Sequence[int], *, out: bool) -> None:

@@ -28,14 +28,15 @@ import torch_pruning as tp
 from torch import nn
 
 from .exact import ProbeError, probe, run_log
+from .importance import dense_squares
 from .attention import (AttentionHeads, drop_head_dims, drop_heads, find_attention, head_dim_scores,
                         head_scores, prune_head_dims, prune_heads)
 from .base import CountedSpace, LayerTable, Unit, UntraceableModelError, register_space
 from .criteria import Criterion, L2Magnitude, as_criterion
 from .layers import LayerPlan, plan_rows
 from .reference import recurrent_macs, reference_params
-from .tracing import (Output, as_inputs, build_graph, call_model, pruning_group, roots,
-                      traceable_copy)
+from .tracing import (Output, aliased_copy, as_inputs, build_graph, call_model, copy_graph,
+                      own_tensors, pruning_group, roots, traceable_copy)
 
 __all__ = ["ChannelSpace", "channel_choices"]
 
@@ -72,14 +73,39 @@ def _ties(model: nn.Module) -> list[list[tuple[str, str]]]:
     return [v for v in seen.values() if len(v) > 1]
 
 
-class _Pruner:
-    """A working copy of a model and its dependency graph; removes elements unit by unit."""
+class _Template:
+    """The dense model traced once: a copy that shares its weights (``traceable_copy``) and
+    Torch-Pruning's dependency graph of it. Each working copy (:meth:`copy`) copies the
+    modules and the graph together, again sharing the weights, so that a trial neither
+    copies the dense weights nor traces the model again."""
 
-    def __init__(self, model: nn.Module, inputs: tuple[torch.Tensor, ...], output: Output,
-                 criterion: Criterion | None = None) -> None:
-        self.criterion = criterion if criterion is not None else L2Magnitude()
+    def __init__(self, model: nn.Module, inputs: tuple[torch.Tensor, ...], output: Output) -> None:
+        self.dense = model
         self.model = traceable_copy(model)
         self.graph = build_graph(self.model, inputs, output)
+        self.key = _tensor_key(model)
+        self.pointers = frozenset(t.untyped_storage().data_ptr()
+                                  for t in chain(model.parameters(), model.buffers()) if t.numel())
+        self.squares: dict[tuple, np.ndarray] = {}  # scores' squares of the dense tensors
+
+    def copy(self) -> tuple[nn.Module, tp.DependencyGraph]:
+        model = aliased_copy(self.model, self.model)
+        return model, copy_graph(self.graph, model)
+
+
+def _tensor_key(model: nn.Module) -> tuple:
+    """Changes whenever a parameter or buffer of ``model`` is replaced or written in place."""
+    return tuple((id(t), t._version, t.data_ptr()) for t in chain(model.parameters(), model.buffers()))
+
+
+class _Pruner:
+    """A working copy of a model and its dependency graph; removes elements unit by unit.
+    The copy shares the dense weights until a unit replaces them (``own`` ends that)."""
+
+    def __init__(self, template: _Template, criterion: Criterion | None = None) -> None:
+        self.criterion = criterion if criterion is not None else L2Magnitude()
+        self.template = template
+        self.model, self.graph = template.copy()
         self.modules = dict(self.model.named_modules())
         self.ties = _ties(self.model)
         self.heads: dict[str, AttentionHeads] = {}
@@ -150,6 +176,10 @@ class _Pruner:
     def _group(self, c: _Candidate, idxs: list[int]) -> tp.Group:
         return pruning_group(self.graph, self.modules[c.root], idxs)
 
+    def own(self) -> nn.Module:
+        """The working copy with memory of its own: what no unit replaced is copied now."""
+        return own_tensors(self.model, self.template.dense)
+
     def _retie(self) -> None:
         for tie in self.ties:
             first = getattr(self.modules[tie[0][0]], tie[0][1])
@@ -181,6 +211,7 @@ class ChannelSpace(CountedSpace):
         self.notes: tuple[str, ...] = tuple(notes)
         self.criterion: Criterion = criterion if criterion is not None else L2Magnitude()
         self._scored: tuple | None = None  # a data criterion's dense scores: (model, key, scores)
+        self._template: _Template | None = None  # the dense model traced once (one process)
         heads = any(c.heads is not None for c in self._candidates)
         if heads and self.criterion.name not in ("l1", "l2"):
             self.notes += (f"attention heads and head positions are ranked by their L2 "
@@ -190,6 +221,7 @@ class ChannelSpace(CountedSpace):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_scored"] = None  # held for one model of this process only
+        state["_template"] = None
         return state
 
     # ------------------------------------------------------------------ construction
@@ -223,7 +255,8 @@ class ChannelSpace(CountedSpace):
             raise UntraceableModelError(
                 f"{type(model).__name__} failed on the example inputs ({type(err).__name__}: "
                 f"{err}). Fix: pass example inputs of the shape the model expects.") from err
-        pruner = _Pruner(model, inputs, output)
+        template = _Template(model, inputs, output)
+        pruner = _Pruner(template)
         candidates, notes = _find_candidates(pruner, dense.sequence, round_to, min_ratio,
                                              set(ignored_layers), prune_head_dims)
         if type(criterion).check is not Criterion.check:  # (a group search per unit)
@@ -241,17 +274,19 @@ class ChannelSpace(CountedSpace):
                     check_each = True
                 else:
                     notes.append(_kept_dense(candidates.pop(err.unit), str(err)))
-                pruner = _Pruner(model, inputs, output)
+                pruner = _Pruner(template)
                 continue
             space = cls(candidates=candidates, plan=plan_rows(model, found),
                         example_inputs=inputs, round_to=round_to, min_ratio=min_ratio,
                         output=output, notes=notes, criterion=criterion) if candidates else None
+            if space is not None:
+                space._template = template
             bad = space._disagreements(model) if space is not None else {}
             if not bad:
                 break
             for u in sorted(bad, reverse=True):
                 notes.append(_kept_dense(candidates.pop(u), bad[u]))
-            pruner = _Pruner(model, inputs, output)
+            pruner = _Pruner(template)
         if space is None:
             raise _nothing_prunable(notes)
         return space
@@ -327,14 +362,16 @@ class ChannelSpace(CountedSpace):
         ch = self.complete_config(config)
         was_training = model.training
         grad_flags = [p.requires_grad for p in model.parameters()]
-        plain = self.criterion.needs_data and not data  # ranked by L2 magnitude instead
-        pruner = _Pruner(model, self.example_inputs, self.output,
-                         None if plain else self.criterion)
+        pruner = _Pruner(self._template_of(model), self.criterion)
         dense = self._dense_scores(model, pruner) if data else {}
         # channel groups through Torch-Pruning's graph first, then heads, then head positions
-        for c in sorted(self._candidates, key=lambda c: (c.heads is not None, c.dims)):
-            pruner.keep(c, ch[c.unit.name], dense.get(c.unit.name))
-        work = pruner.model
+        with dense_squares(pruner.template.pointers, pruner.template.squares):
+            for c in sorted(self._candidates, key=lambda c: (c.heads is not None, c.dims)):
+                if data:
+                    pruner.keep(c, ch[c.unit.name], dense.get(c.unit.name))
+                else:  # sizes only: which elements go does not change any size
+                    pruner.remove_last(c, c.unit.full - ch[c.unit.name])
+        work = pruner.own()
         for p, flag in zip(work.parameters(), grad_flags):
             p.requires_grad_(flag)
         return work.train(was_training)
@@ -375,10 +412,17 @@ class ChannelSpace(CountedSpace):
         ``apply`` chooses what a unit keeps: the criterion's (default: the L2 magnitude of the
         element's whole coupled group, ``GroupMagnitudeImportance(p=2)`` unnormalised); heads
         and head positions by L2 magnitude."""
-        pruner = _Pruner(model, self.example_inputs, self.output, self.criterion)
+        pruner = _Pruner(self._template_of(model), self.criterion)
         dense = self._dense_scores(model, pruner)
         return [dense[c.unit.name] if c.unit.name in dense else pruner.scores(c)
                 for c in self._candidates]
+
+    def _template_of(self, model: nn.Module) -> _Template:
+        """``model`` traced once for this space and kept while its tensors are unchanged."""
+        held = self._template
+        if held is None or held.dense is not model or held.key != _tensor_key(model):
+            held = self._template = _Template(model, self.example_inputs, self.output)
+        return held
 
     def _dense_scores(self, model: nn.Module, pruner: _Pruner) -> dict[str, np.ndarray]:
         """A data criterion's scores of every channel unit, measured once over the calibration

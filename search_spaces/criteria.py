@@ -67,6 +67,8 @@ def _full(blocks: Blocks) -> int:
 
 
 def _per_element(per_channel: np.ndarray, blocks: Blocks) -> np.ndarray:
+    if all(len(b) == 1 for b in blocks):  # one channel an element: its own score
+        return np.asarray(per_channel, dtype=float)[[b[0] for b in blocks]]
     return np.array([per_channel[list(b)].sum() for b in blocks])
 
 

@@ -9,7 +9,9 @@ parameters), summed per channel of the group's root.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -19,7 +21,7 @@ from torch import nn
 
 from .tracing import conv1d_type
 
-__all__ = ["group_magnitude", "group_sum", "item_slices", "rows"]
+__all__ = ["dense_squares", "squares", "group_magnitude", "group_sum", "item_slices", "rows"]
 
 
 def _slices(module: object, handler: str) -> list[tuple[torch.Tensor, int]]:
@@ -78,17 +80,55 @@ def group_sum(graph: tp.DependencyGraph, group: tp.Group, full: int,
                 per = per_index(tensor, dim % tensor.dim())
                 if per is None:
                     continue
-                for i, r in zip(item.idxs, item.root_idxs):
-                    if int(i) < len(per) and int(r) < full:
-                        scores[int(r)] += per[int(i)]
+                idx = np.fromiter((int(i) for i in item.idxs), np.int64, len(item.idxs))
+                root = np.fromiter((int(r) for r in item.root_idxs), np.int64, len(idx))
+                ok = (idx < len(per)) & (root < full)
+                np.add.at(scores, root[ok], np.asarray(per)[idx[ok]])  # in order, as a loop
     return scores
 
 
-def _squares(tensor: torch.Tensor, dim: int) -> np.ndarray:
-    return rows(tensor, dim).pow(2).sum(1).cpu().numpy()
+#: The dense model's tensors whose squares may be kept while a context of ``dense_squares``
+#: holds: (storage addresses of the dense tensors, the kept results).
+_DENSE: ContextVar[tuple[frozenset[int], dict[tuple, np.ndarray]] | None] = \
+    ContextVar("dense_squares", default=None)
+
+
+@contextmanager
+def dense_squares(pointers: frozenset[int], kept: dict[tuple, np.ndarray]) -> Iterator[None]:
+    """Within it, the squares of a tensor that lies in the storages ``pointers`` (the dense
+    model's, which outlive the context and are never written while it holds) are computed
+    once and kept in ``kept``: a trial scores its first units on tensors no earlier unit
+    pruned, which are the dense tensors themselves."""
+    token = _DENSE.set((pointers, kept))
+    try:
+        yield
+    finally:
+        _DENSE.reset(token)
+
+
+def squares(tensor: torch.Tensor, dim: int) -> np.ndarray:
+    """Per index along ``dim``, the sum of the squared entries of its slice (in double)."""
+    t = tensor.detach()
+    held = _DENSE.get()
+    key = None
+    if held is not None and t.numel() and t.untyped_storage().data_ptr() in held[0]:
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
+               t.stride(), t.dtype, t._version, dim)
+        if key in held[1]:
+            return held[1][key]
+    if t.dim() <= 1:
+        out = t.double().pow(2).cpu().numpy()
+    else:  # a contiguous row per index: the norm's reduction in double, one pass
+        flat = t.transpose(0, dim).reshape(t.shape[dim], -1)
+        if dim:
+            flat = flat.contiguous()
+        out = torch.linalg.vector_norm(flat, 2, dim=1, dtype=torch.float64).square().cpu().numpy()
+    if key is not None:
+        held[1][key] = out
+    return out
 
 
 def group_magnitude(graph: tp.DependencyGraph, group: tp.Group, full: int) -> np.ndarray:
     """Per channel of the group's root (``full`` of them), the sum of the squared weights it
     removes over the whole group."""
-    return group_sum(graph, group, full, _squares)
+    return group_sum(graph, group, full, squares)

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from itertools import chain
 from typing import Any
 
 import torch
@@ -27,8 +28,9 @@ from torch import nn
 from .base import UntraceableModelError
 
 __all__ = ["MAX_GROUP_STEPS", "PRUNABLE_ROOTS", "Conv1DPruner", "GroupTooLarge", "Output",
-           "as_inputs", "build_graph", "call_model", "conv1d_type", "no_cache", "output_tensor", "output_tensors",
-           "pruning_group", "roots", "traceable_copy"]
+           "aliased_copy", "as_inputs", "build_graph", "call_model", "conv1d_type", "copy_graph",
+           "no_cache", "output_tensor", "output_tensors", "own_tensors", "pruning_group", "roots",
+           "traceable_copy"]
 
 #: Which output of the model is traced and compared: ``None`` (the first tensor), an entry's
 #: name (a dict key or ``ModelOutput`` field) or a position in a tuple.
@@ -205,10 +207,102 @@ def pruning_group(graph: tp.DependencyGraph, module: nn.Module, idxs: Sequence[i
         Group.add_dep = original
 
 
+def aliased_copy(obj: Any, model: nn.Module, shared: Iterable[object] = ()) -> Any:
+    """A deep copy of ``obj`` (``model``, or a structure holding it, such as the model with
+    its dependency graph) in which every parameter and buffer of ``model`` is a new tensor
+    *sharing storage* with the original: the modules are copied, no weight is. Pruning the
+    copy replaces its tensors by smaller ones (Torch-Pruning selects out of place), so the
+    original is never written; :func:`own_tensors` gives the copy its own memory for what no
+    pruning replaced. ``shared`` objects are kept as they are, not copied."""
+    memo: dict[int, Any] = {id(o): o for o in shared}
+    for _, m in model.named_modules(remove_duplicate=False):
+        for p in m._parameters.values():
+            if p is not None and id(p) not in memo:
+                memo[id(p)] = nn.Parameter(p.detach(), requires_grad=p.requires_grad)
+        for b in m._buffers.values():
+            if b is not None and id(b) not in memo:
+                memo[id(b)] = b.detach()
+    return copy.deepcopy(obj, memo)
+
+
+def own_tensors(model: nn.Module, of: nn.Module) -> nn.Module:
+    """Give every parameter and buffer of ``model`` that still shares storage with ``of``
+    a copy of its own (ties kept), so that ``model`` may be trained or recalibrated in place
+    without touching ``of``. Only what pruning left whole is copied."""
+    theirs = {t.untyped_storage().data_ptr()
+              for t in chain(of.parameters(), of.buffers()) if t.numel()}
+    done: dict[int, torch.Tensor] = {}
+
+    def mine(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in done:
+            clone = t.detach().clone()
+            done[id(t)] = nn.Parameter(clone, requires_grad=t.requires_grad) \
+                if isinstance(t, nn.Parameter) else clone
+        return done[id(t)]
+
+    for _, m in model.named_modules(remove_duplicate=False):
+        for kind in (m._parameters, m._buffers):
+            for name, t in kind.items():
+                if t is not None and t.numel() and t.untyped_storage().data_ptr() in theirs:
+                    kind[name] = mine(t)
+    return model
+
+
+def copy_graph(graph: tp.DependencyGraph, model: nn.Module) -> tp.DependencyGraph:
+    """``graph`` (Torch-Pruning's dependency graph of ``graph.model``) for ``model``, a copy of
+    ``graph.model`` made by :func:`aliased_copy`. Its nodes and dependencies are copied without
+    recursion (a deep copy of a long graph passes Python's recursion limit); the autograd
+    records of the trace (read for index mappings, never written) and the pruners (no state of
+    their own) are shared."""
+    same: dict[int, Any] = {}
+    for (_, a), (_, b) in zip(graph.model.named_modules(remove_duplicate=False),
+                              model.named_modules(remove_duplicate=False)):
+        same[id(a)] = b
+        for pa, pb in zip(a._parameters.values(), b._parameters.values()):
+            if pa is not None:
+                same[id(pa)] = pb
+
+    def mapped(obj: Any) -> Any:
+        if id(obj) not in same:  # one of Torch-Pruning's own ops: offsets and sizes of its own
+            op = copy.copy(obj)
+            op.__dict__ = {k: list(v) if isinstance(v, list) else v for k, v in vars(obj).items()}
+            same[id(obj)] = op
+        return same[id(obj)]
+
+    nodes: dict[int, Any] = {}
+    for node in graph.module2node.values():
+        twin = copy.copy(node)
+        twin.module = mapped(node.module) if isinstance(node.module, nn.Module) \
+            else same.get(id(node.module), node.module)
+        nodes[id(node)] = twin
+    for node in graph.module2node.values():
+        twin = nodes[id(node)]
+        twin.inputs = [nodes[id(n)] for n in node.inputs]
+        twin.outputs = [nodes[id(n)] for n in node.outputs]
+        twin.dependencies = []
+        for dep in node.dependencies:
+            d = copy.copy(dep)
+            d.source, d.target = nodes[id(dep.source)], nodes[id(dep.target)]
+            d.index_mapping = list(dep.index_mapping)
+            twin.dependencies.append(d)
+    out = copy.copy(graph)
+    out.model = model
+    out.module2node = {nodes[id(n)].module: nodes[id(n)] for n in graph.module2node.values()}
+    out._module2name = {same.get(id(m), m): n for m, n in graph._module2name.items()}
+    out._param_to_name = {same.get(id(p), p): n for p, n in graph._param_to_name.items()}
+    out.unwrapped_parameters = [type(u)(*((same.get(id(u[0]), u[0]),) + tuple(u[1:])))
+                                for u in graph.unwrapped_parameters]
+    out.ignored_params = [same.get(id(p), p) for p in graph.ignored_params]
+    out.IGNORED_LAYERS_IN_TRACING = [same.get(id(m), m) for m in graph.IGNORED_LAYERS_IN_TRACING]
+    out._pruning_history = list(graph._pruning_history)
+    return out
+
+
 def traceable_copy(model: nn.Module) -> nn.Module:
     """A copy in eval mode (tracing must not touch BN statistics) whose parameters require
-    grad (Torch-Pruning traces through autograd)."""
-    work = copy.deepcopy(model).eval()
+    grad (Torch-Pruning traces through autograd). It shares the weights of ``model``
+    (:func:`aliased_copy`): nothing is copied but the modules."""
+    work = aliased_copy(model, model).eval()
     for p in work.parameters():
         p.requires_grad_(True)
     return work
