@@ -27,7 +27,7 @@ from autoprune.executors.base import Executor, LocalExecutor
 from autoprune.pareto import ParetoRange
 from autoprune.problem import PruningProblem
 from autoprune.study import StudyStore, TrialRecord
-from autoprune.search_spaces import PruningBrokeModel
+from autoprune.search_spaces import PruningBrokeModel, release
 
 __all__ = ["Proposal", "PruneAndEvaluate", "SearchSession", "TrialFailure", "best_record",
            "evaluate_point", "objective_value", "run_search"]
@@ -57,6 +57,9 @@ class PruneAndEvaluate:
             if broken is not None:  # the pruned network itself fails, not the evaluator
                 raise PruningBrokeModel(broken, err) from err
             raise
+        finally:
+            del pruned
+            release()  # the trial's network, back to the system before the next is built
         if not isinstance(metrics, Mapping):
             raise TypeError(f"the evaluator returned {type(metrics).__name__}; it must return a "
                             "dict such as {'accuracy': 0.93} or {'loss': 0.2}")

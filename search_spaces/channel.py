@@ -27,8 +27,9 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .exact import ProbeError, probe, run_log
+from .exact import ProbeError, RunLog, ShortProbeMismatch, probe, run_log, short_inputs
 from .importance import dense_squares
+from .memory import release
 from .attention import (AttentionHeads, drop_head_dims, drop_heads, find_attention, head_dim_scores,
                         head_scores, prune_head_dims, prune_heads)
 from .base import CountedSpace, LayerTable, Unit, UntraceableModelError, register_space
@@ -36,7 +37,8 @@ from .criteria import Criterion, L2Magnitude, as_criterion
 from .layers import LayerPlan, plan_rows
 from .reference import recurrent_macs, reference_params
 from .tracing import (Output, aliased_copy, as_inputs, build_graph, call_model, copy_graph,
-                      own_tensors, pruning_group, roots, traceable_copy)
+                      own_tensors, prefix_views, pruning_group, roots,
+                      traceable_copy)
 
 __all__ = ["ChannelSpace", "channel_choices"]
 
@@ -177,8 +179,16 @@ class _Pruner:
         return pruning_group(self.graph, self.modules[c.root], idxs)
 
     def own(self) -> nn.Module:
-        """The working copy with memory of its own: what no unit replaced is copied now."""
-        return own_tensors(self.model, self.template.dense)
+        """The working copy with memory of its own (what no unit replaced is copied now),
+        let go of by this pruner: its graph, whose nodes refer to each other, is taken apart,
+        so the network is freed as soon as its user drops it, without waiting for a cyclic
+        garbage collection."""
+        model = own_tensors(self.model, self.template.dense)
+        for node in self.graph.module2node.values():
+            node.inputs, node.outputs, node.dependencies = [], [], []
+        self.graph.module2node = {}
+        self.graph.model = self.model = None
+        return model
 
     def _retie(self) -> None:
         for tie in self.ties:
@@ -262,13 +272,32 @@ class ChannelSpace(CountedSpace):
         if type(criterion).check is not Criterion.check:  # (a group search per unit)
             criterion.check({c.unit.name: pruner.group_of(c) for c in candidates
                              if c.heads is None})
+        with prefix_views():  # sizes only: the probed copies are views of the dense weights
+            space = cls._probed(model, inputs, output, template, candidates, notes, dense,
+                                round_to, min_ratio, criterion)
+        del pruner
+        release()  # the probed copies' memory, back to the system
+        return space
+
+    @classmethod
+    def _probed(cls, model: nn.Module, inputs: tuple[torch.Tensor, ...], output: Output,
+                template: _Template, candidates: list[_Candidate], notes: list[str],
+                dense: RunLog, round_to: int, min_ratio: float,
+                criterion: Criterion) -> ChannelSpace:
+        """The space of ``candidates`` whose sizes probe exactly: a unit that breaks the model
+        or disagrees with a direct count is kept dense with a note."""
+        pruner = _Pruner(template)
         check_each = False
+        short = short_inputs(inputs)  # per-unit passes on a few tokens, where that is exact
         while True:
             try:
                 found = probe(pruner.model, inputs, [_step(c) for c in candidates],
                               lambda _, u, n: pruner.remove_last(candidates[u], n), output,
                               check_each=check_each, products=_products(candidates),
-                              dense=dense)
+                              dense=dense, short=short)
+            except ShortProbeMismatch:
+                short, pruner = None, _Pruner(template)
+                continue
             except ProbeError as err:
                 if err.unit is None:
                     check_each = True
@@ -371,7 +400,7 @@ class ChannelSpace(CountedSpace):
                     pruner.keep(c, ch[c.unit.name], dense.get(c.unit.name))
                 else:  # sizes only: which elements go does not change any size
                     pruner.remove_last(c, c.unit.full - ch[c.unit.name])
-        work = pruner.own()
+        work = pruner.own() if data else pruner.model  # (sizes only: counted, then dropped)
         for p, flag in zip(work.parameters(), grad_flags):
             p.requires_grad_(flag)
         return work.train(was_training)

@@ -37,7 +37,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from .reference import recurrent_steps
 from .tracing import Output, call_model, output_tensors
 
-__all__ = ["Affine", "OpRecord", "Probe", "RunLog", "run_log"]
+__all__ = ["Affine", "OpRecord", "Probe", "RunLog", "ShortProbeMismatch", "probe", "run_log",
+           "short_inputs"]
 
 _MATMULS = {"mm": 2, "addmm": 2, "bmm": 3, "baddbmm": 3}  # op -> rank of its matrix operands
 
@@ -266,10 +267,57 @@ def _affine(dense: int, slopes: Sequence[tuple[int, Fraction]],
                   tuple((u, v, int(w * per)) for u, v, w in cross))
 
 
+def short_inputs(inputs: tuple[torch.Tensor, ...], length: int = 4) -> tuple[torch.Tensor, ...] | None:
+    """The example cut to its first ``length`` positions when it is a sequence of tokens (every
+    input an integer or bool tensor ``[batch, time, ...]`` of one ``time`` longer than
+    ``length``), else ``None``. A unit's size changes are the same on a shorter sequence, and
+    a decoder's forward pass is then many times cheaper (its weights are read, not its
+    activations multiplied)."""
+    times = {int(x.shape[1]) for x in inputs if x.dim() >= 2}
+    if len(times) != 1 or any(x.dim() < 2 or x.is_floating_point() or x.is_complex()
+                              for x in inputs):
+        return None
+    (time,) = times
+    return tuple(x[:, :length] for x in inputs) if time > length else None
+
+
 def probe(model: nn.Module, inputs: tuple[torch.Tensor, ...], steps: Sequence[int],
           remove: Callable[[nn.Module, int, int], None], output: Output = None, *,
           check_each: bool = False, products: Sequence[tuple[int, int]] = (),
-          dense: RunLog | None = None) -> Probe:
+          dense: RunLog | None = None, short: tuple[torch.Tensor, ...] | None = None) -> Probe:
+    """:func:`probe_on`, running the per-unit forward passes on ``short`` inputs (a prefix of
+    the example's sequence, :func:`short_inputs`) where that measures the same: the short
+    run performs the same operations, and every size that a unit changes is the same in both
+    runs. Otherwise, or without ``short``, every pass runs on ``inputs``. ``model`` must be
+    unpruned (a copy the caller can prune again when the short probe does not apply)."""
+    dense = dense or run_log(model, inputs, output)
+    if short is not None and (check_each or dense.functional):
+        try:
+            log = run_log(model, short, output)
+        except Exception:  # noqa: BLE001 - the short sequence does not run: the full one
+            log = None
+        if log is not None and [o.func for o in log.functional] == \
+                [o.func for o in dense.functional]:
+            found = probe_on(model, inputs, steps, remove, output, check_each=check_each,
+                             products=products, dense=dense, runs=(short, log))
+            if found is not None:
+                return found
+            raise ShortProbeMismatch("a size that a unit changes also depends on the "
+                                     "sequence's length: probe on the whole example")
+    return probe_on(model, inputs, steps, remove, output, check_each=check_each,
+                    products=products, dense=dense)
+
+
+class ShortProbeMismatch(Exception):
+    """The short probe measured something the full sequence changes: probe a fresh copy on
+    the whole example instead (``short=None``)."""
+
+
+def probe_on(model: nn.Module, inputs: tuple[torch.Tensor, ...], steps: Sequence[int],
+             remove: Callable[[nn.Module, int, int], None], output: Output = None, *,
+             check_each: bool = False, products: Sequence[tuple[int, int]] = (),
+             dense: RunLog | None = None,
+             runs: tuple[tuple[torch.Tensor, ...], RunLog] | None = None) -> Probe | None:
     """Measure the slopes: on ``model`` (a working copy, pruned in place), unit ``u`` in turn
     loses ``steps[u]`` elements through ``remove(model, u, n)``; a forward pass after each
     unit (with ``check_each``, or when the dense one ran activation matmuls) or once at the
@@ -280,7 +328,8 @@ def probe(model: nn.Module, inputs: tuple[torch.Tensor, ...], steps: Sequence[in
     ``dense`` is the dense model's log when the caller has it already."""
     dense = dense or run_log(model, inputs, output)
     shapes = dense_shapes = _shapes(model)
-    functional = dense.functional
+    per_inputs, per_dense = runs if runs is not None else (inputs, dense)
+    functional = per_dense.functional
     slopes_p: dict[str, list[list[tuple[int, Fraction]]]] = {n: [[] for _ in s] for n, s in shapes.items()}
     slopes_f: list[list[list[tuple[int, Fraction]]]] = [[[] for _ in o.factors] for o in functional]
     per_unit = check_each or bool(functional)
@@ -298,8 +347,10 @@ def probe(model: nn.Module, inputs: tuple[torch.Tensor, ...], steps: Sequence[in
                 if s:
                     slopes_p[n][d].append((u, s))
         shapes = now
+        if runs is not None and u == len(steps) - 1:  # the whole pruned network, full length
+            _checked_run(model, inputs, output, dense, None)
         if per_unit or u == len(steps) - 1:
-            log = _checked_run(model, inputs, output, dense, u if per_unit else None)
+            log = _checked_run(model, per_inputs, output, per_dense, u if per_unit else None)
             if per_unit:
                 ops = log.functional
                 if [o.func for o in ops] != [o.func for o in functional]:
@@ -313,8 +364,10 @@ def probe(model: nn.Module, inputs: tuple[torch.Tensor, ...], steps: Sequence[in
     for n, dims in slopes_p.items():
         for d, sl in enumerate(dims):
             dims[d] = _undo_order(dense_shapes[n][d], sl, products, steps)
-    for (o, dims) in zip(dense.functional, slopes_f):
+    for (o, short, dims) in zip(dense.functional, per_dense.functional, slopes_f):
         for d, sl in enumerate(dims):
+            if sl and o.factors[d] != short.factors[d]:
+                return None  # a size the sequence's length changes, that a unit changes too
             dims[d] = _undo_order(o.factors[d], sl, products, steps)
     return Probe(
         params={n: tuple(_affine(dense_shapes[n][d], sl, products) for d, sl in enumerate(dims))

@@ -28,6 +28,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from itertools import chain
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -38,7 +39,8 @@ from torch.nn.utils import parametrize
 from .base import CountedSpace, LayerTable, Unit, UntraceableModelError, register_space
 from .exact import Affine, Probe, run_log
 from .layers import plan_rows
-from .tracing import Output, as_inputs, conv1d_type, traceable_copy
+from .levels import LevelStore, fingerprint, pack_mask, unpack_mask
+from .tracing import Output, aliased_copy, as_inputs, conv1d_type, own_tensors, traceable_copy
 
 __all__ = ["NMSparsitySpace", "UnstructuredSparsitySpace", "WeightCriterion",
            "WeightSparsitySpace", "magnitude_mask", "mask_of", "parse_nm", "remove_masks"]
@@ -237,6 +239,13 @@ def magnitude_mask(weight: torch.Tensor, *, keep: int | None = None,
     return mask.reshape(moved.shape).movedim(-1, 1)
 
 
+def _stat_tensors(stats: object) -> list[torch.Tensor | None]:
+    """What a data criterion measured for a layer, as tensors (for the level's fingerprint)."""
+    if stats is None:
+        return []
+    return [getattr(stats, k, None) for k in ("norms", "hessian")]
+
+
 def _ties(model: nn.Module) -> set[str]:
     """Modules holding a weight that another module holds too."""
     seen: dict[int, list[str]] = {}
@@ -285,6 +294,7 @@ class WeightSparsitySpace(CountedSpace):
         self.levels = levels
         self.nm = nm
         self._stats: tuple | None = None  # a data criterion's statistics: (model, key, stats)
+        self._levels: LevelStore | None = None  # the units' pruned levels (level_store)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -463,32 +473,68 @@ class WeightSparsitySpace(CountedSpace):
         largest of every group (``nm``); ``wanda``/``sparsegpt`` ``weight_masks.prune_layer``
         over statistics measured once per dense ``model`` (SparseGPT also updates the kept
         weights). A masked ``model`` is ranked by its masked weights. Train/eval mode and
-        ``requires_grad`` are kept."""
+        ``requires_grad`` are kept.
+
+        Nothing is copied whole: the copy's modules share ``model``'s weights, each pruned
+        unit gets its pruned weight (a level read from the space's :class:`LevelStore`, or
+        computed once and written there) and only what no unit prunes is copied."""
         kept = self.complete_config(config)
-        work = copy.deepcopy(model)
-        remove_masks(work)
+        work = remove_masks(aliased_copy(model, model))
         pruned = [u for u in self.units if kept[u.name] < u.full]
         stats = self._statistics(model, [u.name for u in pruned]) if pruned and \
             self.criterion.needs_data else {}
         for u in pruned:
             module = work.get_submodule(u.name)
-            keep, nm = kept[u.name], self.pattern(u.name, kept[u.name])
-            with torch.no_grad():
-                w = _canonical(module, module.weight)
-                if self.criterion.needs_data:
-                    new = _weight_masks().prune_layer(
-                        w.detach().clone(), keep=None if nm else keep, nm=nm,
-                        criterion=self.criterion.name, stats=stats.get(u.name),
-                        transposed=False)  # w is [out, in, *k] already
-                    w.copy_(new)
-                    mask = new != 0
-                else:
-                    mask = magnitude_mask(w, keep=None if nm else keep, nm=nm)
-                mask = _canonical(module, mask)  # back to the stored layout
-                module.weight.mul_(mask)
+            weight, mask = self._level(module, u, kept[u.name], stats.get(u.name))
+            module.weight = nn.Parameter(weight, requires_grad=module.weight.requires_grad)
             parametrize.register_parametrization(module, "weight", _Mask(mask))
             module.parametrizations.train(module.training)
-        return work
+        return own_tensors(work, model)
+
+    def _level(self, module: nn.Module, unit: Unit, keep: int,
+               stats: object) -> tuple[torch.Tensor, torch.Tensor]:
+        """``module``'s weight (as stored) pruned to ``keep`` and its kept mask, from the level
+        store or computed and stored: magnitude and Wanda keep a mask (the weight is the
+        dense one times it), SparseGPT its updated weight."""
+        nm = self.pattern(unit.name, keep)
+        dense = module.weight.detach()
+        key = fingerprint(self.criterion.name, unit.name, keep, nm,
+                          tensors=[dense, *_stat_tensors(stats)])
+        store = self.level_store
+        entry = store.load(key)
+        if entry is None:
+            with torch.no_grad():
+                w = _canonical(module, dense)
+                weight = None  # the dense weight times the mask, unless the criterion updates it
+                if self.criterion.needs_data:
+                    new = _weight_masks().prune_layer(
+                        w.clone(), keep=None if nm else keep, nm=nm, criterion=self.criterion.name,
+                        stats=stats, transposed=False)  # w is [out, in, *k] already
+                    mask = _canonical(module, new != 0)  # back to the stored layout
+                    if not torch.equal(new, w * (new != 0)):  # SparseGPT's updated weights
+                        weight = _canonical(module, new).contiguous()
+                else:
+                    mask = _canonical(module, magnitude_mask(w, keep=None if nm else keep, nm=nm))
+            entry = {"bits": pack_mask(mask)} if weight is None else {"weight": weight.to(dense.dtype)}
+            store.save(key, entry)
+        if "weight" in entry:
+            weight = entry["weight"].to(dense.device)
+            return weight, weight != 0
+        mask = unpack_mask(entry["bits"], tuple(dense.shape)).to(dense.device)
+        return dense * mask, mask
+
+    @property
+    def level_store(self) -> LevelStore:
+        """Where this space keeps its units' pruned levels (default: a temporary folder of
+        this process); :meth:`use_level_store` puts them in a folder of the caller's."""
+        if self._levels is None:
+            self._levels = LevelStore()
+        return self._levels
+
+    def use_level_store(self, folder: str | Path) -> None:
+        """Keep the pruned levels in ``folder`` (a run folder's ``levels/``): a resumed run,
+        ``pick`` and Ray workers read what was computed there."""
+        self._levels = LevelStore(folder)
 
     def _statistics(self, model: nn.Module, layers: Sequence[str]) -> dict[str, object]:
         """The data criterion's statistics of every unit, measured once on a copy of the dense
@@ -498,7 +544,7 @@ class WeightSparsitySpace(CountedSpace):
         held = self._stats
         if held is not None and held[0]() is model and held[1] == key:
             return held[2]
-        dense = remove_masks(copy.deepcopy(model)).eval()
+        dense = remove_masks(aliased_copy(model, model)).eval()
         stats = dict(_weight_masks().layer_statistics(dense, [u.name for u in self.units],
                                                       self.calibration, self.output))
         self._stats = (weakref.ref(model), key, stats)

@@ -29,7 +29,7 @@ from .base import UntraceableModelError
 
 __all__ = ["MAX_GROUP_STEPS", "PRUNABLE_ROOTS", "Conv1DPruner", "GroupTooLarge", "Output",
            "aliased_copy", "as_inputs", "build_graph", "call_model", "conv1d_type", "copy_graph",
-           "no_cache", "output_tensor", "output_tensors", "own_tensors", "pruning_group", "roots",
+           "no_cache", "output_tensor", "output_tensors", "own_tensors", "prefix_views", "pruning_group", "roots",
            "traceable_copy"]
 
 #: Which output of the model is traced and compared: ``None`` (the first tensor), an entry's
@@ -296,6 +296,29 @@ def copy_graph(graph: tp.DependencyGraph, model: nn.Module) -> tp.DependencyGrap
     out.IGNORED_LAYERS_IN_TRACING = [same.get(id(m), m) for m in graph.IGNORED_LAYERS_IN_TRACING]
     out._pruning_history = list(graph._pruning_history)
     return out
+
+
+@contextlib.contextmanager
+def prefix_views() -> Iterator[None]:
+    """While it holds, Torch-Pruning keeps the *leading* elements of a parameter (what
+    removing the last ones leaves) as a view of it instead of a copy. Probing sizes removes a
+    few elements of every unit; with copies that cost a second model's memory, with views
+    nothing. For working copies whose values are never trained or handed out."""
+    base = tp.pruner.function.BasePruningFunc
+    original = base._prune_parameter_and_grad
+
+    def narrowed(self: Any, weight: torch.Tensor, keep_idxs: Sequence[int],
+                 pruning_dim: int) -> torch.Tensor:
+        k = len(keep_idxs)
+        if k and int(keep_idxs[0]) == 0 and int(keep_idxs[-1]) == k - 1 and weight.grad is None:
+            return nn.Parameter(weight.detach().narrow(pruning_dim, 0, k))
+        return original(self, weight, keep_idxs, pruning_dim)
+
+    base._prune_parameter_and_grad = narrowed
+    try:
+        yield
+    finally:
+        base._prune_parameter_and_grad = original
 
 
 def traceable_copy(model: nn.Module) -> nn.Module:

@@ -1,0 +1,252 @@
+"""What a search costs on models of real size: space building, per-trial overhead, peak memory.
+
+For each model (built from its ``transformers`` config: random weights, since cost and memory do
+not depend on weight values) and each granularity, one child process (so that its peak RSS is
+its own) builds the space and runs a ``--trials`` random search through ``autoprune.allocate``
+with an evaluator that runs the pruned network once on the example and returns its loss. It
+reports:
+
+- ``build s``: building the search space (``make_space``; Wanda and SparseGPT statistics included
+  where the space measures them then);
+- ``dense fwd s``: one forward pass of the dense model on the example (median of 3);
+- ``overhead/trial``: the search's own seconds per trial, everything but the evaluator
+  (pruning, costing, the agent, the study), and as a multiple of the dense forward;
+- ``peak RSS``: the child's peak resident memory, in GB and as a multiple of the fp32 weights.
+
+The example is 1 x 64 tokens (one 224 px image for ResNet-50), on one thread. Budgets:
+``flops=50%`` for channels (heads, MLP widths and the residual width), ``sparsity=50%`` for
+the weight spaces (unstructured with Wanda or SparseGPT; N:M 2:4 by magnitude).
+
+    python benchmarks/scale.py                                   # every model, every granularity
+    python benchmarks/scale.py --models gpt2 --granularities channel wanda
+    python benchmarks/scale.py --before d343c69                  # the same, for that commit too
+
+``--before REV`` runs every child a second time on the code of ``REV`` (a git worktree in a
+temporary folder) and puts its columns beside. A child that fails or is killed for memory is a
+row saying so. Writes benchmarks/results/scale.json (``--tag T``: scale-T.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+
+#: name -> (transformers config class, its arguments); the example is 64 tokens or one image
+MODELS: dict[str, tuple[str, dict[str, Any]]] = {
+    "resnet50": ("ResNetConfig", {}),
+    "gpt2": ("GPT2Config", {}),
+    "decoder-246m": ("LlamaConfig", {"hidden_size": 1024, "num_hidden_layers": 16,
+                                     "num_attention_heads": 16, "num_key_value_heads": 4,
+                                     "intermediate_size": 2816, "vocab_size": 32000}),
+    "tinyllama-1.1b": ("LlamaConfig", {"hidden_size": 2048, "num_hidden_layers": 22,
+                                       "num_attention_heads": 32, "num_key_value_heads": 4,
+                                       "intermediate_size": 5632, "vocab_size": 32000}),
+}
+
+#: granularity -> (space, criterion, target, space options)
+GRANULARITIES: dict[str, tuple[str, str, str, dict[str, Any]]] = {
+    "channel": ("channel", "l2", "flops=50%", {}),
+    "wanda": ("unstructured", "wanda", "sparsity=50%", {}),
+    "sparsegpt": ("unstructured", "sparsegpt", "sparsity=50%", {}),
+    "nm": ("nm", "magnitude", "sparsity=50%", {"nm": ["2:4"]}),
+}
+
+
+def _build(name: str, dtype: str) -> tuple[Any, tuple[Any, ...], str]:
+    import torch  # noqa: PLC0415 - the child's own imports
+    import transformers  # noqa: PLC0415
+
+    cls, args = MODELS[name]
+    config = getattr(transformers, cls)(**args)
+    torch.manual_seed(0)
+    if name == "resnet50":
+        model = transformers.ResNetForImageClassification(config)
+        x = (torch.randn(1, 3, 224, 224),)
+    else:
+        model = transformers.AutoModelForCausalLM.from_config(config)
+        x = (torch.randint(0, config.vocab_size, (1, 64)),)
+    model = model.to(getattr(torch, dtype)).eval()
+    if x[0].is_floating_point():
+        x = (x[0].to(getattr(torch, dtype)),)
+    return model, x, "logits"
+
+
+def _loss(out: Any, x: Any) -> float:
+    import torch  # noqa: PLC0415
+
+    logits = out.logits.float()
+    if logits.dim() == 2:  # an image classifier: the loss of class 0
+        return float(torch.nn.functional.cross_entropy(logits, torch.zeros(1, dtype=torch.long)))
+    return float(torch.nn.functional.cross_entropy(logits[0, :-1], x[0, 1:]))
+
+
+def child(name: str, granularity: str, trials: int, dtype: str) -> dict[str, Any]:
+    """One model at one granularity, in this process: what the table shows."""
+    import torch  # noqa: PLC0415
+
+    import autoprune  # noqa: PLC0415
+    from autoprune.search_spaces import make_space  # noqa: PLC0415
+
+    torch.set_num_threads(1)
+    model, x, output = _build(name, dtype)
+    params = sum(p.numel() for p in model.parameters())
+    row: dict[str, Any] = {"params": params, "weights_gb": params * 4 / 1e9,
+                           "rss_start_gb": _rss_gb()}
+    with torch.no_grad():
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            model(*x)
+            times.append(time.perf_counter() - t0)
+    row["dense_forward_s"] = statistics.median(times)
+    space_name, criterion, target, options = GRANULARITIES[granularity]
+    extra = dict(options)
+    if criterion != "l2":
+        extra["criterion"] = criterion
+    if criterion in ("wanda", "sparsegpt"):
+        extra["calibration"] = [(x, x[0])]
+    t0 = time.perf_counter()
+    space = make_space(space_name, model, x, round_to=8, min_ratio=0.25, output=output, **extra)
+    row["build_s"] = time.perf_counter() - t0
+    row["units"] = space.dim
+    spent = [0.0]
+
+    def evaluate(pruned: Any) -> dict[str, float]:
+        t = time.perf_counter()
+        with torch.no_grad():
+            loss = _loss(pruned(*x), x[0])
+        spent[0] += time.perf_counter() - t
+        return {"loss": loss}
+
+    t0 = time.perf_counter()
+    alloc = autoprune.allocate(model, example_inputs=x, target=target, evaluate=evaluate,
+                               agent="random", trials=trials, space=space, output=output)
+    total = time.perf_counter() - t0
+    row["trials"] = len(alloc.trials)
+    row["evaluate_s"] = spent[0]
+    row["overhead_per_trial_s"] = (total - spent[0]) / max(1, len(alloc.trials))
+    row["overhead_x_forward"] = row["overhead_per_trial_s"] / row["dense_forward_s"]
+    row["loss"] = alloc.metrics.get("loss")
+    row["peak_rss_gb"] = _rss_gb()
+    row["peak_x_weights"] = row["peak_rss_gb"] / row["weights_gb"]
+    return row
+
+
+def _rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def _worktree(rev: str) -> Path:
+    """The code of ``rev`` in a temporary folder, importable as ``autoprune`` (its
+    ``agents``/``search_spaces`` linked in as the installed package maps them)."""
+    where = Path(tempfile.mkdtemp(prefix="autoprune-before-"))
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(where), rev],
+                   check=True, capture_output=True)
+    for sub in ("agents", "search_spaces"):
+        (where / "autoprune" / sub).symlink_to(where / sub)
+    return where
+
+
+def _run_child(name: str, granularity: str, args: argparse.Namespace,
+               code: Path | None) -> dict[str, Any]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
+    cmd = [sys.executable, __file__, "--child", name, granularity, "--trials", str(args.trials),
+           "--dtype", args.dtype]
+    t0 = time.perf_counter()
+    try:
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                              timeout=args.timeout, cwd=str(code or ROOT))
+    except subprocess.TimeoutExpired:
+        return {"status": f"did not finish in {args.timeout} s"}
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith("{"):
+            return {"status": "ok", **json.loads(line), "wall_s": time.perf_counter() - t0}
+    why = "killed (out of memory?)" if done.returncode < 0 else f"exit {done.returncode}"
+    tail = (done.stderr.strip().splitlines() or [""])[-1][:200]
+    return {"status": f"failed: {why}: {tail}"}
+
+
+def _cell(row: dict[str, Any] | None, key: str, fmt: str) -> str:
+    if row is None:
+        return ""
+    if row.get("status") != "ok":
+        return row.get("status", "")[:40] if key == "build_s" else ""
+    return format(row[key], fmt)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--granularities", nargs="+", default=list(GRANULARITIES),
+                    choices=list(GRANULARITIES))
+    ap.add_argument("--trials", type=int, default=10)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--before", metavar="REV", help="also run the code of this commit")
+    ap.add_argument("--timeout", type=int, default=3600, help="seconds per child")
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--child", nargs=2, metavar=("MODEL", "GRANULARITY"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(*args.child, args.trials, args.dtype)))
+        return
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    console = Console()
+    before = _worktree(args.before) if args.before else None
+    out = RESULTS / (f"scale-{args.tag}.json" if args.tag else "scale.json")
+    rows: list[dict[str, Any]] = []
+    try:
+        for name in args.models:
+            for gran in args.granularities:
+                console.print(f"{name} / {gran} ...")
+                row = {"model": name, "granularity": gran, "now": _run_child(name, gran, args, None)}
+                if before is not None:
+                    row["before"] = _run_child(name, gran, args, before)
+                rows.append(row)
+                RESULTS.mkdir(exist_ok=True)
+                out.write_text(json.dumps({"host": platform.processor() or platform.machine(),
+                                           "cores": os.cpu_count(), "trials": args.trials,
+                                           "dtype": args.dtype, "before": args.before,
+                                           "rows": rows}, indent=1))
+    finally:
+        if before is not None:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before)],
+                           capture_output=True)
+            shutil.rmtree(before, ignore_errors=True)
+    table = Table(title=f"search cost, {args.trials} trials, {args.dtype}, 1 thread")
+    for col in ("model", "granularity", "params", "dense fwd s", "build s", "overhead/trial s",
+                "x fwd", "peak RSS GB", "x weights"):
+        table.add_column(col, justify="left" if col in ("model", "granularity") else "right")
+    for r in rows:
+        for label, res in (("", r["now"]), (f"before ({args.before})", r.get("before"))):
+            if res is None:
+                continue
+            params = f"{res['params'] / 1e6:.0f}M" if res.get("status") == "ok" else ""
+            table.add_row(r["model"] if not label else "", r["granularity"] if not label else label,
+                          params, _cell(res, "dense_forward_s", ".2f"), _cell(res, "build_s", ".1f"),
+                          _cell(res, "overhead_per_trial_s", ".2f"),
+                          _cell(res, "overhead_x_forward", ".1f"), _cell(res, "peak_rss_gb", ".2f"),
+                          _cell(res, "peak_x_weights", ".2f"))
+    console.print(table)
+    console.print(f"written: {out}")
+
+
+if __name__ == "__main__":
+    main()
