@@ -6,8 +6,9 @@ and ``load_pruned`` to get a run's network back."""
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +20,19 @@ from autoprune.agents import Agent, AgentOptionError, make_agent
 from autoprune.errors import SearchError
 from autoprune.evaluator import Evaluator, as_evaluator
 from autoprune.executors import Executor, make_executor
-from autoprune.export import save_program
 from autoprune.latency.cache import table_for_search
 from autoprune.latency.device import Device
-from autoprune.latency.measure import LatencyMeasurement, measure_latency
+from autoprune.latency.measure import measure_latency
 from autoprune.latency.table import LatencyTable
 from autoprune.latency.verify import LatencyCheck, check_summary, verify_latency
-from autoprune.pareto import ParetoRange, front_summary
+from autoprune.pareto import ParetoRange
+from autoprune.phases import SearchCosts, space_progress
+from autoprune.precision import as_example, in_dtype, model_dtype, parse_dtype, value_bytes
 from autoprune.problem import PruningProblem, build_problem
-from autoprune.report import front_table, latency_check_view, pareto_plot, trials_table, units_table
+from autoprune.run_report import measured_summary, space_record, split_metrics, write_report
 from autoprune.run_folder import (check_run_folder, describe_study, load_pruned, open_study,
                                   read_run_settings, study_record, unit_table, write_choice,
-                                  write_json, write_sparse)
+                                  write_json)
 from autoprune.search_spaces import Criterion, SearchSpace, make_space
 from autoprune.spaces import (check_space, check_space_targets, criterion_options,
                               space_options)
@@ -59,6 +61,9 @@ class Allocation:
     space: SearchSpace = field(repr=False)
     # With a latency budget: the chosen and the dense network, predicted and measured.
     latency: Mapping[str, Any] | None = None
+    #: Where the search's time went (space building, pruning, evaluating: seconds) and the
+    #: process's peak memory (``peak_rss_gb``): ``phases.SearchCosts.summary``.
+    resources: Mapping[str, Any] | None = None
     #: The chosen trial, the problem searched, the latency check and the Pareto range (what a
     #: whole run reports from).
     chosen: TrialRecord | None = field(default=None, repr=False)
@@ -66,13 +71,36 @@ class Allocation:
     check: LatencyCheck | None = field(default=None, repr=False)
     pareto: ParetoRange | None = field(default=None, repr=False)
 
+    #: The precision it was searched in (``allocate(dtype=...)``); ``apply`` prunes in it.
+    dtype: str | None = None
+
     def apply(self, model: nn.Module) -> nn.Module:
-        """A physically smaller copy of ``model`` with this allocation's channels."""
-        return self.space.apply(model, self.config)
+        """A physically smaller copy of ``model`` with this allocation's channels (in the
+        search's precision)."""
+        return self.space.apply(in_dtype(model, self.dtype), self.config)
 
 
 def _objective_of(metrics: Mapping[str, float]) -> str:
     return "accuracy" if "accuracy" in metrics else "loss"
+
+
+def _probe_metrics(space: SearchSpace, model: nn.Module,
+                   evaluator: Evaluator) -> Mapping[str, float]:
+    """What the evaluator returns (which metric the search optimises), asked of the thinnest
+    network: a copy of the dense model would double the memory of a large one. A thinnest
+    network that does not run is left to its trial; the dense model's copy answers then."""
+    try:
+        thin = space.apply(model, space.min_config())
+    except Exception:  # noqa: BLE001 - the trial will name it
+        thin = None
+    if thin is not None:
+        try:
+            return evaluator(thin)
+        except Exception:  # noqa: BLE001 - an evaluator failing on this network only
+            pass
+        finally:
+            del thin
+    return evaluator(copy.deepcopy(model))
 
 
 def _agent(name: str, dim: int, *, seed: int = 0, pareto: bool = False,
@@ -97,7 +125,8 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
              storage: str | None = None, criterion: str | Criterion = "l2",
              calibration: Sequence[tuple[Any, Any]] | None = None,
              space_options: Mapping[str, Any] | None = None, storage_format: str = "bitmap",
-             console: Console | None = None) -> Allocation:
+             console: Console | None = None, dtype: str | torch.dtype | None = None
+             ) -> Allocation:
     """Find how many channels each unit of ``model`` keeps so that every budget of ``target``
     is met and ``evaluate(pruned)`` (a dict with ``accuracy`` or ``loss``) is best.
 
@@ -123,8 +152,18 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
     ``"nm"`` prunes single weights instead (``space_options``: ``levels``, ``nm``,
     ``include_ends``; ``criterion`` magnitude, wanda or sparsegpt), where ``sparsity=`` and
     ``size=`` budgets apply (``size=`` for ``storage_format`` dense, bitmap or csr) and a
-    latency budget is refused.
+    latency budget is refused. ``dtype`` (``"bfloat16"``, ``"float16"``, ``"float32"``)
+    searches the model in that precision: the dense weights and every trial in it (a copy of
+    ``model`` converted without a float32 copy, casting floating inputs to it), and ``size=``
+    budgets count its bytes; default: the model's own. ``resources`` on the result says where
+    the time went and the peak memory.
     """
+    try:
+        model = in_dtype(model, dtype)
+    except ValueError as err:
+        raise SearchError(str(err)) from None
+    if dtype is not None:
+        example_inputs = as_example(example_inputs, model_dtype(model))
     evaluator = as_evaluator(evaluate)
     targets = parse_targets(target)
     if storage is not None and run_dir is None:
@@ -134,10 +173,14 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
     if record is not None:  # an unreachable database fails before any work
         check_storage(record["storage"])
     _agent(agent, 1, seed=seed, pareto=pareto, reward=reward)  # bad names fail before any work
+    costs = SearchCosts()
     if not isinstance(space, SearchSpace):
-        space = make_space(space, model, example_inputs, round_to=round_to, min_ratio=min_ratio,
-                           output=output, **criterion_options(space, criterion, calibration),
-                           **(space_options or {}))
+        with space_progress(console or Console(stderr=True), progress):
+            space = make_space(space, model, example_inputs, round_to=round_to,
+                               min_ratio=min_ratio, output=output,
+                               **criterion_options(space, criterion, calibration),
+                               **(space_options or {}))
+        costs.build_s = time.perf_counter() - costs.started
     searched = space
     check_space_targets(searched.name, targets)
     table = None
@@ -145,7 +188,8 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
         table = latency_table or LatencyTable.build(model, example_inputs, space=searched,
                                                     device=device)
         table.check_space(searched, source="latency_table")
-    problem = build_problem(searched, targets, table=table, storage_format=storage_format)
+    problem = build_problem(searched, targets, table=table, storage_format=storage_format,
+                            value_bytes=value_bytes(model))
     if console is not None:
         console.print(f"{searched.dim} units, dense {problem.dense_costs['macs'] / 1e6:.1f}M MACs, "
                       f"{problem.dense_costs['params'] / 1e6:.3f}M params"
@@ -159,16 +203,19 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
             console.print(f"[yellow]note:[/] {note}", highlight=False)
     store = open_study(Path(run_dir), record) if run_dir else StudyStore.in_memory()
     if objective is None:
-        objective = store.get_meta("objective") or _objective_of(evaluator(copy.deepcopy(model)))
+        objective = store.get_meta("objective") or _objective_of(_probe_metrics(searched, model,
+                                                                              evaluator))
     store.set_meta("objective", objective)
     ranges = _pareto_range(problem) if pareto else None
     runner = make_executor(executor) if isinstance(executor, str) else executor
     try:
-        records = run_search(problem, model=model, evaluate=evaluator,
-                             agent=_agent(agent, searched.dim + (1 if ranges else 0), seed=seed,
-                                          pareto=pareto, reward=reward),
-                             trials=trials, store=store, executor=runner, objective=objective,
-                             progress=progress, console=console, pareto=ranges)
+        with space_progress(console or Console(stderr=True), progress):
+            records = run_search(problem, model=model, evaluate=evaluator,
+                                 agent=_agent(agent, searched.dim + (1 if ranges else 0),
+                                              seed=seed, pareto=pareto, reward=reward),
+                                 trials=trials, store=store, executor=runner,
+                                 objective=objective, progress=progress, console=console,
+                                 pareto=ranges, costs=costs)
     finally:
         if isinstance(executor, str):  # ours to release; a caller's executor stays theirs
             runner.close()
@@ -181,12 +228,13 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
             record=lambda x: evaluate_point(problem, x, work=work, store=store, records=records,
                                             objective=objective,
                                             extra={"latency_repair": True}))
-    return _allocation(problem, records, check=check, pareto=ranges)
+    alloc = _allocation(problem, records, check=check, pareto=ranges, costs=costs)
+    return replace(alloc, dtype=str(model_dtype(model)).removeprefix("torch.")) if dtype else alloc
 
 
 def _allocation(problem: PruningProblem, records: list[TrialRecord], *,
-                check: LatencyCheck | None = None,
-                pareto: ParetoRange | None = None) -> Allocation:
+                check: LatencyCheck | None = None, pareto: ParetoRange | None = None,
+                costs: SearchCosts | None = None) -> Allocation:
     best = check.chosen if check else best_record(records, problem)
     if best is None:
         reasons = sorted({r.reason for r in records if r.failed})[:3]
@@ -207,7 +255,8 @@ def _allocation(problem: PruningProblem, records: list[TrialRecord], *,
                       dense_costs=dict(problem.dense_costs), budgets=list(problem.budgets),
                       trials=list(records), space=problem.space,
                       latency=check_summary(check) if check else None, chosen=best,
-                      problem=problem, check=check, pareto=pareto)
+                      problem=problem, check=check, pareto=pareto,
+                      resources=costs.summary() if costs is not None else None)
 
 
 # ---------------------------------------------------------------------- whole runs (the CLI)
@@ -222,6 +271,10 @@ def search(settings: SearchSettings, *, console: Console | None = None) -> dict[
     _agent(settings.agent, 1, pareto=settings.objective == "pareto", reward=settings.reward)
     parse_targets(settings.targets)
     check_space(settings.space, parse_targets(settings.targets))
+    try:  # a bad --dtype fails before a baseline is trained
+        parse_dtype(settings.source.dtype)
+    except ValueError as err:
+        raise SearchError(str(err)) from None
     ex = settings.executor
     executor = make_executor(ex.executor, workers=ex.workers, address=ex.ray_address,
                              cpus_per_trial=ex.cpus_per_trial)
@@ -246,7 +299,7 @@ def _search(settings: SearchSettings, executor: Executor, run_dir: Path,
     task = _load_task(src.model, src.data, image_size=src.image_size,
                       width_mult=src.width_mult, cache_dir=settings.cache_dir,
                       progress=settings.progress, model_args=src.model_args,
-                      weights=src.weights)
+                      weights=src.weights, dtype=src.dtype)
     try:
         evaluator = task.evaluator(calib_batches=settings.scoring.calib_batches,
                                    finetune_steps=settings.scoring.finetune_steps,
@@ -266,11 +319,15 @@ def _search(settings: SearchSettings, executor: Executor, run_dir: Path,
     record = check_run_folder(run_dir, settings.identity(), storage=settings.storage)
     if record is not None:
         console.print(describe_study(run_dir, record), highlight=False)
-    example = task.example_inputs(1)
+    example = as_example(task.example_inputs(1), model_dtype(model))
     table = table_info = None
-    space = make_space(settings.space.space, model, example, round_to=settings.space.round_to,
-                       min_ratio=settings.space.min_ratio, output=src.output,
-                       **space_options(settings.space, task, seed=settings.seed))
+    started = time.perf_counter()
+    with space_progress(console, settings.progress):
+        space = make_space(settings.space.space, model, example,
+                           round_to=settings.space.round_to, min_ratio=settings.space.min_ratio,
+                           output=src.output, **space_options(settings.space, task,
+                                                              seed=settings.seed))
+    built = time.perf_counter() - started
     store = open_study(run_dir, record)
     if settings.has_latency_target():
         # a resumed search costs with the speed it started with, so its trials stay comparable
@@ -311,16 +368,9 @@ def _search(settings: SearchSettings, executor: Executor, run_dir: Path,
                      executor=executor, reward=settings.reward,
                      storage=record["storage"] if record else None,
                      storage_format=settings.space.storage_format, console=console)
-    return _report(settings, run_dir, alloc, task=task, metric=metric, evaluator=evaluator,
+    alloc = replace(alloc, resources={**(alloc.resources or {}), "build_s": round(built, 3)})
+    return write_report(settings, run_dir, alloc, task=task, metric=metric, evaluator=evaluator,
                    dense_val=dense_val, table_info=table_info, record=record, console=console)
-
-
-def _space_record(space: SpaceSettings) -> dict[str, Any]:
-    """What a chosen-network JSON holds of a weight-sparsity space, so that it rebuilds."""
-    if space.space == "channel":
-        return {}
-    return {"space": space.space, "space_options": space.options(),
-            "storage_format": space.storage_format}
 
 
 def _dense_meets(settings: SearchSettings, model: nn.Module, example: torch.Tensor,
@@ -338,7 +388,7 @@ def _dense_meets(settings: SearchSettings, model: nn.Module, example: torch.Tens
         m = measure_latency(model, example, device=settings.device)
         if any(m.median_ms > b.limit for b in problem.budgets if b.metric == "latency_ms"):
             return None  # predicted within the budget but measured over it: search
-        measured = _measured(m)
+        measured = measured_summary(m)
     figures = ", ".join(
         f"{b.text}: dense "
         + (f"{measured['latency_ms']:.2f} ms measured ({costs[b.metric]:.2f} predicted)"
@@ -351,146 +401,14 @@ def _dense_meets(settings: SearchSettings, model: nn.Module, example: torch.Tens
     return {"budgets": problem.budgets, "costs": dict(costs), "measured": measured}
 
 
-def _load_task(*args: Any, **kwargs: Any) -> Task:
-    """``load_task``, its bad model/data pairs as a ``SearchError``."""
+def _load_task(*args: Any, dtype: str | None = None, **kwargs: Any) -> Task:
+    """``load_task``, its model in ``dtype`` (a search's precision), its bad model/data pairs
+    and dtypes as a ``SearchError``."""
     try:
-        return load_task(*args, **kwargs)
+        task = load_task(*args, **kwargs)
+        return replace(task, model=in_dtype(task.model, dtype)) if dtype else task
     except ValueError as err:
         raise SearchError(str(err)) from None
-
-
-def _split_metrics(val: Mapping[str, float], test: Mapping[str, float]) -> dict[str, float]:
-    """``val_<name>`` and ``test_<name>`` of every metric, as best.json records them."""
-    return {**{f"val_{k}": v for k, v in val.items()}, **{f"test_{k}": v for k, v in test.items()}}
-
-
-def _report(settings: SearchSettings, run_dir: Path, alloc: Allocation, *, task: Task,
-            metric: str, evaluator: Evaluator, dense_val: Mapping[str, Any], table_info: Mapping[str, Any] | None,
-            console: Console, record: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Score the chosen network on validation and test, write the run folder's files and
-    print the tables people read."""
-    problem, records, check, pareto = alloc.problem, list(alloc.trials), alloc.check, alloc.pareto
-    assert problem is not None
-    model = task.model
-    space, targets = alloc.space, parse_targets(settings.targets)
-    pruned = space.apply(model, alloc.config)
-    val = evaluator(pruned)  # recalibrates BN, as every candidate was scored
-    test = evaluator.test(pruned)
-    best = alloc.chosen
-    dense: dict[str, Any] = {"costs": problem.dense_costs,
-                             "metrics": {f"val_{metric}": dense_val["val"][metric],
-                                         f"test_{metric}": dense_val["test"][metric]}}
-    extra: dict[str, Any] = {"dense": dense, "criterion": settings.space.criterion,
-                             **_space_record(settings.space)}
-    delivered = space.deployable(pruned)  # a weight-sparse network: masks baked in
-    if check:
-        extra["measured"] = _measured(check.best_measurement())
-        dense["measured"] = _measured(check.dense)
-    choice = write_choice(
-        run_dir / "best.json", model=model, space=space, data=settings.source.data,
-        example_inputs=task.example_inputs(1), config=alloc.config,
-        costs=alloc.costs, trial=best.number if best else None,
-        metrics=_split_metrics(val, test),
-        budgets=[asdict(b) for b in problem.budgets], weights=delivered,
-        weights_file="pruned.pt", extra=extra)
-    program = save_program(delivered, task.example_inputs(1), run_dir / "pruned.pt2", console)
-    plot = pareto_plot(records, run_dir / "pareto.png", dense_costs=problem.dense_costs,
-                       dense_objective=dense_val["val"][metric], budgets=problem.budgets,
-                       objective=metric, best=best,
-                       title=f"{settings.source.model} on {settings.source.data}, {', '.join(settings.targets)}, "
-                             f"agent {settings.agent}")
-    summary = {
-        "target": {t.text: {"metric": t.metric, "limit": b.limit}
-                   for t, b in zip(targets, problem.budgets)},
-        "dense": {"costs": problem.dense_costs,
-                  "metrics": {metric: dense_val["val"][metric],
-                              f"test_{metric}": dense_val["test"][metric]}},
-        "best": {"costs": alloc.costs,
-                 "metrics": {**val, **{f"test_{k}": v for k, v in test.items()}},
-                 "units": {k: int(v) for k, v in alloc.config.items()},
-                 "ratios": {k: round(u["ratio"], 4) for k, u in alloc.units.items()},
-                 "trial": choice["trial"]},
-        "budgets_met": problem.feasible(alloc.costs) and (check is None or check.met),
-        "criterion": settings.space.criterion,
-        "trials": len(records),
-        "failed_trials": sum(r.failed for r in records),
-        "baseline": {"cached": bool(task.baseline.get("cached")),
-                     "epochs": task.baseline.get("epochs"), **(
-                         {"steps": task.baseline["steps"]} if "steps" in task.baseline else {})},
-        "data": task.data_info(),
-        "run_dir": str(run_dir),
-        "files": {"study": masked(record["storage"]) if record else str(run_dir / "study.db"),
-                  "choice": str(run_dir / "best.json"),
-                  "model": str(run_dir / "pruned.pt"), "plot": str(plot),
-                  "program": program},
-    }
-    if settings.space.space != "channel":  # the compressed file, and what size= predicted
-        summary["sparse"] = write_sparse(run_dir, delivered, space.layer_table(alloc.config),
-                                         storage_format=settings.space.storage_format)
-        summary["files"]["sparse"] = summary["sparse"]["file"]
-        console.print(
-            f"{summary['sparse']['sparsity']:.1%} of the prunable weights are zero; MACs count "
-            f"non-zero weights only ({summary['sparse']['macs_nonzero'] / 1e6:.2f}M of "
-            f"{summary['sparse']['dense_equivalent_macs'] / 1e6:.2f}M dense-equivalent); "
-            f"pruned.sparse.pt ({settings.space.storage_format}) is "
-            f"{summary['sparse']['bytes']:,} bytes, {summary['sparse']['predicted_bytes']:,} "
-            "predicted", highlight=False)
-    if record is not None:  # a shared store: the URL as it may be printed, and the name
-        summary["study"] = {"storage": masked(record["storage"]), "name": record["name"]}
-    if pareto is not None:
-        # accuracy is bounded below by 0; a loss front is measured from its worst trial
-        worst = min((r.objective for r in records if not r.failed), default=0.0)
-        front = front_summary(records, metric=pareto.metric, dense_cost=pareto.dense,
-                              ref_cost=pareto.high,
-                              ref_objective=0.0 if metric == "accuracy" else worst)
-        write_json(run_dir / "front.json", front)
-        summary["front"] = {"metric": pareto.metric, "hypervolume": front["hypervolume"],
-                            "reference": front["reference"], "points": len(front["points"]),
-                            "range": [pareto.low, pareto.high]}
-        summary["files"]["front"] = str(run_dir / "front.json")
-        console.print(front_table(front, dense_objective=dense_val["val"][metric],
-                                  objective=metric))
-    if check:
-        summary["dense"]["measured"] = _measured(check.dense)
-        summary["best"]["measured"] = _measured(check.best_measurement())
-        summary["latency"] = _latency_summary(check, problem, table_info)
-    write_json(run_dir / "summary.json", summary)
-    console.print(trials_table(records, dense_costs=problem.dense_costs, objective=metric))
-    if check:
-        console.print(latency_check_view(check))
-    console.print(units_table(alloc.units, title="chosen " + {
-        "channel": "channels", "unstructured": "weights", "nm": "weights"}.get(
-        settings.space.space, "channels and weights") + " per unit"))
-    console.print(
-        f"chosen: trial {choice['trial']}, {100 * alloc.costs['macs'] / problem.dense_costs['macs']:.1f}% "
-        f"MACs, {100 * alloc.costs['params'] / problem.dense_costs['params']:.1f}% params; "
-        f"validation {task.describe(val)}, test {task.describe(test)} "
-        f"(dense: test {task.describe(dense_val['test'])}), {_scored_after(task, settings)}.\n"
-        f"run folder: {run_dir}  ({'' if record else 'study.db, '}best.json, pruned.pt"
-        + (", pruned.pt2" if program else "")
-        + (", pruned.sparse.pt" if settings.space.space != "channel" else "")
-        + ", pareto.png, summary.json"
-        + (", front.json)" if pareto else ")")
-        + (f"\n{describe_study(run_dir, record)}; serve it with optuna-dashboard "
-           f"'{masked(record['storage'])}'"
-           + (" (your password in place of ***)"
-              if masked(record["storage"]) != record["storage"] else "") if record else ""),
-        highlight=False)
-    if check and not check.met:
-        console.print(
-            f"[bold red]latency budget missed:[/] no candidate measured within "
-            f"{check.limit_ms:.2f} ms (chosen trial {check.chosen.number} measured "
-            f"{check.best_measurement().median_ms:.2f} ms). Other load on this machine slows "
-            "measurements; rebuild the table when it is quiet (autoprune profile), or ask for "
-            "a little more latency.")
-    return summary
-
-
-def _scored_after(task: Task, settings: SearchSettings) -> str:
-    """What every score was taken after (the chosen network's, too)."""
-    steps = settings.scoring.finetune_steps
-    tune = f"a {steps}-step fine-tune" if steps else "no fine-tune"
-    return f"after adaptive BN, {tune}" if task.metric == "accuracy" else f"after {tune}"
 
 
 def _pareto_range(problem: PruningProblem) -> ParetoRange:
@@ -527,21 +445,6 @@ def _budget_text(b: Budget) -> str:
             f"margin for the table's error; the chosen one is measured)")
 
 
-def _measured(m: LatencyMeasurement) -> dict[str, float]:
-    return {"latency_ms": round(m.median_ms, 4), "p10_ms": round(m.p10_ms, 4),
-            "p90_ms": round(m.p90_ms, 4), "wall_median_ms": round(m.wall_median_ms, 4)}
-
-
-def _latency_summary(check: LatencyCheck, problem: PruningProblem,
-                     table_info: Mapping[str, Any] | None) -> dict[str, Any]:
-    budget = next(b for b in problem.budgets if b.metric == "latency_ms")
-    return {"device": check.dense.device, "limit_ms": budget.limit,
-            "search_limit_ms": budget.search_limit, "margin": budget.margin,
-            "met_when_measured": check.met, "table": dict(table_info or {}),
-            "checked": [{"trial": n, "rank": check.rank.get(n), "predicted_ms": check.predicted[n],
-                         **_measured(m)} for n, m in check.measured.items()]}
-
-
 def pick(run_dir: str | Path, target: str | Sequence[str], *, cache_dir: Path | None = None,
          console: Console | None = None) -> dict[str, Any]:
     """Choose from a finished run the best trial that meets ``target`` — typically from a Pareto
@@ -556,16 +459,18 @@ def pick(run_dir: str | Path, target: str | Sequence[str], *, cache_dir: Path | 
     task = _load_task(saved["model"], saved["data"], image_size=saved["image_size"],
                       width_mult=saved["width_mult"], cache_dir=cache_dir, progress=False,
                       model_args=tuple(saved.get("model_args", ())),
-                      weights=saved.get("weights"))
+                      weights=saved.get("weights"), dtype=saved.get("dtype"))
     model = task.model
+    example = as_example(task.example_inputs(1), model_dtype(model))
     evaluator = task.evaluator(calib_batches=saved["calib_batches"],
                                finetune_steps=saved["finetune_steps"], seed=saved["seed"],
                                user=saved.get("evaluator"))
-    space = make_space(saved.get("space", "channel"), model, task.example_inputs(1),
+    space = make_space(saved.get("space", "channel"), model, example,
                        round_to=saved["round_to"], min_ratio=saved["min_ratio"],
                        **space_options(SpaceSettings.from_recorded(saved), task,
                                        seed=saved["seed"]))
-    problem = build_problem(space, targets, storage_format=saved.get("storage_format", "bitmap"))
+    problem = build_problem(space, targets, storage_format=saved.get("storage_format", "bitmap"),
+                            value_bytes=value_bytes(model))
     records = store.records()
     best = best_record(records, problem)
     if best is None:
@@ -582,10 +487,11 @@ def pick(run_dir: str | Path, target: str | Sequence[str], *, cache_dir: Path | 
     name = f"pick-{slug('_'.join(t.text for t in targets))}"
     choice = write_choice(
         run_dir / f"{name}.json", model=model, space=space, data=saved["data"],
-        example_inputs=task.example_inputs(1), config=best.config,
-        costs=best.costs, trial=best.number, metrics=_split_metrics(val, test),
+        example_inputs=example, config=best.config,
+        costs=best.costs, trial=best.number, metrics=split_metrics(val, test),
         budgets=[asdict(b) for b in problem.budgets], weights=space.deployable(pruned),
-        extra=_space_record(SpaceSettings.from_recorded(saved)))
+        extra={**space_record(SpaceSettings.from_recorded(saved)),
+               **({"dtype": saved["dtype"]} if saved.get("dtype", "float32") != "float32" else {})})
     console.print(
         f"picked trial {best.number} of {len(records)}: "
         + ", ".join(f"{b.metric} {best.costs[b.metric] / problem.dense_costs[b.metric]:.1%} of "

@@ -65,7 +65,8 @@ class WeightsCost(CostModel):
 STORAGE_FORMATS = ("dense", "bitmap", "csr")
 
 
-def sparse_weight_bytes(elements: int, nonzero: int, rows: int, storage_format: str) -> int:
+def sparse_weight_bytes(elements: int, nonzero: int, rows: int, storage_format: str,
+                        value_bytes: int = 4) -> int:
     """Bytes of one pruned weight of ``elements`` dense elements, ``nonzero`` kept, stored as
     ``rows`` rows in ``storage_format``, in its sparse form:
 
@@ -76,25 +77,29 @@ def sparse_weight_bytes(elements: int, nonzero: int, rows: int, storage_format: 
       values (fp32), a column index of ``ceil(log2 cols)`` bits per value and ``rows + 1`` row
       pointers of ``ceil(log2(nonzero + 1))`` bits, the index bits packed and rounded up to
       whole bytes (the count of Hoefler et al. 2021, "Sparsity in deep learning").
+
+    Values take ``value_bytes`` each (4: fp32; 2 for a bfloat16 or float16 search).
     """
     if storage_format not in STORAGE_FORMATS:
         raise ValueError(f"unknown storage format {storage_format!r}; known: "
                          f"{', '.join(STORAGE_FORMATS)}")
     elements, nonzero = int(elements), int(nonzero)
     if storage_format == "dense":
-        return 4 * elements
+        return value_bytes * elements
     if storage_format == "bitmap":
-        return (elements + 7) // 8 + 4 * nonzero
+        return (elements + 7) // 8 + value_bytes * nonzero
     rows = max(1, int(rows))
     cols = -(-elements // rows)
     index_bits = nonzero * (cols - 1).bit_length() + (rows + 1) * nonzero.bit_length()
-    return 4 * nonzero + (index_bits + 7) // 8
+    return value_bytes * nonzero + (index_bits + 7) // 8
 
 
-def stored_weight_bytes(elements: int, nonzero: int, rows: int, storage_format: str) -> int:
+def stored_weight_bytes(elements: int, nonzero: int, rows: int, storage_format: str,
+                        value_bytes: int = 4) -> int:
     """Bytes of one pruned weight as it is stored: its sparse form where that is smaller than
-    dense fp32, else dense (``4 * elements``), as ``save_sparse`` decides."""
-    return min(4 * int(elements), sparse_weight_bytes(elements, nonzero, rows, storage_format))
+    dense, else dense (``value_bytes * elements``), as ``save_sparse`` decides."""
+    return min(value_bytes * int(elements),
+               sparse_weight_bytes(elements, nonzero, rows, storage_format, value_bytes))
 
 
 class SizeCost(CostModel):
@@ -110,31 +115,37 @@ class SizeCost(CostModel):
       norms that have none (LayerNorm, GroupNorm); ``buffer_bytes`` replaces that estimate by
       the model's own count (``autoprune.sparse_io.buffer_bytes(model)``).
 
-    ``size=50%`` is half the dense table's cost: the dense model at fp32.
+    ``size=50%`` is half the dense table's cost: the dense model at fp32. ``value_bytes``
+    (default 4, fp32) is the size of one stored weight or parameter: 2 for a model searched
+    in bfloat16 or float16 (``allocate(dtype=...)``, ``--dtype``).
     """
 
     name = "size_bytes"
     unit = "bytes"
 
-    def __init__(self, storage_format: str = "bitmap", *, buffer_bytes: int | None = None) -> None:
+    def __init__(self, storage_format: str = "bitmap", *, buffer_bytes: int | None = None,
+                 value_bytes: int = 4) -> None:
         sparse_weight_bytes(0, 0, 1, storage_format)  # refuses an unknown format here
         self.storage_format = storage_format
         self.buffer_bytes = buffer_bytes
+        self.value_bytes = int(value_bytes)
 
     def __repr__(self) -> str:
-        return f"SizeCost({self.storage_format!r}, buffer_bytes={self.buffer_bytes})"
+        return (f"SizeCost({self.storage_format!r}, buffer_bytes={self.buffer_bytes}, "
+                f"value_bytes={self.value_bytes})")
 
     def estimate(self, table: LayerTable) -> float:
         total = 0 if self.buffer_bytes is None else int(self.buffer_bytes)
         for row in table:
+            b = self.value_bytes
             if row.weight_elements > 0 and row.call == 0:
-                total += 4 * (row.params - row.weight_nonzero) + stored_weight_bytes(
+                total += b * (row.params - row.weight_nonzero) + stored_weight_bytes(
                     row.weight_elements, row.weight_nonzero, row.weight_rows or row.out_channels,
-                    self.storage_format)
+                    self.storage_format, b)
             else:
-                total += 4 * row.params
+                total += b * row.params
             if self.buffer_bytes is None and row.kind == "norm" and row.call == 0:
-                total += 8 * row.out_channels + 8
+                total += 2 * b * row.out_channels + 8
         return float(total)
 
 

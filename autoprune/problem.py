@@ -238,16 +238,18 @@ def _check_weight_budgets(space: SearchSpace, targets: Sequence[Target]) -> None
 
 def build_problem(space: SearchSpace, targets: Iterable[Target], *,
                   table: LatencyTable | None = None, storage_format: str = "bitmap",
-                  problem: Callable[..., PruningProblem] = PruningProblem) -> PruningProblem:
+                  problem: Callable[..., PruningProblem] = PruningProblem,
+                  value_bytes: int = 4) -> PruningProblem:
     """The one way a search's problem is made (search, allocate, once-for-all, benchmarks):
     the budgets over ``space``, a latency budget costed by ``table`` with predictions kept the
     table's typical error inside the limit (``LatencyTable.prediction_margin``), a ``size=``
-    budget costed in ``storage_format`` (``dense``, ``bitmap``, ``csr``: ``SizeCost``).
+    budget costed in ``storage_format`` (``dense``, ``bitmap``, ``csr``: ``SizeCost``) with
+    ``value_bytes`` a stored weight (2 for a half-precision search).
     ``problem`` makes the instance (once-for-all passes its memoised subclass)."""
     targets = list(targets)
     models: list[CostModel] = []
     if any(t.metric == "size_bytes" for t in targets):
-        models.append(SizeCost(storage_format))
+        models.append(SizeCost(storage_format, value_bytes=value_bytes))
     if table is None:
         return problem(space, targets, cost_models=models) if models else problem(space, targets)
     return problem(space, targets, cost_models=[table.cost_model(), *models],

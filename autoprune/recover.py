@@ -33,6 +33,7 @@ from rich.table import Table
 from torch import nn
 
 from autoprune.export import save_program
+from autoprune.precision import as_example, in_dtype, model_dtype
 from autoprune.reconstruct import reconstruct as reconstruct_layers
 from autoprune.run_folder import (read_choice, read_run_settings, rebuild_choice,
                                   record_recovery, write_sparse)
@@ -427,7 +428,8 @@ def recover_run(run_dir: str | Path, *, steps: int, distill: bool = False,
                      weights=saved.get("weights"))
     evaluator = task.evaluator(calib_batches=saved["calib_batches"], finetune_steps=0,
                                seed=saved["seed"], user=saved.get("evaluator"))
-    dense, example = task.model, task.example_inputs(1)
+    dense = in_dtype(task.model, saved.get("dtype"))  # the search's precision
+    example = as_example(task.example_inputs(1), model_dtype(dense))
     weights = saved.get("space", "channel") != "channel"  # a weight-sparse run
     if weights and (gradual or reconstruct):
         raise ValueError(f"--{'gradual' if gradual else 'reconstruct'} works on channels; a "

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from autoprune.errors import SearchError
+from autoprune.precision import as_example, in_dtype, model_dtype
 from autoprune.search_spaces import SearchSpace, make_space
 from autoprune.study import StudyStore, check_storage, masked, normalize_storage, study_name_for
 from autoprune.zoo.models import build_model_from_spec
@@ -192,7 +193,8 @@ def rebuild_choice(choice: Mapping[str, Any], folder: Path
     # zeros of the recorded shape and dtype (character ids for a language model)
     example = torch.zeros(choice["example_input_shape"],
                           dtype=getattr(torch, choice.get("example_input_dtype", "float32")))
-    dense = build_model_from_spec(choice["model_spec"]).eval()
+    dense = in_dtype(build_model_from_spec(choice["model_spec"]), choice.get("dtype")).eval()
+    example = as_example(example, model_dtype(dense))
     space = make_space(choice.get("space", "channel"), dense, example,
                        round_to=choice.get("round_to", 8), min_ratio=choice.get("min_ratio", 0.2),
                        **choice.get("space_options", {}))

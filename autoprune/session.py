@@ -11,6 +11,7 @@ candidates in flight and completes them as they finish.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
@@ -25,6 +26,7 @@ from autoprune.context import agent_context
 from autoprune.evaluator import Evaluator, as_evaluator
 from autoprune.executors.base import Executor, LocalExecutor
 from autoprune.pareto import ParetoRange
+from autoprune.phases import SearchCosts
 from autoprune.problem import PruningProblem
 from autoprune.study import StudyStore, TrialRecord
 from autoprune.search_spaces import PruningBrokeModel, release
@@ -43,13 +45,17 @@ class TrialFailure(Exception):
 class PruneAndEvaluate:
     """One trial's work: prune a copy of the dense model to ``config`` and score it."""
 
-    def __init__(self, problem: PruningProblem, model: nn.Module, evaluate: Evaluate) -> None:
+    def __init__(self, problem: PruningProblem, model: nn.Module, evaluate: Evaluate,
+                 costs: SearchCosts | None = None) -> None:
         self.space = problem.space
         self.model = model
         self.evaluate = as_evaluator(evaluate)
+        self.costs = costs  # where this process's trials spend their time
 
     def __call__(self, config: Mapping[str, int]) -> dict[str, float]:
+        start = time.perf_counter()
         pruned = self.space.apply(self.model, config)
+        pruned_at = time.perf_counter()
         try:
             metrics = self.evaluate(pruned)
         except Exception as err:
@@ -58,6 +64,10 @@ class PruneAndEvaluate:
                 raise PruningBrokeModel(broken, err) from err
             raise
         finally:
+            if self.costs is not None:
+                self.costs.prune_s += pruned_at - start
+                self.costs.evaluate_s += time.perf_counter() - pruned_at
+                self.costs.trials += 1
             del pruned
             release()  # the trial's network, back to the system before the next is built
         if not isinstance(metrics, Mapping):
@@ -305,7 +315,7 @@ def run_search(problem: PruningProblem, *, model: nn.Module, evaluate: Evaluate,
                trials: int, store: StudyStore, executor: Executor | None = None,
                objective: str = "accuracy", batch: int = 1, progress: bool = True,
                console: Console | None = None, pareto: ParetoRange | None = None,
-               max_repeats: int = 50) -> list[TrialRecord]:
+               max_repeats: int = 50, costs: SearchCosts | None = None) -> list[TrialRecord]:
     """Run until the study holds ``trials`` trials (or the agent has nothing more to propose).
 
     Trials already in ``store`` count: a killed search resumes from its study, with the agent's
@@ -321,7 +331,7 @@ def run_search(problem: PruningProblem, *, model: nn.Module, evaluate: Evaluate,
         raise ValueError(f"trials must be at least 1, got {trials}")
     executor = executor or LocalExecutor()
     space = problem.space
-    work = PruneAndEvaluate(problem, model, evaluate)
+    work = PruneAndEvaluate(problem, model, evaluate, costs)
     if agent.context_needs:  # heuristics allocate from facts about the units, set before resume
         agent.set_context(agent_context(space, model, needs=agent.context_needs,
                                         problem=problem))

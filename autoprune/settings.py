@@ -52,11 +52,15 @@ class ModelSource:
     weights: str | None = None
     # One sample's input shape (no batch), for when no data gives it (profile, latency).
     input_shape: tuple[int, ...] | None = None
+    # The precision the model is searched in (its weights and every trial): float32,
+    # bfloat16 or float16 (autoprune.precision).
+    dtype: str = "float32"
 
     def recorded(self) -> dict[str, Any]:
         """The fields a run folder records: the options left at their defaults are left out,
         so folders made before them still resume."""
-        optional = {"output": None, "model_args": (), "weights": None, "input_shape": None}
+        optional = {"output": None, "model_args": (), "weights": None, "input_shape": None,
+                    "dtype": "float32"}
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()
                 if k not in optional or v != optional[k]}
 

@@ -22,8 +22,8 @@ the weight spaces (unstructured with Wanda or SparseGPT; N:M 2:4 by magnitude).
     python benchmarks/scale.py --before d343c69                  # the same, for that commit too
 
 ``--before REV`` runs every child a second time on the code of ``REV`` (a git worktree in a
-temporary folder) and puts its columns beside. A child that fails or is killed for memory is a
-row saying so. Writes benchmarks/results/scale.json (``--tag T``: scale-T.json).
+temporary folder) and puts its rows beside. A child that fails, or passes ``--max-rss-gb``
+(default 20: the host has 24 GB and no swap) and is stopped, is a row saying so. Writes benchmarks/results/scale.json (``--tag T``: scale-T.json).
 """
 
 from __future__ import annotations
@@ -169,17 +169,38 @@ def _run_child(name: str, granularity: str, args: argparse.Namespace,
     cmd = [sys.executable, __file__, "--child", name, granularity, "--trials", str(args.trials),
            "--dtype", args.dtype]
     t0 = time.perf_counter()
-    try:
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True,
-                              timeout=args.timeout, cwd=str(code or ROOT))
-    except subprocess.TimeoutExpired:
-        return {"status": f"did not finish in {args.timeout} s"}
-    for line in reversed(done.stdout.splitlines()):
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as errs:
+        child_proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=errs, text=True,
+                                      cwd=str(code or ROOT))
+        stopped = None
+        while child_proc.poll() is None:  # a watchdog: this machine has no swap
+            time.sleep(0.5)
+            if _rss_of(child_proc.pid) > args.max_rss_gb:
+                stopped = f"stopped at {args.max_rss_gb:g} GB of RSS"
+            elif time.perf_counter() - t0 > args.timeout:
+                stopped = f"did not finish in {args.timeout} s"
+            if stopped:
+                child_proc.kill()
+                child_proc.wait()
+                return {"status": stopped, "wall_s": time.perf_counter() - t0}
+        out.seek(0)
+        errs.seek(0)
+        stdout, stderr = out.read(), errs.read()
+    for line in reversed(stdout.splitlines()):
         if line.startswith("{"):
             return {"status": "ok", **json.loads(line), "wall_s": time.perf_counter() - t0}
-    why = "killed (out of memory?)" if done.returncode < 0 else f"exit {done.returncode}"
-    tail = (done.stderr.strip().splitlines() or [""])[-1][:200]
+    why = "killed (out of memory?)" if child_proc.returncode < 0 else f"exit {child_proc.returncode}"
+    tail = (stderr.strip().splitlines() or [""])[-1][:200]
     return {"status": f"failed: {why}: {tail}"}
+
+
+def _rss_of(pid: int) -> float:
+    """A running process's resident memory (GB; 0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def _cell(row: dict[str, Any] | None, key: str, fmt: str) -> str:
@@ -199,6 +220,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--before", metavar="REV", help="also run the code of this commit")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per child")
+    ap.add_argument("--max-rss-gb", type=float, default=20.0,
+                    help="a child past this resident memory is stopped (the host has no swap)")
     ap.add_argument("--tag", default="")
     ap.add_argument("--child", nargs=2, metavar=("MODEL", "GRANULARITY"), help=argparse.SUPPRESS)
     args = ap.parse_args()

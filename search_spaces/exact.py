@@ -34,6 +34,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from .progress import report
 from .reference import recurrent_steps
 from .tracing import Output, call_model, output_tensors
 
@@ -334,6 +335,7 @@ def probe_on(model: nn.Module, inputs: tuple[torch.Tensor, ...], steps: Sequence
     slopes_f: list[list[list[tuple[int, Fraction]]]] = [[[] for _ in o.factors] for o in functional]
     per_unit = check_each or bool(functional)
     for u, step in enumerate(steps):
+        report("probing units", u, len(steps))
         try:
             remove(model, u, step)
         except Exception as err:  # noqa: BLE001 - named with the unit by the caller
@@ -361,6 +363,7 @@ def probe_on(model: nn.Module, inputs: tuple[torch.Tensor, ...], steps: Sequence
                         if s:
                             slopes_f[i][d].append((u, s))
                 functional = ops
+    report("probing units", len(steps), len(steps))
     for n, dims in slopes_p.items():
         for d, sl in enumerate(dims):
             dims[d] = _undo_order(dense_shapes[n][d], sl, products, steps)

@@ -40,8 +40,8 @@ from torch.nn.utils import parametrize
 
 from .base import CountedSpace, LayerRow, LayerTable, Unit, UnitFactsError, register_space
 from .channel import ChannelSpace
-from .sparse import (DEFAULT_LEVELS, UnstructuredSparsitySpace, _canonical, _Mask, _masks,
-                     baked_copy, magnitude_mask)
+from .masks import Mask, baked_copy, canonical, magnitude_mask, masks_of
+from .sparse import DEFAULT_LEVELS, UnstructuredSparsitySpace
 from .tracing import Output
 
 __all__ = ["ChannelWeightSpace", "kept_weights"]
@@ -218,11 +218,11 @@ class ChannelWeightSpace(CountedSpace):
 
     def apply(self, model: nn.Module, config: Mapping[str, int]) -> nn.Module:
         """The channel space's physically smaller copy, then on each weight unit's layer a
-        ``_Mask`` parametrization keeping its ``kept_weights`` of largest |w| (ties: the first
+        ``Mask`` parametrization keeping its ``kept_weights`` of largest |w| (ties: the first
         in storage order; the stored weights are zeroed where masked too). A masked ``model``
         is pruned as its masked weights."""
         ch, wt = self._split(config)
-        if any(_masks(m) for m in model.modules()):
+        if any(masks_of(m) for m in model.modules()):
             model = baked_copy(model)
         work = self.channels.apply(model, ch)
         for u, layer in zip(self.weight_units, self._layers):
@@ -232,10 +232,10 @@ class ChannelWeightSpace(CountedSpace):
             if keep >= elements:
                 continue
             with torch.no_grad():
-                mask = magnitude_mask(_canonical(module, module.weight), keep=keep)
-                mask = _canonical(module, mask)  # back to the stored layout
+                mask = magnitude_mask(canonical(module, module.weight), keep=keep)
+                mask = canonical(module, mask)  # back to the stored layout
                 module.weight.mul_(mask)
-            parametrize.register_parametrization(module, "weight", _Mask(mask))
+            parametrize.register_parametrization(module, "weight", Mask(mask))
             module.parametrizations.train(module.training)
         return work
 
@@ -251,11 +251,11 @@ class ChannelWeightSpace(CountedSpace):
         work = copy.deepcopy(model)
         for layer in self._layers:
             module = work.get_submodule(layer.module)
-            if _masks(module):
+            if masks_of(module):
                 continue
             mask = module.weight.detach() != 0
             if int(mask.sum()) < mask.numel():
-                parametrize.register_parametrization(module, "weight", _Mask(mask))
+                parametrize.register_parametrization(module, "weight", Mask(mask))
                 module.parametrizations.train(module.training)
         return work
 

@@ -16,7 +16,7 @@ count only the non-zero weights (each used once per output position per batch it
 conv, once per input row in a linear layer), its ``params`` the kept weights.
 
 ``apply`` masks in place: a copy whose unit weights carry a ``torch.nn.utils.parametrize``
-parametrization ``_Mask`` (``weight * mask``), so masked weights stay zero while the copy is
+parametrization ``Mask`` (``weight * mask``), so masked weights stay zero while the copy is
 fine-tuned; :func:`remove_masks` bakes them into plain weights for saving and export.
 """
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -40,7 +41,10 @@ from .base import CountedSpace, LayerTable, Unit, UntraceableModelError, registe
 from .exact import Affine, Probe, run_log
 from .layers import plan_rows
 from .levels import LevelStore, fingerprint, pack_mask, unpack_mask
-from .tracing import Output, aliased_copy, as_inputs, conv1d_type, own_tensors, traceable_copy
+from .progress import report
+from .masks import (Mask, baked_copy, canonical, input_dim, layer_types, magnitude_mask,
+                    magnitude_masks, mask_of, masks_of, remove_masks)
+from .tracing import Output, aliased_copy, as_inputs, own_tensors, traceable_copy
 
 __all__ = ["NMSparsitySpace", "UnstructuredSparsitySpace", "WeightCriterion",
            "WeightSparsitySpace", "magnitude_mask", "mask_of", "parse_nm", "remove_masks"]
@@ -60,60 +64,6 @@ class WeightCriterion:
     @property
     def needs_data(self) -> bool:
         return self.name != "magnitude"
-
-
-class _Mask(nn.Module):
-    """The parametrization of a masked weight: ``weight * mask`` (``mask`` a bool buffer)."""
-
-    def __init__(self, mask: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("mask", mask.detach().to(torch.bool).clone())
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight * self.mask
-
-
-def _masks(module: nn.Module) -> list[_Mask]:
-    lists = getattr(module, "parametrizations", None)
-    if lists is None or "weight" not in lists:
-        return []
-    return [p for p in lists["weight"] if isinstance(p, _Mask)]
-
-
-def mask_of(module: nn.Module) -> torch.Tensor | None:
-    """The bool mask ``apply`` put on ``module``'s weight (several: their product), or ``None``
-    for a module whose weight is not masked."""
-    found = _masks(module)
-    if not found:
-        return None
-    out = found[0].mask.clone()
-    for m in found[1:]:
-        out &= m.mask
-    return out
-
-
-def remove_masks(model: nn.Module) -> nn.Module:
-    """``model`` itself (changed in place: deep-copy it first to keep the masked one) with every
-    masked weight baked into a plain parameter holding the zeros
-    (``parametrize.remove_parametrizations(..., leave_parametrized=True)``; any other
-    parametrization of the same weight is baked with it)."""
-    for module in list(model.modules()):
-        if _masks(module):
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-    return model
-
-
-def baked_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with its masks baked in (``remove_masks``), leaving ``model``
-    working: a deep copy shares the parametrized class torch made for each masked module,
-    and removing a parametrization deletes the weight's property from that class, so each
-    copied module gets a class of its own first."""
-    work = copy.deepcopy(model)
-    for module in work.modules():
-        if _masks(module):
-            cls = type(module)
-            module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
-    return remove_masks(work)
 
 
 def parse_nm(pattern: str | Sequence[int]) -> tuple[int, int]:
@@ -181,62 +131,20 @@ def _check_calibration(calibration: Any, name: str) -> list[tuple[tuple[torch.Te
 class _DataCriteria:
     prune_layer: Any
     layer_statistics: Any
+    wanda_levels: Any = None  # every level of a layer from one ranking, where provided
 
 
 def _weight_masks() -> _DataCriteria:
-    """``weight_masks.py``'s ``prune_layer`` and ``layer_statistics`` (imported when used)."""
+    """``weight_masks.py``'s ``prune_layer``, ``layer_statistics`` and ``wanda_levels``
+    (imported when used)."""
     try:
         from .weight_masks import layer_statistics, prune_layer  # noqa: PLC0415 - optional
     except ImportError as err:
         raise ValueError("the data criteria 'wanda' and 'sparsegpt' need "
                          "search_spaces/weight_masks.py (prune_layer, layer_statistics), which "
                          f"this installation lacks ({err}). Fix: use criterion='magnitude'") from None
-    return _DataCriteria(prune_layer, layer_statistics)
-
-
-def _layer_types() -> tuple[type[nn.Module], ...]:
-    conv1d = conv1d_type()
-    return (nn.modules.conv._ConvNd, nn.Linear) + ((conv1d,) if conv1d is not None else ())
-
-
-def _canonical(module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
-    """The weight as ``[out, in, *kernel]`` (a view): HF ``Conv1D`` and transposed convs store
-    theirs with the input dimension first."""
-    conv1d = conv1d_type()
-    if isinstance(module, nn.modules.conv._ConvTransposeNd) or (
-            conv1d is not None and isinstance(module, conv1d)):
-        return weight.transpose(0, 1)
-    return weight
-
-
-def _input_dim(module: nn.Module) -> int:
-    """The size of the dimension N:M groups run along: inputs per output (per conv group)."""
-    w = module.weight
-    if isinstance(module, nn.modules.conv._ConvTransposeNd):
-        return int(w.shape[0]) // int(module.groups)
-    if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
-        return int(w.shape[1])
-    return int(w.shape[0])  # HF Conv1D: [in, out]
-
-
-def magnitude_mask(weight: torch.Tensor, *, keep: int | None = None,
-                   nm: tuple[int, int] | None = None) -> torch.Tensor:
-    """The bool mask keeping the ``keep`` weights of largest |w| (ties: the first in
-    storage order), or with ``nm = (N, M)`` the N largest of every M consecutive weights
-    along dimension 1 of ``weight`` (given as ``[out, in, *kernel]``)."""
-    score = weight.detach().abs()
-    if nm is None:
-        flat = score.reshape(-1)
-        order = torch.sort(-flat, stable=True).indices[:keep]
-        mask = torch.zeros(flat.numel(), dtype=torch.bool, device=weight.device)
-        mask[order] = True
-        return mask.reshape(weight.shape)
-    n, m = nm
-    moved = score.movedim(1, -1)  # input channels last: groups of M consecutive inputs
-    groups = moved.reshape(-1, m)
-    order = torch.sort(-groups, dim=1, stable=True).indices[:, :n]
-    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, order, True)
-    return mask.reshape(moved.shape).movedim(-1, 1)
+    module = sys.modules[prune_layer.__module__]  # (the module the names came from)
+    return _DataCriteria(prune_layer, layer_statistics, getattr(module, "wanda_levels", None))
 
 
 def _stat_tensors(stats: object) -> list[torch.Tensor | None]:
@@ -350,7 +258,7 @@ class WeightSparsitySpace(CountedSpace):
         plan = plan_rows(work, found)
         rows = plan.table([])
         modules = dict(work.named_modules())
-        types = _layer_types()
+        types = layer_types()
         layers = [n for n in dict.fromkeys(log.sequence) if isinstance(modules[n], types)
                   and isinstance(getattr(modules[n], "weight", None), torch.Tensor)]
         notes: list[str] = []
@@ -383,7 +291,7 @@ class WeightSparsitySpace(CountedSpace):
             full = int(m.weight.numel())
             kept: dict[int, tuple[int, int]] = {}
             if cls.granularity == "nm":
-                fan = _input_dim(m)
+                fan = input_dim(m)
                 for n, mm in patterns:
                     if fan % mm == 0:
                         kept[full * n // mm] = (n, mm)
@@ -466,7 +374,7 @@ class WeightSparsitySpace(CountedSpace):
         return tuple(rows)
 
     def apply(self, model: nn.Module, config: Mapping[str, int]) -> nn.Module:
-        """A copy of ``model`` whose pruned units' weights are masked (``_Mask``, a
+        """A copy of ``model`` whose pruned units' weights are masked (``Mask``, a
         parametrization; the stored weights are zeroed where masked too); dense units are left
         plain. The space's criterion chooses the kept weights: ``magnitude`` the ``keep`` of
         largest |w| in the layer (``unstructured``; ties: the first in storage order) or the N
@@ -487,41 +395,63 @@ class WeightSparsitySpace(CountedSpace):
             module = work.get_submodule(u.name)
             weight, mask = self._level(module, u, kept[u.name], stats.get(u.name))
             module.weight = nn.Parameter(weight, requires_grad=module.weight.requires_grad)
-            parametrize.register_parametrization(module, "weight", _Mask(mask))
+            parametrize.register_parametrization(module, "weight", Mask(mask))
             module.parametrizations.train(module.training)
         return own_tensors(work, model)
 
     def _level(self, module: nn.Module, unit: Unit, keep: int,
                stats: object) -> tuple[torch.Tensor, torch.Tensor]:
         """``module``'s weight (as stored) pruned to ``keep`` and its kept mask, from the level
-        store or computed and stored: magnitude and Wanda keep a mask (the weight is the
-        dense one times it), SparseGPT its updated weight."""
-        nm = self.pattern(unit.name, keep)
+        store, pruned into it first when missing: magnitude and Wanda keep a mask (the weight
+        is the dense one times it), SparseGPT its updated weight."""
         dense = module.weight.detach()
-        key = fingerprint(self.criterion.name, unit.name, keep, nm,
-                          tensors=[dense, *_stat_tensors(stats)])
         store = self.level_store
-        entry = store.load(key)
+        entry = store.load(self._level_key(unit, keep, dense, stats))
         if entry is None:
-            with torch.no_grad():
-                w = _canonical(module, dense)
-                weight = None  # the dense weight times the mask, unless the criterion updates it
-                if self.criterion.needs_data:
-                    new = _weight_masks().prune_layer(
-                        w.clone(), keep=None if nm else keep, nm=nm, criterion=self.criterion.name,
-                        stats=stats, transposed=False)  # w is [out, in, *k] already
-                    mask = _canonical(module, new != 0)  # back to the stored layout
-                    if not torch.equal(new, w * (new != 0)):  # SparseGPT's updated weights
-                        weight = _canonical(module, new).contiguous()
-                else:
-                    mask = _canonical(module, magnitude_mask(w, keep=None if nm else keep, nm=nm))
-            entry = {"bits": pack_mask(mask)} if weight is None else {"weight": weight.to(dense.dtype)}
-            store.save(key, entry)
+            self._prune_levels(module, unit, keep, stats)
+            entry = store.load(self._level_key(unit, keep, dense, stats))
         if "weight" in entry:
             weight = entry["weight"].to(dense.device)
             return weight, weight != 0
         mask = unpack_mask(entry["bits"], tuple(dense.shape)).to(dense.device)
         return dense * mask, mask
+
+    def _level_key(self, unit: Unit, keep: int, dense: torch.Tensor, stats: object) -> str:
+        return fingerprint(self.criterion.name, unit.name, keep, self.pattern(unit.name, keep),
+                           tensors=[dense, *_stat_tensors(stats)])
+
+    def _prune_levels(self, module: nn.Module, unit: Unit, keep: int, stats: object) -> None:
+        """Prune ``unit`` to ``keep`` into the level store, and with it every other level that
+        the same ranking gives (magnitude and Wanda, unstructured: one sort of the layer for
+        all its levels); N:M patterns and SparseGPT's solves one level at a time."""
+        dense = module.weight.detach()
+        nm = self.pattern(unit.name, keep)
+        shared = nm is None and (self.criterion.name == "magnitude" or (
+            self.criterion.name == "wanda" and _weight_masks().wanda_levels is not None))
+        keeps = [k for k in unit.choices if k < unit.full] if shared else [keep]
+        with torch.no_grad():
+            w = canonical(module, dense)  # [out, in, *k]
+            if self.criterion.name == "magnitude":
+                masks = magnitude_masks(w, keeps) if shared else \
+                    {keep: magnitude_mask(w, keep=None if nm else keep, nm=nm)}
+                news = {k: None for k in masks}
+            else:
+                news = _weight_masks().wanda_levels(w, keeps, stats) if shared else {
+                    keep: _weight_masks().prune_layer(
+                        w.clone(), keep=None if nm else keep, nm=nm,
+                        criterion=self.criterion.name, stats=stats, transposed=False)}
+                masks = {k: new != 0 for k, new in news.items()}
+            for k, mask in masks.items():
+                new = news[k]  # kept as a weight only where the criterion moved weights
+                updated = new is not None and not torch.equal(new, w * mask)
+                entry = {"weight": canonical(module, new).contiguous().to(dense.dtype)} \
+                    if updated else {"bits": pack_mask(canonical(module, mask))}
+                self.level_store.save(self._level_key(unit, k, dense, stats), entry)
+        report("pruning levels", self.level_store.writes, self.levels_total())
+
+    def levels_total(self) -> int:
+        """How many pruned levels the store can hold: every unit at every count but dense."""
+        return sum(len(u.choices) - 1 for u in self.units)
 
     @property
     def level_store(self) -> LevelStore:
@@ -561,11 +491,11 @@ class WeightSparsitySpace(CountedSpace):
         work = copy.deepcopy(model)
         for u in self.units:
             module = work.get_submodule(u.name)
-            if _masks(module):
+            if masks_of(module):
                 continue
             mask = module.weight.detach() != 0
             if int(mask.sum()) < u.full:
-                parametrize.register_parametrization(module, "weight", _Mask(mask))
+                parametrize.register_parametrization(module, "weight", Mask(mask))
                 module.parametrizations.train(module.training)
         return work
 

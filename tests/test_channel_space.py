@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from autoprune.costs import MacsCost, ParamsCost
+from autoprune.testing.memory import peak_allocated
 from autoprune.zoo.models import available_models, build_model
 from autoprune.search_spaces import (ChannelSpace, UntraceableModelError, channel_choices,
                                      reference_macs, reference_params)
@@ -164,18 +165,6 @@ def test_unknown_unit_in_config_is_refused(user_model: nn.Module) -> None:
         space.layer_table({"nope": 3})
 
 
-def _peak_bytes(fn):  # noqa: ANN001, ANN202 - what fn allocates at most at once, by the profiler
-    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        out = fn()
-    live = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        live += event.self_cpu_memory_usage
-        peak = max(peak, live)
-    return out, peak
-
-
 def test_a_trial_never_copies_the_dense_network() -> None:
     # The issue: a trial builds its network at the pruned size from slices of the dense
     # weights; a deep copy of the dense model (and pruning it) allocated 2.1x the dense
@@ -188,7 +177,7 @@ def test_a_trial_never_copies_the_dense_network() -> None:
     thin = {u.name: u.minimum for u in space.units}
     before = {k: v.clone() for k, v in model.state_dict().items()}
     space.apply(model, thin)  # (the first trial traces the model once for the space)
-    pruned, peak = _peak_bytes(lambda: space.apply(model, thin))
+    pruned, peak = peak_allocated(lambda: space.apply(model, thin))
     pruned_bytes = sum(t.numel() * t.element_size() for t in pruned.state_dict().values())
     assert pruned_bytes < 0.1 * dense_bytes
     assert peak < 0.25 * dense_bytes, (peak, dense_bytes)

@@ -13,7 +13,7 @@ from torch import nn
 
 from autoprune.search_spaces import (SPACES, WeightSparsitySpace, make_space, mask_of,
                                      reference_macs, reference_params, remove_masks)
-from autoprune.search_spaces.sparse import _canonical
+from autoprune.search_spaces.masks import canonical as _canonical
 from autoprune.search_spaces.tracing import call_model, conv1d_type, output_tensor
 from autoprune.zoo.models import build_model
 

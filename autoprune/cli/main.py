@@ -12,146 +12,44 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from autoprune.cli.common import (BACKEND_HELP, BATCH_HELP, CLOCK_HELP, CRITERION_HELP, DATA_HELP,
+                                  DTYPE_HELP, GRANULARITY_HELP, MODEL_ARG_HELP, MODEL_HELP,
+                                  SEARCH, TARGET_HELP, THREADS_HELP, WEIGHTS_HELP, absolute, err,
+                                  fail, source, space, user_errors)
+from autoprune.cli.device import latency, profile
 from autoprune.cli.ofa import app as ofa_app
 from autoprune.latency.device import Device
-from autoprune.settings import (ExecutorSettings, LatencySettings, ModelSource, ProfilePlan,
-                                ProfileSettings, ScoringSettings, SearchSettings, SpaceSettings)
-
-# Every default below is read from the settings, so the library holds the one copy.
-_S, _P, _L = SearchSettings(), ProfileSettings(), LatencySettings()
+from autoprune.settings import ExecutorSettings, ScoringSettings, SearchSettings
 
 __all__ = ["app", "main"]
 
-TARGET_HELP = (
-    "Budget, repeatable: latency=10ms (also us, s; measured on this machine), flops=50% (of the "
-    "dense model), flops=20M, macs=0.2G, params=0.1M, params=30%. 'flops' counts "
-    "multiply-accumulates (MACs) as the pruning literature does (CIFAR ResNet-56 = 125M); "
-    "'macs' is a synonym."
-)
-# The same three options on profile, search and latency: what a latency refers to.
-BATCH_HELP = "Batch size a latency is for."
-MODEL_HELP = ("Zoo model (autoprune models lists them), or your own: path/to/file.py:factory or "
-              "package.module:factory, a callable returning an nn.Module.")
-MODEL_ARG_HELP = ("Keyword argument of your factory, name=value (repeatable; values read as "
-                  "Python literals where they parse, else strings).")
-WEIGHTS_HELP = ("Weights of your model (torch.load with weights_only=True): a state dict, or a "
-                "dict holding one under 'state_dict' or 'model'. Without: a baseline is trained "
-                "and cached.")
-INPUT_SHAPE_HELP = "One sample's input shape without the batch, e.g. 3x32x32 (default: the data's)."
-DATA_HELP = ("Data source: digits (scikit-learn's images, embedded), python-stdlib (the text of "
-             "this Python's standard library, for --model chargpt; scored by loss), or "
-             "path/to/file.npz with arrays x (images) and y (labels), optionally x_test and "
-             "y_test, or an image folder: one sub-folder per class of PNG/JPEG files, with "
-             "train/ val/ test/ sub-folders if you have them, read a batch at a time (both "
-             "resized to --image-size, normalised per channel).")
-CRITERION_HELP = (
-    "How each unit ranks its channels (the lowest go): l2 (default; the L2 magnitude of the "
-    "channel's whole coupled group), l1, taylor (first-order Taylor, Molchanov), hessian "
-    "(Optimal Brain Damage's diagonal saliency), bn-scale (|gamma|, Network Slimming), fpgm "
-    "(geometric median), apoz (share of zero activations) or reconstruction (the next layer's "
-    "output without the channel, ThiNet). taylor, hessian, apoz and reconstruction rank on "
-    "batches of the training split. Attention heads are ranked by magnitude. With "
-    "--granularity unstructured or nm: magnitude (default), wanda (|W| times the input's "
-    "norm) or sparsegpt (layer-wise second-order reconstruction), on the same batches.")
-GRANULARITY_HELP = (
-    "What is pruned: channel (default: whole channels and heads, a physically smaller "
-    "network), unstructured (single weights of every conv/linear, at --levels), nm (N of "
-    "every M consecutive weights along the input dimension, the patterns of --nm) or "
-    "channel+unstructured (both in one search: latency and flops= budgets steer the "
-    "channels, sparsity= and size= the single weights, params= counts non-zeros). The first "
-    "and last layers and embeddings stay dense unless --include-ends. A latency budget needs "
-    "channel (or channel+unstructured): this CPU's dense kernels gain nothing from "
-    "scattered zeros.")
-THREADS_HELP = "CPU threads a latency is for (torch.set_num_threads / intra_op_num_threads)."
-BACKEND_HELP = "Runtime a latency is for: torch (eager) or onnxruntime."
-CLOCK_HELP = ("How calls are timed: cpu (the calling thread's CPU time; unaffected by other "
-              "processes taking turns on the core), wall (elapsed time), or auto (cpu with "
-              "--threads 1, else wall).")
-
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Search how much to prune in each layer of a network to meet a budget.")
-err = Console(stderr=True)
-
-
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code=2)
-
-
-def _source(model: str, data: str, image_size: int, width_mult: float, *,
-            output: str | None = None, model_arg: list[str] | None = None,
-            weights: Path | None = None, input_shape: str | None = None) -> ModelSource:
-    """The ModelSource of a command's options (the input shape parsed here, lazily)."""
-    shape = None
-    if input_shape:
-        from autoprune.user_model import parse_input_shape
-
-        shape = parse_input_shape(input_shape)
-    model = _absolute(model) or model  # a file: recorded by absolute path
-    if data.strip().endswith(".npz") or Path(data.strip()).expanduser().is_dir():
-        # a file or a folder of the user's: recorded by absolute path
-        data = str(Path(data.strip()).expanduser().resolve())
-    return ModelSource(model=model, data=data, image_size=image_size, width_mult=width_mult,
-                       output=output, model_args=tuple(model_arg or ()),
-                       weights=str(Path(weights).expanduser().resolve()) if weights else None,
-                       input_shape=shape)
-
-
-def _space(granularity: str, *, criterion: str | None, levels: str, nm: str,
-           **rest: object) -> SpaceSettings:
-    """The SpaceSettings of search's options: ``--levels`` in percent, ``--nm`` a list, and the
-    criterion defaulting to the granularity's own (l2 where channels are pruned, magnitude
-    for weights only)."""
-    try:
-        points = tuple(float(v) / 100.0 for v in levels.split(",") if v.strip())
-    except ValueError:
-        raise ValueError(f"--levels takes percents separated by commas, e.g. 0,50,80,90; got "
-                         f"{levels!r}") from None
-    default = "l2" if granularity in ("channel", "channel+unstructured") else "magnitude"
-    return SpaceSettings(space=granularity, criterion=criterion or default, levels=points,
-                         nm=tuple(p.strip() for p in nm.split(",") if p.strip()), **rest)  # type: ignore[arg-type]
-
-
-def _absolute(spec: str | None) -> str | None:
-    """``file.py:fn`` with the file by its absolute path (a run folder records it)."""
-    if not spec:
-        return spec
-    where, colon, name = spec.rpartition(":")
-    if colon and (where.endswith(".py") or "/" in where):
-        return f"{Path(where).expanduser().resolve()}:{name}"
-    return spec
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from autoprune.api import SearchError
-    from autoprune.latency.device import BackendError
-
-    return (ValueError, SearchError, FileNotFoundError, BackendError)
 
 
 @app.command()
 def search(
-    target: Annotated[list[str], typer.Option("--target", "-t", metavar="BUDGET", help=TARGET_HELP)] = list(_S.targets),  # noqa: B006
-    model: Annotated[str, typer.Option(help=MODEL_HELP)] = _S.source.model,
+    target: Annotated[list[str], typer.Option("--target", "-t", metavar="BUDGET", help=TARGET_HELP)] = list(SEARCH.targets),  # noqa: B006
+    model: Annotated[str, typer.Option(help=MODEL_HELP)] = SEARCH.source.model,
     model_arg: Annotated[list[str] | None, typer.Option("--model-arg", metavar="NAME=VALUE", help=MODEL_ARG_HELP)] = None,
     weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
-    data: Annotated[str, typer.Option(help=DATA_HELP)] = _S.source.data,
+    dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = SEARCH.source.dtype,
+    data: Annotated[str, typer.Option(help=DATA_HELP)] = SEARCH.source.data,
     agent: Annotated[str, typer.Option(
         help="Search agent (autoprune agents lists them); 'a+b' chains two, e.g. erk+tpe: "
-             "ERK's allocations first, then TPE starting from them.")] = _S.agent,
+             "ERK's allocations first, then TPE starting from them.")] = SEARCH.agent,
     objective: Annotated[str, typer.Option(
         help="accuracy: the best network within the budgets. pareto: the front of accuracy "
              "against the first --target's cost, from the thinnest network up to that budget, "
              "with its hypervolume (front.json); needs an agent that handles several "
-             "objectives (nsga2, tpe, gp, random); autoprune pick then chooses from it.")] = _S.objective,
+             "objectives (nsga2, tpe, gp, random); autoprune pick then chooses from it.")] = SEARCH.objective,
     reward: Annotated[str, typer.Option(
         help="Reward of the RL agents (ddpg, td3), AMC's two: acc (-error; the budget is kept by "
              "bounding each action) or acc-flops (-error * log FLOPs, AMC's accuracy-guaranteed "
-             "reward).")] = _S.reward,
-    trials: Annotated[int, typer.Option(min=1, help="Trials in the study, counting resumed ones.")] = _S.trials,
-    seed: Annotated[int, typer.Option(help="Seed of the agent and data order.")] = _S.seed,
+             "reward).")] = SEARCH.reward,
+    trials: Annotated[int, typer.Option(min=1, help="Trials in the study, counting resumed ones.")] = SEARCH.trials,
+    seed: Annotated[int, typer.Option(help="Seed of the agent and data order.")] = SEARCH.seed,
     run_dir: Annotated[Path | None, typer.Option(
         help="Run folder (default runs/<model>-<data>-<targets>-<agent>-s<seed>); an existing "
              "one is resumed.")] = None,
@@ -162,38 +60,38 @@ def search(
              "install 'autoprune[postgres]') or mysql+pymysql://... Many runs share one "
              "database, each under a study name of its own; run.json records it, so a "
              "resume (without --storage) and autoprune pick need only the folder.")] = None,
-    round_to: Annotated[int, typer.Option(min=1, help="Channel counts are multiples of this.")] = _S.space.round_to,
+    round_to: Annotated[int, typer.Option(min=1, help="Channel counts are multiples of this.")] = SEARCH.space.round_to,
     min_ratio: Annotated[float, typer.Option(min=0.01, max=1.0,
-                                             help="Fewest channels a unit keeps, as a fraction.")] = _S.space.min_ratio,
+                                             help="Fewest channels a unit keeps, as a fraction.")] = SEARCH.space.min_ratio,
     criterion: Annotated[str | None, typer.Option(help=CRITERION_HELP)] = None,
-    granularity: Annotated[str, typer.Option(help=GRANULARITY_HELP)] = _S.space.space,
+    granularity: Annotated[str, typer.Option(help=GRANULARITY_HELP)] = SEARCH.space.space,
     levels: Annotated[str, typer.Option(
         help="Sparsity levels (percent) a weight tensor may take, with --granularity "
-             "unstructured.")] = ",".join(f"{100 * v:g}" for v in _S.space.levels),
+             "unstructured.")] = ",".join(f"{100 * v:g}" for v in SEARCH.space.levels),
     nm: Annotated[str, typer.Option(
         "--nm", help="N:M patterns a layer may follow besides dense, with --granularity nm "
-                     "(2:4 keeps half, 1:4 a quarter; 4:8 and others where asked).")] = ",".join(_S.space.nm),
+                     "(2:4 keeps half, 1:4 a quarter; 4:8 and others where asked).")] = ",".join(SEARCH.space.nm),
     include_ends: Annotated[bool, typer.Option(
         "--include-ends", help="Prune the first and last layers too (weight granularity).")] = False,
     storage_format: Annotated[str, typer.Option(
         help="How a sparse weight is stored, for size= budgets and the saved pruned.sparse.pt: "
              "dense, bitmap (a bit per weight plus the non-zero values) or csr (values, "
-             "column indices and row pointers, index bits packed).")] = _S.space.storage_format,
-    image_size: Annotated[int, typer.Option(min=8, help="Input resolution (digits are 8x8, upsampled to this).")] = _S.source.image_size,
-    width_mult: Annotated[float, typer.Option(min=0.05, help="Width multiplier of the zoo model.")] = _S.source.width_mult,
+             "column indices and row pointers, index bits packed).")] = SEARCH.space.storage_format,
+    image_size: Annotated[int, typer.Option(min=8, help="Input resolution (digits are 8x8, upsampled to this).")] = SEARCH.source.image_size,
+    width_mult: Annotated[float, typer.Option(min=0.05, help="Width multiplier of the zoo model.")] = SEARCH.source.width_mult,
     output: Annotated[str | None, typer.Option(
         help="The model output pruning must keep when it returns several (a ModelOutput field "
-             "such as logits, a dict key or a tuple position; default: the first tensor).")] = _S.source.output,
+             "such as logits, a dict key or a tuple position; default: the first tensor).")] = SEARCH.source.output,
     evaluator: Annotated[str | None, typer.Option(
         help="Your own metric: file.py:fn or package.module:fn, called as fn(model, batches) "
              "with the validation split's (inputs, targets) batches; it returns a dict with "
              "accuracy (higher is better) or loss (lower is better). Adaptive BN and "
              "--finetune-steps run first.")] = None,
-    calib_batches: Annotated[int, typer.Option(min=0, help="Training batches for adaptive BatchNorm.")] = _S.scoring.calib_batches,
-    finetune_steps: Annotated[int, typer.Option(min=0, help="Fine-tune steps per candidate before scoring (SGD for images, AdamW for text).")] = _S.scoring.finetune_steps,
+    calib_batches: Annotated[int, typer.Option(min=0, help="Training batches for adaptive BatchNorm.")] = SEARCH.scoring.calib_batches,
+    finetune_steps: Annotated[int, typer.Option(min=0, help="Fine-tune steps per candidate before scoring (SGD for images, AdamW for text).")] = SEARCH.scoring.finetune_steps,
     executor: Annotated[str, typer.Option(
         help="Where trials run: local (this process, one at a time) or ray (Ray Tune: a local "
-             "Ray, or the cluster of --ray-address; needs pip install 'ray[tune]').")] = _S.executor.executor,
+             "Ray, or the cluster of --ray-address; needs pip install 'ray[tune]').")] = SEARCH.executor.executor,
     workers: Annotated[int | None, typer.Option(
         min=1, help="Trials in flight at once (--executor ray; default: as many as the Ray "
                     "cluster's CPUs hold at --cpus-per-trial each).")] = None,
@@ -202,16 +100,16 @@ def search(
              "prints it, e.g. 127.0.0.1:6379). Default: start a local Ray for this search.")] = None,
     cpus_per_trial: Annotated[float, typer.Option(
         min=0.01, help="CPUs Ray reserves per trial; torch in a trial uses that many threads "
-                       "(at least 1).")] = _S.executor.cpus_per_trial,
+                       "(at least 1).")] = SEARCH.executor.cpus_per_trial,
     cache_dir: Annotated[Path | None, typer.Option(help="Baseline cache (default $AUTOPRUNE_CACHE or ~/.cache/autoprune).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars (stderr).")] = True,
     lut: Annotated[Path | None, typer.Option(
         help="Latency lookup table (autoprune profile -o ...); default: built on first use and "
              "cached next to the baselines.")] = None,
-    batch: Annotated[int, typer.Option(min=1, help=BATCH_HELP)] = _S.device.batch,
-    threads: Annotated[int, typer.Option(min=1, help=THREADS_HELP)] = _S.device.threads,
-    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = _S.device.backend,
+    batch: Annotated[int, typer.Option(min=1, help=BATCH_HELP)] = SEARCH.device.batch,
+    threads: Annotated[int, typer.Option(min=1, help=THREADS_HELP)] = SEARCH.device.threads,
+    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = SEARCH.device.backend,
     clock: Annotated[str, typer.Option(help=CLOCK_HELP)] = "auto",
     recover_steps: Annotated[int | None, typer.Option(
         "--recover", min=1, metavar="STEPS",
@@ -236,17 +134,17 @@ def search(
     from autoprune.api import search as run
 
     if (distill or gradual) and not recover_steps:
-        _fail("--distill and --gradual are options of the recovery: add --recover STEPS")
+        fail("--distill and --gradual are options of the recovery: add --recover STEPS")
 
     try:
         settings = SearchSettings(
-            source=_source(model, data, image_size, width_mult, output=output,
-                           model_arg=model_arg, weights=weights),
-            space=_space(granularity, round_to=round_to, min_ratio=min_ratio,
+            source=source(model, data, image_size, width_mult, output=output,
+                           model_arg=model_arg, weights=weights, dtype=dtype),
+            space=space(granularity, round_to=round_to, min_ratio=min_ratio,
                          criterion=criterion, levels=levels, nm=nm, include_ends=include_ends,
                          storage_format=storage_format),
             scoring=ScoringSettings(calib_batches=calib_batches, finetune_steps=finetune_steps,
-                                    evaluator=_absolute(evaluator)),
+                                    evaluator=absolute(evaluator)),
             device=Device(batch=batch, threads=threads, backend=backend,
                           clock=None if clock == "auto" else clock),
             executor=ExecutorSettings(executor=executor, workers=workers,
@@ -269,8 +167,8 @@ def search(
                                               distill=distill, gradual=gradual, seed=seed,
                                               cache_dir=cache_dir, progress=progress,
                                               console=err)
-    except _user_errors() as e:
-        _fail(str(e))
+    except user_errors() as e:
+        fail(str(e))
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     if summary.get("latency", {}).get("met_when_measured") is False:
@@ -294,8 +192,8 @@ def pick(
 
     try:
         summary = pick_from_run(run, tuple(target), cache_dir=cache_dir, console=err)
-    except _user_errors() as e:
-        _fail(str(e))
+    except user_errors() as e:
+        fail(str(e))
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
 
@@ -342,8 +240,8 @@ def recover(
         result = recover_run(run, steps=steps, distill=distill, gradual=gradual, lr=lr,
                              seed=seed, reconstruct=reconstruct, cache_dir=cache_dir,
                              progress=progress, console=err)
-    except _user_errors() as e:
-        _fail(str(e))
+    except user_errors() as e:
+        fail(str(e))
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
 
@@ -354,7 +252,7 @@ def train(
     model_arg: Annotated[list[str] | None, typer.Option("--model-arg", metavar="NAME=VALUE", help=MODEL_ARG_HELP)] = None,
     weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
     data: Annotated[str, typer.Option(help=DATA_HELP)] = "digits",
-    image_size: Annotated[int, typer.Option(min=8, help="Input resolution.")] = _S.source.image_size,
+    image_size: Annotated[int, typer.Option(min=8, help="Input resolution.")] = SEARCH.source.image_size,
     width_mult: Annotated[float, typer.Option(min=0.05, help="Width multiplier.")] = 1.0,
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (images; default: per model).")] = None,
     max_steps: Annotated[int | None, typer.Option(
@@ -377,7 +275,7 @@ def train(
             from autoprune.zoo.tasks import zoo_architecture
 
             if epochs is not None:
-                _fail("--epochs is for images; the text decoder trains until its validation "
+                fail("--epochs is for images; the text decoder trains until its validation "
                       "loss stops improving, at most --max-steps")
             zoo_architecture(model, data)  # a model that reads no text fails before the corpus
             _, _, record = load_or_train_language_baseline(
@@ -394,14 +292,14 @@ def train(
                 record = {**record, "metrics": task.scores(), "trained": False}
         else:
             if max_steps is not None:
-                _fail("--max-steps is for text; images train for --epochs")
+                fail("--max-steps is for text; images train for --epochs")
             from autoprune.zoo.train import load_or_train_baseline
 
             _, _, record = load_or_train_baseline(model, data, image_size=image_size,
                                                   width_mult=width_mult, epochs=epochs,
                                                   cache_dir=cache_dir, retrain=retrain)
-    except _user_errors() as e:
-        _fail(str(e))
+    except user_errors() as e:
+        fail(str(e))
     if as_json:
         sys.stdout.write(json.dumps(record, indent=2, default=str) + "\n")
         return
@@ -417,104 +315,9 @@ def train(
            f"  ({'cached' if record.get('cached') else 'trained'}: {record.get('weights_path')})"))
 
 
-@app.command()
-def profile(
-    model: Annotated[str, typer.Option(help=MODEL_HELP)] = _P.source.model,
-    model_arg: Annotated[list[str] | None, typer.Option("--model-arg", metavar="NAME=VALUE", help=MODEL_ARG_HELP)] = None,
-    weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
-    input_shape: Annotated[str | None, typer.Option(help=INPUT_SHAPE_HELP)] = None,
-    data: Annotated[str, typer.Option(help=DATA_HELP + " It gives the input shape.")] = _P.source.data,
-    batch: Annotated[int, typer.Option(min=1, help=BATCH_HELP)] = _P.device.batch,
-    threads: Annotated[int, typer.Option(min=1, help=THREADS_HELP)] = _P.device.threads,
-    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = _P.device.backend,
-    clock: Annotated[str, typer.Option(help=CLOCK_HELP)] = "auto",
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the table (JSON).")] = _P.output,
-    image_size: Annotated[int, typer.Option(min=8, help="Input resolution.")] = _P.source.image_size,
-    width_mult: Annotated[float, typer.Option(min=0.05, help="Width multiplier.")] = _P.source.width_mult,
-    round_to: Annotated[int, typer.Option(min=1, help="Channel rounding of the search space.")] = _P.space.round_to,
-    min_ratio: Annotated[float, typer.Option(min=0.01, max=1.0, help="Fewest channels a unit keeps.")] = _P.space.min_ratio,
-    grid: Annotated[int, typer.Option(min=2, help="Widths profiled per axis of each layer.")] = _P.plan.grid,
-    calibration: Annotated[int, typer.Option(
-        min=2, help="Pruned networks measured whole to fit the correction (and its error).")] = _P.plan.calibration,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the table's summary as JSON.")] = False,
-) -> None:
-    """Build a latency lookup table for a model on this machine (minutes), with its error.
-
-    Each conv/linear layer is timed with its BatchNorm and activation at a grid of widths;
-    a whole-network correction is fitted on real measurements of random pruned networks.
-    """
-    from autoprune.latency.jobs import profile as run
-
-    try:
-        settings = ProfileSettings(
-            source=_source(model, data, image_size, width_mult, model_arg=model_arg,
-                           weights=weights, input_shape=input_shape),
-            space=SpaceSettings(round_to=round_to, min_ratio=min_ratio),
-            device=Device(batch=batch, threads=threads, backend=backend,
-                          clock=None if clock == "auto" else clock),
-            output=output, plan=ProfilePlan(grid=grid, calibration=calibration))
-        summary = run(settings, console=err)
-    except _user_errors() as e:
-        _fail(str(e))
-    if as_json:
-        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
-    else:
-        c = summary["check"]
-        err.print(f"wrote {summary['path']}: {summary['layers']} layers, {summary['blocks']} "
-                  f"blocks, {summary['grid_points']} grid points in {summary['build_seconds']}s; "
-                  f"dense predicted {summary['dense_predicted_ms']:.2f} ms; error on "
-                  f"{c['networks']} whole networks it was not fitted on: median "
-                  f"{100 * c['median_abs_rel']:.1f}%, max {100 * c['max_abs_rel']:.1f}%, "
-                  f"{100 * c['within_10pct']:.0f}% within 10% (the machine's re-measurement "
-                  f"noise {100 * c['retest_median_abs_rel']:.1f}%)", highlight=False)
-
-
-@app.command()
-def latency(
-    model: Annotated[str, typer.Option(help=MODEL_HELP)] = _L.source.model,
-    model_arg: Annotated[list[str] | None, typer.Option("--model-arg", metavar="NAME=VALUE", help=MODEL_ARG_HELP)] = None,
-    weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
-    input_shape: Annotated[str | None, typer.Option(help=INPUT_SHAPE_HELP)] = None,
-    config: Annotated[Path | None, typer.Option(
-        help="A run's best.json (or run folder): measure its pruned network instead of the dense one.")] = None,
-    data: Annotated[str, typer.Option(help=DATA_HELP + " It gives the input shape.")] = _L.source.data,
-    batch: Annotated[int, typer.Option(min=1, help=BATCH_HELP)] = _L.device.batch,
-    threads: Annotated[int, typer.Option(min=1, help=THREADS_HELP)] = _L.device.threads,
-    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = _L.device.backend,
-    clock: Annotated[str, typer.Option(help=CLOCK_HELP)] = "auto",
-    image_size: Annotated[int, typer.Option(min=8, help="Input resolution.")] = _L.source.image_size,
-    width_mult: Annotated[float, typer.Option(min=0.05, help="Width multiplier.")] = _L.source.width_mult,
-    warmup: Annotated[int, typer.Option(min=0, help="Untimed calls first.")] = _L.warmup,
-    repeats: Annotated[int, typer.Option(min=1, help="Timed calls (median, p10, p90 reported).")] = _L.repeats,
-    lut: Annotated[Path | None, typer.Option(help="Also print this lookup table's prediction.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help='Print {"median_ms","p10_ms","p90_ms","device"}.')] = False,
-) -> None:
-    """Measure a network's latency on this machine (median of single calls after warm-up)."""
-    from autoprune.latency.device import describe_device
-    from autoprune.latency.jobs import latency as run
-
-    try:
-        settings = LatencySettings(
-            source=_source(model, data, image_size, width_mult, model_arg=model_arg,
-                           weights=weights, input_shape=input_shape),
-            device=Device(batch=batch, threads=threads, backend=backend,
-                          clock=None if clock == "auto" else clock),
-            config=config, warmup=warmup, repeats=repeats, lut=lut)
-        result = run(settings)
-    except _user_errors() as e:
-        _fail(str(e))
-    if as_json:
-        keys = ("median_ms", "p10_ms", "p90_ms", "device") + (("predicted_ms",) if lut else ())
-        sys.stdout.write(json.dumps({k: result[k] for k in keys}, indent=2) + "\n")
-        return
-    net = result["network"]
-    what = net["config"] if net["config"] == "dense" else f"configuration {net['config']}"
-    pred = f"; table predicts {result['predicted_ms']:.2f} ms" if "predicted_ms" in result else ""
-    wall = (f"; wall-clock median {result['wall_median_ms']:.2f} ms"
-            if result["device"]["clock"] != "wall" else "")
-    typer.echo(f"{net['model']} ({what}): median {result['median_ms']:.2f} ms (p10 "
-               f"{result['p10_ms']:.2f}, p90 {result['p90_ms']:.2f}) on "
-               f"{describe_device(result['device'])}{wall}{pred}")
+# The measuring commands live in their own module; listed here, after train.
+app.command()(profile)
+app.command()(latency)
 
 
 @app.command()
@@ -539,8 +342,8 @@ def export(
 
     try:
         done = export_choice(run, output, fmt=fmt, atol=atol, rtol=rtol)
-    except (*_user_errors(), ExportError) as e:
-        _fail(str(e))
+    except (*user_errors(), ExportError) as e:
+        fail(str(e))
     if as_json:
         sys.stdout.write(json.dumps(done.summary(), indent=2) + "\n")
     check = ("weights only" if done.max_abs_diff is None else

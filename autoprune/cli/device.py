@@ -1,0 +1,117 @@
+"""``autoprune profile`` and ``autoprune latency``: what this machine measures (a latency
+lookup table, a network's latency). Registered on the app by ``main``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from autoprune.cli.common import (BACKEND_HELP, BATCH_HELP, CLOCK_HELP, DATA_HELP, INPUT_SHAPE_HELP,
+                                  MODEL_ARG_HELP, MODEL_HELP, THREADS_HELP, WEIGHTS_HELP, LATENCY, PROFILE,
+                                  err, fail, source, user_errors)
+from autoprune.latency.device import Device
+from autoprune.settings import LatencySettings, ProfilePlan, ProfileSettings, SpaceSettings
+
+__all__ = ["latency", "profile"]
+
+
+def profile(
+    model: Annotated[str, typer.Option(help=MODEL_HELP)] = PROFILE.source.model,
+    model_arg: Annotated[list[str] | None, typer.Option("--model-arg", metavar="NAME=VALUE", help=MODEL_ARG_HELP)] = None,
+    weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
+    input_shape: Annotated[str | None, typer.Option(help=INPUT_SHAPE_HELP)] = None,
+    data: Annotated[str, typer.Option(help=DATA_HELP + " It gives the input shape.")] = PROFILE.source.data,
+    batch: Annotated[int, typer.Option(min=1, help=BATCH_HELP)] = PROFILE.device.batch,
+    threads: Annotated[int, typer.Option(min=1, help=THREADS_HELP)] = PROFILE.device.threads,
+    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = PROFILE.device.backend,
+    clock: Annotated[str, typer.Option(help=CLOCK_HELP)] = "auto",
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the table (JSON).")] = PROFILE.output,
+    image_size: Annotated[int, typer.Option(min=8, help="Input resolution.")] = PROFILE.source.image_size,
+    width_mult: Annotated[float, typer.Option(min=0.05, help="Width multiplier.")] = PROFILE.source.width_mult,
+    round_to: Annotated[int, typer.Option(min=1, help="Channel rounding of the search space.")] = PROFILE.space.round_to,
+    min_ratio: Annotated[float, typer.Option(min=0.01, max=1.0, help="Fewest channels a unit keeps.")] = PROFILE.space.min_ratio,
+    grid: Annotated[int, typer.Option(min=2, help="Widths profiled per axis of each layer.")] = PROFILE.plan.grid,
+    calibration: Annotated[int, typer.Option(
+        min=2, help="Pruned networks measured whole to fit the correction (and its error).")] = PROFILE.plan.calibration,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the table's summary as JSON.")] = False,
+) -> None:
+    """Build a latency lookup table for a model on this machine (minutes), with its error.
+
+    Each conv/linear layer is timed with its BatchNorm and activation at a grid of widths;
+    a whole-network correction is fitted on real measurements of random pruned networks.
+    """
+    from autoprune.latency.jobs import profile as run
+
+    try:
+        settings = ProfileSettings(
+            source=source(model, data, image_size, width_mult, model_arg=model_arg,
+                           weights=weights, input_shape=input_shape),
+            space=SpaceSettings(round_to=round_to, min_ratio=min_ratio),
+            device=Device(batch=batch, threads=threads, backend=backend,
+                          clock=None if clock == "auto" else clock),
+            output=output, plan=ProfilePlan(grid=grid, calibration=calibration))
+        summary = run(settings, console=err)
+    except user_errors() as e:
+        fail(str(e))
+    if as_json:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    else:
+        c = summary["check"]
+        err.print(f"wrote {summary['path']}: {summary['layers']} layers, {summary['blocks']} "
+                  f"blocks, {summary['grid_points']} grid points in {summary['build_seconds']}s; "
+                  f"dense predicted {summary['dense_predicted_ms']:.2f} ms; error on "
+                  f"{c['networks']} whole networks it was not fitted on: median "
+                  f"{100 * c['median_abs_rel']:.1f}%, max {100 * c['max_abs_rel']:.1f}%, "
+                  f"{100 * c['within_10pct']:.0f}% within 10% (the machine's re-measurement "
+                  f"noise {100 * c['retest_median_abs_rel']:.1f}%)", highlight=False)
+
+
+def latency(
+    model: Annotated[str, typer.Option(help=MODEL_HELP)] = LATENCY.source.model,
+    model_arg: Annotated[list[str] | None, typer.Option("--model-arg", metavar="NAME=VALUE", help=MODEL_ARG_HELP)] = None,
+    weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
+    input_shape: Annotated[str | None, typer.Option(help=INPUT_SHAPE_HELP)] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="A run's best.json (or run folder): measure its pruned network instead of the dense one.")] = None,
+    data: Annotated[str, typer.Option(help=DATA_HELP + " It gives the input shape.")] = LATENCY.source.data,
+    batch: Annotated[int, typer.Option(min=1, help=BATCH_HELP)] = LATENCY.device.batch,
+    threads: Annotated[int, typer.Option(min=1, help=THREADS_HELP)] = LATENCY.device.threads,
+    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = LATENCY.device.backend,
+    clock: Annotated[str, typer.Option(help=CLOCK_HELP)] = "auto",
+    image_size: Annotated[int, typer.Option(min=8, help="Input resolution.")] = LATENCY.source.image_size,
+    width_mult: Annotated[float, typer.Option(min=0.05, help="Width multiplier.")] = LATENCY.source.width_mult,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed calls first.")] = LATENCY.warmup,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed calls (median, p10, p90 reported).")] = LATENCY.repeats,
+    lut: Annotated[Path | None, typer.Option(help="Also print this lookup table's prediction.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help='Print {"median_ms","p10_ms","p90_ms","device"}.')] = False,
+) -> None:
+    """Measure a network's latency on this machine (median of single calls after warm-up)."""
+    from autoprune.latency.device import describe_device
+    from autoprune.latency.jobs import latency as run
+
+    try:
+        settings = LatencySettings(
+            source=source(model, data, image_size, width_mult, model_arg=model_arg,
+                           weights=weights, input_shape=input_shape),
+            device=Device(batch=batch, threads=threads, backend=backend,
+                          clock=None if clock == "auto" else clock),
+            config=config, warmup=warmup, repeats=repeats, lut=lut)
+        result = run(settings)
+    except user_errors() as e:
+        fail(str(e))
+    if as_json:
+        keys = ("median_ms", "p10_ms", "p90_ms", "device") + (("predicted_ms",) if lut else ())
+        sys.stdout.write(json.dumps({k: result[k] for k in keys}, indent=2) + "\n")
+        return
+    net = result["network"]
+    what = net["config"] if net["config"] == "dense" else f"configuration {net['config']}"
+    pred = f"; table predicts {result['predicted_ms']:.2f} ms" if "predicted_ms" in result else ""
+    wall = (f"; wall-clock median {result['wall_median_ms']:.2f} ms"
+            if result["device"]["clock"] != "wall" else "")
+    typer.echo(f"{net['model']} ({what}): median {result['median_ms']:.2f} ms (p10 "
+               f"{result['p10_ms']:.2f}, p90 {result['p90_ms']:.2f}) on "
+               f"{describe_device(result['device'])}{wall}{pred}")

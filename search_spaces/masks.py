@@ -1,0 +1,133 @@
+"""Masked weights: the parametrization that keeps a pruned weight's zeros while it trains,
+how to find, bake and copy it, and the magnitude mask the weight-sparse spaces choose with.
+
+A masked layer's weight is ``weight * mask`` (``torch.nn.utils.parametrize``), so its zeros
+stay zero while the network is fine-tuned; :func:`remove_masks` bakes them into plain weights
+for saving and export. Weights are seen as ``[out, in, *kernel]`` (:func:`canonical`): HF's
+``Conv1D`` and transposed convs store theirs with the input dimension first.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .tracing import conv1d_type
+
+__all__ = ["Mask", "baked_copy", "canonical", "input_dim", "layer_types", "magnitude_mask", "magnitude_masks",
+           "mask_of", "masks_of", "remove_masks"]
+
+
+class Mask(nn.Module):
+    """The parametrization of a masked weight: ``weight * mask`` (``mask`` a bool buffer)."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask.detach().to(torch.bool).clone())
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.mask
+
+
+def masks_of(module: nn.Module) -> list[Mask]:
+    lists = getattr(module, "parametrizations", None)
+    if lists is None or "weight" not in lists:
+        return []
+    return [p for p in lists["weight"] if isinstance(p, Mask)]
+
+
+def mask_of(module: nn.Module) -> torch.Tensor | None:
+    """The bool mask ``apply`` put on ``module``'s weight (several: their product), or ``None``
+    for a module whose weight is not masked."""
+    found = masks_of(module)
+    if not found:
+        return None
+    out = found[0].mask.clone()
+    for m in found[1:]:
+        out &= m.mask
+    return out
+
+
+def remove_masks(model: nn.Module) -> nn.Module:
+    """``model`` itself (changed in place: deep-copy it first to keep the masked one) with every
+    masked weight baked into a plain parameter holding the zeros
+    (``parametrize.remove_parametrizations(..., leave_parametrized=True)``; any other
+    parametrization of the same weight is baked with it)."""
+    for module in list(model.modules()):
+        if masks_of(module):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    return model
+
+
+def baked_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with its masks baked in (``remove_masks``), leaving ``model``
+    working: a deep copy shares the parametrized class torch made for each masked module,
+    and removing a parametrization deletes the weight's property from that class, so each
+    copied module gets a class of its own first."""
+    work = copy.deepcopy(model)
+    for module in work.modules():
+        if masks_of(module):
+            cls = type(module)
+            module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+    return remove_masks(work)
+
+
+def layer_types() -> tuple[type[nn.Module], ...]:
+    conv1d = conv1d_type()
+    return (nn.modules.conv._ConvNd, nn.Linear) + ((conv1d,) if conv1d is not None else ())
+
+
+def canonical(module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+    """The weight as ``[out, in, *kernel]`` (a view): HF ``Conv1D`` and transposed convs store
+    theirs with the input dimension first."""
+    conv1d = conv1d_type()
+    if isinstance(module, nn.modules.conv._ConvTransposeNd) or (
+            conv1d is not None and isinstance(module, conv1d)):
+        return weight.transpose(0, 1)
+    return weight
+
+
+def input_dim(module: nn.Module) -> int:
+    """The size of the dimension N:M groups run along: inputs per output (per conv group)."""
+    w = module.weight
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return int(w.shape[0]) // int(module.groups)
+    if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+        return int(w.shape[1])
+    return int(w.shape[0])  # HF Conv1D: [in, out]
+
+
+def magnitude_mask(weight: torch.Tensor, *, keep: int | None = None,
+                   nm: tuple[int, int] | None = None) -> torch.Tensor:
+    """The bool mask keeping the ``keep`` weights of largest |w| (ties: the first in
+    storage order), or with ``nm = (N, M)`` the N largest of every M consecutive weights
+    along dimension 1 of ``weight`` (given as ``[out, in, *kernel]``)."""
+    score = weight.detach().abs()
+    if nm is None:
+        flat = score.reshape(-1)
+        order = torch.sort(-flat, stable=True).indices[:keep]
+        mask = torch.zeros(flat.numel(), dtype=torch.bool, device=weight.device)
+        mask[order] = True
+        return mask.reshape(weight.shape)
+    n, m = nm
+    moved = score.movedim(1, -1)  # input channels last: groups of M consecutive inputs
+    groups = moved.reshape(-1, m)
+    order = torch.sort(-groups, dim=1, stable=True).indices[:, :n]
+    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, order, True)
+    return mask.reshape(moved.shape).movedim(-1, 1)
+
+
+def magnitude_masks(weight: torch.Tensor, keeps: list[int]) -> dict[int, torch.Tensor]:
+    """``magnitude_mask(weight, keep=k)`` for every ``k`` of ``keeps``, from one sort: a level
+    store prunes all of a layer's levels at once."""
+    flat = weight.detach().abs().reshape(-1)
+    order = torch.sort(-flat, stable=True).indices
+    out = {}
+    for keep in keeps:
+        mask = torch.zeros(flat.numel(), dtype=torch.bool, device=weight.device)
+        mask[order[:keep]] = True
+        out[keep] = mask.reshape(weight.shape)
+    return out
