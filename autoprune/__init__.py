@@ -16,7 +16,7 @@ _EXPORTS = {
     "search": "autoprune.api",
     "load_pruned": "autoprune.run_folder",
     "pick": "autoprune.api",
-    "Allocation": "autoprune.api",
+    "Allocation": "autoprune.allocation",
     "SearchSettings": "autoprune.settings",
     "ModelSource": "autoprune.settings",
     "SpaceSettings": "autoprune.settings",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from rich.console import Console
 from torch import nn
 
 from autoprune.agents import Agent, AgentOptionError, make_agent
+from autoprune.allocation import Allocation
 from autoprune.errors import SearchError
 from autoprune.evaluator import Evaluator, as_evaluator
 from autoprune.executors import Executor, make_executor
@@ -45,39 +46,6 @@ from autoprune.zoo.train import default_cache_dir
 
 __all__ = ["OBJECTIVES", "Allocation", "SearchError", "SearchSettings", "allocate", "load_pruned",
            "pick", "search"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class Allocation:
-    """The chosen per-unit channels, with their costs and metrics, and the whole search."""
-
-    config: Mapping[str, int]
-    units: Mapping[str, Mapping[str, float]]
-    costs: Mapping[str, float]
-    metrics: Mapping[str, float]
-    dense_costs: Mapping[str, float]
-    budgets: Sequence[Budget]
-    trials: Sequence[TrialRecord]
-    space: SearchSpace = field(repr=False)
-    # With a latency budget: the chosen and the dense network, predicted and measured.
-    latency: Mapping[str, Any] | None = None
-    #: Where the search's time went (space building, pruning, evaluating: seconds) and the
-    #: process's peak memory (``peak_rss_gb``): ``phases.SearchCosts.summary``.
-    resources: Mapping[str, Any] | None = None
-    #: The chosen trial, the problem searched, the latency check and the Pareto range (what a
-    #: whole run reports from).
-    chosen: TrialRecord | None = field(default=None, repr=False)
-    problem: PruningProblem | None = field(default=None, repr=False)
-    check: LatencyCheck | None = field(default=None, repr=False)
-    pareto: ParetoRange | None = field(default=None, repr=False)
-
-    #: The precision it was searched in (``allocate(dtype=...)``); ``apply`` prunes in it.
-    dtype: str | None = None
-
-    def apply(self, model: nn.Module) -> nn.Module:
-        """A physically smaller copy of ``model`` with this allocation's channels (in the
-        search's precision)."""
-        return self.space.apply(in_dtype(model, self.dtype), self.config)
 
 
 def _objective_of(metrics: Mapping[str, float]) -> str:
@@ -183,6 +151,10 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
         costs.build_s = time.perf_counter() - costs.started
     searched = space
     check_space_targets(searched.name, targets)
+    started = time.perf_counter()
+    with space_progress(console or Console(stderr=True), progress):
+        searched.prepare(model)  # once per search: a weight-sparse space's level store
+    costs.prepare_s = time.perf_counter() - started
     table = None
     if any(t.metric == "latency_ms" for t in targets):
         table = latency_table or LatencyTable.build(model, example_inputs, space=searched,
@@ -328,6 +300,7 @@ def _search(settings: SearchSettings, executor: Executor, run_dir: Path,
                            output=src.output, **space_options(settings.space, task,
                                                               seed=settings.seed))
     built = time.perf_counter() - started
+    space.keep_in(run_dir / "levels")  # a weight-sparse run's level store, read on resume
     store = open_study(run_dir, record)
     if settings.has_latency_target():
         # a resumed search costs with the speed it started with, so its trials stay comparable
@@ -469,6 +442,7 @@ def pick(run_dir: str | Path, target: str | Sequence[str], *, cache_dir: Path | 
                        round_to=saved["round_to"], min_ratio=saved["min_ratio"],
                        **space_options(SpaceSettings.from_recorded(saved), task,
                                        seed=saved["seed"]))
+    space.keep_in(run_dir / "levels")  # the search's level store: read, never rebuilt
     problem = build_problem(space, targets, storage_format=saved.get("storage_format", "bitmap"),
                             value_bytes=value_bytes(model))
     records = store.records()

@@ -8,10 +8,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.console import Console
 
+from autoprune.allocation import Allocation
 from autoprune.evaluator import Evaluator
 from autoprune.export import save_program
 from autoprune.latency.measure import LatencyMeasurement
@@ -24,9 +25,6 @@ from autoprune.settings import SearchSettings, SpaceSettings
 from autoprune.study import masked
 from autoprune.targets import parse_targets
 from autoprune.zoo.tasks import Task
-
-if TYPE_CHECKING:
-    from autoprune.api import Allocation
 
 __all__ = ["measured_summary", "space_record", "split_metrics", "write_report"]
 

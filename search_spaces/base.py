@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -173,6 +174,16 @@ class SearchSpace(ABC):
     @abstractmethod
     def apply(self, model: nn.Module, config: Mapping[str, int]) -> nn.Module:
         """A pruned copy of ``model`` (the argument is left untouched)."""
+
+    def prepare(self, model: nn.Module) -> None:
+        """Work done once per search on the dense ``model`` before its trials, so that each
+        trial costs its network alone: the weight-sparse spaces prune every unit's levels into
+        their level store. Nothing for a channel space."""
+
+    def keep_in(self, folder: str | Path) -> None:
+        """Keep what ``prepare`` makes in ``folder`` (a run folder's ``levels/``), so that a
+        resumed run, ``pick`` and Ray workers read it instead of making it again. Nothing
+        for a channel space."""
 
     def deployable(self, model: nn.Module) -> nn.Module:
         """``model`` (what ``apply`` returned, perhaps fine-tuned since) as it is delivered:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from itertools import chain
 
 import numpy as np
@@ -27,17 +26,16 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .exact import ProbeError, RunLog, ShortProbeMismatch, probe, run_log, short_inputs
-from .importance import dense_squares
-from .memory import release
-from .attention import (AttentionHeads, drop_head_dims, drop_heads, find_attention, head_dim_scores,
-                        head_scores, prune_head_dims, prune_heads)
+from .attention import find_attention
 from .base import CountedSpace, LayerTable, Unit, UntraceableModelError, register_space
 from .criteria import Criterion, L2Magnitude, as_criterion
+from .exact import ProbeError, RunLog, ShortProbeMismatch, probe, run_log, short_inputs
+from .importance import dense_squares
 from .layers import LayerPlan, plan_rows
+from .memory import release
+from .pruner import Candidate, Pruner, Template, tensor_key
 from .reference import recurrent_macs, reference_params
-from .tracing import (Output, aliased_copy, as_inputs, build_graph, call_model, copy_graph,
-                      own_tensors, prefix_views, pruning_group, roots,
+from .tracing import (Output, as_inputs, call_model, prefix_views, pruning_group, roots,
                       traceable_copy)
 
 __all__ = ["ChannelSpace", "channel_choices"]
@@ -53,158 +51,12 @@ def channel_choices(full: int, *, round_to: int, min_ratio: float) -> tuple[int,
     return tuple(sorted(set(range(lowest, full, step)) | {full}))
 
 
-@dataclass(frozen=True)
-class _Candidate:
-    """How a unit is pruned: a channel group from ``root`` (whose out-channels in ``blocks[i]``
-    go together as element ``i``), or an attention layer's ``heads`` (whole heads, or with
-    ``dims`` the positions inside every head)."""
-
-    unit: Unit
-    root: str = ""
-    blocks: tuple[tuple[int, ...], ...] = ()
-    heads: AttentionHeads | None = None
-    dims: bool = False
-
-
-def _ties(model: nn.Module) -> list[list[tuple[str, str]]]:
-    """(module, attribute) pairs holding one shared parameter (tied embeddings)."""
-    seen: dict[int, list[tuple[str, str]]] = {}
-    for name, m in model.named_modules():
-        for attr, p in m.named_parameters(recurse=False, remove_duplicate=False):
-            seen.setdefault(id(p), []).append((name, attr))
-    return [v for v in seen.values() if len(v) > 1]
-
-
-class _Template:
-    """The dense model traced once: a copy that shares its weights (``traceable_copy``) and
-    Torch-Pruning's dependency graph of it. Each working copy (:meth:`copy`) copies the
-    modules and the graph together, again sharing the weights, so that a trial neither
-    copies the dense weights nor traces the model again."""
-
-    def __init__(self, model: nn.Module, inputs: tuple[torch.Tensor, ...], output: Output) -> None:
-        self.dense = model
-        self.model = traceable_copy(model)
-        self.graph = build_graph(self.model, inputs, output)
-        self.key = _tensor_key(model)
-        self.pointers = frozenset(t.untyped_storage().data_ptr()
-                                  for t in chain(model.parameters(), model.buffers()) if t.numel())
-        self.squares: dict[tuple, np.ndarray] = {}  # scores' squares of the dense tensors
-
-    def copy(self) -> tuple[nn.Module, tp.DependencyGraph]:
-        model = aliased_copy(self.model, self.model)
-        return model, copy_graph(self.graph, model)
-
-
-def _tensor_key(model: nn.Module) -> tuple:
-    """Changes whenever a parameter or buffer of ``model`` is replaced or written in place."""
-    return tuple((id(t), t._version, t.data_ptr()) for t in chain(model.parameters(), model.buffers()))
-
-
-class _Pruner:
-    """A working copy of a model and its dependency graph; removes elements unit by unit.
-    The copy shares the dense weights until a unit replaces them (``own`` ends that)."""
-
-    def __init__(self, template: _Template, criterion: Criterion | None = None) -> None:
-        self.criterion = criterion if criterion is not None else L2Magnitude()
-        self.template = template
-        self.model, self.graph = template.copy()
-        self.modules = dict(self.model.named_modules())
-        self.ties = _ties(self.model)
-        self.heads: dict[str, AttentionHeads] = {}
-
-    def spec(self, c: _Candidate) -> AttentionHeads:
-        """The attention layer of ``c`` as it is now (heads and positions already removed)."""
-        assert c.heads is not None
-        return self.heads.get(c.heads.module, c.heads)
-
-    def scores(self, c: _Candidate, stats: object = None) -> np.ndarray:
-        """Importance per element: the criterion's score of a channel group (from ``stats``,
-        what a data criterion measured on this copy), heads by their L2 magnitude (head
-        positions: summed over the heads, each head choosing its own, see ``keep``)."""
-        if c.dims:
-            qk, vo = head_dim_scores(self.model, self.spec(c))
-            return qk.sum(0) + vo.sum(0)
-        if c.heads is not None:
-            return head_scores(self.model, self.spec(c))
-        return self.criterion.score(self.graph, self.group_of(c), c.blocks, stats)
-
-    def group_of(self, c: _Candidate) -> tp.Group:
-        """The whole channel group of ``c``."""
-        return self._group(c, list(range(max(i for b in c.blocks for i in b) + 1)))
-
-    def keep(self, c: _Candidate, keep: int, scores: np.ndarray | None = None) -> None:
-        """Prune ``c`` to ``keep`` elements, removing the least important (by ``scores``, one
-        per element in dense numbering, when given)."""
-        if keep >= c.unit.full:
-            return
-        if c.dims:
-            spec = self.spec(c)
-            self._dims(c, *drop_head_dims(head_dim_scores(self.model, spec), keep))
-        elif c.heads is not None:
-            self.remove(c, drop_heads(self.spec(c), self.scores(c), keep))
-        else:
-            scores = self.scores(c) if scores is None else scores
-            self.remove(c, sorted(np.argsort(-scores, kind="stable")[keep:].tolist()))
-
-    def remove(self, c: _Candidate, drop: Sequence[int]) -> None:
-        """Remove elements ``drop`` (dense numbering) of candidate ``c``."""
-        if not drop:
-            return
-        if c.dims:
-            groups = range(self.spec(c).kv_heads)
-            self._dims(c, [list(drop) for _ in groups], [list(drop) for _ in groups])
-            return
-        if c.heads is not None:
-            self.heads[c.heads.module] = prune_heads(self.model, self.spec(c), drop)
-        else:
-            self._group(c, sorted(i for k in drop for i in c.blocks[k])).prune()
-        self._retie()
-
-    def _dims(self, c: _Candidate, qk: list[list[int]], vo: list[list[int]]) -> None:
-        self.heads[c.heads.module] = prune_head_dims(self.model, self.spec(c), qk, vo)
-
-    def remove_last(self, c: _Candidate, n: int) -> None:
-        """Remove ``n`` elements of ``c`` (which ones does not change any size)."""
-        if c.dims:
-            d = self.spec(c).head_dim
-            self.remove(c, list(range(d - n, d)))
-        elif c.heads is not None:
-            spec = self.spec(c)
-            order = np.arange(spec.heads, 0, -1, dtype=float)
-            self.remove(c, drop_heads(spec, order, spec.heads - n))
-        else:
-            self.remove(c, list(range(len(c.blocks) - n, len(c.blocks))))
-
-    def _group(self, c: _Candidate, idxs: list[int]) -> tp.Group:
-        return pruning_group(self.graph, self.modules[c.root], idxs)
-
-    def own(self) -> nn.Module:
-        """The working copy with memory of its own (what no unit replaced is copied now),
-        let go of by this pruner: its graph, whose nodes refer to each other, is taken apart,
-        so the network is freed as soon as its user drops it, without waiting for a cyclic
-        garbage collection."""
-        model = own_tensors(self.model, self.template.dense)
-        for node in self.graph.module2node.values():
-            node.inputs, node.outputs, node.dependencies = [], [], []
-        self.graph.module2node = {}
-        self.graph.model = self.model = None
-        return model
-
-    def _retie(self) -> None:
-        for tie in self.ties:
-            first = getattr(self.modules[tie[0][0]], tie[0][1])
-            for name, attr in tie[1:]:
-                mine = getattr(self.modules[name], attr)
-                if mine is not first and mine.shape == first.shape:
-                    setattr(self.modules[name], attr, first)
-
-
 @register_space("channel")
 class ChannelSpace(CountedSpace):
     """Elements kept per unit (channels rounded to a multiple, whole heads), bounded below;
     ``criterion`` ranks the channels of each unit (``criteria.py``)."""
 
-    def __init__(self, *, candidates: Sequence[_Candidate], plan: LayerPlan,
+    def __init__(self, *, candidates: Sequence[Candidate], plan: LayerPlan,
                  example_inputs: tuple[torch.Tensor, ...], round_to: int, min_ratio: float,
                  output: Output = None, notes: Sequence[str] = (),
                  criterion: Criterion | None = None) -> None:
@@ -221,7 +73,7 @@ class ChannelSpace(CountedSpace):
         self.notes: tuple[str, ...] = tuple(notes)
         self.criterion: Criterion = criterion if criterion is not None else L2Magnitude()
         self._scored: tuple | None = None  # a data criterion's dense scores: (model, key, scores)
-        self._template: _Template | None = None  # the dense model traced once (one process)
+        self._template: Template | None = None  # the dense model traced once (one process)
         heads = any(c.heads is not None for c in self._candidates)
         if heads and self.criterion.name not in ("l1", "l2"):
             self.notes += (f"attention heads and head positions are ranked by their L2 "
@@ -265,8 +117,8 @@ class ChannelSpace(CountedSpace):
             raise UntraceableModelError(
                 f"{type(model).__name__} failed on the example inputs ({type(err).__name__}: "
                 f"{err}). Fix: pass example inputs of the shape the model expects.") from err
-        template = _Template(model, inputs, output)
-        pruner = _Pruner(template)
+        template = Template(model, inputs, output)
+        pruner = Pruner(template)
         candidates, notes = _find_candidates(pruner, dense.sequence, round_to, min_ratio,
                                              set(ignored_layers), prune_head_dims)
         if type(criterion).check is not Criterion.check:  # (a group search per unit)
@@ -281,12 +133,12 @@ class ChannelSpace(CountedSpace):
 
     @classmethod
     def _probed(cls, model: nn.Module, inputs: tuple[torch.Tensor, ...], output: Output,
-                template: _Template, candidates: list[_Candidate], notes: list[str],
+                template: Template, candidates: list[Candidate], notes: list[str],
                 dense: RunLog, round_to: int, min_ratio: float,
                 criterion: Criterion) -> ChannelSpace:
         """The space of ``candidates`` whose sizes probe exactly: a unit that breaks the model
         or disagrees with a direct count is kept dense with a note."""
-        pruner = _Pruner(template)
+        pruner = Pruner(template)
         check_each = False
         short = short_inputs(inputs)  # per-unit passes on a few tokens, where that is exact
         while True:
@@ -296,14 +148,14 @@ class ChannelSpace(CountedSpace):
                               check_each=check_each, products=_products(candidates),
                               dense=dense, short=short)
             except ShortProbeMismatch:
-                short, pruner = None, _Pruner(template)
+                short, pruner = None, Pruner(template)
                 continue
             except ProbeError as err:
                 if err.unit is None:
                     check_each = True
                 else:
                     notes.append(_kept_dense(candidates.pop(err.unit), str(err)))
-                pruner = _Pruner(template)
+                pruner = Pruner(template)
                 continue
             space = cls(candidates=candidates, plan=plan_rows(model, found),
                         example_inputs=inputs, round_to=round_to, min_ratio=min_ratio,
@@ -315,7 +167,7 @@ class ChannelSpace(CountedSpace):
                 break
             for u in sorted(bad, reverse=True):
                 notes.append(_kept_dense(candidates.pop(u), bad[u]))
-            pruner = _Pruner(template)
+            pruner = Pruner(template)
         if space is None:
             raise _nothing_prunable(notes)
         return space
@@ -391,7 +243,7 @@ class ChannelSpace(CountedSpace):
         ch = self.complete_config(config)
         was_training = model.training
         grad_flags = [p.requires_grad for p in model.parameters()]
-        pruner = _Pruner(self._template_of(model), self.criterion)
+        pruner = Pruner(self._template_of(model), self.criterion)
         dense = self._dense_scores(model, pruner) if data else {}
         # channel groups through Torch-Pruning's graph first, then heads, then head positions
         with dense_squares(pruner.template.pointers, pruner.template.squares):
@@ -441,19 +293,19 @@ class ChannelSpace(CountedSpace):
         ``apply`` chooses what a unit keeps: the criterion's (default: the L2 magnitude of the
         element's whole coupled group, ``GroupMagnitudeImportance(p=2)`` unnormalised); heads
         and head positions by L2 magnitude."""
-        pruner = _Pruner(self._template_of(model), self.criterion)
+        pruner = Pruner(self._template_of(model), self.criterion)
         dense = self._dense_scores(model, pruner)
         return [dense[c.unit.name] if c.unit.name in dense else pruner.scores(c)
                 for c in self._candidates]
 
-    def _template_of(self, model: nn.Module) -> _Template:
+    def _template_of(self, model: nn.Module) -> Template:
         """``model`` traced once for this space and kept while its tensors are unchanged."""
         held = self._template
-        if held is None or held.dense is not model or held.key != _tensor_key(model):
-            held = self._template = _Template(model, self.example_inputs, self.output)
+        if held is None or held.dense is not model or held.key != tensor_key(model):
+            held = self._template = Template(model, self.example_inputs, self.output)
         return held
 
-    def _dense_scores(self, model: nn.Module, pruner: _Pruner) -> dict[str, np.ndarray]:
+    def _dense_scores(self, model: nn.Module, pruner: Pruner) -> dict[str, np.ndarray]:
         """A data criterion's scores of every channel unit, measured once over the calibration
         batches on ``pruner``'s copy of the dense ``model`` (still unpruned) and kept for
         ``model`` while its parameters and buffers are unchanged; ``{}`` for weight-only."""
@@ -498,18 +350,18 @@ def _nothing_prunable(notes: Sequence[str]) -> UntraceableModelError:
         "--min-ratio." + "".join(f"\n  - {n}" for n in notes))
 
 
-def _products(candidates: Sequence[_Candidate]) -> list[tuple[int, int]]:
+def _products(candidates: Sequence[Candidate]) -> list[tuple[int, int]]:
     """Pairs (heads, head positions) of one attention layer: their counts multiply."""
     heads = {c.heads.module: i for i, c in enumerate(candidates) if c.heads and not c.dims}
     return [(heads[c.heads.module], i) for i, c in enumerate(candidates)
             if c.dims and c.heads.module in heads]
 
 
-def _step(c: _Candidate) -> int:
+def _step(c: Candidate) -> int:
     return c.unit.choices[-1] - c.unit.choices[-2]
 
 
-def _kept_dense(c: _Candidate, why: str) -> str:
+def _kept_dense(c: Candidate, why: str) -> str:
     layers = ", ".join(c.unit.members[:4]) + (", ..." if len(c.unit.members) > 4 else "")
     return (f"{c.unit.name} ({c.unit.kind} of {layers}) is kept dense: {why}. The rest of the "
             f"model is searched; to leave these layers out on purpose, pass "
@@ -543,15 +395,15 @@ def _blocks(graph: tp.DependencyGraph, group: tp.Group, root: nn.Module,
     return tuple(blocks) if len({len(b) for b in blocks}) == 1 else None
 
 
-def _find_candidates(pruner: _Pruner, sequence: Sequence[str], round_to: int, min_ratio: float,
+def _find_candidates(pruner: Pruner, sequence: Sequence[str], round_to: int, min_ratio: float,
                      ignored: set[str], head_dims: bool = False
-                     ) -> tuple[list[_Candidate], list[str]]:
+                     ) -> tuple[list[Candidate], list[str]]:
     """Every attention layer whose heads can be read, and every other channel group of the
     graph that can be a unit, with a note for each one set aside."""
     graph, model = pruner.graph, pruner.model
     name_of = {m: n for n, m in model.named_modules()}
     order = {n: i for i, n in enumerate(name_of.values())}
-    candidates: list[_Candidate] = []
+    candidates: list[Candidate] = []
     notes: list[str] = []
     projections: set[str] = set()
     for heads in find_attention(model, sequence):
@@ -563,13 +415,13 @@ def _find_candidates(pruner: _Pruner, sequence: Sequence[str], round_to: int, mi
         low = max(per, math.ceil(min_ratio * heads.heads / per) * per)
         choices = tuple(range(min(low, heads.heads), heads.heads + 1, per))
         if len(choices) >= 2:
-            candidates.append(_Candidate(heads=heads, unit=Unit(
+            candidates.append(Candidate(heads=heads, unit=Unit(
                 name=f"{heads.module}:heads", full=heads.heads, choices=choices, members=members,
                 kind="heads")))
         dims = channel_choices(heads.head_dim, round_to=max(1, heads.head_dim // 8),
                                min_ratio=min_ratio)
         if head_dims and len(dims) >= 2:
-            candidates.append(_Candidate(heads=heads, dims=True, unit=Unit(
+            candidates.append(Candidate(heads=heads, dims=True, unit=Unit(
                 name=f"{heads.module}:head_dim", full=heads.head_dim, choices=dims,
                 members=members, kind="head_dim")))
     visited: set[nn.Module] = {m for m in name_of if name_of[m] in projections}
@@ -615,6 +467,6 @@ def _find_candidates(pruner: _Pruner, sequence: Sequence[str], round_to: int, mi
         primary = [n for n in members if isinstance(model.get_submodule(n), roots())]
         unit = Unit(name=(primary or list(members))[0], full=len(blocks), choices=choices,
                     members=members)
-        candidates.append(_Candidate(unit=unit, root=name_of[root], blocks=blocks))
+        candidates.append(Candidate(unit=unit, root=name_of[root], blocks=blocks))
     candidates.sort(key=lambda c: order.get(c.unit.members[0], 0))
     return candidates, notes

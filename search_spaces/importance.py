@@ -80,8 +80,8 @@ def group_sum(graph: tp.DependencyGraph, group: tp.Group, full: int,
                 per = per_index(tensor, dim % tensor.dim())
                 if per is None:
                     continue
-                idx = np.fromiter((int(i) for i in item.idxs), np.int64, len(item.idxs))
-                root = np.fromiter((int(r) for r in item.root_idxs), np.int64, len(idx))
+                idx = np.asarray(item.idxs, dtype=np.int64).reshape(-1)
+                root = np.asarray(item.root_idxs, dtype=np.int64).reshape(-1)
                 ok = (idx < len(per)) & (root < full)
                 np.add.at(scores, root[ok], np.asarray(per)[idx[ok]])  # in order, as a loop
     return scores

@@ -89,6 +89,9 @@ class LevelStore:
     def _path(self, key: str) -> Path:
         return self.folder / f"{key}.safetensors"
 
+    def has(self, key: str) -> bool:
+        return self._path(key).exists()
+
     def load(self, key: str) -> dict[str, torch.Tensor] | None:
         """The entry ``key``, or ``None`` when it was never written."""
         path = self._path(key)

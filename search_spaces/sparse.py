@@ -41,6 +41,7 @@ from .base import CountedSpace, LayerTable, Unit, UntraceableModelError, registe
 from .exact import Affine, Probe, run_log
 from .layers import plan_rows
 from .levels import LevelStore, fingerprint, pack_mask, unpack_mask
+from .memory import release
 from .progress import report
 from .masks import (Mask, baked_copy, canonical, input_dim, layer_types, magnitude_mask,
                     magnitude_masks, mask_of, masks_of, remove_masks)
@@ -131,11 +132,11 @@ def _check_calibration(calibration: Any, name: str) -> list[tuple[tuple[torch.Te
 class _DataCriteria:
     prune_layer: Any
     layer_statistics: Any
-    wanda_levels: Any = None  # every level of a layer from one ranking, where provided
+    wanda_masks: Any = None  # every level of a layer from one ranking, where provided
 
 
 def _weight_masks() -> _DataCriteria:
-    """``weight_masks.py``'s ``prune_layer``, ``layer_statistics`` and ``wanda_levels``
+    """``weight_masks.py``'s ``prune_layer``, ``layer_statistics`` and ``wanda_masks``
     (imported when used)."""
     try:
         from .weight_masks import layer_statistics, prune_layer  # noqa: PLC0415 - optional
@@ -144,7 +145,7 @@ def _weight_masks() -> _DataCriteria:
                          "search_spaces/weight_masks.py (prune_layer, layer_statistics), which "
                          f"this installation lacks ({err}). Fix: use criterion='magnitude'") from None
     module = sys.modules[prune_layer.__module__]  # (the module the names came from)
-    return _DataCriteria(prune_layer, layer_statistics, getattr(module, "wanda_levels", None))
+    return _DataCriteria(prune_layer, layer_statistics, getattr(module, "wanda_masks", None))
 
 
 def _stat_tensors(stats: object) -> list[torch.Tensor | None]:
@@ -427,7 +428,7 @@ class WeightSparsitySpace(CountedSpace):
         dense = module.weight.detach()
         nm = self.pattern(unit.name, keep)
         shared = nm is None and (self.criterion.name == "magnitude" or (
-            self.criterion.name == "wanda" and _weight_masks().wanda_levels is not None))
+            self.criterion.name == "wanda" and _weight_masks().wanda_masks is not None))
         keeps = [k for k in unit.choices if k < unit.full] if shared else [keep]
         with torch.no_grad():
             w = canonical(module, dense)  # [out, in, *k]
@@ -436,18 +437,40 @@ class WeightSparsitySpace(CountedSpace):
                     {keep: magnitude_mask(w, keep=None if nm else keep, nm=nm)}
                 news = {k: None for k in masks}
             else:
-                news = _weight_masks().wanda_levels(w, keeps, stats) if shared else {
-                    keep: _weight_masks().prune_layer(
+                if shared:
+                    masks = _weight_masks().wanda_masks(w, keeps, stats)
+                    news = {k: None for k in masks}
+                else:
+                    news = {keep: _weight_masks().prune_layer(
                         w.clone(), keep=None if nm else keep, nm=nm,
                         criterion=self.criterion.name, stats=stats, transposed=False)}
-                masks = {k: new != 0 for k, new in news.items()}
+                    masks = {k: new != 0 for k, new in news.items()}
             for k, mask in masks.items():
                 new = news[k]  # kept as a weight only where the criterion moved weights
                 updated = new is not None and not torch.equal(new, w * mask)
                 entry = {"weight": canonical(module, new).contiguous().to(dense.dtype)} \
                     if updated else {"bits": pack_mask(canonical(module, mask))}
                 self.level_store.save(self._level_key(unit, k, dense, stats), entry)
-        report("pruning levels", self.level_store.writes, self.levels_total())
+
+    def prepare(self, model: nn.Module) -> None:
+        """Prune every unit's levels into the level store now (the data criteria's statistics
+        measured first), so that a trial only reads them: EvoPress's database, built once per
+        search. Levels already in the store are read, not pruned again."""
+        stats = self._statistics(model, [u.name for u in self.units]) \
+            if self.criterion.needs_data else {}
+        work = remove_masks(aliased_copy(model, model))  # a masked model: its plain weights
+        done, total = 0, self.levels_total()
+        report("pruning levels", done, total)
+        for u in self.units:
+            module = work.get_submodule(u.name)
+            dense = module.weight.detach()
+            for keep in u.choices:
+                if keep < u.full and not self.level_store.has(
+                        self._level_key(u, keep, dense, stats.get(u.name))):
+                    self._prune_levels(module, u, keep, stats.get(u.name))
+            done += len(u.choices) - 1
+            report("pruning levels", done, total)
+            release()  # a layer's sorts and levels, back to the system
 
     def levels_total(self) -> int:
         """How many pruned levels the store can hold: every unit at every count but dense."""
@@ -456,12 +479,12 @@ class WeightSparsitySpace(CountedSpace):
     @property
     def level_store(self) -> LevelStore:
         """Where this space keeps its units' pruned levels (default: a temporary folder of
-        this process); :meth:`use_level_store` puts them in a folder of the caller's."""
+        this process); :meth:`keep_in` puts them in a folder of the caller's."""
         if self._levels is None:
             self._levels = LevelStore()
         return self._levels
 
-    def use_level_store(self, folder: str | Path) -> None:
+    def keep_in(self, folder: str | Path) -> None:
         """Keep the pruned levels in ``folder`` (a run folder's ``levels/``): a resumed run,
         ``pick`` and Ray workers read what was computed there."""
         self._levels = LevelStore(folder)
@@ -475,8 +498,9 @@ class WeightSparsitySpace(CountedSpace):
         if held is not None and held[0]() is model and held[1] == key:
             return held[2]
         dense = remove_masks(aliased_copy(model, model)).eval()
-        stats = dict(_weight_masks().layer_statistics(dense, [u.name for u in self.units],
-                                                      self.calibration, self.output))
+        stats = dict(_weight_masks().layer_statistics(
+            dense, [u.name for u in self.units], self.calibration, self.output,
+            need_hessian=self.criterion.name == "sparsegpt"))  # Wanda: the input norms only
         self._stats = (weakref.ref(model), key, stats)
         return stats
 

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from .tracing import Output, as_inputs, call_model, conv1d_type, output_tensor, padded_conv_input
 
 __all__ = ["CRITERIA_NEEDING_DATA", "WEIGHT_CRITERIA", "LayerStats", "layer_statistics",
-           "prune_layer", "wanda_levels"]
+           "prune_layer", "wanda_masks"]
 
 WEIGHT_CRITERIA = ("magnitude", "wanda", "sparsegpt")
 CRITERIA_NEEDING_DATA = frozenset({"wanda", "sparsegpt"})
@@ -391,26 +391,29 @@ def prune_layer(weight: Tensor, *, keep: int | None, nm: tuple[int, int] | None,
     return result.to(weight.device, weight.dtype).contiguous()
 
 
-def wanda_levels(weight: Tensor, keeps: Sequence[int], stats: LayerStats) -> dict[int, Tensor]:
-    """``prune_layer(weight, keep=k, nm=None, criterion="wanda", stats=stats,
-    transposed=False)`` for every ``k`` of ``keeps`` (``weight`` as ``[out, in, *kernel]``),
-    from one sort of the scores per row: a level store prunes all of a layer's levels at
-    once. The same masks, bit for bit: Wanda's per-row shares and ranks both come from that
-    sort."""
+def wanda_masks(weight: Tensor, keeps: Sequence[int], stats: LayerStats) -> dict[int, Tensor]:
+    """For every ``k`` of ``keeps``, the non-zeros of ``prune_layer(weight, keep=k, nm=None,
+    criterion="wanda", stats=stats, transposed=False)`` (``weight`` as ``[out, in,
+    *kernel]``), from one sort of the scores per row: a level store prunes all of a layer's
+    levels at once. The same masks, bit for bit: Wanda's per-row shares and ranks both come
+    from that sort (and the pruned weight is ``weight`` times its mask)."""
     mat = _matrix(weight, False)
     out, cols = mat.shape
     groups = stats.groups
     norms = stats.norms.to(mat.device, torch.float64).view(groups, cols)
     scores = mat.abs() * norms[torch.arange(out, device=mat.device) // (out // groups)]
+    nonzero = mat != 0
+    del mat
     ordered = torch.sort(scores, dim=1, descending=True, stable=True)
-    positions = torch.arange(cols, device=mat.device)[None]
+    del scores
+    positions = torch.arange(cols, device=nonzero.device)[None]
     results = {}
     for keep in keeps:
         base, extra = divmod(int(keep), out)
-        counts = torch.full((out,), base, dtype=torch.long, device=mat.device)
+        counts = torch.full((out,), base, dtype=torch.long, device=positions.device)
         if extra:
             counts[_stable_top(ordered.values[:, base], extra)] += 1
-        mask = torch.zeros(scores.shape, dtype=torch.bool, device=mat.device)
+        mask = torch.zeros(nonzero.shape, dtype=torch.bool, device=positions.device)
         mask.scatter_(1, ordered.indices, positions < counts[:, None])
-        results[int(keep)] = (mat * mask).reshape(weight.shape).to(weight.device, weight.dtype)
+        results[int(keep)] = (mask & nonzero).reshape(weight.shape).to(weight.device)
     return results

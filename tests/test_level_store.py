@@ -49,7 +49,7 @@ def test_levels_are_pruned_once_and_read_back(monkeypatch, tmp_path) -> None:  #
     monkeypatch.setattr(sparse_module, "magnitude_masks",
                         lambda *a, **k: calls.append(1) or real(*a, **k))
     space = make_space("unstructured", model, x, criterion="magnitude")
-    space.use_level_store(tmp_path / "levels")
+    space.keep_in(tmp_path / "levels")
     rng = np.random.default_rng(0)
     config = space.decode(rng.random(space.dim))
     first = space.apply(model, config)
@@ -68,7 +68,7 @@ def test_levels_are_pruned_once_and_read_back(monkeypatch, tmp_path) -> None:  #
         assert torch.equal(a, b)
     # a second space on the same folder (a resumed run, pick, a Ray worker) reads, never prunes
     other = make_space("unstructured", model, x, criterion="magnitude")
-    other.use_level_store(tmp_path / "levels")
+    other.keep_in(tmp_path / "levels")
     third = other.apply(model, config)
     assert len(calls) == pruned and other.level_store.writes == 0
     for u in space.units:
@@ -81,7 +81,7 @@ def test_levels_are_pruned_once_and_read_back(monkeypatch, tmp_path) -> None:  #
         for p in changed.parameters():
             p.add_(torch.randn_like(p))
     fresh = make_space("unstructured", changed, x, criterion="magnitude")
-    fresh.use_level_store(tmp_path / "levels")
+    fresh.keep_in(tmp_path / "levels")
     fresh.apply(changed, config)
     assert fresh.level_store.writes == sum(len(u.choices) - 1 for u in units)
 
@@ -89,7 +89,7 @@ def test_levels_are_pruned_once_and_read_back(monkeypatch, tmp_path) -> None:  #
 def test_sparsegpt_levels_keep_its_updated_weights(tmp_path) -> None:  # noqa: ANN001
     model, x = _vgg()
     space = make_space("unstructured", model, x, criterion="sparsegpt", calibration=[(x, None)])
-    space.use_level_store(tmp_path)
+    space.keep_in(tmp_path)
     config = {u.name: u.choices[len(u.choices) // 2] for u in space.units}
     first = space.apply(model, config)
     again = space.apply(model, config)
@@ -112,3 +112,17 @@ def test_a_level_store_pickles_to_its_folder(tmp_path) -> None:  # noqa: ANN001
     assert worker.folder == store.folder and torch.equal(worker.load("k")["bits"],
                                                          torch.tensor([1, 2], dtype=torch.uint8))
     assert worker.load("missing") is None
+
+
+def test_prepare_prunes_every_level_once_per_search(tmp_path) -> None:  # noqa: ANN001
+    model, x = _vgg()
+    space = make_space("nm", model, x, criterion="magnitude")
+    space.keep_in(tmp_path)
+    space.prepare(model)
+    assert space.level_store.writes == space.levels_total() > 0
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        space.apply(model, space.decode(rng.random(space.dim)))
+    assert space.level_store.writes == space.levels_total()  # trials only read
+    space.prepare(model)  # a resumed search: everything is there already
+    assert space.level_store.writes == space.levels_total()

@@ -380,7 +380,8 @@ def test_data_criteria_go_through_weight_masks_once_per_model(monkeypatch) -> No
     calls = {"stats": 0, "prune": []}
     fake = types.ModuleType("autoprune.search_spaces.weight_masks")
 
-    def layer_statistics(model, layers, batches, output):
+    def layer_statistics(model, layers, batches, output, *, need_hessian=True):
+        assert not need_hessian  # Wanda needs the input norms only
         calls["stats"] += 1
         return {name: f"stats of {name}" for name in layers}
 
