@@ -34,7 +34,7 @@ from autoprune.run_report import measured_summary, space_record, split_metrics, 
 from autoprune.run_folder import (check_run_folder, describe_study, load_pruned, open_study,
                                   read_run_settings, study_record, unit_table, write_choice,
                                   write_json)
-from autoprune.search_spaces import Criterion, SearchSpace, make_space
+from autoprune.search_spaces import Criterion, SearchSpace, make_space, release, watch
 from autoprune.spaces import (check_space, check_space_targets, criterion_options,
                               space_options)
 from autoprune.session import PruneAndEvaluate, best_record, evaluate_point, run_search
@@ -67,7 +67,9 @@ def _probe_metrics(space: SearchSpace, model: nn.Module,
         except Exception:  # noqa: BLE001 - an evaluator failing on this network only
             pass
         finally:
+            gone = watch(thin)
             del thin
+            release(gone)  # its memory back to the system before the trials build theirs
     return evaluator(copy.deepcopy(model))
 
 

@@ -29,7 +29,7 @@ from autoprune.pareto import ParetoRange
 from autoprune.phases import SearchCosts
 from autoprune.problem import PruningProblem
 from autoprune.study import StudyStore, TrialRecord
-from autoprune.search_spaces import PruningBrokeModel, release
+from autoprune.search_spaces import PruningBrokeModel, release, watch
 
 __all__ = ["Proposal", "PruneAndEvaluate", "SearchSession", "TrialFailure", "best_record",
            "evaluate_point", "objective_value", "run_search"]
@@ -68,8 +68,9 @@ class PruneAndEvaluate:
                 self.costs.prune_s += pruned_at - start
                 self.costs.evaluate_s += time.perf_counter() - pruned_at
                 self.costs.trials += 1
+            gone = watch(pruned)
             del pruned
-            release()  # the trial's network, back to the system before the next is built
+            release(gone)  # the trial's network, back to the system before the next is built
         if not isinstance(metrics, Mapping):
             raise TypeError(f"the evaluator returned {type(metrics).__name__}; it must return a "
                             "dict such as {'accuracy': 0.93} or {'loss': 0.2}")

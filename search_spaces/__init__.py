@@ -8,7 +8,7 @@ from .channel import ChannelSpace, channel_choices
 from .hybrid import ChannelWeightSpace
 from .criteria import CRITERIA, Criterion, criterion_names, make_criterion, register_criterion
 from .levels import LevelStore
-from .memory import release
+from .memory import release, watch
 from .progress import reporting
 from .reference import reference_macs, reference_params
 from .sparse import (NMSparsitySpace, UnstructuredSparsitySpace, WeightCriterion,
@@ -20,4 +20,4 @@ __all__ = ["CRITERIA", "SPACES", "ChannelSpace", "ChannelWeightSpace", "CountedS
            "WeightSparsitySpace", "call_name", "channel_choices", "criterion_names",
            "magnitude_mask", "make_criterion", "make_space", "mask_of", "parse_nm",
            "reference_macs", "reference_params", "register_criterion", "register_space",
-           "release", "remove_masks", "reporting"]
+           "release", "remove_masks", "reporting", "watch"]

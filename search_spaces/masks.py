@@ -24,9 +24,12 @@ __all__ = ["Mask", "baked_copy", "canonical", "input_dim", "layer_types", "magni
 class Mask(nn.Module):
     """The parametrization of a masked weight: ``weight * mask`` (``mask`` a bool buffer)."""
 
-    def __init__(self, mask: torch.Tensor) -> None:
+    def __init__(self, mask: torch.Tensor, *, copy: bool = True) -> None:
         super().__init__()
-        self.register_buffer("mask", mask.detach().to(torch.bool).clone())
+        mask = mask.detach().to(torch.bool)
+        # ``copy=False`` takes a fresh mask as it is (a trial's: a billion-weight model's
+        # masks are a gigabyte)
+        self.register_buffer("mask", mask.clone() if copy else mask)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         return weight * self.mask

@@ -396,7 +396,8 @@ class WeightSparsitySpace(CountedSpace):
             module = work.get_submodule(u.name)
             weight, mask = self._level(module, u, kept[u.name], stats.get(u.name))
             module.weight = nn.Parameter(weight, requires_grad=module.weight.requires_grad)
-            parametrize.register_parametrization(module, "weight", Mask(mask))
+            parametrize.register_parametrization(module, "weight", Mask(mask, copy=False),
+                                                 unsafe=True)  # (shapes unchanged: no trial run)
             module.parametrizations.train(module.training)
         return own_tensors(work, model)
 
