@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from itertools import chain
 from typing import Any
 
@@ -207,14 +207,14 @@ def pruning_group(graph: tp.DependencyGraph, module: nn.Module, idxs: Sequence[i
         Group.add_dep = original
 
 
-def aliased_copy(obj: Any, model: nn.Module, shared: Iterable[object] = ()) -> Any:
+def aliased_copy(obj: Any, model: nn.Module) -> Any:
     """A deep copy of ``obj`` (``model``, or a structure holding it, such as the model with
     its dependency graph) in which every parameter and buffer of ``model`` is a new tensor
     *sharing storage* with the original: the modules are copied, no weight is. Pruning the
     copy replaces its tensors by smaller ones (Torch-Pruning selects out of place), so the
     original is never written; :func:`own_tensors` gives the copy its own memory for what no
-    pruning replaced. ``shared`` objects are kept as they are, not copied."""
-    memo: dict[int, Any] = {id(o): o for o in shared}
+    pruning replaced."""
+    memo: dict[int, Any] = {}
     for _, m in model.named_modules(remove_duplicate=False):
         for p in m._parameters.values():
             if p is not None and id(p) not in memo:
