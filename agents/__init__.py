@@ -6,7 +6,7 @@ Importing this package registers every agent; the modules import their heavy lib
 
 from __future__ import annotations
 
-from .base import Agent, AgentContext, PointCosts, UnitFacts
+from .base import Agent, AgentContext, PointCosts, Probe, UnitFacts, is_probe, probe
 from .registry import AGENTS, AgentOptionError, agent_descriptions, agent_options, make_agent, register_agent
 from .chain import ChainAgent
 from .cma_es import CMAESAgent
@@ -24,7 +24,7 @@ from .tpe import TPEAgent
 
 __all__ = ["AGENTS", "REWARDS", "AgentOptionError", "Agent", "AgentContext", "CMAESAgent", "ChainAgent", "DDPGAgent",
            "ERKAgent", "EvolutionAgent", "EvolutionConfig", "GPAgent", "GlobalMagnitudeAgent",
-           "LAMPAgent", "NSGA2Agent", "OWLAgent", "PointCosts", "RLAgent", "RLConfig", "RandomAgent",
+           "LAMPAgent", "NSGA2Agent", "OWLAgent", "PointCosts", "Probe", "RLAgent", "RLConfig", "RandomAgent",
            "SensitivityAgent", "TD3Agent", "TPEAgent", "UniformAgent", "UnitFacts",
-           "agent_descriptions", "agent_options",
+           "agent_descriptions", "agent_options", "is_probe", "probe",
            "make_agent", "register_agent"]

@@ -15,7 +15,26 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["Agent", "AgentContext", "PointCosts", "UnitFacts"]
+__all__ = ["Agent", "AgentContext", "PointCosts", "Probe", "UnitFacts", "is_probe", "probe"]
+
+
+class Probe(np.ndarray):
+    """A point an agent asks to have evaluated *as it is*, outside the budget: a sensitivity
+    probe (one unit thinned, every other unit dense) measures that unit's curve, which a point
+    repaired to the budget cannot. The search loop does not repair it; its trial is recorded
+    with its true costs and marked as a probe (the result has ``probe`` = 1.0), so it counts
+    as an evaluation but is never a search's best unless it happens to meet the budget. A
+    chain tells a probe only to the stage that asked for it. Make one with ``probe(x)``."""
+
+
+def probe(x: np.ndarray | Sequence[float]) -> Probe:
+    """``x`` (a point of the cube) marked as a probe (see ``Probe``)."""
+    return np.array(x, dtype=float).view(Probe)
+
+
+def is_probe(point: object) -> bool:
+    """Whether an asked point is a ``Probe`` (evaluated as it is, outside the budget)."""
+    return isinstance(point, Probe)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,6 +104,10 @@ class AgentContext:
     ``units``: per unit, its ``UnitFacts`` (the RL agents' layer embedding).
     ``budget``: the ``PointCosts`` of the search (costs of points and the budgets), for agents
     that bound their own proposals; ``None`` when not computed.
+    ``kinds``: per unit, what its elements are (``Unit.kind``: ``channels`` of a CNN, MLP
+    ``neurons``, the ``residual`` width, attention ``heads``, ``head_dim``, ``weights``).
+    ``trials``: the evaluations the search may spend in all (``None``: not bounded), for agents
+    that plan their measurements (the sensitivity agent's probes per unit).
     """
 
     choices: tuple[tuple[int, ...], ...]
@@ -93,6 +116,8 @@ class AgentContext:
     units: tuple[UnitFacts, ...] = ()
     budget: PointCosts | None = None
     granularity: str = "channels"
+    kinds: tuple[str, ...] = ()
+    trials: int | None = None
 
     @property
     def weights(self) -> bool:
@@ -148,6 +173,15 @@ class Agent(ABC):
         self.seed = seed
         self.objectives = 1
         self.context: AgentContext | None = None
+        #: Set by a chain on every stage but the last: an agent that could go on refining
+        #: for ever (sensitivity) stops where its own method ends, so the next stage starts.
+        self.hands_over = False
+
+    @property
+    def waiting(self) -> bool:
+        """Whether an empty ``ask`` means "not now, results are pending" rather than "done"
+        (a chain does not hand over to its next stage while its stage waits)."""
+        return False
 
     def set_option(self, name: str, value: str) -> None:
         """Apply one of ``options`` (``make_agent`` has checked the value)."""

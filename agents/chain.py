@@ -38,9 +38,15 @@ class ChainAgent(Agent):
         self.stages = list(stages)
         self.name = "+".join(s.name for s in stages)
         self.stage = 0  # the stage that proposes now
+        for s in self.stages[:-1]:
+            s.hands_over = True
         self.objectives = max(s.objectives for s in stages)
         # Union of what the stages need: the loop computes it once and we forward it.
         self.context_needs = frozenset().union(*(s.context_needs for s in stages))  # type: ignore[misc]
+
+    @property
+    def waiting(self) -> bool:  # type: ignore[override]
+        return self.stage < len(self.stages) and self.stages[self.stage].waiting
 
     @property
     def multi_objective(self) -> bool:  # type: ignore[override]
@@ -54,15 +60,18 @@ class ChainAgent(Agent):
     def ask(self, n: int) -> list[np.ndarray]:
         while self.stage < len(self.stages):
             points = self.stages[self.stage].ask(n)
-            if points:
+            if points or self.stages[self.stage].waiting:
                 return points
             self.stage += 1  # this stage is done: the next one takes over
         return []
 
     def tell(self, point: np.ndarray, result: Mapping[str, float]) -> None:
         # The proposing stage first (it matches the point with what it asked); the stages after
-        # it learn it as an observation. Stages already done never ask again: not told.
-        for s in self.stages[self.stage:]:
+        # it learn it as an observation. Stages already done never ask again: not told. A probe
+        # (scored outside the budget, see ``Probe``) is news only to the stage that asked.
+        stages = self.stages[self.stage:self.stage + 1] if result.get("probe") \
+            else self.stages[self.stage:]
+        for s in stages:
             s.tell(point, result)
 
     def state_dict(self) -> dict[str, Any]:

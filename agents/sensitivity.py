@@ -1,15 +1,31 @@
-"""Sensitivity analysis as an agent: measure each unit alone, then allocate by the measurements.
+"""Sensitivity analysis as an agent: measure each unit's curve alone, allocate the budget from
+the curves, then refine the allocation with real evaluations.
 
 Classic sensitivity analysis (Li et al., "Pruning Filters for Efficient ConvNets", ICLR 2017;
-NNI's and Distiller's sensitivity pruners) prunes one layer at a time with every other layer
-dense, and gives the layers that lose least the most pruning. Here every evaluated candidate
-meets the budget (the search loop repairs it), so the probe is budget-aware: the point "every
-unit at 1, unit ``i`` at ``a``", repaired, is the uniform allocation with unit ``i`` thinned
-relative to the rest and the saved budget spread over the others. Its score against the
-uniform allocation's says whether taking budget from unit ``i`` helps.
+NNI's and Distiller's sensitivity pruners; ModelOpt's FastNAS) prunes one unit at a time with
+every other unit dense and gives the units that lose least the most pruning. Here:
 
-Trials: 1 (uniform) + ``dim`` x ``len(levels)`` probes, then two allocations built from them
-(every unit at its best probed level; and halfway from there to uniform), then it stops.
+1. **Uniform first.** The first proposal is the uniform allocation (the loop scales it to the
+   budget), so even a search cut short has a network that meets the budget.
+2. **Curves.** The dense point, then each unit thinned alone to a few levels of the cube (its
+   floor first), every other unit dense. These are ``Probe`` points: scored as they are,
+   outside the budget, and kept in the study like every trial, so a resumed search never
+   measures them again. How many levels a unit gets follows from the trials the search may
+   spend (``AgentContext.trials``): at most ``SHARE`` of them go to curves; when even one level
+   per unit does not fit, the units whose floor saves most are measured and the rest borrow
+   the median curve of their kind.
+3. **Allocations** under the search's real cost function (``agents.curves``): the greedy
+   knapsack over the curves, and FastNAS's single degradation threshold.
+4. **Refinement** until the trials run out: from the best network so far, one unit is given
+   back a level (the ones the curves say lose most, more often) and the knapsack thins the
+   others until the budget is met again; every other proposal instead re-allocates from
+   dense with the curves scaled by random factors (the curves are measured alone, and units
+   do not add up exactly). In a chain (``sensitivity+tpe``) it stops after step 3 and the
+   next stage starts from its allocations; the probes are news to no other stage.
+
+The curve of a unit is what the objective loses against the dense score. On an accuracy
+objective whose evaluator also reports ``loss``, the loss breaks ties (x ``TIE``): on a small
+validation set many single-unit probes change no prediction.
 """
 
 from __future__ import annotations
@@ -20,7 +36,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .base import Agent
+from .base import Agent, probe
+from .curves import Curve, knapsack, threshold
 from .registry import register_agent
 
 __all__ = ["SensitivityAgent"]
@@ -28,74 +45,246 @@ __all__ = ["SensitivityAgent"]
 
 @register_agent("sensitivity")
 class SensitivityAgent(Agent):
-    """Probe each unit thinned alone around the uniform allocation, then allocate by the gains."""
+    """Each unit's sensitivity curve, measured alone; a knapsack over the curves; refinement."""
 
-    #: Coordinates a probed unit is thinned to while every other unit is at 1 (before repair).
-    levels: ClassVar[tuple[float, ...]] = (0.0, 0.5)
+    context_needs: ClassVar[frozenset[str]] = frozenset({"budget"})
+    #: Most of the search's trials the curves may take.
+    SHARE: ClassVar[float] = 0.7
+    #: Levels per unit at most (and when the trial count is not known: ``DEFAULT_LEVELS``).
+    MAX_LEVELS: ClassVar[int] = 4
+    DEFAULT_LEVELS: ClassVar[int] = 2
+    #: Weight of the evaluator's ``loss`` in a curve on another objective (a tie-break).
+    TIE: ClassVar[float] = 0.01
 
     def __init__(self, dim: int, *, seed: int = 0) -> None:
         super().__init__(dim, seed=seed)
-        # Probe 0 is the uniform allocation; probe 1 + i * len(levels) + j thins unit i to
-        # levels[j]. Then the final allocations.
-        self.n_probes = 1 + dim * len(self.levels)
-        self.scores: list[float | None] = [None] * self.n_probes
-        self.asked = 0            # probes and final allocations proposed so far
-        self.pending: list[int] = []
+        self.plan: list[tuple[int, float]] | None = None  # probes: (unit or -1 = dense, x)
+        # What the probes measured: (unit or -1 for the dense point, x) -> score (higher is
+        # better; -inf for a probe that failed).
+        self.measured: dict[tuple[int, float], float] = {}
+        self.asked = 0  # proposals so far: uniform, probes, allocations, refinements
+        self.pending: list[str] = []  # what each outstanding proposal was
+        self.best: tuple[list[float], float] | None = None  # best feasible point, objective
+        self.rng = np.random.default_rng(seed)
+        self._curves: list[Curve] | None = None
+        self._finals: list[np.ndarray] | None = None
 
-    def _probe(self, k: int) -> np.ndarray:
-        x = np.ones(self.dim)
-        if k > 0:
-            unit, level = divmod(k - 1, len(self.levels))
-            x[unit] = self.levels[level]
-        return x
+    # ------------------------------------------------------------------ the plan
+    def _plan(self) -> list[tuple[int, float]]:
+        """The probes: the dense point, then each planned unit at its levels (floor first)."""
+        if self.plan is None:
+            ctx = self._require_context()
+            levels, units = _levels(self.dim, ctx.trials, self.SHARE, self.MAX_LEVELS,
+                                    self.DEFAULT_LEVELS)
+            if units < self.dim:  # not every unit fits: those whose floor saves most first
+                order = np.argsort(-self._savings(), kind="stable")[:units]
+                chosen = sorted(int(i) for i in order)
+            else:
+                chosen = list(range(self.dim))
+            coords = [k / levels for k in range(levels)]
+            self.plan = [_key(-1, 1.0)] + [_key(i, c) for i in chosen for c in coords] \
+                if units > 0 else []
+        return self.plan
 
-    def allocation(self) -> np.ndarray:
-        """Every unit at its best probed level (1 when no thinning beat the uniform score)."""
-        base = _score(self.scores[0])
-        x = np.ones(self.dim)
-        for unit in range(self.dim):
-            best = base
-            for j, level in enumerate(self.levels):
-                s = _score(self.scores[1 + unit * len(self.levels) + j])
-                if s > best:
-                    best, x[unit] = s, level
-        return x
+    def _savings(self) -> np.ndarray:
+        """Per unit, how much of the budgeted costs its floor alone removes."""
+        budget = self._require_context().budget
+        assert budget is not None
+        limits = budget.limits or {m: v for m, v in budget.dense.items() if v > 0}
+        dense = np.ones(self.dim)
+        base = _load(budget.costs, limits, dense)
+        out = np.empty(self.dim)
+        for i in range(self.dim):
+            x = dense.copy()
+            x[i] = 0.0
+            out[i] = base - _load(budget.costs, limits, x)
+        return out
+
+    def curves(self) -> list[Curve] | None:
+        """Every unit's curve; ``None`` until the dense point and every planned probe are in
+        (probes told from elsewhere, such as a study's, count too)."""
+        plan = self._plan()
+        if not plan or any(k not in self.measured for k in plan):
+            return None
+        if self._curves is None:
+            ctx = self._require_context()
+            worst = min((v for v in self.measured.values() if math.isfinite(v)), default=0.0)
+            score = {k: v if math.isfinite(v) else worst - 1.0  # a failed probe: the worst
+                     for k, v in self.measured.items()}
+            dense = score[_key(-1, 1.0)]
+            measured: dict[int, dict[float, float]] = {}
+            for (unit, x), v in score.items():
+                if unit >= 0:
+                    measured.setdefault(unit, {})[x] = dense - v
+            kinds = ctx.kinds or ("",) * self.dim
+            self._curves = [Curve(measured.get(i) or _borrowed(measured, kinds, i),
+                                  len(ctx.choices[i])) for i in range(self.dim)]
+        return self._curves
+
+    def allocations(self) -> list[np.ndarray]:
+        """The knapsack's and the threshold's allocations (empty before the curves are in, or
+        when the search has no budget)."""
+        curves = self.curves()
+        budget = self._require_context().budget
+        if curves is None or budget is None or not budget.limits:
+            return []
+        if self._finals is None:
+            out = [knapsack(curves, budget.costs, budget.limits)]
+            alt = threshold(curves, budget.costs, budget.limits)
+            if not np.allclose(alt, out[0]):
+                out.append(alt)
+            self._finals = out
+        return self._finals
+
+    # ------------------------------------------------------------------ ask / tell
+    @property
+    def waiting(self) -> bool:  # type: ignore[override]
+        return bool(self.pending) and self.asked > len(self._plan())
 
     def ask(self, n: int) -> list[np.ndarray]:
-        points = []
-        while len(points) < n and self.asked < self.n_probes:
-            points.append(self._probe(self.asked))
-            self.pending.append(self.asked)
+        plan = self._plan()
+        out: list[np.ndarray] = []
+        while len(out) < n:
+            k = self.asked
+            if k == 0:  # the uniform allocation: the loop scales it to the budget
+                out.append(np.ones(self.dim))
+                self.pending.append("uniform")
+            elif k <= len(plan):
+                unit, x = plan[k - 1]
+                point = np.ones(self.dim)
+                if unit >= 0:
+                    point[unit] = x
+                out.append(probe(point))
+                self.pending.append("probe")
+            else:
+                if plan and self.curves() is None:
+                    break  # the probes are not all in: wait for them
+                finals = self.allocations()
+                j = k - 1 - len(plan)
+                if j < len(finals):
+                    out.append(finals[j])
+                    self.pending.append("allocation")
+                elif self.hands_over or not finals or self.pending:
+                    break  # done (in a chain), or the refinement waits for its results
+                else:
+                    out.append(self._refinement())
+                    self.pending.append("refinement")
             self.asked += 1
-        if points or self.pending:
-            return points
-        # Every probe is in: the final allocations, once.
-        finals = [self.allocation()]
-        finals.append(0.5 * (1.0 + finals[0]))  # gentler: halfway back to uniform
-        k = self.asked - self.n_probes
-        out = [f for f in finals[k:k + max(0, n)]]
-        self.asked += len(out)
-        self.pending.extend(-1 for _ in out)
         return out
 
     def tell(self, point: np.ndarray, result: Mapping[str, float]) -> None:
-        if not self.pending:
+        what = self.pending.pop(0) if self.pending else "foreign"
+        value = float(result.get("objective", math.nan))
+        if what == "probe" or result.get("probe"):
+            where = _probed(point)
+            if where is not None:
+                self.measured[where] = self._score(result) if math.isfinite(value) \
+                    else -math.inf
+                self._curves = self._finals = None
             return
-        k = self.pending.pop(0)
-        if k >= 0:
-            value = float(result.get("objective", math.nan))
-            self.scores[k] = value if math.isfinite(value) else None
+        if not math.isfinite(value):
+            return
+        if self.best is None or value > self.best[1]:
+            self.best = ([float(v) for v in np.asarray(point, dtype=float)], value)
 
+    def _score(self, result: Mapping[str, float]) -> float:
+        value = float(result["objective"])
+        loss = result.get("metric.loss")
+        if loss is not None and math.isfinite(loss) and abs(value + loss) > 1e-12:
+            value -= self.TIE * float(loss)  # accuracy first; the loss breaks its ties
+        return value
+
+    # ------------------------------------------------------------------ refinement
+    def _refinement(self) -> np.ndarray:
+        """One level back to a unit of the best network (the knapsack thins the rest to the
+        budget), or a fresh allocation from curves scaled by random factors: alternately."""
+        curves = self.curves()
+        budget = self._require_context().budget
+        assert curves is not None and budget is not None
+        best = np.asarray(self.best[0]) if self.best is not None else self.allocations()[0]
+        if self.rng.random() < 0.5:
+            up = [i for i in range(self.dim) if best[i] < 1.0 - 1e-9]
+            if up:
+                lost = np.array([curves[i].loss(best[i]) for i in up]) + 1e-6
+                i = up[int(self.rng.choice(len(up), p=lost / lost.sum()))]
+                higher = curves[i].grid[curves[i].grid > best[i] + 1e-9]
+                steps = 1 + int(self.rng.random() < 0.3)
+                start = best.copy()
+                start[i] = float(higher[min(steps, len(higher)) - 1])
+                return knapsack(curves, budget.costs, budget.limits, start=start, frozen=[i])
+        scaled = [_scaled(c, float(f)) for c, f in
+                  zip(curves, self.rng.lognormal(0.0, 0.5, size=self.dim))]
+        return knapsack(scaled, budget.costs, budget.limits)
+
+    # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        return {"scores": self.scores, "asked": self.asked - len(self.pending)}
+        return {"measured": [[u, x, v if math.isfinite(v) else None]
+                             for (u, x), v in self.measured.items()],
+                "asked": self.asked - len(self.pending), "best": self.best,
+                "rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        scores = list(state["scores"])
-        if len(scores) != self.n_probes:
-            raise ValueError(f"saved sensitivity state has {len(scores)} probes, this space "
-                             f"needs {self.n_probes}")
-        self.scores, self.asked, self.pending = scores, int(state["asked"]), []
+        if "measured" not in state:
+            raise ValueError("the saved sensitivity state is from an older autoprune (probes "
+                             "around the uniform allocation); start the search in a new run "
+                             "folder")
+        measured = {_key(int(u), float(x)): -math.inf if v is None else float(v)
+                    for u, x, v in state["measured"]}
+        if any(u >= self.dim for u, _ in measured):
+            raise ValueError(f"the saved sensitivity state probes units that this space of "
+                             f"{self.dim} units does not have")
+        self.measured = measured
+        self.asked, self.pending = int(state["asked"]), []
+        best = state.get("best")
+        self.best = (list(best[0]), float(best[1])) if best else None
+        self.rng.bit_generator.state = state["rng"]
+        self._curves = self._finals = None
 
 
-def _score(value: float | None) -> float:
-    return -math.inf if value is None else value
+def _key(unit: int, x: float) -> tuple[int, float]:
+    return (unit, round(float(x), 9))
+
+
+def _probed(point: np.ndarray) -> tuple[int, float] | None:
+    """What a probe point measures: ``(-1, 1.0)`` the dense point, ``(i, x)`` unit ``i``
+    alone at ``x``; ``None`` for a point that thins several units."""
+    x = np.asarray(point, dtype=float)
+    thin = np.flatnonzero(x < 1.0 - 1e-9)
+    if len(thin) == 0:
+        return _key(-1, 1.0)
+    return _key(int(thin[0]), x[thin[0]]) if len(thin) == 1 else None
+
+
+def _levels(dim: int, trials: int | None, share: float, most: int,
+            default: int) -> tuple[int, int]:
+    """(levels per unit, units measured) for ``dim`` units and ``trials`` evaluations: the
+    uniform and the dense point, then as many levels per unit as ``share`` of the trials
+    allow (at least one; fewer units when even one each does not fit)."""
+    if trials is None:
+        return default, dim
+    room = int(share * trials) - 2
+    if room < 1:
+        return 1, 0
+    if room < dim:
+        return 1, room
+    return max(1, min(most, room // dim)), dim
+
+
+def _load(costs: Any, limits: Mapping[str, float], x: np.ndarray) -> float:
+    c = costs(x)
+    return float(sum(c[m] / lim for m, lim in limits.items() if lim > 0))
+
+
+def _borrowed(measured: Mapping[int, Mapping[float, float]], kinds: tuple[str, ...],
+              unit: int) -> dict[float, float]:
+    """The median curve of the measured units of ``unit``'s kind (of all, if none is)."""
+    same = [m for i, m in measured.items() if kinds[i] == kinds[unit]] or list(measured.values())
+    xs = sorted({x for m in same for x in m})
+    return {x: float(np.median([Curve(m, 2).loss(x) for m in same])) for x in xs}
+
+
+def _scaled(curve: Curve, factor: float) -> Curve:
+    out = Curve.__new__(Curve)
+    out.xs, out.ys, out.grid = curve.xs, curve.ys * factor, curve.grid
+    return out
+

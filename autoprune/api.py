@@ -87,7 +87,7 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
              target: str | Sequence[str],
              evaluate: Evaluator | Callable[[nn.Module], Mapping[str, float]],
              agent: str = "random", trials: int = 30, seed: int = 0, round_to: int = 8,
-             min_ratio: float = 0.2, space: str | SearchSpace = "channel",
+             min_ratio: float | None = None, space: str | SearchSpace = "channel",
              output: str | int | None = None, objective: str | None = None,
              pareto: bool = False, run_dir: str | Path | None = None, progress: bool = False,
              latency_table: LatencyTable | None = None, device: Device | None = None,

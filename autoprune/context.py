@@ -23,9 +23,11 @@ CONTEXT_FIELDS = frozenset({"scores", "layers", "units", "budget"})
 
 
 def agent_context(space: SearchSpace, model: nn.Module, *, needs: Set[str] = frozenset(),
-                  problem: PruningProblem | None = None) -> AgentContext:
+                  problem: PruningProblem | None = None,
+                  trials: int | None = None) -> AgentContext:
     """The ``AgentContext`` of ``space``; channel scores (a trace of ``model``) only when
-    ``needs`` asks for them, the budget (costs of points) only with ``problem``."""
+    ``needs`` asks for them, the budget (costs of points) only with ``problem``; ``trials``
+    the evaluations the search may spend."""
     unknown = set(needs) - CONTEXT_FIELDS
     if unknown:
         raise ValueError(f"an agent asked for unknown context fields {sorted(unknown)}")
@@ -43,7 +45,8 @@ def agent_context(space: SearchSpace, model: nn.Module, *, needs: Set[str] = fro
                              "another agent or space") from None
     budget = point_costs(problem) if "budget" in needs and problem is not None else None
     return AgentContext(choices=tuple(u.choices for u in space.units), scores=scores,
-                        layers=layers, units=units, budget=budget, granularity=granularity)
+                        layers=layers, units=units, budget=budget, granularity=granularity,
+                        kinds=tuple(u.kind for u in space.units), trials=trials)
 
 
 def space_granularity(space: SearchSpace) -> str:

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
-from autoprune.agents import Agent
+from autoprune.agents import Agent, is_probe
 from autoprune.context import agent_context
 from autoprune.evaluator import Evaluator, as_evaluator
 from autoprune.executors.base import Executor, LocalExecutor
@@ -109,6 +109,8 @@ class Proposal:
     #: result it is told; ``None`` while it runs.
     record: TrialRecord | None = None
     repeat: bool = False
+    #: Evaluated as asked, outside the budget (``agents.Probe``).
+    probe: bool = False
     # Proposals with the same configuration, asked while this one was running: told its
     # result instead of being pruned and scored again.
     twins: list[Proposal] = field(default_factory=list)
@@ -240,9 +242,12 @@ class SearchSession:
                 break
             wait = False
             for p in points:
-                x = _repair(self.problem, p, self.pareto)
+                # A probe is scored as it is (a unit's sensitivity, outside the budget).
+                probing = is_probe(p)
+                x = np.clip(np.asarray(p, dtype=float), 0.0, 1.0) if probing \
+                    else _repair(self.problem, p, self.pareto)
                 prop = Proposal(id=self._next_id, point=x,
-                                config=self.space.decode(x[:self.space.dim]))
+                                config=self.space.decode(x[:self.space.dim]), probe=probing)
                 self._next_id += 1
                 self._queue.append(prop)
                 key = _config_key(prop.config)
@@ -286,6 +291,8 @@ class SearchSession:
         rec = _make_record(len(self.records), prop.point, prop.config,
                            self.problem.costs(prop.config), outcome, self.objective,
                            minimize=self.minimize)
+        if prop.probe:
+            rec = replace(rec, extra={**rec.extra, "probe": True})
         self.store.add(rec, params=self.space.ratios(prop.config), lows=self._lows)
         prop.record = rec
         self.records.append(rec)
@@ -335,7 +342,7 @@ def run_search(problem: PruningProblem, *, model: nn.Module, evaluate: Evaluate,
     work = PruneAndEvaluate(problem, model, evaluate, costs)
     if agent.context_needs:  # heuristics allocate from facts about the units, set before resume
         agent.set_context(agent_context(space, model, needs=agent.context_needs,
-                                        problem=problem))
+                                        problem=problem, trials=trials))
     console = console or Console(stderr=True)
     bar = Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[best]}"), TimeElapsedColumn(), console=console,
@@ -412,6 +419,8 @@ def _result(rec: TrialRecord, pareto: ParetoRange | None = None) -> dict[str, fl
            **{f"metric.{k}": v for k, v in rec.metrics.items()}}
     if pareto is not None:
         out["objective.1"] = pareto.cost_objective(rec.costs)
+    if rec.extra.get("probe"):
+        out["probe"] = 1.0  # scored outside the budget: only the agent that asked learns it
     return out
 
 

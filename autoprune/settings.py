@@ -74,7 +74,8 @@ class SpaceSettings:
 
     space: str = "channel"
     round_to: int = 8
-    min_ratio: float = 0.2
+    # None: each kind of unit keeps its own floor (search_spaces.channel.FLOORS).
+    min_ratio: float | None = None
     criterion: str = "l2"
     criterion_batches: int = 8
     # The weight-sparsity spaces (``space`` unstructured or nm; ``--granularity``): the

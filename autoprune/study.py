@@ -59,6 +59,10 @@ class TrialRecord:
                 "reason": self.reason}
 
 
+#: ``TrialRecord.extra`` keys read back from a study (written with every trial).
+_EXTRA = ("probe", "broken_units")
+
+
 class StudyStore:
     """An optuna study used as an append-only log of trials."""
 
@@ -133,7 +137,8 @@ class StudyStore:
                 costs=a.get("costs", {}), metrics={k: (float("nan") if v is None else v)
                                                    for k, v in a.get("metrics", {}).items()},
                 objective=float("nan") if failed else float(t.value), failed=failed,
-                reason=a.get("reason", "")))
+                reason=a.get("reason", ""),
+                extra={k: a[k] for k in _EXTRA if k in a}))
         return out
 
     # ------------------------------------------------------------------ study attributes

@@ -127,12 +127,12 @@ class SearchSpace(ABC):
     #: What ``from_model`` was given: the traced inputs and the unit grid's rounding and floor.
     example_inputs: tuple[Any, ...]
     round_to: int
-    min_ratio: float
+    min_ratio: float | None  # None: a floor per kind of unit (channel.FLOORS)
 
     @classmethod
     @abstractmethod
     def from_model(cls, model: nn.Module, example_inputs: Any, *, round_to: int = 8,
-                   min_ratio: float = 0.2, output: str | int | None = None) -> SearchSpace:
+                   min_ratio: float | None = None, output: str | int | None = None) -> SearchSpace:
         """Find the units of ``model`` (left untouched) by tracing it on ``example_inputs``;
         ``output`` names the output tensor that must keep its shape (default: the first)."""
 
@@ -262,7 +262,7 @@ def register_space(name: str) -> Callable[[type[SearchSpace]], type[SearchSpace]
 
 
 def make_space(name: str, model: nn.Module, example_inputs: Any, *, round_to: int = 8,
-               min_ratio: float = 0.2, output: str | int | None = None,
+               min_ratio: float | None = None, output: str | int | None = None,
                criterion: Any = None, **options: Any) -> SearchSpace:
     """The registered space ``name`` over ``model``: what every caller outside this package
     uses, so a new space plugs in without edits elsewhere. ``criterion`` (a pruning

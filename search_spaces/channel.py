@@ -20,6 +20,7 @@ import math
 import weakref
 from collections.abc import Mapping, Sequence
 from itertools import chain
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,7 +39,20 @@ from .reference import recurrent_macs, reference_params
 from .tracing import (Output, as_inputs, call_model, prefix_views, pruning_group, roots,
                       traceable_copy)
 
-__all__ = ["ChannelSpace", "channel_choices"]
+__all__ = ["FLOORS", "ChannelSpace", "channel_choices", "floor_of"]
+
+#: The fewest elements a unit keeps by default, as a fraction, per kind of unit (``Unit.kind``),
+#: when no ``min_ratio`` overrides them all. A CNN's channels keep AMC's 0.2. An MLP's hidden
+#: neurons may go much thinner: on the character-level decoder FastNAS kept 12 of 256 in four
+#: of six blocks and its network was the best measured (benchmarks/results/agents-*.json), so
+#: their floor is 0.05. The residual width feeds every block and keeps half. Heads and the
+#: positions inside them keep AMC's 0.2 (at least one head).
+FLOORS = {"channels": 0.2, "neurons": 0.05, "residual": 0.5, "heads": 0.2, "head_dim": 0.2}
+
+
+def floor_of(kind: str, min_ratio: float | None) -> float:
+    """The floor of a unit of ``kind``: ``min_ratio`` when given, else the kind's default."""
+    return FLOORS.get(kind, FLOORS["channels"]) if min_ratio is None else min_ratio
 
 
 def channel_choices(full: int, *, round_to: int, min_ratio: float) -> tuple[int, ...]:
@@ -57,8 +71,8 @@ class ChannelSpace(CountedSpace):
     ``criterion`` ranks the channels of each unit (``criteria.py``)."""
 
     def __init__(self, *, candidates: Sequence[Candidate], plan: LayerPlan,
-                 example_inputs: tuple[torch.Tensor, ...], round_to: int, min_ratio: float,
-                 output: Output = None, notes: Sequence[str] = (),
+                 example_inputs: tuple[torch.Tensor, ...], round_to: int,
+                 min_ratio: float | None, output: Output = None, notes: Sequence[str] = (),
                  criterion: Criterion | None = None) -> None:
         if not candidates:
             raise _nothing_prunable(notes)
@@ -89,7 +103,7 @@ class ChannelSpace(CountedSpace):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_model(cls, model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], *,
-                   round_to: int = 8, min_ratio: float = 0.2,
+                   round_to: int = 8, min_ratio: float | None = None,
                    ignored_layers: Sequence[str] = (), output: Output = None,
                    prune_head_dims: bool = False,
                    criterion: str | Criterion = "l2") -> ChannelSpace:
@@ -98,9 +112,12 @@ class ChannelSpace(CountedSpace):
         Attention heads are pruned whole; ``prune_head_dims`` adds a unit per attention
         layer for the positions inside its heads (the same number kept in every head).
         ``criterion`` (a registered name or a :class:`Criterion`; a data criterion made by
-        ``make_criterion(name, calibration=...)``) ranks each unit's channels."""
+        ``make_criterion(name, calibration=...)``) ranks each unit's channels. ``min_ratio``
+        is the fewest elements every unit keeps, as a fraction; ``None`` (the default) gives
+        each kind of unit its own floor (``FLOORS``: CNN channels 0.2, MLP neurons 0.05, the
+        residual width 0.5, heads 0.2)."""
         criterion = as_criterion(criterion)
-        if not 0.0 < min_ratio <= 1.0:
+        if min_ratio is not None and not 0.0 < min_ratio <= 1.0:
             raise ValueError(f"min_ratio must be in (0, 1], got {min_ratio}")
         if round_to < 1:
             raise ValueError(f"round_to must be a positive integer, got {round_to}")
@@ -134,7 +151,7 @@ class ChannelSpace(CountedSpace):
     @classmethod
     def _probed(cls, model: nn.Module, inputs: tuple[torch.Tensor, ...], output: Output,
                 template: Template, candidates: list[Candidate], notes: list[str],
-                dense: RunLog, round_to: int, min_ratio: float,
+                dense: RunLog, round_to: int, min_ratio: float | None,
                 criterion: Criterion) -> ChannelSpace:
         """The space of ``candidates`` whose sizes probe exactly: a unit that breaks the model
         or disagrees with a direct count is kept dense with a note."""
@@ -395,8 +412,8 @@ def _blocks(graph: tp.DependencyGraph, group: tp.Group, root: nn.Module,
     return tuple(blocks) if len({len(b) for b in blocks}) == 1 else None
 
 
-def _find_candidates(pruner: Pruner, sequence: Sequence[str], round_to: int, min_ratio: float,
-                     ignored: set[str], head_dims: bool = False
+def _find_candidates(pruner: Pruner, sequence: Sequence[str], round_to: int,
+                     min_ratio: float | None, ignored: set[str], head_dims: bool = False
                      ) -> tuple[list[Candidate], list[str]]:
     """Every attention layer whose heads can be read, and every other channel group of the
     graph that can be a unit, with a note for each one set aside."""
@@ -412,14 +429,14 @@ def _find_candidates(pruner: Pruner, sequence: Sequence[str], round_to: int, min
         if ignored & set(members):
             continue
         per = heads.kv_heads if heads.kv_heads < heads.heads else 1  # GQA: same in every group
-        low = max(per, math.ceil(min_ratio * heads.heads / per) * per)
+        low = max(per, math.ceil(floor_of("heads", min_ratio) * heads.heads / per) * per)
         choices = tuple(range(min(low, heads.heads), heads.heads + 1, per))
         if len(choices) >= 2:
             candidates.append(Candidate(heads=heads, unit=Unit(
                 name=f"{heads.module}:heads", full=heads.heads, choices=choices, members=members,
                 kind="heads")))
         dims = channel_choices(heads.head_dim, round_to=max(1, heads.head_dim // 8),
-                               min_ratio=min_ratio)
+                               min_ratio=floor_of("head_dim", min_ratio))
         if head_dims and len(dims) >= 2:
             candidates.append(Candidate(heads=heads, dims=True, unit=Unit(
                 name=f"{heads.module}:head_dim", full=heads.head_dim, choices=dims,
@@ -461,12 +478,29 @@ def _find_candidates(pruner: Pruner, sequence: Sequence[str], round_to: int, min
             m = model.get_submodule(n)
             if isinstance(m, nn.MultiheadAttention):
                 step = math.lcm(step, int(m.num_heads))
-        choices = channel_choices(len(blocks), round_to=step, min_ratio=min_ratio)
+        kind = _group_kind(group)
+        choices = channel_choices(len(blocks), round_to=step,
+                                  min_ratio=floor_of(kind, min_ratio))
         if len(choices) < 2:
             continue
         primary = [n for n in members if isinstance(model.get_submodule(n), roots())]
         unit = Unit(name=(primary or list(members))[0], full=len(blocks), choices=choices,
-                    members=members)
+                    members=members, kind=kind)
         candidates.append(Candidate(unit=unit, root=name_of[root], blocks=blocks))
     candidates.sort(key=lambda c: order.get(c.unit.members[0], 0))
     return candidates, notes
+
+
+def _group_kind(group: Any) -> str:
+    """``residual`` for a width that a layer norm or an embedding shares (a transformer's,
+    a ViT's after its patch embedding, a ConvNeXt stage's), ``channels`` for another group
+    with a convolution in it (a CNN's channels), ``neurons`` otherwise (an MLP's hidden
+    layer)."""
+    modules = [dep.target.module for dep, _ in group]
+    if any(isinstance(m, (nn.Embedding, nn.LayerNorm, nn.RMSNorm))
+           or "LayerNorm" in type(m).__name__ or "RMSNorm" in type(m).__name__
+           for m in modules):
+        return "residual"
+    if any(isinstance(m, nn.modules.conv._ConvNd) for m in modules):
+        return "channels"
+    return "neurons"

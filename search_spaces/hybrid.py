@@ -103,7 +103,7 @@ class ChannelWeightSpace(CountedSpace):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_model(cls, model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], *,
-                   round_to: int = 8, min_ratio: float = 0.2, output: Output = None,
+                   round_to: int = 8, min_ratio: float | None = None, output: Output = None,
                    criterion: Any = "l2", levels: Sequence[float] = DEFAULT_LEVELS,
                    include_ends: bool = False,
                    calibration: Sequence[tuple[Any, Any]] | None = None) -> ChannelWeightSpace:

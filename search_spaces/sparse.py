@@ -185,7 +185,7 @@ class WeightSparsitySpace(CountedSpace):
     granularity: ClassVar[str] = "unstructured"
 
     def __init__(self, *, units: Sequence[Unit], layers: Sequence[_Layer], rows: LayerTable,
-                 example_inputs: tuple[torch.Tensor, ...], round_to: int, min_ratio: float,
+                 example_inputs: tuple[torch.Tensor, ...], round_to: int, min_ratio: float | None,
                  output: Output, notes: Sequence[str], criterion: WeightCriterion,
                  calibration: list | None, levels: tuple[float, ...],
                  nm: tuple[tuple[int, int], ...]) -> None:
@@ -213,7 +213,7 @@ class WeightSparsitySpace(CountedSpace):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_model(cls, model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], *,
-                   round_to: int = 8, min_ratio: float = 0.2, output: Output = None,
+                   round_to: int = 8, min_ratio: float | None = None, output: Output = None,
                    criterion: str | Any = "magnitude",
                    levels: Sequence[float] = DEFAULT_LEVELS,
                    nm: Sequence[str | Sequence[int]] = ("2:4", "1:4"),

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from autoprune.settings import LatencySettings, ModelSource, ProfileSettings, SearchSettings, SpaceSettings
 
-__all__ = ["BACKEND_HELP", "LATENCY", "PROFILE", "SEARCH", "BATCH_HELP", "CLOCK_HELP", "CRITERION_HELP", "DATA_HELP", "DTYPE_HELP",
+__all__ = ["BACKEND_HELP", "MIN_RATIO_HELP", "LATENCY", "PROFILE", "SEARCH", "BATCH_HELP", "CLOCK_HELP", "CRITERION_HELP", "DATA_HELP", "DTYPE_HELP",
            "GRANULARITY_HELP", "INPUT_SHAPE_HELP", "MODEL_ARG_HELP", "MODEL_HELP", "TARGET_HELP",
            "THREADS_HELP", "WEIGHTS_HELP", "absolute", "err", "fail", "source", "space", "user_errors"]
 
@@ -37,6 +37,9 @@ DTYPE_HELP = ("Precision of the search: float32 (default), bfloat16 or float16. 
               "weights and every pruned network are held in it (half the memory), inputs are "
               "cast to it, and size= budgets count its bytes; the run folder records it, so "
               "pick, recover and export rebuild the network in it.")
+MIN_RATIO_HELP = ("Fewest elements every unit keeps, as a fraction (default: a floor per kind of "
+                  "unit: CNN channels 0.2, MLP neurons 0.05, the residual width of a "
+                  "transformer 0.5, attention heads 0.2).")
 INPUT_SHAPE_HELP = "One sample's input shape without the batch, e.g. 3x32x32 (default: the data's)."
 DATA_HELP = ("Data source: digits (scikit-learn's images, embedded), python-stdlib (the text of "
              "this Python's standard library, for --model chargpt; scored by loss), or "

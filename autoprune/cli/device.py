@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from autoprune.cli.common import (BACKEND_HELP, BATCH_HELP, CLOCK_HELP, DATA_HELP, INPUT_SHAPE_HELP,
+from autoprune.cli.common import (MIN_RATIO_HELP, BACKEND_HELP, BATCH_HELP, CLOCK_HELP, DATA_HELP, INPUT_SHAPE_HELP,
                                   MODEL_ARG_HELP, MODEL_HELP, THREADS_HELP, WEIGHTS_HELP, LATENCY, PROFILE,
                                   err, fail, source, user_errors)
 from autoprune.latency.device import Device
@@ -33,7 +33,7 @@ def profile(
     image_size: Annotated[int, typer.Option(min=8, help="Input resolution.")] = PROFILE.source.image_size,
     width_mult: Annotated[float, typer.Option(min=0.05, help="Width multiplier.")] = PROFILE.source.width_mult,
     round_to: Annotated[int, typer.Option(min=1, help="Channel rounding of the search space.")] = PROFILE.space.round_to,
-    min_ratio: Annotated[float, typer.Option(min=0.01, max=1.0, help="Fewest channels a unit keeps.")] = PROFILE.space.min_ratio,
+    min_ratio: Annotated[float | None, typer.Option(min=0.01, max=1.0, help=MIN_RATIO_HELP)] = PROFILE.space.min_ratio,
     grid: Annotated[int, typer.Option(min=2, help="Widths profiled per axis of each layer.")] = PROFILE.plan.grid,
     calibration: Annotated[int, typer.Option(
         min=2, help="Pruned networks measured whole to fit the correction (and its error).")] = PROFILE.plan.calibration,

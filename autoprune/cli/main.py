@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from autoprune.cli.common import (BACKEND_HELP, BATCH_HELP, CLOCK_HELP, CRITERION_HELP, DATA_HELP,
+from autoprune.cli.common import (MIN_RATIO_HELP, BACKEND_HELP, BATCH_HELP, CLOCK_HELP, CRITERION_HELP, DATA_HELP,
                                   DTYPE_HELP, GRANULARITY_HELP, MODEL_ARG_HELP, MODEL_HELP,
                                   SEARCH, TARGET_HELP, THREADS_HELP, WEIGHTS_HELP, absolute, err,
                                   fail, source, space, user_errors)
@@ -61,8 +61,7 @@ def search(
              "database, each under a study name of its own; run.json records it, so a "
              "resume (without --storage) and autoprune pick need only the folder.")] = None,
     round_to: Annotated[int, typer.Option(min=1, help="Channel counts are multiples of this.")] = SEARCH.space.round_to,
-    min_ratio: Annotated[float, typer.Option(min=0.01, max=1.0,
-                                             help="Fewest channels a unit keeps, as a fraction.")] = SEARCH.space.min_ratio,
+    min_ratio: Annotated[float | None, typer.Option(min=0.01, max=1.0, help=MIN_RATIO_HELP)] = SEARCH.space.min_ratio,
     criterion: Annotated[str | None, typer.Option(help=CRITERION_HELP)] = None,
     granularity: Annotated[str, typer.Option(help=GRANULARITY_HELP)] = SEARCH.space.space,
     levels: Annotated[str, typer.Option(

@@ -68,7 +68,7 @@ def latency(settings: LatencySettings) -> dict[str, Any]:
                                   expected_device=settings.device.fingerprint(example))
         space = make_space("channel", dense, example,
                            round_to=int(table.space.get("round_to", 8)),
-                           min_ratio=float(table.space.get("min_ratio", 0.2)))
+                           min_ratio=table.space.get("min_ratio", 0.2))
         table.check_space(space, source=f"latency table {settings.lut}")
     m = measure_latency(model, example, device=settings.device, warmup=settings.warmup,
                         repeats=settings.repeats)

@@ -111,7 +111,7 @@ def sort_channels(model: nn.Module, space: ChannelSpace) -> list[np.ndarray]:
     """Reorder ``model`` in place so that every unit's channels are in decreasing importance
     (group L2 magnitude, as pruning ranks them); returns each unit's order (new position ->
     old channel). The model's function is unchanged."""
-    other = [u.name for u in space.units if u.kind != "channels"]
+    other = [u.name for u in space.units if u.kind in ("heads", "head_dim")]
     if other:
         raise SupernetError(
             f"elastic width covers channel groups only, and this model has {len(other)} units "

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from autoprune.agents import PointCosts, is_probe
+
 __all__ = ["BudgetLandscape", "run_agent"]
 
 
@@ -60,6 +62,11 @@ class BudgetLandscape:
             lo, hi = (mid, hi) if self.feasible(at(mid)) else (lo, mid)
         return at(lo)
 
+    def point_costs(self) -> PointCosts:
+        """The landscape's cost and budget as the search loop hands them to agents."""
+        return PointCosts(costs=lambda x: {"macs": self.cost(x)}, limits={"macs": self.limit},
+                          dense={"macs": float(self.a.sum())})
+
     def kkt(self) -> np.ndarray:
         """The optimum: ``x_i = clip(s_i / (lam a_i) - eps, 0, 1)`` with ``a . x = limit``."""
         lo, hi = 1e-9, 1e9
@@ -73,7 +80,8 @@ class BudgetLandscape:
 def run_agent(agent: Any, landscape: BudgetLandscape, *, evaluations: int, batch: int = 1,
               on_step: Callable[[], None] | None = None) -> list[float]:
     """The search loop in miniature: ask, repair, evaluate, tell (``on_step`` after each
-    evaluation). Returns the regret of the best point after each evaluation."""
+    evaluation). A ``Probe`` is evaluated as it is, outside the budget, and is never the best.
+    Returns the regret of the best point after each evaluation."""
     best, regrets = -math.inf, []
     while len(regrets) < evaluations:
         points = agent.ask(min(batch, evaluations - len(regrets)))
@@ -81,12 +89,15 @@ def run_agent(agent: Any, landscape: BudgetLandscape, *, evaluations: int, batch
             raise AssertionError(f"{type(agent).__name__} stopped after {len(regrets)} "
                                  "evaluations")
         for x in points:
-            r = landscape.repair(x)
-            if not landscape.feasible(r):
+            probing = is_probe(x)
+            r = np.clip(np.asarray(x, dtype=float), 0.0, 1.0) if probing else landscape.repair(x)
+            if not probing and not landscape.feasible(r):
                 raise AssertionError(f"repair left {r} over the budget")
             v = landscape.value(r)
-            agent.tell(r, {"objective": v, "cost.macs": landscape.cost(r)})
-            best = max(best, v)
+            agent.tell(r, {"objective": v, "cost.macs": landscape.cost(r),
+                           **({"probe": 1.0} if probing else {})})
+            if landscape.feasible(r):
+                best = max(best, v)
             regrets.append(landscape.optimum - best)
             if on_step is not None:
                 on_step()
