@@ -31,16 +31,16 @@ validation set many single-unit probes change no prediction.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 
-from .base import Agent, probe
+from .base import Agent, AgentContext, probe
 from .curves import Curve, knapsack, threshold
 from .registry import register_agent
 
-__all__ = ["SensitivityAgent"]
+__all__ = ["SensitivityAgent", "allocation_from_probes"]
 
 
 @register_agent("sensitivity")
@@ -107,18 +107,7 @@ class SensitivityAgent(Agent):
         if not plan or any(k not in self.measured for k in plan):
             return None
         if self._curves is None:
-            ctx = self._require_context()
-            worst = min((v for v in self.measured.values() if math.isfinite(v)), default=0.0)
-            score = {k: v if math.isfinite(v) else worst - 1.0  # a failed probe: the worst
-                     for k, v in self.measured.items()}
-            dense = score[_key(-1, 1.0)]
-            measured: dict[int, dict[float, float]] = {}
-            for (unit, x), v in score.items():
-                if unit >= 0:
-                    measured.setdefault(unit, {})[x] = dense - v
-            kinds = ctx.kinds or ("",) * self.dim
-            self._curves = [Curve(measured.get(i) or _borrowed(measured, kinds, i),
-                                  len(ctx.choices[i])) for i in range(self.dim)]
+            self._curves = _curves(self.measured, self._require_context())
         return self._curves
 
     def allocations(self) -> list[np.ndarray]:
@@ -239,6 +228,45 @@ class SensitivityAgent(Agent):
         self.best = (list(best[0]), float(best[1])) if best else None
         self.rng.bit_generator.state = state["rng"]
         self._curves = self._finals = None
+
+
+def allocation_from_probes(context: AgentContext,
+                           told: Iterable[tuple[np.ndarray, Mapping[str, float]]]
+                           ) -> np.ndarray | None:
+    """The knapsack's allocation for ``context``'s budget from probe results measured before
+    (a finished study's, for a budget chosen after the search: ``autoprune pick``); ``None``
+    when they hold no dense point or no unit's probe, or the context has no budget."""
+    agent = SensitivityAgent(context.dim)
+    agent.set_context(context)
+    for point, result in told:
+        agent.tell(point, {**result, "probe": 1.0})
+    if context.budget is None or not context.budget.limits or \
+            not any(u >= 0 for u, _ in agent.measured):
+        return None
+    curves = _curves(agent.measured, context)
+    return None if curves is None else knapsack(curves, context.budget.costs,
+                                                context.budget.limits)
+
+
+def _curves(measured: Mapping[tuple[int, float], float],
+            ctx: AgentContext) -> list[Curve] | None:
+    """Every unit's curve from probe scores (a unit not measured borrows its kind's median
+    curve); ``None`` without the dense point."""
+    if _key(-1, 1.0) not in measured:
+        return None
+    worst = min((v for v in measured.values() if math.isfinite(v)), default=0.0)
+    score = {k: v if math.isfinite(v) else worst - 1.0  # a failed probe: the worst
+             for k, v in measured.items()}
+    dense = score[_key(-1, 1.0)]
+    losses: dict[int, dict[float, float]] = {}
+    for (unit, x), v in score.items():
+        if unit >= 0:
+            losses.setdefault(unit, {})[x] = dense - v
+    if not losses:
+        return None
+    kinds = ctx.kinds or ("",) * ctx.dim
+    return [Curve(losses.get(i) or _borrowed(losses, kinds, i), len(ctx.choices[i]))
+            for i in range(ctx.dim)]
 
 
 def _key(unit: int, x: float) -> tuple[int, float]:

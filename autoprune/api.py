@@ -12,11 +12,14 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from torch import nn
 
 from autoprune.agents import Agent, AgentOptionError, make_agent
+from autoprune.agents.sensitivity import allocation_from_probes
+from autoprune.context import agent_context
 from autoprune.allocation import Allocation
 from autoprune.errors import SearchError
 from autoprune.evaluator import Evaluator, as_evaluator
@@ -37,7 +40,8 @@ from autoprune.run_folder import (check_run_folder, describe_study, load_pruned,
 from autoprune.search_spaces import Criterion, SearchSpace, make_space, release, watch
 from autoprune.spaces import (check_space, check_space_targets, criterion_options,
                               space_options)
-from autoprune.session import PruneAndEvaluate, best_record, evaluate_point, run_search
+from autoprune.session import (PruneAndEvaluate, best_record, evaluate_point, objective_value,
+                               run_search)
 from autoprune.settings import OBJECTIVES, SearchSettings, SpaceSettings, slug
 from autoprune.study import StudyStore, TrialRecord, check_storage, masked
 from autoprune.targets import Budget, parse_targets
@@ -449,7 +453,10 @@ def pick(run_dir: str | Path, target: str | Sequence[str], *, cache_dir: Path | 
                             value_bytes=value_bytes(model))
     records = store.records()
     best = best_record(records, problem)
-    if best is None:
+    # A study with sensitivity curves (its probes) allocates this budget from them too.
+    curve = _curve_trial(records, problem, model, objective=store.get_meta("objective")
+                         or task.metric, evaluator=evaluator)
+    if best is None and curve is None:
         finished = [r for r in records if not r.failed]
         cheapest = ", ".join(
             f"{b.metric} {min(r.costs[b.metric] for r in finished) / problem.dense_costs[b.metric]:.1%}"
@@ -457,6 +464,8 @@ def pick(run_dir: str | Path, target: str | Sequence[str], *, cache_dir: Path | 
         raise SearchError(f"no trial of {run_dir} meets {', '.join(t.text for t in targets)} "
                           f"(cheapest: {cheapest} of dense); pick a looser target or run a "
                           "search for this budget")
+    if curve is not None and (best is None or curve.objective > best.objective):
+        best = curve
     pruned = space.apply(model, best.config)
     val = evaluator(pruned)
     test = evaluator.test(pruned)
@@ -464,19 +473,52 @@ def pick(run_dir: str | Path, target: str | Sequence[str], *, cache_dir: Path | 
     choice = write_choice(
         run_dir / f"{name}.json", model=model, space=space, data=saved["data"],
         example_inputs=example, config=best.config,
-        costs=best.costs, trial=best.number, metrics=split_metrics(val, test),
+        costs=best.costs, trial=None if best is curve else best.number,
+        metrics=split_metrics(val, test),
         budgets=[asdict(b) for b in problem.budgets], weights=space.deployable(pruned),
         extra={**space_record(SpaceSettings.from_recorded(saved)),
                **({"dtype": saved["dtype"]} if saved.get("dtype", "float32") != "float32" else {})})
     console.print(
-        f"picked trial {best.number} of {len(records)}: "
+        (f"picked trial {best.number} of {len(records)}: " if best is not curve else
+         f"picked the allocation of the study's sensitivity curves for this budget (better "
+         f"than its {len(records)} trials): ")
         + ", ".join(f"{b.metric} {best.costs[b.metric] / problem.dense_costs[b.metric]:.1%} of "
                     f"dense (budget {b.text})" for b in problem.budgets)
         + f"; validation {task.describe(val)}, test {task.describe(test)}"
         f"\nwrote {run_dir / (name + '.json')} and {name}.pt")
-    return {"run_dir": str(run_dir), "choice": name, "trial": best.number,
+    return {"run_dir": str(run_dir), "choice": name,
+            "trial": None if best is curve else best.number,
             "costs": dict(best.costs), "metrics": choice["metrics"],
             "budgets_met": problem.feasible(best.costs),
             "units": {k: int(v) for k, v in best.config.items()},
             "files": {"choice": str(run_dir / f"{name}.json"),
                       "model": str(run_dir / f"{name}.pt")}}
+
+
+def _curve_trial(records: Sequence[TrialRecord], problem: PruningProblem, model: nn.Module, *,
+                 objective: str, evaluator: Evaluator) -> TrialRecord | None:
+    """The knapsack's allocation for ``problem``'s budget from the sensitivity probes of a
+    study (``agents.sensitivity``), scored now; ``None`` when the study has none, or when the
+    allocation is a configuration the study already scored."""
+    probes = [(np.asarray(r.point, dtype=float)[:problem.space.dim], _told(r))
+              for r in records if r.extra.get("probe") and not r.failed]
+    if not probes:
+        return None
+    context = agent_context(problem.space, model, needs={"budget"}, problem=problem)
+    x = allocation_from_probes(context, probes)
+    if x is None:
+        return None
+    x = problem.repair(x)
+    config = problem.space.decode(x)
+    if any(dict(r.config) == config for r in records):
+        return None  # scored in the search: best_record has seen it
+    metrics = evaluator(problem.space.apply(model, config))
+    return TrialRecord(number=len(records), point=tuple(x), config=config,
+                       costs=problem.costs(config), metrics=metrics,
+                       objective=objective_value(metrics, objective),
+                       extra={"from": "sensitivity curves"})
+
+
+def _told(record: TrialRecord) -> dict[str, float]:
+    return {"objective": record.objective,
+            **{f"metric.{k}": float(v) for k, v in record.metrics.items()}}

@@ -30,9 +30,11 @@ that proposes it, so wall time is what the run would take alone.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import platform
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -52,10 +54,14 @@ from autoprune.latency.device import Device
 from autoprune.session import best_record, run_search
 from autoprune.problem import build_problem
 from autoprune.search_spaces import make_space
+from autoprune.search_spaces.reference import reference_macs
 from autoprune.study import StudyStore, TrialRecord
 from autoprune.targets import parse_targets
 from autoprune.zoo.tasks import load_task
 from autoprune.zoo.train import default_cache_dir
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # fastnas.py, beside this file
+from fastnas import available as fastnas_available  # noqa: E402
 
 __all__ = ["LeagueSettings", "main", "run_league"]
 
@@ -69,6 +75,9 @@ class LeagueSettings:
     image_size: int = 16
     width_mult: float = 1.0
     target: str = "flops=50%"
+    round_to: int = 8  # the channel step of the space (and of FastNAS's row)
+    min_ratio: float | None = None  # None: autoprune's floors per kind of unit
+    fastnas: bool = False  # add ModelOpt's FastNAS as a row (benchmarks/fastnas.py)
     trials: int = 100
     seeds: tuple[int, ...] = (0, 1, 2)
     calib_batches: int = 16
@@ -81,8 +90,9 @@ class LeagueSettings:
     noise_seeds: int = 3
 
 
-#: Chains in the league by default: a heuristic's few evaluations, then a model-based search.
-CHAINS = ("erk+tpe", "erk+evolution")
+#: Chains in the league by default: a heuristic's few evaluations, or the sensitivity curves
+#: and their allocations, then a model-based search.
+CHAINS = ("erk+tpe", "erk+evolution", "sensitivity+tpe", "sensitivity+gp", "sensitivity+evolution")
 #: The secondary tasks keep the references, ERK, one Bayesian and one evolutionary agent and
 #: the chains (MobileNet-V2's evaluations cost ~4x ResNet-20's).
 SHORTLIST = ("uniform", "random", "erk", "tpe", "evolution", "erk+tpe")
@@ -97,8 +107,22 @@ SUITE = (
     LeagueSettings(model="mobilenetv2", trials=40, seeds=(0, 1), agents=SHORTLIST),
     LeagueSettings(target="latency=80%", trials=40, seeds=(0, 1), agents=SHORTLIST),
 )
-# 30 evaluations: enough for sensitivity to finish on ResNet-20 (1 + 2 x 12 units + 2).
 QUICK = (LeagueSettings(trials=30, seeds=(0,), calib_batches=4, finetune_steps=10),)
+
+#: Against ModelOpt's FastNAS (``--suite peers``; ``--fastnas`` adds its row where ModelOpt is
+#: installed): the issue's four tasks at flops=50% with channels in steps of 4, each at the
+#: evaluations FastNAS spent there or 40, whichever is larger (FastNAS: ResNet-20 53,
+#: MobileNet-V2 377 (here 60: enough), the ViT 14, the char GPT 64), two seeds.
+CONTENDERS = ("random", "uniform", "tpe", "sensitivity", "sensitivity+tpe", "sensitivity+gp",
+              "sensitivity+evolution")
+PEERS = (
+    LeagueSettings(model="resnet20", round_to=4, trials=53, seeds=(0, 1), agents=CONTENDERS),
+    LeagueSettings(model="mobilenetv2", round_to=4, trials=60, seeds=(0, 1), agents=CONTENDERS),
+    LeagueSettings(model="vit", round_to=4, trials=40, seeds=(0, 1), agents=CONTENDERS),
+    LeagueSettings(model="chargpt", data="python-stdlib", round_to=4, trials=64, seeds=(0, 1),
+                   agents=CONTENDERS),
+)
+SUITES = {"default": SUITE, "peers": PEERS}
 
 
 class TimedAgent(Agent):
@@ -186,7 +210,10 @@ def _is_deterministic(name: str) -> bool:
     return all(part in DETERMINISTIC for part in name.split("+"))
 
 
-DETERMINISTIC = frozenset({"uniform", "global", "lamp", "erk", "sensitivity"})
+#: The peer's row (``--fastnas``).
+FASTNAS = "FastNAS (ModelOpt)"
+
+DETERMINISTIC = frozenset({"uniform", "global", "lamp", "erk"})
 
 
 def run_league(settings: LeagueSettings, *, console: Console) -> dict[str, Any]:
@@ -198,7 +225,8 @@ def run_league(settings: LeagueSettings, *, console: Console) -> dict[str, Any]:
     # What the study stores is higher-is-better: a loss is negated there, and shown as itself.
     sign = -1.0 if metric == "loss" else 1.0
     example = task.example_inputs(1)
-    space = make_space("channel", model, example)
+    space = make_space("channel", model, example, round_to=settings.round_to,
+                       min_ratio=settings.min_ratio)
     targets = parse_targets(settings.target)
     table = None
     if any(t.metric == "latency_ms" for t in targets):
@@ -217,28 +245,35 @@ def run_league(settings: LeagueSettings, *, console: Console) -> dict[str, Any]:
     executor = CachingExecutor()
     finals: dict[tuple[tuple[str, int], ...], dict[str, float]] = {}
 
+    def network_scores(build: Any) -> dict[str, float]:
+        """Test score of a network (``build()`` makes a fresh copy), and both scores after the
+        short fine-tune (and its measured latency for a latency task)."""
+        out = {"test": evaluator.test(build(), prepared=False)[metric]}
+        tuned, tune = build(), tuner()
+        out["ft_val"] = tune(tuned)[metric]  # fine-tunes, recalibrates BN, scores
+        out["ft_test"] = tune.test(tuned)[metric]
+        if table is not None:
+            out["measured_ms"] = measure_latency(build(), example,
+                                                 device=Device(threads=settings.threads)).median_ms
+        return out
+
     def final_scores(config: Mapping[str, int]) -> dict[str, float]:
-        """Test accuracy of a run's best network, and both scores after the short fine-tune
-        (and its measured latency for a latency task); once per configuration."""
+        """``network_scores`` of a run's best network, once per configuration."""
         key = tuple(sorted((k, int(v)) for k, v in config.items()))
         if key not in finals:
-            out = {"test": evaluator.test(space.apply(model, config), prepared=False)[metric]}
-            tuned, tune = space.apply(model, config), tuner()
-            out["ft_val"] = tune(tuned)[metric]  # fine-tunes, recalibrates BN, scores
-            out["ft_test"] = tune.test(tuned)[metric]
-            if table is not None:
-                out["measured_ms"] = measure_latency(
-                    space.apply(model, config), example,
-                    device=Device(threads=settings.threads)).median_ms
-            finals[key] = out
+            finals[key] = network_scores(lambda: space.apply(model, config))
         return finals[key]
 
     names = list(settings.agents or [*sorted(AGENTS), *CHAINS])
     # random and uniform run first: the references every other run is compared with.
     names = [n for n in ("random", "uniform") if n in names] + \
         [n for n in names if n not in ("random", "uniform")]
-    reference: dict[str, float | None] = {"uniform": None, "random": None}
+    reference: dict[str, float | None] = {"uniform": None, "random": None, "fastnas": None}
     rows: dict[str, dict[str, Any]] = {}
+    if settings.fastnas:  # the peer first: the score every agent is timed to reach
+        rows[FASTNAS] = {"runs": [_fastnas_run(settings, task, model, example, evaluator,
+                                               metric, network_scores, problem, console)]}
+        reference["fastnas"] = sign * rows[FASTNAS]["runs"][0]["best_val"]
     for name in names:
         runs = []
         for seed in settings.seeds[:1] if _is_deterministic(name) else settings.seeds:
@@ -279,6 +314,8 @@ def run_league(settings: LeagueSettings, *, console: Console) -> dict[str, Any]:
                                     _first_at(_records_of(r, sign), reference["uniform"]))
             r["reach_random_at"] = _first_at(_records_of(r, sign), reference["random"],
                                              strict=False)
+            r["reach_fastnas_at"] = (None if name == FASTNAS else _first_at(
+                _records_of(r, sign), reference["fastnas"], strict=False))
         row.update(_summary(row["runs"]))
     noise = _finetune_noise(rows, settings.noise_seeds,
                             lambda config, seed: tuner(seed)(space.apply(model, config))[metric])
@@ -294,10 +331,36 @@ def run_league(settings: LeagueSettings, *, console: Console) -> dict[str, Any]:
         "units": space.dim,
         "uniform_val": None if reference["uniform"] is None else sign * reference["uniform"],
         "random_final_val": None if reference["random"] is None else sign * reference["random"],
+        "fastnas_val": None if reference["fastnas"] is None else sign * reference["fastnas"],
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "threads": settings.threads, "processor": platform.processor()},
         "agents": rows,
     }
+
+
+def _fastnas_run(settings: LeagueSettings, task: Any, model: torch.nn.Module,
+                 example: torch.Tensor, evaluator: Any, metric: str, network_scores: Any,
+                 problem: Any, console: Console) -> dict[str, Any]:
+    """ModelOpt's FastNAS on the task (``benchmarks/fastnas.py``), scored as the agents are."""
+    from fastnas import run_fastnas  # noqa: PLC0415 - beside this file; needs ModelOpt
+
+    sign = -1.0 if metric == "loss" else 1.0
+    out = run_fastnas(model, example, target=settings.target, round_to=settings.round_to,
+                      score=lambda net: sign * evaluator(net)[metric],
+                      batches=task.calibration_batches(settings.calib_batches))
+    net = out["model"]
+    val = evaluator(copy.deepcopy(net))[metric]
+    scores = network_scores(lambda: copy.deepcopy(net))
+    macs = reference_macs(net, (example,))
+    console.print(f"  {FASTNAS:14s}: best val {val:.4f}, fine-tuned {scores['ft_val']:.4f} "
+                  f"({out['evaluations']} evaluations, {out['wall_s']:.0f}s)", highlight=False)
+    return {"seed": 0, "trials": out["evaluations"], "best_val": val,
+            "best_test": scores["test"], "ft_val": scores["ft_val"], "ft_test": scores["ft_test"],
+            "best_costs": {"macs": float(macs)},
+            "best_macs_fraction": macs / problem.dense_costs["macs"],
+            "curve": [], "wall_s": out["wall_s"], "overhead_ms": 0.0, "best_config": {},
+            "widths": {n: list(m.weight.shape) for n, m in net.named_modules()
+                       if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}}
 
 
 def _finetune_noise(rows: Mapping[str, Mapping[str, Any]], seeds: int,
@@ -306,7 +369,7 @@ def _finetune_noise(rows: Mapping[str, Mapping[str, Any]], seeds: int,
     (``tuned(config, seed)``), beside how much the agents' fine-tuned scores differ."""
     if seeds < 2 or not rows:
         return None
-    name = "uniform" if "uniform" in rows else next(iter(rows))
+    name = "uniform" if "uniform" in rows else next(n for n in rows if n != FASTNAS)
     config = rows[name]["runs"][0]["best_config"]
     values = [float(tuned(config, seed)) for seed in range(seeds)]
     means = [row["ft_val"][0] for row in rows.values()]
@@ -335,12 +398,14 @@ def _summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
     beat, beat_n = first("beat_uniform_at")
     reach, reach_n = first("reach_random_at")
+    peer, peer_n = first("reach_fastnas_at")
     out = {"best_val": stats("best_val"), "best_test": stats("best_test"),
            "ft_val": stats("ft_val"), "ft_test": stats("ft_test"),
            "trials": stats("trials")[0], "wall_s": stats("wall_s")[0],
            "overhead_ms": stats("overhead_ms")[0],
            "beat_uniform_at": beat, "beat_uniform_runs": beat_n,
-           "reach_random_at": reach, "reach_random_runs": reach_n, "seeds": len(runs)}
+           "reach_random_at": reach, "reach_random_runs": reach_n,
+           "reach_fastnas_at": peer, "reach_fastnas_runs": peer_n, "seeds": len(runs)}
     if all("measured_ms" in r for r in runs):
         out["measured_ms"] = stats("measured_ms")
         out["latency_met_runs"] = sum(bool(r["latency_met"]) for r in runs)
@@ -358,6 +423,8 @@ def league_table(result: Mapping[str, Any]) -> Table:
     cols = ["agent", f"best val {short}", f"test {short} of best",
             f"val after {s['finetune_steps']}-step fine-tune", "test after fine-tune", "evals to beat uniform",
             "evals to reach random's final", "trials", "wall s", "overhead ms/proposal"]
+    if result.get("fastnas_val") is not None:
+        cols.insert(7, "evals to reach FastNAS")
     if latency:
         cols.insert(5, "measured ms (met)")
     for col in cols:
@@ -368,7 +435,8 @@ def league_table(result: Mapping[str, Any]) -> Table:
     def cell(pair: Sequence[float], spread: bool) -> str:
         return f"{pair[0]:.4f}" + (f" ± {pair[1]:.3f}" if spread else "")
 
-    refs = {"beat_uniform": result["uniform_val"], "reach_random": result["random_final_val"]}
+    refs = {"beat_uniform": result["uniform_val"], "reach_random": result["random_final_val"],
+            "reach_fastnas": result.get("fastnas_val")}
 
     def first(row: Mapping[str, Any], key: str) -> str:
         if refs[key] is None:  # the reference agent was not in this league
@@ -383,6 +451,8 @@ def league_table(result: Mapping[str, Any]) -> Table:
                   "-" if name == "uniform" else first(row, "beat_uniform"),
                   first(row, "reach_random"), f"{row['trials']:.0f}", f"{row['wall_s']:.0f}",
                   f"{row['overhead_ms']:.1f}"]
+        if refs["reach_fastnas"] is not None:
+            values.insert(7, "-" if name == FASTNAS else first(row, "reach_fastnas"))
         if latency:
             values.insert(5, f"{row['measured_ms'][0]:.3f} "
                              f"({row['latency_met_runs']}/{row['seeds']})")
@@ -408,6 +478,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--quick", action="store_true",
                         help="one small task: 30 evaluations, one seed (a few minutes)")
+    parser.add_argument("--suite", choices=sorted(SUITES), default="default",
+                        help="the task list: default (every agent on ResNet-20 and more), or "
+                             "peers (the four tasks against ModelOpt's FastNAS)")
+    parser.add_argument("--fastnas", action="store_true",
+                        help="add ModelOpt's FastNAS as a row (needs nvidia-modelopt: run with "
+                             ".venv-modelopt/bin/python after scripts/setup-modelopt.sh)")
+    parser.add_argument("--round-to", type=int, help="channel step of the space (and FastNAS's)")
+    parser.add_argument("--min-ratio", type=float,
+                        help="one floor for every unit (default: autoprune's floor per kind)")
     parser.add_argument("--tasks", type=int, nargs="+",
                         help="run these tasks of the suite only (1-based), e.g. --tasks 2 3")
     parser.add_argument("--model", help="run one task on this zoo model instead of the suite")
@@ -423,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="data orders the fine-tune's noise is measured with (0: not)")
     parser.add_argument("--out", type=Path, help="JSON results (default benchmarks/results/)")
     args = parser.parse_args(argv)
-    tasks: tuple[LeagueSettings, ...] = QUICK if args.quick else SUITE
+    tasks: tuple[LeagueSettings, ...] = QUICK if args.quick else SUITES[args.suite]
     if args.tasks:
         bad = [t for t in args.tasks if not 1 <= t <= len(tasks)]
         if bad:
@@ -444,9 +523,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         overrides["finetune_steps"] = args.finetune_steps
     if args.noise_seeds is not None:
         overrides["noise_seeds"] = args.noise_seeds
+    if args.round_to:
+        overrides["round_to"] = args.round_to
+    if args.min_ratio is not None:
+        overrides["min_ratio"] = args.min_ratio
+    if args.fastnas:
+        if not fastnas_available():
+            parser.error("--fastnas needs nvidia-modelopt: bash scripts/setup-modelopt.sh, then "
+                         "run this with .venv-modelopt/bin/python")
+        overrides["fastnas"] = True
     tasks = tuple(LeagueSettings(**{**asdict(t), **overrides}) for t in tasks)
     out = args.out or Path(__file__).parent / "results" / (
-        f"agents{'-quick' if args.quick else ''}.json")
+        f"agents{'-quick' if args.quick else '' if args.suite == 'default' else '-' + args.suite}"
+        ".json")
     out.parent.mkdir(parents=True, exist_ok=True)
     console = Console()
     console.width = max(console.width, 170)  # the table stays one line per agent in a log

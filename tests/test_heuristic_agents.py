@@ -3,15 +3,13 @@ member of their family that fits the budget."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import autoprune
-from autoprune.agents import AgentContext, is_probe, make_agent
+from autoprune.agents import AgentContext, make_agent
 from autoprune.agents.allocation import threshold_fractions
 from autoprune.agents.erk import erk_factors
 from autoprune.agents.global_magnitude import global_scores
@@ -21,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_agent_search import DIM
-from autoprune.testing.landscape import BudgetLandscape, run_agent
+from autoprune.testing.landscape import BudgetLandscape
 
 
 def test_lamp_scores_follow_the_paper() -> None:
@@ -74,62 +72,6 @@ def test_knob_agents_find_the_member_of_their_family_that_fits_the_budget(name: 
     assert max(moves[-3:]) < 0.01 < max(moves[:3])
 
 
-def _landscape_context(land: BudgetLandscape, trials: int | None) -> AgentContext:
-    return AgentContext(choices=tuple(tuple(range(1, 65)) for _ in range(land.dim)),
-                        budget=land.point_costs(), trials=trials)
-
-
-def test_sensitivity_measures_curves_then_allocates_within_the_budget() -> None:
-    land = BudgetLandscape(DIM, 0)
-    agent = make_agent("sensitivity", DIM)
-    agent.set_context(_landscape_context(land, trials=60))
-    asked = []
-    while len(asked) < 60 and (points := agent.ask(1)):
-        x = points[0]
-        probing = is_probe(x)
-        r = np.asarray(x, dtype=float) if probing else land.repair(x)
-        asked.append((probing, r, land.value(r)))
-        agent.tell(r, {"objective": land.value(r), **({"probe": 1.0} if probing else {})})
-    uniform = asked[0][2]
-    assert not asked[0][0]  # the uniform allocation first: a network within the budget at once
-    probes = [r for probing, r, _ in asked if probing]
-    # The dense point, then every unit thinned alone: one coordinate below 1 in each probe.
-    assert np.all(probes[0] == 1.0)
-    assert all(np.sum(p < 1.0) == 1 for p in probes[1:])
-    assert {int(np.flatnonzero(p < 1.0)[0]) for p in probes[1:]} == set(range(DIM))
-    assert len(probes) <= 0.7 * 60  # the curves take at most their share of the trials
-    after = [(r, v) for probing, r, v in asked[len(probes) + 1:]]
-    assert len(asked) == 60  # alone it goes on refining until the trials run out
-    assert all(land.feasible(r) for r, _ in after)
-    # The knapsack over the measured curves beats the uniform allocation at once, and the
-    # refinement closes most of what remains to the optimum.
-    assert after[0][1] > uniform
-    assert land.optimum - max(v for _, v in after) < 0.25 * (land.optimum - uniform)
-
-
-def test_sensitivity_in_a_chain_hands_over_after_its_allocations() -> None:
-    land = BudgetLandscape(DIM, 1)
-    agent = make_agent("sensitivity+tpe", DIM, seed=0)
-    agent.set_context(_landscape_context(land, trials=80))
-    regrets = run_agent(agent, land, evaluations=80)
-    assert agent.stage == 1  # TPE took over after the probes and the allocations
-    sens = agent.stages[0]
-    assert sens.asked <= 1 + len(sens.plan) + 2
-    assert regrets[-1] < regrets[sens.asked - 1] or regrets[-1] < 0.05
-
-
-def test_sensitivity_resumes_from_its_saved_state() -> None:
-    land = BudgetLandscape(DIM, 2)
-    first = make_agent("sensitivity", DIM)
-    first.set_context(_landscape_context(land, trials=40))
-    run_agent(first, land, evaluations=25)
-    again = make_agent("sensitivity", DIM)
-    again.set_context(_landscape_context(land, trials=40))
-    again.load_state_dict(json.loads(json.dumps(first.state_dict())))
-    assert again.measured == first.measured
-    assert np.allclose(again.ask(1)[0], first.ask(1)[0])
-
-
 def _width(model: nn.Module) -> dict[str, float]:
     n = sum(p.numel() for p in model.parameters())
     return {"accuracy": n / (n + 5000.0)}
@@ -144,23 +86,3 @@ def test_heuristics_run_in_the_search_loop_and_stop_by_themselves(user_model: nn
     assert 1 <= len(alloc.trials) < 40
     for r in alloc.trials:
         assert r.costs["macs"] <= 0.5 * alloc.dense_costs["macs"] + 1e-6
-
-
-def test_a_sensitivity_search_records_its_probes_and_picks_within_the_budget(
-        user_model: nn.Module) -> None:
-    x = torch.randn(1, 1, 16, 16)
-    alloc = autoprune.allocate(user_model, example_inputs=x, target="flops=50%",
-                               evaluate=_width, agent="sensitivity", trials=30, round_to=4)
-    probes = [r for r in alloc.trials if r.extra.get("probe")]
-    # The uniform allocation, then the dense point and each unit thinned alone (scored as they
-    # are, outside the budget), then allocations within it.
-    assert not alloc.trials[0].extra.get("probe")
-    assert probes[0].costs["macs"] == alloc.dense_costs["macs"]
-    assert {sum(p < 1.0 for p in r.point) for r in probes[1:]} == {1}
-    assert len(alloc.trials) > len(probes) + 1
-    for r in alloc.trials:
-        if not r.extra.get("probe"):
-            assert r.costs["macs"] <= 0.5 * alloc.dense_costs["macs"] + 1e-6
-    assert alloc.costs["macs"] <= 0.5 * alloc.dense_costs["macs"] + 1e-6
-    assert alloc.chosen.objective == max(r.objective for r in alloc.trials
-                                       if r.costs["macs"] <= 0.5 * alloc.dense_costs["macs"])
