@@ -7,7 +7,8 @@ Importing this package registers every agent; the modules import their heavy lib
 from __future__ import annotations
 
 from .base import Agent, AgentContext, PointCosts, Probe, UnitFacts, is_probe, probe
-from .registry import AGENTS, AgentOptionError, agent_descriptions, agent_options, make_agent, register_agent
+from .registry import (AGENTS, AUTO, AgentOptionError, agent_descriptions, agent_options, make_agent,
+                       register_agent, resolve_agent)
 from .chain import ChainAgent
 from .cma_es import CMAESAgent
 from .erk import ERKAgent
@@ -22,9 +23,9 @@ from .sensitivity import SensitivityAgent
 from .simple import RandomAgent, UniformAgent
 from .tpe import TPEAgent
 
-__all__ = ["AGENTS", "REWARDS", "AgentOptionError", "Agent", "AgentContext", "CMAESAgent", "ChainAgent", "DDPGAgent",
+__all__ = ["AGENTS", "AUTO", "REWARDS", "AgentOptionError", "Agent", "AgentContext", "CMAESAgent", "ChainAgent", "DDPGAgent",
            "ERKAgent", "EvolutionAgent", "EvolutionConfig", "GPAgent", "GlobalMagnitudeAgent",
            "LAMPAgent", "NSGA2Agent", "OWLAgent", "PointCosts", "Probe", "RLAgent", "RLConfig", "RandomAgent",
            "SensitivityAgent", "TD3Agent", "TPEAgent", "UniformAgent", "UnitFacts",
            "agent_descriptions", "agent_options", "is_probe", "probe",
-           "make_agent", "register_agent"]
+           "make_agent", "register_agent", "resolve_agent"]

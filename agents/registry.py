@@ -9,9 +9,25 @@ from collections.abc import Callable, Mapping
 from .base import Agent
 from .chain import ChainAgent
 
-__all__ = ["AGENTS", "AgentOptionError", "agent_descriptions", "agent_options", "make_agent", "register_agent"]
+__all__ = ["AGENTS", "AUTO", "AgentOptionError", "agent_descriptions", "agent_options", "make_agent",
+           "register_agent", "resolve_agent"]
 
 AGENTS: dict[str, type[Agent]] = {}
+
+#: What ``--agent auto`` (the default) searches with: one objective, and a Pareto front. The
+#: sensitivity curves and their knapsack allocation, then a Gaussian process starting from them,
+#: won the league against ModelOpt's FastNAS on ResNet-20, MobileNet-V2, the ViT and the char
+#: GPT (benchmarks/results/agents-peers.json; docs/design-notes.md). A Pareto search needs an
+#: agent of several objectives: random search, which covers the range evenly.
+AUTO = {1: "sensitivity+gp", 2: "random"}
+
+
+def resolve_agent(name: str, *, objectives: int = 1) -> str:
+    """The agent ``name`` stands for: ``auto`` is ``AUTO``'s for the number of objectives;
+    any other name is itself."""
+    if name.strip() == "auto":
+        return AUTO[1 if objectives <= 1 else 2]
+    return name
 
 
 class AgentOptionError(ValueError):
@@ -48,6 +64,7 @@ def make_agent(name: str, dim: int, *, seed: int = 0, objectives: int = 1,
     ``a+b`` chains agents: ``a`` proposes until it is done, then ``b`` (see ``ChainAgent``);
     an option goes to every stage that takes it. An option no stage takes is refused unless it
     has its default value, so a caller may always pass the defaults."""
+    name = resolve_agent(name, objectives=objectives)
     stages = [_one(part.strip(), dim, seed=seed, objectives=objectives)
               for part in name.split("+")]
     known = agent_options()

@@ -17,7 +17,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from autoprune.agents import Agent, AgentOptionError, make_agent
+from autoprune.agents import Agent, AgentOptionError, make_agent, resolve_agent
 from autoprune.agents.sensitivity import allocation_from_probes
 from autoprune.context import agent_context
 from autoprune.allocation import Allocation
@@ -90,7 +90,7 @@ def _agent(name: str, dim: int, *, seed: int = 0, pareto: bool = False,
 def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.Tensor],
              target: str | Sequence[str],
              evaluate: Evaluator | Callable[[nn.Module], Mapping[str, float]],
-             agent: str = "random", trials: int = 30, seed: int = 0, round_to: int = 8,
+             agent: str = "auto", trials: int = 30, seed: int = 0, round_to: int = 8,
              min_ratio: float | None = None, space: str | SearchSpace = "channel",
              output: str | int | None = None, objective: str | None = None,
              pareto: bool = False, run_dir: str | Path | None = None, progress: bool = False,
@@ -103,6 +103,9 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
              ) -> Allocation:
     """Find how many channels each unit of ``model`` keeps so that every budget of ``target``
     is met and ``evaluate(pruned)`` (a dict with ``accuracy`` or ``loss``) is best.
+    ``agent`` searches (``autoprune agents`` lists them); ``auto``, the default, measures each
+    unit's sensitivity curve, allocates the budget from the curves and refines it
+    (``autoprune.agents.AUTO``; random search for ``pareto``).
 
     ``model`` is never modified. With ``run_dir`` the study is kept in ``run_dir/study.db`` and
     a repeated call resumes it; without, it lives in memory. ``storage`` (with ``run_dir``)
@@ -146,6 +149,7 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
     record = study_record(Path(run_dir), storage) if run_dir else None
     if record is not None:  # an unreachable database fails before any work
         check_storage(record["storage"])
+    agent = resolve_agent(agent, objectives=2 if pareto else 1)
     _agent(agent, 1, seed=seed, pareto=pareto, reward=reward)  # bad names fail before any work
     costs = SearchCosts()
     if not isinstance(space, SearchSpace):
@@ -245,6 +249,8 @@ def search(settings: SearchSettings, *, console: Console | None = None) -> dict[
     if settings.objective not in OBJECTIVES:
         raise SearchError(f"unknown objective {settings.objective!r}; use one of "
                           f"{', '.join(OBJECTIVES)}")
+    settings = replace(settings, agent=resolve_agent(
+        settings.agent, objectives=2 if settings.objective == "pareto" else 1))
     # Unknown agents, or a single-objective agent for a Pareto search, fail before training.
     _agent(settings.agent, 1, pareto=settings.objective == "pareto", reward=settings.reward)
     parse_targets(settings.targets)

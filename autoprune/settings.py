@@ -180,7 +180,9 @@ class SearchSettings:
     device: Device = field(default_factory=Device)
     executor: ExecutorSettings = field(default_factory=ExecutorSettings)
     targets: tuple[str, ...] = ("flops=50%",)
-    agent: str = "random"
+    # auto: the agent autoprune.agents.AUTO names for one objective or a Pareto front (search
+    # resolves it first, so run.json records the agent itself).
+    agent: str = "auto"
     objective: str = "accuracy"
     # The RL agents' reward (agents/rl.py): acc (AMC's -error) or acc-flops (-error * log FLOPs).
     reward: str = "acc"

@@ -17,6 +17,7 @@ from autoprune.cli.common import (MIN_RATIO_HELP, BACKEND_HELP, BATCH_HELP, CLOC
                                   DTYPE_HELP, GRANULARITY_HELP, MODEL_ARG_HELP, MODEL_HELP,
                                   SEARCH, TARGET_HELP, THREADS_HELP, WEIGHTS_HELP, absolute, err,
                                   fail, source, space, user_errors)
+from autoprune.agents import AUTO
 from autoprune.cli.device import latency, profile
 from autoprune.cli.ofa import app as ofa_app
 from autoprune.latency.device import Device
@@ -37,8 +38,11 @@ def search(
     dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = SEARCH.source.dtype,
     data: Annotated[str, typer.Option(help=DATA_HELP)] = SEARCH.source.data,
     agent: Annotated[str, typer.Option(
-        help="Search agent (autoprune agents lists them); 'a+b' chains two, e.g. erk+tpe: "
-             "ERK's allocations first, then TPE starting from them.")] = SEARCH.agent,
+        help="Search agent (autoprune agents lists them). auto (the default): "
+             f"{AUTO[1]}, which measures each unit's sensitivity curve, allocates the budget "
+             "from the curves and refines it with a Gaussian process; "
+             f"{AUTO[2]} for --objective pareto. 'a+b' chains two, e.g. erk+tpe: ERK's "
+             "allocations first, then TPE starting from them.")] = SEARCH.agent,
     objective: Annotated[str, typer.Option(
         help="accuracy: the best network within the budgets. pareto: the front of accuracy "
              "against the first --target's cost, from the thinnest network up to that budget, "
@@ -371,6 +375,7 @@ def list_agents() -> None:
         typer.echo(f"{name:12s} {text}")
     typer.echo("\nChain agents with '+': --agent erk+tpe runs ERK until it is done, then TPE, "
                "which starts from ERK's results.")
+    typer.echo(f"The default, --agent auto, is {AUTO[1]} ({AUTO[2]} for --objective pareto).")
 
 
 # The once-for-all commands live in their own module.

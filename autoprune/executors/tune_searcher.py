@@ -58,7 +58,7 @@ class AgentSearcher(Searcher):
     ``store``: where finished trials are recorded (default: an in-memory optuna study). A
     study that already holds trials resumes: the agent's saved state comes back and no
     recorded configuration is proposed again. ``model`` is needed only by agents that
-    allocate from the model's weights (``global``, ``lamp``, ``erk``).
+    allocate from facts about the model (``global``, ``lamp``, ``erk``, ``sensitivity``).
     """
 
     def __init__(self, agent: Agent | str, problem: PruningProblem, *, metric: str = "accuracy",
@@ -73,10 +73,10 @@ class AgentSearcher(Searcher):
                                objectives=2 if pareto else 1)
         if agent.context_needs:
             if model is None:
-                raise ValueError(f"agent {agent.name!r} allocates from the model's weights; "
+                raise ValueError(f"agent {agent.name!r} allocates from facts about the model; "
                                  "pass model=... to AgentSearcher")
             agent.set_context(agent_context(problem.space, model, needs=agent.context_needs,
-                                            problem=problem))
+                                            problem=problem, trials=trials))
         session = SearchSession(problem, agent=agent, store=store or StudyStore.in_memory(),
                                 trials=trials, objective=metric, minimize=mode == "min",
                                 pareto=pareto, on_record=on_record)
