@@ -16,12 +16,13 @@ every other unit dense and gives the units that lose least the most pruning. Her
    the median curve of their kind.
 3. **Allocations** under the search's real cost function (``agents.curves``): the greedy
    knapsack over the curves, and FastNAS's single degradation threshold.
-4. **Refinement** until the trials run out: from the best network so far, one unit is given
-   back a level (the ones the curves say lose most, more often) and the knapsack thins the
-   others until the budget is met again; every other proposal instead re-allocates from
-   dense with the curves scaled by random factors (the curves are measured alone, and units
-   do not add up exactly). In a chain (``sensitivity+tpe``) it stops after step 3 and the
-   next stage starts from its allocations; the probes are news to no other stage.
+4. **Refinement** until the trials run out: half the time one unit of the best network so far
+   is given back a level (the ones the curves say lose most, more often) and the others are
+   thinned back to the budget; otherwise a fresh allocation (threshold or knapsack) from the
+   curves each scaled by a random factor: the curves are measured one unit at a time, and
+   units do not add up exactly (EvoPress's finding). In a chain (``sensitivity+tpe``) it
+   proposes ``HANDOVER`` allocations in all (the two, then noisy ones) and hands over: they
+   are the next stage's first points, and the probes are news to no other stage.
 
 The curve of a unit is what the objective loses against the dense score. On an accuracy
 objective whose evaluator also reports ``loss``, the loss breaks ties (x ``TIE``): on a small
@@ -55,6 +56,12 @@ class SensitivityAgent(Agent):
     DEFAULT_LEVELS: ClassVar[int] = 2
     #: Weight of the evaluator's ``loss`` in a curve on another objective (a tie-break).
     TIE: ClassVar[float] = 0.01
+    #: Allocations proposed in a chain before the next stage takes over: the knapsack's, the
+    #: threshold's, then both again from curves scaled by random factors (a model-based
+    #: stage's first points: TPE samples at random until it holds 10).
+    HANDOVER: ClassVar[int] = 10
+    #: Spread of those random factors (log-normal sigma): how far units may not add up.
+    NOISE: ClassVar[float] = 0.5
 
     def __init__(self, dim: int, *, seed: int = 0) -> None:
         super().__init__(dim, seed=seed)
@@ -153,6 +160,9 @@ class SensitivityAgent(Agent):
                 if j < len(finals):
                     out.append(finals[j])
                     self.pending.append("allocation")
+                elif self.hands_over and j < self.HANDOVER:
+                    out.append(self._variant())  # the next stage's first points
+                    self.pending.append("allocation")
                 elif self.hands_over or not finals or self.pending:
                     break  # done (in a chain), or the refinement waits for its results
                 else:
@@ -185,25 +195,37 @@ class SensitivityAgent(Agent):
 
     # ------------------------------------------------------------------ refinement
     def _refinement(self) -> np.ndarray:
-        """One level back to a unit of the best network (the knapsack thins the rest to the
-        budget), or a fresh allocation from curves scaled by random factors: alternately."""
+        """Half the time one level back to a unit of the best network so far (a unit the curves
+        say loses much, more often; the noisy curves thin the others back to the budget),
+        otherwise a fresh allocation from noisy curves (``_variant``)."""
         curves = self.curves()
         budget = self._require_context().budget
         assert curves is not None and budget is not None
         best = np.asarray(self.best[0]) if self.best is not None else self.allocations()[0]
-        if self.rng.random() < 0.5:
-            up = [i for i in range(self.dim) if best[i] < 1.0 - 1e-9]
-            if up:
-                lost = np.array([curves[i].loss(best[i]) for i in up]) + 1e-6
-                i = up[int(self.rng.choice(len(up), p=lost / lost.sum()))]
-                higher = curves[i].grid[curves[i].grid > best[i] + 1e-9]
-                steps = 1 + int(self.rng.random() < 0.3)
-                start = best.copy()
-                start[i] = float(higher[min(steps, len(higher)) - 1])
-                return knapsack(curves, budget.costs, budget.limits, start=start, frozen=[i])
-        scaled = [_scaled(c, float(f)) for c, f in
-                  zip(curves, self.rng.lognormal(0.0, 0.5, size=self.dim))]
-        return knapsack(scaled, budget.costs, budget.limits)
+        up = [i for i in range(self.dim) if best[i] < 1.0 - 1e-9]
+        if not up or self.rng.random() >= 0.5:
+            return self._variant()
+        lost = np.array([curves[i].loss(best[i]) for i in up]) + 1e-6
+        i = up[int(self.rng.choice(len(up), p=lost / lost.sum()))]
+        higher = curves[i].grid[curves[i].grid > best[i] + 1e-9]
+        start = best.copy()
+        start[i] = float(higher[min(1 + int(self.rng.random() < 0.3), len(higher)) - 1])
+        return knapsack(self._noisy(curves), budget.costs, budget.limits, start=start,
+                        frozen=[i])
+
+    def _variant(self) -> np.ndarray:
+        """An allocation from the curves each scaled by a random factor: the threshold's or the
+        knapsack's, at random. The curves are measured one unit at a time and units do not
+        add up exactly; these are the allocations the curves make plausible."""
+        curves = self.curves()
+        budget = self._require_context().budget
+        assert curves is not None and budget is not None
+        rule = threshold if self.rng.random() < 0.5 else knapsack
+        return rule(self._noisy(curves), budget.costs, budget.limits)
+
+    def _noisy(self, curves: list[Curve]) -> list[Curve]:
+        factors = self.rng.lognormal(0.0, self.NOISE, size=len(curves))
+        return [_scaled(c, float(f)) for c, f in zip(curves, factors)]
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

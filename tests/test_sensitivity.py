@@ -84,7 +84,7 @@ def test_sensitivity_in_a_chain_hands_over_after_its_allocations() -> None:
     regrets = run_agent(agent, land, evaluations=80)
     assert agent.stage == 1  # TPE took over after the probes and the allocations
     sens = agent.stages[0]
-    assert sens.asked <= 1 + len(sens.plan) + 2
+    assert sens.asked == 1 + len(sens.plan) + sens.HANDOVER  # uniform, probes, allocations
     assert regrets[-1] < regrets[sens.asked - 1] or regrets[-1] < 0.05
 
 
