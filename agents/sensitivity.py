@@ -160,7 +160,7 @@ class SensitivityAgent(Agent):
                 if j < len(finals):
                     out.append(finals[j])
                     self.pending.append("allocation")
-                elif self.hands_over and j < self.HANDOVER:
+                elif self.hands_over and finals and j < self.HANDOVER:
                     out.append(self._variant())  # the next stage's first points
                     self.pending.append("allocation")
                 elif self.hands_over or not finals or self.pending:

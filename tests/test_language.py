@@ -60,7 +60,10 @@ def test_the_decoder_prunes_heads_and_mlp_with_exact_costs(corpus) -> None:  # n
     model = CharGPT(vocab_size=corpus.vocab_size, block=32, dim=32, depth=2).eval()
     x = corpus.example_inputs(2)
     space = ChannelSpace.from_model(model, x)
-    assert {u.kind for u in space.units} == {"channels", "heads"}
+    # The residual width, each block's MLP neurons and its heads, each with its own floor.
+    assert {u.kind for u in space.units} == {"residual", "neurons", "heads"}
+    floors = {u.kind: u.minimum / u.full for u in space.units}
+    assert floors["neurons"] < 0.1 < floors["residual"] == 0.5
     pruned = space.apply(model, space.min_config())
     assert pruned(x).shape == model(x).shape
     assert sum(r.macs for r in space.layer_table(space.min_config())) == reference_macs(pruned, (x,))

@@ -84,9 +84,12 @@ def test_every_heuristic_runs_on_the_weight_spaces_and_meets_the_budget(
     space = make_space(granularity, resnet, X, nm=("2:4", "1:4"))
     alloc = autoprune.allocate(resnet, example_inputs=X, target=target, evaluate=_nonzero,
                                agent=name, trials=45, space=space)
-    assert 1 <= len(alloc.trials) < 45  # each stops by itself
-    for r in alloc.trials:
-        assert r.costs["weights"] <= (1 - sparsity) * alloc.dense_costs["weights"] + 1e-6
+    if name != "sensitivity":  # it refines until the trials run out
+        assert 1 <= len(alloc.trials) < 45  # each stops by itself
+    for r in alloc.trials:  # sensitivity's probes are scored outside the budget, as asked
+        if not r.extra.get("probe"):
+            assert r.costs["weights"] <= (1 - sparsity) * alloc.dense_costs["weights"] + 1e-6
+    assert alloc.costs["weights"] <= (1 - sparsity) * alloc.dense_costs["weights"] + 1e-6
     assert _sparsity(space, alloc.config) >= sparsity - 1e-9
     if granularity == "nm":  # every unit dense or one of the patterns
         assert all(alloc.config[u.name] == u.full or space.pattern(u.name, alloc.config[u.name])
