@@ -73,6 +73,7 @@ class SensitivityAgent(Agent):
         self.pending: list[str] = []  # what each outstanding proposal was
         self.best: tuple[list[float], float] | None = None  # best feasible point, objective
         self.rng = np.random.default_rng(seed)
+        self.repeats = 0  # refinements in a row that proposed a configuration scored before
         self._curves: list[Curve] | None = None
         self._finals: list[np.ndarray] | None = None
 
@@ -174,6 +175,8 @@ class SensitivityAgent(Agent):
     def tell(self, point: np.ndarray, result: Mapping[str, float]) -> None:
         what = self.pending.pop(0) if self.pending else "foreign"
         value = float(result.get("objective", math.nan))
+        if what == "refinement":  # a known configuration again: explore further next time
+            self.repeats = self.repeats + 1 if result.get("repeat") else 0
         if what == "probe" or result.get("probe"):
             where = _probed(point)
             if where is not None:
@@ -209,7 +212,8 @@ class SensitivityAgent(Agent):
         i = up[int(self.rng.choice(len(up), p=lost / lost.sum()))]
         higher = curves[i].grid[curves[i].grid > best[i] + 1e-9]
         start = best.copy()
-        start[i] = float(higher[min(1 + int(self.rng.random() < 0.3), len(higher)) - 1])
+        steps = 1 + int(self.rng.random() < 0.3) + self.repeats
+        start[i] = float(higher[min(steps, len(higher)) - 1])
         return knapsack(self._noisy(curves), budget.costs, budget.limits, start=start,
                         frozen=[i])
 
@@ -224,7 +228,8 @@ class SensitivityAgent(Agent):
         return rule(self._noisy(curves), budget.costs, budget.limits)
 
     def _noisy(self, curves: list[Curve]) -> list[Curve]:
-        factors = self.rng.lognormal(0.0, self.NOISE, size=len(curves))
+        # Wider when the last refinements were all configurations scored before.
+        factors = self.rng.lognormal(0.0, self.NOISE * (1 + self.repeats), size=len(curves))
         return [_scaled(c, float(f)) for c, f in zip(curves, factors)]
 
     # ------------------------------------------------------------------ state
@@ -232,6 +237,7 @@ class SensitivityAgent(Agent):
         return {"measured": [[u, x, v if math.isfinite(v) else None]
                              for (u, x), v in self.measured.items()],
                 "asked": self.asked - len(self.pending), "best": self.best,
+                "repeats": self.repeats,
                 "rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -249,6 +255,7 @@ class SensitivityAgent(Agent):
         best = state.get("best")
         self.best = (list(best[0]), float(best[1])) if best else None
         self.rng.bit_generator.state = state["rng"]
+        self.repeats = int(state.get("repeats", 0))
         self._curves = self._finals = None
 
 

@@ -501,7 +501,7 @@ def test_a_latency_search_on_a_vit_meets_its_budget_when_measured() -> None:
     vit = transformers.ViTForImageClassification(cfg).eval()
     x = torch.randn(1, 1, 32, 32)
     space = ChannelSpace.from_model(vit, x)
-    assert {u.kind for u in space.units} == {"channels", "heads"}
+    assert {u.kind for u in space.units} == {"residual", "neurons", "heads"}
 
     def score(model: nn.Module) -> dict[str, float]:
         with torch.no_grad():
