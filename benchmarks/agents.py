@@ -113,8 +113,7 @@ QUICK = (LeagueSettings(trials=30, seeds=(0,), calib_batches=4, finetune_steps=1
 #: installed): the issue's four tasks at flops=50% with channels in steps of 4, each at the
 #: evaluations FastNAS spent there or 40, whichever is larger (FastNAS in the issue: ResNet-20
 #: 53, MobileNet-V2 377 (here 60: enough), the ViT 14, the char GPT 64), two seeds.
-CONTENDERS = ("random", "uniform", "tpe", "sensitivity", "sensitivity+tpe", "sensitivity+gp",
-              "sensitivity+evolution")
+CONTENDERS = ("random", "uniform", "tpe", "sensitivity", "sensitivity+tpe", "sensitivity+gp")
 PEERS = (
     LeagueSettings(model="resnet20", round_to=4, trials=40, seeds=(0, 1), agents=CONTENDERS),
     LeagueSettings(model="mobilenetv2", round_to=4, trials=60, seeds=(0, 1), agents=CONTENDERS),
