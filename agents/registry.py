@@ -15,11 +15,11 @@ __all__ = ["AGENTS", "AUTO", "AgentOptionError", "agent_descriptions", "agent_op
 AGENTS: dict[str, type[Agent]] = {}
 
 #: What ``--agent auto`` (the default) searches with: one objective, and a Pareto front. The
-#: sensitivity curves and their knapsack allocation, then a Gaussian process starting from them,
-#: won the league against ModelOpt's FastNAS on ResNet-20, MobileNet-V2, the ViT and the char
-#: GPT (benchmarks/results/agents-peers.json; docs/design-notes.md). A Pareto search needs an
-#: agent of several objectives: random search, which covers the range evenly.
-AUTO = {1: "sensitivity+gp", 2: "random"}
+#: sensitivity agent (each unit's curve, allocations from the curves, then refinement) beat
+#: ModelOpt's FastNAS on ResNet-20, MobileNet-V2, the ViT and the char GPT, and its chains with
+#: TPE and a GP (benchmarks/results/agents-peers.json; docs/design-notes.md). A Pareto search
+#: needs an agent of several objectives: random search, which covers the range evenly.
+AUTO = {1: "sensitivity", 2: "random"}
 
 
 def resolve_agent(name: str, *, objectives: int = 1) -> str:

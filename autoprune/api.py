@@ -104,7 +104,7 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
     """Find how many channels each unit of ``model`` keeps so that every budget of ``target``
     is met and ``evaluate(pruned)`` (a dict with ``accuracy`` or ``loss``) is best.
     ``agent`` searches (``autoprune agents`` lists them); ``auto``, the default, measures each
-    unit's sensitivity curve, allocates the budget from the curves and refines it
+    unit's sensitivity curve, allocates the budget from the curves and refines the allocation
     (``autoprune.agents.AUTO``; random search for ``pareto``).
 
     ``model`` is never modified. With ``run_dir`` the study is kept in ``run_dir/study.db`` and

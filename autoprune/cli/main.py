@@ -39,9 +39,9 @@ def search(
     data: Annotated[str, typer.Option(help=DATA_HELP)] = SEARCH.source.data,
     agent: Annotated[str, typer.Option(
         help="Search agent (autoprune agents lists them). auto (the default): "
-             f"{AUTO[1]}, which measures each unit's sensitivity curve, allocates the budget "
-             "from the curves and refines it with a Gaussian process; "
-             f"{AUTO[2]} for --objective pareto. 'a+b' chains two, e.g. erk+tpe: ERK's "
+             f"{AUTO[1]}, which measures each unit's sensitivity curve (the unit alone "
+             "thinned, scored outside the budget), allocates the budget from the curves and "
+             f"refines the allocation; {AUTO[2]} for --objective pareto. 'a+b' chains two, e.g. erk+tpe: ERK's "
              "allocations first, then TPE starting from them.")] = SEARCH.agent,
     objective: Annotated[str, typer.Option(
         help="accuracy: the best network within the budgets. pareto: the front of accuracy "
