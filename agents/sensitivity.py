@@ -239,6 +239,7 @@ class SensitivityAgent(Agent):
     def state_dict(self) -> dict[str, Any]:
         return {"measured": [[u, x, v if math.isfinite(v) else None]
                              for (u, x), v in self.measured.items()],
+                "plan": self._plan(),  # a resume with more trials keeps these probes
                 "asked": self.asked - len(self.pending), "best": self.best,
                 "repeats": self.repeats,
                 "rng": self.rng.bit_generator.state}
@@ -254,6 +255,8 @@ class SensitivityAgent(Agent):
             raise ValueError(f"the saved sensitivity state probes units that this space of "
                              f"{self.dim} units does not have")
         self.measured = measured
+        if "plan" in state:
+            self.plan = [_key(int(u), float(x)) for u, x in state["plan"]]
         self.asked, self.pending = int(state["asked"]), []
         best = state.get("best")
         self.best = (list(best[0]), float(best[1])) if best else None

@@ -141,3 +141,18 @@ def test_pick_allocates_a_later_budget_from_the_study_curves(tmp_path: Path) -> 
     assert picked["costs"]["macs"] <= cheapest * 0.8 * dense * (1 + 1e-6)
     model = autoprune.load_pruned(run_dir, choice=picked["choice"])
     assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_a_resumed_sensitivity_search_never_measures_a_probe_again(user_model: nn.Module,
+                                                                   tmp_path: Path) -> None:
+    x = torch.randn(1, 1, 16, 16)
+    run = dict(example_inputs=x, target="flops=50%", evaluate=_width, agent="sensitivity",
+               round_to=4, run_dir=tmp_path / "run")
+    first = autoprune.allocate(user_model, trials=8, **run)
+    probes = [r.config for r in first.trials if r.extra.get("probe")]
+    # More trials on resume: the same probes (planned for 8 trials), then refinement.
+    again = autoprune.allocate(user_model, trials=20, **run)
+    assert [r.config for r in again.trials if r.extra.get("probe")] == probes
+    assert len(again.trials) > len(first.trials)
+    keys = [tuple(sorted(r.config.items())) for r in again.trials]
+    assert len(keys) == len(set(keys))  # no configuration scored twice
