@@ -13,7 +13,8 @@ every other unit dense and gives the units that lose least the most pruning. Her
    measures them again. How many levels a unit gets follows from the trials the search may
    spend (``AgentContext.trials``): at most ``SHARE`` of them go to curves; when even one level
    per unit does not fit, the units whose floor saves most are measured and the rest borrow
-   the median curve of their kind.
+   the median curve of their kind. With too few trials for any curve (under 5), the rest of
+   the trials are random allocations.
 3. **Allocations** under the search's real cost function (``agents.curves``): the greedy
    knapsack over the curves, and FastNAS's single degradation threshold.
 4. **Refinement** until the trials run out: half the time one unit of the best network so far
@@ -157,6 +158,11 @@ class SensitivityAgent(Agent):
                 out.append(probe(point))
                 self.pending.append("probe")
             else:
+                if not plan and not self.hands_over:  # too few trials for any curve
+                    out.append(self.rng.random(self.dim))  # random search, repaired
+                    self.pending.append("refinement")
+                    self.asked += 1
+                    continue
                 if plan and self.curves() is None:
                     break  # the probes are not all in: wait for them
                 finals = self.allocations()

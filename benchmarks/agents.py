@@ -25,6 +25,14 @@ that proposes it, so wall time is what the run would take alone.
     python benchmarks/agents.py --quick         # one small task, 30 evaluations, 1 seed: minutes
     python benchmarks/agents.py                 # the suite (SUITE below): 1-2 hours on 2 cores
     python benchmarks/agents.py --model resnet20 --target flops=40% --trials 100 --seeds 0 1 2
+    bash scripts/setup-modelopt.sh && \
+        .venv-modelopt/bin/python benchmarks/agents.py --suite peers --fastnas   # ~1 hour
+
+``--suite peers`` is the league against NVIDIA ModelOpt's FastNAS (``PEERS`` below): ResNet-20,
+MobileNet-V2, the ViT and the char GPT at flops=50% with channels in steps of 4; ``--fastnas``
+adds FastNAS's own row (``benchmarks/fastnas.py``, where ModelOpt is installed) and a column
+of the evaluations each agent needed to reach its score. A sensitivity probe (scored outside
+the budget) counts as an evaluation but never as a run's best.
 """
 
 from __future__ import annotations

@@ -156,3 +156,10 @@ def test_a_resumed_sensitivity_search_never_measures_a_probe_again(user_model: n
     assert len(again.trials) > len(first.trials)
     keys = [tuple(sorted(r.config.items())) for r in again.trials]
     assert len(keys) == len(set(keys))  # no configuration scored twice
+
+
+def test_too_few_trials_for_a_curve_search_at_random_after_the_uniform_allocation(
+        user_model: nn.Module) -> None:
+    alloc = autoprune.allocate(user_model, example_inputs=torch.randn(1, 1, 16, 16),
+                               target="flops=50%", evaluate=_width, trials=4, round_to=4)
+    assert len(alloc.trials) == 4 and not any(r.extra.get("probe") for r in alloc.trials)
