@@ -47,15 +47,25 @@ def trials_table(records: Sequence[TrialRecord], *, dense_costs: Mapping[str, fl
     for c in costs:
         table.add_column(c, justify="right")
         table.add_column("% dense", justify="right")
-    ranked = sorted((r for r in records if not r.failed), key=lambda r: -r.objective)[:top]
+    # Sensitivity probes (one unit thinned, the rest dense) were scored outside the budget on
+    # purpose: measurements, never candidates, so they are counted below, not ranked.
+    ranked = sorted((r for r in records if not r.failed and not r.extra.get("probe")),
+                    key=lambda r: -r.objective)[:top]
     for r in ranked:
         row = [str(r.number), f"{abs(r.objective):.4f}"]
         for c in costs:
             row += [format_cost(c, r.costs[c]), f"{100 * r.costs[c] / dense_costs[c]:.1f}%"]
         table.add_row(*row)
+    notes = []
+    probes = sum(bool(r.extra.get("probe")) for r in records)
+    if probes:
+        notes.append(f"{probes} sensitivity probe(s), scored outside the budget, are in the "
+                     "study and not ranked here")
     failed = sum(r.failed for r in records)
     if failed:
-        table.caption = f"{failed} failed trial(s) recorded in the study with their reasons"
+        notes.append(f"{failed} failed trial(s) recorded in the study with their reasons")
+    if notes:
+        table.caption = "; ".join(notes)
     return table
 
 

@@ -120,7 +120,10 @@ QUICK = (LeagueSettings(trials=30, seeds=(0,), calib_batches=4, finetune_steps=1
 #: Against ModelOpt's FastNAS (``--suite peers``; ``--fastnas`` adds its row where ModelOpt is
 #: installed): the issue's four tasks at flops=50% with channels in steps of 4, each at the
 #: evaluations FastNAS spent there or 40, whichever is larger (FastNAS in the issue: ResNet-20
-#: 53, MobileNet-V2 377 (here 60: enough), the ViT 14, the char GPT 64), two seeds.
+#: 53, MobileNet-V2 377 (here 60: enough), the ViT 14, the char GPT 64), two seeds. FastNAS's
+#: own count depends on its rules: with channels in steps of 4 it scores 20 ratios of each of
+#: MobileNet-V2's 98 widths, 1962 evaluations (about 2 hours on 2 cores), so that task's row
+#: is best run apart (--tasks 2 without --fastnas).
 CONTENDERS = ("random", "uniform", "tpe", "sensitivity", "sensitivity+tpe", "sensitivity+gp")
 PEERS = (
     LeagueSettings(model="resnet20", round_to=4, trials=40, seeds=(0, 1), agents=CONTENDERS),

@@ -163,3 +163,21 @@ def test_too_few_trials_for_a_curve_search_at_random_after_the_uniform_allocatio
     alloc = autoprune.allocate(user_model, example_inputs=torch.randn(1, 1, 16, 16),
                                target="flops=50%", evaluate=_width, trials=4, round_to=4)
     assert len(alloc.trials) == 4 and not any(r.extra.get("probe") for r in alloc.trials)
+
+
+def test_the_trials_table_ranks_candidates_and_counts_the_probes_apart() -> None:
+    from rich.console import Console
+
+    from autoprune.report import trials_table
+    from autoprune.study import TrialRecord
+
+    def rec(n: int, acc: float, macs: float, probe: bool) -> TrialRecord:
+        return TrialRecord(number=n, point=(), config={}, costs={"macs": macs}, metrics={},
+                           objective=acc, extra={"probe": True} if probe else {})
+
+    records = [rec(0, 0.80, 50.0, False), rec(1, 0.99, 100.0, True), rec(2, 0.85, 49.0, False)]
+    console = Console(width=120, record=True)
+    console.print(trials_table(records, dense_costs={"macs": 100.0}, objective="accuracy"))
+    text = console.export_text()
+    assert "0.8500" in text and "0.8000" in text and "0.9900" not in text
+    assert "1 sensitivity probe(s)" in text
