@@ -146,7 +146,8 @@ def test_a_dying_worker_is_retried_and_failures_are_recorded(cluster: str, user_
     folder = str(tmp_path)
     alloc = autoprune.allocate(user_model, example_inputs=torch.randn(1, 1, 16, 16),
                                target="flops=60%", evaluate=lambda m: flaky(m, folder),
-                               trials=8, round_to=4, executor=ex, objective="accuracy")
+                               trials=8, round_to=4, executor=ex, objective="accuracy",
+                               agent="random")  # the executor's failures, not an agent's plan
     assert (tmp_path / "crash").exists()  # the worker did die
     assert len(alloc.trials) == 8 and [r.number for r in alloc.trials] == list(range(8))
     reasons = sorted(r.reason for r in alloc.trials if r.failed)
