@@ -38,7 +38,6 @@ the budget) counts as an evaluation but never as a run's best.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import platform
@@ -62,14 +61,13 @@ from autoprune.latency.device import Device
 from autoprune.session import best_record, run_search
 from autoprune.problem import build_problem
 from autoprune.search_spaces import make_space
-from autoprune.search_spaces.reference import reference_macs
 from autoprune.study import StudyStore, TrialRecord
 from autoprune.targets import parse_targets
 from autoprune.zoo.tasks import load_task
 from autoprune.zoo.train import default_cache_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # fastnas.py, beside this file
-from fastnas import available as fastnas_available  # noqa: E402
+from fastnas import available as fastnas_available, fastnas_row  # noqa: E402
 
 __all__ = ["LeagueSettings", "main", "run_league"]
 
@@ -281,8 +279,11 @@ def run_league(settings: LeagueSettings, *, console: Console) -> dict[str, Any]:
     reference: dict[str, float | None] = {"uniform": None, "random": None, "fastnas": None}
     rows: dict[str, dict[str, Any]] = {}
     if settings.fastnas:  # the peer first: the score every agent is timed to reach
-        rows[FASTNAS] = {"runs": [_fastnas_run(settings, task, model, example, evaluator,
-                                               metric, network_scores, problem, console)]}
+        rows[FASTNAS] = {"runs": [fastnas_row(
+            model, example, target=settings.target, round_to=settings.round_to, metric=metric,
+            evaluator=evaluator, batches=task.calibration_batches(settings.calib_batches),
+            network_scores=network_scores, dense_macs=problem.dense_costs["macs"],
+            console=console, name=FASTNAS)]}
         reference["fastnas"] = sign * rows[FASTNAS]["runs"][0]["best_val"]
     for name in names:
         runs = []
@@ -349,31 +350,6 @@ def run_league(settings: LeagueSettings, *, console: Console) -> dict[str, Any]:
                     "threads": settings.threads, "processor": platform.processor()},
         "agents": rows,
     }
-
-
-def _fastnas_run(settings: LeagueSettings, task: Any, model: torch.nn.Module,
-                 example: torch.Tensor, evaluator: Any, metric: str, network_scores: Any,
-                 problem: Any, console: Console) -> dict[str, Any]:
-    """ModelOpt's FastNAS on the task (``benchmarks/fastnas.py``), scored as the agents are."""
-    from fastnas import run_fastnas  # noqa: PLC0415 - beside this file; needs ModelOpt
-
-    sign = -1.0 if metric == "loss" else 1.0
-    out = run_fastnas(model, example, target=settings.target, round_to=settings.round_to,
-                      score=lambda net: sign * evaluator(net)[metric],
-                      batches=task.calibration_batches(settings.calib_batches))
-    net = out["model"]
-    val = evaluator(copy.deepcopy(net))[metric]
-    scores = network_scores(lambda: copy.deepcopy(net))
-    macs = reference_macs(net, (example,))
-    console.print(f"  {FASTNAS:14s}: best val {val:.4f}, fine-tuned {scores['ft_val']:.4f} "
-                  f"({out['evaluations']} evaluations, {out['wall_s']:.0f}s)", highlight=False)
-    return {"seed": 0, "trials": out["evaluations"], "best_val": val,
-            "best_test": scores["test"], "ft_val": scores["ft_val"], "ft_test": scores["ft_test"],
-            "best_costs": {"macs": float(macs)},
-            "best_macs_fraction": macs / problem.dense_costs["macs"],
-            "curve": [], "wall_s": out["wall_s"], "overhead_ms": 0.0, "best_config": {},
-            "widths": {n: list(m.weight.shape) for n, m in net.named_modules()
-                       if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}}
 
 
 def _finetune_noise(rows: Mapping[str, Mapping[str, Any]], seeds: int,

@@ -26,9 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
 from torch import nn
 
-__all__ = ["available", "fastnas_constraints", "run_fastnas"]
+from autoprune.search_spaces.reference import reference_macs
+
+__all__ = ["available", "fastnas_constraints", "fastnas_row", "run_fastnas"]
 
 #: ModelOpt's layer types and the name of their width step in FastNAS's rules.
 _DIVISORS = {**{f"nn.{k}": "channel_divisor" for k in (
@@ -81,3 +84,26 @@ def run_fastnas(model: nn.Module, example: torch.Tensor, *, target: str, round_t
                     "score_func": score_func, "checkpoint": str(Path(tmp) / "search.pth"),
                     "verbose": False})
     return {"model": pruned, "evaluations": calls, "wall_s": time.perf_counter() - start}
+
+
+def fastnas_row(model: nn.Module, example: torch.Tensor, *, target: str, round_to: int,
+                metric: str, evaluator: Any, batches: Sequence[tuple[torch.Tensor, Any]],
+                network_scores: Callable[[Callable[[], nn.Module]], Mapping[str, float]],
+                dense_macs: float, console: Console, name: str) -> dict[str, Any]:
+    """FastNAS's run as a row of the league: scored by the league's ``evaluator`` and its
+    ``network_scores`` (test split, the same fine-tune), with its evaluations and widths."""
+    sign = -1.0 if metric == "loss" else 1.0
+    out = run_fastnas(model, example, target=target, round_to=round_to,
+                      score=lambda net: sign * evaluator(net)[metric], batches=batches)
+    net = out["model"]
+    val = evaluator(copy.deepcopy(net))[metric]
+    scores = network_scores(lambda: copy.deepcopy(net))
+    macs = reference_macs(net, (example,))
+    console.print(f"  {name:14s}: best val {val:.4f}, fine-tuned {scores['ft_val']:.4f} "
+                  f"({out['evaluations']} evaluations, {out['wall_s']:.0f}s)", highlight=False)
+    return {"seed": 0, "trials": out["evaluations"], "best_val": val,
+            "best_test": scores["test"], "ft_val": scores["ft_val"], "ft_test": scores["ft_test"],
+            "best_costs": {"macs": float(macs)}, "best_macs_fraction": macs / dense_macs,
+            "curve": [], "wall_s": out["wall_s"], "overhead_ms": 0.0, "best_config": {},
+            "widths": {n: list(m.weight.shape) for n, m in net.named_modules()
+                       if isinstance(m, (nn.Linear, nn.Conv2d))}}
