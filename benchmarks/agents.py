@@ -278,13 +278,19 @@ def run_league(settings: LeagueSettings, *, console: Console) -> dict[str, Any]:
         [n for n in names if n not in ("random", "uniform")]
     reference: dict[str, float | None] = {"uniform": None, "random": None, "fastnas": None}
     rows: dict[str, dict[str, Any]] = {}
+    refused = None
     if settings.fastnas:  # the peer first: the score every agent is timed to reach
-        rows[FASTNAS] = {"runs": [fastnas_row(
-            model, example, target=settings.target, round_to=settings.round_to, metric=metric,
-            evaluator=evaluator, batches=task.calibration_batches(settings.calib_batches),
-            network_scores=network_scores, dense_macs=problem.dense_costs["macs"],
-            console=console, name=FASTNAS)]}
-        reference["fastnas"] = sign * rows[FASTNAS]["runs"][0]["best_val"]
+        try:
+            rows[FASTNAS] = {"runs": [fastnas_row(
+                model, example, target=settings.target, round_to=settings.round_to,
+                metric=metric, evaluator=evaluator,
+                batches=task.calibration_batches(settings.calib_batches),
+                network_scores=network_scores, dense_macs=problem.dense_costs["macs"],
+                console=console, name=FASTNAS)]}
+            reference["fastnas"] = sign * rows[FASTNAS]["runs"][0]["best_val"]
+        except ValueError as err:  # ModelOpt refuses a budget its search space cannot meet
+            refused = " ".join(str(err).split())[-300:]
+            console.print(f"  {FASTNAS}: refused {settings.target}: {refused}", highlight=False)
     for name in names:
         runs = []
         for seed in settings.seeds[:1] if _is_deterministic(name) else settings.seeds:
@@ -346,6 +352,7 @@ def run_league(settings: LeagueSettings, *, console: Console) -> dict[str, Any]:
         "uniform_val": None if reference["uniform"] is None else sign * reference["uniform"],
         "random_final_val": None if reference["random"] is None else sign * reference["random"],
         "fastnas_val": None if reference["fastnas"] is None else sign * reference["fastnas"],
+        "fastnas_refused": refused,
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "threads": settings.threads, "processor": platform.processor()},
         "agents": rows,
@@ -457,6 +464,8 @@ def league_table(result: Mapping[str, Any]) -> Table:
         "once; 'evals to ...' is the mean over the seeds that got there (how many did)"
         + (f"; budget {result['budget']['limit']:.3f} ms predicted by the table, best networks "
            "measured" if latency else "")
+        + (f"; ModelOpt's FastNAS refused the budget ({result['fastnas_refused'][-120:]})"
+           if result.get("fastnas_refused") else "")
         + (f"; after the fine-tune the agents' means span {noise['agents_spread']:.4f}, while "
            f"{noise['network']}'s network fine-tuned with {noise['seeds']} data orders spans "
            f"{noise['range']:.4f} (std {noise['std']:.4f})" if noise else ""))
