@@ -48,6 +48,12 @@ class Curve:
                                                        xs[xs >= 0.0])
         self.grid = np.array([g for g in grid if 0.0 <= g <= 1.0])
 
+    def scaled(self, factor: float) -> Curve:
+        """The same curve with every loss multiplied by ``factor``."""
+        out = Curve.__new__(Curve)
+        out.xs, out.ys, out.grid = self.xs, self.ys * factor, self.grid
+        return out
+
     def loss(self, x: float) -> float:
         return float(np.interp(x, self.xs, self.ys))
 

@@ -239,7 +239,7 @@ class SensitivityAgent(Agent):
     def _noisy(self, curves: list[Curve]) -> list[Curve]:
         # Wider when the last refinements were all configurations scored before.
         factors = self.rng.lognormal(0.0, self.NOISE * (1 + self.repeats), size=len(curves))
-        return [_scaled(c, float(f)) for c, f in zip(curves, factors)]
+        return [c.scaled(float(f)) for c, f in zip(curves, factors)]
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -350,10 +350,3 @@ def _borrowed(measured: Mapping[int, Mapping[float, float]], kinds: tuple[str, .
     same = [m for i, m in measured.items() if kinds[i] == kinds[unit]] or list(measured.values())
     xs = sorted({x for m in same for x in m})
     return {x: float(np.median([Curve(m, 2).loss(x) for m in same])) for x in xs}
-
-
-def _scaled(curve: Curve, factor: float) -> Curve:
-    out = Curve.__new__(Curve)
-    out.xs, out.ys, out.grid = curve.xs, curve.ys * factor, curve.grid
-    return out
-
