@@ -13,9 +13,10 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "allocate": "autoprune.api",
-    "search": "autoprune.api",
-    "load_pruned": "autoprune.run_folder",
-    "pick": "autoprune.api",
+    "search": "autoprune.search_job",
+    "load_pruned": "autoprune.run",
+    "Run": "autoprune.run",
+    "pick": "autoprune.pick",
     "Allocation": "autoprune.allocation",
     "SearchSettings": "autoprune.settings",
     "ModelSource": "autoprune.settings",

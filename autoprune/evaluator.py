@@ -13,7 +13,37 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["BatchesEvaluator", "Evaluator", "FunctionEvaluator", "as_evaluator"]
+from autoprune.errors import SearchError
+
+__all__ = ["BatchesEvaluator", "Evaluator", "FunctionEvaluator", "as_evaluator",
+           "checked_metrics"]
+
+_CONTRACT = ("it must return a dict such as {'accuracy': 0.93} (higher is better) or "
+             "{'loss': 1.21} (lower is better), other entries optional")
+
+
+def checked_metrics(out: Any, name: str = "evaluate") -> dict[str, float]:
+    """``out`` as the metrics dict the search reads, or one ``SearchError`` naming the fix:
+    not a dict, no ``accuracy`` or ``loss`` in it, or a value that is not a number."""
+    if not isinstance(out, Mapping):
+        shown = repr(out)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        fix = (" Fix: return {'accuracy': value} (or {'loss': value})"
+               if isinstance(out, (int, float)) else "")
+        raise SearchError(f"{name} returned {type(out).__name__} {shown}; {_CONTRACT}.{fix}")
+    if not ({"accuracy", "loss"} & set(out)):
+        keys = ", ".join(repr(k) for k in list(out)[:6]) or "none"
+        raise SearchError(f"{name} returned the keys {keys} but neither 'accuracy' nor 'loss': "
+                          f"{_CONTRACT}. Fix: name the score the search should optimise "
+                          "'accuracy' (or 'loss')")
+    metrics: dict[str, float] = {}
+    for key, value in out.items():
+        try:
+            metrics[str(key)] = float(value)
+        except (TypeError, ValueError):
+            raise SearchError(f"{name} returned {key!r}: {value!r}, not a number; {_CONTRACT} "
+                              "(a tensor: call .item() on it)") from None
+    return metrics
 
 
 class Evaluator(ABC):
@@ -31,7 +61,7 @@ class FunctionEvaluator(Evaluator):
         self.fn = fn
 
     def __call__(self, model: nn.Module) -> Mapping[str, float]:
-        return self.fn(model)
+        return checked_metrics(self.fn(model), getattr(self.fn, "__name__", "evaluate"))
 
 
 def as_evaluator(evaluate: Evaluator | Callable[[nn.Module], Mapping[str, float]]) -> Evaluator:
@@ -55,11 +85,7 @@ class BatchesEvaluator(Evaluator):
         self._val, self._test = list(val), list(test)
 
     def _score(self, model: nn.Module, batches: Sequence[Any]) -> dict[str, float]:
-        out = self.fn(model.eval(), iter(batches))
-        if not isinstance(out, Mapping) or not ({"accuracy", "loss"} & set(out)):
-            raise TypeError(f"the evaluator {self.name} returned {out!r}; it must return a dict "
-                            "with 'accuracy' (higher is better) or 'loss' (lower is better)")
-        return {str(k): float(v) for k, v in out.items()}
+        return checked_metrics(self.fn(model.eval(), iter(batches)), f"the evaluator {self.name}")
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
         return self._score(self.base.prepare(model), self._val)

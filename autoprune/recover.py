@@ -33,16 +33,12 @@ from rich.table import Table
 from torch import nn
 
 from autoprune.export import save_program
-from autoprune.precision import as_example, in_dtype, model_dtype
 from autoprune.reconstruct import reconstruct as reconstruct_layers
-from autoprune.run_folder import (read_choice, read_run_settings, rebuild_choice,
-                                  record_recovery, write_sparse)
+from autoprune.run import Run
+from autoprune.run_folder import record_recovery, write_sparse
 from autoprune.search_spaces import SearchSpace, make_space
-from autoprune.settings import SpaceSettings
-from autoprune.spaces import space_options
 from autoprune.zoo.data import DataSplits
 from autoprune.zoo.evaluate import _FINETUNE_LR
-from autoprune.zoo.tasks import load_task
 from autoprune.zoo.text import TextSplits
 
 __all__ = ["CHECKPOINT", "Recovery", "agp_schedule", "recover", "recover_run",
@@ -419,24 +415,20 @@ def recover_run(run_dir: str | Path, *, steps: int, distill: bool = False,
         raise ValueError("--reconstruct refits the chosen network, while --gradual starts from "
                          "the dense one: use one of them")
     console = console or Console(stderr=True)
-    run_dir = Path(run_dir)
-    saved = read_run_settings(run_dir)
-    choice, _ = read_choice(run_dir)
-    task = load_task(saved["model"], saved["data"], image_size=saved["image_size"],
-                     width_mult=saved["width_mult"], cache_dir=cache_dir, progress=False,
-                     model_args=tuple(saved.get("model_args", ())),
-                     weights=saved.get("weights"))
-    evaluator = task.evaluator(calib_batches=saved["calib_batches"], finetune_steps=0,
-                               seed=saved["seed"], user=saved.get("evaluator"))
-    dense = in_dtype(task.model, saved.get("dtype"))  # the search's precision
-    example = as_example(task.example_inputs(1), model_dtype(dense))
-    weights = saved.get("space", "channel") != "channel"  # a weight-sparse run
+    run = Run.open(run_dir, cache_dir=cache_dir)
+    run_dir, settings = run.folder, run.settings
+    choice = run.choice()
+    task = run.task  # refused if its baseline changed since the search
+    evaluator = run.evaluator(finetune_steps=0)
+    dense = run.model  # the search's precision
+    example = run.example
+    weights = settings.space.space != "channel"  # a weight-sparse run
     if weights and (gradual or reconstruct):
         raise ValueError(f"--{'gradual' if gradual else 'reconstruct'} works on channels; a "
                          "weight-sparse run recovers by fine-tuning with its zeros masked "
                          "(plain, or --distill)")
-    space = _run_space(saved, task) if gradual or weights else None
-    pruned = rebuild_choice(choice, run_dir)[0]
+    space = run.space if gradual or weights else None
+    pruned = run.network()
     if space is not None:  # weight-sparse: its zeros stay zero while it trains
         pruned = space.trainable(pruned)
     text = isinstance(task.data, TextSplits)
@@ -453,7 +445,7 @@ def recover_run(run_dir: str | Path, *, steps: int, distill: bool = False,
     ckpt = run_dir / CHECKPOINT
     refit = None
     if reconstruct and not ckpt.exists():  # a resumed recovery refitted before it trained
-        batches = [x for x, _ in task.calibration_batches(8, seed=saved["seed"])]
+        batches = [x for x, _ in task.calibration_batches(8, seed=settings.seed)]
         refit = reconstruct_layers(pruned, dense, batches)
         console.print(
             f"least-squares refit (no training) of {len(refit.refitted)} layers that read pruned "
@@ -472,7 +464,7 @@ def recover_run(run_dir: str | Path, *, steps: int, distill: bool = False,
             model = space.deployable(model)
             if weights:
                 write_sparse(run_dir, model, space.layer_table(choice["config"]),
-                             storage_format=saved.get("storage_format", "bitmap"))
+                             storage_format=settings.space.storage_format)
     else:
         model, block = pruned, {"steps": 0, "history": [], "eval_every": 0, "eval_unit": "none",
                                 "lr": 0.0, "distill": False, "gradual": False}
@@ -504,15 +496,6 @@ def recover_run(run_dir: str | Path, *, steps: int, distill: bool = False,
         f"-> {a['test_' + metric]:.4f} (test scored once, at the end)\n"
         f"wrote {', '.join(files)}", highlight=False)
     return result
-
-
-def _run_space(saved: Mapping[str, Any], task: Any) -> SearchSpace:
-    """The space the run searched, made as the search made it (its criterion too: AGP's
-    stages rank channels by it)."""
-    extra = space_options(SpaceSettings.from_recorded(saved), task, seed=saved["seed"])
-    return make_space(saved.get("space", "channel"), task.model, task.example_inputs(1),
-                      round_to=saved["round_to"], min_ratio=saved["min_ratio"],
-                      output=saved.get("output"), **extra)
 
 
 def recovery_table(result: Mapping[str, Any]) -> Table:

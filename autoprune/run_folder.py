@@ -38,9 +38,9 @@ from autoprune.search_spaces import SearchSpace, make_space
 from autoprune.study import StudyStore, check_storage, masked, normalize_storage, study_name_for
 from autoprune.zoo.models import build_model_from_spec
 
-__all__ = ["RUN_FORMAT", "check_run_folder", "describe_study", "load_pruned", "open_study",
-           "read_choice", "read_run_settings", "rebuild_choice", "record_recovery", "study_record",
-           "unit_table", "write_choice", "write_json", "write_sparse"]
+__all__ = ["RUN_FORMAT", "check_run_folder", "describe_study", "example_record", "load_weights",
+           "open_study", "read_choice", "read_run_record", "read_run_settings", "rebuild_choice", "record_recovery",
+           "study_record", "unit_table", "write_choice", "write_json", "write_sparse"]
 
 RUN_FORMAT = 1
 
@@ -104,10 +104,13 @@ def describe_study(run_dir: Path, record: Mapping[str, str] | None) -> str:
 
 
 def check_run_folder(run_dir: Path, identity: Mapping[str, Any], *, write: bool = True,
-                     storage: str | None = None) -> dict[str, str] | None:
+                     storage: str | None = None, baseline: Mapping[str, Any] | None = None,
+                     made_by: str | None = None) -> dict[str, str] | None:
     """Record ``identity`` (and a shared study's URL and name) in a new run folder
     (``write=False``: not yet), or refuse to resume one holding another search or keeping its
-    study elsewhere than ``storage``. Returns where the study lives (``study_record``)."""
+    study elsewhere than ``storage``. ``baseline`` (the dense weights' hash and file) and
+    ``made_by`` (``allocate`` for a run of the Python API) are recorded beside. Returns where
+    the study lives (``study_record``)."""
     path = run_dir / "run.json"
     if path.exists():
         saved = _read_run_json(path)
@@ -121,10 +124,17 @@ def check_run_folder(run_dir: Path, identity: Mapping[str, Any], *, write: bool 
     record = study_record(run_dir, storage)
     if write:
         write_json(path, {"format": RUN_FORMAT, "settings": dict(identity),
-                          **({"study": record} if record else {})})
+                          **({"study": record} if record else {}),
+                          **({"baseline": dict(baseline)} if baseline else {}),
+                          **({"made_by": made_by} if made_by else {})})
         if record and masked(record["storage"]) != record["storage"]:
             os.chmod(path, 0o600)  # it holds the database's password: its owner's alone
     return record
+
+
+def read_run_record(run_dir: Path) -> dict[str, Any]:
+    """A run folder's whole run.json (its identity under ``settings``)."""
+    return _read_run_json(run_dir / "run.json")
 
 
 def read_run_settings(run_dir: Path) -> dict[str, Any]:
@@ -143,22 +153,25 @@ def unit_table(space: SearchSpace, config: Mapping[str, int]) -> dict[str, dict[
             for u in space.units}
 
 
-def write_choice(path: Path, *, model: nn.Module | Mapping[str, Any], space: SearchSpace,
-                 data: str, example_inputs: torch.Tensor, config: Mapping[str, int],
+def write_choice(path: Path, *, model: nn.Module | Mapping[str, Any] | None, space: SearchSpace,
+                 data: str | None, example_inputs: Any, config: Mapping[str, int],
                  costs: Mapping[str, float], metrics: Mapping[str, Any],
                  budgets: Sequence[Mapping[str, Any]], trial: int | None = None,
                  weights: nn.Module | None = None, weights_file: str | None = None,
                  extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write one chosen network's JSON to ``path`` (``<name>.json``), and with ``weights``
     its state dict to ``weights_file`` (default ``<name>.pt``) beside it. ``model`` is the
-    dense model (or its spec)."""
+    dense model (or its spec): a zoo or factory model records how to build it again, a model
+    of the user's records ``model_spec: null`` (``load_pruned(..., model=dense)``)."""
     weights_file = weights_file or path.with_suffix(".pt").name
-    spec = dict(model if isinstance(model, Mapping) else model.autoprune_spec)
+    spec = model if isinstance(model, Mapping) or model is None \
+        else getattr(model, "autoprune_spec", None)
+    recipe = space.recipe or {}
     choice: dict[str, Any] = {
-        "format": RUN_FORMAT, "model_spec": spec, "data": data,
-        "example_input_shape": list(example_inputs.shape),
-        "example_input_dtype": str(example_inputs.dtype).removeprefix("torch."),
+        "format": RUN_FORMAT, "model_spec": dict(spec) if spec is not None else None,
+        "data": data, **example_record(example_inputs),
         "round_to": space.round_to, "min_ratio": space.min_ratio, "trial": trial,
+        **{k: recipe[k] for k in ("space", "output", "space_options") if recipe.get(k)},
         "config": {k: int(v) for k, v in config.items()}, "units": unit_table(space, config),
         "costs": dict(costs), "metrics": dict(metrics), "budgets": list(budgets),
         "weights": weights_file, **(extra or {})}
@@ -167,6 +180,24 @@ def write_choice(path: Path, *, model: nn.Module | Mapping[str, Any], space: Sea
         torch.save(weights.state_dict(), path.parent / weights_file)
     write_json(path, choice)
     return choice
+
+
+def example_record(example: Any) -> dict[str, Any]:
+    """The example input's shape and dtype (several inputs: each one's), as a choice
+    records them."""
+    if isinstance(example, torch.Tensor):
+        return {"example_input_shape": list(example.shape),
+                "example_input_dtype": str(example.dtype).removeprefix("torch.")}
+    return {"example_input_shape": [list(t.shape) for t in example],
+            "example_input_dtype": [str(t.dtype).removeprefix("torch.") for t in example]}
+
+
+def _example(choice: Mapping[str, Any]) -> Any:
+    """Zeros of the recorded shapes and dtypes (character ids for a language model)."""
+    shape, dtype = choice["example_input_shape"], choice.get("example_input_dtype", "float32")
+    if isinstance(dtype, list):
+        return tuple(torch.zeros(s, dtype=getattr(torch, d)) for s, d in zip(shape, dtype))
+    return torch.zeros(shape, dtype=getattr(torch, dtype))
 
 
 def read_choice(path: str | Path) -> tuple[dict[str, Any], Path]:
@@ -186,39 +217,61 @@ def read_choice(path: str | Path) -> tuple[dict[str, Any], Path]:
     return choice, path
 
 
-def rebuild_choice(choice: Mapping[str, Any], folder: Path
-                   ) -> tuple[nn.Module, nn.Module, torch.Tensor]:
-    """``(pruned, dense, example)``: the pruned network rebuilt from the dense model's spec
-    and its configuration, with its weights when they are in ``folder``."""
-    # zeros of the recorded shape and dtype (character ids for a language model)
-    example = torch.zeros(choice["example_input_shape"],
-                          dtype=getattr(torch, choice.get("example_input_dtype", "float32")))
-    dense = in_dtype(build_model_from_spec(choice["model_spec"]), choice.get("dtype")).eval()
-    example = as_example(example, model_dtype(dense))
-    space = make_space(choice.get("space", "channel"), dense, example,
-                       round_to=choice.get("round_to", 8), min_ratio=choice.get("min_ratio", 0.2),
-                       **choice.get("space_options", {}))
-    model = space.deployable(space.apply(dense, choice["config"]))
+def rebuild_choice(choice: Mapping[str, Any], folder: Path, *, model: nn.Module | None = None
+                   ) -> tuple[nn.Module, nn.Module, Any]:
+    """``(pruned, dense, example)``: the pruned network rebuilt from the dense model (its
+    recorded spec, or ``model`` where the choice was made from a model of the user's) and its
+    configuration, with its weights when they are in ``folder``. ``model`` is not modified."""
+    if model is None:
+        if choice["model_spec"] is None:
+            raise SearchError(
+                f"{folder} holds a network pruned from a model of your own "
+                "(autoprune.allocate): it records the widths and weights, not how to build the "
+                f"dense model. Pass that model: load_pruned({str(folder)!r}, model=dense)")
+        model = build_model_from_spec(choice["model_spec"])
+    training = model.training
+    try:
+        dense = in_dtype(model, choice.get("dtype")).eval()
+        example = as_example(_example(choice), model_dtype(dense))
+        space = make_space(choice.get("space", "channel"), dense, example,
+                           round_to=choice.get("round_to", 8),
+                           min_ratio=choice.get("min_ratio", 0.2), output=choice.get("output"),
+                           **choice.get("space_options", {}))
+        pruned = space.deployable(space.apply(dense, choice["config"]))
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise SearchError(f"the network of {folder} cannot be rebuilt on this model "
+                          f"({type(err).__name__}: {err}); pass the dense model it was pruned "
+                          "from") from None
+    finally:
+        model.train(training)
     weights = folder / choice.get("weights", "pruned.pt")
     if weights.exists():
-        model.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu"))
-    return model.eval(), dense, example
+        load_weights(pruned, weights)
+    return pruned.eval(), dense, example
 
 
-def load_pruned(run_dir: str | Path, *, choice: str = "best") -> nn.Module:
-    """The pruned network a run chose (``choice="best"``) or that ``autoprune pick`` chose
-    (``choice="pick-flops-30"``, the name of its JSON file), rebuilt and loaded (weights only,
-    never unpickled code)."""
-    run_dir = Path(run_dir)
-    path = run_dir / f"{choice}.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: {run_dir} is not a finished autoprune "
-                                "run folder (run autoprune search --run-dir ... first)")
-    data, _ = read_choice(path)
-    if not (run_dir / data.get("weights", "pruned.pt")).exists():
-        raise FileNotFoundError(f"{run_dir / data.get('weights', 'pruned.pt')} is missing: "
-                                "the run folder is incomplete")
-    return rebuild_choice(data, run_dir)[0]
+def load_weights(model: nn.Module, path: Path) -> None:
+    """A saved state dict into ``model`` (weights only, never unpickled code), or one error
+    saying what the file holds instead."""
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # noqa: BLE001 - torch's reasons are many and long
+        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
+        raise SearchError(f"{path} is not a PyTorch state dict ({type(err).__name__}"
+                          f"{': ' + reason if reason else ''}); it must hold the weights "
+                          "torch.save(model.state_dict(), path) writes. Restore it, or run the "
+                          "search again into a new --run-dir") from None
+    if not isinstance(state, Mapping):
+        raise SearchError(f"{path} holds a {type(state).__name__}, not a state dict; it must "
+                          "hold the weights torch.save(model.state_dict(), path) writes. "
+                          "Restore it, or run the search again into a new --run-dir")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise SearchError(f"{path} does not fit the network its JSON describes ({first}); "
+                          "restore the folder's files together, or run the search again "
+                          "into a new --run-dir") from None
 
 
 def record_recovery(run_dir: Path, *, val: Mapping[str, float], test: Mapping[str, float],

@@ -10,7 +10,7 @@ there is one copy of each, and ``autoprune --help`` stays fast.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,12 @@ class SpaceSettings:
     nm: tuple[str, ...] = ("2:4", "1:4")
     include_ends: bool = False
     storage_format: str = "bitmap"
+
+    def __post_init__(self) -> None:
+        # The default criterion, l2, ranks channels; a weight-sparsity space's own default is
+        # magnitude (the same norm, per weight), so the defaults work for every space.
+        if self.criterion == "l2" and self.space not in ("channel", "channel+unstructured"):
+            object.__setattr__(self, "criterion", "magnitude")
 
     def options(self) -> dict[str, Any]:
         """The space's own options (``make_space(..., **options)``); none for channels,
@@ -216,6 +222,25 @@ class SearchSettings:
             flat.update(batch=self.device.batch, threads=self.device.threads,
                         backend=self.device.backend, clock=self.device.clock)
         return flat
+
+    @classmethod
+    def from_recorded(cls, saved: dict[str, Any], **overrides: Any) -> SearchSettings:
+        """The settings whose ``identity()`` a run folder recorded (run.json's ``settings``),
+        with ``overrides`` (run_dir, cache_dir, ...) for what a run does not record."""
+        def plain(v: Any) -> Any:
+            return tuple(v) if isinstance(v, list) else v
+
+        source = ModelSource(**{f.name: plain(saved[f.name]) for f in fields(ModelSource)
+                                if f.name in saved})
+        scoring = ScoringSettings(**{f.name: saved[f.name] for f in fields(ScoringSettings)
+                                     if f.name in saved})
+        device = Device(**{k: saved[k] for k in ("batch", "threads", "backend", "clock")
+                           if k in saved})
+        return cls(source=source, space=SpaceSettings.from_recorded(saved), scoring=scoring,
+                   device=device, targets=tuple(saved.get("targets", ())),
+                   agent=saved.get("agent", "auto"), seed=saved.get("seed", 0),
+                   objective=saved.get("objective", "accuracy"),
+                   reward=saved.get("reward", "acc"), **overrides)
 
     def has_latency_target(self) -> bool:
         return any(t.metric == "latency_ms" for t in parse_targets(self.targets))

@@ -128,6 +128,9 @@ class SearchSpace(ABC):
     example_inputs: tuple[Any, ...]
     round_to: int
     min_ratio: float | None  # None: a floor per kind of unit (channel.FLOORS)
+    #: How ``make_space`` built it (name, rounding, floor, output, plain options): what a saved
+    #: choice records so the same units are built again on the same model.
+    recipe: dict[str, Any] | None = None
 
     @classmethod
     @abstractmethod
@@ -274,5 +277,19 @@ def make_space(name: str, model: nn.Module, example_inputs: Any, *, round_to: in
         raise ValueError(f"unknown search space {name!r}; available: "
                          f"{', '.join(sorted(SPACES))}") from None
     extra = {"criterion": criterion} if criterion is not None else {}
-    return cls.from_model(model, example_inputs, round_to=round_to, min_ratio=min_ratio,
-                          output=output, **extra, **options)
+    space = cls.from_model(model, example_inputs, round_to=round_to, min_ratio=min_ratio,
+                           output=output, **extra, **options)
+    # How to build it again on the same model: what a saved choice records (the units' shapes
+    # depend on these; the criterion and its data only rank, and saved weights replace that).
+    space.recipe = {"space": name, "round_to": round_to, "min_ratio": min_ratio,
+                    "output": output, "space_options": {
+                        k: list(v) if isinstance(v, tuple) else v for k, v in options.items()
+                        if _plain(v)}}
+    return space
+
+
+def _plain(value: Any) -> bool:
+    """A JSON value of numbers, strings and lists (what a space's recipe may record)."""
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))

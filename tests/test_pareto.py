@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import autoprune
-from autoprune.api import search
+from autoprune.search_job import search
 from autoprune.agents import make_agent
 from autoprune.pareto import ParetoRange, hypervolume
 from autoprune.problem import PruningProblem

@@ -328,7 +328,7 @@ def test_rewards_follow_amc() -> None:
 
 
 def test_reward_option_is_checked(tmp_path: Path) -> None:
-    from autoprune.api import SearchError, SearchSettings, search
+    from autoprune import SearchError, SearchSettings, search
 
     with pytest.raises(SearchError, match="use one of acc, acc-flops"):
         search(SearchSettings(agent="ddpg", reward="bogus", run_dir=tmp_path / "a"))

@@ -148,7 +148,7 @@ def test_processes_opening_a_new_run_folder_at_once_all_get_the_study(tmp_path: 
 
 
 def test_a_budget_close_to_the_thinnest_network_gets_a_note(user_model: nn.Module) -> None:
-    from autoprune.api import _tightness
+    from autoprune.pipeline import tightness as _tightness
     from autoprune.targets import parse_targets
 
     space = ChannelSpace.from_model(user_model, torch.randn(1, 1, 16, 16), round_to=8)

@@ -15,7 +15,7 @@ from torch import nn
 import autoprune
 from autoprune.agents import AgentContext, is_probe, make_agent
 from autoprune.agents.curves import Curve, knapsack, threshold
-from autoprune.api import search
+from autoprune.search_job import search
 from autoprune.study import StudyStore
 from autoprune.testing.landscape import BudgetLandscape, run_agent
 from autoprune.zoo.train import load_or_train_baseline

@@ -125,7 +125,7 @@ def absolute(spec: str | None) -> str | None:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    from autoprune.api import SearchError
+    from autoprune.errors import SearchError
     from autoprune.latency.device import BackendError
 
     return (ValueError, SearchError, FileNotFoundError, BackendError)

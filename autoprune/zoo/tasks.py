@@ -53,6 +53,16 @@ class Task:
     metric: str
     baseline: dict[str, Any]
 
+    def weights_hash(self) -> str | None:
+        """The SHA-256 of the weights the model was loaded with (a cached baseline's, as its
+        sidecar records it, or a ``--weights`` file's), so a run can tell when they change."""
+        if isinstance(sha := self.baseline.get("weights_sha256"), str):
+            return sha
+        path = self.baseline.get("weights_path")
+        if path and Path(path).is_file():
+            return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return None
+
     def evaluator(self, *, calib_batches: int = 16, finetune_steps: int = 0, seed: int = 0,
                   user: str | None = None
                   ) -> ClassificationEvaluator | LanguageModelEvaluator | BatchesEvaluator:

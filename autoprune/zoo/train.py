@@ -32,6 +32,7 @@ from autoprune.zoo.models import LANGUAGE_MODELS, build_model
 __all__ = [
     "BASELINE_RECIPES",
     "BaselineRecipe",
+    "archived_baseline",
     "DEFAULT_EPOCHS",
     "FALLBACK_RECIPE",
     "baseline_path",
@@ -301,10 +302,31 @@ def read_cached_baseline(model: nn.Module, weights: Path, sidecar: Path,
     return record
 
 
+def archived_baseline(weights: Path, sha256: str) -> Path:
+    """Where a baseline replaced by a new training is kept: beside it, named by its hash."""
+    return weights.with_name(f"{weights.stem}.{sha256[:12]}{weights.suffix}")
+
+
+def _keep_previous(weights: Path) -> None:
+    """A complete cache entry about to be replaced is moved aside (``archived_baseline``),
+    never overwritten in place: the runs searched on it name it by its hash."""
+    sidecar = weights.with_suffix(".json")
+    try:
+        sha = json.loads(sidecar.read_text()).get("weights_sha256")
+    except (OSError, ValueError, AttributeError):
+        return
+    if not isinstance(sha, str) or not weights.is_file():
+        return
+    kept = archived_baseline(weights, sha)
+    os.replace(weights, kept)
+    os.replace(sidecar, kept.with_suffix(".json"))
+
+
 def write_baseline(model: nn.Module, weights: Path, record: dict[str, Any]) -> dict[str, Any]:
     """Cache ``model``'s weights and their sidecar ``record`` (with the format version and the
     weights' hash added). Weights first, sidecar last: the sidecar marks a complete entry."""
     record = {"format_version": _SIDECAR_VERSION, **record}
+    _keep_previous(weights)
     record["weights_sha256"] = _save_weights(model, weights)
     _atomic_write_bytes(weights.with_suffix(".json"),
                         (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
