@@ -134,7 +134,7 @@ def search(
     study.db (optuna), best.json, pruned.pt, pareto.png, summary.json. With a latency target
     candidates are costed by an on-device lookup table and the chosen network is measured.
     """
-    from autoprune.api import search as run
+    from autoprune.search_job import search as run
 
     if (distill or gradual) and not recover_steps:
         fail("--distill and --gradual are options of the recovery: add --recover STEPS")
@@ -191,7 +191,7 @@ def pick(
     No new search: the run's trials are filtered by the new budgets, the best is pruned,
     scored (validation and test) and written as pick-<target>.json / .pt in the run folder.
     """
-    from autoprune.api import pick as pick_from_run
+    from autoprune.pick import pick as pick_from_run
 
     try:
         summary = pick_from_run(run, tuple(target), cache_dir=cache_dir, console=err)
