@@ -245,3 +245,24 @@ def test_an_evaluator_without_accuracy_or_loss_is_one_error(user, tmp_path) -> N
     text = " ".join(out.stderr.split())
     assert out.returncode == 2 and "must return a dict with 'accuracy'" in text, text[-1500:]
     assert not (tmp_path / "r" / "run.json").exists()
+
+
+def test_a_baseline_trained_again_is_kept_and_its_runs_refuse_to_go_on(user) -> None:  # noqa: ANN001
+    model = ["--model", f"{user['file']}:make", "--model-arg", "width=8", "--image-size", "8"]
+    run_dir = user["root"] / "retrained"
+    _cli(["train", *model, "--epochs", "1"], user)
+    first = sorted(user["cache"].glob("user_*_8px.pt"))
+    _cli(["search", *model, "--trials", "2", "--round-to", "2", "--run-dir", str(run_dir),
+          "--no-progress"], user)
+    recorded = json.loads((run_dir / "run.json").read_text())["baseline"]["sha256"]
+    # Training again with other epochs never overwrites the baseline the run searched.
+    _cli(["train", *model, "--epochs", "2"], user)
+    kept = [p for p in user["cache"].glob("user_*.pt") if recorded[:12] in p.name]
+    assert len(kept) == 1 and kept[0].with_suffix(".json").is_file() and first
+    for args in (["search", *model, "--trials", "3", "--round-to", "2", "--run-dir", str(run_dir),
+                  "--no-progress"],
+                 ["pick", "--run", str(run_dir), "--target", "flops=60%"],
+                 ["recover", str(run_dir), "--steps", "2", "--no-progress"]):
+        out = _cli(args, user, check=False)
+        assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+        assert "changed since it searched" in out.stderr and str(kept[0]) in out.stderr
