@@ -4,9 +4,10 @@ A latency search costs candidates with a lookup table (microseconds each) but ne
 anyone a network meets the budget without timing it: HELP (Lee et al., NeurIPS 2021) reports
 latency-constrained searches overshooting when they trust predictions. ``measure_and_repair``
 is the one loop that does it, for a search's trials (``verify_latency``) and for
-once-for-all extraction (``autoprune.ofa.search``): measure candidates in rank order; if none
-meets the budget, ask for one predicted at the budget scaled by the slowdown measured
-(:func:`repair_target`), measure it, and so on, a bounded number of times.
+once-for-all extraction (``autoprune.ofa.search``): measure the best candidate; after a miss,
+learn the table's offset from the networks measured (:func:`repair_target`), skip every
+candidate whose corrected prediction misses, and measure the best one left or one predicted
+at the corrected aim (a repair), a bounded number of times.
 """
 
 from __future__ import annotations
@@ -64,28 +65,48 @@ def repair_target(limit_ms: float, readings: Sequence[Reading[Any]]) -> tuple[fl
 def measure_and_repair(ranked: Sequence[C], *, limit_ms: float,
                        measure: Callable[[C], LatencyMeasurement],
                        predict: Callable[[C], float],
-                       repair: Callable[[float, float], C | None], max_repairs: int
-                       ) -> tuple[C | None, list[Reading[C]]]:
-    """Measure ``ranked`` candidates in order until one meets ``limit_ms``; if none does,
-    ``repair(aim_ms, slowdown)`` proposes a candidate predicted at ``aim_ms`` (``None``: no
-    other candidate), which is measured in turn, at most ``max_repairs`` times. Returns the
-    candidate that met the limit (``None`` if none did) and every reading."""
+                       repair: Callable[[float, float], C | None], max_repairs: int,
+                       score: Callable[[C], float] | None = None,
+                       max_checks: int | None = None) -> tuple[C | None, list[Reading[C]]]:
+    """Measure candidates until one meets ``limit_ms``; return it (``None`` if none did) and
+    every reading.
+
+    ``ranked[0]`` is measured first. After a miss the table's offset is known: the slowdown
+    of the networks measured so far (:func:`repair_target`). From then on a candidate is
+    measured only if its prediction, corrected by that offset, meets the limit with
+    ``REPAIR_SAFETY`` to spare; the others are skipped unmeasured, so a table that predicts
+    every network 5% too fast costs one miss, not one per candidate. The next candidate is
+    the best-ranked one that passes (at most ``max_checks`` of ``ranked`` are measured) or
+    ``repair(aim_ms, slowdown)``: a candidate predicted at the corrected aim (``None``: there
+    is no other), at most ``max_repairs`` of them. A repair is proposed when no ranked
+    candidate passes or, given ``score`` (higher is better), after every miss; then the
+    better scored of the two is measured, and the other stays a candidate."""
     readings: list[Reading[C]] = []
-
-    def ok(c: C, repaired: bool) -> bool:
-        readings.append(Reading(c, predict(c), measure(c), repaired))
-        return readings[-1].measured.median_ms <= limit_ms
-
-    for c in ranked:
-        if ok(c, False):
+    pending: list[tuple[C, bool]] = [(c, False) for c in ranked]  # (candidate, repaired)
+    checks = repairs = 0
+    while True:
+        if readings:  # after a miss: every prediction corrected by the offset measured
+            aim, slow = repair_target(limit_ms, readings)
+            pending = [(c, fixed) for c, fixed in pending if predict(c) <= aim]
+            if repairs < max_repairs and (score is not None or not pending):
+                repairs += 1
+                c = repair(aim, slow)
+                if c is None:
+                    repairs = max_repairs
+                else:
+                    at = len(pending) if score is None else next(
+                        (i for i, (p, _) in enumerate(pending) if score(p) < score(c)),
+                        len(pending))
+                    pending.insert(at, (c, True))
+        if not pending:
+            return None, readings
+        c, fixed = pending.pop(0)
+        readings.append(Reading(c, predict(c), measure(c), fixed))
+        if readings[-1].measured.median_ms <= limit_ms:
             return c, readings
-    for _ in range(max_repairs if readings else 0):
-        c = repair(*repair_target(limit_ms, readings))
-        if c is None:
-            break
-        if ok(c, True):
-            return c, readings
-    return None, readings
+        checks += not fixed
+        if max_checks is not None and checks >= max_checks:
+            pending = [(p, f) for p, f in pending if f]
 
 
 # ---------------------------------------------------------------------- a search's trials
@@ -107,19 +128,25 @@ class LatencyCheck:
     def best_measurement(self) -> LatencyMeasurement:
         return self.measured[self.chosen.number]
 
+    @property
+    def misses(self) -> int:
+        """How many candidates were measured over the budget."""
+        return sum(m.median_ms > self.limit_ms for m in self.measured.values())
+
 
 def verify_latency(problem: PruningProblem, records: Sequence[TrialRecord], *,
                    model: nn.Module, example: torch.Tensor | Sequence[torch.Tensor],
                    device: Device, record: Callable[[np.ndarray], TrialRecord] | None = None,
                    console: Console | None = None, max_checks: int = MAX_CHECKS,
                    max_repairs: int = MAX_REPAIRS) -> LatencyCheck:
-    """Measure the best feasible trials in rank order until one meets the latency budget.
-
-    If none of them does (the machine runs slower now than when the table was built, or the
-    table is off for these networks), the best trial is shrunk along the repair path to the
-    speed measured (:func:`repair_target`) and ``record`` (prune, score and store a point as a
-    new trial) turns it into a candidate, which is measured in turn; at most ``max_repairs``
-    times (:func:`measure_and_repair`).
+    """Measure the best feasible trial; if it misses the latency budget (the machine runs
+    slower now than when the table was built, or the table is off for these networks), go on
+    with :func:`measure_and_repair`: the other trials are corrected by the offset measured and
+    skipped where the corrected prediction misses, and the best trial is shrunk along the
+    repair path to the corrected aim, ``record`` (prune, score and store a point as a new
+    trial) turning it into a candidate; the better scored of the best trial left and the
+    repair is measured next. At most ``max_checks`` of the search's trials and ``max_repairs``
+    repairs are measured.
     """
     budget = next(b for b in problem.budgets if b.metric == "latency_ms")
     say = console.print if console else (lambda *a, **k: None)
@@ -133,9 +160,6 @@ def verify_latency(problem: PruningProblem, records: Sequence[TrialRecord], *,
             ranked.append(r)
     if not ranked:
         raise ValueError("no feasible trial to measure")
-    # The cheapest predicted trial is a last resort, should every better one miss.
-    fastest = min(ranked, key=lambda r: r.costs["latency_ms"])
-    queue = ranked[:max_checks] + ([fastest] if fastest not in ranked[:max_checks] else [])
     dense = measure_latency(model, example, device=device)
     base = ranked[0]
 
@@ -162,9 +186,10 @@ def verify_latency(problem: PruningProblem, records: Sequence[TrialRecord], *,
 
     repaired: list[int] = []
     chosen, readings = measure_and_repair(
-        queue, limit_ms=budget.limit, measure=measure,
+        ranked, limit_ms=budget.limit, measure=measure,
         predict=lambda r: r.costs["latency_ms"], repair=repair,
-        max_repairs=max_repairs if record is not None else 0)
+        max_repairs=max_repairs if record is not None else 0,
+        score=lambda r: r.objective, max_checks=max_checks)
     return LatencyCheck(chosen=chosen or ranked[0], met=chosen is not None,
                         limit_ms=budget.limit, dense=dense,
                         dense_predicted_ms=problem.dense_costs["latency_ms"],
@@ -178,7 +203,7 @@ def check_summary(check: LatencyCheck) -> dict[str, Any]:
     """The check as JSON: the chosen and the dense network, predicted and measured."""
     best = check.best_measurement()
     return {"met": check.met, "limit_ms": check.limit_ms, "device": dict(check.dense.device),
-            "chosen_trial": check.chosen.number,
+            "chosen_trial": check.chosen.number, "misses": check.misses,
             "predicted_ms": check.predicted[check.chosen.number],
             "measured": {"latency_ms": best.median_ms, "p10_ms": best.p10_ms,
                          "p90_ms": best.p90_ms, "wall_median_ms": best.wall_median_ms},
