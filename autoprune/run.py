@@ -47,9 +47,10 @@ class Run:
         """The run in ``folder``; refuses what is not a run folder, naming what it lacks."""
         folder = Path(folder)
         if not folder.is_dir():
-            what = "a file" if folder.exists() else "missing"
-            raise FileNotFoundError(f"{folder} is {what}, not a run folder; pass the folder "
-                                    "autoprune search --run-dir (or allocate's run_dir) wrote")
+            what = "is a file" if folder.exists() else "does not exist"
+            raise FileNotFoundError(f"{folder} {what}: not an autoprune run folder; pass the "
+                                    "folder autoprune search --run-dir (or allocate's run_dir) "
+                                    "wrote")
         record = read_run_record(folder) if (folder / "run.json").is_file() else None
         if record is None and not any(folder.glob("*.json")):
             raise FileNotFoundError(f"{folder} is not an autoprune run folder (no run.json and "
