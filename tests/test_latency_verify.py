@@ -235,3 +235,19 @@ def test_the_latency_report_fits_80_columns_without_cutting_a_cell(scale: float)
     for n, m in check.measured.items():  # every number is there whole
         assert f"{m.p10_ms:.1f}"[:4] in text and str(n) in text
     assert "trial 131 (repair) *" in text and "rank 27" in text and "dense" in text
+
+
+def test_the_trials_table_of_a_latency_search_fits_80_columns() -> None:
+    from autoprune.report import trials_table
+
+    dense = {"latency_ms": 24.05, "macs": 947.41e6, "params": 9.227e6}
+    records = [TrialRecord(number=n, point=(), config={}, metrics={}, objective=0.9861,
+                           costs={k: v * (0.3 + n / 1000) for k, v in dense.items()})
+               for n in (7, 118, 131)]
+    out = io.StringIO()
+    Console(file=out, width=80, color_system=None).print(
+        trials_table([*records, TrialRecord(number=200, point=(), config={}, metrics={},
+                                            objective=0.9861, costs=dense)],
+                     dense_costs=dense, objective="accuracy"))
+    text = out.getvalue()
+    assert "…" not in text and "latency" in text and "24.05 ms" in text and "100.0%" in text
