@@ -422,7 +422,7 @@ def recover_run(run_dir: str | Path, *, steps: int, distill: bool = False,
     evaluator = run.evaluator(finetune_steps=0)
     dense = run.model  # the search's precision
     example = run.example
-    weights = settings.space.space != "channel"  # a weight-sparse run
+    weights = settings.space.prunes_weights  # a weight-sparse run
     if weights and (gradual or reconstruct):
         raise ValueError(f"--{'gradual' if gradual else 'reconstruct'} works on channels; a "
                          "weight-sparse run recovers by fine-tuning with its zeros masked "

@@ -31,7 +31,7 @@ __all__ = ["measured_summary", "space_record", "split_metrics", "write_report"]
 
 def space_record(space: SpaceSettings) -> dict[str, Any]:
     """What a chosen-network JSON holds of a weight-sparsity space, so that it rebuilds."""
-    if space.space == "channel":
+    if not space.prunes_weights:
         return {}
     return {"space": space.space, "space_options": space.options(),
             "storage_format": space.storage_format}
@@ -106,7 +106,7 @@ def write_report(settings: SearchSettings, run_dir: Path, alloc: Allocation, *, 
                   "model": str(run_dir / "pruned.pt"), "plot": str(plot),
                   "program": program},
     }
-    if settings.space.space != "channel":  # the compressed file, and what size= predicted
+    if settings.space.prunes_weights:  # the compressed file, and what size= predicted
         summary["sparse"] = write_sparse(run_dir, delivered, space.layer_table(alloc.config),
                                          storage_format=settings.space.storage_format)
         summary["files"]["sparse"] = summary["sparse"]["file"]
@@ -150,7 +150,7 @@ def write_report(settings: SearchSettings, run_dir: Path, alloc: Allocation, *, 
         f"(dense: test {task.describe(dense_val['test'])}), {_scored_after(task, settings)}.\n"
         f"run folder: {run_dir}  ({'' if record else 'study.db, '}best.json, pruned.pt"
         + (", pruned.pt2" if program else "")
-        + (", pruned.sparse.pt" if settings.space.space != "channel" else "")
+        + (", pruned.sparse.pt" if settings.space.prunes_weights else "")
         + ", pareto.png, summary.json"
         + (", front.json)" if pareto else ")")
         + (f"\n{describe_study(run_dir, record)}; serve it with optuna-dashboard "

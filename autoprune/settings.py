@@ -17,7 +17,7 @@ from typing import Any
 from autoprune.latency.device import FINAL_REPEATS, FINAL_WARMUP, Device
 from autoprune.targets import parse_targets
 
-__all__ = ["ExecutorSettings", "LatencySettings", "ModelSource", "ProfilePlan", "ProfileSettings",
+__all__ = ["SPACE_KINDS", "ExecutorSettings", "LatencySettings", "ModelSource", "ProfilePlan", "ProfileSettings",
            "ScoringSettings", "SearchSettings", "SpaceSettings", "slug"]
 
 #: ``accuracy``: the best network within the budgets. ``pareto``: the front of accuracy against
@@ -67,6 +67,13 @@ class ModelSource:
                 if k not in optional or v != optional[k]}
 
 
+#: What each registered space (``search_spaces.SPACES``, the classes) prunes: the torch-free
+#: view of the registry that settings, checks and reports read (a test keeps the two equal).
+SPACE_KINDS: dict[str, frozenset[str]] = {
+    "channel": frozenset({"channels"}), "unstructured": frozenset({"weights"}),
+    "nm": frozenset({"weights"}), "channel+unstructured": frozenset({"channels", "weights"})}
+
+
 @dataclass(frozen=True, kw_only=True)
 class SpaceSettings:
     """The search space: its registered name (``--space``), channel rounding, lower bound, and
@@ -91,8 +98,18 @@ class SpaceSettings:
     def __post_init__(self) -> None:
         # The default criterion, l2, ranks channels; a weight-sparsity space's own default is
         # magnitude (the same norm, per weight), so the defaults work for every space.
-        if self.criterion == "l2" and self.space not in ("channel", "channel+unstructured"):
+        if self.criterion == "l2" and not self.prunes_channels:
             object.__setattr__(self, "criterion", "magnitude")
+
+    @property
+    def prunes_channels(self) -> bool:
+        """Whether whole channels go (a channel criterion ranks them; latency steers them)."""
+        return "channels" in SPACE_KINDS.get(self.space, frozenset({"channels"}))
+
+    @property
+    def prunes_weights(self) -> bool:
+        """Whether single weights go (sparsity= and size= budgets; a compressed file)."""
+        return "weights" in SPACE_KINDS.get(self.space, frozenset())
 
     def options(self) -> dict[str, Any]:
         """The space's own options (``make_space(..., **options)``); none for channels,

@@ -11,7 +11,7 @@ from autoprune.errors import SearchError
 from autoprune.search_spaces import (CRITERIA, SPACES, Criterion, criterion_names,
                                      make_criterion)
 from autoprune.search_spaces.weight_masks import CRITERIA_NEEDING_DATA, WEIGHT_CRITERIA
-from autoprune.settings import SpaceSettings
+from autoprune.settings import SPACE_KINDS, SpaceSettings
 from autoprune.targets import Target
 from autoprune.zoo.tasks import Task
 
@@ -20,7 +20,7 @@ __all__ = ["CHANNEL_SPACES", "check_space", "check_space_targets", "criterion_op
 
 #: Granularities that prune channels: a channel criterion ranks them, and a latency budget
 #: steers them.
-CHANNEL_SPACES = ("channel", "channel+unstructured")
+CHANNEL_SPACES = tuple(name for name, kinds in SPACE_KINDS.items() if "channels" in kinds)
 
 
 def check_space(space: SpaceSettings, targets: Sequence[Target]) -> None:
@@ -39,7 +39,8 @@ def check_space_targets(space: str, targets: Sequence[Target]) -> None:
     """A latency budget on a weight-sparsity space is refused, with the reason, and so are
     sparsity= and size= budgets on channels; channel+unstructured takes every budget (latency
     and flops= steer its channels, sparsity= and size= its weights)."""
-    if space == "channel" and any(t.metric in ("weights", "size_bytes") for t in targets):
+    if "weights" not in SPACE_KINDS.get(space, frozenset()) \
+            and any(t.metric in ("weights", "size_bytes") for t in targets):
         raise SearchError("sparsity= and size= budget single weights: use --granularity "
                           "unstructured or nm (or channel+unstructured, both in one search)")
     if space not in CHANNEL_SPACES and any(t.metric == "latency_ms" for t in targets):

@@ -126,3 +126,11 @@ def test_a_whole_unstructured_search_runs_on_its_defaults(tmp_path: Path) -> Non
     summary = autoprune.search(settings)
     assert summary["sparse"]["sparsity"] >= 0.5 - 1e-9
     assert summary["criterion"] == "magnitude"
+
+
+def test_the_settings_know_every_registered_space() -> None:
+    from autoprune.search_spaces import SPACES
+    from autoprune.settings import SPACE_KINDS
+
+    assert set(SPACE_KINDS) == set(SPACES)
+    assert SpaceSettings(space="nm").prunes_weights and not SpaceSettings().prunes_weights
