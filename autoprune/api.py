@@ -29,11 +29,15 @@ from autoprune.problem import build_problem
 from autoprune.run_folder import check_run_folder, open_study
 from autoprune.search_spaces import Criterion, SearchSpace, make_space
 from autoprune.spaces import check_space, check_space_targets, criterion_options
-from autoprune.settings import SpaceSettings
+from autoprune.settings import OBJECTIVES, SpaceSettings
 from autoprune.study import StudyStore, check_storage
 from autoprune.targets import parse_targets
 
 __all__ = ["Allocation", "SearchError", "allocate"]
+
+#: The entries of an evaluator's dict a search can optimise: accuracy (higher is better) or
+#: loss (lower is better).
+METRICS = ("accuracy", "loss")
 
 
 def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.Tensor],
@@ -45,8 +49,8 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
              criterion: str | Criterion | None = None,
              space_options: Mapping[str, Any] | None = None, storage_format: str | None = None,
              calibration: Sequence[tuple[Any, Any]] | None = None,
-             output: str | int | None = None, objective: str | None = None,
-             pareto: bool = False, run_dir: str | Path | None = None, progress: bool = False,
+             output: str | int | None = None, objective: str = "accuracy",
+             metric: str | None = None, run_dir: str | Path | None = None, progress: bool = False,
              latency_table: LatencyTable | None = None, device: Device | None = None,
              executor: str | Executor = "local", reward: str = "acc",
              storage: str | None = None, console: Console | None = None,
@@ -60,7 +64,7 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
     mislead the search.
     ``agent`` searches (``autoprune agents`` lists them); ``auto``, the default, measures each
     unit's sensitivity curve, allocates the budget from the curves and refines the allocation
-    (``autoprune.agents.AUTO``; random search for ``pareto``).
+    (``autoprune.agents.AUTO``; random search for ``objective="pareto"``).
 
     ``model`` is never modified. With ``run_dir`` the run folder is written as ``autoprune
     search`` writes it: the study in ``study.db`` (a repeated call with the same search
@@ -76,9 +80,13 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
     ``"local"`` (in this process), ``"ray"`` (a local Ray, one trial per CPU) or an executor
     such as ``autoprune.executors.ray_tune.RayExecutor(workers=4, address="auto")``; with Ray,
     ``model`` and ``evaluate`` must pickle (cloudpickle: closures are fine). ``reward`` is what
-    the RL agents (``ddpg``, ``td3``) learn from: ``"acc"`` or ``"acc-flops"``. ``pareto``
-    searches the front of the objective against the first budget's cost, from the thinnest
-    network up to that budget (an agent that handles two objectives). ``space`` is a
+    the RL agents (``ddpg``, ``td3``) learn from: ``"acc"`` or ``"acc-flops"``. ``objective`` is
+    what the search looks for, as ``autoprune search --objective`` takes it: ``"accuracy"``
+    (the best network within every budget) or ``"pareto"`` (the front of the metric against
+    the first budget's cost, from the thinnest network up to that budget; an agent that
+    handles two objectives). ``metric`` is the entry of evaluate's dict optimised,
+    ``"accuracy"`` (higher is better) or ``"loss"`` (lower is better); default: accuracy when
+    evaluate returns one, else loss. ``space`` is a
     registered space's name, a ``SpaceSettings`` (the name with its rounding, floor, criterion,
     levels, N:M patterns and storage format in one value) or a space already built on
     ``model``; ``round_to``, ``min_ratio``, ``criterion``, ``space_options`` and
@@ -104,6 +112,15 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
     if dtype is not None:
         example_inputs = as_example(example_inputs, model_dtype(model))
     evaluator = as_evaluator(evaluate)
+    if objective not in OBJECTIVES:
+        raise SearchError(f"objective={objective!r}: the objective is what the search looks for, "
+                          f"{' or '.join(map(repr, OBJECTIVES))}"
+                          + ("; the entry of evaluate's dict to optimise is metric="
+                             f"{objective!r}" if objective in METRICS else ""))
+    if metric is not None and metric not in METRICS:
+        raise SearchError(f"metric={metric!r}: the search optimises evaluate's "
+                          f"{' or '.join(map(repr, METRICS))} (higher accuracy, lower loss)")
+    pareto = objective == "pareto"
     targets = parse_targets(target)
     options = _space_settings(space, round_to=round_to, min_ratio=min_ratio,
                               criterion=criterion, space_options=space_options,
@@ -159,7 +176,7 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
                                                     made_by="allocate"))
     alloc = search_problem(problem, model=model, example=example_inputs, evaluator=evaluator,
                            store=store, agent=agent, trials=trials, seed=seed,
-                           objective=objective, pareto=pareto, reward=reward, executor=executor,
+                           metric=metric, pareto=pareto, reward=reward, executor=executor,
                            progress=progress, console=console, costs=costs, table=table)
     if dtype:
         alloc = replace(alloc, dtype=str(model_dtype(model)).removeprefix("torch."))

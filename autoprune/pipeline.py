@@ -46,19 +46,19 @@ def check_agent(name: str, dim: int = 1, *, seed: int = 0, pareto: bool = False,
 
 def search_problem(problem: PruningProblem, *, model: nn.Module, example: Any,
                    evaluator: Evaluator, store: StudyStore, agent: str, trials: int,
-                   seed: int = 0, objective: str | None = None, pareto: bool = False,
+                   seed: int = 0, metric: str | None = None, pareto: bool = False,
                    reward: str = "acc", executor: str | Executor = "local",
                    progress: bool = False, console: Console | None = None,
                    costs: SearchCosts | None = None, table: LatencyTable | None = None
                    ) -> Allocation:
     """Search ``problem`` (its study in ``store``: a resumed one goes on) and return the
-    chosen network. ``objective`` None: the study's, or what ``evaluator`` returns (accuracy
-    when it has one, else loss), checked before the first trial. ``table``: the latency table
+    chosen network. ``metric``, the entry of the evaluator's dict optimised (``accuracy`` or
+    ``loss``), None: the study's, or what ``evaluator`` returns (accuracy when it has one,
+    else loss), checked before the first trial. ``table``: the latency table
     that costs a latency budget; the chosen network is then measured here."""
     costs = costs or SearchCosts()
-    if objective is None:
-        objective = store.get_meta("objective") or _objective_of(
-            first_metrics(problem.space, model, evaluator))
+    objective = metric or store.get_meta("objective") or _objective_of(
+        first_metrics(problem.space, model, evaluator))
     store.set_meta("objective", objective)
     ranges = pareto_range(problem) if pareto else None
     runner = make_executor(executor) if isinstance(executor, str) else executor

@@ -183,7 +183,7 @@ def _search(settings: SearchSettings, targets: list[Target], executor: Executor,
     describe_problem(problem, console)
     alloc = search_problem(problem, model=model, example=example, evaluator=evaluator,
                            store=store, agent=settings.agent, trials=settings.trials,
-                           seed=settings.seed, objective=metric,
+                           seed=settings.seed, metric=metric,
                            pareto=settings.objective == "pareto", reward=settings.reward,
                            executor=executor, progress=settings.progress, console=console,
                            costs=costs, table=table)

@@ -134,3 +134,16 @@ def test_the_settings_know_every_registered_space() -> None:
 
     assert set(SPACE_KINDS) == set(SPACES)
     assert SpaceSettings(space="nm").prunes_weights and not SpaceSettings().prunes_weights
+
+
+def test_objective_means_what_the_cli_means_and_metric_picks_the_entry() -> None:
+    model = _model()
+    with pytest.raises(SearchError, match="metric='loss'"):
+        autoprune.allocate(model, example_inputs=X, target="flops=50%", evaluate=_width,
+                           objective="loss")
+    alloc = autoprune.allocate(model, example_inputs=X, target="flops=50%", evaluate=_width,
+                               trials=3, round_to=4, metric="loss")
+    assert alloc.chosen is not None and alloc.chosen.objective == -alloc.metrics["loss"]
+    front = autoprune.allocate(model, example_inputs=X, target="flops=50%", evaluate=_width,
+                               trials=4, round_to=4, objective="pareto")
+    assert front.pareto is not None
