@@ -17,7 +17,9 @@ import ast
 import hashlib
 import importlib
 import importlib.util
+import re
 import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -126,14 +128,17 @@ def load_weights(model: nn.Module, weights: Path) -> str:
     """Load ``weights`` into ``model`` (``weights_only=True``); returns the file's sha256. A
     file that does not fit names the first mismatched key."""
     weights = Path(weights)
+    if weights.is_dir():
+        raise UserModelError(f"--weights {weights} is a folder; pass the file of a state dict "
+                             f"(torch.save(model.state_dict(), path) writes one)")
     if not weights.is_file():
         raise UserModelError(f"--weights {weights} does not exist")
     try:
-        raw = torch.load(weights, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns of pickle protocols it may not read
+            warnings.simplefilter("ignore")
+            raw = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - unpicklable, corrupt, or not a torch file
-        raise UserModelError(f"--weights {weights} cannot be read with weights_only=True "
-                             f"({type(err).__name__}: {err}); save a state dict "
-                             "(torch.save(model.state_dict(), path))") from err
+        raise UserModelError(_unreadable(weights, err)) from None
     state = raw
     if isinstance(raw, Mapping):
         for key in ("state_dict", "model"):
@@ -159,19 +164,39 @@ def load_weights(model: nn.Module, weights: Path) -> str:
     return _sha256(weights)
 
 
+def _unreadable(weights: Path, err: Exception) -> str:
+    """One line for a ``--weights`` file torch cannot load with ``weights_only=True``
+    (torch's own message runs to 15 lines and advises what autoprune will not do)."""
+    fix = "torch.save(model.state_dict(), path) writes one"
+    found = re.search(r"GLOBAL ([\w.]+)", str(err))
+    if found:  # a pickled object: a whole model, an optimizer, a class of the user's
+        return (f"--weights {weights} holds a pickled {found.group(1)}, not a state dict of "
+                f"tensors; save the weights alone ({fix})")
+    return f"--weights {weights} is not a PyTorch state dict ({fix})"
+
+
 def build_user_model(spec: str, args: Mapping[str, Any] | None = None,
                      weights: Path | None = None) -> nn.Module:
     """The factory's model (eval mode), weights loaded, with ``autoprune_spec`` recording how
     it was built."""
     fn, origin = _factory(spec)
     try:
-        model = fn(**dict(args or {}))
+        with warnings.catch_warnings():  # an empty layer is refused below, in one line
+            warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+            model = fn(**dict(args or {}))
     except Exception as err:  # noqa: BLE001 - the user's factory: name it and what it raised
         raise UserModelError(f"the factory {origin['factory']} raised {type(err).__name__}: "
                              f"{err} (called with {dict(args or {})})") from err
     if not isinstance(model, nn.Module):
         raise UserModelError(f"the factory {origin['factory']} returned "
                              f"{type(model).__name__}, not a torch.nn.Module")
+    empty = next(((n, tuple(p.shape)) for n, p in model.named_parameters() if p.numel() == 0),
+                 None)
+    if empty is not None:
+        given = ", ".join(f"{k}={v!r}" for k, v in dict(args or {}).items()) or "no arguments"
+        raise UserModelError(f"the factory {origin['factory']} built a model with an empty "
+                             f"layer ({empty[0]} has shape {empty[1]}) from {given}; give it "
+                             "arguments that build every layer (--model-arg)")
     record = {**origin, "args": dict(args or {}), "weights": None, "weights_sha256": None}
     if weights is not None:
         record["weights"] = str(Path(weights).expanduser().resolve())
