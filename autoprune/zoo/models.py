@@ -15,7 +15,9 @@ VGG and MobileNets) are written here.  Every network:
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +33,7 @@ __all__ = [
     "build_model",
     "build_model_from_spec",
     "make_divisible",
+    "unknown_model",
     "BasicBlock",
     "CifarResNet",
     "VGG",
@@ -371,6 +374,34 @@ def available_models(reads: str | None = None) -> list[str]:
     return [n for n in _BUILDERS if reads is None or (n in LANGUAGE_MODELS) == (reads == "text")]
 
 
+def unknown_model(name: str) -> str:
+    """Why ``name`` is no model: a Python file without its factory (``mynet.py``, which wants
+    ``mynet.py:make``), or a name the zoo lacks."""
+    path = Path(name.strip()).expanduser()
+    if path.suffix == ".py" or path.is_file():
+        if not path.is_file():
+            return (f"--model {name}: {path} does not exist (your own model is "
+                    "path/to/file.py:factory, a callable in it returning an nn.Module)")
+        found = _top_level_callables(path)
+        example = f"{name.strip()}:{found[0] if found else 'make_model'}"
+        return (f"--model {name} names a file but not the callable in it that builds the model: "
+                f"pass file.py:factory, e.g. --model {example}"
+                + (f" (its functions and classes: {', '.join(found[:12])})" if found else ""))
+    return (f"unknown model {name!r}; available models: {', '.join(available_models())}, or "
+            "your own as path/to/file.py:factory or package.module:factory")
+
+
+def _top_level_callables(path: Path) -> list[str]:
+    """The public functions and classes ``path`` defines (read, not run)."""
+    try:
+        tree = ast.parse(path.read_text(errors="replace"))
+    except (OSError, SyntaxError, ValueError):
+        return []
+    return [n.name for n in tree.body
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            and not n.name.startswith("_")]
+
+
 def build_model(
     name: str,
     *,
@@ -382,7 +413,7 @@ def build_model(
     """Build a freshly initialised zoo model; ``autoprune_spec`` records how to rebuild it."""
     key = name.strip().lower()
     if key not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; available models: {', '.join(available_models())}")
+        raise ValueError(unknown_model(name))
     if num_classes < 1 or in_channels < 1:
         raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes} and {in_channels}")
     if not width_mult > 0:
