@@ -172,7 +172,8 @@ def zoo_architecture(model: str, data: str, *, image_size: int = 32, width_mult:
                                Path(weights) if weights else None)
         example = (torch.zeros(1, *input_shape) if input_shape is not None
                    else load_data(source, image_size=image_size).example_inputs(1))
-        _check_fits(net, example, None)
+        _check_fits(net, example, None,
+                    fix=_FIT_GIVEN_SHAPE if input_shape is not None else _FIT_SHAPE)
         return net, example
     if source in TEXT_SOURCES:
         net = build_model(name, num_classes=len(VOCAB) + 1, in_channels=1,
@@ -208,15 +209,26 @@ def load_task(model: str, data: str, *, image_size: int = 32, width_mult: float 
     return Task(model=net, data=images, metric="accuracy", baseline=record)
 
 
-def _check_fits(model: nn.Module, example: torch.Tensor, classes: int | None) -> None:
-    """Data whose shape does not fit the model is one error, before any work."""
+# What changes the input a user's model is given, where the example came from: the data (at
+# --image-size) for a search or training; --input-shape too where it can be given (latency,
+# profile), and it alone when it was.
+_FIT_DATA = "--image-size or other --data"
+_FIT_SHAPE = "--image-size, --input-shape or other --data"
+_FIT_GIVEN_SHAPE = "--input-shape"
+
+
+def _check_fits(model: nn.Module, example: torch.Tensor, classes: int | None, *,
+                fix: str = _FIT_DATA) -> None:
+    """Data whose shape does not fit the model is one error, before any work; ``fix`` names
+    the options that change the input (those of the commands that reach here)."""
     try:
         with torch.no_grad():
             out = model.eval()(torch.cat([example, example]))
     except Exception as err:  # noqa: BLE001 - any failure of the user's forward
+        said = (str(err).strip().splitlines() or [""])[0]
         raise UserModelError(f"the model cannot take inputs of shape {tuple(example.shape[1:])} "
-                             f"(per sample): {type(err).__name__}: {err}. Fix: --image-size, "
-                             "--input-shape, or other data") from err
+                             f"(per sample): {type(err).__name__}: {said.rstrip('.')}. Fix: {fix}, or the "
+                             "model (its factory, or --model-arg)") from None
     if classes is not None and (not isinstance(out, torch.Tensor) or out.shape != (2, classes)):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise UserModelError(f"the model returns {shape} for a batch of 2, but the data has "
