@@ -93,8 +93,12 @@ def output_tensor(out: Any, output: Output = None) -> torch.Tensor:
         for name, t in named:
             if name == str(output):
                 return t
+    if isinstance(out, torch.Tensor):
+        raise UntraceableModelError(
+            f"the model returns one tensor, so there is no output named {output!r} to choose. "
+            "Fix: leave out output= (--output), which is for a model returning several")
     kinds = ", ".join(n or "tensor" for n, _ in named) or "none"
-    want = f"an entry named {output!r}" if output is not None else "a tensor"
+    want = f"entry named {output!r}" if output is not None else "tensor"
     raise UntraceableModelError(
         f"the model's output ({type(out).__name__}) has no {want}; its tensors: {kinds}. Fix: "
         "pass output=NAME (--output NAME) naming the tensor to prune for, e.g. 'logits'.")
