@@ -49,8 +49,8 @@ from autoprune.targets import Target, parse_targets
 from autoprune.zoo.evaluate import evaluate_accuracy
 from autoprune.zoo.train import default_cache_dir
 
-__all__ = ["Extraction", "LatencySetup", "extraction_table", "find_config", "front", "front_view",
-           "save_subnetwork", "specialise"]
+__all__ = ["Extraction", "LatencySetup", "check_channel_targets", "extraction_table",
+           "find_config", "front", "front_view", "save_subnetwork", "specialise"]
 
 _MAX_LATENCY_RETRIES = 3
 
@@ -156,6 +156,19 @@ def _problem(supernet: ElasticNet, targets: Sequence[Target], table: LatencyTabl
     return build_problem(supernet.space, targets, table=table)  # fast costs: see problem.py
 
 
+def check_channel_targets(parsed: Sequence[Sequence[Target]]) -> None:
+    """A supernet's sub-networks differ in channel widths only: a budget of single weights
+    (sparsity=, size=) cannot steer them, and is refused before any work."""
+    for ts in parsed:
+        for t in ts:
+            if t.metric in ("weights", "size_bytes"):
+                raise SupernetError(
+                    f"target {t.text!r}: a supernet's sub-networks differ in channel widths "
+                    "only, so sparsity= and size= budgets (single weights) cannot steer them. "
+                    "Budget latency=, flops= or params= instead (single weights are pruned by "
+                    "a search: autoprune search --granularity unstructured)")
+
+
 def specialise(supernet: ElasticNet, targets: Sequence[str | Sequence[Target]], *,
                latency: LatencySetup | None = None, generations: int = 12, population: int = 64,
                seed: int = 0, score: bool = True, latency_retries: int = _MAX_LATENCY_RETRIES,
@@ -168,6 +181,7 @@ def specialise(supernet: ElasticNet, targets: Sequence[str | Sequence[Target]], 
     console = console or Console(stderr=True, quiet=True)
     latency = latency or LatencySetup()
     parsed = [parse_targets(t) if isinstance(t, str) else list(t) for t in targets]
+    check_channel_targets(parsed)
     table = None
     if any(t.metric == "latency_ms" for ts in parsed for t in ts):
         table = _latency_table(supernet, latency, console)
