@@ -31,7 +31,7 @@ from autoprune.latency.measure import export_onnx
 from autoprune.run_folder import read_choice, rebuild_choice
 
 __all__ = ["EXPORT_FORMATS", "ExportError", "Exported", "export_choice", "export_program",
-           "save_program"]
+           "format_of", "save_program"]
 
 EXPORT_FORMATS = ("onnx", "torchscript", "exported-program", "state_dict")
 _SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "exported-program": ".pt2", "state_dict": ".pt"}
@@ -62,10 +62,11 @@ def export_choice(source: str | Path, output: str | Path, *, fmt: str | None = N
     """Write the network of ``source`` (a run folder: its ``best.json``; or a chosen-network
     JSON) to ``output`` in ``fmt`` (default: from the suffix of ``output``, else onnx)."""
     output = Path(output)
-    fmt = fmt or next((f for f, s in _SUFFIX.items() if output.suffix == s), "onnx")
+    fmt = fmt or format_of(output) or "onnx"
     if fmt not in EXPORT_FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of "
                           f"{', '.join(EXPORT_FORMATS)}")
+    _check_writable(output)
     choice, path = read_choice(source)
     if not (path.parent / choice.get("weights", "pruned.pt")).exists():
         raise FileNotFoundError(f"{path.parent / choice.get('weights', 'pruned.pt')} is missing: "
@@ -108,6 +109,24 @@ def export_choice(source: str | Path, output: str | Path, *, fmt: str | None = N
                           "inspection")
     return Exported(path=output, format=fmt, bytes=output.stat().st_size, max_abs_diff=diff,
                     tolerance=tolerance)
+
+
+def format_of(output: str | Path) -> str | None:
+    """The export format the suffix of ``output`` names (``.onnx``, ``.ts``, ``.pt2``,
+    ``.pt``), or None."""
+    return next((f for f, s in _SUFFIX.items() if Path(output).suffix == s), None)
+
+
+def _check_writable(output: Path) -> None:
+    """``output`` can be written as a file (before the network is rebuilt)."""
+    if output.is_dir():
+        raise ExportError(f"{output} is a folder; name the file to write in it, e.g. "
+                          f"{output / 'model.onnx'}")
+    for parent in output.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ExportError(f"cannot write {output}: {parent} is a file, not a folder")
+            break
 
 
 def export_program(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path) -> Path:
