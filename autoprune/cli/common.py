@@ -75,7 +75,13 @@ err = Console(stderr=True)
 
 
 def fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    """One error, then exit 2; options the message names that this command lacks are said to
+    be those of the command that made its input (:func:`~autoprune.cli.hints.fit_to_command`)."""
+    from rich.markup import escape
+
+    from autoprune.cli.hints import fit_to_command
+
+    err.print(f"[bold red]error:[/] {escape(fit_to_command(message))}", highlight=False)
     raise typer.Exit(code=2)
 
 
@@ -104,14 +110,25 @@ def space(granularity: str, *, criterion: str | None, levels: str, nm: str,
     """The SpaceSettings of search's options: ``--levels`` in percent, ``--nm`` a list, and the
     criterion defaulting to the granularity's own (l2 where channels are pruned, magnitude
     for weights only)."""
+    usage = "percents separated by commas, e.g. 0,50,80,90"
     try:
-        points = tuple(float(v) / 100.0 for v in levels.split(",") if v.strip())
+        percents = [float(v.strip().removesuffix("%")) for v in levels.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"--levels takes percents separated by commas, e.g. 0,50,80,90; got "
-                         f"{levels!r}") from None
+        raise ValueError(f"--levels takes {usage}; got {levels!r}") from None
+    if not percents:
+        raise ValueError(f"--levels takes {usage}; got none")
+    if bad := [f"{v:g}" for v in percents if not 0 <= v < 100]:
+        raise ValueError(f"--levels takes percents from 0 up to (not including) 100, the share "
+                         f"of a tensor's weights removed; got {', '.join(bad)} (e.g. 0,50,80,90)")
+    if len(set(percents)) != len(percents):
+        raise ValueError(f"--levels {levels} repeats a level; list each once")
+    points = tuple(v / 100.0 for v in percents)
+    patterns = tuple(p.strip() for p in nm.split(",") if p.strip())
+    if not patterns:
+        raise ValueError("--nm takes N:M patterns separated by commas, e.g. 2:4,1:4; got none")
     default = "l2" if granularity in ("channel", "channel+unstructured") else "magnitude"
     return SpaceSettings(space=granularity, criterion=criterion or default, levels=points,
-                         nm=tuple(p.strip() for p in nm.split(",") if p.strip()), **rest)  # type: ignore[arg-type]
+                         nm=patterns, **rest)  # type: ignore[arg-type]
 
 
 def absolute(spec: str | None) -> str | None:

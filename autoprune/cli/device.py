@@ -13,6 +13,7 @@ import typer
 from autoprune.cli.common import (MIN_RATIO_HELP, BACKEND_HELP, BATCH_HELP, CLOCK_HELP, DATA_HELP, INPUT_SHAPE_HELP,
                                   MODEL_ARG_HELP, MODEL_HELP, THREADS_HELP, WEIGHTS_HELP, LATENCY, PROFILE,
                                   err, fail, source, user_errors)
+from autoprune.cli.checks import config_network, output_file, source_options
 from autoprune.latency.device import Device
 from autoprune.settings import LatencySettings, ProfilePlan, ProfileSettings, SpaceSettings
 
@@ -46,6 +47,8 @@ def profile(
     """
     from autoprune.latency.jobs import profile as run
 
+    output_file(output, "-o", "table.json")
+    source_options(model, data)
     try:
         settings = ProfileSettings(
             source=source(model, data, image_size, width_mult, model_arg=model_arg,
@@ -93,6 +96,8 @@ def latency(
     from autoprune.latency.device import describe_device
     from autoprune.latency.jobs import latency as run
 
+    config_network(config)
+    source_options(model, data)
     try:
         settings = LatencySettings(
             source=source(model, data, image_size, width_mult, model_arg=model_arg,

@@ -18,6 +18,8 @@ from autoprune.cli.common import (MIN_RATIO_HELP, BACKEND_HELP, BATCH_HELP, CLOC
                                   SEARCH, TARGET_HELP, THREADS_HELP, WEIGHTS_HELP, absolute, err,
                                   fail, source, space, user_errors)
 from autoprune.agents import AUTO
+from autoprune.cli.checks import (export_format, output_file, output_folder, search_options,
+                                  source_options, space_options)
 from autoprune.cli.device import latency, profile
 from autoprune.cli.ofa import app as ofa_app
 from autoprune.latency.device import Device
@@ -138,6 +140,11 @@ def search(
 
     if (distill or gradual) and not recover_steps:
         fail("--distill and --gradual are options of the recovery: add --recover STEPS")
+    output_folder(run_dir, "--run-dir")
+    output_folder(cache_dir, "--cache-dir")
+    source_options(model, data)
+    space_options(granularity)
+    search_options(target, executor, storage_format)
 
     try:
         settings = SearchSettings(
@@ -180,9 +187,12 @@ def search(
 
 @app.command()
 def pick(
-    run: Annotated[Path, typer.Option("--run", help="A finished run folder (autoprune search "
-                                                    "--run-dir).")],
-    target: Annotated[list[str], typer.Option("--target", "-t", metavar="BUDGET", help=TARGET_HELP)],
+    run: Annotated[Path | None, typer.Argument(
+        metavar="RUN", show_default=False,
+        help="A finished run folder (autoprune search --run-dir).")] = None,
+    target: Annotated[list[str], typer.Option("--target", "-t", metavar="BUDGET", help=TARGET_HELP)] = [],  # noqa: B006
+    run_option: Annotated[Path | None, typer.Option(
+        "--run", help="The run folder, as an option (the same as RUN).")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Baseline cache folder.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
 ) -> None:
@@ -191,6 +201,16 @@ def pick(
     No new search: the run's trials are filtered by the new budgets, the best is pruned,
     scored (validation and test) and written as pick-<target>.json / .pt in the run folder.
     """
+    if run is not None and run_option is not None and run != run_option:
+        fail(f"two run folders given, {run} and --run {run_option}; pass one: autoprune pick "
+             "RUN --target BUDGET")
+    run = run if run is not None else run_option
+    if run is None:
+        fail("pick needs the folder of a finished search to choose from: autoprune pick RUN "
+             "--target BUDGET")
+    if not target:
+        fail("pick needs a budget to choose by: add --target, e.g. --target flops=50%")
+    output_folder(cache_dir, "--cache-dir")
     from autoprune.pick import pick as pick_from_run
 
     try:
@@ -239,6 +259,7 @@ def recover(
     """
     from autoprune.recover import recover_run
 
+    output_folder(cache_dir, "--cache-dir")
     try:
         result = recover_run(run, steps=steps, distill=distill, gradual=gradual, lr=lr,
                              seed=seed, reconstruct=reconstruct, cache_dir=cache_dir,
@@ -272,6 +293,8 @@ def train(
     """
     from autoprune.zoo.tasks import TEXT_SOURCES
 
+    output_folder(cache_dir, "--cache-dir")
+    source_options(model, data)
     try:
         if data.strip().lower() in TEXT_SOURCES:
             from autoprune.zoo.language import load_or_train_language_baseline
@@ -330,8 +353,8 @@ def export(
     output: Annotated[Path, typer.Option("--output", "-o", help="File to write.")],
     fmt: Annotated[str | None, typer.Option(
         "--format", help="onnx, torchscript, exported-program (torch.export, .pt2) or "
-                         "state_dict; default: from the file's suffix (.onnx, .ts, .pt2, .pt), "
-                         "else onnx.")] = None,
+                         "state_dict; default: from the file's suffix (.onnx, .ts, .pt2, .pt); "
+                         "another suffix needs --format.")] = None,
     atol: Annotated[float, typer.Option(min=0.0, help="Absolute tolerance of the check.")] = 1e-4,
     rtol: Annotated[float, typer.Option(min=0.0, help="Relative tolerance of the check.")] = 1e-3,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
@@ -343,6 +366,8 @@ def export(
     """
     from autoprune.export import ExportError, export_choice
 
+    output_file(output, "-o", "model.onnx")
+    export_format(output, fmt)
     try:
         done = export_choice(run, output, fmt=fmt, atol=atol, rtol=rtol)
     except (*user_errors(), ExportError) as e:

@@ -14,6 +14,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from autoprune.cli.checks import output_file, output_folder, source_options
+from autoprune.cli.common import fail
+
 __all__ = ["app"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -28,11 +31,6 @@ TARGET_HELP = (
     "of one sub-network with commas: latency=2ms,params=50%."
 )
 LATENCY_OPTS = "Latency budgets refer to this device, batch, thread count and backend."
-
-
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code=2)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -81,6 +79,9 @@ def train(
     """
     from autoprune.ofa.train import SupernetSettings, train_supernet
 
+    output_folder(output, "-o")
+    output_folder(cache_dir, "--cache-dir")
+    source_options(model, data)
     try:
         settings = SupernetSettings(model=model, data=data, model_args=tuple(model_arg or ()),
                                     weights=str(weights) if weights else None,
@@ -91,7 +92,7 @@ def train(
                                     cache_dir=cache_dir, progress=progress)
         summary = train_supernet(settings, until_step=until_step, console=err)
     except _user_errors() as e:
-        _fail(str(e))
+        fail(str(e))
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
         return
@@ -134,13 +135,21 @@ def extract(
     """
     from autoprune.ofa import Supernet
     from autoprune.latency.device import Device
-    from autoprune.ofa.search import LatencySetup, extraction_table, save_subnetwork
+    from autoprune.ofa.search import (LatencySetup, check_channel_targets, extraction_table,
+                                      save_subnetwork)
     from autoprune.settings import slug
+    from autoprune.targets import parse_targets
 
+    if output is not None and len(target) == 1 and output.suffix == ".pt":
+        output_file(output, "-o", "subnet.pt")
+    else:
+        output_folder(output, "-o")
+    output_folder(cache_dir, "--cache-dir")
     try:
         if output is not None and len(target) > 1 and output.suffix == ".pt":
             raise ValueError(f"-o {output} names one file but {len(target)} targets were given; "
                              "pass a folder")
+        check_channel_targets([parse_targets(t) for t in target])  # before the supernet loads
         sn = Supernet.load(supernet)
         extractions = sn.specialise(
             target, latency=LatencySetup(lut=lut, device=Device(batch=batch, threads=threads,
@@ -157,7 +166,7 @@ def extract(
                 path = output / f"{slug(e.target)}.pt"
             paths.append(save_subnetwork(e, path, sn))
     except _user_errors() as e:
-        _fail(str(e))
+        fail(str(e))
     err.print(extraction_table(extractions))
     for e, p in zip(extractions, paths):
         err.print(f"{e.target}: wrote {p} and {p.with_suffix('.json').name} (autoprune."
@@ -189,6 +198,7 @@ def front(
     from autoprune.latency.device import Device
     from autoprune.ofa.search import LatencySetup, front as run, front_view
 
+    output_folder(cache_dir, "--cache-dir")
     try:
         sn = Supernet.load(supernet)
         result = run(sn, metric=metric, points=points,
@@ -197,7 +207,7 @@ def front(
                                           cache_dir=cache_dir),
                      plot=Path(supernet) / "front.png", console=err)
     except _user_errors() as e:
-        _fail(str(e))
+        fail(str(e))
     (Path(supernet) / "front.json").write_text(json.dumps(result, indent=1) + "\n")
     err.print(front_view(result))
     err.print(f"wrote {Path(supernet) / 'front.json'} and {result['plot']}", highlight=False)
