@@ -115,6 +115,8 @@ def _search(settings: SearchSettings, targets: list[Target], executor: Executor,
         dense_copy = copy.deepcopy(model)
         try:
             dense_now = {"val": evaluator(dense_copy), "test": evaluator.test(dense_copy)}
+        except SearchError:
+            raise  # what it returned is not metrics: that message names the fix
         except Exception as err:  # noqa: BLE001 - the user's function: one error, before work
             raise SearchError(f"the evaluator {settings.scoring.evaluator} failed on the dense "
                               f"model ({type(err).__name__}: {err})") from None
