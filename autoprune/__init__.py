@@ -16,7 +16,7 @@ _EXPORTS = {
     "search": "autoprune.search_job",
     "load_pruned": "autoprune.run",
     "Run": "autoprune.run",
-    "pick": "autoprune.pick",
+    "pick": "autoprune.pick_run",
     "Allocation": "autoprune.allocation",
     "SearchSettings": "autoprune.settings",
     "ModelSource": "autoprune.settings",

@@ -1,7 +1,7 @@
 """The Python API: ``allocate`` finds the per-unit widths of any model for a budget, scored
 by any evaluator (``Allocation`` is its result: ``apply`` it, ``save`` it as a run folder).
 Whole runs of the command line are in ``autoprune.search_job`` (``search``) and
-``autoprune.pick``; ``autoprune.run`` opens a run folder (``load_pruned``)."""
+``autoprune.pick_run``; ``autoprune.run`` opens a run folder (``load_pruned``)."""
 
 from __future__ import annotations
 

@@ -211,7 +211,7 @@ def pick(
     if not target:
         fail("pick needs a budget to choose by: add --target, e.g. --target flops=50%")
     output_folder(cache_dir, "--cache-dir")
-    from autoprune.pick import pick as pick_from_run
+    from autoprune.pick_run import pick as pick_from_run
 
     try:
         summary = pick_from_run(run, tuple(target), cache_dir=cache_dir, console=err)
