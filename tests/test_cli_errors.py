@@ -219,6 +219,19 @@ def test_options_that_the_model_kind_ignores_are_refused(files: Path, run_dir: P
              "--model would be ignored")
 
 
+def test_training_options_that_would_be_ignored_are_refused(files: Path, run_dir: Path,
+                                                           cache: Path) -> None:
+    factory = ["--model", f"{files / 'mynet.py'}:make", "--image-size", "8"]
+    _refused(["train", *factory, "--max-steps", "3"], cache, "--max-steps is for text")
+    _refused(["train", *factory, "--retrain"], cache, "--retrain is for zoo models")
+    _refused(["train", *factory, "--weights", str(files / "whole.pt"), "--epochs", "3"], cache,
+             "nothing is trained", "--epochs would be ignored")
+    _refused(["recover", str(run_dir), "--steps", "0", "--reconstruct", "--distill"], cache,
+             "--steps 0 trains nothing", "--distill would be ignored")
+    _refused(["pick", str(run_dir), "--target", "latency=1ms"], cache,
+             "does not reopen a latency table", "autoprune search --target latency=")
+
+
 def test_paths_that_cannot_be_written_are_one_error(files: Path, cache: Path) -> None:
     file = files / "some_file.py"
     _refused(["search", *SMALL, "--run-dir", str(file)], cache, "--run-dir", "is a file")

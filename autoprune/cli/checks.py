@@ -10,7 +10,8 @@ from autoprune.cli.common import fail
 from autoprune.cli.hints import current_context
 
 __all__ = ["config_network", "export_format", "given", "output_file", "output_folder",
-           "search_options", "source_options", "space_options"]
+           "pick_targets", "recover_options", "search_options", "source_options",
+           "space_options", "train_options"]
 
 
 def given(name: str) -> bool:
@@ -145,6 +146,45 @@ def config_network(config: Path | None) -> None:
              f"input shape), so {', '.join(ignored)} would be ignored; leave "
              f"{'it' if len(ignored) == 1 else 'them'} out, or leave out --config to measure "
              "a dense model")
+
+
+def train_options(model: str, data: str, weights: Path | None) -> None:
+    """train's options that its model would ignore: --max-steps trains text only, weights of
+    one's own are scored, not trained (--epochs), and --retrain is the zoo cache's."""
+    from autoprune.user_model import is_factory  # noqa: PLC0415 - torch: after --help
+    from autoprune.zoo.tasks import TEXT_SOURCES  # noqa: PLC0415
+
+    if data.strip().lower() in TEXT_SOURCES:
+        return
+    if given("max_steps"):
+        fail("--max-steps is for text (the decoder trains until its validation loss stops "
+             "improving); images train for --epochs")
+    if not is_factory(model):
+        return
+    if weights is not None and given("epochs"):
+        fail("with --weights nothing is trained (your weights are scored), so --epochs would "
+             "be ignored; leave it out, or leave out --weights to train a baseline here")
+    if given("retrain"):
+        fail("--retrain is for zoo models: your own model's baseline is cached under its "
+             "file, --model-arg, data and --epochs, and trained anew when one of them changes")
+
+
+def recover_options(steps: int) -> None:
+    """recover's training options with --steps 0 (a refit alone: nothing is trained)."""
+    if steps == 0 and (ignored := [o for o, n in (("--distill", "distill"), ("--lr", "lr"))
+                                   if given(n)]):
+        fail(f"--steps 0 trains nothing (the --reconstruct refit alone), so "
+             f"{' and '.join(ignored)} would be ignored; give --steps N to fine-tune, or leave "
+             f"{'it' if len(ignored) == 1 else 'them'} out")
+
+
+def pick_targets(targets: list[str]) -> None:
+    """pick chooses by the costs a run's space computes (flops, params, sparsity, size): it
+    reopens no latency table, so a latency= budget is refused before the run is opened."""
+    if any(t.strip().lower().startswith("latency") for t in targets):
+        fail("pick chooses by flops=, params= (and, for weights, sparsity= or size=): it does "
+             "not reopen a latency table, so a latency= budget cannot be checked; for one, "
+             "search: autoprune search --target latency=10ms ...")
 
 
 def _or(names: list[str]) -> str:

@@ -18,8 +18,9 @@ from autoprune.cli.common import (MIN_RATIO_HELP, BACKEND_HELP, BATCH_HELP, CLOC
                                   SEARCH, TARGET_HELP, THREADS_HELP, WEIGHTS_HELP, absolute, err,
                                   fail, source, space, user_errors)
 from autoprune.agents import AUTO
-from autoprune.cli.checks import (export_format, output_file, output_folder, search_options,
-                                  source_options, space_options)
+from autoprune.cli.checks import (export_format, output_file, output_folder, pick_targets,
+                                  recover_options, search_options, source_options,
+                                  space_options, train_options)
 from autoprune.cli.device import latency, profile
 from autoprune.cli.ofa import app as ofa_app
 from autoprune.latency.device import Device
@@ -211,6 +212,7 @@ def pick(
     if not target:
         fail("pick needs a budget to choose by: add --target, e.g. --target flops=50%")
     output_folder(cache_dir, "--cache-dir")
+    pick_targets(target)
     from autoprune.pick_run import pick as pick_from_run
 
     try:
@@ -260,6 +262,7 @@ def recover(
     from autoprune.recover import recover_run
 
     output_folder(cache_dir, "--cache-dir")
+    recover_options(steps)
     try:
         result = recover_run(run, steps=steps, distill=distill, gradual=gradual, lr=lr,
                              seed=seed, reconstruct=reconstruct, cache_dir=cache_dir,
@@ -295,6 +298,7 @@ def train(
 
     output_folder(cache_dir, "--cache-dir")
     source_options(model, data)
+    train_options(model, data, weights)
     try:
         if data.strip().lower() in TEXT_SOURCES:
             from autoprune.zoo.language import load_or_train_language_baseline
