@@ -19,7 +19,7 @@ from autoprune.agents import resolve_agent
 from autoprune.allocation import Allocation
 from autoprune.errors import SearchError
 from autoprune.evaluator import Evaluator, as_evaluator
-from autoprune.executors import Executor
+from autoprune.executors import EXECUTORS, Executor
 from autoprune.latency.device import Device
 from autoprune.latency.table import LatencyTable
 from autoprune.phases import SearchCosts, space_progress
@@ -105,6 +105,8 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
     budgets count its bytes; default: the model's own. ``resources`` on the result says where
     the time went and the peak memory.
     """
+    _check_values(model, trials=trials, run_dir=run_dir, executor=executor,
+                  latency_table=latency_table)
     try:
         model = in_dtype(model, dtype)
     except ValueError as err:
@@ -183,6 +185,26 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
     if folder is not None:
         alloc.save(folder, console=say)
     return alloc
+
+
+def _check_values(model: Any, *, trials: Any, run_dir: str | Path | None, executor: Any,
+                  latency_table: Any) -> None:
+    """The plain values ``allocate`` takes, refused before any work with the fix named."""
+    if not isinstance(model, nn.Module):
+        raise SearchError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise SearchError(f"trials={trials!r}: give the number of trials, at least 1")
+    if run_dir is not None and Path(run_dir).exists() and not Path(run_dir).is_dir():
+        raise SearchError(f"run_dir={str(run_dir)!r} is a file; pass a folder (new, or a run "
+                          "folder to resume)")
+    if isinstance(executor, str) and executor not in EXECUTORS:
+        raise SearchError(f"unknown executor {executor!r}; use one of "
+                          f"{', '.join(sorted(EXECUTORS))}, or an Executor such as "
+                          "autoprune.executors.ray_tune.RayExecutor(workers=4)")
+    if latency_table is not None and not isinstance(latency_table, LatencyTable):
+        raise SearchError(f"latency_table must be a LatencyTable, not "
+                          f"{type(latency_table).__name__}: load a saved one with "
+                          "autoprune.LatencyTable.load(path)")
 
 
 def _space_settings(space: str | SpaceSettings | SearchSpace, *, round_to: int | None,

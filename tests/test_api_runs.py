@@ -147,3 +147,23 @@ def test_objective_means_what_the_cli_means_and_metric_picks_the_entry() -> None
     front = autoprune.allocate(model, example_inputs=X, target="flops=50%", evaluate=_width,
                                trials=4, round_to=4, objective="pareto")
     assert front.pareto is not None
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"model": lambda t: t}, "must be a torch.nn.Module"),
+    ({"trials": 0}, "at least 1"),
+    ({"run_dir": "FILE"}, "is a file; pass a folder"),
+    ({"executor": "nosuch"}, "unknown executor 'nosuch'"),
+    ({"latency_table": "lut.json", "target": "latency=5ms"}, "LatencyTable.load"),
+    ({"space_options": {"levles": [0.5]}}, "unknown space_options levles"),
+    ({"space": 3}, "space= takes a space's name"),
+])
+def test_bad_api_values_are_refused_before_any_work(values: dict, message: str,
+                                                    tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    args = {"model": _model(), "example_inputs": X, "target": "flops=50%",
+            "evaluate": _width, "trials": 2, **values}
+    if args.get("run_dir") == "FILE":
+        args["run_dir"] = tmp_path / "f"
+    with pytest.raises(SearchError, match=message):
+        autoprune.allocate(args.pop("model"), **args)
