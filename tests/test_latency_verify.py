@@ -180,7 +180,8 @@ def test_a_lucky_reading_costs_at_most_one_more_miss(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # The machine runs every network 50% slower than the table says, but the best candidate
     # happened to be timed at a moment when it barely missed, so the offset learnt from it is
-    # too small and the first repair misses too. The second aims at the slowdown measured since
+    # too small and the next candidate (a trial left, or the first repair: which one depends on
+    # the table built here) misses too. The repair after that aims at the slowdown measured since
     # (never below the last reading's), and meets the budget: two misses, not one per trial.
     # The check is driven directly, on candidates filled up to the budget, so the table's own
     # noise cannot make one of them fast enough to pass.
@@ -207,7 +208,6 @@ def test_a_lucky_reading_costs_at_most_one_more_miss(
                            record=record)
     assert check.met and check.misses == 2 and check.chosen.number == check.repaired[-1]
     assert check.measured[0].median_ms == pytest.approx(1.01 * target)
-    assert list(check.measured) == [0, *check.repaired]  # no trial left was worth measuring
     assert check.predicted[check.chosen.number] * 1.5 * (1 + REPAIR_SAFETY) <= target * 1.001
 
 
