@@ -185,6 +185,7 @@ def _latency_summary(check: LatencyCheck, problem: PruningProblem,
     budget = next(b for b in problem.budgets if b.metric == "latency_ms")
     return {"device": check.dense.device, "limit_ms": budget.limit,
             "search_limit_ms": budget.search_limit, "margin": budget.margin,
-            "met_when_measured": check.met, "table": dict(table_info or {}),
+            "met_when_measured": check.met, "misses": check.misses,
+            "table": dict(table_info or {}),
             "checked": [{"trial": n, "rank": check.rank.get(n), "predicted_ms": check.predicted[n],
                          **measured_summary(m)} for n, m in check.measured.items()]}
