@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import tempfile
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +75,14 @@ def main() -> None:
     pruned = alloc.apply(model)
     n = sum(p.numel() for p in pruned.parameters())
     print(f"pruned model: {n} parameters (dense {sum(p.numel() for p in model.parameters())})")
+    # Saved as a run folder (best.json, pruned.pt, pruned.pt2, summary.json) and loaded back:
+    # a model of your own is not in the folder, so load_pruned takes the dense one.
+    with tempfile.TemporaryDirectory() as folder:
+        alloc.save(folder)
+        again = autoprune.load_pruned(folder, model=model)
+        with torch.no_grad():
+            same = torch.equal(again(data.val_x[:8]), pruned.eval()(data.val_x[:8]))
+        print(f"saved to a run folder and loaded back: {'same outputs' if same else 'DIFFERENT'}")
 
 
 if __name__ == "__main__":
