@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from autoprune.latency.build import CHECK_MEDIAN_LIMIT, check_on_holdout
+from autoprune.latency.correction import CHECK_MEDIAN_LIMIT, check_on_holdout
 from autoprune.latency.table import LatencyTable, LatencyTableError
 from autoprune.search_spaces import ChannelSpace
 from autoprune.settings import ProfilePlan

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from autoprune.latency.build import MEMORY_KNEES_MB, fit_correction, weight_mb
+from autoprune.latency.build import weight_mb
+from autoprune.latency.correction import MEMORY_KNEES_MB, fit_correction
 from autoprune.latency.table import LatencyTable
 from autoprune.search_spaces import ChannelSpace
 from test_latency import QUICK, ConvNet

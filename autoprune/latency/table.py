@@ -40,7 +40,7 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,25 +51,13 @@ from torch import nn
 
 from autoprune.costs import CostModel
 from autoprune.latency.device import Device, describe_device, fingerprint_mismatch
-from autoprune.latency.build import (
-    NOISY_BUILD,
-    BlockSpec,
-    ProfilePlan,
-    attention_and_norm_layers,
-    block_followers,
-    calibration_configs,
-    check_on_holdout,
-    fit_correction,
-    holdout_configs,
-    measure_blocks_and_networks,
-    mapped_grid,
-    monotone,
-    op_of,
-    profiled_space,
-    row_widths,
-    unit_links,
-    weight_mb,
-)
+from autoprune.latency.grid import Entry, Layer, layer
+from autoprune.latency.build import (BlockSpec, ProfilePlan, attention_and_norm_layers,
+                                     block_followers, mapped_grid, measure_blocks_and_networks,
+                                     monotone, op_of, profiled_space, row_widths, unit_links,
+                                     weight_mb)
+from autoprune.latency.correction import (NOISY_BUILD, calibration_configs, check_on_holdout,
+                                          fit_correction, holdout_configs)
 from autoprune.search_spaces import LayerTable, SearchSpace, make_space
 
 __all__ = ["TABLE_FORMAT", "TABLE_VERSION", "LatencyCost", "LatencyTable", "LatencyTableError",
@@ -89,80 +77,6 @@ class LatencyTableError(ValueError):
     """A lookup table that is corrupt, from another device, or for another model."""
 
 
-@dataclass(frozen=True, kw_only=True)
-class _Entry:
-    """Timings of one block over a grid of widths; ``in_grid`` empty means the input channels
-    follow the output channels (depthwise)."""
-
-    op: Mapping[str, Any]
-    in_grid: tuple[int, ...]
-    out_grid: tuple[int, ...]
-    ms: np.ndarray  # shape (max(1, len(in_grid)), len(out_grid))
-
-    def at(self, cin: int, cout: int) -> float:
-        i0, i1, wi = _bracket(self.in_grid, cin)
-        o0, o1, wo = _bracket(self.out_grid, cout)
-        m = self.ms
-        return float((1 - wi) * ((1 - wo) * m[i0, o0] + wo * m[i0, o1])
-                     + wi * ((1 - wo) * m[i1, o0] + wo * m[i1, o1]))
-
-    def to_json(self) -> dict[str, Any]:
-        return {"op": dict(self.op), "in_grid": list(self.in_grid), "out_grid": list(self.out_grid),
-                "ms": [[round(float(v), 6) for v in row] for row in self.ms]}
-
-
-@dataclass(frozen=True, kw_only=True)
-class _Layer:
-    """Where one costed layer's widths come from, so ``predict(config)`` needs no space: each
-    width is ``offset + scale * value`` of its unit (a conv's channels: 0 + 1 x value; an
-    attention core's rows: 0 + query tokens x heads), the dense width when the unit is not
-    in the configuration."""
-
-    name: str
-    entry: int
-    in_unit: str | None
-    out_unit: str | None
-    in_full: int
-    out_full: int
-    depthwise: bool
-    in_map: tuple[float, float] = (0.0, 1.0)
-    out_map: tuple[float, float] = (0.0, 1.0)
-
-    def widths(self, config: Mapping[str, int]) -> tuple[int, int]:
-        cout = _mapped(config, self.out_unit, self.out_map, self.out_full)
-        if self.depthwise:
-            return cout, cout
-        return _mapped(config, self.in_unit, self.in_map, self.in_full), cout
-
-
-def _layer(name: str, entry: int, in_link: tuple[str, float, float] | None,
-           out_link: tuple[str, float, float] | None, in_full: int, out_full: int,
-           depthwise: bool) -> _Layer:
-    return _Layer(name=name, entry=entry, in_unit=in_link[0] if in_link else None,
-                  out_unit=out_link[0] if out_link else None, in_full=in_full,
-                  out_full=out_full, depthwise=depthwise,
-                  in_map=(in_link[1], in_link[2]) if in_link else (0.0, 1.0),
-                  out_map=(out_link[1], out_link[2]) if out_link else (0.0, 1.0))
-
-
-def _mapped(config: Mapping[str, int], unit: str | None, line: tuple[float, float],
-            full: int) -> int:
-    if unit is None or unit not in config:
-        return full
-    return int(round(line[0] + line[1] * int(config[unit])))
-
-
-def _bracket(grid: Sequence[int], v: float) -> tuple[int, int, float]:
-    """Neighbours of ``v`` in ``grid`` and the weight of the upper one, clamped to the grid
-    (below the smallest measured width the smallest entry is used: conservative)."""
-    n = len(grid)
-    if n <= 1:
-        return 0, 0, 0.0
-    i = int(np.clip(np.searchsorted(grid, v), 1, n - 1))
-    w = (v - grid[i - 1]) / (grid[i] - grid[i - 1])
-    return i - 1, i, float(np.clip(w, 0.0, 1.0))
-
-
 def model_signature(space: SearchSpace) -> str:
     """A hash of the dense shapes of every costed layer (per sample): equal signatures mean the
     table's layers are the space's layers."""
@@ -177,12 +91,12 @@ class LatencyTable:
     """Predicted latency (ms) of any configuration of one model on one device.
 
     ``predict(config)`` = ``offset + scale * sum(layer entries)`` (+ a weight term, see
-    ``build.fit_correction``); ``cost_model()`` is the
+    ``correction.fit_correction``); ``cost_model()`` is the
     ``latency_ms`` :class:`~autoprune.costs.CostModel` reading a layer table.
     """
 
     def __init__(self, *, device: Mapping[str, Any], model: Mapping[str, Any],
-                 space: Mapping[str, Any], entries: Sequence[_Entry], layers: Sequence[_Layer],
+                 space: Mapping[str, Any], entries: Sequence[Entry], layers: Sequence[Layer],
                  correction: Mapping[str, Any], plan: Mapping[str, Any],
                  build_seconds: float, created: str) -> None:
         self.device = dict(device)
@@ -193,7 +107,7 @@ class LatencyTable:
         self.correction = dict(correction)
         self.offset_ms = float(correction["offset_ms"])
         self.scale = float(correction["scale"])
-        memory = correction.get("memory") or {}  # the weight term (build.fit_correction)
+        memory = correction.get("memory") or {}  # the weight term (correction.fit_correction)
         self.knee_mb = float(memory.get("knee_mb", 0.0))
         self.ms_per_mb = float(memory.get("ms_per_mb", 0.0))
         # How fast this machine runs now against when the table was built (``anchored``).
@@ -299,7 +213,7 @@ class LatencyTable:
         choices = {u.name: u.choices for u in space.units}
         keys: dict[str, int] = {}
         specs: list[BlockSpec] = []
-        layers: list[_Layer] = []
+        layers: list[Layer] = []
         for row in space.layer_table(space.dense_config()):
             if row.kind not in ("conv", "linear"):
                 continue
@@ -315,14 +229,14 @@ class LatencyTable:
             if key not in keys:
                 keys[key] = len(specs)
                 specs.append((module, chains.get(row.name, []), op, in_grid, out_grid))
-            layers.append(_layer(row.name, keys[key], in_link, out_link, row.in_channels,
+            layers.append(layer(row.name, keys[key], in_link, out_link, row.in_channels,
                                  row.out_channels, depthwise))
         for extra in attention_and_norm_layers(model, one, space, plan.grid):
             key = json.dumps([extra.op, extra.in_grid, extra.out_grid], sort_keys=True)
             if key not in keys:
                 keys[key] = len(specs)
                 specs.append((extra.module, [], extra.op, extra.in_grid, extra.out_grid))
-            layers.append(_layer(extra.name, keys[key], extra.in_link, extra.out_link,
+            layers.append(layer(extra.name, keys[key], extra.in_link, extra.out_link,
                                  extra.in_full, extra.out_full, not extra.in_grid))
         n_points = sum(max(1, len(s[3])) * len(s[4]) for s in specs)
         say(f"{len(layers)} costed layers -> {len(specs)} distinct blocks, {n_points} grid "
@@ -338,7 +252,7 @@ class LatencyTable:
                                                       plan, rng)
         held_samples, net_samples = net_samples[len(configs):], net_samples[:len(configs)]
         # Rounded as JSON stores them, so a saved and reloaded table predicts identically.
-        entries = [_Entry(op=op, in_grid=ig, out_grid=og, ms=np.round(monotone(m), 6))
+        entries = [Entry(op=op, in_grid=ig, out_grid=og, ms=np.round(monotone(m), 6))
                    for (_, _, op, ig, og), m in zip(specs, ms)]
         table = cls(device=fingerprint, model=_model_info(model, space), space=_space_info(space),
                     entries=entries, layers=layers,
@@ -537,13 +451,13 @@ class LatencyTable:
                     raise ValueError(f"grid {list(g)} is not increasing positive widths")
             if not isinstance(e["op"], dict):
                 raise TypeError("an entry's op is not an object")
-            entries.append(_Entry(op=e["op"], in_grid=in_grid, out_grid=out_grid, ms=ms))
+            entries.append(Entry(op=e["op"], in_grid=in_grid, out_grid=out_grid, ms=ms))
         layers = []
         for lay in raw["layers"]:
             index = int(lay["entry"])
             if not 0 <= index < len(entries):
                 raise IndexError(f"layer {lay['name']!r} points at missing entry {index}")
-            layers.append(_Layer(name=str(lay["name"]), entry=index, in_unit=lay["in_unit"],
+            layers.append(Layer(name=str(lay["name"]), entry=index, in_unit=lay["in_unit"],
                                  out_unit=lay["out_unit"], in_full=int(lay["in_full"]),
                                  out_full=int(lay["out_full"]), depthwise=bool(lay["depthwise"]),
                                  in_map=_line(lay.get("in_map", (0.0, 1.0))),
