@@ -1,7 +1,8 @@
 """How a latency table is measured: the blocks of a model and their timing.
 
-
-
+The table itself (lookup, JSON) is :mod:`autoprune.latency.table`, its whole-network
+correction and held-out check :mod:`autoprune.latency.correction`; this module holds what only
+measuring needs. See the table module's notes for the method and its sources.
 """
 
 from __future__ import annotations
