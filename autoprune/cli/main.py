@@ -165,10 +165,11 @@ def search(
             progress=progress, lut=lut)
         summary = run(settings, console=err)
         if not recover_steps and not summary.get("dense_meets_budgets"):
-            options = "--distill" if "sparse" in summary else "--distill, --gradual, --reconstruct"
-            err.print(f"not recovered yet: autoprune recover {summary['run_dir']} --steps 300 "
-                      f"fine-tunes it on the training split ({options}; or search with "
-                      "--recover STEPS)", highlight=False)
+            options = "[--distill]" if "sparse" in summary else \
+                "[--distill | --gradual | --reconstruct]"
+            err.print(f"not recovered yet: fine-tune it on the training split with autoprune "
+                      f"recover {summary['run_dir']} --steps 300 {options} (or search with "
+                      "--recover STEPS)", highlight=False, markup=False)
         if recover_steps and summary.get("dense_meets_budgets"):
             err.print("[yellow]note:[/] nothing was pruned, so nothing to recover")
         elif recover_steps:
