@@ -167,3 +167,26 @@ def test_bad_api_values_are_refused_before_any_work(values: dict, message: str,
         args["run_dir"] = tmp_path / "f"
     with pytest.raises(SearchError, match=message):
         autoprune.allocate(args.pop("model"), **args)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"not weights at all\n", "is not a PyTorch state dict"),
+    (None, "holds a list, not a state dict"),
+])
+def test_a_run_whose_weights_file_is_not_a_state_dict_is_one_error(
+        tmp_path: Path, content: bytes | None, message: str) -> None:
+    from conftest import run_cli
+
+    model = autoprune.build_model("resnet20", num_classes=10, in_channels=1, width_mult=0.5)
+    autoprune.allocate(model.eval(), example_inputs=torch.randn(1, 1, 8, 8), target="flops=60%",
+                       evaluate=_width, trials=2, run_dir=tmp_path / "run")
+    weights = tmp_path / "run" / "pruned.pt"
+    if content is None:
+        torch.save([1, 2], weights)
+    else:
+        weights.write_bytes(content)
+    with pytest.raises(SearchError, match=message):
+        autoprune.load_pruned(tmp_path / "run")
+    out = run_cli(["export", str(tmp_path / "run"), "-o", str(tmp_path / "m.onnx")],
+                  tmp_path / "cache", check=False)
+    assert out.returncode != 0 and "Traceback" not in out.stderr and message in out.stderr
