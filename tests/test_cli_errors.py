@@ -232,6 +232,18 @@ def test_training_options_that_would_be_ignored_are_refused(files: Path, run_dir
              "does not reopen a latency table", "autoprune search --target latency=")
 
 
+def test_a_folder_where_a_file_is_read_is_one_error(cache: Path, tmp_path: Path) -> None:
+    supernet = tmp_path / "supernet"
+    supernet.mkdir()
+    (supernet / "supernet.json").write_text("{}")
+    _refused(["export", str(supernet), "-o", str(tmp_path / "m.onnx")], cache,
+             "is a supernet folder", f"autoprune ofa extract {supernet} --target")
+    _refused(["latency", "--config", str(supernet)], cache, "is a supernet folder")
+    _refused(["search", *SMALL, "--target", "latency=5ms", "--lut", str(tmp_path), "--run-dir",
+              str(tmp_path / "r")], cache, "--lut", "is a folder", "autoprune profile -o")
+    _refused(["latency", *SMALL, "--lut", str(tmp_path)], cache, "is a folder")
+
+
 def test_paths_that_cannot_be_written_are_one_error(files: Path, cache: Path) -> None:
     file = files / "some_file.py"
     _refused(["search", *SMALL, "--run-dir", str(file)], cache, "--run-dir", "is a file")

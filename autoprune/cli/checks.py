@@ -9,8 +9,8 @@ from pathlib import Path
 from autoprune.cli.common import fail
 from autoprune.cli.hints import current_context
 
-__all__ = ["config_network", "export_format", "given", "output_file", "output_folder",
-           "pick_targets", "recover_options", "search_options", "source_options",
+__all__ = ["chosen_network", "config_network", "export_format", "given", "lut_file",
+           "output_file", "output_folder", "pick_targets", "recover_options", "search_options", "source_options",
            "space_options", "train_options"]
 
 
@@ -185,6 +185,24 @@ def pick_targets(targets: list[str]) -> None:
         fail("pick chooses by flops=, params= (and, for weights, sparsity= or size=): it does "
              "not reopen a latency table, so a latency= budget cannot be checked; for one, "
              "search: autoprune search --target latency=10ms ...")
+
+
+def lut_file(lut: Path | None) -> None:
+    """--lut names a table's file: a folder is refused (a missing file is the table's own
+    error, or where it is built)."""
+    if lut is not None and Path(lut).expanduser().is_dir():
+        fail(f"--lut {lut} is a folder; pass a latency table's file (autoprune profile -o "
+             "lut.json writes one), or leave out --lut to build and cache one")
+
+
+def chosen_network(source: Path, what: str) -> None:
+    """A supernet folder where a chosen network is read (export RUN, latency --config): say
+    how to get one from it."""
+    where = Path(source).expanduser()
+    if where.is_dir() and (where / "supernet.json").exists():
+        fail(f"{what} {source} is a supernet folder, which holds no chosen network: extract "
+             f"one first with autoprune ofa extract {source} --target flops=50% ..., then pass "
+             "the .json it writes")
 
 
 def _or(names: list[str]) -> str:

@@ -13,7 +13,8 @@ import typer
 from autoprune.cli.common import (MIN_RATIO_HELP, BACKEND_HELP, BATCH_HELP, CLOCK_HELP, DATA_HELP, INPUT_SHAPE_HELP,
                                   MODEL_ARG_HELP, MODEL_HELP, THREADS_HELP, WEIGHTS_HELP, LATENCY, PROFILE,
                                   err, fail, source, user_errors)
-from autoprune.cli.checks import config_network, output_file, source_options
+from autoprune.cli.checks import (chosen_network, config_network, lut_file, output_file,
+                                  source_options)
 from autoprune.latency.device import Device
 from autoprune.settings import LatencySettings, ProfilePlan, ProfileSettings, SpaceSettings
 
@@ -96,7 +97,10 @@ def latency(
     from autoprune.latency.device import describe_device
     from autoprune.latency.jobs import latency as run
 
+    if config is not None:
+        chosen_network(config, "--config")
     config_network(config)
+    lut_file(lut)
     source_options(model, data)
     try:
         settings = LatencySettings(

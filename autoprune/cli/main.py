@@ -18,9 +18,9 @@ from autoprune.cli.common import (MIN_RATIO_HELP, BACKEND_HELP, BATCH_HELP, CLOC
                                   SEARCH, TARGET_HELP, THREADS_HELP, WEIGHTS_HELP, absolute, err,
                                   fail, source, space, user_errors)
 from autoprune.agents import AUTO
-from autoprune.cli.checks import (export_format, output_file, output_folder, pick_targets,
-                                  recover_options, search_options, source_options,
-                                  space_options, train_options)
+from autoprune.cli.checks import (chosen_network, export_format, lut_file, output_file,
+                                  output_folder, pick_targets, recover_options, search_options,
+                                  source_options, space_options, train_options)
 from autoprune.cli.device import latency, profile
 from autoprune.cli.ofa import app as ofa_app
 from autoprune.latency.device import Device
@@ -146,6 +146,7 @@ def search(
     source_options(model, data)
     space_options(granularity)
     search_options(target, executor, storage_format)
+    lut_file(lut)
 
     try:
         settings = SearchSettings(
@@ -371,6 +372,7 @@ def export(
     """
     from autoprune.export import ExportError, export_choice
 
+    chosen_network(run, "RUN")
     output_file(output, "-o", "model.onnx")
     export_format(output, fmt)
     try:

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from autoprune.cli.checks import output_file, output_folder, source_options
+from autoprune.cli.checks import lut_file, output_file, output_folder, source_options
 from autoprune.cli.common import fail
 
 __all__ = ["app"]
@@ -145,6 +145,7 @@ def extract(
     else:
         output_folder(output, "-o")
     output_folder(cache_dir, "--cache-dir")
+    lut_file(lut)
     try:
         if output is not None and len(target) > 1 and output.suffix == ".pt":
             raise ValueError(f"-o {output} names one file but {len(target)} targets were given; "
@@ -199,6 +200,7 @@ def front(
     from autoprune.ofa.search import LatencySetup, front as run, front_view
 
     output_folder(cache_dir, "--cache-dir")
+    lut_file(lut)
     try:
         sn = Supernet.load(supernet)
         result = run(sn, metric=metric, points=points,
