@@ -251,6 +251,8 @@ def test_paths_that_cannot_be_written_are_one_error(files: Path, cache: Path) ->
     _refused(["train", *SMALL, "--cache-dir", str(file)], cache, "--cache-dir", "is a file")
     _refused(["profile", *SMALL, "-o", str(file / "lut.json")], cache, "is a file, not a folder")
     _refused(["ofa", "train", *SMALL, "-o", str(file)], cache, "-o", "is a file")
+    _refused(["ofa", "extract", str(files), "--target", "flops=50%", "-o", str(files / "s.json")],
+             cache, "name the .pt to write")
     assert file.read_text() == "# a file, not a folder\n"
 
 

@@ -143,6 +143,9 @@ def extract(
     if output is not None and len(target) == 1 and output.suffix == ".pt":
         output_file(output, "-o", "subnet.pt")
     else:
+        if output is not None and len(target) == 1 and output.suffix and not output.is_dir():
+            fail(f"-o {output}: with one --target, name the .pt to write (its .json is written "
+                 "beside it), e.g. -o subnet.pt, or a folder")
         output_folder(output, "-o")
     output_folder(cache_dir, "--cache-dir")
     lut_file(lut)
