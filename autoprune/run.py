@@ -122,9 +122,9 @@ class Run:
                  "on with this run." if kept.is_file() else "")
         raise SearchError(f"the dense weights of {self.folder} changed since it searched "
                           f"(it was made on weights {recorded[:12]}, {path} now holds "
-                          f"{now[:12]}: a baseline trained again, or another --weights file); "
-                          "its trials and figures belong to the old weights. Start a new run "
-                          f"(another --run-dir) on the new ones.{where}")
+                          f"{now[:12]}: a baseline trained again, or another weights file); "
+                          "its trials and figures belong to the old weights. Start a new run on "
+                          f"the new ones (autoprune search --run-dir NEW).{where}")
 
     @property
     def model(self) -> nn.Module:

@@ -260,18 +260,18 @@ def load_weights(model: nn.Module, path: Path) -> None:
         raise SearchError(f"{path} is not a PyTorch state dict ({type(err).__name__}"
                           f"{': ' + reason if reason else ''}); it must hold the weights "
                           "torch.save(model.state_dict(), path) writes. Restore it, or run the "
-                          "search again into a new --run-dir") from None
+                          "search again (autoprune search --run-dir NEW)") from None
     if not isinstance(state, Mapping):
         raise SearchError(f"{path} holds a {type(state).__name__}, not a state dict; it must "
                           "hold the weights torch.save(model.state_dict(), path) writes. "
-                          "Restore it, or run the search again into a new --run-dir")
+                          "Restore it, or run the search again (autoprune search --run-dir NEW)")
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
         raise SearchError(f"{path} does not fit the network its JSON describes ({first}); "
                           "restore the folder's files together, or run the search again "
-                          "into a new --run-dir") from None
+                          "(autoprune search --run-dir NEW)") from None
 
 
 def record_recovery(run_dir: Path, *, val: Mapping[str, float], test: Mapping[str, float],

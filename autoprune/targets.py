@@ -212,7 +212,8 @@ def resolve_budgets(targets: Iterable[Target], dense: Mapping[str, float],
                 amount = f"{low:.3f} ms"
                 dense_text = f"{dense[t.metric]:.3f} ms"
                 hint = ("Ask for at least that (measured latency varies with load: leave some "
-                        "room), or lower --min-ratio / --round-to, or use a smaller --batch.")
+                        "room), or lower min_ratio / round_to (--min-ratio / --round-to), or "
+                        "use a smaller batch (--batch).")
             elif t.metric == "weights":
                 most = 100 * (1 - low / dense[t.metric])
                 raise TargetError(
@@ -228,7 +229,8 @@ def resolve_budgets(targets: Iterable[Target], dense: Mapping[str, float],
             else:
                 amount = f"{low:,.0f} {t.metric}"
                 dense_text = f"{dense[t.metric]:,.0f}"
-                hint = "Ask for at least that, or lower --min-ratio / --round-to to allow thinner layers."
+                hint = ("Ask for at least that, or lower min_ratio / round_to (--min-ratio / "
+                        "--round-to) to allow thinner layers.")
             raise TargetError(
                 f"target {t.text!r} cannot be met: the smallest configuration of this search "
                 f"space costs {amount} ({100 * low / dense[t.metric]:.1f}% of the dense "
