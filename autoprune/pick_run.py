@@ -39,6 +39,10 @@ def pick(run_dir: str | Path, target: str | Sequence[str], *, cache_dir: Path | 
     run = Run.open(run_dir, cache_dir=cache_dir)
     run_dir = run.folder
     targets = parse_targets(target)
+    if any(t.metric == "latency_ms" for t in targets):
+        raise SearchError("pick chooses by the costs the study recorded (flops=, params=, "
+                          "sparsity=, size=); it reopens no latency table. For a latency "
+                          "budget run a search: autoprune search --target latency=...")
     settings = run.settings
     task, model, space = run.task, run.model, run.space
     evaluator = run.evaluator()
