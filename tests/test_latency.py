@@ -475,11 +475,13 @@ def test_a_latency_search_on_a_vit_meets_its_budget_when_measured() -> None:
         # A table profiled now, so its calibration is this minute's machine.
         table = LatencyTable.build(vit, x, space=space, plan=QUICK)
         dense, thinnest = table.predict({}), table.predict(space.min_config())
-        # 85% of the dense network's predicted latency, with the thinnest predicted well below
-        # it: the search has to prune, and a host that slows down a little still leaves it a
-        # network that meets the budget.
-        assert thinnest < 0.8 * dense
-        target = 0.85 * dense
+        # At most 85% of the dense network's predicted latency, and half-way between the
+        # thinnest and the dense network at least (this table's own figures: the fixed part of
+        # a small ViT's time, which no width removes, differs from host to host): the search
+        # has to prune, and a host that slows down a little still leaves it a network that
+        # meets the budget.
+        assert thinnest < dense
+        target = max(0.85 * dense, thinnest + 0.5 * (dense - thinnest))
         alloc = autoprune.allocate(vit, example_inputs=x, target=f"latency={target!r}ms",
                                    evaluate=score, trials=6, space=space, latency_table=table)
         lat = alloc.latency
