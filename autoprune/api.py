@@ -58,10 +58,11 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
     """Find how many channels each unit of ``model`` keeps so that every budget of ``target``
     is met and ``evaluate(pruned)`` is best. ``evaluate`` gets a pruned copy it may modify
     and returns a dict with ``accuracy`` (higher is better) or ``loss`` (lower is better); it
-    is checked once before the first trial. It must prepare the network itself: a pruned
-    network's BatchNorm statistics are the dense ones until re-estimated, so re-estimate them
-    on a few training batches first (adaptive BN, as ``autoprune search`` does) or its scores
-    mislead the search.
+    is checked once before the first trial, in this process (not when ``metric=`` is given:
+    for an evaluator that must run in the trials' workers only). It must prepare the network
+    itself: a pruned network's BatchNorm statistics are the dense ones until re-estimated, so
+    re-estimate them on a few training batches first (adaptive BN, as ``autoprune search``
+    does) or its scores mislead the search.
     ``agent`` searches (``autoprune agents`` lists them); ``auto``, the default, measures each
     unit's sensitivity curve, allocates the budget from the curves and refines the allocation
     (``autoprune.agents.AUTO``; random search for ``objective="pareto"``).

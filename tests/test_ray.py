@@ -146,7 +146,7 @@ def test_a_dying_worker_is_retried_and_failures_are_recorded(cluster: str, user_
     folder = str(tmp_path)
     alloc = autoprune.allocate(user_model, example_inputs=torch.randn(1, 1, 16, 16),
                                target="flops=60%", evaluate=lambda m: flaky(m, folder),
-                               trials=8, round_to=4, executor=ex, objective="accuracy",
+                               trials=8, round_to=4, executor=ex, metric="accuracy",
                                agent="random")  # the executor's failures, not an agent's plan
     assert (tmp_path / "crash").exists()  # the worker did die
     assert len(alloc.trials) == 8 and [r.number for r in alloc.trials] == list(range(8))
@@ -168,7 +168,7 @@ def test_a_worker_that_dies_past_its_retries_is_recorded_with_the_reason(
     alloc = autoprune.allocate(user_model, example_inputs=torch.randn(1, 1, 16, 16),
                                target="flops=50%", evaluate=dies_once, trials=5, round_to=4,
                                executor=RayExecutor(workers=2, max_failures=0), seed=3,
-                               objective="accuracy")
+                               metric="accuracy")
     died = [r for r in alloc.trials if r.failed]
     assert len(alloc.trials) == 5 and len(died) == 1  # no retry allowed: recorded, search goes on
     assert "Ray worker running this trial failed 1 time" in died[0].reason
@@ -188,7 +188,7 @@ _DRIVER = textwrap.dedent("""
     alloc = autoprune.allocate(model, example_inputs=torch.randn(1, 1, 16, 16),
                                target="flops=50%", evaluate=slow_width_score({sleep}),
                                trials={trials}, round_to=1, run_dir={run_dir!r}, seed=7,
-                               agent="tpe", objective="accuracy",
+                               agent="tpe", metric="accuracy",
                                executor=RayExecutor(workers=2, address={address!r}))
     print("TRIALS=" + str(len(alloc.trials)))
 """)
