@@ -108,11 +108,19 @@ def quadratic_costs(space: SearchSpace, *, seed: int = 0) -> dict[str, Quadratic
         return {}
     rng = np.random.default_rng(seed)
     checks = [space.decode(rng.random(space.dim)) for _ in range(8)]
+    tables: dict[tuple[int, ...], Any] = {}  # both forms read the same configurations
+
+    def table(config: Mapping[str, int]) -> Any:
+        key = tuple(config[u.name] for u in space.units)
+        if key not in tables:
+            tables[key] = space.layer_table(config)
+        return tables[key]
+
     out = {}
     for name in ("macs", "params"):
         model = get_cost_model(name)
         try:
-            form = QuadraticCost(space, lambda c, m=model: m.estimate(space.layer_table(c)))
+            form = QuadraticCost(space, lambda c, m=model: m.estimate(table(c)))
         except ValueError:  # a width the space cannot cost: the exact cost it is
             continue
         if all(math.isclose(form([c[u.name] for u in space.units]),

@@ -30,11 +30,11 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .importance import squares
+from .importance import current, materialized, squares
 from .tracing import Conv1DPruner, conv1d_type
 
-__all__ = ["AttentionHeads", "drop_head_dims", "drop_heads", "find_attention", "head_dim_scores",
-           "head_scores", "prune_head_dims", "prune_heads"]
+__all__ = ["AttentionHeads", "drop_head_dims", "drop_heads", "find_attention", "head_cuts",
+           "head_dim_cuts", "head_dim_scores", "head_scores", "prune_head_dims", "prune_heads"]
 
 _SEPARATE = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"), ("q", "k", "v"),
              ("q_lin", "k_lin", "v_lin"), ("to_q", "to_k", "to_v"), ("wq", "wk", "wv"))
@@ -77,8 +77,10 @@ def _out_features(m: nn.Module) -> int:
 
 
 def _rows(m: nn.Module) -> torch.Tensor:
-    """The weight as ``[out, in]`` (HF's Conv1D stores ``[in, out]``)."""
-    return m.weight if isinstance(m, nn.Linear) else m.weight.t()
+    """The weight as ``[out, in]`` (HF's Conv1D stores ``[in, out]``), as the trial being
+    decided has cut it so far (``importance.current``)."""
+    weight = current(m.weight)
+    return weight if isinstance(m, nn.Linear) else weight.t()
 
 
 def _int_attr(m: nn.Module, names: Sequence[str]) -> int | None:
@@ -215,26 +217,31 @@ def drop_heads(spec: AttentionHeads, scores: np.ndarray, keep: int) -> list[int]
     return sorted(drop)
 
 
-def prune_heads(model: nn.Module, spec: AttentionHeads, drop: Sequence[int]) -> AttentionHeads:
-    """Remove query heads ``drop`` (and, without grouped-query attention, their keys and
-    values) from ``model`` in place; returns the layer's new description."""
-    modules = dict(model.named_modules())
-    q, k, v, o, attn = (modules[n] for n in (spec.q, spec.k, spec.v, spec.out, spec.module))
+def head_cuts(spec: AttentionHeads, drop: Sequence[int]) -> list[tuple[str, bool, list[int]]]:
+    """What removing query heads ``drop`` cuts: (layer, output side?, indices) in order."""
     oq, ok, ov = _sections(spec)
     q_idx = [c for h in drop for c in _channels(h, spec, oq)]
     o_idx = [c for h in drop for c in _channels(h, spec)]
     if spec.fused:
-        _prune(q, q_idx + [c for h in drop for c in _channels(h, spec, ok)]
-                   + [c for h in drop for c in _channels(h, spec, ov)], out=True)
+        cuts = [(spec.q, True, q_idx + [c for h in drop for c in _channels(h, spec, ok)]
+                 + [c for h in drop for c in _channels(h, spec, ov)])]
     else:
-        _prune(q, q_idx, out=True)
+        cuts = [(spec.q, True, q_idx)]
         if spec.kv_heads == spec.heads:
-            _prune(k, [c for h in drop for c in _channels(h, spec, ok)], out=True)
-            _prune(v, [c for h in drop for c in _channels(h, spec, ov)], out=True)
-    _prune(o, o_idx, out=False)
+            cuts += [(spec.k, True, [c for h in drop for c in _channels(h, spec, ok)]),
+                     (spec.v, True, [c for h in drop for c in _channels(h, spec, ov)])]
+    return cuts + [(spec.out, False, o_idx)]
+
+
+def prune_heads(model: nn.Module, spec: AttentionHeads, drop: Sequence[int]) -> AttentionHeads:
+    """Remove query heads ``drop`` (and, without grouped-query attention, their keys and
+    values) from ``model`` in place; returns the layer's new description."""
+    modules = dict(model.named_modules())
+    for name, out, idxs in head_cuts(spec, drop):
+        _prune(modules[name], idxs, out=out)
     heads = spec.heads - len(drop)
     kv_heads = heads if spec.kv_heads == spec.heads else spec.kv_heads
-    _set_attributes(attn, spec, heads, kv_heads)
+    _set_attributes(modules[spec.module], spec, heads, kv_heads)
     return AttentionHeads(module=spec.module, q=spec.q, k=spec.k, v=spec.v, out=spec.out,
                           heads=heads, kv_heads=kv_heads, head_dim=spec.head_dim)
 
@@ -267,8 +274,8 @@ def head_dim_scores(model: nn.Module, spec: AttentionHeads) -> tuple[np.ndarray,
     oq, ok, ov = _sections(spec)
     d = spec.head_dim
     with torch.no_grad():
-        rq, rk, rv = (_rows(m).detach().double().pow(2).sum(1) for m in (q, k, v))
-        ro = _rows(o).detach().double().pow(2).sum(0)  # per input column of the projection
+        rq, rk, rv = (materialized(_rows(m)).detach().double().pow(2).sum(1) for m in (q, k, v))
+        ro = materialized(_rows(o)).detach().double().pow(2).sum(0)  # per input column of the projection
         qk, vo = np.zeros((spec.kv_heads, d)), np.zeros((spec.kv_heads, d))
         for h in range(spec.heads):
             g = h // spec.group
@@ -289,16 +296,11 @@ def drop_head_dims(scores: tuple[np.ndarray, np.ndarray], keep: int
     return [pick(r) for r in qk], [pick(r) for r in vo]
 
 
-def prune_head_dims(model: nn.Module, spec: AttentionHeads, drop_qk: Sequence[Sequence[int]],
-                    drop_vo: Sequence[Sequence[int]]) -> AttentionHeads:
-    """Remove positions inside every head: ``drop_qk[g]`` from the queries and key of
-    key/value group ``g``, ``drop_vo[g]`` from its value and the output projection's columns
-    (the same count everywhere); returns the layer's new description. The attention keeps
-    its scaling (``scaling``/``scale`` attributes are left as they were)."""
+def head_dim_cuts(spec: AttentionHeads, drop_qk: Sequence[Sequence[int]],
+                  drop_vo: Sequence[Sequence[int]]) -> list[tuple[str, bool, list[int]]]:
+    """What removing positions inside every head cuts: (layer, output side?, indices)."""
     if len({len(x) for x in (*drop_qk, *drop_vo)}) != 1:
         raise ValueError("every head must lose the same number of positions")
-    modules = dict(model.named_modules())
-    q, k, v, o, attn = (modules[n] for n in (spec.q, spec.k, spec.v, spec.out, spec.module))
     oq, ok, ov = _sections(spec)
     d = spec.head_dim
     q_idx = [oq + h * d + j for h in range(spec.heads) for j in drop_qk[h // spec.group]]
@@ -306,12 +308,23 @@ def prune_head_dims(model: nn.Module, spec: AttentionHeads, drop_qk: Sequence[Se
     v_idx = [ov + g * d + j for g in range(spec.kv_heads) for j in drop_vo[g]]
     o_idx = [h * d + j for h in range(spec.heads) for j in drop_vo[h // spec.group]]
     if spec.fused:
-        _prune(q, q_idx + k_idx + v_idx, out=True)
+        cuts = [(spec.q, True, q_idx + k_idx + v_idx)]
     else:
-        _prune(q, q_idx, out=True)
-        _prune(k, k_idx, out=True)
-        _prune(v, v_idx, out=True)
-    _prune(o, o_idx, out=False)
+        cuts = [(spec.q, True, q_idx), (spec.k, True, k_idx), (spec.v, True, v_idx)]
+    return cuts + [(spec.out, False, o_idx)]
+
+
+def prune_head_dims(model: nn.Module, spec: AttentionHeads, drop_qk: Sequence[Sequence[int]],
+                    drop_vo: Sequence[Sequence[int]]) -> AttentionHeads:
+    """Remove positions inside every head: ``drop_qk[g]`` from the queries and key of
+    key/value group ``g``, ``drop_vo[g]`` from its value and the output projection's columns
+    (the same count everywhere); returns the layer's new description. The attention keeps
+    its scaling (``scaling``/``scale`` attributes are left as they were)."""
+    modules = dict(model.named_modules())
+    for name, out, idxs in head_dim_cuts(spec, drop_qk, drop_vo):
+        _prune(modules[name], idxs, out=out)
+    attn = modules[spec.module]
+    d = spec.head_dim
     new = d - len(drop_qk[0])
     for n in _HEAD_SIZE:
         if getattr(attn, n, None) == d:

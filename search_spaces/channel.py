@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import chain
 from typing import Any
 
@@ -30,6 +30,7 @@ from torch import nn
 from .attention import find_attention
 from .base import CountedSpace, LayerTable, Unit, UntraceableModelError, register_space
 from .criteria import Criterion, L2Magnitude, as_criterion
+from .gather import build_trial, decide, plannable
 from .exact import ProbeError, RunLog, ShortProbeMismatch, probe, run_log, short_inputs
 from .importance import dense_squares
 from .layers import LayerPlan, plan_rows
@@ -260,8 +261,16 @@ class ChannelSpace(CountedSpace):
         ch = self.complete_config(config)
         was_training = model.training
         grad_flags = [p.requires_grad for p in model.parameters()]
-        pruner = Pruner(self._template_of(model), self.criterion)
-        dense = self._dense_scores(model, pruner) if data else {}
+        template = self._template_of(model)
+        if data and plannable(template, self._candidates, self.criterion):
+            # decided on a view of the dense weights, built by one selection per tensor
+            dense = self._dense_scores(model, lambda: Pruner(template, self.criterion))
+            work = build_trial(decide(template, self._candidates, ch, self.criterion, dense))
+            for p, flag in zip(work.parameters(), grad_flags):
+                p.requires_grad_(flag)
+            return work.train(was_training)
+        pruner = Pruner(template, self.criterion)
+        dense = self._dense_scores(model, lambda: pruner) if data else {}
         # channel groups through Torch-Pruning's graph first, then heads, then head positions
         with dense_squares(pruner.template.pointers, pruner.template.squares):
             for c in sorted(self._candidates, key=lambda c: (c.heads is not None, c.dims)):
@@ -311,7 +320,7 @@ class ChannelSpace(CountedSpace):
         element's whole coupled group, ``GroupMagnitudeImportance(p=2)`` unnormalised); heads
         and head positions by L2 magnitude."""
         pruner = Pruner(self._template_of(model), self.criterion)
-        dense = self._dense_scores(model, pruner)
+        dense = self._dense_scores(model, lambda: pruner)
         return [dense[c.unit.name] if c.unit.name in dense else pruner.scores(c)
                 for c in self._candidates]
 
@@ -322,9 +331,10 @@ class ChannelSpace(CountedSpace):
             held = self._template = Template(model, self.example_inputs, self.output)
         return held
 
-    def _dense_scores(self, model: nn.Module, pruner: Pruner) -> dict[str, np.ndarray]:
+    def _dense_scores(self, model: nn.Module, make_pruner: Callable[[], Pruner]
+                      ) -> dict[str, np.ndarray]:
         """A data criterion's scores of every channel unit, measured once over the calibration
-        batches on ``pruner``'s copy of the dense ``model`` (still unpruned) and kept for
+        batches on a pruner's copy of the dense ``model`` (still unpruned) and kept for
         ``model`` while its parameters and buffers are unchanged; ``{}`` for weight-only."""
         if not self.criterion.needs_data:
             return {}
@@ -333,6 +343,7 @@ class ChannelSpace(CountedSpace):
         held = getattr(self, "_scored", None)
         if held is not None and held[0]() is model and held[1] == key:
             return held[2]
+        pruner = make_pruner()
         stats = self.criterion.measure(pruner.model, self.output)
         scores = {c.unit.name: pruner.scores(c, stats) for c in self._candidates if c.heads is None}
         self._scored = (weakref.ref(model), key, scores)

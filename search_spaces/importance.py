@@ -21,7 +21,8 @@ from torch import nn
 
 from .tracing import conv1d_type
 
-__all__ = ["dense_squares", "squares", "group_magnitude", "group_sum", "item_slices", "rows"]
+__all__ = ["Restricted", "current", "dense_squares", "squares", "group_magnitude", "group_sum",
+           "item_slices", "rows", "trial_view"]
 
 
 def _slices(module: object, handler: str) -> list[tuple[torch.Tensor, int]]:
@@ -70,21 +71,94 @@ def group_sum(graph: tp.DependencyGraph, group: tp.Group, full: int,
               items: Callable[[Any], bool] = lambda item: True) -> np.ndarray:
     """Per channel of the group's root (``full`` of them), the sum of ``per_index(tensor,
     dim)`` (one value per index along ``dim``, ``None`` to skip) over the slices it removes
-    in every item of the group that ``items`` accepts."""
+    in every item of the group that ``items`` accepts. Under a :func:`trial_view` the group is
+    the dense model's, and each tensor is read as the trial has pruned it so far."""
     scores = np.zeros(full)
+    view = _VIEW.get()
     with torch.no_grad():
         for item in group.items:
             if not items(item):
                 continue
             for tensor, dim in item_slices(graph, item):
-                per = per_index(tensor, dim % tensor.dim())
-                if per is None:
-                    continue
+                dim = dim % tensor.dim()
                 idx = np.asarray(item.idxs, dtype=np.int64).reshape(-1)
                 root = np.asarray(item.root_idxs, dtype=np.int64).reshape(-1)
+                if view is not None:
+                    tensor, idx, root = view.resolve(tensor, dim, idx, root)
+                    if isinstance(tensor, Restricted) and per_index is not squares:
+                        tensor = tensor.materialize()
+                per = per_index(tensor, dim)
+                if per is None:
+                    continue
                 ok = (idx < len(per)) & (root < full)
                 np.add.at(scores, root[ok], np.asarray(per)[idx[ok]])  # in order, as a loop
     return scores
+
+
+class Restricted:
+    """A dense tensor as a trial has pruned it so far, without the copy: the indices kept
+    along each dimension (``None``: all of them), optionally seen transposed (a 2-D
+    ``.t()``). :meth:`materialize` makes the pruned tensor itself (one selection per pruned
+    dimension); :func:`squares` reads a 2-D one block by block instead."""
+
+    __slots__ = ("dense", "index", "transposed")
+
+    def __init__(self, dense: torch.Tensor, index: list[torch.Tensor | None],
+                 transposed: bool = False) -> None:
+        self.dense, self.index, self.transposed = dense, index, transposed
+
+    @property
+    def shape(self) -> torch.Size:
+        shape = [len(ix) if ix is not None else n for ix, n in zip(self.index, self.dense.shape)]
+        return torch.Size(shape[::-1] if self.transposed else shape)
+
+    def dim(self) -> int:
+        return self.dense.dim()
+
+    def t(self) -> Restricted:
+        return Restricted(self.dense, self.index, not self.transposed)
+
+    def materialize(self) -> torch.Tensor:
+        """The pruned tensor: what selecting the kept indices dimension by dimension gives
+        (contiguous, as Torch-Pruning's selections are), transposed as a view if seen so."""
+        t = self.dense.detach()
+        for d, ix in enumerate(self.index):
+            if ix is not None:
+                t = t.index_select(d, ix)
+        return t.t() if self.transposed else t
+
+    def rows_block(self, lo: int, hi: int) -> torch.Tensor:
+        """Rows ``lo:hi`` of the (untransposed, 2-D) pruned tensor, contiguous."""
+        rows, cols = self.index
+        t = self.dense.detach()
+        t = t[lo:hi] if rows is None else t.index_select(0, rows[lo:hi])
+        return t if cols is None else t.index_select(1, cols)
+
+
+#: The trial whose pruning so far ``group_sum``, ``squares`` and ``current`` read (the dense
+#: model's tensors seen through it), or ``None``: tensors are read as they are.
+_VIEW: ContextVar[Any] = ContextVar("trial_view", default=None)
+
+
+@contextmanager
+def trial_view(view: Any) -> Iterator[None]:
+    """Within it, dense tensors are read as ``view`` (a trial's kept indices) prunes them:
+    ``view.current(tensor)`` and ``view.resolve(tensor, dim, idx, root)``."""
+    token = _VIEW.set(view)
+    try:
+        yield
+    finally:
+        _VIEW.reset(token)
+
+
+def current(tensor: torch.Tensor) -> torch.Tensor | Restricted:
+    """``tensor`` as the trial being planned has pruned it so far (itself outside one)."""
+    view = _VIEW.get()
+    return tensor if view is None else view.current(tensor)
+
+
+def materialized(tensor: torch.Tensor | Restricted) -> torch.Tensor:
+    return tensor.materialize() if isinstance(tensor, Restricted) else tensor
 
 
 #: The dense model's tensors whose squares may be kept while a context of ``dense_squares``
@@ -111,8 +185,14 @@ def dense_squares(pointers: frozenset[int], kept: dict[tuple, np.ndarray]) -> It
 _BLOCK = 32768
 
 
-def squares(tensor: torch.Tensor, dim: int) -> np.ndarray:
-    """Per index along ``dim``, the sum of the squared entries of its slice (in double)."""
+def squares(tensor: torch.Tensor | Restricted, dim: int) -> np.ndarray:
+    """Per index along ``dim``, the sum of the squared entries of its slice (in double). A
+    :class:`Restricted` one gives what its pruned tensor would, bit for bit: a 2-D one read in
+    the same blocks of rows, selected from the dense tensor block by block (no copy of it)."""
+    if isinstance(tensor, Restricted):
+        if tensor.dim() != 2 or tensor.transposed:
+            return squares(tensor.materialize(), dim)
+        return _restricted_squares(tensor, dim)
     t = tensor.detach()
     held = _DENSE.get()
     key = None
@@ -142,6 +222,25 @@ def squares(tensor: torch.Tensor, dim: int) -> np.ndarray:
     if key is not None:
         held[1][key] = out
     return out
+
+
+def _restricted_squares(r: Restricted, dim: int) -> np.ndarray:
+    """``squares`` of a 2-D pruned tensor, from its blocks of rows (the same blocks, each as
+    contiguous as the pruned tensor's own rows, so the same sums in the same order)."""
+    n_rows, n_cols = r.shape
+    dense = r.dense
+    if dim == 0:
+        norms = torch.empty(n_rows, dtype=torch.float64, device=dense.device)
+        step = max(1, _BLOCK // max(1, n_cols))
+        for i in range(0, n_rows, step):
+            norms[i:i + step] = torch.linalg.vector_norm(r.rows_block(i, i + step), 2, dim=1,
+                                                         dtype=torch.float64)
+        return norms.square().cpu().numpy()
+    acc = torch.zeros(n_cols, dtype=torch.float64, device=dense.device)
+    step = max(1, _BLOCK // max(1, n_cols))
+    for i in range(0, n_rows, step):
+        acc += r.rows_block(i, i + step).double().square_().sum(0)
+    return acc.cpu().numpy()
 
 
 def group_magnitude(graph: tp.DependencyGraph, group: tp.Group, full: int) -> np.ndarray:

@@ -65,6 +65,9 @@ class Template:
         self.pointers = frozenset(t.untyped_storage().data_ptr()
                                   for t in chain(model.parameters(), model.buffers()) if t.numel())
         self.squares: dict[tuple, np.ndarray] = {}  # scores' squares of the dense tensors
+        self.modules = dict(self.model.named_modules())
+        self.groups: dict[str, object] = {}  # unit -> its channel group, dense (gather.py)
+        self.plannable: bool | None = None  # whether trials go by gather.py (decided once)
 
     def copy(self) -> tuple[nn.Module, tp.DependencyGraph]:
         model = aliased_copy(self.model, self.model)

@@ -1,0 +1,120 @@
+"""Channel trials decided on a view of the dense weights and built by one selection per tensor
+(search_spaces/gather.py) give the networks that pruning unit by unit gives, bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from autoprune.search_spaces import ChannelSpace
+from autoprune.testing.architectures import ARCHITECTURES
+from autoprune.testing.memory import peak_allocated
+
+#: Architectures whose trials take the gather path: attention (fused, grouped-query),
+#: concatenations, depthwise convolutions, free parameters, flatten, chunked gates.
+GATHERED = ["hf-gpt2", "hf-llama-gqa", "hf-bert", "hf-vit", "densenet-concat",
+            "depthwise-separable", "free-parameters", "flatten-head", "gated-chunk",
+            "split-branches", "zoo-mobilenetv2", "zoo-resnet20", "two-inputs"]
+
+
+def _unit_by_unit(space: ChannelSpace, model: nn.Module, config: dict[str, int]) -> nn.Module:
+    template = space._template_of(model)
+    held, template.plannable = template.plannable, False
+    try:
+        return space.apply(model, config)
+    finally:
+        template.plannable = held
+
+
+def _same(a: nn.Module, b: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]), k
+    assert [p.requires_grad for p in a.parameters()] == [p.requires_grad for p in b.parameters()]
+    assert a.training == b.training
+    with torch.no_grad():  # module attributes (head counts, widths) agree: the same outputs
+        oa, ob = a.eval()(*inputs), b.eval()(*inputs)
+    oa = oa.logits if hasattr(oa, "logits") else oa
+    ob = ob.logits if hasattr(ob, "logits") else ob
+    if isinstance(oa, dict):
+        oa, ob = next(iter(oa.values())), next(iter(ob.values()))
+    if isinstance(oa, (tuple, list)):
+        oa, ob = oa[0], ob[0]
+    if hasattr(oa, "last_hidden_state"):
+        oa, ob = oa.last_hidden_state, ob.last_hidden_state
+    assert torch.equal(oa, ob)
+
+
+@pytest.mark.parametrize("name", GATHERED)
+def test_gathered_trials_are_the_unit_by_unit_networks(name: str) -> None:
+    torch.manual_seed(0)
+    model, inputs, options = ARCHITECTURES[name]()
+    model.eval()
+    space = ChannelSpace.from_model(model, inputs, **options)
+    rng = np.random.default_rng(3)
+    configs = [space.min_config()] + [space.decode(rng.random(space.dim)) for _ in range(3)]
+    for config in configs:
+        gathered = space.apply(model, config)
+        assert space._template_of(model).plannable, "this architecture should be gathered"
+        _same(gathered, _unit_by_unit(space, model, config), inputs)
+
+
+@pytest.mark.parametrize("name", ["hf-gpt2", "hf-bert", "hf-vit"])
+def test_head_positions_are_gathered_too(name: str) -> None:
+    torch.manual_seed(0)
+    model, inputs, options = ARCHITECTURES[name]()
+    model.eval()
+    space = ChannelSpace.from_model(model, inputs, prune_head_dims=True,
+                                    **{k: v for k, v in options.items() if k != "prune_head_dims"})
+    assert any(u.kind == "head_dim" for u in space.units)
+    rng = np.random.default_rng(5)
+    for config in [space.min_config()] + [space.decode(rng.random(space.dim)) for _ in range(2)]:
+        _same(space.apply(model, config), _unit_by_unit(space, model, config), inputs)
+
+
+def test_other_criteria_and_layers_prune_unit_by_unit() -> None:
+    # FPGM reads whole tensors, an LSTM's cuts are not known to the view: both keep the
+    # unit-by-unit path, and still prune
+    torch.manual_seed(0)
+    model, inputs, options = ARCHITECTURES["zoo-resnet20"]()
+    space = ChannelSpace.from_model(model.eval(), inputs, criterion="fpgm", **options)
+    space.apply(model, space.min_config())
+    assert space._template_of(model).plannable is False
+    model, inputs, options = ARCHITECTURES["lstm"]()
+    space = ChannelSpace.from_model(model.eval(), inputs, **options)
+    pruned = space.apply(model, space.min_config())
+    assert space._template_of(model).plannable is False
+    with torch.no_grad():
+        pruned(*inputs)
+
+
+def test_a_weight_cut_on_both_sides_is_selected_once() -> None:
+    # an MLP whose hidden width and residual width are both units: unit by unit, the first
+    # unit's copy of each big weight and the second's were alive together; gathered, the
+    # trial allocates the pruned network and one row selection of a weight at most
+    torch.manual_seed(0)
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = nn.LayerNorm(512)
+            self.up = nn.Linear(512, 2048)
+            self.down = nn.Linear(2048, 512)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.down(torch.relu(self.up(self.norm(x))))
+
+    model = nn.Sequential(nn.Linear(64, 512), Block(), Block(), nn.Linear(512, 10)).eval()
+    x = torch.randn(2, 64)
+    space = ChannelSpace.from_model(model, x, min_ratio=0.25)
+    assert space.dim == 3  # two hidden widths and the residual width
+    thin = space.min_config()
+    space.apply(model, thin)  # (the first trial finds the dense groups once)
+    pruned, peak = peak_allocated(lambda: space.apply(model, thin))
+    pruned_bytes = sum(t.numel() * t.element_size() for t in pruned.state_dict().values())
+    row_selection = 2048 * 512 * 4 // 4  # a quarter of the rows of one big weight
+    assert peak <= pruned_bytes + row_selection + 64 * 1024, (peak, pruned_bytes)
+    _same(pruned, _unit_by_unit(space, model, thin), (x,))
