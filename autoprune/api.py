@@ -168,8 +168,10 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
         table.check_space(searched, source="latency_table")
     fmt = options.storage_format if isinstance(options, SpaceSettings) else \
         storage_format or "bitmap"
+    started = time.perf_counter()
     problem = build_problem(searched, targets, table=table, storage_format=fmt,
                             value_bytes=value_bytes(model))
+    costs.setup_s += time.perf_counter() - started
     if console is not None:
         describe_problem(problem, console)
     store = StudyStore.in_memory()

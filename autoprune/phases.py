@@ -47,11 +47,14 @@ def peak_rss_gb() -> float:
 @dataclass
 class SearchCosts:
     """Where a search's time went (seconds): building the space, preparing it (a level store),
-    pruning the trials' networks and evaluating them (trials run in this process only: a Ray worker's are its own), and
-    the process's peak memory at the end."""
+    setting the search up (the cost forms, the evaluator's first check), pruning the trials'
+    networks and evaluating them (trials run in this process only: a Ray worker's are its
+    own; the first check's evaluation counts as evaluating), and the process's peak memory
+    at the end."""
 
     build_s: float = 0.0
     prepare_s: float = 0.0  # the space's once-per-search work (a level store)
+    setup_s: float = 0.0  # the problem's cost forms and the evaluator's first check
     prune_s: float = 0.0
     evaluate_s: float = 0.0
     trials: int = 0
@@ -60,6 +63,6 @@ class SearchCosts:
     def summary(self) -> dict[str, float | int]:
         total = time.perf_counter() - self.started
         return {"build_s": round(self.build_s, 3), "prepare_s": round(self.prepare_s, 3),
-                "prune_s": round(self.prune_s, 3),
+                "setup_s": round(self.setup_s, 3), "prune_s": round(self.prune_s, 3),
                 "evaluate_s": round(self.evaluate_s, 3), "trials_here": self.trials,
                 "total_s": round(total, 3), "peak_rss_gb": round(peak_rss_gb(), 3)}

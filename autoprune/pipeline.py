@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from rich.console import Console
@@ -58,7 +59,7 @@ def search_problem(problem: PruningProblem, *, model: nn.Module, example: Any,
     that costs a latency budget; the chosen network is then measured here."""
     costs = costs or SearchCosts()
     objective = metric or store.get_meta("objective") or _objective_of(
-        first_metrics(problem.space, model, evaluator))
+        first_metrics(problem.space, model, evaluator, costs))
     store.set_meta("objective", objective)
     ranges = pareto_range(problem) if pareto else None
     runner = make_executor(executor) if isinstance(executor, str) else executor
@@ -90,13 +91,33 @@ def _objective_of(metrics: Mapping[str, float]) -> str:
     return "accuracy" if "accuracy" in metrics else "loss"
 
 
-def first_metrics(space: SearchSpace, model: nn.Module,
-                  evaluator: Evaluator) -> Mapping[str, float]:
+def first_metrics(space: SearchSpace, model: nn.Module, evaluator: Evaluator,
+                  costs: SearchCosts | None = None) -> Mapping[str, float]:
     """What the evaluator returns (which metric the search optimises), checked before the
     first trial: a dict with a finite ``accuracy`` or ``loss`` (``checked_metrics`` refuses
     other returns). Asked of the thinnest network first (a copy of the dense model would
     double the memory of a large one); the dense model's copy answers when the thinnest does
-    not run or scores NaN, and an evaluator that fails there is refused."""
+    not run or scores NaN, and an evaluator that fails there is refused. ``costs`` counts
+    the evaluations as evaluating and the rest as setting up."""
+    started, evaluating = time.perf_counter(), [0.0]
+
+    def timed(network: nn.Module) -> Mapping[str, float]:
+        t = time.perf_counter()
+        try:
+            return evaluator(network)
+        finally:
+            evaluating[0] += time.perf_counter() - t
+
+    try:
+        return _first_metrics(space, model, timed)
+    finally:
+        if costs is not None:
+            costs.evaluate_s += evaluating[0]
+            costs.setup_s += time.perf_counter() - started - evaluating[0]
+
+
+def _first_metrics(space: SearchSpace, model: nn.Module,
+                   evaluator: Callable[[nn.Module], Mapping[str, float]]) -> Mapping[str, float]:
     try:
         thin = space.apply(model, space.min_config())
     except Exception:  # noqa: BLE001 - the trial will name it

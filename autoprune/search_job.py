@@ -143,9 +143,11 @@ def _search(settings: SearchSettings, targets: list[Target], executor: Executor,
             cache_dir=Path(settings.cache_dir or default_cache_dir()), device=settings.device,
             console=console, speed=store.get_meta("latency_speed") if store else None)
     # One problem; an unreachable budget is refused here, before the folder is recorded.
+    started = time.perf_counter()
     problem = build_problem(space, targets, table=table,
                             storage_format=settings.space.storage_format,
                             value_bytes=value_bytes(model))
+    costs.setup_s += time.perf_counter() - started
     run_dir.mkdir(parents=True, exist_ok=True)
     sha = task.weights_hash()
     record = check_run_folder(run_dir, settings.identity(), storage=settings.storage,

@@ -224,22 +224,35 @@ def squares(tensor: torch.Tensor | Restricted, dim: int) -> np.ndarray:
     return out
 
 
+#: Elements of a pruned tensor gathered from the dense one at once by ``_restricted_squares``.
+_GATHER = 1 << 18
+
+
 def _restricted_squares(r: Restricted, dim: int) -> np.ndarray:
-    """``squares`` of a 2-D pruned tensor, from its blocks of rows (the same blocks, each as
-    contiguous as the pruned tensor's own rows, so the same sums in the same order)."""
+    """``squares`` of a 2-D pruned tensor, from chunks of its rows gathered from the dense one
+    (no copy of the whole), with the same sums in the same order: a row's norm does not depend
+    on the rows beside it, and the columns' sums add the same blocks of rows one after another
+    (a chunk's blocks summed at once, as each block alone would be)."""
     n_rows, n_cols = r.shape
     dense = r.dense
+    step = max(1, _BLOCK // max(1, n_cols))  # squares' blocks of rows
+    chunk = step * max(1, _GATHER // (step * max(1, n_cols)))  # whole blocks per gather
     if dim == 0:
         norms = torch.empty(n_rows, dtype=torch.float64, device=dense.device)
-        step = max(1, _BLOCK // max(1, n_cols))
-        for i in range(0, n_rows, step):
-            norms[i:i + step] = torch.linalg.vector_norm(r.rows_block(i, i + step), 2, dim=1,
-                                                         dtype=torch.float64)
+        for i in range(0, n_rows, chunk):
+            norms[i:i + chunk] = torch.linalg.vector_norm(r.rows_block(i, i + chunk), 2, dim=1,
+                                                          dtype=torch.float64)
         return norms.square().cpu().numpy()
     acc = torch.zeros(n_cols, dtype=torch.float64, device=dense.device)
-    step = max(1, _BLOCK // max(1, n_cols))
-    for i in range(0, n_rows, step):
-        acc += r.rows_block(i, i + step).double().square_().sum(0)
+    for i in range(0, n_rows, chunk):
+        rows = r.rows_block(i, i + chunk)
+        whole = rows.shape[0] // step
+        if whole:
+            sums = rows[:whole * step].reshape(whole, step, n_cols).double().square_().sum(1)
+            for k in range(whole):
+                acc += sums[k]
+        if whole * step < rows.shape[0]:  # (the last, partial block of the tensor)
+            acc += rows[whole * step:].double().square_().sum(0)
     return acc.cpu().numpy()
 
 
