@@ -249,6 +249,18 @@ class ChannelSpace(CountedSpace):
         ch = self.complete_config(config)
         return self._plan.table([u.full - ch[u.name] for u in self.units])
 
+    def cost_totals(self) -> Callable[[Mapping[str, int]], dict[str, float]]:
+        """``config -> {"macs", "params"}``, what ``layer_table`` sums to, evaluated only
+        where a configuration differs from the thinnest one (for fitting the cost forms)."""
+        near = self._plan.totals_near([u.full - u.minimum for u in self.units])
+
+        def totals(config: Mapping[str, int]) -> dict[str, float]:
+            ch = self.complete_config(config)
+            macs, params = near([u.full - ch[u.name] for u in self.units])
+            return {"macs": float(macs), "params": float(params)}
+
+        return totals
+
     def apply(self, model: nn.Module, config: Mapping[str, int]) -> nn.Module:
         """A physically smaller copy: each unit keeps its elements of largest score under the
         space's criterion (default: L2 magnitude summed over the whole coupled group,

@@ -17,7 +17,7 @@ configuration in microseconds, with no model in sight.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -98,6 +98,35 @@ class LayerPlan:
 
     def table(self, removed: Sequence[int]) -> LayerTable:
         return tuple(r.row(removed) for r in self.rows)
+
+    def totals_near(self, base: Sequence[int]) -> Callable[[Sequence[int]], tuple[int, int]]:
+        """``removed -> (MACs, parameters)`` summed over every row, as ``table`` gives them,
+        for configurations near ``base``: only the rows of units whose removal differs from
+        ``base`` are evaluated again (fitting the cost forms changes one or two units at a
+        time; a row depends on a few units)."""
+        base = list(base)
+        at_base = [(sum(v * _product(d, base) for v, d in r.macs),
+                    sum(_product(d, base) for d in r.params)) for r in self.rows]
+        total = (sum(m for m, _ in at_base), sum(p for _, p in at_base))
+        rows_of: dict[int, list[int]] = {}
+        for i, r in enumerate(self.rows):
+            dims = [d for _, ds in r.macs for d in ds] + [d for ds in r.params for d in ds]
+            units = {u for d in dims for u, _ in d.slopes} | \
+                {u for d in dims for a, b, _ in d.cross for u in (a, b)}
+            for u in units:
+                rows_of.setdefault(u, []).append(i)
+
+        def totals(removed: Sequence[int]) -> tuple[int, int]:
+            rows = sorted({i for u, (a, b) in enumerate(zip(removed, base)) if a != b
+                           for i in rows_of.get(u, ())})
+            macs, params = total
+            for i in rows:
+                r = self.rows[i]
+                macs += sum(v * _product(d, removed) for v, d in r.macs) - at_base[i][0]
+                params += sum(_product(d, removed) for d in r.params) - at_base[i][1]
+            return macs, params
+
+        return totals
 
 
 def _kind(m: nn.Module) -> tuple[str, str]:

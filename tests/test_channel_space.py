@@ -213,3 +213,20 @@ def test_a_changed_model_is_traced_again() -> None:
                                                   fresh.state_dict().values()))
     assert not all(torch.equal(a, b) for a, b in zip(again.state_dict().values(),
                                                       first.state_dict().values()))
+
+
+def test_cost_totals_sum_the_layer_table() -> None:
+    # the cost forms are fitted from these sums: they must be the layer table's, at configs
+    # near the thinnest (what the fit asks) and far from it
+    torch.manual_seed(0)
+    model = build_model("mobilenetv2", num_classes=10).eval()
+    space = ChannelSpace.from_model(model, torch.randn(1, 3, 16, 16))
+    totals = space.cost_totals()
+    rng = np.random.default_rng(0)
+    thin = space.min_config()
+    configs = [thin, {**thin, space.units[0].name: space.units[0].full}]
+    configs += [space.decode(rng.random(space.dim)) for _ in range(5)]
+    for config in configs:
+        table = space.layer_table(config)
+        assert totals(config) == {"macs": MacsCost().estimate(table),
+                                  "params": ParamsCost().estimate(table)}
