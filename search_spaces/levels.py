@@ -61,7 +61,8 @@ def pack_mask(mask: torch.Tensor) -> torch.Tensor:
 def unpack_mask(bits: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """The bool mask of ``shape`` that :func:`pack_mask` packed into ``bits``."""
     n = int(np.prod(shape)) if shape else 1
-    return torch.from_numpy(np.unpackbits(bits.numpy(), count=n).astype(bool)).reshape(shape)
+    # unpackbits writes 0 and 1 bytes: a bool array as it is (no second pass to convert)
+    return torch.from_numpy(np.unpackbits(bits.numpy(), count=n).view(bool)).reshape(shape)
 
 
 class LevelStore:

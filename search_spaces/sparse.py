@@ -35,16 +35,15 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
-from .base import CountedSpace, LayerTable, Unit, UntraceableModelError, register_space
+from .base import CountedSpace, LayerRow, LayerTable, Unit, UntraceableModelError, register_space
 from .exact import Affine, Probe, run_log
 from .layers import plan_rows
 from .levels import LevelStore, fingerprint, pack_mask, unpack_mask
 from .memory import release
 from .progress import report
-from .masks import (Mask, baked_copy, canonical, input_dim, layer_types, magnitude_mask,
-                    magnitude_masks, mask_of, masks_of, remove_masks)
+from .masks import (baked_copy, canonical, input_dim, layer_types, magnitude_mask,
+                    magnitude_masks, mask_of, mask_weight, masked, masks_of, remove_masks)
 from .tracing import Output, aliased_copy, as_inputs, own_tensors, traceable_copy
 
 __all__ = ["NMSparsitySpace", "UnstructuredSparsitySpace", "WeightCriterion",
@@ -208,6 +207,7 @@ class WeightSparsitySpace(CountedSpace):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_stats"] = None  # held for one model of this process only
+        state.pop("_unit_rows", None)  # rebuilt where needed
         return state
 
     # ------------------------------------------------------------------ construction
@@ -364,15 +364,27 @@ class WeightSparsitySpace(CountedSpace):
         call's row, ``params`` less the removed weights."""
         kept = self.complete_config(config)
         rows = list(self._rows)
-        for u, layer in zip(self.units, self._layers):
-            gone = u.full - kept[u.name]
-            for i, vectors in layer.rows:
-                r = rows[i]
-                rows[i] = replace(r, macs=r.macs - vectors * gone,
-                                  params=r.params - gone if r.call == 0 else r.params,
-                                  weight_elements=u.full, weight_nonzero=kept[u.name],
-                                  weight_rows=r.out_channels, dense_macs=r.macs)
+        # a unit's rows depend on its own count only: built once per (unit, count) and kept
+        # (repair and the cost forms ask for thousands of tables; the rows are frozen)
+        made = self.__dict__.setdefault("_unit_rows", {})
+        for k, (u, layer) in enumerate(zip(self.units, self._layers)):
+            mine = made.get((k, kept[u.name]))
+            if mine is None:
+                mine = made[(k, kept[u.name])] = self._unit_rows_at(u, layer, kept[u.name])
+            for i, r in mine:
+                rows[i] = r
         return tuple(rows)
+
+    def _unit_rows_at(self, u: Unit, layer: _Layer, keep: int) -> tuple[tuple[int, LayerRow], ...]:
+        gone = u.full - keep
+        out = []
+        for i, vectors in layer.rows:
+            r = self._rows[i]
+            out.append((i, replace(r, macs=r.macs - vectors * gone,
+                                   params=r.params - gone if r.call == 0 else r.params,
+                                   weight_elements=u.full, weight_nonzero=keep,
+                                   weight_rows=r.out_channels, dense_macs=r.macs)))
+        return tuple(out)
 
     def apply(self, model: nn.Module, config: Mapping[str, int]) -> nn.Module:
         """A copy of ``model`` whose pruned units' weights are masked (``Mask``, a
@@ -396,9 +408,7 @@ class WeightSparsitySpace(CountedSpace):
             module = work.get_submodule(u.name)
             weight, mask = self._level(module, u, kept[u.name], stats.get(u.name))
             module.weight = nn.Parameter(weight, requires_grad=module.weight.requires_grad)
-            parametrize.register_parametrization(module, "weight", Mask(mask, copy=False),
-                                                 unsafe=True)  # (shapes unchanged: no trial run)
-            module.parametrizations.train(module.training)
+            mask_weight(module, mask, copy=False, unsafe=True)  # (shapes unchanged: no trial run)
         return own_tensors(work, model)
 
     def _level(self, module: nn.Module, unit: Unit, keep: int,
@@ -416,7 +426,7 @@ class WeightSparsitySpace(CountedSpace):
             weight = entry["weight"].to(dense.device)
             return weight, weight != 0
         mask = unpack_mask(entry["bits"], tuple(dense.shape)).to(dense.device)
-        return dense * mask, mask
+        return masked(dense, mask), mask
 
     def _level_key(self, unit: Unit, keep: int, dense: torch.Tensor, stats: object) -> str:
         return fingerprint(self.criterion.name, unit.name, keep, self.pattern(unit.name, keep),
@@ -520,8 +530,7 @@ class WeightSparsitySpace(CountedSpace):
                 continue
             mask = module.weight.detach() != 0
             if int(mask.sum()) < u.full:
-                parametrize.register_parametrization(module, "weight", Mask(mask))
-                module.parametrizations.train(module.training)
+                mask_weight(module, mask)
         return work
 
     def broken_units(self, model: nn.Module, config: Mapping[str, int]) -> list[str] | None:
