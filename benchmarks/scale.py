@@ -22,6 +22,11 @@ the weight spaces (unstructured with Wanda or SparseGPT; N:M 2:4 by magnitude).
     python benchmarks/scale.py                                   # every model, every granularity
     python benchmarks/scale.py --models gpt2 --granularities channel wanda
     python benchmarks/scale.py --before d343c69                  # the same, for that commit too
+    python benchmarks/scale.py --models tinyllama-1.1b --granularities channel --round-trip
+
+``--round-trip`` saves each chosen network as a run folder holds it (``Allocation.save``),
+reloads it with ``load_pruned`` and checks that it scores the loss the search recorded.
+Children run with ``THP_MEM_ALLOC_ENABLE=1`` (huge pages for large tensors), as the CLI does.
 
 ``--before REV`` runs every child a second time on the code of ``REV`` (a git worktree in a
 temporary folder) and puts its rows beside. A child that fails, or passes ``--max-rss-gb``
@@ -96,7 +101,33 @@ def _loss(out: Any, x: Any) -> float:
     return float(torch.nn.functional.cross_entropy(logits[0, :-1], x[0, 1:]))
 
 
-def child(name: str, granularity: str, trials: int, dtype: str) -> dict[str, Any]:
+def _round_trip(alloc: Any, model: Any, x: Any) -> dict[str, Any]:
+    """The chosen network saved as a run folder holds it (``Allocation.save``: weights, the
+    choice, a ``torch.export`` program), reloaded with ``load_pruned`` and scored as the search
+    scored it: the loss must be the one recorded."""
+    import torch  # noqa: PLC0415
+    from autoprune import load_pruned  # noqa: PLC0415
+
+    folder = Path(tempfile.mkdtemp(prefix="autoprune-scale-"))
+    try:
+        t0 = time.perf_counter()
+        alloc.save(folder)
+        save_s = time.perf_counter() - t0
+        size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file()) / 1e9
+        t0 = time.perf_counter()
+        net = load_pruned(folder, model=model)
+        load_s = time.perf_counter() - t0
+        with torch.no_grad():
+            again = _loss(net(*x), x[0])
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    scored = alloc.metrics.get("loss")
+    return {"files_gb": size, "save_s": save_s, "load_s": load_s, "scored_loss": scored,
+            "reloaded_loss": again, "same": scored == again, "rss_after_gb": _rss_gb()}
+
+
+def child(name: str, granularity: str, trials: int, dtype: str,
+          round_trip: bool = False) -> dict[str, Any]:
     """One model at one granularity, in this process: what the table shows."""
     import torch  # noqa: PLC0415
 
@@ -154,6 +185,8 @@ def child(name: str, granularity: str, trials: int, dtype: str) -> dict[str, Any
     row["loss"] = alloc.metrics.get("loss")
     row["peak_rss_gb"] = _rss_gb()
     row["peak_x_weights"] = row["peak_rss_gb"] / row["weights_gb"]
+    if round_trip:  # (after the search's own peak is taken)
+        row["round_trip"] = _round_trip(alloc, model, x)
     return row
 
 
@@ -174,11 +207,13 @@ def _worktree(rev: str) -> Path:
 
 def _run_child(name: str, granularity: str, args: argparse.Namespace,
                code: Path | None) -> dict[str, Any]:
+    # huge pages for large tensors, as the CLI sets them (autoprune.cli.main)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     if code is not None:
         env["PYTHONPATH"] = str(code)
     cmd = [sys.executable, __file__, "--child", name, granularity, "--trials", str(args.trials),
-           "--dtype", args.dtype]
+           "--dtype", args.dtype] + (["--round-trip"] if args.round_trip else [])
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as errs:
         child_proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=errs, text=True,
@@ -234,10 +269,13 @@ def main() -> None:
     ap.add_argument("--max-rss-gb", type=float, default=20.0,
                     help="a child past this resident memory is stopped (the host has no swap)")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--round-trip", action="store_true",
+                    help="search into a run folder, reload its chosen network with load_pruned "
+                         "and check it scores what the search recorded")
     ap.add_argument("--child", nargs=2, metavar=("MODEL", "GRANULARITY"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(*args.child, args.trials, args.dtype)))
+        print(json.dumps(child(*args.child, args.trials, args.dtype, args.round_trip)))
         return
     from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
@@ -280,6 +318,13 @@ def main() -> None:
                           _cell(res, "overhead_x_forward", ".1f"), _cell(res, "peak_rss_gb", ".2f"),
                           _cell(res, "peak_x_weights", ".2f"))
     console.print(table)
+    for r in rows:
+        trip = (r["now"] or {}).get("round_trip")
+        if trip:
+            console.print(f"round trip, {r['model']} / {r['granularity']}: saved {trip['files_gb']:.2f} GB "
+                          f"in {trip['save_s']:.1f} s, load_pruned {trip['load_s']:.1f} s; loss "
+                          f"scored {trip['scored_loss']!r}, reloaded {trip['reloaded_loss']!r}: "
+                          f"{'the same' if trip['same'] else 'DIFFERENT'}")
     console.print(f"written: {out}")
 
 

@@ -7,6 +7,7 @@ is fast.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -415,4 +416,9 @@ app.add_typer(ofa_app, name="ofa")
 
 
 def main() -> None:
+    # torch's CPU allocator backs tensors of 2 MB and more with transparent huge pages: a
+    # trial's network is written into fresh memory, and faulting it in 4 KB pages cost as much
+    # as the copy itself (benchmarks/scale.py). Read at torch's first allocation; a user's
+    # THP_MEM_ALLOC_ENABLE=0 keeps it off.
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     app()
