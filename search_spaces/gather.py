@@ -295,6 +295,10 @@ def build_trial(decided: Decisions) -> nn.Module:
                 prune_head_dims(model, spec, a, b)
     _retie(ties, modules)
     _select(model, selected)
+    left = [n for n, t in model.named_parameters() if t.is_meta]
+    if left:  # a handler made a parameter without recording it: never hand out a shell
+        raise RuntimeError(f"the gathered trial left {left[:3]} unselected; "
+                           "search_spaces/gather.py must know this layer's handler")
     return own_tensors(model, template.dense)
 
 
