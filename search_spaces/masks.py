@@ -85,30 +85,25 @@ def mask_weight(module: nn.Module, mask: torch.Tensor, *, copy: bool = True,
     module.parametrizations.train(module.training)
 
 
-def masked(weight: torch.Tensor, mask: torch.Tensor, *,
-           out: torch.Tensor | None = None) -> torch.Tensor:
-    """``weight * mask`` (into ``out`` if given, else a new tensor), with no autograd record.
-    A weight times 1 or 0 is exact, so NumPy's multiply (which converts the bool mask on the
-    fly: twice as fast as torch's mixed-dtype multiply on one thread) gives the same bits; it
-    is used for plain CPU tensors of a dtype NumPy has, outside tracing and compiling."""
+def masked(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``weight * mask`` as a new tensor, with no autograd record. A weight times 1 or 0 is
+    exact, so NumPy's multiply (which converts the bool mask on the fly: twice as fast as
+    torch's mixed-dtype multiply on one thread) gives the same bits; it is used for plain CPU
+    tensors of a dtype NumPy has, outside tracing and compiling."""
     weight = weight.detach()
     fast = (type(weight) is torch.Tensor and type(mask) is torch.Tensor
             and weight.device.type == "cpu" and mask.device.type == "cpu"
             and weight.dtype in _NUMPY_FLOATS and mask.dtype == torch.bool
             and weight.shape == mask.shape and weight.is_contiguous() and mask.is_contiguous()
-            and (out is None or (out.dtype == weight.dtype and out.shape == weight.shape
-                                 and out.device.type == "cpu" and out.is_contiguous()))
             and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
     if fast:
-        result = torch.empty_like(weight) if out is None else out
+        result = torch.empty_like(weight)
         try:
             np.multiply(weight.numpy(), mask.numpy(), out=result.numpy())
             return result
         except (RuntimeError, TypeError):  # a tensor NumPy cannot see (a functorch wrapper)
             pass
-    if out is None:
-        return weight * mask
-    return torch.mul(weight, mask, out=out)
+    return weight * mask
 
 
 _NUMPY_FLOATS = (torch.float32, torch.float64, torch.float16)
