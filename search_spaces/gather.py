@@ -24,6 +24,7 @@ path (:func:`plannable` says which).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -274,7 +275,7 @@ def build_trial(decided: Decisions) -> nn.Module:
     by its handler without selecting, then each cut tensor selected once from the dense one
     and the rest copied, so the network owns its memory."""
     template = decided.template
-    model = aliased_copy(template.model, template.model)
+    model = _module_copy(template.model)
     modules = dict(model.named_modules())
     ties = _ties(model)  # (found before the cuts replace the tied parameters)
     selected: dict[int, tuple[nn.Parameter, torch.Tensor, list]] = {}
@@ -300,6 +301,35 @@ def build_trial(decided: Decisions) -> nn.Module:
         raise RuntimeError(f"the gathered trial left {left[:3]} unselected; "
                            "search_spaces/gather.py must know this layer's handler")
     return own_tensors(model, template.dense)
+
+
+def _module_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model``'s modules for one trial: each module a new object with its own
+    attribute dicts (parameters, buffers, submodules, hooks), holding the same tensors and
+    sharing everything else (a config); the cuts then replace tensors and set attributes on
+    the copy only. A deep copy did the same at several times the cost (0.03-0.07 s of a
+    GPT-2 trial); a module that keeps another module outside its submodules (where only a
+    deep copy would follow it) is deep-copied, as before."""
+    done: dict[int, nn.Module] = {}
+
+    def copy_of(m: nn.Module) -> nn.Module:
+        if id(m) in done:
+            return done[id(m)]
+        new = object.__new__(type(m))
+        state = {k: (copy.copy(v) if isinstance(v, dict) else v) for k, v in m.__dict__.items()}
+        new.__dict__.update(state)
+        done[id(m)] = new
+        for name, child in m._modules.items():
+            new._modules[name] = copy_of(child) if child is not None else None
+        return new
+
+    for m in model.modules():
+        for k, v in m.__dict__.items():
+            held = v.values() if isinstance(v, dict) and k != "_modules" else \
+                v if isinstance(v, (list, tuple)) else (v,)
+            if any(isinstance(x, nn.Module) for x in held):
+                return aliased_copy(model, model)
+    return copy_of(model)
 
 
 def _retie(ties: Sequence[Sequence[tuple[str, str]]], modules: Mapping[str, nn.Module]) -> None:
