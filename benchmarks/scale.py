@@ -17,7 +17,8 @@ reports:
 
 The example is 1 x 64 tokens (one 224 px image for ResNet-50), on one thread. Budgets:
 ``flops=50%`` for channels (heads, MLP widths and the residual width), ``sparsity=50%`` for
-the weight spaces (unstructured with Wanda or SparseGPT; N:M 2:4 by magnitude).
+the unstructured spaces (Wanda or SparseGPT) and ``sparsity=25%`` for N:M 2:4 by magnitude
+(2:4 in every layer is exactly 50%, a search with one answer).
 
     python benchmarks/scale.py                                   # every model, every granularity
     python benchmarks/scale.py --models gpt2 --granularities channel wanda
@@ -69,7 +70,8 @@ GRANULARITIES: dict[str, tuple[str, str, str, dict[str, Any]]] = {
     "channel": ("channel", "l2", "flops=50%", {}),
     "wanda": ("unstructured", "wanda", "sparsity=50%", {}),
     "sparsegpt": ("unstructured", "sparsegpt", "sparsity=50%", {}),
-    "nm": ("nm", "magnitude", "sparsity=50%", {"nm": ["2:4"]}),
+    # (2:4 everywhere is exactly 50%: a search needs room, so half the weights go 2:4)
+    "nm": ("nm", "magnitude", "sparsity=25%", {"nm": ["2:4"]}),
 }
 
 
@@ -165,6 +167,7 @@ def child(name: str, granularity: str, trials: int, dtype: str,
         spent[0] += time.perf_counter() - t
         return {"loss": loss}
 
+    import autoprune.api  # noqa: F401, PLC0415 - imported before the clock starts, not in it
     t0 = time.perf_counter()
     alloc = autoprune.allocate(model, example_inputs=x, target=target, evaluate=evaluate,
                                agent="random", trials=trials, space=space, output=output)
