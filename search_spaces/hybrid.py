@@ -36,11 +36,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from .base import CountedSpace, LayerRow, LayerTable, Unit, UnitFactsError, register_space
 from .channel import ChannelSpace
-from .masks import Mask, baked_copy, canonical, magnitude_mask, masks_of
+from .masks import baked_copy, canonical, magnitude_mask, mask_weight, masks_of
 from .sparse import DEFAULT_LEVELS, UnstructuredSparsitySpace
 from .tracing import Output
 
@@ -235,8 +234,7 @@ class ChannelWeightSpace(CountedSpace):
                 mask = magnitude_mask(canonical(module, module.weight), keep=keep)
                 mask = canonical(module, mask)  # back to the stored layout
                 module.weight.mul_(mask)
-            parametrize.register_parametrization(module, "weight", Mask(mask))
-            module.parametrizations.train(module.training)
+            mask_weight(module, mask)  # (no cycle: a dropped network is freed without gc)
         return work
 
     def deployable(self, model: nn.Module) -> nn.Module:
@@ -255,8 +253,7 @@ class ChannelWeightSpace(CountedSpace):
                 continue
             mask = module.weight.detach() != 0
             if int(mask.sum()) < mask.numel():
-                parametrize.register_parametrization(module, "weight", Mask(mask))
-                module.parametrizations.train(module.training)
+                mask_weight(module, mask)
         return work
 
     def broken_units(self, model: nn.Module, config: Mapping[str, int]) -> list[str] | None:

@@ -20,7 +20,7 @@ from itertools import chain
 
 from torch import nn
 
-__all__ = ["release", "watch"]
+__all__ = ["release", "same_sizes", "watch"]
 
 
 @functools.cache
@@ -38,14 +38,25 @@ class _Watched(list):
     trim = True
 
 
+#: networks whose tensors have the sizes of every other trial of their space (weight-sparse)
+_SAME_SIZES: weakref.WeakSet = weakref.WeakSet()
+
+
+def same_sizes(model: nn.Module) -> nn.Module:
+    """``model``, marked as a trial network whose tensors have the same sizes in every trial
+    (a weight-sparse space's: the dense shapes), so :func:`release` leaves the heap
+    untrimmed after it for the next trial to reuse."""
+    _SAME_SIZES.add(model)
+    return model
+
+
 def watch(model: object) -> list[weakref.ref]:
     """Weak references to ``model`` and to its tensors, for :func:`release` after the caller
-    drops it. A masked network (a weight-sparse trial's: the dense model's shapes, every
-    trial) leaves the heap untrimmed."""
+    drops it."""
     refs = _Watched([weakref.ref(model)])
     if isinstance(model, nn.Module):
         refs += [weakref.ref(t) for t in chain(model.parameters(), model.buffers())]
-        refs.trim = not any(hasattr(m, "parametrizations") for m in model.modules())
+        refs.trim = model not in _SAME_SIZES
     return refs
 
 
@@ -54,9 +65,9 @@ def release(gone: Sequence[weakref.ref] = ()) -> None:
     just dropped, a trial's network) is collected first when a reference cycle still holds
     any of it (``masks.mask_weight`` leaves masked networks without cycles: a full
     collection, 0.2 s in a process holding a transformers model, is spared). The heap is
-    not trimmed after a masked network: the next weight-sparse trial builds tensors of the
-    same sizes in the pages it freed, which trimming would make it fault in again (a third
-    of a GPT-2 trial's pruning time) without lowering the peak."""
+    not trimmed after a network marked :func:`same_sizes`: the next trial builds tensors of
+    the same sizes in the pages it freed, which trimming would make it fault in again (a
+    third of a GPT-2 Wanda trial's pruning time) without lowering the peak."""
     if any(ref() is not None for ref in gone):
         gc.collect()
     if not getattr(gone, "trim", True):
