@@ -233,10 +233,12 @@ def head_cuts(spec: AttentionHeads, drop: Sequence[int]) -> list[tuple[str, bool
     return cuts + [(spec.out, False, o_idx)]
 
 
-def prune_heads(model: nn.Module, spec: AttentionHeads, drop: Sequence[int]) -> AttentionHeads:
+def prune_heads(model: nn.Module, spec: AttentionHeads, drop: Sequence[int], *,
+                modules: Mapping[str, nn.Module] | None = None) -> AttentionHeads:
     """Remove query heads ``drop`` (and, without grouped-query attention, their keys and
-    values) from ``model`` in place; returns the layer's new description."""
-    modules = dict(model.named_modules())
+    values) from ``model`` in place (``modules``: its modules by name, when the caller has
+    them); returns the layer's new description."""
+    modules = modules if modules is not None else dict(model.named_modules())
     for name, out, idxs in head_cuts(spec, drop):
         _prune(modules[name], idxs, out=out)
     heads = spec.heads - len(drop)
@@ -315,12 +317,13 @@ def head_dim_cuts(spec: AttentionHeads, drop_qk: Sequence[Sequence[int]],
 
 
 def prune_head_dims(model: nn.Module, spec: AttentionHeads, drop_qk: Sequence[Sequence[int]],
-                    drop_vo: Sequence[Sequence[int]]) -> AttentionHeads:
+                    drop_vo: Sequence[Sequence[int]], *,
+                    modules: Mapping[str, nn.Module] | None = None) -> AttentionHeads:
     """Remove positions inside every head: ``drop_qk[g]`` from the queries and key of
     key/value group ``g``, ``drop_vo[g]`` from its value and the output projection's columns
     (the same count everywhere); returns the layer's new description. The attention keeps
     its scaling (``scaling``/``scale`` attributes are left as they were)."""
-    modules = dict(model.named_modules())
+    modules = modules if modules is not None else dict(model.named_modules())
     for name, out, idxs in head_dim_cuts(spec, drop_qk, drop_vo):
         _prune(modules[name], idxs, out=out)
     attn = modules[spec.module]

@@ -62,13 +62,31 @@ def _norm_with_scale(m: Any) -> bool:
     return isinstance(m, _NORMS) and isinstance(getattr(m, "weight", None), torch.Tensor)
 
 
+#: id(blocks) -> (blocks, channels, the first channel of each element if elements are single
+#: channels): a unit's blocks are read at every trial, and they never change
+_BLOCKS: dict[int, tuple[Blocks, int, list[int] | None]] = {}
+
+
+def _facts(blocks: Blocks) -> tuple[Blocks, int, list[int] | None]:
+    held = _BLOCKS.get(id(blocks))
+    if held is None or held[0] is not blocks:
+        single = [b[0] for b in blocks] if all(len(b) == 1 for b in blocks) else None
+        held = (blocks, max(i for b in blocks for i in b) + 1, single)
+        if isinstance(blocks, tuple):  # (a unit's own: kept, a few hundred at most)
+            if len(_BLOCKS) >= 512:
+                _BLOCKS.clear()
+            _BLOCKS[id(blocks)] = held
+    return held
+
+
 def _full(blocks: Blocks) -> int:
-    return max(i for b in blocks for i in b) + 1
+    return _facts(blocks)[1]
 
 
 def _per_element(per_channel: np.ndarray, blocks: Blocks) -> np.ndarray:
-    if all(len(b) == 1 for b in blocks):  # one channel an element: its own score
-        return np.asarray(per_channel, dtype=float)[[b[0] for b in blocks]]
+    single = _facts(blocks)[2]
+    if single is not None:  # one channel an element: its own score
+        return np.asarray(per_channel, dtype=float)[single]
     return np.array([per_channel[list(b)].sum() for b in blocks])
 
 

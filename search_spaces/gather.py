@@ -24,7 +24,6 @@ path (:func:`plannable` says which).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -254,7 +253,8 @@ def lazy_selection(selected: dict[int, tuple[nn.Parameter, torch.Tensor, list]]
         else:
             source, index = weight, [None] * weight.dim()
         dim = pruning_dim % weight.dim()
-        keep = torch.as_tensor(list(keep_idxs), dtype=torch.long)
+        keep = keep_idxs.to(torch.long) if isinstance(keep_idxs, torch.Tensor) else \
+            torch.as_tensor(keep_idxs, dtype=torch.long)
         index[dim] = keep if index[dim] is None else index[dim][keep]
         shape = list(weight.shape)
         shape[dim] = len(keep)
@@ -291,9 +291,9 @@ def build_trial(decided: Decisions) -> nn.Module:
                 dep.handler(modules[template.graph._module2name[target]], sorted(idxs))
         for kind, spec, a, b in decided.heads:
             if kind == "heads":
-                prune_heads(model, spec, a)
+                prune_heads(model, spec, a, modules=modules)
             else:
-                prune_head_dims(model, spec, a, b)
+                prune_head_dims(model, spec, a, b, modules=modules)
     _retie(ties, modules)
     _select(model, selected)
     left = [n for n, t in model.named_parameters() if t.is_meta]
@@ -316,7 +316,7 @@ def _module_copy(model: nn.Module) -> nn.Module:
         if id(m) in done:
             return done[id(m)]
         new = object.__new__(type(m))
-        state = {k: (copy.copy(v) if isinstance(v, dict) else v) for k, v in m.__dict__.items()}
+        state = {k: (v.copy() if isinstance(v, dict) else v) for k, v in m.__dict__.items()}
         new.__dict__.update(state)
         done[id(m)] = new
         for name, child in m._modules.items():
