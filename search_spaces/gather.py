@@ -329,7 +329,10 @@ def _module_copy(model: nn.Module) -> nn.Module:
                 v if isinstance(v, (list, tuple)) else (v,)
             if any(isinstance(x, nn.Module) for x in held):
                 return aliased_copy(model, model)
-    return copy_of(model)
+    try:
+        return copy_of(model)
+    finally:
+        done.clear()  # (the recursive closure holds ``done`` in a cycle: let go of the copies)
 
 
 def _retie(ties: Sequence[Sequence[tuple[str, str]]], modules: Mapping[str, nn.Module]) -> None:
