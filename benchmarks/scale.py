@@ -8,7 +8,8 @@ reports:
 
 - ``build s``: building the search space (``make_space``) and preparing it once per search
   (``SearchSpace.prepare``: a weight-sparse space's statistics and level store);
-- ``dense fwd s``: one forward pass of the dense model on the example (median of 3);
+- ``dense fwd s``: one forward pass of the dense model on the example (after one to warm up,
+  the median of 5 before the search and 3 after it);
 - ``setup s``: once per search, building the cost model's forms and checking what the
   evaluator returns (its evaluation not counted);
 - ``overhead/trial``: the search's own seconds per trial, everything but the evaluator
@@ -141,13 +142,17 @@ def child(name: str, granularity: str, trials: int, dtype: str,
     params = sum(p.numel() for p in model.parameters())
     row: dict[str, Any] = {"params": params, "weights_gb": params * 4 / 1e9,
                            "rss_start_gb": _rss_gb()}
-    with torch.no_grad():
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            model(*x)
-            times.append(time.perf_counter() - t0)
-    row["dense_forward_s"] = statistics.median(times)
+    def forwards(n: int) -> list[float]:
+        out = []
+        with torch.no_grad():
+            for _ in range(n):
+                t = time.perf_counter()
+                model(*x)
+                out.append(time.perf_counter() - t)
+        return out
+
+    forwards(1)  # (a first forward allocates and warms what the others reuse)
+    times = forwards(5)
     space_name, criterion, target, options = GRANULARITIES[granularity]
     extra = dict(options)
     if criterion != "l2":
@@ -184,6 +189,11 @@ def child(name: str, granularity: str, trials: int, dtype: str,
     row["setup_s"] = setup
     row["build_s"] += prepare
     row["overhead_per_trial_s"] = (total - spent[0] - prepare - setup) / max(1, len(alloc.trials))
+    # the dense forward before and after the search, so that a host busier at one end than
+    # the other does not decide the ratio
+    times += forwards(3)
+    row["dense_forward_s"] = statistics.median(times)
+    row["dense_forward_spread_s"] = [min(times), max(times)]
     row["overhead_x_forward"] = row["overhead_per_trial_s"] / row["dense_forward_s"]
     row["loss"] = alloc.metrics.get("loss")
     row["peak_rss_gb"] = _rss_gb()
