@@ -20,7 +20,7 @@ from itertools import chain
 
 from torch import nn
 
-__all__ = ["release", "same_sizes", "watch"]
+__all__ = ["release", "reuse_heap", "watch"]
 
 
 @functools.cache
@@ -38,15 +38,17 @@ class _Watched(list):
     trim = True
 
 
-#: networks whose tensors have the sizes of every other trial of their space (weight-sparse)
-_SAME_SIZES: weakref.WeakSet = weakref.WeakSet()
+#: trial networks whose freed memory the next trial reuses (see :func:`reuse_heap`)
+_REUSED: weakref.WeakSet = weakref.WeakSet()
 
 
-def same_sizes(model: nn.Module) -> nn.Module:
-    """``model``, marked as a trial network whose tensors have the same sizes in every trial
-    (a weight-sparse space's: the dense shapes), so :func:`release` leaves the heap
-    untrimmed after it for the next trial to reuse."""
-    _SAME_SIZES.add(model)
+def reuse_heap(model: nn.Module) -> nn.Module:
+    """``model``, marked as a trial network whose memory the next trial of its space builds
+    its own in, so :func:`release` leaves the heap untrimmed after it: a weight-sparse trial's
+    tensors have the dense shapes every time, and trimming made each trial fault its pages in
+    again without lowering the peak. (A channel trial's sizes change; left untrimmed, a
+    30-trial search of the 246M decoder was no faster: those are trimmed.)"""
+    _REUSED.add(model)
     return model
 
 
@@ -56,7 +58,7 @@ def watch(model: object) -> list[weakref.ref]:
     refs = _Watched([weakref.ref(model)])
     if isinstance(model, nn.Module):
         refs += [weakref.ref(t) for t in chain(model.parameters(), model.buffers())]
-        refs.trim = model not in _SAME_SIZES
+        refs.trim = model not in _REUSED
     return refs
 
 
@@ -65,9 +67,9 @@ def release(gone: Sequence[weakref.ref] = ()) -> None:
     just dropped, a trial's network) is collected first when a reference cycle still holds
     any of it (``masks.mask_weight`` leaves masked networks without cycles: a full
     collection, 0.2 s in a process holding a transformers model, is spared). The heap is
-    not trimmed after a network marked :func:`same_sizes`: the next trial builds tensors of
-    the same sizes in the pages it freed, which trimming would make it fault in again (a
-    third of a GPT-2 Wanda trial's pruning time) without lowering the peak."""
+    not trimmed after a network marked :func:`reuse_heap`: the next trial builds its tensors
+    in the pages it freed, which trimming would make it fault in again (a third of a GPT-2
+    Wanda trial's pruning time) without lowering the peak."""
     if any(ref() is not None for ref in gone):
         gc.collect()
     if not getattr(gone, "trim", True):

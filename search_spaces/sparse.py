@@ -40,7 +40,7 @@ from .base import CountedSpace, LayerRow, LayerTable, Unit, UntraceableModelErro
 from .exact import Affine, Probe, run_log
 from .layers import plan_rows
 from .levels import LevelStore, fingerprint, pack_mask, unpack_mask
-from .memory import release, same_sizes
+from .memory import release, reuse_heap
 from .progress import report
 from .masks import (baked_copy, canonical, input_dim, layer_types, magnitude_mask,
                     magnitude_masks, mask_of, mask_weight, masked, masks_of, remove_masks)
@@ -409,7 +409,7 @@ class WeightSparsitySpace(CountedSpace):
             weight, mask = self._level(module, u, kept[u.name], stats.get(u.name))
             module.weight = nn.Parameter(weight, requires_grad=module.weight.requires_grad)
             mask_weight(module, mask, copy=False, unsafe=True)  # (shapes unchanged: no trial run)
-        return same_sizes(own_tensors(work, model))
+        return reuse_heap(own_tensors(work, model))
 
     def _level(self, module: nn.Module, unit: Unit, keep: int,
                stats: object) -> tuple[torch.Tensor, torch.Tensor]:
