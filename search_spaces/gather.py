@@ -24,7 +24,7 @@ path (:func:`plannable` says which).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +37,7 @@ from torch import nn
 from .attention import (AttentionHeads, drop_head_dims, drop_heads, head_cuts, head_dim_cuts,
                         head_dim_scores, head_scores, prune_head_dims, prune_heads)
 from .criteria import Criterion, L1Magnitude, L2Magnitude
-from .importance import Restricted, _slices, dense_squares, trial_view
+from .importance import Restricted, _slices, dense_squares, item_slices, trial_view
 from .pruner import Candidate, Template, _ties
 from .tracing import aliased_copy, own_tensors, pruning_group
 
@@ -128,6 +128,14 @@ class TrialView:
             masks[dim] = np.ones(tensor.shape[dim], dtype=bool)
         masks[dim][idxs] = False
 
+    def cuts_of(self, tensor: torch.Tensor) -> tuple[bytes | None, ...] | None:
+        """What has been cut of ``tensor`` so far, as a key: per dimension its packed mask
+        (``None``: nothing cut there), ``None`` for an uncut tensor."""
+        masks = self.kept.get(id(tensor))
+        if masks is None or all(m is None or m.all() for m in masks):
+            return None
+        return tuple(None if m is None or m.all() else np.packbits(m).tobytes() for m in masks)
+
     def dense_of(self, tensor: torch.Tensor, dim: int, idxs: Sequence[int]) -> np.ndarray:
         """Indices ``idxs`` of ``tensor`` along ``dim`` as it is now, in dense numbering."""
         mask = self.kept.get(id(tensor), [None] * tensor.dim())[dim]
@@ -155,6 +163,22 @@ class TrialView:
         return self.current(tensor), idx, root
 
 
+#: The most bytes of scores a template keeps for cuts it has seen (``Decisions._scored``).
+_SCORED_BYTES = 64 << 20
+
+
+def _reads(template: Template, c: Candidate) -> list[torch.Tensor]:
+    """The dense tensors a channel unit's scores read (those of its group's items), once."""
+    held = template.reads.get(c.unit.name)
+    if held is None:
+        seen: dict[int, torch.Tensor] = {}
+        for item in dense_group(template, c).items:
+            for tensor, _ in item_slices(template.graph, item):
+                seen.setdefault(id(tensor), tensor)
+        held = template.reads[c.unit.name] = list(seen.values())
+    return held
+
+
 class Decisions:
     """A trial decided: the cuts of every channel group (dense numbering, per layer and
     handler) and the head and head-position removals, in order."""
@@ -172,7 +196,9 @@ class Decisions:
             return
         group = dense_group(self.template, c)
         if scores is None:
-            scores = criterion.score(self.template.graph, group, c.blocks, None)
+            scores = self._scored(c.unit.name, _reads(self.template, c),
+                                  lambda: criterion.score(self.template.graph, group, c.blocks,
+                                                          None))
         drop = sorted(np.argsort(-scores, kind="stable")[keep:].tolist())
         if not drop:
             return
@@ -192,14 +218,18 @@ class Decisions:
         if keep >= c.unit.full:
             return
         spec = self.specs.get(c.heads.module, c.heads)
+        modules = self.template.modules
+        reads = [modules[n].weight for n in dict.fromkeys((spec.q, spec.k, spec.v, spec.out))]
         if c.dims:
-            qk, vo = drop_head_dims(head_dim_scores(self.template.model, spec), keep)
+            qk, vo = drop_head_dims(self._scored(
+                (spec, "dims"), reads, lambda: head_dim_scores(self.template.model, spec)), keep)
             self.heads.append(("dims", spec, qk, vo))
             self._cut(head_dim_cuts(spec, qk, vo))
             d = spec.head_dim - len(qk[0])
             self.specs[spec.module] = AttentionHeads(**{**vars(spec), "head_dim": d})
             return
-        drop = drop_heads(spec, head_scores(self.template.model, spec), keep)
+        drop = drop_heads(spec, self._scored(
+            (spec, "heads"), reads, lambda: head_scores(self.template.model, spec)), keep)
         if not drop:
             return
         self.heads.append(("heads", spec, drop, None))
@@ -207,6 +237,24 @@ class Decisions:
         heads = spec.heads - len(drop)
         kv = heads if spec.kv_heads == spec.heads else spec.kv_heads
         self.specs[spec.module] = AttentionHeads(**{**vars(spec), "heads": heads, "kv_heads": kv})
+
+    def _scored(self, name: object, reads: Sequence[torch.Tensor],
+                score: Callable[[], Any]) -> Any:
+        """A unit's scores: what ``score`` gives, kept in the template per unit and per cut of
+        the tensors it reads (``reads``): a unit reads nothing else, so the same cuts give the
+        same scores, and a search that comes back to a width (a residual width, a number of
+        heads) scores the units after it without reading their weights again."""
+        key = (name, tuple(self.view.cuts_of(t) for t in reads))
+        held = self.template.scored.get(key)
+        if held is None:
+            held = score()
+            size = sum(np.asarray(a).nbytes for a in (held if isinstance(held, tuple) else (held,)))
+            if self.template.scored_bytes + size > _SCORED_BYTES:
+                self.template.scored.clear()
+                self.template.scored_bytes = 0
+            self.template.scored[key] = held
+            self.template.scored_bytes += size
+        return held
 
     def _cut(self, cuts: Sequence[tuple[str, bool, Sequence[int]]]) -> None:
         modules = self.template.modules

@@ -68,6 +68,9 @@ class Template:
         self.modules = dict(self.model.named_modules())
         self.groups: dict[str, object] = {}  # unit -> its channel group, dense (gather.py)
         self.plannable: bool | None = None  # whether trials go by gather.py (decided once)
+        self.reads: dict[str, list] = {}  # unit -> the dense tensors its scores read
+        self.scored: dict[tuple, object] = {}  # (unit, cuts of what it reads) -> its scores
+        self.scored_bytes = 0
 
     def copy(self) -> tuple[nn.Module, tp.DependencyGraph]:
         model = aliased_copy(self.model, self.model)

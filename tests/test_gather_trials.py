@@ -56,7 +56,11 @@ def test_gathered_trials_are_the_unit_by_unit_networks(name: str) -> None:
     space = ChannelSpace.from_model(model, inputs, **options)
     rng = np.random.default_rng(3)
     configs = [space.min_config()] + [space.decode(rng.random(space.dim)) for _ in range(3)]
-    for config in configs:
+    # a width seen again (the widest unit's of the second configuration) with the others
+    # changed: scores kept for those cuts are read back, and must be the ones computed
+    first = space.units[0].name
+    again = {**configs[3], first: configs[1][first]}
+    for config in configs + [configs[1], again]:
         gathered = space.apply(model, config)
         assert space._template_of(model).plannable, "this architecture should be gathered"
         _same(gathered, _unit_by_unit(space, model, config), inputs)
@@ -143,3 +147,19 @@ def test_a_dropped_trial_network_is_freed_without_a_collection(name: str) -> Non
         assert all(r() is None for r in refs)
     finally:
         gc.enable()
+
+
+def test_scores_for_cuts_seen_before_are_kept() -> None:
+    # a unit's scores depend only on the cuts of the tensors it reads: a trial that repeats
+    # every cut scores nothing again, and its network is the same
+    torch.manual_seed(0)
+    model, inputs, options = ARCHITECTURES["hf-llama-gqa"]()
+    space = ChannelSpace.from_model(model.eval(), inputs, **options)
+    config = space.decode(np.full(space.dim, 0.4))
+    first = space.apply(model, config)
+    template = space._template_of(model)
+    kept = dict(template.scored)
+    assert kept  # the units after the first were scored on cut tensors, and kept
+    second = space.apply(model, config)
+    assert template.scored == kept
+    _same(first, second, inputs)
