@@ -130,7 +130,7 @@ def _round_trip(alloc: Any, model: Any, x: Any) -> dict[str, Any]:
 
 
 def child(name: str, granularity: str, trials: int, dtype: str,
-          round_trip: bool = False) -> dict[str, Any]:
+          round_trip: bool = False, agent: str = "random") -> dict[str, Any]:
     """One model at one granularity, in this process: what the table shows."""
     import torch  # noqa: PLC0415
 
@@ -175,7 +175,7 @@ def child(name: str, granularity: str, trials: int, dtype: str,
     import autoprune.api  # noqa: F401, PLC0415 - imported before the clock starts, not in it
     t0 = time.perf_counter()
     alloc = autoprune.allocate(model, example_inputs=x, target=target, evaluate=evaluate,
-                               agent="random", trials=trials, space=space, output=output)
+                               agent=agent, trials=trials, space=space, output=output)
     total = time.perf_counter() - t0
     row["trials"] = len(alloc.trials)
     row["evaluate_s"] = spent[0]
@@ -196,6 +196,9 @@ def child(name: str, granularity: str, trials: int, dtype: str,
     row["dense_forward_spread_s"] = [min(times), max(times)]
     row["overhead_x_forward"] = row["overhead_per_trial_s"] / row["dense_forward_s"]
     row["loss"] = alloc.metrics.get("loss")
+    template = getattr(space, "_template", None)  # a channel space's scores kept per cut
+    if template is not None and getattr(template, "scored_asked", 0):
+        row["scores_kept"] = template.scored_kept / template.scored_asked
     row["peak_rss_gb"] = _rss_gb()
     row["peak_x_weights"] = row["peak_rss_gb"] / row["weights_gb"]
     if round_trip:  # (after the search's own peak is taken)
@@ -226,7 +229,8 @@ def _run_child(name: str, granularity: str, args: argparse.Namespace,
     if code is not None:
         env["PYTHONPATH"] = str(code)
     cmd = [sys.executable, __file__, "--child", name, granularity, "--trials", str(args.trials),
-           "--dtype", args.dtype] + (["--round-trip"] if args.round_trip else [])
+           "--dtype", args.dtype, "--agent", args.agent] + \
+        (["--round-trip"] if args.round_trip else [])
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as errs:
         child_proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=errs, text=True,
@@ -276,6 +280,7 @@ def main() -> None:
     ap.add_argument("--granularities", nargs="+", default=list(GRANULARITIES),
                     choices=list(GRANULARITIES))
     ap.add_argument("--trials", type=int, default=10)
+    ap.add_argument("--agent", default="random", help="the search agent (default: random)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--before", metavar="REV", help="also run the code of this commit")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per child")
@@ -288,7 +293,8 @@ def main() -> None:
     ap.add_argument("--child", nargs=2, metavar=("MODEL", "GRANULARITY"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(*args.child, args.trials, args.dtype, args.round_trip)))
+        print(json.dumps(child(*args.child, args.trials, args.dtype, args.round_trip,
+                               args.agent)))
         return
     from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
@@ -315,7 +321,8 @@ def main() -> None:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before)],
                            capture_output=True)
             shutil.rmtree(before, ignore_errors=True)
-    table = Table(title=f"search cost, {args.trials} trials, {args.dtype}, 1 thread")
+    table = Table(title=f"search cost, {args.trials} trials ({args.agent}), {args.dtype}, "
+                        "1 thread")
     for col in ("model", "granularity", "params", "dense fwd s", "build s", "setup s",
                 "overhead/trial s", "x fwd", "peak RSS GB", "x weights"):
         table.add_column(col, justify="left" if col in ("model", "granularity") else "right")
@@ -331,6 +338,10 @@ def main() -> None:
                           _cell(res, "overhead_x_forward", ".1f"), _cell(res, "peak_rss_gb", ".2f"),
                           _cell(res, "peak_x_weights", ".2f"))
     console.print(table)
+    for r in rows:
+        if (r["now"] or {}).get("scores_kept") is not None:
+            console.print(f"{r['model']} / {r['granularity']}: {r['now']['scores_kept']:.0%} of "
+                          "the units' score lookups answered by scores kept for the same cuts")
     for r in rows:
         trip = (r["now"] or {}).get("round_trip")
         if trip:

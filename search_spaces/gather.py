@@ -246,6 +246,8 @@ class Decisions:
         heads) scores the units after it without reading their weights again."""
         key = (name, tuple(self.view.cuts_of(t) for t in reads))
         held = self.template.scored.get(key)
+        self.template.scored_asked += 1
+        self.template.scored_kept += held is not None
         if held is None:
             held = score()
             size = sum(np.asarray(a).nbytes for a in (held if isinstance(held, tuple) else (held,)))

@@ -71,6 +71,7 @@ class Template:
         self.reads: dict[str, list] = {}  # unit -> the dense tensors its scores read
         self.scored: dict[tuple, object] = {}  # (unit, cuts of what it reads) -> its scores
         self.scored_bytes = 0
+        self.scored_asked = self.scored_kept = 0  # lookups, and those answered from ``scored``
 
     def copy(self) -> tuple[nn.Module, tp.DependencyGraph]:
         model = aliased_copy(self.model, self.model)
