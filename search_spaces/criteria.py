@@ -17,7 +17,6 @@ New criteria plug in with :func:`register_criterion`; :func:`make_criterion` mak
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import numpy as np
@@ -26,8 +25,10 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from .calibration import (FIX, calibration_batches, cross_entropy, gradients, micro_batches,
+                          moved_to)
 from .importance import group_magnitude, group_sum, item_slices, rows
-from .tracing import Output, as_inputs, call_model, conv1d_type, output_tensor
+from .tracing import Output, call_model, conv1d_type, output_tensor
 
 __all__ = ["CRITERIA", "APoZ", "BNScale", "Criterion", "DataCriterion", "FPGM", "Hessian",
            "L1Magnitude", "L2Magnitude", "Reconstruction", "Taylor", "as_criterion",
@@ -37,7 +38,7 @@ __all__ = ["CRITERIA", "APoZ", "BNScale", "Criterion", "DataCriterion", "FPGM", 
 Stats = Any
 Blocks = Sequence[Sequence[int]]
 
-_FIX = "pass calibration=[(inputs, targets), ...] from the training split"
+_FIX = FIX
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
 
 
@@ -271,84 +272,6 @@ class FPGM(Criterion):
 
 
 # ---------------------------------------------------------------------- data criteria
-def cross_entropy(logits: torch.Tensor, targets: Any) -> torch.Tensor:
-    """The default loss of data criteria: cross-entropy of logits shaped ``(N, C)`` or
-    ``(N, T, C)`` (flattened) against integer class targets."""
-    fix = "Fix: pass loss=callable(logits, targets) returning a scalar"
-    if not isinstance(targets, torch.Tensor) or targets.dtype.is_floating_point \
-            or targets.dtype == torch.bool:
-        raise ValueError(f"the default loss (cross-entropy) needs integer class targets, got "
-                         f"{getattr(targets, 'dtype', type(targets).__name__)}. {fix}")
-    if logits.dim() not in (2, 3):
-        raise ValueError(f"the default loss (cross-entropy) needs logits shaped (N, C) or "
-                         f"(N, T, C), got {tuple(logits.shape)}. {fix}")
-    flat = logits.reshape(-1, logits.shape[-1])
-    targets = targets.reshape(-1)
-    if targets.shape[0] != flat.shape[0]:
-        raise ValueError(f"the default loss (cross-entropy) got {targets.shape[0]} targets for "
-                         f"logits of shape {tuple(logits.shape)}. {fix}")
-    return F.cross_entropy(flat.float(), targets.long())
-
-
-def _calibration(calibration: Any, name: str) -> list[tuple[tuple[torch.Tensor, ...], Any]]:
-    if calibration is None or isinstance(calibration, (torch.Tensor, str, bytes, Mapping)):
-        got = "none" if calibration is None else type(calibration).__name__
-        raise ValueError(f"criterion {name!r} ranks channels on data and was given {got}. "
-                         f"Fix: {_FIX}")
-    batches = list(calibration)
-    if not batches:
-        raise ValueError(f"criterion {name!r} was given no calibration batches. Fix: {_FIX}")
-    out = []
-    for k, batch in enumerate(batches):
-        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-            raise ValueError(f"calibration batch {k} is a {type(batch).__name__}, not an "
-                             f"(inputs, targets) pair. Fix: {_FIX}")
-        try:
-            out.append((as_inputs(batch[0]), batch[1]))
-        except ValueError:
-            raise ValueError(f"calibration batch {k}'s inputs are a {type(batch[0]).__name__}, "
-                             f"not a tensor or a tuple of tensors. Fix: {_FIX}") from None
-    return out
-
-
-def _to(x: Any, device: torch.device) -> Any:
-    return x.to(device) if isinstance(x, torch.Tensor) else x
-
-
-def _micro(inputs: tuple[torch.Tensor, ...], targets: Any,
-           size: int) -> Iterator[tuple[tuple[torch.Tensor, ...], Any]]:
-    """The batch in micro-batches of ``size`` samples (tensors whose first size is the
-    batch's are split, others passed whole)."""
-    n = inputs[0].shape[0] if inputs[0].dim() else 1
-    if n <= size:
-        yield inputs, targets
-        return
-
-    def cut(x: Any, s: slice) -> Any:
-        return x[s] if isinstance(x, torch.Tensor) and x.dim() and x.shape[0] == n else x
-
-    for a in range(0, n, size):
-        s = slice(a, a + size)
-        yield tuple(cut(x, s) for x in inputs), cut(targets, s)
-
-
-@contextmanager
-def _gradients(model: nn.Module) -> Iterator[list[nn.Parameter]]:
-    """Every parameter requiring grad, with no gradient before or after."""
-    params = list(model.parameters())
-    flags = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(True)
-        p.grad = None
-    try:
-        with torch.enable_grad():
-            yield params
-    finally:
-        for p, flag in zip(params, flags):
-            p.grad = None
-            p.requires_grad_(flag)
-
-
 class DataCriterion(Criterion):
     """A criterion measured on calibration batches: ``calibration`` is a list of ``(inputs,
     targets)`` pairs from the training split, ``loss(logits, targets)`` a scalar
@@ -359,7 +282,7 @@ class DataCriterion(Criterion):
 
     def __init__(self, *, calibration: Sequence[tuple[Any, Any]] | None = None,
                  loss: Callable[[torch.Tensor, Any], torch.Tensor] | None = None) -> None:
-        self.calibration = _calibration(calibration, self.name)
+        self.calibration = calibration_batches(calibration, self.name)
         if loss is not None and not callable(loss):
             raise ValueError(f"loss must be a callable loss(logits, targets), got "
                              f"{type(loss).__name__}. Fix: pass a function or leave it out "
@@ -370,7 +293,7 @@ class DataCriterion(Criterion):
         """The calibration batches on ``model``'s device."""
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         for inputs, targets in self.calibration:
-            yield tuple(x.to(device) for x in inputs), _to(targets, device)
+            yield tuple(x.to(device) for x in inputs), moved_to(targets, device)
 
     def _loss(self, model: nn.Module, inputs: tuple[torch.Tensor, ...], targets: Any,
               output: Output) -> torch.Tensor:
@@ -392,7 +315,7 @@ class Taylor(DataCriterion):
     Pruning", CVPR 2019, group form)."""
 
     def measure(self, model: nn.Module, output: Output = None) -> Stats:
-        with _gradients(model) as params:
+        with gradients(model) as params:
             model.eval()
             for inputs, targets in self.batches(model):
                 self._loss(model, inputs, targets, output).backward()
@@ -425,10 +348,10 @@ class Hessian(DataCriterion):
     def measure(self, model: nn.Module, output: Output = None) -> Stats:
         squares: dict[int, torch.Tensor] = {}
         count = 0
-        with _gradients(model) as params:
+        with gradients(model) as params:
             model.eval()
             for inputs, targets in self.batches(model):
-                for part, part_targets in _micro(inputs, targets, self.micro_batch):
+                for part, part_targets in micro_batches(inputs, targets, self.micro_batch):
                     for p in params:
                         p.grad = None
                     self._loss(model, part, part_targets, output).backward()
