@@ -51,7 +51,6 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.table import Table
 
 from autoprune.agents import AGENTS, Agent, AgentContext, make_agent
 from autoprune.executors import LocalExecutor, TrialSource, TrialWork
@@ -61,13 +60,15 @@ from autoprune.latency.device import Device
 from autoprune.session import best_record, run_search
 from autoprune.problem import build_problem
 from autoprune.search_spaces import make_space
-from autoprune.study import StudyStore, TrialRecord
+from autoprune.study import StudyStore
 from autoprune.targets import parse_targets
 from autoprune.zoo.tasks import load_task
 from autoprune.zoo.train import default_cache_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # fastnas.py, beside this file
 from fastnas import available as fastnas_available, fastnas_row  # noqa: E402
+from league_report import (  # noqa: E402
+    FASTNAS, finetune_noise, first_at, league_table, records_of, summary)
 
 __all__ = ["LeagueSettings", "main", "run_league"]
 
@@ -94,6 +95,10 @@ class LeagueSettings:
     # The fine-tune's own noise: uniform's network (or the first run's) fine-tuned with this
     # many data orders; the spread between agents after the fine-tune is read against it.
     noise_seeds: int = 3
+    # Each run's best network is fine-tuned this many times, with data orders 0, 1, ...; its
+    # "after fine-tune" scores are the means (one fine-tune's own spread is ~0.007 accuracy on
+    # the digits tasks, as large as the gaps between agents).
+    ft_orders: int = 1
 
 
 #: Chains in the league by default: a heuristic's few evaluations, or the sensitivity curves
@@ -124,11 +129,14 @@ QUICK = (LeagueSettings(trials=30, seeds=(0,), calib_batches=4, finetune_steps=1
 #: is best run apart (--tasks 2 without --fastnas).
 CONTENDERS = ("random", "uniform", "tpe", "sensitivity", "sensitivity+tpe", "sensitivity+gp")
 PEERS = (
-    LeagueSettings(model="resnet20", round_to=4, trials=40, seeds=(0, 1), agents=CONTENDERS),
-    LeagueSettings(model="mobilenetv2", round_to=4, trials=60, seeds=(0, 1), agents=CONTENDERS),
-    LeagueSettings(model="vit", round_to=4, trials=40, seeds=(0, 1), agents=CONTENDERS),
+    LeagueSettings(model="resnet20", round_to=4, trials=40, seeds=(0, 1), agents=CONTENDERS,
+                   ft_orders=3),
+    LeagueSettings(model="mobilenetv2", round_to=4, trials=60, seeds=(0, 1), agents=CONTENDERS,
+                   ft_orders=3),
+    LeagueSettings(model="vit", round_to=4, trials=40, seeds=(0, 1), agents=CONTENDERS,
+                   ft_orders=3),
     LeagueSettings(model="chargpt", data="python-stdlib", round_to=4, trials=64, seeds=(0, 1),
-                   agents=CONTENDERS),
+                   agents=CONTENDERS, ft_orders=3),
 )
 SUITES = {"default": SUITE, "peers": PEERS}
 
@@ -200,26 +208,10 @@ class CachingExecutor(LocalExecutor):
         return out
 
 
-def _first_at(records: Sequence[TrialRecord], reference: float | None, *,
-              strict: bool = True) -> int | None:
-    """1-based number of evaluations after which the best score first exceeds (``strict``) or
-    reaches ``reference``; None if it never does."""
-    if reference is None:
-        return None
-    for i, r in enumerate(records):
-        if not r.failed and (r.objective > reference + 1e-12 if strict
-                             else r.objective >= reference - 1e-12):
-            return i + 1
-    return None
-
-
 def _is_deterministic(name: str) -> bool:
     """Agents without randomness give the same run for every seed: run once."""
     return all(part in DETERMINISTIC for part in name.split("+"))
 
-
-#: The peer's row (``--fastnas``).
-FASTNAS = "FastNAS (ModelOpt)"
 
 DETERMINISTIC = frozenset({"uniform", "global", "lamp", "erk"})
 
@@ -256,10 +248,14 @@ def run_league(settings: LeagueSettings, *, console: Console) -> dict[str, Any]:
     def network_scores(build: Any) -> dict[str, float]:
         """Test score of a network (``build()`` makes a fresh copy), and both scores after the
         short fine-tune (and its measured latency for a latency task)."""
-        out = {"test": evaluator.test(build(), prepared=False)[metric]}
-        tuned, tune = build(), tuner()
-        out["ft_val"] = tune(tuned)[metric]  # fine-tunes, recalibrates BN, scores
-        out["ft_test"] = tune.test(tuned)[metric]
+        out: dict[str, Any] = {"test": evaluator.test(build(), prepared=False)[metric]}
+        vals, tests = [], []
+        for order in range(settings.ft_orders):  # the same fine-tune, another data order
+            tuned, tune = build(), tuner(order)
+            vals.append(tune(tuned)[metric])  # fine-tunes, recalibrates BN, scores
+            tests.append(tune.test(tuned)[metric])
+        out.update(ft_val=float(np.mean(vals)), ft_test=float(np.mean(tests)),
+                   ft_vals=vals, ft_tests=tests)
         if table is not None:
             out["measured_ms"] = measure_latency(build(), example,
                                                  device=Device(threads=settings.threads)).median_ms
@@ -308,7 +304,8 @@ def run_league(settings: LeagueSettings, *, console: Console) -> dict[str, Any]:
             runs.append({
                 "seed": seed, "trials": len(records), "best_val": sign * best.objective,
                 "best_test": scores["test"], "ft_val": scores["ft_val"],
-                "ft_test": scores["ft_test"],
+                "ft_test": scores["ft_test"], "ft_vals": scores["ft_vals"],
+                "ft_tests": scores["ft_tests"],
                 "best_costs": dict(best.costs),
                 "best_macs_fraction": best.costs["macs"] / problem.dense_costs["macs"],
                 **({"measured_ms": scores["measured_ms"],
@@ -331,13 +328,13 @@ def run_league(settings: LeagueSettings, *, console: Console) -> dict[str, Any]:
     for name, row in rows.items():
         for r in row["runs"]:
             r["beat_uniform_at"] = (None if name == "uniform" else
-                                    _first_at(_records_of(r, sign), reference["uniform"]))
-            r["reach_random_at"] = _first_at(_records_of(r, sign), reference["random"],
+                                    first_at(records_of(r, sign), reference["uniform"]))
+            r["reach_random_at"] = first_at(records_of(r, sign), reference["random"],
                                              strict=False)
-            r["reach_fastnas_at"] = (None if name == FASTNAS else _first_at(
-                _records_of(r, sign), reference["fastnas"], strict=False))
-        row.update(_summary(row["runs"]))
-    noise = _finetune_noise(rows, settings.noise_seeds,
+            r["reach_fastnas_at"] = (None if name == FASTNAS else first_at(
+                records_of(r, sign), reference["fastnas"], strict=False))
+        row.update(summary(row["runs"]))
+    noise = finetune_noise(rows, settings.noise_seeds,
                             lambda config, seed: tuner(seed)(space.apply(model, config))[metric])
     return {
         "settings": asdict(settings), "metric": metric,
@@ -357,119 +354,6 @@ def run_league(settings: LeagueSettings, *, console: Console) -> dict[str, Any]:
                     "threads": settings.threads, "processor": platform.processor()},
         "agents": rows,
     }
-
-
-def _finetune_noise(rows: Mapping[str, Mapping[str, Any]], seeds: int,
-                    tuned: Any) -> dict[str, Any] | None:
-    """How much the fine-tuned score of one network moves with the fine-tune's data order
-    (``tuned(config, seed)``), beside how much the agents' fine-tuned scores differ."""
-    if seeds < 2 or not rows:
-        return None
-    name = "uniform" if "uniform" in rows else next(n for n in rows if n != FASTNAS)
-    config = rows[name]["runs"][0]["best_config"]
-    values = [float(tuned(config, seed)) for seed in range(seeds)]
-    means = [row["ft_val"][0] for row in rows.values()]
-    return {"network": name, "seeds": seeds, "ft_val": values,
-            "std": float(np.std(values, ddof=1)), "range": max(values) - min(values),
-            "agents_spread": max(means) - min(means)}
-
-
-def _records_of(run: Mapping[str, Any], sign: float) -> list[TrialRecord]:
-    """The run's scores as records in the study's higher-is-better terms (what ``_first_at``
-    reads)."""
-    return [TrialRecord(number=i, point=(), config={}, costs={}, metrics={},
-                        objective=sign * float(v) if v is not None else float("nan"),
-                        failed=v is None or not math.isfinite(v))
-            for i, v in enumerate(run["curve"])]
-
-
-def _summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    def stats(key: str) -> tuple[float, float]:
-        vals = np.array([r[key] for r in runs], dtype=float)
-        return float(vals.mean()), float(vals.std())
-
-    def first(key: str) -> tuple[float | None, int]:
-        hits = [r[key] for r in runs if r[key] is not None]
-        return (float(np.mean(hits)) if hits else None), len(hits)
-
-    beat, beat_n = first("beat_uniform_at")
-    reach, reach_n = first("reach_random_at")
-    peer, peer_n = first("reach_fastnas_at")
-    out = {"best_val": stats("best_val"), "best_test": stats("best_test"),
-           "ft_val": stats("ft_val"), "ft_test": stats("ft_test"),
-           "trials": stats("trials")[0], "wall_s": stats("wall_s")[0],
-           "overhead_ms": stats("overhead_ms")[0],
-           "beat_uniform_at": beat, "beat_uniform_runs": beat_n,
-           "reach_random_at": reach, "reach_random_runs": reach_n,
-           "reach_fastnas_at": peer, "reach_fastnas_runs": peer_n, "seeds": len(runs)}
-    if all("measured_ms" in r for r in runs):
-        out["measured_ms"] = stats("measured_ms")
-        out["latency_met_runs"] = sum(bool(r["latency_met"]) for r in runs)
-    return out
-
-
-def league_table(result: Mapping[str, Any]) -> Table:
-    s = result["settings"]
-    metric = result.get("metric", "accuracy")
-    latency = result["budget"]["metric"] == "latency_ms"
-    where = f"{s['data']} ({s['image_size']}px)" if metric == "accuracy" else s["data"]
-    table = Table(title=f"agents league: {s['model']} on {where}, "
-                        f"{s['target']}, {s['trials']} evaluations, seeds {s['seeds']}")
-    short = "acc" if metric == "accuracy" else metric
-    cols = ["agent", f"best val {short}", f"test {short} of best",
-            f"val after {s['finetune_steps']}-step fine-tune", "test after fine-tune", "evals to beat uniform",
-            "evals to reach random's final", "trials", "wall s", "overhead ms/proposal"]
-    if result.get("fastnas_val") is not None:
-        cols.insert(7, "evals to reach FastNAS")
-    if latency:
-        cols.insert(5, "measured ms (met)")
-    for col in cols:
-        table.add_column(col, justify="left" if col == "agent" else "right")
-    sign = -1.0 if metric == "loss" else 1.0
-    ranked = sorted(result["agents"].items(), key=lambda kv: -sign * kv[1]["best_val"][0])
-
-    def cell(pair: Sequence[float], spread: bool) -> str:
-        return f"{pair[0]:.4f}" + (f" ± {pair[1]:.3f}" if spread else "")
-
-    refs = {"beat_uniform": result["uniform_val"], "reach_random": result["random_final_val"],
-            "reach_fastnas": result.get("fastnas_val")}
-
-    def first(row: Mapping[str, Any], key: str) -> str:
-        if refs[key] is None:  # the reference agent was not in this league
-            return "-"
-        at, hits = row[f"{key}_at"], row[f"{key}_runs"]
-        return "never" if at is None else f"{at:.1f} ({hits}/{row['seeds']})"
-
-    for name, row in ranked:
-        spread = row["seeds"] > 1
-        values = [name, cell(row["best_val"], spread), cell(row["best_test"], spread),
-                  cell(row["ft_val"], spread), cell(row["ft_test"], spread),
-                  "-" if name == "uniform" else first(row, "beat_uniform"),
-                  first(row, "reach_random"), f"{row['trials']:.0f}", f"{row['wall_s']:.0f}",
-                  f"{row['overhead_ms']:.1f}"]
-        if refs["reach_fastnas"] is not None:
-            values.insert(7, "-" if name == FASTNAS else first(row, "reach_fastnas"))
-        if latency:
-            values.insert(5, f"{row['measured_ms'][0]:.3f} "
-                             f"({row['latency_met_runs']}/{row['seeds']})")
-        table.add_row(*values)
-    def ref(value: float | None) -> str:
-        return "not run" if value is None else f"{value:.4f}"
-
-    noise = result.get("noise")
-    table.caption = (
-        f"dense validation {metric} {result['dense'][f'val_{metric}']:.4f}; uniform "
-        f"{ref(result['uniform_val'])}; random's final (mean best at {s['trials']}) "
-        f"{ref(result['random_final_val'])}; ± is the std over seeds; deterministic agents run "
-        "once; 'evals to ...' is the mean over the seeds that got there (how many did)"
-        + (f"; budget {result['budget']['limit']:.3f} ms predicted by the table, best networks "
-           "measured" if latency else "")
-        + (f"; ModelOpt's FastNAS refused the budget ({result['fastnas_refused'][-120:]})"
-           if result.get("fastnas_refused") else "")
-        + (f"; after the fine-tune the agents' means span {noise['agents_spread']:.4f}, while "
-           f"{noise['network']}'s network fine-tuned with {noise['seeds']} data orders spans "
-           f"{noise['range']:.4f} (std {noise['std']:.4f})" if noise else ""))
-    return table
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -498,6 +382,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="steps of the equal fine-tune of every run's best network")
     parser.add_argument("--noise-seeds", type=int,
                         help="data orders the fine-tune's noise is measured with (0: not)")
+    parser.add_argument("--ft-orders", type=int,
+                        help="fine-tune every run's best network this many times, with other "
+                             "data orders, and report the means (peers suite: 3)")
     parser.add_argument("--out", type=Path, help="JSON results (default benchmarks/results/)")
     args = parser.parse_args(argv)
     tasks: tuple[LeagueSettings, ...] = QUICK if args.quick else SUITES[args.suite]
@@ -521,6 +408,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         overrides["finetune_steps"] = args.finetune_steps
     if args.noise_seeds is not None:
         overrides["noise_seeds"] = args.noise_seeds
+    if args.ft_orders is not None:
+        if args.ft_orders < 1:
+            parser.error(f"--ft-orders: at least 1, not {args.ft_orders}")
+        overrides["ft_orders"] = args.ft_orders
     if args.round_to:
         overrides["round_to"] = args.round_to
     if args.min_ratio is not None:

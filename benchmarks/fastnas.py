@@ -103,6 +103,7 @@ def fastnas_row(model: nn.Module, example: torch.Tensor, *, target: str, round_t
                   f"({out['evaluations']} evaluations, {out['wall_s']:.0f}s)", highlight=False)
     return {"seed": 0, "trials": out["evaluations"], "best_val": val,
             "best_test": scores["test"], "ft_val": scores["ft_val"], "ft_test": scores["ft_test"],
+            "ft_vals": scores.get("ft_vals"), "ft_tests": scores.get("ft_tests"),
             "best_costs": {"macs": float(macs)}, "best_macs_fraction": macs / dense_macs,
             "curve": [], "wall_s": out["wall_s"], "overhead_ms": 0.0, "best_config": {},
             "widths": {n: list(m.weight.shape) for n, m in net.named_modules()
