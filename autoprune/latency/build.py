@@ -370,9 +370,15 @@ def unit_links(space: SearchSpace) -> dict[str, list[tuple[str, float, float] | 
 
 def measure_blocks_and_networks(specs: Sequence[BlockSpec], nets: Sequence[nn.Module],
                  inputs: tuple[torch.Tensor, ...], threads: int, backend: str, clock: str,
-                 plan: ProfilePlan, rng: np.random.Generator
+                 plan: ProfilePlan, rng: np.random.Generator, *, gpu: int = 0,
+                 dtype: torch.dtype | None = None
                  ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Median block timings per entry (grid-shaped) and all whole-network samples.
+
+    ``gpu``: the GPU a GPU backend runs on (blocks and networks are moved there by their
+    runners; the cuda backend's runners synchronize in ``time_calls``). ``dtype``: the
+    floating dtype blocks are built in (``None``: float32), the model's on a GPU, where bf16 and
+    fp16 run on other kernels than float32.
 
     Blocks and networks are timed in ``plan.rounds`` rounds, so load from other processes
     that comes and goes during the build lands on blocks and networks alike instead of on a
@@ -392,11 +398,13 @@ def measure_blocks_and_networks(specs: Sequence[BlockSpec], nets: Sequence[nn.Mo
             shapes.append((max(1, len(in_grid)), len(out_grid)))
             for k, (ci, co) in enumerate(points):
                 block, x = _block(module, chain, op, ci or co, co, batch)
-                run = make_runner(block, (x,), backend=backend, threads=threads)
+                if dtype is not None:
+                    block, x = block.to(dtype), (x.to(dtype) if x.is_floating_point() else x)
+                run = make_runner(block, (x,), backend=backend, threads=threads, gpu=gpu)
                 items.append((e, k, run, plan.warmup, plan.repeats))
         n_blocks = len(items)
         for n, net in enumerate(nets):
-            run = make_runner(net, inputs, backend=backend, threads=threads)
+            run = make_runner(net, inputs, backend=backend, threads=threads, gpu=gpu)
             items.append((-1, n, run, plan.net_warmup, plan.net_repeats))
         samples: list[list[float]] = [[] for _ in items]
         for _ in range(plan.rounds):

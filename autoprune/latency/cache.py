@@ -14,7 +14,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from autoprune.latency.device import DEVICE_MATCH_KEYS, Device
+from autoprune.latency.device import DEVICE_MATCH_KEYS, GPU_MATCH_KEYS, Device
 from autoprune.latency.build import ProfilePlan, profiled_space
 from autoprune.latency.measure import measure_latency
 from autoprune.latency.table import LatencyTable, LatencyTableError, model_signature
@@ -35,7 +35,9 @@ def table_cache_path(model: nn.Module, space: SearchSpace, device: Mapping[str, 
                      cache_dir: Path) -> Path:
     """Where a search caches the table for this model, space and device: keyed by the device
     fingerprint, the model's layer signature and the space's widths."""
-    key = json.dumps([{k: device.get(k) for k in DEVICE_MATCH_KEYS}, model_signature(space),
+    matched = {k: device.get(k) for k in DEVICE_MATCH_KEYS}
+    matched.update({k: device[k] for k in GPU_MATCH_KEYS if k in device})  # CPU keys unchanged
+    key = json.dumps([matched, model_signature(space),
                       space.round_to, space.min_ratio], sort_keys=True)
     spec = getattr(model, "autoprune_spec", None) or {}
     stem = (f"{spec.get('name', type(model).__name__.lower())}_{spec.get('input_size', 'x')}px_"

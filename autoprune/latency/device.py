@@ -1,8 +1,11 @@
 """``Device``: what a latency is for, as one frozen value -- backend, thread count, batch,
-clock and input shape. Every measurement, table build, table cache key and check after a
+clock, input shape and, for a GPU backend, which GPU. Every measurement, table build, table cache key and check after a
 search takes one, so no latency travels without the facts that make it comparable
 (DESIGN.md, "Latency, measured honestly"). The machine itself (CPU model, backend version)
-is added by :meth:`Device.fingerprint`, which is what tables store and compare."""
+is added by :meth:`Device.fingerprint`, which is what tables store and compare; a GPU
+backend's fingerprint names the GPU, its driver and the CUDA and cuDNN versions too. The
+backends themselves, and the checks that they are installed, are
+:mod:`autoprune.latency.backends`."""
 
 from __future__ import annotations
 
@@ -14,11 +17,15 @@ import os
 import platform
 from typing import TYPE_CHECKING
 
+from autoprune.latency.backends import (BACKENDS, GPU_BACKENDS, BackendError, check_backend,
+                                        gpu_facts, onnxruntime_module, require_backend)
+
 if TYPE_CHECKING:
     import torch
 
 
-__all__ = ["FINAL_REPEATS", "FINAL_WARMUP", "BACKENDS", "CLOCKS", "DEVICE_MATCH_KEYS", "BackendError", "Device", "backend_version",
+__all__ = ["FINAL_REPEATS", "FINAL_WARMUP", "BACKENDS", "CLOCKS", "DEVICE_MATCH_KEYS",
+           "GPU_BACKENDS", "GPU_MATCH_KEYS", "BackendError", "Device", "backend_version",
            "as_inputs", "check_backend", "cpu_model", "describe_device", "device_fingerprint",
            "fingerprint_mismatch", "onnxruntime_module", "resolve_clock"]
 
@@ -27,16 +34,16 @@ __all__ = ["FINAL_REPEATS", "FINAL_WARMUP", "BACKENDS", "CLOCKS", "DEVICE_MATCH_
 FINAL_WARMUP = 10
 FINAL_REPEATS = 100
 
-BACKENDS = ("torch", "onnxruntime")
-CLOCKS = ("cpu", "wall")
+# ``cuda``: CUDA events around each call (the cuda backend's own clock; measure.time_calls).
+CLOCKS = ("cpu", "wall", "cuda")
 
 # The fields two latencies must share to be comparable. ``logical_cores`` is informational.
 DEVICE_MATCH_KEYS = ("cpu", "machine", "backend", "backend_version", "threads", "batch",
                      "input_shape", "clock")
-
-
-class BackendError(RuntimeError):
-    """A latency backend that is not installed, or a model it cannot run."""
+# And, of a GPU backend's fingerprint, the GPU's name and the CUDA version (absent from CPU
+# fingerprints, so tables stored before GPU backends compare, and cache, as they always did;
+# the driver, cuDNN and the GPU's index are informational).
+GPU_MATCH_KEYS = ("gpu", "cuda")
 
 
 def cpu_model() -> str:
@@ -59,21 +66,32 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def backend_version(backend: str) -> str:
-    check_backend(backend)
-    if backend == "torch":
+def backend_version(backend: str, gpu: int = 0) -> str:
+    """The backend's version; one :class:`BackendError` naming the fix when it cannot run
+    here (not installed, no GPU, a missing onnxruntime provider)."""
+    require_backend(backend, gpu)
+    if backend in ("torch", "cuda"):
         import torch  # noqa: PLC0415 - torch only when a latency is taken: --help stays fast
 
         return torch.__version__
     return onnxruntime_module().__version__
 
 
-def resolve_clock(clock: str | None, threads: int) -> str:
-    """``None`` means ``cpu`` for one thread, ``wall`` for more (see the module notes)."""
+def resolve_clock(clock: str | None, threads: int, backend: str = "torch") -> str:
+    """``None`` means ``cpu`` for one thread, ``wall`` for more (see the module notes); on the
+    ``cuda`` backend ``cuda`` (CUDA events), on onnxruntime's GPU providers ``wall``."""
     if clock is None or clock == "auto":
+        if backend in GPU_BACKENDS:
+            return "cuda" if backend == "cuda" else "wall"
         return "cpu" if threads == 1 else "wall"
     if clock not in CLOCKS:
         raise ValueError(f"unknown clock {clock!r}; choose one of {list(CLOCKS)} (or auto)")
+    if clock == "cuda" and backend != "cuda":
+        raise ValueError(f"clock 'cuda' (CUDA events on torch's stream) times the cuda backend "
+                         f"only, not {backend}; use --clock wall or auto")
+    if clock == "cpu" and backend in GPU_BACKENDS:
+        raise ValueError(f"clock 'cpu' times the calling thread, not the GPU the {backend} "
+                         "backend runs on; use --clock auto (or cuda / wall)")
     if clock == "cpu" and threads != 1:
         raise ValueError(f"clock 'cpu' times the calling thread only, which misses the work of "
                          f"{threads - 1} other thread(s); use --clock wall with --threads "
@@ -82,31 +100,45 @@ def resolve_clock(clock: str | None, threads: int) -> str:
 
 
 def device_fingerprint(example_inputs: torch.Tensor | Sequence[torch.Tensor], *, threads: int,
-                       backend: str, clock: str | None = None) -> dict[str, Any]:
+                       backend: str, clock: str | None = None, gpu: int = 0) -> dict[str, Any]:
     """What a latency refers to: CPU, backend and its version, threads, batch, input shape and
-    the clock it was timed with."""
+    the clock it was timed with; for a GPU backend also the GPU (name, index, compute
+    capability, memory), the driver and the CUDA and cuDNN versions."""
     inputs = as_inputs(example_inputs)
     shapes = [list(x.shape) for x in inputs]
     return {"cpu": cpu_model(), "machine": platform.machine(), "logical_cores": os.cpu_count(),
-            "backend": backend, "backend_version": backend_version(backend),
+            "backend": backend, "backend_version": backend_version(backend, gpu),
             "threads": int(threads), "batch": int(inputs[0].shape[0]) if inputs[0].dim() else 1,
             "input_shape": shapes[0] if len(shapes) == 1 else shapes,
-            "clock": resolve_clock(clock, threads)}
+            "clock": resolve_clock(clock, threads, backend), **gpu_facts(backend, gpu)}
 
 
 def describe_device(fp: Mapping[str, Any]) -> str:
-    """One line a person reads: ``AMD EPYC, torch 2.13.0, 1 thread, batch 1, input 1x1x32x32``."""
+    """One line a person reads: ``AMD EPYC, torch 2.13.0, 1 thread, batch 1, input 1x1x32x32``,
+    or for a GPU ``NVIDIA H100 80GB HBM3 (GPU 0, driver 550.54.15, CUDA 12.4, cuDNN 90100) on
+    AMD EPYC, cuda torch 2.13.0, ...``."""
     shape = fp.get("input_shape", [])
     flat = shape if shape and not isinstance(shape[0], list) else (shape[0] if shape else [])
     threads = fp.get("threads")
-    clock = {"cpu": "thread CPU time", "wall": "wall-clock time"}.get(fp.get("clock"), "?")
-    return (f"{fp.get('cpu')}, {fp.get('backend')} {fp.get('backend_version')}, {threads} "
+    clock = {"cpu": "thread CPU time", "wall": "wall-clock time",
+             "cuda": "CUDA event time"}.get(fp.get("clock"), "?")
+    where = f"{fp.get('cpu')}"
+    if fp.get("backend") in GPU_BACKENDS or fp.get("gpu"):
+        facts = [f"GPU {fp.get('gpu_index', 0)}"] + [
+            f"{label} {fp[k]}" for k, label in (("driver", "driver"), ("cuda", "CUDA"),
+                                                  ("cudnn", "cuDNN")) if fp.get(k)]
+        where = f"{fp.get('gpu') or 'unknown GPU'} ({', '.join(facts)}) on {where}"
+    version = fp.get("backend_version")
+    if fp.get("backend") == "cuda":
+        version = f"torch {version}"
+    return (f"{where}, {fp.get('backend')} {version}, {threads} "
             f"thread{'s' if threads != 1 else ''}, batch {fp.get('batch')}, input "
             f"{'x'.join(str(d) for d in flat)}, {clock}")
 
 
 def fingerprint_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any],
-                         keys: Sequence[str] = DEVICE_MATCH_KEYS) -> dict[str, tuple[Any, Any]]:
+                         keys: Sequence[str] = (*DEVICE_MATCH_KEYS, *GPU_MATCH_KEYS)
+                         ) -> dict[str, tuple[Any, Any]]:
     """``{key: (saved, current)}`` for every compared field that differs."""
     return {k: (saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)}
 
@@ -114,27 +146,43 @@ def fingerprint_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any],
 
 @dataclass(frozen=True, kw_only=True)
 class Device:
-    """``backend``: ``torch`` (eager) or ``onnxruntime``; ``threads``: intra-op threads;
-    ``batch``: the batch a latency is for; ``clock``: ``cpu`` (the calling thread's CPU time),
-    ``wall``, or ``None`` (``cpu`` with one thread, else ``wall``); ``input_shape``: one
-    sample's shape without the batch (``None``: the example inputs' own)."""
+    """``backend``: ``torch`` (eager), ``onnxruntime``, ``cuda`` (torch eager on a CUDA GPU),
+    ``onnxruntime-cuda`` or ``onnxruntime-tensorrt`` (:mod:`autoprune.latency.backends`);
+    ``threads``: intra-op threads; ``batch``: the batch a latency is for; ``clock``: ``cpu``
+    (the calling thread's CPU time), ``wall``, ``cuda`` (CUDA events; the cuda backend), or
+    ``None`` (``cpu`` with one thread, else ``wall``; ``cuda`` on the cuda backend, ``wall`` on
+    onnxruntime's GPU providers); ``input_shape``: one sample's shape without the batch
+    (``None``: the example inputs' own); ``gpu``: the CUDA device index a GPU backend runs on
+    (as torch numbers them, after CUDA_VISIBLE_DEVICES; CPU backends ignore it).
+
+    Naming a backend checks only the name; whether this machine can run it is checked when a
+    latency is first taken (:meth:`fingerprint`, a runner), as one ``BackendError``."""
 
     backend: str = "torch"
     threads: int = 1
     batch: int = 1
     clock: str | None = None
     input_shape: tuple[int, ...] | None = None
+    gpu: int = 0
 
     def __post_init__(self) -> None:
         check_backend(self.backend)
         if self.threads < 1 or self.batch < 1:
             raise ValueError(f"threads and batch must be at least 1 (got {self.threads}, "
                              f"{self.batch})")
-        resolve_clock(self.clock, self.threads)  # a clock that cannot time these threads fails
+        if self.gpu < 0:
+            raise ValueError(f"gpu is a CUDA device index, at least 0 (got {self.gpu})")
+        # a clock that cannot time these threads, or this backend, fails
+        resolve_clock(self.clock, self.threads, self.backend)
 
     @property
     def resolved_clock(self) -> str:
-        return resolve_clock(self.clock, self.threads)
+        return resolve_clock(self.clock, self.threads, self.backend)
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the backend runs on a GPU."""
+        return self.backend in GPU_BACKENDS
 
     def inputs(self, example: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Random inputs shaped like ``example`` (or ``input_shape``) at this batch. Values do
@@ -152,7 +200,7 @@ class Device:
     def fingerprint(self, example: torch.Tensor | Sequence[torch.Tensor]) -> dict[str, Any]:
         """This device on this machine, for inputs like ``example``: what tables store."""
         return device_fingerprint(self.inputs(example), threads=self.threads,
-                                  backend=self.backend, clock=self.clock)
+                                  backend=self.backend, clock=self.clock, gpu=self.gpu)
 
     @classmethod
     def of(cls, fingerprint: Mapping[str, Any]) -> Device:
@@ -162,7 +210,8 @@ class Device:
         return cls(backend=str(fingerprint.get("backend", "torch")),
                    threads=int(fingerprint.get("threads", 1)),
                    batch=int(fingerprint.get("batch", 1)), clock=fingerprint.get("clock"),
-                   input_shape=tuple(int(d) for d in one[1:]) if one else None)
+                   input_shape=tuple(int(d) for d in one[1:]) if one else None,
+                   gpu=int(fingerprint.get("gpu_index") or 0))
 
 
 def _like(example: Any, shape: tuple[int, ...], gen: Any) -> Any:
@@ -174,20 +223,6 @@ def _like(example: Any, shape: tuple[int, ...], gen: Any) -> Any:
         return torch.randn(shape, generator=gen).to(example.dtype)
     high = max(1, int(example.max()) + 1) if example.numel() else 1
     return torch.randint(0, high, shape, generator=gen).to(example.dtype)
-
-
-def onnxruntime_module() -> Any:
-    try:
-        import onnxruntime  # noqa: PLC0415 - heavy optional import, only for this backend
-    except ImportError as err:
-        raise BackendError("the onnxruntime backend needs the onnx and onnxruntime packages. "
-                           "Fix: pip install onnx onnxruntime, or use --backend torch.") from err
-    return onnxruntime
-
-
-def check_backend(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown latency backend {backend!r}; choose one of {list(BACKENDS)}")
 
 
 def as_inputs(inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:

@@ -21,10 +21,24 @@ fingerprint, so a table built with one clock is never compared with the other.
 Backends: ``torch`` (eager, ``torch.inference_mode``, ``torch.set_num_threads``) and
 ``onnxruntime`` (the model exported with torch's TorchScript-based ONNX exporter, run by the CPU
 execution provider with ``intra_op_num_threads``). onnx/onnxruntime are imported lazily.
+
+GPU backends (:mod:`autoprune.latency.backends`). ``cuda``: the model is copied to the GPU
+(weights moved one by one, dtype kept; a model already there is used as it is) with its
+inputs, and :func:`time_calls` times each call with a pair of CUDA events recorded around it on
+the GPU's current stream, after a ``torch.cuda.synchronize()`` that drains the calls before it
+(warm-up first; every event is read after a final synchronize). That is the ``cuda`` clock;
+the ``wall`` clock of the same calls is host time from before the start event to after the
+synchronize that follows the call. A runner made by :func:`make_runner` for the cuda backend
+says which GPU it runs on (``cuda_device``), so every caller of ``time_calls`` -- a
+measurement, a table build, a benchmark -- synchronizes without knowing about GPUs.
+``onnxruntime-cuda`` / ``onnxruntime-tensorrt``: inputs and outputs bound on the GPU
+(I/O binding), ``run_with_iobinding`` returns once the GPU is done: the ``wall`` clock.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import gc
 import inspect
 import io
@@ -39,11 +53,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from autoprune.latency.device import (FINAL_REPEATS, FINAL_WARMUP, BackendError, Device, as_inputs,
-                                      check_backend, onnxruntime_module)
+from autoprune.latency.backends import (ORT_BACKENDS, check_backend, onnxruntime_module,
+                                        ort_providers, require_cuda)
+from autoprune.latency.device import FINAL_REPEATS, FINAL_WARMUP, BackendError, Device, as_inputs
 
-__all__ = ["LatencyMeasurement", "Timings", "export_onnx", "make_runner", "measure_latency",
-           "pinned_threads", "time_calls"]
+__all__ = ["LatencyMeasurement", "Timings", "export_onnx", "gpu_target", "make_runner",
+           "measure_latency", "on_device", "pinned_threads", "time_calls"]
 
 @dataclass(frozen=True, kw_only=True)
 class LatencyMeasurement:
@@ -76,19 +91,32 @@ def pinned_threads(threads: int) -> Iterator[None]:
 
 @dataclass(frozen=True, kw_only=True)
 class Timings:
-    """Seconds of single calls, by both clocks."""
+    """Seconds of single calls, by every clock taken (``gpu``: CUDA events, or ``None``)."""
 
     wall: np.ndarray
     cpu: np.ndarray
+    gpu: np.ndarray | None = None
 
     def of(self, clock: str) -> np.ndarray:
+        if clock == "cuda":
+            if self.gpu is None:
+                raise ValueError("the cuda clock needs calls timed on a GPU (a runner of the "
+                                 "cuda backend, or time_calls(..., cuda=device))")
+            return self.gpu
         return self.cpu if clock == "cpu" else self.wall
 
 
-def time_calls(fn: Callable[[], object], *, warmup: int, repeats: int) -> Timings:
-    """Seconds of ``repeats`` single calls of ``fn`` after ``warmup`` untimed ones."""
+def time_calls(fn: Callable[[], object], *, warmup: int, repeats: int,
+               cuda: torch.device | None = None) -> Timings:
+    """Seconds of ``repeats`` single calls of ``fn`` after ``warmup`` untimed ones.
+
+    ``cuda`` (default: ``fn.cuda_device``, which the cuda backend's runners carry): the GPU
+    ``fn`` runs on; each call is then also timed with CUDA events (see the module notes)."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    gpu = cuda if cuda is not None else getattr(fn, "cuda_device", None)
+    if gpu is not None:
+        return _time_on_gpu(fn, torch.device(gpu), warmup=warmup, repeats=repeats)
     for _ in range(warmup):
         fn()
     wall = np.empty(repeats, dtype=np.int64)
@@ -108,38 +136,153 @@ def time_calls(fn: Callable[[], object], *, warmup: int, repeats: int) -> Timing
     return Timings(wall=wall * 1e-9, cpu=cpu * 1e-9)
 
 
+def _on(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """``torch.cuda.device(device)`` for a CUDA device (events and synchronize then act on
+    its current stream), else nothing."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _time_on_gpu(fn: Callable[[], object], device: torch.device, *, warmup: int,
+                 repeats: int) -> Timings:
+    """:func:`time_calls` on a GPU: after the warm-up, each call between a start and an end
+    CUDA event, after a synchronize (so the GPU is idle when the start event is recorded and
+    each call is timed alone); the events are read after the last synchronize."""
+    with _on(device):
+        for _ in range(warmup):
+            fn()
+        torch.cuda.synchronize(device)
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+        wall = np.empty(repeats, dtype=np.int64)
+        cpu = np.empty(repeats, dtype=np.int64)
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            now, thread_now = time.perf_counter_ns, time.thread_time_ns
+            for i in range(repeats):
+                w0, c0 = now(), thread_now()
+                starts[i].record()
+                fn()
+                ends[i].record()
+                torch.cuda.synchronize(device)
+                c1, w1 = thread_now(), now()
+                wall[i], cpu[i] = w1 - w0, c1 - c0
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        torch.cuda.synchronize(device)  # every event has completed before it is read
+        gpu_ms = np.array([s.elapsed_time(e) for s, e in zip(starts, ends)], dtype=float)
+    return Timings(wall=wall * 1e-9, cpu=cpu * 1e-9, gpu=gpu_ms * 1e-3)
+
+
+class _GpuRunner:
+    """One inference on a GPU; ``cuda_device`` tells :func:`time_calls` to time it there."""
+
+    def __init__(self, call: Callable[[], object], device: torch.device) -> None:
+        self.call = call
+        self.cuda_device = device
+
+    def __call__(self) -> object:
+        return self.call()
+
+
+def gpu_target(gpu: int) -> torch.device:
+    """The torch device of GPU ``gpu`` (checked: one ``BackendError`` naming the fix when
+    there is none). Tests point this at another device to simulate a GPU."""
+    require_cuda(gpu)
+    return torch.device("cuda", gpu)
+
+
+def on_device(model: nn.Module, inputs: tuple[torch.Tensor, ...], device: torch.device
+              ) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """``model`` (itself when already on ``device``, else a copy there: weights moved one by
+    one, dtype kept, ``model`` untouched) and ``inputs`` on ``device``, in eval mode."""
+    with torch.no_grad():
+        work = model
+        if any(t.device != device for t in (*model.parameters(), *model.buffers())):
+            # modules deep-copied, each weight copied straight to the device (tied weights stay
+            # tied: one memo entry each); no gradients: the copy is only ever timed
+            memo: dict[int, Any] = {}
+            for m in model.modules():
+                for p in m._parameters.values():
+                    if p is not None and id(p) not in memo:
+                        memo[id(p)] = nn.Parameter(p.detach().to(device), requires_grad=False)
+                for b in m._buffers.values():
+                    if b is not None and id(b) not in memo:
+                        memo[id(b)] = b.detach().to(device)
+            work = copy.deepcopy(model, memo)
+        return work.eval(), tuple(x.to(device) for x in inputs)
+
+
+def _call(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
+    if "use_cache" in inspect.signature(model.forward).parameters:  # HF: time no cache
+        return lambda: model(*inputs, use_cache=False)
+    return lambda: model(*inputs)
+
+
 def make_runner(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], *,
-                backend: str, threads: int) -> Callable[[], object]:
+                backend: str, threads: int, gpu: int = 0) -> Callable[[], object]:
     """A zero-argument callable running one inference of ``model`` on ``example_inputs``.
 
     torch runners must be called inside ``pinned_threads`` and ``torch.inference_mode`` (as
-    :func:`measure_latency` does); onnxruntime sessions pin their own threads.
+    :func:`measure_latency` does); onnxruntime sessions pin their own threads. ``gpu``: the
+    CUDA device a GPU backend runs on; the cuda backend's runner carries it as
+    ``cuda_device`` (:func:`time_calls` synchronizes and times it there).
     """
     check_backend(backend)
     inputs = as_inputs(example_inputs)
-    if backend == "torch":
-        model.eval()
-        if "use_cache" in inspect.signature(model.forward).parameters:  # HF: time no cache
-            return lambda: model(*inputs, use_cache=False)
-        return lambda: model(*inputs)
+    if backend == "torch":  # on the CPU: a model placed on a GPU is timed as a CPU copy
+        work, moved = on_device(model, inputs, torch.device("cpu"))
+        return _call(work, moved)
+    if backend == "cuda":
+        device = gpu_target(gpu)
+        work, moved = on_device(model, inputs, device)
+        return _GpuRunner(_call(work, moved), device)
+    return _ort_runner(model, inputs, backend=backend, threads=threads, gpu=gpu)
+
+
+def _ort_runner(model: nn.Module, inputs: tuple[torch.Tensor, ...], *, backend: str,
+                threads: int, gpu: int) -> Callable[[], object]:
     ort = onnxruntime_module()
+    providers = ort_providers(backend, gpu)  # fails with the fix before the export
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(export_onnx(model, inputs), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(export_onnx(model, inputs), options, providers=providers)
     feed = {i.name: x.detach().cpu().numpy() for i, x in zip(session.get_inputs(), inputs)}
-    return lambda: session.run(None, feed)
+    if backend == "onnxruntime":
+        return lambda: session.run(None, feed)
+    wanted = ORT_BACKENDS[backend]
+    if wanted not in session.get_providers():  # onnxruntime falls back to the CPU silently
+        raise BackendError(
+            f"onnxruntime could not start its {wanted} for the {backend} latency backend (it "
+            f"would run on {', '.join(session.get_providers())}): its CUDA, cuDNN or TensorRT "
+            "libraries are missing or do not match this onnxruntime-gpu. Fix: install the "
+            "versions onnxruntime-gpu's documentation names, or use --backend cuda or "
+            "onnxruntime.")
+    binding = session.io_binding()
+    for name, x in feed.items():
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(x, "cuda", gpu))
+    for out in session.get_outputs():
+        binding.bind_output(out.name, "cuda", gpu)
+
+    def run() -> object:
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        return None
+
+    return run
 
 
 def measure_latency(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], *,
                     device: Device | None = None, warmup: int = FINAL_WARMUP,
                     repeats: int = FINAL_REPEATS) -> LatencyMeasurement:
-    """Time ``model`` on this CPU for ``device`` (default ``Device()``: torch, one thread,
-    batch 1), on random inputs shaped like ``example_inputs`` at the device's batch.
+    """Time ``model`` on this machine for ``device`` (default ``Device()``: torch on the CPU,
+    one thread, batch 1), on random inputs shaped like ``example_inputs`` at the device's
+    batch (on a GPU backend: a copy of the model on the GPU, in its own dtype).
 
     The model is put in eval mode and run without autograd; ``repeats`` single calls are timed
     after ``warmup`` untimed ones, with the thread count pinned. The clock is the device's
@@ -147,9 +290,10 @@ def measure_latency(model: nn.Module, example_inputs: torch.Tensor | Sequence[to
     """
     device = device or Device()
     inputs = device.inputs(as_inputs(example_inputs))
-    fingerprint = device.fingerprint(inputs)
+    fingerprint = device.fingerprint(inputs)  # a backend this machine lacks fails here
     with pinned_threads(device.threads), torch.inference_mode():
-        run = make_runner(model, inputs, backend=device.backend, threads=device.threads)
+        run = make_runner(model, inputs, backend=device.backend, threads=device.threads,
+                          gpu=device.gpu)
         timings = time_calls(run, warmup=warmup, repeats=repeats)
     times = timings.of(fingerprint["clock"]) * 1e3
     p10, median, p90 = np.percentile(times, [10, 50, 90])

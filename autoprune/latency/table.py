@@ -247,9 +247,9 @@ class LatencyTable:
         held = holdout_configs(space, plan.holdout, rng, exclude=configs)
         # tracing needs autograd
         nets = [space.apply(model, c).eval() for c in [*configs, *held]]
-        ms, net_samples = measure_blocks_and_networks(specs, nets, inputs, device_.threads,
-                                                      device_.backend, fingerprint["clock"],
-                                                      plan, rng)
+        ms, net_samples = measure_blocks_and_networks(
+            specs, nets, inputs, device_.threads, device_.backend, fingerprint["clock"], plan,
+            rng, gpu=device_.gpu, dtype=_float_dtype(model) if device_.on_gpu else None)
         held_samples, net_samples = net_samples[len(configs):], net_samples[:len(configs)]
         # Rounded as JSON stores them, so a saved and reloaded table predicts identically.
         entries = [Entry(op=op, in_grid=ig, out_grid=og, ms=np.round(monotone(m), 6))
@@ -497,6 +497,11 @@ class LatencyCost(CostModel):
 
     def estimate(self, table: LayerTable) -> float:
         return self.table.estimate(table)
+
+
+def _float_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype of ``model``'s first floating weight (``None`` for none)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
 
 
 def _model_info(model: nn.Module, space: SearchSpace) -> dict[str, Any]:
