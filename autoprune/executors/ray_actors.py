@@ -28,7 +28,7 @@ import ray.exceptions
 
 from autoprune.executors.base import TrialSource, TrialWork
 
-__all__ = ["ActorPool", "TrialActor", "worker_death_reason", "worker_env"]
+__all__ = ["ActorPool", "TrialActor", "actor_resources", "worker_death_reason", "worker_env"]
 
 
 class TrialActor:
@@ -53,6 +53,16 @@ class TrialActor:
 
 
 _RemoteTrialActor = ray.remote(TrialActor)
+
+
+def actor_resources(cpus_per_trial: float, gpus_per_trial: float = 0.0) -> dict[str, float]:
+    """What one trial actor reserves, as ``.options()`` keywords: ``num_cpus``, and
+    ``num_gpus`` when trials use GPUs (Ray then sets the actor's ``CUDA_VISIBLE_DEVICES`` to
+    the GPU it holds, which torch numbers ``cuda:0``)."""
+    out = {"num_cpus": float(cpus_per_trial)}
+    if gpus_per_trial > 0:
+        out["num_gpus"] = float(gpus_per_trial)
+    return out
 
 
 def worker_env(threads: int) -> dict[str, str]:
@@ -106,17 +116,19 @@ class ActorPool:
     """``slots`` warm actors over one object-store copy of ``work``."""
 
     def __init__(self, work: TrialWork, *, slots: int, threads: int, cpus_per_trial: float,
-                 max_failures: int) -> None:
+                 max_failures: int, gpus_per_trial: float = 0.0) -> None:
         self.slots = slots
         self.threads = threads
         self.cpus_per_trial = cpus_per_trial
+        self.gpus_per_trial = gpus_per_trial  # Ray sets CUDA_VISIBLE_DEVICES in the actor
         self.max_failures = max_failures
         self._work_ref = ray.put(work)  # once: every actor (and every restart) reads this copy
         self.timeline = _Timeline()
 
     def _new_actor(self) -> Any:
         return _RemoteTrialActor.options(
-            num_cpus=self.cpus_per_trial, max_restarts=0, max_task_retries=0,
+            **actor_resources(self.cpus_per_trial, self.gpus_per_trial),
+            max_restarts=0, max_task_retries=0,
             runtime_env={"env_vars": worker_env(self.threads)},
         ).remote(self._work_ref, self.threads)
 

@@ -16,6 +16,12 @@ node) is replaced by a fresh actor and the trial retried up to ``max_failures`` 
 recorded as failed with Ray's error text. A killed driver leaves the study; rerunning resumes
 from it.
 
+GPUs: with ``gpus_per_trial`` (fractions allowed: 0.5 puts two trials on a GPU) each actor
+reserves that share of a GPU (``num_gpus``); Ray sets ``CUDA_VISIBLE_DEVICES`` in it to the GPU
+it was given, so a trial's ``cuda`` (or ``auto``) device is ``cuda:0`` there. Trials in flight are
+the fewest of what the cluster's CPUs and GPUs hold (:mod:`autoprune.executors.capacity`);
+asking for GPUs on a cluster without any is one error naming the fix.
+
 Threads: every actor pins torch to ``max(1, int(cpus_per_trial))`` threads and the workers get
 ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` to match: several torch processes with default thread
 pools on a few cores spin on each other's barriers and run many times slower. Workers run at
@@ -35,6 +41,7 @@ from typing import Any
 import ray
 
 from autoprune.executors.base import Executor, TrialSource, TrialWork
+from autoprune.executors.capacity import check_request, trial_slots
 from autoprune.executors.ray_actors import ActorPool, worker_env
 from autoprune.user_model import user_modules
 
@@ -44,19 +51,23 @@ __all__ = ["RayExecutor"]
 class RayExecutor(Executor):
     """Runs trials on Ray: a local Ray started for the search (``address=None``), or a running
     cluster (``address="auto"`` or ``"host:port"`` of its head). ``workers``: trials in
-    flight, one warm actor each (``None``, or more than the cluster's CPUs hold now: as many
-    as they hold); ``cpus_per_trial``: CPUs each actor reserves (and its torch threads);
+    flight, one warm actor each (``None``, or more than the cluster's CPUs and GPUs hold now:
+    as many as they hold); ``cpus_per_trial``: CPUs each actor reserves (and its torch
+    threads); ``gpus_per_trial``: GPUs each actor reserves (0: none; a fraction shares one);
     ``max_failures``: retries of a trial whose worker died."""
 
     name = "ray"
 
     def __init__(self, *, workers: int | None = None, address: str | None = None,
-                 cpus_per_trial: float = 1.0, max_failures: int = 2) -> None:
+                 cpus_per_trial: float = 1.0, max_failures: int = 2,
+                 gpus_per_trial: float = 0.0) -> None:
         if (workers is not None and workers < 1) or cpus_per_trial <= 0 or max_failures < 0:
             raise ValueError("workers >= 1, cpus_per_trial > 0 and max_failures >= 0 please")
+        check_request(cpus_per_trial, gpus_per_trial)
         self.workers = workers
         self.address = address
         self.cpus_per_trial = cpus_per_trial
+        self.gpus_per_trial = float(gpus_per_trial)
         self.max_failures = max_failures
         self.threads = max(1, int(cpus_per_trial))
         #: Seconds ``start`` took (connecting, or starting a local Ray).
@@ -102,18 +113,14 @@ class RayExecutor(Executor):
         if session.finished:
             return
         self.start()
-        capacity = ray.cluster_resources().get("CPU", 0.0)
-        if capacity < self.cpus_per_trial:
-            raise ValueError(f"the Ray cluster has {capacity:g} CPUs; a trial asks for "
-                             f"{self.cpus_per_trial:g} (--cpus-per-trial)")
         # No more actors than the cluster holds: a call queued on an actor that never gets
-        # its CPUs would wait for ever.
-        fits = max(1, int(capacity // self.cpus_per_trial))
-        slots = min(self.workers or fits, fits)
+        # its CPUs (or GPUs) would wait for ever.
+        slots = self.slots()
         _ship_user_code()  # before the work is pickled into the object store
         t0 = time.perf_counter()
         pool = ActorPool(work, slots=slots, threads=self.threads,
-                         cpus_per_trial=self.cpus_per_trial, max_failures=self.max_failures)
+                         cpus_per_trial=self.cpus_per_trial, max_failures=self.max_failures,
+                         gpus_per_trial=self.gpus_per_trial)
         pool.drive(session)
         starts, ends = sorted(pool.timeline.starts), pool.timeline.ends
         if starts:
@@ -123,6 +130,11 @@ class RayExecutor(Executor):
                             "steady_trials": float(sum(e > ready for e in ends)),
                             "trials_run": float(len(ends))}
 
+    def slots(self) -> int:
+        """Trials in flight on the connected cluster (:func:`trial_slots`)."""
+        return trial_slots(ray.cluster_resources(), cpus_per_trial=self.cpus_per_trial,
+                           gpus_per_trial=self.gpus_per_trial, workers=self.workers)
+
     # ------------------------------------------------------------------ plain fan-out (not part
     # of the Executor contract: Ray's own helper for plain calls, e.g. benchmarks)
     def run(self, fn: Callable[[Any], Any], items: Sequence[Any]
@@ -130,10 +142,10 @@ class RayExecutor(Executor):
         """``fn(item)`` as Ray tasks, ``workers`` at a time, yielded as they finish."""
         self.start()
         _ship_user_code()
-        remote = ray.remote(num_cpus=self.cpus_per_trial, max_retries=self.max_failures)(_call)
+        remote = ray.remote(num_cpus=self.cpus_per_trial, num_gpus=self.gpus_per_trial,
+                            max_retries=self.max_failures)(_call)
         fn_ref = ray.put(fn)
-        slots = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1)
-                                           // self.cpus_per_trial))
+        slots = self.slots()
         pending: dict[Any, int] = {}
         todo = list(enumerate(items))
         while todo or pending:
