@@ -24,7 +24,8 @@ from autoprune.latency.device import Device
 from autoprune.latency.table import LatencyTable
 from autoprune.phases import SearchCosts, space_progress
 from autoprune.pipeline import check_agent, describe_problem, search_problem
-from autoprune.precision import as_example, in_dtype, model_dtype, value_bytes
+from autoprune.placement import example_on, placed, resolve_device, to_device
+from autoprune.precision import as_example, model_dtype, value_bytes
 from autoprune.problem import build_problem
 from autoprune.run_folder import check_run_folder, open_study
 from autoprune.search_spaces import Criterion, SearchSpace, make_space
@@ -51,10 +52,11 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
              calibration: Sequence[tuple[Any, Any]] | None = None,
              output: str | int | None = None, objective: str = "accuracy",
              metric: str | None = None, run_dir: str | Path | None = None, progress: bool = False,
-             latency_table: LatencyTable | None = None, device: Device | None = None,
+             latency_table: LatencyTable | None = None, latency_device: Device | None = None,
              executor: str | Executor = "local", reward: str = "acc",
              storage: str | None = None, console: Console | None = None,
-             dtype: str | torch.dtype | None = None) -> Allocation:
+             dtype: str | torch.dtype | None = None,
+             device: str | torch.device | None = None) -> Allocation:
     """Find how many channels each unit of ``model`` keeps so that every budget of ``target``
     is met and ``evaluate(pruned)`` is best. ``evaluate`` gets a pruned copy it may modify
     and returns a dict with ``accuracy`` (higher is better) or ``loss`` (lower is better); it
@@ -76,7 +78,8 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
     keeps it in a shared database instead, an optuna RDB URL such as
     ``postgresql+psycopg://user@host/db``, under a study name of the folder's own (a folder
     whose run.json records a store uses that one). A latency budget is costed with
-    ``latency_table`` (default: one built now for ``device``, default torch, 1 thread, batch 1)
+    ``latency_table`` (default: one built now for ``latency_device``, default torch, 1 thread,
+    batch 1)
     and the chosen network is measured on this machine (``Allocation.latency``). ``executor``:
     ``"local"`` (in this process), ``"ray"`` (a local Ray, one trial per CPU) or an executor
     such as ``autoprune.executors.ray_tune.RayExecutor(workers=4, address="auto")``; with Ray,
@@ -103,17 +106,27 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
     latency budget is refused. ``dtype`` (``"bfloat16"``, ``"float16"``, ``"float32"``)
     searches the model in that precision: the dense weights and every trial in it (a copy of
     ``model`` converted without a float32 copy, casting floating inputs to it), and ``size=``
-    budgets count its bytes; default: the model's own. ``resources`` on the result says where
-    the time went and the peak memory.
+    budgets count its bytes; default: the model's own. ``device`` is where the search works:
+    ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (a GPU when torch sees one); the dense
+    model is placed there once (a copy; ``model`` stays where it is), every trial's network is
+    built there and ``evaluate`` receives it there, with a forward that moves tensor inputs
+    there (move your targets to the outputs' device); default: where ``model`` is. It is not
+    the latency target: that is ``latency_table`` / ``latency_device`` (``Device(backend=
+    "cuda")`` for a GPU latency). ``resources`` on the result says where the time went and the
+    peak memory.
     """
     _check_values(model, trials=trials, run_dir=run_dir, executor=executor,
                   latency_table=latency_table)
+    place = _compute_device(device)
     try:
-        model = in_dtype(model, dtype)
+        model = placed(model, device=place, dtype=dtype)
     except ValueError as err:
         raise SearchError(str(err)) from None
     if dtype is not None:
         example_inputs = as_example(example_inputs, model_dtype(model))
+    if place is not None:
+        example_inputs = example_on(example_inputs, place)
+        calibration = None if calibration is None else to_device(list(calibration), place)
     evaluator = as_evaluator(evaluate)
     if objective not in OBJECTIVES:
         raise SearchError(f"objective={objective!r}: the objective is what the search looks for, "
@@ -164,7 +177,7 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
     table = None
     if any(t.metric == "latency_ms" for t in targets):
         table = latency_table or LatencyTable.build(model, example_inputs, space=searched,
-                                                    device=device)
+                                                    device=latency_device)
         table.check_space(searched, source="latency_table")
     fmt = options.storage_format if isinstance(options, SpaceSettings) else \
         storage_format or "bitmap"
@@ -188,6 +201,14 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
     if folder is not None:
         alloc.save(folder, console=say)
     return alloc
+
+
+def _compute_device(device: Any) -> torch.device | None:
+    """``allocate``'s ``device=`` resolved (``None``: where the model is)."""
+    if isinstance(device, Device):
+        raise SearchError("device= is where the search works (cpu, cuda, cuda:N or auto); a "
+                          "latency Device is what a latency is for: pass it as latency_device=")
+    return None if device is None else resolve_device(device)
 
 
 def _check_values(model: Any, *, trials: Any, run_dir: str | Path | None, executor: Any,

@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from autoprune.errors import SearchError
+from autoprune.placement import model_device, to_device
 
 __all__ = ["BatchesEvaluator", "Evaluator", "FunctionEvaluator", "as_evaluator",
            "checked_metrics"]
@@ -75,7 +76,7 @@ def as_evaluator(evaluate: Evaluator | Callable[[nn.Module], Mapping[str, float]
 
 class BatchesEvaluator(Evaluator):
     """A user's metric ``fn(model, batches) -> {"accuracy": ...} or {"loss": ...}`` over the
-    validation split's ``(inputs, targets)`` batches, after the built-in evaluator's
+    validation split's ``(inputs, targets)`` batches (on the network's device), after the built-in evaluator's
     preparation (adaptive BatchNorm, the optional fine-tune); ``test(model)`` runs it over
     the test split's batches, for the final report."""
 
@@ -83,8 +84,18 @@ class BatchesEvaluator(Evaluator):
                  base: Any, val: Sequence[Any], test: Sequence[Any], name: str) -> None:
         self.fn, self.base, self.name = fn, base, name
         self._val, self._test = list(val), list(test)
+        self._placed: dict[tuple[int, Any], list[Any]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_placed": {}}  # what sat on a GPU is placed again there
 
     def _score(self, model: nn.Module, batches: Sequence[Any]) -> dict[str, float]:
+        device = model_device(model)
+        if device.type != "cpu":  # the batches go where the network is, once per device
+            key = (id(batches), device)
+            if key not in self._placed:
+                self._placed[key] = to_device(list(batches), device)
+            batches = self._placed[key]
         return checked_metrics(self.fn(model.eval(), iter(batches)), f"the evaluator {self.name}")
 
     def __call__(self, model: nn.Module) -> dict[str, float]:

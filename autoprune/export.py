@@ -28,6 +28,7 @@ from torch import nn
 
 from autoprune.latency.device import Device
 from autoprune.latency.measure import export_onnx
+from autoprune.placement import on_cpu, to_device
 from autoprune.run_folder import read_choice, rebuild_choice
 
 __all__ = ["EXPORT_FORMATS", "ExportError", "Exported", "export_choice", "export_program",
@@ -177,7 +178,8 @@ def save_program(model: nn.Module, example: torch.Tensor, path: Path,
     autoprune or the model's code); a model torch.export cannot take gets a note on
     ``console`` (and loses a stale program), and the caller goes on."""
     try:
-        export_program(model, Device().inputs(example), path)
+        export_program(on_cpu(model), Device().inputs(to_device(example, torch.device("cpu"))),
+                       path)
     except ExportError as err:
         path.unlink(missing_ok=True)
         console.print(f"[yellow]note:[/] no {path.name}: {err}", highlight=False)

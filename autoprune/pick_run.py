@@ -30,13 +30,14 @@ __all__ = ["pick"]
 
 
 def pick(run_dir: str | Path, target: str | Sequence[str], *, cache_dir: Path | None = None,
-         console: Console | None = None) -> dict[str, Any]:
+         console: Console | None = None, device: str | None = None) -> dict[str, Any]:
     """Choose from a finished run the best trial that meets ``target`` — typically from a Pareto
     run's front, for a budget decided after the search — without a new search: prune the dense
     model to it, score it (adaptive BN, validation and test), and write ``pick-<target>.json``
-    and ``pick-<target>.pt`` into the run folder (``load_pruned(run_dir, choice=...)``)."""
+    and ``pick-<target>.pt`` into the run folder (``load_pruned(run_dir, choice=...)``).
+    ``device`` (cpu, cuda, cuda:N, auto; default the CPU) is where it scores."""
     console = console or Console(stderr=True)
-    run = Run.open(run_dir, cache_dir=cache_dir)
+    run = Run.open(run_dir, cache_dir=cache_dir, device=device)
     run_dir = run.folder
     targets = parse_targets(target)
     if any(t.metric == "latency_ms" for t in targets):

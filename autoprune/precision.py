@@ -19,7 +19,7 @@ from torch import nn
 
 from autoprune.search_spaces.tracing import aliased_copy
 
-__all__ = ["DTYPES", "as_example", "in_dtype", "model_dtype", "parse_dtype", "value_bytes"]
+__all__ = ["DTYPES", "as_example", "cast_inputs", "in_dtype", "model_dtype", "parse_dtype", "value_bytes"]
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16,
                                   "float16": torch.float16}
@@ -47,7 +47,7 @@ def value_bytes(model: nn.Module) -> int:
     return torch.empty(0, dtype=model_dtype(model)).element_size()
 
 
-def _cast_inputs(dtype: torch.dtype, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+def cast_inputs(dtype: torch.dtype, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point()
                  and a.dtype != dtype else a for a in args)
 
@@ -77,7 +77,7 @@ def in_dtype(model: nn.Module, dtype: str | torch.dtype | None) -> nn.Module:
                 for name, t in list(kind.items()):
                     if t is not None and t.is_floating_point():
                         kind[name] = converted(t)
-    work.register_forward_pre_hook(functools.partial(_cast_inputs, dtype))
+    work.register_forward_pre_hook(functools.partial(cast_inputs, dtype))
     return work
 
 

@@ -397,7 +397,8 @@ def _describe(metrics: Mapping[str, float]) -> str:
 def recover_run(run_dir: str | Path, *, steps: int, distill: bool = False,
                 gradual: bool = False, lr: float | None = None, seed: int = 0,
                 reconstruct: bool = False, cache_dir: Path | None = None,
-                progress: bool = True, console: Console | None = None) -> dict[str, Any]:
+                progress: bool = True, console: Console | None = None,
+                device: str | torch.device | None = None) -> dict[str, Any]:
     """Recover a finished run's chosen network (its best.json) and write it back: best.json
     with the recovered validation and test metrics, ``before_recovery`` and a ``recovery``
     block (steps, lr, distill, gradual, history); pruned.pt, pruned.pt2 and summary.json.
@@ -407,7 +408,9 @@ def recover_run(run_dir: str | Path, *, steps: int, distill: bool = False,
     from ``recover.ckpt`` in the run folder. A run recovered before is recovered further from
     its recovered weights (``gradual`` starts from the dense baseline again). ``reconstruct``
     first refits the layers that read pruned channels by least squares on 8 training-split
-    batches (``autoprune.reconstruct``, no training); with ``steps=0`` that is all."""
+    batches (``autoprune.reconstruct``, no training); with ``steps=0`` that is all. ``device``
+    (cpu, cuda, cuda:N, auto; default the CPU) is where it trains; the folder gets CPU
+    weights."""
     if steps < 0 or (steps == 0 and not reconstruct):
         raise ValueError(f"--steps must be >= 1 (got {steps}); --steps 0 only with "
                          "--reconstruct, the training-free refit")
@@ -415,7 +418,7 @@ def recover_run(run_dir: str | Path, *, steps: int, distill: bool = False,
         raise ValueError("--reconstruct refits the chosen network, while --gradual starts from "
                          "the dense one: use one of them")
     console = console or Console(stderr=True)
-    run = Run.open(run_dir, cache_dir=cache_dir)
+    run = Run.open(run_dir, cache_dir=cache_dir, device=device)
     run_dir, settings = run.folder, run.settings
     choice = run.choice()
     task = run.task  # refused if its baseline changed since the search

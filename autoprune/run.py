@@ -17,11 +17,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from autoprune.errors import SearchError
 from autoprune.evaluator import Evaluator
-from autoprune.precision import as_example, in_dtype, model_dtype
+from autoprune.placement import example_on, placed, resolve_device
+from autoprune.precision import as_example, model_dtype
 from autoprune.run_folder import (open_study, read_choice, read_run_record, rebuild_choice,
                                   study_record)
 from autoprune.search_spaces import SearchSpace, make_space
@@ -39,12 +41,16 @@ class Run:
     searched with (each built on first use)."""
 
     def __init__(self, folder: Path, record: dict[str, Any] | None, *,
-                 cache_dir: Path | None = None) -> None:
+                 cache_dir: Path | None = None, device: torch.device | None = None) -> None:
         self.folder, self.record, self.cache_dir = folder, record, cache_dir
+        self.device = device  # where its networks are scored and trained (None: the CPU)
 
     @classmethod
-    def open(cls, folder: str | Path, *, cache_dir: Path | None = None) -> Run:
-        """The run in ``folder``; refuses what is not a run folder, naming what it lacks."""
+    def open(cls, folder: str | Path, *, cache_dir: Path | None = None,
+             device: str | torch.device | None = None) -> Run:
+        """The run in ``folder``; refuses what is not a run folder, naming what it lacks.
+        ``device`` (cpu, cuda, cuda:N, auto) is where its networks are scored and trained."""
+        place = None if device is None else resolve_device(device)
         folder = Path(folder)
         if not folder.is_dir():
             what = "is a file" if folder.exists() else "does not exist"
@@ -56,7 +62,7 @@ class Run:
             raise FileNotFoundError(f"{folder} is not an autoprune run folder (no run.json and "
                                     "no chosen network's JSON); run autoprune search --run-dir "
                                     f"{folder} first")
-        return cls(folder, record, cache_dir=cache_dir)
+        return cls(folder, record, cache_dir=cache_dir, device=place)
 
     # ------------------------------------------------------------------ what was recorded
     @property
@@ -106,8 +112,10 @@ class Run:
         except ValueError as err:
             raise SearchError(str(err)) from None
         self.check_baseline(task)
-        return task if src.dtype == "float32" else \
-            replace(task, model=in_dtype(task.model, src.dtype))
+        dtype = None if src.dtype == "float32" else src.dtype
+        if dtype is None and self.device is None:
+            return task
+        return replace(task, model=placed(task.model, device=self.device, dtype=dtype))
 
     def check_baseline(self, task: Task) -> None:
         """Refuse a run whose dense weights changed since it searched: its trials were scored
@@ -134,7 +142,8 @@ class Run:
     @cached_property
     def example(self) -> Any:
         """One sample's example input, in the model's precision."""
-        return as_example(self.task.example_inputs(1), model_dtype(self.model))
+        return example_on(as_example(self.task.example_inputs(1), model_dtype(self.model)),
+                          self.device)
 
     def evaluator(self, *, finetune_steps: int | None = None) -> Evaluator:
         """The run's evaluator (its fine-tune steps, unless ``finetune_steps`` says)."""
@@ -174,7 +183,8 @@ class Run:
         weights = self.folder / choice.get("weights", "pruned.pt")
         if not weights.is_file():
             raise FileNotFoundError(f"{weights} is missing: the run folder is incomplete")
-        return rebuild_choice(choice, self.folder, model=model)[0]
+        network = rebuild_choice(choice, self.folder, model=model)[0]
+        return network if self.device is None else placed(network, device=self.device)
 
 
 def load_pruned(run_dir: str | Path, *, choice: str = "best",

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from autoprune.errors import SearchError
+from autoprune.placement import cpu_state
 from autoprune.precision import as_example, in_dtype, model_dtype
 from autoprune.search_spaces import SearchSpace, make_space
 from autoprune.study import StudyStore, check_storage, masked, normalize_storage, study_name_for
@@ -177,7 +178,7 @@ def write_choice(path: Path, *, model: nn.Module | Mapping[str, Any] | None, spa
         "weights": weights_file, **(extra or {})}
     path.parent.mkdir(parents=True, exist_ok=True)
     if weights is not None:
-        torch.save(weights.state_dict(), path.parent / weights_file)
+        torch.save(cpu_state(weights), path.parent / weights_file)
     write_json(path, choice)
     return choice
 

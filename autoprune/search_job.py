@@ -25,7 +25,8 @@ from autoprune.latency.measure import measure_latency
 from autoprune.latency.table import LatencyTable
 from autoprune.phases import SearchCosts, space_progress
 from autoprune.pipeline import check_agent, describe_problem, search_problem
-from autoprune.precision import as_example, in_dtype, model_dtype, parse_dtype, value_bytes
+from autoprune.placement import describe_compute, example_on, placed, resolve_device
+from autoprune.precision import as_example, model_dtype, parse_dtype, value_bytes
 from autoprune.problem import PruningProblem, build_problem
 from autoprune.run import Run
 from autoprune.run_folder import check_run_folder, describe_study, open_study, write_json
@@ -60,6 +61,7 @@ def search(settings: SearchSettings, *, console: Console | None = None) -> dict[
     except ValueError as err:
         raise SearchError(str(err)) from None
     ex = settings.executor
+    place = resolve_device(ex.device)  # --device cuda without a GPU fails before any work
     executor = make_executor(ex.executor, workers=ex.workers, address=ex.ray_address,
                              cpus_per_trial=ex.cpus_per_trial)
     run_dir = Path(settings.run_dir or settings.default_run_dir())
@@ -70,7 +72,7 @@ def search(settings: SearchSettings, *, console: Console | None = None) -> dict[
         check_storage(record["storage"])
     try:
         executor.start()  # an unreachable cluster fails here, before a baseline is trained
-        return _search(settings, targets, executor, run_dir, console)
+        return _search(settings, targets, executor, run_dir, console, place)
     except BaseException:
         if created:
             _discard_unstarted(run_dir)
@@ -94,12 +96,14 @@ def _discard_unstarted(run_dir: Path) -> None:
 
 
 def _search(settings: SearchSettings, targets: list[Target], executor: Executor, run_dir: Path,
-            console: Console) -> dict[str, Any]:
+            console: Console, place: torch.device) -> dict[str, Any]:
     src = settings.source
     task = _load_task(src.model, src.data, image_size=src.image_size,
                       width_mult=src.width_mult, cache_dir=settings.cache_dir,
                       progress=settings.progress, model_args=src.model_args,
-                      weights=src.weights, dtype=src.dtype)
+                      weights=src.weights, dtype=src.dtype, device=place)
+    if place.type != "cpu":
+        console.print(f"working on {describe_compute(place)}", highlight=False)
     resumed = (run_dir / "run.json").is_file()
     if resumed:  # trials scored on other dense weights are refused, before any work
         Run.open(run_dir).check_baseline(task)
@@ -125,7 +129,7 @@ def _search(settings: SearchSettings, targets: list[Target], executor: Executor,
             raise SearchError(f"the evaluator {settings.scoring.evaluator} returned {metric} "
                               f"{dense_now['val'][metric]} for the dense model: the search "
                               f"needs a finite {metric}. Fix the evaluator")
-    example = as_example(task.example_inputs(1), model_dtype(model))
+    example = example_on(as_example(task.example_inputs(1), model_dtype(model)), place)
     costs = SearchCosts()
     with space_progress(console, settings.progress):
         space = make_space(settings.space.space, model, example,
@@ -222,11 +226,13 @@ def _dense_meets(settings: SearchSettings, problem: PruningProblem, model: nn.Mo
     return {"budgets": problem.budgets, "costs": dict(costs), "measured": measured}
 
 
-def _load_task(*args: Any, dtype: str | None = None, **kwargs: Any) -> Task:
-    """``load_task``, its model in ``dtype`` (a search's precision), its bad model/data pairs
-    and dtypes as a ``SearchError``."""
+def _load_task(*args: Any, dtype: str | None = None, device: torch.device | None = None,
+               **kwargs: Any) -> Task:
+    """``load_task``, its model in ``dtype`` (a search's precision) on ``device`` (where the
+    search works), its bad model/data pairs and dtypes as a ``SearchError``."""
     try:
-        task = load_task(*args, **kwargs)
-        return replace(task, model=in_dtype(task.model, dtype)) if dtype else task
+        task = load_task(*args, device=device, **kwargs)  # a baseline trains there too
+        return replace(task, model=placed(task.model, device=device, dtype=dtype)) \
+            if dtype or device is not None else task
     except ValueError as err:
         raise SearchError(str(err)) from None

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -27,6 +28,7 @@ from autoprune.evaluator import Evaluator, as_evaluator
 from autoprune.executors.base import Executor, LocalExecutor
 from autoprune.pareto import ParetoRange
 from autoprune.phases import SearchCosts
+from autoprune.placement import model_device, on_cpu, placed, resolve_device
 from autoprune.problem import PruningProblem
 from autoprune.study import StudyStore, TrialRecord
 from autoprune.search_spaces import PruningBrokeModel, release, watch
@@ -51,6 +53,21 @@ class PruneAndEvaluate:
         self.model = model
         self.evaluate = as_evaluator(evaluate)
         self.costs = costs  # where this process's trials spend their time
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Shipped to a worker (Ray): a dense model on a GPU travels as a CPU copy, and the
+        worker places it on its own GPU (Ray gives a trial's actor its share of one) or, with
+        none, on its CPU."""
+        state = dict(self.__dict__)
+        if model_device(self.model).type != "cpu":
+            state.update(model=on_cpu(self.model), place="auto")
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        place = state.pop("place", None)
+        self.__dict__.update(state)
+        if place is not None:
+            self.model = placed(self.model, device=resolve_device(place))
 
     def __call__(self, config: Mapping[str, int]) -> dict[str, float]:
         start = time.perf_counter()

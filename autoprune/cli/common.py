@@ -11,7 +11,7 @@ from rich.console import Console
 
 from autoprune.settings import LatencySettings, ModelSource, ProfileSettings, SearchSettings, SpaceSettings
 
-__all__ = ["BACKEND_HELP", "MIN_RATIO_HELP", "LATENCY", "PROFILE", "SEARCH", "BATCH_HELP", "CLOCK_HELP", "CRITERION_HELP", "DATA_HELP", "DTYPE_HELP",
+__all__ = ["BACKEND_HELP", "MIN_RATIO_HELP", "LATENCY", "PROFILE", "SEARCH", "BATCH_HELP", "CLOCK_HELP", "CRITERION_HELP", "DATA_HELP", "DEVICE_HELP", "DTYPE_HELP",
            "GRANULARITY_HELP", "INPUT_SHAPE_HELP", "MODEL_ARG_HELP", "MODEL_HELP", "TARGET_HELP",
            "THREADS_HELP", "WEIGHTS_HELP", "absolute", "err", "fail", "source", "space", "user_errors"]
 
@@ -70,6 +70,10 @@ BACKEND_HELP = "Runtime a latency is for: torch (eager) or onnxruntime."
 CLOCK_HELP = ("How calls are timed: cpu (the calling thread's CPU time; unaffected by other "
               "processes taking turns on the core), wall (elapsed time), or auto (cpu with "
               "--threads 1, else wall).")
+
+DEVICE_HELP = ("Where scoring, fine-tuning, statistics and training run: cpu, cuda (the first "
+               "GPU), cuda:N, or auto (cuda when torch sees a GPU, else cpu). Not what a "
+               "latency is for: a latency on the GPU is --backend cuda.")
 
 err = Console(stderr=True)
 

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from autoprune.cli.common import (MIN_RATIO_HELP, BACKEND_HELP, BATCH_HELP, CLOCK_HELP, CRITERION_HELP, DATA_HELP,
-                                  DTYPE_HELP, GRANULARITY_HELP, MODEL_ARG_HELP, MODEL_HELP,
+                                  DEVICE_HELP, DTYPE_HELP, GRANULARITY_HELP, MODEL_ARG_HELP, MODEL_HELP,
                                   SEARCH, TARGET_HELP, THREADS_HELP, WEIGHTS_HELP, absolute, err,
                                   fail, source, space, user_errors)
 from autoprune.agents import AUTO
@@ -108,6 +108,7 @@ def search(
     cpus_per_trial: Annotated[float, typer.Option(
         min=0.01, help="CPUs Ray reserves per trial; torch in a trial uses that many threads "
                        "(at least 1).")] = SEARCH.executor.cpus_per_trial,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = SEARCH.executor.device,
     cache_dir: Annotated[Path | None, typer.Option(help="Baseline cache (default $AUTOPRUNE_CACHE or ~/.cache/autoprune).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars (stderr).")] = True,
@@ -161,7 +162,8 @@ def search(
             device=Device(batch=batch, threads=threads, backend=backend,
                           clock=None if clock == "auto" else clock),
             executor=ExecutorSettings(executor=executor, workers=workers,
-                                      ray_address=ray_address, cpus_per_trial=cpus_per_trial),
+                                      ray_address=ray_address, cpus_per_trial=cpus_per_trial,
+                                      device=device),
             targets=tuple(target), agent=agent, objective=objective, reward=reward, seed=seed,
             trials=trials, run_dir=run_dir, storage=storage, cache_dir=cache_dir,
             progress=progress, lut=lut)
@@ -180,7 +182,7 @@ def search(
             summary["recovery"] = recover_run(summary["run_dir"], steps=recover_steps,
                                               distill=distill, gradual=gradual, seed=seed,
                                               cache_dir=cache_dir, progress=progress,
-                                              console=err)
+                                              console=err, device=device)
     except user_errors() as e:
         fail(str(e))
     if as_json:
@@ -198,6 +200,7 @@ def pick(
     run_option: Annotated[Path | None, typer.Option(
         "--run", help="The run folder, as an option (the same as RUN).")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Baseline cache folder.")] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
 ) -> None:
     """Choose from a finished run (e.g. a Pareto front) the best network meeting --target.
@@ -219,7 +222,8 @@ def pick(
     from autoprune.pick_run import pick as pick_from_run
 
     try:
-        summary = pick_from_run(run, tuple(target), cache_dir=cache_dir, console=err)
+        summary = pick_from_run(run, tuple(target), cache_dir=cache_dir, console=err,
+                                device=device)
     except user_errors() as e:
         fail(str(e))
     if as_json:
@@ -251,6 +255,7 @@ def recover(
     seed: Annotated[int, typer.Option(help="Seed of the training order.")] = 0,
     cache_dir: Annotated[Path | None, typer.Option(help="Baseline cache folder.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar (stderr).")] = True,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
 ) -> None:
     """Recover a run's chosen network: fine-tune it, then rewrite the run folder with it.
@@ -269,7 +274,7 @@ def recover(
     try:
         result = recover_run(run, steps=steps, distill=distill, gradual=gradual, lr=lr,
                              seed=seed, reconstruct=reconstruct, cache_dir=cache_dir,
-                             progress=progress, console=err)
+                             progress=progress, console=err, device=device)
     except user_errors() as e:
         fail(str(e))
     if as_json:
@@ -289,6 +294,7 @@ def train(
         min=1, help="Most training steps (text; default 10000: training stops earlier, when the "
                     "validation loss stops improving).")] = None,
     retrain: Annotated[bool, typer.Option(help="Train again even if a cached baseline exists.")] = False,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     cache_dir: Annotated[Path | None, typer.Option(help="Baseline cache folder.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the baseline record as JSON.")] = False,
 ) -> None:
@@ -303,6 +309,9 @@ def train(
     source_options(model, data)
     train_options(model, data, weights)
     try:
+        from autoprune.placement import resolve_device
+
+        place = resolve_device(device)
         if data.strip().lower() in TEXT_SOURCES:
             from autoprune.zoo.language import load_or_train_language_baseline
             from autoprune.zoo.tasks import zoo_architecture
@@ -313,13 +322,13 @@ def train(
             zoo_architecture(model, data)  # a model that reads no text fails before the corpus
             _, _, record = load_or_train_language_baseline(
                 model, width_mult=width_mult, cache_dir=cache_dir, retrain=retrain,
-                max_steps=max_steps)
+                max_steps=max_steps, device=place)
         elif ":" in model:  # a factory of the user's: weights given, or trained and cached
             from autoprune.zoo.tasks import load_task
 
             task = load_task(model, data, image_size=image_size, epochs=epochs,
                              cache_dir=cache_dir, model_args=tuple(model_arg or ()),
-                             weights=str(weights) if weights else None)
+                             weights=str(weights) if weights else None, device=place)
             record = task.baseline
             if weights:  # trained already: scored, not trained again
                 record = {**record, "metrics": task.scores(), "trained": False}
@@ -330,7 +339,8 @@ def train(
 
             _, _, record = load_or_train_baseline(model, data, image_size=image_size,
                                                   width_mult=width_mult, epochs=epochs,
-                                                  cache_dir=cache_dir, retrain=retrain)
+                                                  cache_dir=cache_dir, retrain=retrain,
+                                                  device=place)
     except user_errors() as e:
         fail(str(e))
     if as_json:

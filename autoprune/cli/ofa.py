@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from autoprune.cli.checks import lut_file, output_file, output_folder, source_options
-from autoprune.cli.common import fail
+from autoprune.cli.common import DEVICE_HELP, fail
 
 __all__ = ["app"]
 
@@ -34,9 +34,10 @@ LATENCY_OPTS = "Latency budgets refer to this device, batch, thread count and ba
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from autoprune.errors import SearchError
     from autoprune.latency.device import BackendError
 
-    return (ValueError, FileNotFoundError, BackendError)
+    return (ValueError, FileNotFoundError, BackendError, SearchError)
 
 
 @app.command()
@@ -67,6 +68,7 @@ def train(
     until_step: Annotated[int | None, typer.Option(min=1, help="Stop after this step (checkpointed); run again to resume.")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Baseline cache (default $AUTOPRUNE_CACHE or ~/.cache/autoprune).")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars (stderr).")] = True,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
 ) -> None:
     """Train an elastic-width supernet from a trained dense network (a zoo model's cached
@@ -89,7 +91,7 @@ def train(
                                     width_mult=width_mult, round_to=round_to, min_ratio=min_ratio,
                                     epochs=epochs, lr=lr, random_widths=random_widths, seed=seed,
                                     calib_batches=calib_batches, samples=samples, output=output,
-                                    cache_dir=cache_dir, progress=progress)
+                                    cache_dir=cache_dir, progress=progress, device=device)
         summary = train_supernet(settings, until_step=until_step, console=err)
     except _user_errors() as e:
         fail(str(e))
@@ -124,6 +126,7 @@ def extract(
     threads: Annotated[int, typer.Option(min=1, help=LATENCY_OPTS)] = 1,
     backend: Annotated[str, typer.Option(help="torch or onnxruntime. " + LATENCY_OPTS)] = "torch",
     cache_dir: Annotated[Path | None, typer.Option(help="Where the latency table is cached.")] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
 ) -> None:
     """Extract one sub-network per --target from a trained supernet (seconds, no retraining).
@@ -154,7 +157,7 @@ def extract(
             raise ValueError(f"-o {output} names one file but {len(target)} targets were given; "
                              "pass a folder")
         check_channel_targets([parse_targets(t) for t in target])  # before the supernet loads
-        sn = Supernet.load(supernet)
+        sn = Supernet.load(supernet, device=device)
         extractions = sn.specialise(
             target, latency=LatencySetup(lut=lut, device=Device(batch=batch, threads=threads,
                                                                 backend=backend),
@@ -194,6 +197,7 @@ def front(
     threads: Annotated[int, typer.Option(min=1, help=LATENCY_OPTS)] = 1,
     backend: Annotated[str, typer.Option(help="torch or onnxruntime. " + LATENCY_OPTS)] = "torch",
     cache_dir: Annotated[Path | None, typer.Option(help="Where the latency table is cached.")] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the front as JSON on stdout.")] = False,
 ) -> None:
     """The accuracy-cost front of a supernet: the best sub-network at budgets over the whole
@@ -205,7 +209,7 @@ def front(
     output_folder(cache_dir, "--cache-dir")
     lut_file(lut)
     try:
-        sn = Supernet.load(supernet)
+        sn = Supernet.load(supernet, device=device)
         result = run(sn, metric=metric, points=points,
                      latency=LatencySetup(lut=lut, device=Device(batch=batch, threads=threads,
                                                                  backend=backend),

@@ -38,7 +38,6 @@ measurement, a table build, a benchmark -- synchronizes without knowing about GP
 from __future__ import annotations
 
 import contextlib
-import copy
 import gc
 import inspect
 import io
@@ -56,6 +55,7 @@ from torch import nn
 from autoprune.latency.backends import (ORT_BACKENDS, check_backend, onnxruntime_module,
                                         ort_providers, require_cuda)
 from autoprune.latency.device import FINAL_REPEATS, FINAL_WARMUP, BackendError, Device, as_inputs
+from autoprune.placement import on_cpu, placed
 
 __all__ = ["LatencyMeasurement", "Timings", "export_onnx", "gpu_target", "make_runner",
            "measure_latency", "on_device", "pinned_threads", "time_calls"]
@@ -196,22 +196,10 @@ def gpu_target(gpu: int) -> torch.device:
 def on_device(model: nn.Module, inputs: tuple[torch.Tensor, ...], device: torch.device
               ) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     """``model`` (itself when already on ``device``, else a copy there: weights moved one by
-    one, dtype kept, ``model`` untouched) and ``inputs`` on ``device``, in eval mode."""
+    one, dtype kept, ``model`` untouched; a network placed for scoring moves its inputs to the
+    new place, ``autoprune.placement``) and ``inputs`` on ``device``, in eval mode."""
     with torch.no_grad():
-        work = model
-        if any(t.device != device for t in (*model.parameters(), *model.buffers())):
-            # modules deep-copied, each weight copied straight to the device (tied weights stay
-            # tied: one memo entry each); no gradients: the copy is only ever timed
-            memo: dict[int, Any] = {}
-            for m in model.modules():
-                for p in m._parameters.values():
-                    if p is not None and id(p) not in memo:
-                        memo[id(p)] = nn.Parameter(p.detach().to(device), requires_grad=False)
-                for b in m._buffers.values():
-                    if b is not None and id(b) not in memo:
-                        memo[id(b)] = b.detach().to(device)
-            work = copy.deepcopy(model, memo)
-        return work.eval(), tuple(x.to(device) for x in inputs)
+        return placed(model, device=device).eval(), tuple(x.to(device) for x in inputs)
 
 
 def _call(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
@@ -251,7 +239,9 @@ def _ort_runner(model: nn.Module, inputs: tuple[torch.Tensor, ...], *, backend: 
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(export_onnx(model, inputs), options, providers=providers)
+    host = torch.device("cpu")  # exported from the host, whatever the network was scored on
+    session = ort.InferenceSession(export_onnx(on_cpu(model), tuple(x.to(host) for x in inputs)),
+                                   options, providers=providers)
     feed = {i.name: x.detach().cpu().numpy() for i, x in zip(session.get_inputs(), inputs)}
     if backend == "onnxruntime":
         return lambda: session.run(None, feed)

@@ -41,6 +41,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from autoprune.placement import model_device, placed, resolve_device
 from autoprune.search_spaces import ChannelSpace
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ def _permute(module: nn.Module, names: Sequence[str], dim: int, slots: Sequence[
         if isinstance(t, torch.Tensor):
             index = torch.arange(t.shape[dim])
             index[sorted(slots)] = torch.as_tensor(list(new))
-            t.data = t.data.index_select(dim, index)
+            t.data = t.data.index_select(dim, index.to(t.device))
 
 
 def _permute_item(module: nn.Module, out: bool, slots: Sequence[int], new: Sequence[int],
@@ -155,7 +156,8 @@ class WidthMasks:
 
     def __init__(self, model: nn.Module, space: ChannelSpace) -> None:
         self.space = space
-        self.masks = {u.name: torch.ones(u.full) for u in space.units}
+        where = model_device(model)  # the masks live where the activations they scale do
+        self.masks = {u.name: torch.ones(u.full, device=where) for u in space.units}
         self.dense = True
         modules = dict(model.named_modules())
         self._hooks = []
@@ -272,14 +274,20 @@ class ElasticNet:
     # Objects derived from the above and rebuilt after loading (calibration batches, the
     # fitted predictor, fast cost forms); never saved.
     derived: dict[str, Any] = field(default_factory=dict, repr=False)
+    # Where sub-networks are scored (None: the CPU). The supernet itself stays on the CPU,
+    # where its channel graph is traced and sliced; each sub-network is placed here.
+    device: torch.device | None = None
 
     @classmethod
     def load(cls, path: str | Path, *, data: DataSplits | None = None,
-             model: nn.Module | None = None) -> ElasticNet:
+             model: nn.Module | None = None,
+             device: str | torch.device | None = None) -> ElasticNet:
         """Read a supernet folder (weights with ``weights_only=True``, metadata from JSON).
         ``model`` (any instance of the architecture) and ``data`` are needed only for a
         supernet trained from a module and data passed to the API: a zoo model or a user's
-        factory is rebuilt from its record, and a file or folder of data read again."""
+        factory is rebuilt from its record, and a file or folder of data read again.
+        ``device`` (cpu, cuda, cuda:N, auto) is where sub-networks are scored."""
+        place = None if device is None else resolve_device(device)
         from autoprune.zoo.models import build_model_from_spec
 
         path = Path(path)
@@ -324,7 +332,7 @@ class ElasticNet:
         samples_path = path / "samples.json"
         samples = json.loads(samples_path.read_text())["samples"] if samples_path.is_file() else []
         return cls(model=model.eval(), space=space, meta=meta, path=path, samples=samples,
-                   data_splits=data)
+                   data_splits=data, device=place)
 
     # ------------------------------------------------------------------ data and scoring
     @property
@@ -364,12 +372,15 @@ class ElasticNet:
         from autoprune.zoo.evaluate import adaptive_bn
 
         sub = slice_config(self.model, self.space, config)
+        if self.device is not None:
+            sub = placed(sub, device=self.device)
         return adaptive_bn(sub, self.calibration_batches()) if recalibrate else sub
 
     @contextmanager
     def masked(self) -> Iterator[tuple[nn.Module, WidthMasks]]:
         """A throw-away copy of the supernet with width masks (for scoring many widths)."""
-        work = copy.deepcopy(self.model)
+        work = copy.deepcopy(self.model) if self.device in (None, torch.device("cpu")) \
+            else placed(self.model, device=self.device)
         masks = WidthMasks(work, self.space)
         try:
             yield work, masks

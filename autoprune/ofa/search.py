@@ -43,6 +43,7 @@ from autoprune.latency.verify import measure_and_repair
 from autoprune.latency.table import LatencyTable
 from autoprune.ofa.elastic import ElasticNet, SupernetError
 from autoprune.ofa.predictor import AccuracyPredictor
+from autoprune.placement import on_cpu
 from autoprune.problem import PruningProblem, build_problem
 from autoprune.run_folder import write_choice
 from autoprune.targets import Target, parse_targets
@@ -282,7 +283,8 @@ def save_subnetwork(extraction: Extraction, path: str | Path, supernet: ElasticN
         extra["measured"] = extraction.measured
     example = torch.zeros(meta["example_input_shape"])
     try:
-        export_program(extraction.model, Device().inputs(example), path.with_suffix(".pt2"))
+        export_program(on_cpu(extraction.model), Device().inputs(example),
+                       path.with_suffix(".pt2"))
         extra["program"] = path.with_suffix(".pt2").name
     except ExportError as err:
         extra["program_error"] = str(err)

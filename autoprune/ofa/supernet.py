@@ -35,7 +35,8 @@ class Supernet(ElasticNet):
         and data source; see :func:`autoprune.ofa.train.train_supernet`."""
         summary = train_supernet(settings, model=model, data=data, until_step=until_step,
                                  console=console)
-        return cls.load(summary["path"], model=model, data=data)  # type: ignore[return-value]
+        return cls.load(summary["path"], model=model, data=data,  # type: ignore[return-value]
+                        device=settings.device)
 
     def specialise(self, targets: str | Sequence[str], **options: Any) -> list[Extraction]:
         """One sub-network per target (each may join budgets with commas: ``"latency=2ms,

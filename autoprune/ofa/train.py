@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
+from autoprune.placement import cpu_state, model_device, resolve_device, trained_on
 from autoprune.zoo.data import DataSplits
 from autoprune.zoo.evaluate import adaptive_bn
 from autoprune.ofa.elastic import (SUPERNET_FORMAT, ElasticNet, SupernetError, WidthMasks,
@@ -79,6 +80,8 @@ class SupernetSettings:
     checkpoint_every: int = 25
     cache_dir: Path | None = None
     progress: bool = True
+    # Where it trains and scores (cpu, cuda, cuda:N, auto); not part of what it is.
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         if self.samples < 10:
@@ -209,6 +212,7 @@ def train_supernet(settings: SupernetSettings, *, model: nn.Module | None = None
     out = Path(settings.output)
     want = _identity(settings, model, data)
     meta = _check_folder(out, want)
+    place = resolve_device(settings.device)  # a missing GPU fails before any work
     data_from_api = data is not None
     model, data, baseline = _start(settings, model, data)
     out.mkdir(parents=True, exist_ok=True)
@@ -240,10 +244,11 @@ def train_supernet(settings: SupernetSettings, *, model: nn.Module | None = None
                                               "step": torch.tensor(0)})
         _write_json(out / "supernet.json", meta)
     if not meta["training"]["done"]:
-        _train(model, space, data, settings, meta, out, until_step, console)
+        with trained_on(model, place):
+            _train(model, space, data, settings, meta, out, until_step, console)
         if not meta["training"]["done"]:
             return _summary(out, meta)
-    supernet = ElasticNet.load(out, data=data, model=model)
+    supernet = ElasticNet.load(out, data=data, model=model, device=place)
     _sample(supernet, settings, meta, out, console)
     return _summary(out, meta)
 
@@ -260,6 +265,7 @@ def _train(model: nn.Module, space: ChannelSpace, data: DataSplits, settings: Su
     step, total = int(train["step"]), int(train["total_steps"])
     stop = total if until_step is None else min(total, max(step, until_step))
     masks = WidthMasks(model, space)
+    where = model_device(model)
     smallest = space.min_config()
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), TimeRemainingColumn(), console=console,
@@ -274,6 +280,7 @@ def _train(model: nn.Module, space: ChannelSpace, data: DataSplits, settings: Su
                     group["lr"] = settings.lr * _lr_factor(step, total)
                 x, y = _batch(data, step, train["steps_per_epoch"], settings.batch_size,
                               settings.seed)
+                x, y = x.to(where), y.to(where)
                 rng = np.random.default_rng([settings.seed, step])
                 optimizer.zero_grad(set_to_none=True)
                 masks.set(None)
@@ -306,7 +313,7 @@ def _train(model: nn.Module, space: ChannelSpace, data: DataSplits, settings: Su
         masks.remove()
         model.eval()
     if step >= total:
-        _save_tensors(out / "supernet.pt", model.state_dict())
+        _save_tensors(out / "supernet.pt", cpu_state(model))
         meta["training"]["done"] = True
         _write_json(out / "supernet.json", meta)
         (out / "checkpoint.pt").unlink(missing_ok=True)
@@ -316,7 +323,7 @@ def _checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, step: int,
                 meta: dict[str, Any], out: Path, losses: list[tuple[float, float]],
                 seconds: float) -> None:
     # Weights first, progress last: supernet.json never points past the saved checkpoint.
-    _save_tensors(out / "checkpoint.pt", {"model": model.state_dict(),
+    _save_tensors(out / "checkpoint.pt", {"model": cpu_state(model),
                                           "optimizer": optimizer.state_dict(),
                                           "step": torch.tensor(step)})
     train = meta["training"]

@@ -9,15 +9,18 @@ training data — never the test split, which only final reports touch.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from autoprune.evaluator import Evaluator
+from autoprune.placement import model_device
 from autoprune.zoo.data import DataSplits
 
-__all__ = ["ClassificationEvaluator", "adaptive_bn", "evaluate_accuracy", "finetune"]
+__all__ = ["ClassificationEvaluator", "adaptive_bn", "evaluate_accuracy", "finetune",
+           "model_device"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -33,18 +36,13 @@ def adaptive_bn(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative moving average over the calibration batches
         bn.train()
+    device = model_device(model)
     with torch.no_grad():
         for x in batches:
-            model(x)
+            model(x.to(device))
     for bn in bns:
         bn.momentum = 0.1
     return model.eval()
-
-
-def model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    return torch.device("cpu")
 
 
 def evaluate_accuracy(
@@ -106,6 +104,21 @@ class ClassificationEvaluator(Evaluator):
         self.seed = seed
         loader = data.loader("train", batch_size=batch_size, shuffle=True, seed=seed)
         self._calib = [x for x, _ in _take(loader, calib_batches)]
+        self._placed: dict[tuple[str, torch.device], Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_placed": {}}  # what sat on a GPU is placed again there
+
+    def _on(self, model: nn.Module, name: str) -> Any:
+        """The calibration batches or a split's tensors (``name``) on the network's device,
+        moved there once."""
+        device = model_device(model)
+        key = (name, device)
+        if key not in self._placed:
+            value = self._calib if name == "calib" else getattr(self.data, name)
+            self._placed[key] = [x.to(device) for x in value] if name == "calib" \
+                else value.to(device)
+        return self._placed[key]
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Fine-tune (if asked) and recalibrate BN: what every score is taken after."""
@@ -113,17 +126,19 @@ class ClassificationEvaluator(Evaluator):
             finetune(model, self.data, steps=self.finetune_steps, lr=self.finetune_lr,
                      batch_size=self.batch_size, seed=self.seed,
                      optimizer=self.finetune_optimizer)
-        return adaptive_bn(model, self._calib)
+        return adaptive_bn(model, self._on(model, "calib"))
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
         self.prepare(model)
-        return _checked(_accuracy_and_loss(model, self.data.val_x, self.data.val_y, 256))
+        return _checked(_accuracy_and_loss(model, self._on(model, "val_x"),
+                                           self._on(model, "val_y"), 256))
 
     def test(self, model: nn.Module, *, prepared: bool = True) -> dict[str, float]:
         """Accuracy and loss on the test split (pass ``prepared=False`` to recalibrate first)."""
         if not prepared:
             self.prepare(model)
-        return _checked(_accuracy_and_loss(model, self.data.test_x, self.data.test_y, 256))
+        return _checked(_accuracy_and_loss(model, self._on(model, "test_x"),
+                                           self._on(model, "test_y"), 256))
 
 
 def finetune(model: nn.Module, data: DataSplits, *, steps: int, lr: float, batch_size: int,
@@ -135,9 +150,11 @@ def finetune(model: nn.Module, data: DataSplits, *, steps: int, lr: float, batch
         torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0) if optimizer == "adamw"
         else torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4))
     model.train()
+    device = model_device(model)
     done = 0
     while done < steps:
         for x, y in data.loader("train", batch_size=batch_size, shuffle=True, seed=seed + done):
+            x, y = x.to(device), y.to(device)
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y).backward()
             opt.step()

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoprune.evaluator import Evaluator
+from autoprune.placement import model_device, trained_on
 
 from .models import LANGUAGE_MODELS, build_model
 from .text import TextSplits, load_stdlib_corpus
@@ -55,12 +56,13 @@ class LanguageRecipe:
 def lm_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch: int = 64) -> float:
     """Mean cross-entropy per character of ``model`` predicting ``y`` from ``x``."""
     model.eval()
+    device = model_device(model)
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            logits = model(x[i:i + batch])
-            total += float(F.cross_entropy(logits.flatten(0, 1), y[i:i + batch].flatten(),
-                                           reduction="sum"))
+            logits = model(x[i:i + batch].to(device))
+            total += float(F.cross_entropy(logits.flatten(0, 1),
+                                           y[i:i + batch].flatten().to(device), reduction="sum"))
             count += y[i:i + batch].numel()
     return total / max(1, count)
 
@@ -69,9 +71,11 @@ def _steps(model: nn.Module, corpus: TextSplits, opt: torch.optim.Optimizer, ste
            batch_size: int, generator: torch.Generator,
            schedule: torch.optim.lr_scheduler.LRScheduler | None = None) -> float:
     model.train()
+    device = model_device(model)
     loss = torch.tensor(float("nan"))
     for _ in range(steps):
         x, y = corpus.batch("train", batch_size=batch_size, generator=generator)
+        x, y = x.to(device), y.to(device)
         loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -127,13 +131,14 @@ def train_language_model(model: nn.Module, corpus: TextSplits, *,
 def load_or_train_language_baseline(
         model_name: str = "chargpt", *, width_mult: float = 1.0, cache_dir: Path | None = None,
         progress: bool = True, retrain: bool = False, recipe: LanguageRecipe = LanguageRecipe(),
-        max_steps: int | None = None, corpus: TextSplits | None = None
-) -> tuple[nn.Module, TextSplits, dict[str, Any]]:
+        max_steps: int | None = None, corpus: TextSplits | None = None,
+        device: torch.device | None = None) -> tuple[nn.Module, TextSplits, dict[str, Any]]:
     """The zoo decoder trained on the ``python-stdlib`` corpus (or ``corpus``) until its
     validation loss stops improving: from the cache, or trained now and cached. Returns
     ``(model in eval mode, corpus, record)``; ``record`` holds the curve, the corpus's hash
     and files, and ``cached``. ``max_steps=None`` trains at most the recipe's steps and
-    accepts a cached baseline of any length; a number accepts only one trained with it."""
+    accepts a cached baseline of any length; a number accepts only one trained with it.
+    ``device``: where it trains (the model returned is on the CPU)."""
     key = model_name.strip().lower()
     if key not in LANGUAGE_MODELS:
         raise ValueError(f"{model_name!r} is not a language model; python-stdlib is text, so "
@@ -160,7 +165,8 @@ def load_or_train_language_baseline(
                                                        accept)) is not None:
         return model.eval(), corpus, {**record, "cached": True, "weights_path": str(weights)}
     started = time.perf_counter()
-    out = train_language_model(model, corpus, recipe=recipe, seed=_SEED, progress=progress)
+    with trained_on(model, device):
+        out = train_language_model(model, corpus, recipe=recipe, seed=_SEED, progress=progress)
     record = write_baseline(model, weights, {
         "spec": spec, "data": corpus.info(), "recipe": asdict(recipe),
         "epochs": None, "steps": out["stopped_at"], "best_step": out["best_step"],

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from autoprune.evaluator import BatchesEvaluator
+from autoprune.placement import trained_on
 from autoprune.user_model import (UserModelError, build_user_model, is_factory, load_callable,
                                   parse_model_args)
 
@@ -188,24 +189,26 @@ def zoo_architecture(model: str, data: str, *, image_size: int = 32, width_mult:
 def load_task(model: str, data: str, *, image_size: int = 32, width_mult: float = 1.0,
               epochs: int | None = None, cache_dir: Path | None = None,
               progress: bool = True, model_args: tuple[str, ...] = (),
-              weights: str | None = None) -> Task:
+              weights: str | None = None, device: torch.device | None = None) -> Task:
     """The trained ``model`` on ``data``, from the baseline cache or trained now (images:
     ``epochs`` as :func:`~autoprune.zoo.train.load_or_train_baseline` takes them). A language
     model on images, or an image model on text, is one clear error. ``image_size`` and
     ``epochs`` do not apply to text (the decoder's context is fixed, 64 characters, and it
-    trains until its validation loss stops improving)."""
+    trains until its validation loss stops improving). ``device``: where a baseline trains
+    (the model returned is on the CPU)."""
     name, source = _check_pair(model, data)
     if is_factory(name):
         return _user_task(name, source, image_size=image_size, epochs=epochs,
                           cache_dir=cache_dir, progress=progress, model_args=model_args,
-                          weights=weights)
+                          weights=weights, device=device)
     if source in TEXT_SOURCES:
         net, corpus, record = load_or_train_language_baseline(
-            name, width_mult=width_mult, cache_dir=cache_dir, progress=progress)
+            name, width_mult=width_mult, cache_dir=cache_dir, progress=progress, device=device)
         return Task(model=net, data=corpus, metric="loss", baseline=record)
     net, images, record = load_or_train_baseline(name, source, image_size=image_size,
                                                  width_mult=width_mult, epochs=epochs,
-                                                 cache_dir=cache_dir, progress=progress)
+                                                 cache_dir=cache_dir, progress=progress,
+                                                 device=device)
     return Task(model=net, data=images, metric="accuracy", baseline=record)
 
 
@@ -237,7 +240,7 @@ def _check_fits(model: nn.Module, example: torch.Tensor, classes: int | None, *,
 
 def _user_task(factory: str, data: str, *, image_size: int, epochs: int | None,
                cache_dir: Path | None, progress: bool, model_args: tuple[str, ...],
-               weights: str | None) -> Task:
+               weights: str | None, device: torch.device | None = None) -> Task:
     """A user's model on image data: its weights, or a baseline trained here and cached
     (keyed by the factory's record and the data)."""
     images = load_data(data, image_size=image_size)
@@ -261,8 +264,10 @@ def _user_task(factory: str, data: str, *, image_size: int, epochs: int | None,
     if record is None:
         started = time.perf_counter()
         n = epochs or recipe.epochs
-        metrics = train_model(net, images, epochs=n, lr=recipe.lr, batch_size=recipe.batch_size,
-                              progress=progress, optimizer=recipe.optimizer)
+        with trained_on(net, device):
+            metrics = train_model(net, images, epochs=n, lr=recipe.lr,
+                                  batch_size=recipe.batch_size, progress=progress,
+                                  optimizer=recipe.optimizer)
         record = write_baseline(net, path, {
             "spec": spec, "data": {"name": images.name, "image_size": image_size},
             "epochs": n, "recipe": {**asdict(recipe), "epochs": n}, "metrics": metrics,

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoprune.zoo.data import DataSplits, load_data
-from autoprune.zoo.evaluate import evaluate_accuracy, model_device
+from autoprune.placement import model_device, trained_on
+from autoprune.zoo.evaluate import evaluate_accuracy
 from autoprune.zoo.models import LANGUAGE_MODELS, build_model
 
 __all__ = [
@@ -371,6 +372,7 @@ def load_or_train_baseline(
     cache_dir: Path | None = None,
     progress: bool = True,
     retrain: bool = False,
+    device: torch.device | None = None,
 ) -> tuple[nn.Module, DataSplits, dict[str, Any]]:
     """A trained zoo model for an embedded dataset: from the cache, or trained and cached.
 
@@ -378,7 +380,8 @@ def load_or_train_baseline(
     data, epochs, metrics, train time) plus ``cached`` (whether it was loaded) and
     ``weights_path``.  Training follows the model's :data:`BASELINE_RECIPES` entry.
     ``epochs=None`` uses the recipe's epochs and accepts a cached entry of any length;
-    an explicit ``epochs`` only accepts an entry trained for exactly that many.
+    an explicit ``epochs`` only accepts an entry trained for exactly that many. ``device``:
+    where it trains (the model returned is on the CPU).
     """
     if model_name.strip().lower() in LANGUAGE_MODELS:
         raise ValueError(f"{model_name} is a language model and {data_name} is not text; use "
@@ -408,16 +411,10 @@ def load_or_train_baseline(
 
     n_epochs = epochs if epochs is not None else recipe.epochs
     started = time.perf_counter()
-    metrics = train_model(
-        model,
-        data,
-        epochs=n_epochs,
-        lr=recipe.lr,
-        batch_size=recipe.batch_size,
-        seed=_BASELINE_SEED,
-        progress=progress,
-        optimizer=recipe.optimizer,
-    )
+    with trained_on(model, device):
+        metrics = train_model(model, data, epochs=n_epochs, lr=recipe.lr,
+                              batch_size=recipe.batch_size, seed=_BASELINE_SEED,
+                              progress=progress, optimizer=recipe.optimizer)
     seconds = time.perf_counter() - started
     record = write_baseline(model, weights, {
         "spec": spec,
