@@ -62,8 +62,13 @@ def search(settings: SearchSettings, *, console: Console | None = None) -> dict[
         raise SearchError(str(err)) from None
     ex = settings.executor
     place = resolve_device(ex.device)  # --device cuda without a GPU fails before any work
+    if ex.executor == "ray" and place.type == "cuda" and not ex.gpus_per_trial:
+        console.print("[yellow]note:[/] the Ray trials hold no GPU (--gpus-per-trial 0), so they "
+                      "run on their workers' CPUs; give each a share, e.g. --gpus-per-trial 0.5, "
+                      "to score them on GPUs", highlight=False)
     executor = make_executor(ex.executor, workers=ex.workers, address=ex.ray_address,
-                             cpus_per_trial=ex.cpus_per_trial)
+                             cpus_per_trial=ex.cpus_per_trial,
+                             gpus_per_trial=ex.gpus_per_trial)
     run_dir = Path(settings.run_dir or settings.default_run_dir())
     created = not run_dir.exists()
     record = check_run_folder(run_dir, settings.identity(), write=False,

@@ -166,6 +166,7 @@ class ExecutorSettings:
     workers: int | None = None
     ray_address: str | None = None
     cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0  # Ray: each trial's share of a GPU (0: none)
     # Where scoring, statistics and fine-tunes run (autoprune.placement): cpu, cuda, cuda:N or
     # auto (a GPU when torch sees one). Not the latency Device, which says what a latency is for.
     device: str = "auto"

@@ -5,15 +5,17 @@ its options into settings and a user's mistake into one error."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 
 from autoprune.settings import LatencySettings, ModelSource, ProfileSettings, SearchSettings, SpaceSettings
 
-__all__ = ["BACKEND_HELP", "MIN_RATIO_HELP", "LATENCY", "PROFILE", "SEARCH", "BATCH_HELP", "CLOCK_HELP", "CRITERION_HELP", "DATA_HELP", "DEVICE_HELP", "DTYPE_HELP",
+__all__ = ["BACKEND_HELP", "MIN_RATIO_HELP", "LATENCY", "PROFILE", "SEARCH", "BATCH_HELP", "CLOCK_HELP", "CRITERION_HELP", "DATA_HELP", "DEVICE_HELP", "TIMING_DEVICE_HELP", "DTYPE_HELP",
            "GRANULARITY_HELP", "INPUT_SHAPE_HELP", "MODEL_ARG_HELP", "MODEL_HELP", "TARGET_HELP",
-           "THREADS_HELP", "WEIGHTS_HELP", "absolute", "err", "fail", "source", "space", "user_errors"]
+           "THREADS_HELP", "WEIGHTS_HELP", "absolute", "err", "fail", "source", "space", "timing_device",
+           "user_errors"]
 
 # Every default below is read from the settings, so the library holds the one copy.
 SEARCH, PROFILE, LATENCY = SearchSettings(), ProfileSettings(), LatencySettings()
@@ -66,11 +68,17 @@ GRANULARITY_HELP = (
     "channel (or channel+unstructured): this CPU's dense kernels gain nothing from "
     "scattered zeros.")
 THREADS_HELP = "CPU threads a latency is for (torch.set_num_threads / intra_op_num_threads)."
-BACKEND_HELP = "Runtime a latency is for: torch (eager) or onnxruntime."
+BACKEND_HELP = ("Runtime a latency is for: torch (eager, on the CPU), onnxruntime (CPU), cuda "
+                "(torch eager on a CUDA GPU, timed with CUDA events; --device cuda:N picks the "
+                "GPU), or onnxruntime-cuda / onnxruntime-tensorrt (onnxruntime's GPU providers: "
+                "pip install onnxruntime-gpu).")
 CLOCK_HELP = ("How calls are timed: cpu (the calling thread's CPU time; unaffected by other "
-              "processes taking turns on the core), wall (elapsed time), or auto (cpu with "
-              "--threads 1, else wall).")
+              "processes taking turns on the core), wall (elapsed time), cuda (CUDA events, "
+              "for --backend cuda), or auto (cpu with --threads 1, else wall; cuda with "
+              "--backend cuda).")
 
+TIMING_DEVICE_HELP = ("The GPU a GPU --backend times on: cuda or cuda:N (auto: the first). CPU "
+                      "backends time on this machine's CPU.")
 DEVICE_HELP = ("Where scoring, fine-tuning, statistics and training run: cpu, cuda (the first "
                "GPU), cuda:N, or auto (cuda when torch sees a GPU, else cpu). Not what a "
                "latency is for: a latency on the GPU is --backend cuda.")
@@ -133,6 +141,17 @@ def space(granularity: str, *, criterion: str | None, levels: str, nm: str,
     default = "l2" if granularity in ("channel", "channel+unstructured") else "magnitude"
     return SpaceSettings(space=granularity, criterion=criterion or default, levels=points,
                          nm=patterns, **rest)  # type: ignore[arg-type]
+
+
+def timing_device(*, batch: int, threads: int, backend: str, clock: str, device: str) -> Any:
+    """The latency ``Device`` of a command's --batch, --threads, --backend and --clock, on the
+    GPU that --device names (``cuda:N``) when the backend is a GPU one."""
+    from autoprune.latency.device import Device
+
+    index = device.strip().lower().partition(":")[2]
+    return Device(batch=batch, threads=threads, backend=backend,
+                  clock=None if clock == "auto" else clock,
+                  gpu=int(index) if index.isdigit() else 0)
 
 
 def absolute(spec: str | None) -> str | None:

@@ -12,10 +12,10 @@ import typer
 
 from autoprune.cli.common import (MIN_RATIO_HELP, BACKEND_HELP, BATCH_HELP, CLOCK_HELP, DATA_HELP, INPUT_SHAPE_HELP,
                                   MODEL_ARG_HELP, MODEL_HELP, THREADS_HELP, WEIGHTS_HELP, LATENCY, PROFILE,
-                                  err, fail, source, user_errors)
+                                  TIMING_DEVICE_HELP, err, fail, source, timing_device,
+                                  user_errors)
 from autoprune.cli.checks import (chosen_network, config_network, lut_file, output_file,
                                   source_options)
-from autoprune.latency.device import Device
 from autoprune.settings import LatencySettings, ProfilePlan, ProfileSettings, SpaceSettings
 
 __all__ = ["latency", "profile"]
@@ -31,6 +31,7 @@ def profile(
     threads: Annotated[int, typer.Option(min=1, help=THREADS_HELP)] = PROFILE.device.threads,
     backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = PROFILE.device.backend,
     clock: Annotated[str, typer.Option(help=CLOCK_HELP)] = "auto",
+    device: Annotated[str, typer.Option(help=TIMING_DEVICE_HELP)] = "auto",
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the table (JSON).")] = PROFILE.output,
     image_size: Annotated[int, typer.Option(min=8, help="Input resolution.")] = PROFILE.source.image_size,
     width_mult: Annotated[float, typer.Option(min=0.05, help="Width multiplier.")] = PROFILE.source.width_mult,
@@ -55,8 +56,8 @@ def profile(
             source=source(model, data, image_size, width_mult, model_arg=model_arg,
                            weights=weights, input_shape=input_shape),
             space=SpaceSettings(round_to=round_to, min_ratio=min_ratio),
-            device=Device(batch=batch, threads=threads, backend=backend,
-                          clock=None if clock == "auto" else clock),
+            device=timing_device(batch=batch, threads=threads, backend=backend, clock=clock,
+                                 device=device),
             output=output, plan=ProfilePlan(grid=grid, calibration=calibration))
         summary = run(settings, console=err)
     except user_errors() as e:
@@ -86,6 +87,7 @@ def latency(
     threads: Annotated[int, typer.Option(min=1, help=THREADS_HELP)] = LATENCY.device.threads,
     backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = LATENCY.device.backend,
     clock: Annotated[str, typer.Option(help=CLOCK_HELP)] = "auto",
+    device: Annotated[str, typer.Option(help=TIMING_DEVICE_HELP)] = "auto",
     image_size: Annotated[int, typer.Option(min=8, help="Input resolution.")] = LATENCY.source.image_size,
     width_mult: Annotated[float, typer.Option(min=0.05, help="Width multiplier.")] = LATENCY.source.width_mult,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed calls first.")] = LATENCY.warmup,
@@ -106,8 +108,8 @@ def latency(
         settings = LatencySettings(
             source=source(model, data, image_size, width_mult, model_arg=model_arg,
                            weights=weights, input_shape=input_shape),
-            device=Device(batch=batch, threads=threads, backend=backend,
-                          clock=None if clock == "auto" else clock),
+            device=timing_device(batch=batch, threads=threads, backend=backend, clock=clock,
+                                 device=device),
             config=config, warmup=warmup, repeats=repeats, lut=lut)
         result = run(settings)
     except user_errors() as e:

@@ -17,6 +17,7 @@ import typer
 from autoprune.cli.common import (MIN_RATIO_HELP, BACKEND_HELP, BATCH_HELP, CLOCK_HELP, CRITERION_HELP, DATA_HELP,
                                   DEVICE_HELP, DTYPE_HELP, GRANULARITY_HELP, MODEL_ARG_HELP, MODEL_HELP,
                                   SEARCH, TARGET_HELP, THREADS_HELP, WEIGHTS_HELP, absolute, err,
+                                  timing_device,
                                   fail, source, space, user_errors)
 from autoprune.agents import AUTO
 from autoprune.cli.checks import (chosen_network, export_format, lut_file, output_file,
@@ -24,7 +25,6 @@ from autoprune.cli.checks import (chosen_network, export_format, lut_file, outpu
                                   source_options, space_options, train_options)
 from autoprune.cli.device import latency, profile
 from autoprune.cli.ofa import app as ofa_app
-from autoprune.latency.device import Device
 from autoprune.settings import ExecutorSettings, ScoringSettings, SearchSettings
 
 __all__ = ["app", "main"]
@@ -108,6 +108,10 @@ def search(
     cpus_per_trial: Annotated[float, typer.Option(
         min=0.01, help="CPUs Ray reserves per trial; torch in a trial uses that many threads "
                        "(at least 1).")] = SEARCH.executor.cpus_per_trial,
+    gpus_per_trial: Annotated[float, typer.Option(
+        min=0.0, help="GPUs each Ray trial reserves (--executor ray): 0 (default) runs trials on "
+                      "their CPUs; a fraction such as 0.5 puts two trials on one GPU. Inside a "
+                      "trial its GPU is cuda:0.")] = SEARCH.executor.gpus_per_trial,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = SEARCH.executor.device,
     cache_dir: Annotated[Path | None, typer.Option(help="Baseline cache (default $AUTOPRUNE_CACHE or ~/.cache/autoprune).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
@@ -159,11 +163,11 @@ def search(
                          storage_format=storage_format),
             scoring=ScoringSettings(calib_batches=calib_batches, finetune_steps=finetune_steps,
                                     evaluator=absolute(evaluator)),
-            device=Device(batch=batch, threads=threads, backend=backend,
-                          clock=None if clock == "auto" else clock),
+            device=timing_device(batch=batch, threads=threads, backend=backend, clock=clock,
+                                 device=device),
             executor=ExecutorSettings(executor=executor, workers=workers,
                                       ray_address=ray_address, cpus_per_trial=cpus_per_trial,
-                                      device=device),
+                                      gpus_per_trial=gpus_per_trial, device=device),
             targets=tuple(target), agent=agent, objective=objective, reward=reward, seed=seed,
             trials=trials, run_dir=run_dir, storage=storage, cache_dir=cache_dir,
             progress=progress, lut=lut)

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from autoprune.cli.checks import lut_file, output_file, output_folder, source_options
-from autoprune.cli.common import DEVICE_HELP, fail
+from autoprune.cli.common import BACKEND_HELP, DEVICE_HELP, fail, timing_device
 
 __all__ = ["app"]
 
@@ -124,7 +124,7 @@ def extract(
     lut: Annotated[Path | None, typer.Option(help="Latency lookup table (autoprune profile); default: built once and cached.")] = None,
     batch: Annotated[int, typer.Option(min=1, help=LATENCY_OPTS)] = 1,
     threads: Annotated[int, typer.Option(min=1, help=LATENCY_OPTS)] = 1,
-    backend: Annotated[str, typer.Option(help="torch or onnxruntime. " + LATENCY_OPTS)] = "torch",
+    backend: Annotated[str, typer.Option(help=BACKEND_HELP + " " + LATENCY_OPTS)] = "torch",
     cache_dir: Annotated[Path | None, typer.Option(help="Where the latency table is cached.")] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
@@ -137,7 +137,6 @@ def extract(
     form autoprune.load_pruned reads.
     """
     from autoprune.ofa import Supernet
-    from autoprune.latency.device import Device
     from autoprune.ofa.search import (LatencySetup, check_channel_targets, extraction_table,
                                       save_subnetwork)
     from autoprune.settings import slug
@@ -159,8 +158,8 @@ def extract(
         check_channel_targets([parse_targets(t) for t in target])  # before the supernet loads
         sn = Supernet.load(supernet, device=device)
         extractions = sn.specialise(
-            target, latency=LatencySetup(lut=lut, device=Device(batch=batch, threads=threads,
-                                                                backend=backend),
+            target, latency=LatencySetup(lut=lut, device=timing_device(
+                batch=batch, threads=threads, backend=backend, clock="auto", device=device),
                                          cache_dir=cache_dir),
             generations=generations, population=population, seed=seed, console=err)
         paths = []
@@ -195,7 +194,7 @@ def front(
     lut: Annotated[Path | None, typer.Option(help="Latency lookup table; default: built once and cached.")] = None,
     batch: Annotated[int, typer.Option(min=1, help=LATENCY_OPTS)] = 1,
     threads: Annotated[int, typer.Option(min=1, help=LATENCY_OPTS)] = 1,
-    backend: Annotated[str, typer.Option(help="torch or onnxruntime. " + LATENCY_OPTS)] = "torch",
+    backend: Annotated[str, typer.Option(help=BACKEND_HELP + " " + LATENCY_OPTS)] = "torch",
     cache_dir: Annotated[Path | None, typer.Option(help="Where the latency table is cached.")] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the front as JSON on stdout.")] = False,
@@ -203,7 +202,6 @@ def front(
     """The accuracy-cost front of a supernet: the best sub-network at budgets over the whole
     range, each extracted and scored; a table, <supernet>/front.json and front.png."""
     from autoprune.ofa import Supernet
-    from autoprune.latency.device import Device
     from autoprune.ofa.search import LatencySetup, front as run, front_view
 
     output_folder(cache_dir, "--cache-dir")
@@ -211,8 +209,9 @@ def front(
     try:
         sn = Supernet.load(supernet, device=device)
         result = run(sn, metric=metric, points=points,
-                     latency=LatencySetup(lut=lut, device=Device(batch=batch, threads=threads,
-                                                                 backend=backend),
+                     latency=LatencySetup(lut=lut, device=timing_device(
+                         batch=batch, threads=threads, backend=backend, clock="auto",
+                         device=device),
                                           cache_dir=cache_dir),
                      plot=Path(supernet) / "front.png", console=err)
     except _user_errors() as e:
