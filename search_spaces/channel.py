@@ -33,7 +33,7 @@ from .criteria import Criterion, L2Magnitude, as_criterion
 from .gather import build_trial, decide, plannable
 from .exact import ProbeError, RunLog, ShortProbeMismatch, probe, run_log, short_inputs
 from .importance import dense_squares
-from .layers import LayerPlan, plan_rows
+from .layers import LayerPlan, parametrised, plan_rows
 from .memory import release
 from .pruner import Candidate, Pruner, Template, tensor_key
 from .reference import recurrent_macs, reference_params
@@ -169,13 +169,22 @@ class ChannelSpace(CountedSpace):
                 short, pruner = None, Pruner(template)
                 continue
             except ProbeError as err:
-                if err.unit is None:
-                    check_each = True
-                else:
+                if err.unit is not None:
                     notes.append(_kept_dense(candidates.pop(err.unit), str(err)))
+                elif check_each and short is None:  # (cannot happen: each unit is checked)
+                    raise _uncostable(err, notes) from err
+                else:  # find the unit: a pass after each, on the whole example if need be
+                    short = None if check_each else short
+                    check_each = True
                 pruner = Pruner(template)
                 continue
-            space = cls(candidates=candidates, plan=plan_rows(model, found),
+            except Exception as err:  # noqa: BLE001 - not one unit's: one clear error
+                raise _uncostable(err, notes) from err
+            try:
+                plan = plan_rows(model, found)
+            except Exception as err:  # noqa: BLE001
+                raise _uncostable(err, notes) from err
+            space = cls(candidates=candidates, plan=plan,
                         example_inputs=inputs, round_to=round_to, min_ratio=min_ratio,
                         output=output, notes=notes, criterion=criterion) if candidates else None
             if space is not None:
@@ -212,7 +221,10 @@ class ChannelSpace(CountedSpace):
             log = run_log(pruned, self.example_inputs, self.output)
         except Exception as err:  # noqa: BLE001
             return f"the pruned network fails ({type(err).__name__}: {err})"
-        table = self.layer_table(config)
+        try:
+            table = self.layer_table(config)
+        except Exception as err:  # noqa: BLE001 - a unit the layer table cannot size
+            return f"its layer sizes cannot be computed ({type(err).__name__}: {err})"
         modules = dict(pruned.named_modules())
         macs = sum(o.macs for o in log.ops) + sum(
             recurrent_macs(modules[name], steps) for name, steps in log.recurrent)
@@ -390,6 +402,13 @@ def _nothing_prunable(notes: Sequence[str]) -> UntraceableModelError:
         "--min-ratio." + "".join(f"\n  - {n}" for n in notes))
 
 
+def _uncostable(err: BaseException, notes: Sequence[str]) -> UntraceableModelError:
+    return UntraceableModelError(
+        f"The costs of this model's units could not be measured ({type(err).__name__}: {err}). "
+        "Fix: leave the layers named in the error out with ignored_layers, or use another "
+        "--space" + "".join(f"\n  - {n}" for n in notes))
+
+
 def _products(candidates: Sequence[Candidate]) -> list[tuple[int, int]]:
     """Pairs (heads, head positions) of one attention layer: their counts multiply."""
     heads = {c.heads.module: i for i, c in enumerate(candidates) if c.heads and not c.dims}
@@ -439,17 +458,29 @@ def _find_candidates(pruner: Pruner, sequence: Sequence[str], round_to: int,
                      min_ratio: float | None, ignored: set[str], head_dims: bool = False
                      ) -> tuple[list[Candidate], list[str]]:
     """Every attention layer whose heads can be read, and every other channel group of the
-    graph that can be a unit, with a note for each one set aside."""
+    graph that can be a unit, with a note for each one set aside. Whatever fails for one
+    layer (Torch-Pruning included) keeps that layer's group dense with a note naming it."""
     graph, model = pruner.graph, pruner.model
     name_of = {m: n for n, m in model.named_modules()}
     order = {n: i for i, n in enumerate(name_of.values())}
     candidates: list[Candidate] = []
     notes: list[str] = []
+    fixed = parametrised(model)  # Torch-Pruning cannot prune a parametrised weight
+    notes += [f"{n} is kept dense: its weight is parametrised ({kind}), which Torch-Pruning "
+              f"cannot prune, so the channel groups through it are not searched. Fix: remove "
+              f"the parametrisation (torch.nn.utils.parametrize.remove_parametrizations) to "
+              f"search them" for n, kind in fixed.items()]
     projections: set[str] = set()
-    for heads in find_attention(model, sequence):
+    try:
+        layers = find_attention(model, sequence)
+    except Exception as err:  # noqa: BLE001 - one unreadable layer must not stop the build
+        layers = []
+        notes.append(f"attention heads are not searched: reading the attention layers failed "
+                     f"({type(err).__name__}: {err})")
+    for heads in layers:
         members = tuple(dict.fromkeys((heads.q, heads.k, heads.v, heads.out)))
         projections |= {heads.q, heads.k, heads.v}
-        if ignored & set(members):
+        if (ignored | set(fixed)) & set(members):
             continue
         per = heads.kv_heads if heads.kv_heads < heads.heads else 1  # GQA: same in every group
         low = max(per, math.ceil(floor_of("heads", min_ratio) * heads.heads / per) * per)
@@ -468,50 +499,67 @@ def _find_candidates(pruner: Pruner, sequence: Sequence[str], round_to: int,
     for root in list(graph.module2node):
         if not isinstance(root, roots()) or root in visited or name_of.get(root) in ignored:
             continue
-        fn = graph.get_pruner_of_module(root)
-        if fn is None or fn.get_out_channels(root) is None:
-            continue
-        full_root = int(fn.get_out_channels(root))
         try:
-            group = pruning_group(graph, root, range(full_root))
+            found = _group_candidate(model, graph, root, name_of, order, visited, round_to,
+                                     min_ratio, ignored, set(fixed), projections)
         except Exception as err:  # noqa: BLE001 - Torch-Pruning's own failure, named here
-            notes.append(f"{name_of[root]} is kept dense: Torch-Pruning cannot group its channels "
-                         f"({type(err).__name__}: {err}). Fix: leave it out with ignored_layers")
-            continue
-        outs, touches_output = [], False
-        for dep, _ in group:
-            node = dep.target
-            if dep.handler.__name__ != "prune_out_channels":
-                continue
-            if not node.outputs:
-                touches_output = True  # pruning it would change the model's output shape
-            if isinstance(node.module, nn.Module) and node.module in name_of:
-                outs.append(name_of[node.module])
-                visited.add(node.module)
-        if touches_output or not outs or ignored & set(outs) or projections & set(outs):
-            continue
-        members = tuple(sorted(set(outs), key=order.__getitem__))
-        blocks = _blocks(graph, group, root, full_root)
-        if blocks is None:
-            notes.append(f"{name_of[root]} is kept dense: its channels are coupled in groups "
-                         "of different sizes, which cannot be costed exactly")
-            continue
-        step = round_to
-        for n in members:  # nn.MultiheadAttention needs a width its heads divide
-            m = model.get_submodule(n)
-            if isinstance(m, nn.MultiheadAttention):
-                step = math.lcm(step, int(m.num_heads))
-        kind = _group_kind(group)
-        choices = channel_choices(len(blocks), round_to=step,
-                                  min_ratio=floor_of(kind, min_ratio))
-        if len(choices) < 2:
-            continue
-        primary = [n for n in members if isinstance(model.get_submodule(n), roots())]
-        unit = Unit(name=(primary or list(members))[0], full=len(blocks), choices=choices,
-                    members=members, kind=kind)
-        candidates.append(Candidate(unit=unit, root=name_of[root], blocks=blocks))
+            found = (f"{name_of.get(root, type(root).__name__)} is kept dense: Torch-Pruning "
+                     f"cannot group its channels ({type(err).__name__}: {err}). Fix: leave it "
+                     f"out with ignored_layers")
+        if isinstance(found, Candidate):
+            candidates.append(found)
+        elif found:
+            notes.append(found)
     candidates.sort(key=lambda c: order.get(c.unit.members[0], 0))
     return candidates, notes
+
+
+def _group_candidate(model: nn.Module, graph: tp.DependencyGraph, root: nn.Module,
+                     name_of: Mapping[nn.Module, str], order: Mapping[str, int],
+                     visited: set[nn.Module], round_to: int, min_ratio: float | None,
+                     ignored: set[str], fixed: set[str], projections: set[str]
+                     ) -> Candidate | str | None:
+    """The unit of ``root``'s channel group, a note saying why it is kept dense, or ``None``
+    when it is no unit (it feeds the output, its outputs are ``ignored``, it touches a layer
+    that cannot be pruned (``fixed``), or it has too few channels)."""
+    fn = graph.get_pruner_of_module(root)
+    if fn is None or fn.get_out_channels(root) is None:
+        return None
+    full_root = int(fn.get_out_channels(root))
+    group = pruning_group(graph, root, range(full_root))
+    outs, touches_output, touched = [], False, set()
+    for dep, _ in group:
+        node = dep.target
+        if isinstance(node.module, nn.Module) and node.module in name_of:
+            touched.add(name_of[node.module])
+        if dep.handler.__name__ != "prune_out_channels":
+            continue
+        if not node.outputs:
+            touches_output = True  # pruning it would change the model's output shape
+        if isinstance(node.module, nn.Module) and node.module in name_of:
+            outs.append(name_of[node.module])
+            visited.add(node.module)
+    if touches_output or not outs or ignored & set(outs) or fixed & touched \
+            or projections & set(outs):
+        return None
+    members = tuple(sorted(set(outs), key=order.__getitem__))
+    blocks = _blocks(graph, group, root, full_root)
+    if blocks is None:
+        return (f"{name_of[root]} is kept dense: its channels are coupled in groups of "
+                "different sizes, which cannot be costed exactly")
+    step = round_to
+    for n in members:  # nn.MultiheadAttention needs a width its heads divide
+        m = model.get_submodule(n)
+        if isinstance(m, nn.MultiheadAttention):
+            step = math.lcm(step, int(m.num_heads))
+    kind = _group_kind(group)
+    choices = channel_choices(len(blocks), round_to=step, min_ratio=floor_of(kind, min_ratio))
+    if len(choices) < 2:
+        return None
+    primary = [n for n in members if isinstance(model.get_submodule(n), roots())]
+    unit = Unit(name=(primary or list(members))[0], full=len(blocks), choices=choices,
+                members=members, kind=kind)
+    return Candidate(unit=unit, root=name_of[root], blocks=blocks)
 
 
 def _group_kind(group: Any) -> str:

@@ -21,12 +21,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .base import LayerRow, LayerTable, call_name
 from .exact import Affine, Probe
 from .tracing import conv1d_type
 
-__all__ = ["NORMS", "LayerPlan", "RowPlan", "plan_rows"]
+__all__ = ["NORMS", "LayerPlan", "RowPlan", "parametrised", "plan_rows"]
 
 NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
 
@@ -71,6 +72,8 @@ class RowPlan:
 
     def _channels(self, removed: Sequence[int]) -> tuple[int, int, int]:
         s = [d.at(removed) for d in self.shape]
+        if len(s) < _RANK.get(self.layout, 0):
+            return 0, 0, 1  # no weight of the layout's rank to read (its MACs are still counted)
         if self.layout == "conv":  # [out, in / groups, k...]
             groups = s[0] if self.depthwise else self.groups
             return s[1] * groups, s[0], groups
@@ -129,6 +132,40 @@ class LayerPlan:
         return totals
 
 
+#: The fewest dimensions a weight of each layout has (``_channels`` reads them).
+_RANK = {"conv": 2, "conv_transpose": 2, "linear": 2, "conv1d": 2, "norm": 1, "embedding": 2,
+         "matmul": 4}
+
+
+def _weight_name(m: nn.Module, canon: Mapping[int, str]) -> str:
+    """The parameter that is ``m``'s weight: ``m.weight`` itself, or for a parametrised weight
+    (``torch.nn.utils.parametrizations.weight_norm``, ``spectral_norm``...), which is computed
+    on every call, the parametrisation's original of the weight's shape (weight norm's
+    direction ``v``); ``""`` when there is none."""
+    weight = getattr(m, "weight", None)
+    if weight is None:
+        return ""
+    if id(weight) in canon:
+        return canon[id(weight)]
+    originals = getattr(getattr(m, "parametrizations", None), "weight", None)
+    for p in (originals.parameters(recurse=False) if originals is not None else ()):
+        if id(p) in canon and tuple(p.shape) == tuple(weight.shape):
+            return canon[id(p)]
+    return ""
+
+
+def parametrised(model: nn.Module) -> dict[str, str]:
+    """Modules of ``model`` with a parametrised tensor (``weight_norm``, ``spectral_norm``,
+    any ``torch.nn.utils.parametrize`` parametrisation), each with what parametrises it."""
+    out = {}
+    for name, m in model.named_modules():
+        if parametrize.is_parametrized(m):
+            kinds = {type(p).__name__.lstrip("_") for plist in m.parametrizations.values()
+                     for p in plist}
+            out[name] = ", ".join(sorted(kinds))
+    return out
+
+
 def _kind(m: nn.Module) -> tuple[str, str]:
     conv1d = conv1d_type()
     if isinstance(m, nn.modules.conv._ConvTransposeNd):
@@ -180,7 +217,7 @@ def plan_rows(model: nn.Module, probe: Probe) -> LayerPlan:
             n_calls = max([len(v) for v in mine.values()] + [1])
             calls = [[(v[k], n) for n, v in mine.items() if k < len(v)] for k in range(n_calls)]
         shapes = log.calls.get(name, [])
-        weight = canon.get(id(getattr(m, "weight", None)), "")
+        weight = _weight_name(m, canon)
         conv = kind in ("conv", "conv_transpose")
         for k, consumed in enumerate(calls or [[]]):
             x, y = shapes[k] if k < len(shapes) else ((), ())
