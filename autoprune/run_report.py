@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 
 from autoprune.allocation import Allocation
+from autoprune.coverage import space_coverage
 from autoprune.evaluator import Evaluator
 from autoprune.export import save_program
 from autoprune.latency.measure import LatencyMeasurement
@@ -136,6 +137,8 @@ def write_report(settings: SearchSettings, run_dir: Path, alloc: Allocation, *, 
         summary["dense"]["measured"] = measured_summary(check.dense)
         summary["best"]["measured"] = measured_summary(check.best_measurement())
         summary["latency"] = _latency_summary(check, problem, table_info)
+    write_json(run_dir / "space.json", space_coverage(space, model))  # as autoprune space shows
+    summary["files"]["space"] = str(run_dir / "space.json")
     write_json(run_dir / "summary.json", summary)
     console.print(trials_table(records, dense_costs=problem.dense_costs, objective=metric))
     if check:
@@ -151,7 +154,7 @@ def write_report(settings: SearchSettings, run_dir: Path, alloc: Allocation, *, 
         f"run folder: {run_dir}  ({'' if record else 'study.db, '}best.json, pruned.pt"
         + (", pruned.pt2" if program else "")
         + (", pruned.sparse.pt" if settings.space.prunes_weights else "")
-        + ", pareto.png, summary.json"
+        + ", pareto.png, summary.json, space.json"
         + (", front.json)" if pareto else ")")
         + (f"\n{describe_study(run_dir, record)}; serve it with optuna-dashboard "
            f"'{masked(record['storage'])}'"

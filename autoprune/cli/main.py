@@ -25,6 +25,7 @@ from autoprune.cli.checks import (chosen_network, export_format, lut_file, outpu
                                   source_options, space_options, train_options)
 from autoprune.cli.device import latency, profile
 from autoprune.cli.ofa import app as ofa_app
+from autoprune.cli.space import space_command
 from autoprune.settings import ExecutorSettings, ScoringSettings, SearchSettings
 
 __all__ = ["app", "main"]
@@ -365,6 +366,7 @@ def train(
 # The measuring commands live in their own module; listed here, after train.
 app.command()(profile)
 app.command()(latency)
+app.command("space")(space_command)
 
 
 @app.command()
