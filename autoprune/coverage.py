@@ -27,7 +27,8 @@ __all__ = ["coverage_tables", "space_coverage"]
 _LAYERS = ("conv", "conv_transpose", "linear", "embedding", "recurrent", "attention")
 
 #: Why a layer stays dense when no note of the space names it (and it has channels to spare).
-UNREACHED = "no unit reaches it: its channels feed the model's output, or it is left out"
+UNREACHED = ("no unit reaches it: its channel group feeds the model's output, runs into a "
+             "layer kept dense (see the notes), or is left out")
 
 
 def space_coverage(space: SearchSpace, model: nn.Module | None = None, example: Any = None,
