@@ -58,19 +58,19 @@ def _plain_name(key: str) -> tuple[str, str, str] | None:
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """``model``'s state dict with its parametrizations baked in, as the plain architecture
     names it: each parametrized tensor under its own name (``conv.weight``) holding the value
-    the model computes (its mask applied), the parametrizations' own buffers (masks) left out.
-    ``model`` is left untouched."""
+    the model computes (its mask applied), the parametrizations' own buffers (masks) left out,
+    on the CPU. ``model`` is left untouched."""
     modules = dict(model.named_modules())
     out: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for key, value in model.state_dict().items():
             parts = _plain_name(key)
             if parts is None:
-                out[key] = value.detach()
+                out[key] = value.detach().cpu()  # saved from the host, wherever it was scored
             elif parts[2] == "original":
                 module, tensor, _ = parts
                 out[f"{module}.{tensor}" if module else tensor] = \
-                    getattr(modules[module], tensor).detach()
+                    getattr(modules[module], tensor).detach().cpu()
     return out
 
 

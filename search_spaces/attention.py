@@ -276,8 +276,10 @@ def head_dim_scores(model: nn.Module, spec: AttentionHeads) -> tuple[np.ndarray,
     oq, ok, ov = _sections(spec)
     d = spec.head_dim
     with torch.no_grad():
-        rq, rk, rv = (materialized(_rows(m)).detach().double().pow(2).sum(1) for m in (q, k, v))
-        ro = materialized(_rows(o)).detach().double().pow(2).sum(0)  # per input column of the projection
+        rq, rk, rv = (materialized(_rows(m)).detach().double().pow(2).sum(1).cpu()
+                      for m in (q, k, v))
+        # per input column of the projection
+        ro = materialized(_rows(o)).detach().double().pow(2).sum(0).cpu()
         qk, vo = np.zeros((spec.kv_heads, d)), np.zeros((spec.kv_heads, d))
         for h in range(spec.heads):
             g = h // spec.group
