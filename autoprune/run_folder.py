@@ -13,6 +13,8 @@
     pick-*.json/.pt networks chosen later by ``autoprune pick``; ``ofa extract`` writes the
                     same form for a sub-network
     summary.json, front.json, pareto.png   reports
+    space.json      the space's coverage: its units, the share of MACs and params they can
+                    remove, every layer kept dense with its reason (``autoprune.coverage``)
     recover.ckpt    a recovery under way (``autoprune recover``), removed when it finishes;
                     once recovered, best.json/pruned.pt hold the recovered network, with the
                     search's figures kept as ``before_recovery`` (``record_recovery``)
