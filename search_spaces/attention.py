@@ -17,13 +17,17 @@ unit of *heads*:
   heads, the same number kept in every key/value group; keys and values stay;
 - pruning removes the chosen heads' rows from the projections and their columns from the
   output projection, then sets the module's own attributes (head counts, all-head sizes,
-  ``split_size``, ``num_key_value_groups``) so that it runs, saves and reloads.
+  ``split_size``, ``num_key_value_groups``) so that it runs, saves and reloads;
+- several layers may share their heads (``AttentionHeads.tied``: T5's position bias, computed
+  once per stack for all heads and passed on, see ``shared_bias.py``): they keep the same heads,
+  and per-head tables (``AttentionHeads.bias``: T5's ``relative_attention_bias`` embedding, one
+  column per head) lose the columns of the heads that go.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -34,12 +38,13 @@ from .importance import current, materialized, squares
 from .tracing import Conv1DPruner, conv1d_type
 
 __all__ = ["AttentionHeads", "drop_head_dims", "drop_heads", "find_attention", "head_cuts",
-           "head_dim_cuts", "head_dim_scores", "head_scores", "prune_head_dims", "prune_heads"]
+           "head_dim_cuts", "head_dim_scores", "head_scores", "prune_head_dims", "prune_heads",
+           "resized"]
 
 _SEPARATE = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"), ("q", "k", "v"),
              ("q_lin", "k_lin", "v_lin"), ("to_q", "to_k", "to_v"), ("wq", "wk", "wv"))
 _FUSED = ("c_attn", "qkv", "in_proj")
-_HEAD_SIZE = ("head_dim", "attention_head_size", "head_size")
+_HEAD_SIZE = ("head_dim", "attention_head_size", "head_size", "key_value_proj_dim")
 _HEADS = ("num_heads", "num_attention_heads", "n_head", "n_heads")
 _ALL_HEADS = ("all_head_size", "inner_dim")
 
@@ -56,6 +61,22 @@ class AttentionHeads:
     heads: int
     kv_heads: int
     head_dim: int
+    #: further layers ``(module, q, k, v, out)`` that keep the same heads as this one
+    tied: tuple[tuple[str, str, str, str, str], ...] = ()
+    #: embeddings whose columns are the heads (pruned with them)
+    bias: tuple[str, ...] = ()
+
+    def layers(self) -> list[AttentionHeads]:
+        """Each layer of this unit alone (itself first, then the tied ones)."""
+        alone = replace(self, tied=(), bias=())
+        return [alone] + [replace(alone, module=m, q=q, k=k, v=v, out=o)
+                          for m, q, k, v, o in self.tied]
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """Every layer that pruning these heads cuts, once, in order."""
+        return tuple(dict.fromkeys([n for s in self.layers() for n in (s.q, s.k, s.v, s.out)]
+                                   + list(self.bias)))
 
     @property
     def fused(self) -> bool:
@@ -175,8 +196,17 @@ def _channels(head: int, spec: AttentionHeads, offset: int = 0) -> list[int]:
 def head_scores(model: nn.Module, spec: AttentionHeads) -> np.ndarray:
     """Per query head, the L2 norm of everything pruning it removes: its query rows, its
     output-projection columns and, when heads and key/value heads are one, its key and value
-    rows (the same magnitude criterion as channel groups), summed in double."""
+    rows (the same magnitude criterion as channel groups), in every tied layer, and its column
+    of every per-head table (``spec.bias``), summed in double."""
     modules = dict(model.named_modules())
+    total = sum(_head_squares(modules, s) for s in spec.layers())
+    with torch.no_grad():
+        for b in spec.bias:
+            total = total + squares(current(modules[b].weight), 1)
+    return np.sqrt(total)
+
+
+def _head_squares(modules: Mapping[str, nn.Module], spec: AttentionHeads) -> np.ndarray:
     q, k, v, o = (modules[n] for n in (spec.q, spec.k, spec.v, spec.out))
     oq, ok, ov = _sections(spec)
     width = spec.heads * spec.head_dim
@@ -188,7 +218,7 @@ def head_scores(model: nn.Module, spec: AttentionHeads) -> np.ndarray:
         total = per_head(squares(_rows(q), 0), oq) + per_head(squares(_rows(o), 1), 0)
         if spec.kv_heads == spec.heads:
             total = total + per_head(squares(_rows(k), 0), ok) + per_head(squares(_rows(v), 0), ov)
-    return np.sqrt(total)
+    return total
 
 
 def _prune(layer: nn.Module, idxs: Sequence[int], *, out: bool) -> None:
@@ -198,6 +228,8 @@ def _prune(layer: nn.Module, idxs: Sequence[int], *, out: bool) -> None:
     if isinstance(layer, nn.Linear):
         fn = tp.prune_linear_out_channels if out else tp.prune_linear_in_channels
         fn(layer, list(idxs))
+    elif isinstance(layer, nn.Embedding):  # a per-head table: one column per head
+        tp.prune_embedding_out_channels(layer, list(idxs))
     else:
         pruner = Conv1DPruner()
         (pruner.prune_out_channels if out else pruner.prune_in_channels)(layer, idxs)
@@ -218,7 +250,13 @@ def drop_heads(spec: AttentionHeads, scores: np.ndarray, keep: int) -> list[int]
 
 
 def head_cuts(spec: AttentionHeads, drop: Sequence[int]) -> list[tuple[str, bool, list[int]]]:
-    """What removing query heads ``drop`` cuts: (layer, output side?, indices) in order."""
+    """What removing query heads ``drop`` cuts: (layer, output side?, indices) in order, in
+    every tied layer, then the columns of the per-head tables."""
+    cuts = [cut for s in spec.layers() for cut in _layer_head_cuts(s, drop)]
+    return cuts + [(b, True, sorted(int(h) for h in drop)) for b in spec.bias]
+
+
+def _layer_head_cuts(spec: AttentionHeads, drop: Sequence[int]) -> list[tuple[str, bool, list[int]]]:
     oq, ok, ov = _sections(spec)
     q_idx = [c for h in drop for c in _channels(h, spec, oq)]
     o_idx = [c for h in drop for c in _channels(h, spec)]
@@ -233,19 +271,28 @@ def head_cuts(spec: AttentionHeads, drop: Sequence[int]) -> list[tuple[str, bool
     return cuts + [(spec.out, False, o_idx)]
 
 
+def resized(spec: AttentionHeads, *, heads: int | None = None,
+            head_dim: int | None = None) -> AttentionHeads:
+    """``spec`` after pruning to ``heads`` query heads (key/value heads follow them unless
+    grouped) or to ``head_dim`` positions per head."""
+    if heads is not None:
+        kv_heads = heads if spec.kv_heads == spec.heads else spec.kv_heads
+        spec = replace(spec, heads=heads, kv_heads=kv_heads)
+    return spec if head_dim is None else replace(spec, head_dim=head_dim)
+
+
 def prune_heads(model: nn.Module, spec: AttentionHeads, drop: Sequence[int], *,
                 modules: Mapping[str, nn.Module] | None = None) -> AttentionHeads:
     """Remove query heads ``drop`` (and, without grouped-query attention, their keys and
     values) from ``model`` in place (``modules``: its modules by name, when the caller has
-    them); returns the layer's new description."""
+    them), from every tied layer and per-head table; returns the unit's new description."""
     modules = modules if modules is not None else dict(model.named_modules())
     for name, out, idxs in head_cuts(spec, drop):
         _prune(modules[name], idxs, out=out)
-    heads = spec.heads - len(drop)
-    kv_heads = heads if spec.kv_heads == spec.heads else spec.kv_heads
-    _set_attributes(modules[spec.module], spec, heads, kv_heads)
-    return AttentionHeads(module=spec.module, q=spec.q, k=spec.k, v=spec.v, out=spec.out,
-                          heads=heads, kv_heads=kv_heads, head_dim=spec.head_dim)
+    new = resized(spec, heads=spec.heads - len(drop))
+    for layer in spec.layers():
+        _set_attributes(modules[layer.module], spec, new.heads, new.kv_heads)
+    return new
 
 
 def _set_attributes(attn: nn.Module, spec: AttentionHeads, heads: int, kv_heads: int) -> None:
@@ -270,8 +317,15 @@ def head_dim_scores(model: nn.Module, spec: AttentionHeads) -> tuple[np.ndarray,
     """Per key/value head and position inside a head (``[kv_heads, head_dim]`` each): the
     squared norm of what pruning that position removes from the query-key product (the query
     rows of every query head of the group and the key row) and from the value path (the value
-    row and the output-projection columns of every query head of the group)."""
+    row and the output-projection columns of every query head of the group), summed over the
+    tied layers."""
     modules = dict(model.named_modules())
+    parts = [_head_dim_squares(modules, s) for s in spec.layers()]
+    return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+
+def _head_dim_squares(modules: Mapping[str, nn.Module], spec: AttentionHeads
+                      ) -> tuple[np.ndarray, np.ndarray]:
     q, k, v, o = (modules[n] for n in (spec.q, spec.k, spec.v, spec.out))
     oq, ok, ov = _sections(spec)
     d = spec.head_dim
@@ -302,9 +356,15 @@ def drop_head_dims(scores: tuple[np.ndarray, np.ndarray], keep: int
 
 def head_dim_cuts(spec: AttentionHeads, drop_qk: Sequence[Sequence[int]],
                   drop_vo: Sequence[Sequence[int]]) -> list[tuple[str, bool, list[int]]]:
-    """What removing positions inside every head cuts: (layer, output side?, indices)."""
+    """What removing positions inside every head cuts: (layer, output side?, indices), in
+    every tied layer."""
     if len({len(x) for x in (*drop_qk, *drop_vo)}) != 1:
         raise ValueError("every head must lose the same number of positions")
+    return [cut for s in spec.layers() for cut in _layer_dim_cuts(s, drop_qk, drop_vo)]
+
+
+def _layer_dim_cuts(spec: AttentionHeads, drop_qk: Sequence[Sequence[int]],
+                    drop_vo: Sequence[Sequence[int]]) -> list[tuple[str, bool, list[int]]]:
     oq, ok, ov = _sections(spec)
     d = spec.head_dim
     q_idx = [oq + h * d + j for h in range(spec.heads) for j in drop_qk[h // spec.group]]
@@ -328,16 +388,16 @@ def prune_head_dims(model: nn.Module, spec: AttentionHeads, drop_qk: Sequence[Se
     modules = modules if modules is not None else dict(model.named_modules())
     for name, out, idxs in head_dim_cuts(spec, drop_qk, drop_vo):
         _prune(modules[name], idxs, out=out)
-    attn = modules[spec.module]
     d = spec.head_dim
     new = d - len(drop_qk[0])
-    for n in _HEAD_SIZE:
-        if getattr(attn, n, None) == d:
-            setattr(attn, n, new)
-    for n in _ALL_HEADS:
-        if getattr(attn, n, None) == spec.heads * d:
-            setattr(attn, n, spec.heads * new)
-    if spec.fused and getattr(attn, "split_size", None) == spec.heads * d:
-        attn.split_size = spec.heads * new
-    return AttentionHeads(module=spec.module, q=spec.q, k=spec.k, v=spec.v, out=spec.out,
-                          heads=spec.heads, kv_heads=spec.kv_heads, head_dim=new)
+    for layer in spec.layers():
+        attn = modules[layer.module]
+        for n in _HEAD_SIZE:
+            if getattr(attn, n, None) == d:
+                setattr(attn, n, new)
+        for n in _ALL_HEADS:
+            if getattr(attn, n, None) == spec.heads * d:
+                setattr(attn, n, spec.heads * new)
+        if spec.fused and getattr(attn, "split_size", None) == spec.heads * d:
+            attn.split_size = spec.heads * new
+    return resized(spec, head_dim=new)

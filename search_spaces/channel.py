@@ -37,6 +37,7 @@ from .layers import LayerPlan, parametrised, plan_rows
 from .memory import release
 from .pruner import Candidate, Pruner, Template, tensor_key
 from .reference import recurrent_macs, reference_params
+from .shared_bias import tie_shared_heads
 from .tracing import (Output, as_inputs, call_model, prefix_views, pruning_group, roots,
                       traceable_copy)
 
@@ -472,14 +473,14 @@ def _find_candidates(pruner: Pruner, sequence: Sequence[str], round_to: int,
               f"search them" for n, kind in fixed.items()]
     projections: set[str] = set()
     try:
-        layers = find_attention(model, sequence)
+        layers = tie_shared_heads(model, find_attention(model, sequence))
     except Exception as err:  # noqa: BLE001 - one unreadable layer must not stop the build
         layers = []
         notes.append(f"attention heads are not searched: reading the attention layers failed "
                      f"({type(err).__name__}: {err})")
     for heads in layers:
-        members = tuple(dict.fromkeys((heads.q, heads.k, heads.v, heads.out)))
-        projections |= {heads.q, heads.k, heads.v}
+        members = heads.members
+        projections |= {n for s in heads.layers() for n in (s.q, s.k, s.v)} | set(heads.bias)
         if (ignored | set(fixed)) & set(members):
             continue
         per = heads.kv_heads if heads.kv_heads < heads.heads else 1  # GQA: same in every group

@@ -35,7 +35,7 @@ import torch_pruning as tp
 from torch import nn
 
 from .attention import (AttentionHeads, drop_head_dims, drop_heads, head_cuts, head_dim_cuts,
-                        head_dim_scores, head_scores, prune_head_dims, prune_heads)
+                        head_dim_scores, head_scores, prune_head_dims, prune_heads, resized)
 from .criteria import Criterion, L1Magnitude, L2Magnitude
 from .importance import Restricted, _slices, dense_squares, item_slices, trial_view
 from .pruner import Candidate, Template, _ties
@@ -219,14 +219,14 @@ class Decisions:
             return
         spec = self.specs.get(c.heads.module, c.heads)
         modules = self.template.modules
-        reads = [modules[n].weight for n in dict.fromkeys((spec.q, spec.k, spec.v, spec.out))]
+        reads = [modules[n].weight for n in spec.members]
         if c.dims:
             qk, vo = drop_head_dims(self._scored(
                 (spec, "dims"), reads, lambda: head_dim_scores(self.template.model, spec)), keep)
             self.heads.append(("dims", spec, qk, vo))
             self._cut(head_dim_cuts(spec, qk, vo))
             d = spec.head_dim - len(qk[0])
-            self.specs[spec.module] = AttentionHeads(**{**vars(spec), "head_dim": d})
+            self.specs[spec.module] = resized(spec, head_dim=d)
             return
         drop = drop_heads(spec, self._scored(
             (spec, "heads"), reads, lambda: head_scores(self.template.model, spec)), keep)
@@ -234,9 +234,7 @@ class Decisions:
             return
         self.heads.append(("heads", spec, drop, None))
         self._cut(head_cuts(spec, drop))
-        heads = spec.heads - len(drop)
-        kv = heads if spec.kv_heads == spec.heads else spec.kv_heads
-        self.specs[spec.module] = AttentionHeads(**{**vars(spec), "heads": heads, "kv_heads": kv})
+        self.specs[spec.module] = resized(spec, heads=spec.heads - len(drop))
 
     def _scored(self, name: object, reads: Sequence[torch.Tensor],
                 score: Callable[[], Any]) -> Any:
