@@ -38,6 +38,7 @@ from .memory import release
 from .pruner import Candidate, Pruner, Template, tensor_key
 from .reference import recurrent_macs, reference_params
 from .shared_bias import tie_shared_heads
+from .tied_embeddings import couple_tied_embeddings
 from .tracing import (Output, as_inputs, call_model, prefix_views, pruning_group, roots,
                       traceable_copy)
 
@@ -137,6 +138,7 @@ class ChannelSpace(CountedSpace):
                 f"{type(model).__name__} failed on the example inputs ({type(err).__name__}: "
                 f"{err}). Fix: pass example inputs of the shape the model expects.") from err
         template = Template(model, inputs, output)
+        couple_tied_embeddings(template.graph)
         pruner = Pruner(template)
         candidates, notes = _find_candidates(pruner, dense.sequence, round_to, min_ratio,
                                              set(ignored_layers), prune_head_dims)
@@ -354,6 +356,7 @@ class ChannelSpace(CountedSpace):
         held = self._template
         if held is None or held.dense is not model or held.key != tensor_key(model):
             held = self._template = Template(model, self.example_inputs, self.output)
+            couple_tied_embeddings(held.graph)
         return held
 
     def _dense_scores(self, model: nn.Module, make_pruner: Callable[[], Pruner]

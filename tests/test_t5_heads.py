@@ -5,6 +5,7 @@ keeps the columns of the heads kept; costs stay exact and the pruned network run
 from __future__ import annotations
 
 import copy
+import io
 import warnings
 
 import numpy as np
@@ -138,3 +139,66 @@ def test_head_positions_prune_in_every_tied_layer() -> None:
     table = space.layer_table(config)
     assert sum(r.macs for r in table) == reference_macs(pruned, inputs)
     assert sum(r.params for r in table) == reference_params(pruned)
+
+
+class _Logits(nn.Module):
+    """T5 whose only output is its logits (``T5ForConditionalGeneration`` also returns the
+    encoder's last hidden state, whose width is the residual width: kept as an output, it
+    keeps that width dense)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.t5 = model
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, dec: torch.Tensor) -> torch.Tensor:
+        return self.t5(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
+
+
+def test_the_residual_width_prunes_with_its_norms_and_tied_embeddings() -> None:
+    model, inputs = _t5()
+    wrapped = _Logits(model).eval()
+    space = ChannelSpace.from_model(wrapped, inputs)
+    residual = [u for u in space.units if u.kind == "residual"]
+    assert len(residual) == 1, space.notes  # the encoder's and the decoder's: one weight
+    assert {"t5.shared", "t5.encoder.embed_tokens", "t5.decoder.embed_tokens"} <= \
+        set(residual[0].members)
+    assert not any("added or removed" in n for n in space.notes), space.notes
+    rng = np.random.default_rng(1)
+    template = space._template_of(wrapped)
+    for config in [space.dense_config(), space.min_config(), space.decode(rng.random(space.dim))]:
+        pruned = space.apply(wrapped, config)
+        with torch.no_grad():
+            assert pruned.eval()(*inputs).shape == (2, 6, 64)
+        table = space.layer_table(config)
+        assert sum(r.macs for r in table) == reference_macs(pruned, inputs), config
+        assert sum(r.params for r in table) == reference_params(pruned), config
+        t5 = pruned.t5
+        assert t5.shared.weight is t5.encoder.embed_tokens.weight is \
+            t5.decoder.embed_tokens.weight is t5.lm_head.weight  # still tied
+        width = config[residual[0].name]
+        assert t5.shared.weight.shape == (64, width)
+        assert t5.encoder.final_layer_norm.weight.shape == (width,)
+        held, template.plannable = template.plannable, False
+        try:  # the gathered trial is the unit-by-unit network
+            direct = space.apply(wrapped, config)
+        finally:
+            template.plannable = held
+        a, b = pruned.state_dict(), direct.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    pruned, again = (space.apply(wrapped, space.min_config()) for _ in range(2))
+    buffer = io.BytesIO()
+    torch.save(pruned.state_dict(), buffer)
+    buffer.seek(0)
+    again.load_state_dict(torch.load(buffer, weights_only=True))
+    with torch.no_grad():
+        assert torch.equal(pruned.eval()(*inputs), again.eval()(*inputs))
+    dense = sum(r.macs for r in space.layer_table({}))
+    thinnest = sum(r.macs for r in space.layer_table(space.min_config())) / dense
+    print(f"tiny T5 (logits only): the thinnest network keeps {thinnest:.1%} of the dense MACs")
+    assert thinnest <= 0.40
+
+
+def test_a_residual_width_that_is_an_output_is_kept_dense_with_that_reason(built: tuple) -> None:
+    _, _, space = built  # T5ForConditionalGeneration returns encoder_last_hidden_state
+    notes = [n for n in space.notes if "residual" in n]
+    assert len(notes) == 1 and "changes the output's shape" in notes[0], space.notes
