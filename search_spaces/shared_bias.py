@@ -10,8 +10,10 @@ layers are one unit: every layer keeps the same heads, and the bias embedding ke
 columns of those heads, so each kept head is still added the bias it was trained with.
 
 A run of tied layers starts at a layer that computes its own bias (or at the stack's first
-layer) and goes on through the same attention of the following blocks that do not: a model
-whose every layer has its own bias (UMT5) gives one layer per unit, each with its embedding.
+layer) and goes on through the same attention of the following blocks that do not. A stack in
+which several layers have a bias of their own (UMT5: every layer computes its own bias, and its
+cross-attention its own zeros) passes nothing on: each of its layers is a unit alone, with its
+embedding.
 """
 
 from __future__ import annotations
@@ -50,12 +52,18 @@ def tie_shared_heads(model: nn.Module, specs: Sequence[AttentionHeads]) -> list[
             out.append((*key, len(chains) - 1))
         else:
             chains[-1].append(spec)
+    per_layer = {stack for (stack, _), chains in runs.items()
+                 if sum(bool(getattr(modules[c[0].module], "has_relative_attention_bias", False))
+                        for c in chains) > 1}
     found = []
     for item in out:
         if isinstance(item, AttentionHeads):
             found.append(item)
             continue
         chain = runs[item[:2]][item[2]]
+        if item[0] in per_layer:  # nothing is passed on in this stack
+            found += [_with_tables(s, modules[s.module]) for s in chain]
+            continue
         first = _with_tables(chain[0], modules[chain[0].module])
         tables = [b for s in chain[1:] for b in _with_tables(s, modules[s.module]).bias]
         found.append(replace(first, tied=tuple((s.module, s.q, s.k, s.v, s.out)

@@ -202,3 +202,26 @@ def test_a_residual_width_that_is_an_output_is_kept_dense_with_that_reason(built
     _, _, space = built  # T5ForConditionalGeneration returns encoder_last_hidden_state
     notes = [n for n in space.notes if "residual" in n]
     assert len(notes) == 1 and "changes the output's shape" in notes[0], space.notes
+
+
+def test_a_stack_whose_layers_have_their_own_bias_prunes_each_layer_alone() -> None:
+    """UMT5: every layer computes its own bias (and its cross-attention its own zeros), so
+    nothing is tied, and each self-attention layer's embedding goes with its heads."""
+    warnings.filterwarnings("ignore", module="transformers")
+    import transformers as t  # noqa: PLC0415 - a test dependency
+
+    torch.manual_seed(0)
+    cfg = t.UMT5Config(d_model=32, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+                       d_kv=8, vocab_size=64, decoder_start_token_id=0)
+    model = t.UMT5ForConditionalGeneration(cfg).eval()
+    _, inputs = _t5()
+    space = ChannelSpace.from_model(model, inputs, output="logits")
+    heads = [u for u in space.units if u.kind == "heads"]
+    assert len(heads) == 6, space.notes
+    assert sum("relative_attention_bias" in m for u in heads for m in u.members) == 4
+    config = space.min_config()
+    pruned = space.apply(model, config)
+    assert _logits(pruned, inputs).shape == (2, 6, 64)
+    table = space.layer_table(config)
+    assert sum(r.macs for r in table) == reference_macs(pruned, inputs)
+    assert sum(r.params for r in table) == reference_params(pruned)
