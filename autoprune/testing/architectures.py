@@ -9,7 +9,6 @@ their builders). The project's tests (``tests/test_architectures.py``) and
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoprune.testing.hf_architectures import HF_ARCHITECTURES
 from autoprune.zoo.models import build_model
 
 Built = tuple[nn.Module, tuple[torch.Tensor, ...], dict[str, Any]]
@@ -26,66 +26,10 @@ def _image(c: int = 1, size: int = 16) -> tuple[torch.Tensor, ...]:
     return (torch.randn(2, c, size, size),)
 
 
-def _tokens(vocab: int, n: int = 8) -> tuple[torch.Tensor, ...]:
-    return (torch.randint(0, vocab, (2, n)),)
-
-
 def _zoo(name: str) -> Callable[[], Built]:
     def build() -> Built:
         return build_model(name, in_channels=1, input_size=16, width_mult=0.25), _image(), {"round_to": 2}
     return build
-
-
-def _hf() -> Any:
-    warnings.filterwarnings("ignore", module="transformers")
-    import transformers  # noqa: PLC0415 - a test dependency, only for these builders
-
-    transformers.utils.logging.set_verbosity_error()
-    return transformers
-
-
-def _bert() -> Built:
-    t = _hf()
-    cfg = t.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                       intermediate_size=48, max_position_embeddings=16, num_labels=3)
-    return t.BertForSequenceClassification(cfg), _tokens(64), {"output": "logits"}
-
-
-def _bert_base_model() -> Built:  # the hidden width is the output: only heads and MLPs prune
-    t = _hf()
-    cfg = t.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                       intermediate_size=48, max_position_embeddings=16)
-    return t.BertModel(cfg, add_pooling_layer=False), _tokens(64), {}
-
-
-def _distilbert() -> Built:
-    t = _hf()
-    cfg = t.DistilBertConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, hidden_dim=48,
-                             max_position_embeddings=16)
-    return t.DistilBertForSequenceClassification(cfg), _tokens(64), {}
-
-
-def _vit() -> Built:
-    t = _hf()
-    cfg = t.ViTConfig(image_size=16, patch_size=4, num_channels=1, hidden_size=32,
-                      num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-                      num_labels=10)
-    return t.ViTForImageClassification(cfg), _image(), {}
-
-
-def _gpt2() -> Built:  # Conv1D layers, fused qkv, tied embeddings
-    t = _hf()
-    cfg = t.GPT2Config(vocab_size=48, n_positions=16, n_embd=32, n_layer=2, n_head=4,
-                       bos_token_id=0, eos_token_id=0)
-    return t.GPT2LMHeadModel(cfg), _tokens(48), {}
-
-
-def _llama() -> Built:  # grouped-query attention, rotary embeddings, gated MLP
-    t = _hf()
-    cfg = t.LlamaConfig(vocab_size=48, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16,
-                        bos_token_id=0, eos_token_id=0)
-    return t.LlamaForCausalLM(cfg), _tokens(48), {}
 
 
 class SdpaBlock(nn.Module):
@@ -361,8 +305,7 @@ def _plain(cls: type[nn.Module], inputs: Callable[[], tuple[torch.Tensor, ...]],
 ARCHITECTURES: dict[str, Callable[[], Built]] = {
     **{f"zoo-{n}": _zoo(n) for n in ("resnet20", "resnet56", "vgg11", "vgg16", "mobilenetv1",
                                      "mobilenetv2")},
-    "hf-bert": _bert, "hf-bert-base-model": _bert_base_model, "hf-distilbert": _distilbert,
-    "hf-vit": _vit, "hf-gpt2": _gpt2, "hf-llama-gqa": _llama,
+    **HF_ARCHITECTURES,
     "sdpa-attention": _plain(SdpaNet, _seq), "multihead-attention": _plain(MhaNet, _seq),
     "transformer-encoder": _plain(EncoderNet, _seq),
     "densenet-concat": _plain(DenseNetLike, _image), "unet-transposed": _plain(UNetLike, _image),
