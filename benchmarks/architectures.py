@@ -1,16 +1,17 @@
 """Every model users bring: what the channel space makes of each foreign architecture.
 
 For each architecture of ``autoprune.testing.architectures`` (our zoo, Hugging Face encoders,
-decoders and vision transformers, plain attention, awkward CNNs, recurrent layers, free
-parameters, several inputs, dict outputs): the units by kind, the layers kept dense (notes),
-the time ``ChannelSpace.from_model`` takes (median of ``--repeats``; it probes, builds the
+decoders, encoder-decoders, vision and audio models, plain attention, awkward CNNs, recurrent
+layers, free parameters, several inputs, dict outputs): the units by kind, the layers kept
+dense (notes), the time ``ChannelSpace.from_model`` takes (median of ``--repeats``; it probes, builds the
 rows and checks itself), and at ``--configs`` random configurations plus the thinnest the
 relative error of the space's MACs and parameters against the reference counts
 (``reference_macs``: flop_counter with grad and math attention plus recurrent gate matmuls;
 ``reference_params``), and whether the pruned network runs with the output's shape.
 
-    python benchmarks/architectures.py                 # all 29, 3 configurations each
+    python benchmarks/architectures.py                 # all 52, 3 configurations each
     python benchmarks/architectures.py --only hf-vit hf-gpt2 --configs 10
+    python benchmarks/architectures.py --repeats 1 --configs 1   # quicker: one timing, 2 configs
 
 Writes benchmarks/results/architectures.json and prints a table.
 """

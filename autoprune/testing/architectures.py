@@ -1,9 +1,10 @@
 """A zoo of foreign architectures: what users bring, built small, for conformance checks.
 
 Each entry is ``name -> builder``; a builder returns ``(model, example_inputs, options)`` where
-``options`` are extra ``ChannelSpace.from_model`` arguments. Hugging Face models are built
-from their configs with random weights (no download; ``transformers`` is imported only by
-their builders). The project's tests (``tests/test_architectures.py``) and
+``options`` are extra ``ChannelSpace.from_model`` arguments. The Hugging Face models
+(encoders, decoders, encoder-decoders, vision and audio models) live in
+``autoprune.testing.hf_architectures``, built from tiny configs with random weights (no
+download; ``transformers`` is imported only by their builders). The project's tests (``tests/test_architectures.py``) and
 ``benchmarks/architectures.py`` run over all of them; a third-party space can too.
 """
 
