@@ -175,14 +175,6 @@ def _convnext() -> Built:  # depthwise 7x7 convs, channels-last LayerNorm, layer
     return t.ConvNextForImageClassification(cfg), _image(), {"output": "logits"}
 
 
-def _mobilevit() -> Built:  # inverted residuals and transformers over unfolded patches
-    t = _hf()
-    cfg = t.MobileViTConfig(num_channels=1, image_size=32, patch_size=2,
-                            hidden_sizes=[16, 24, 32], neck_hidden_sizes=[8, 8, 16, 16, 24, 24, 48],
-                            num_attention_heads=4, num_labels=10)
-    return t.MobileViTForImageClassification(cfg), _image(size=32), {"output": "logits"}
-
-
 def _regnet() -> Built:  # grouped convs, squeeze-excitation (Y blocks)
     t = _hf()
     cfg = t.RegNetConfig(num_channels=1, embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1],
@@ -253,7 +245,7 @@ HF_ARCHITECTURES: dict[str, Callable[[], Built]] = {
     "hf-bert": _bert, "hf-bert-base-model": _bert_base_model, "hf-distilbert": _distilbert,
     "hf-vit": _vit, "hf-gpt2": _gpt2, "hf-llama-gqa": _llama,
     "hf-t5": _t5, "hf-wav2vec2": _wav2vec2,
-    "hf-swin": _swin, "hf-convnext": _convnext, "hf-mobilevit": _mobilevit, "hf-regnet": _regnet,
+    "hf-swin": _swin, "hf-convnext": _convnext, "hf-regnet": _regnet,
     "hf-deit": _deit, "hf-beit": _beit, "hf-segformer": _segformer, "hf-dinov2": _dinov2,
     "hf-clip-vision": _clip_vision, "hf-clip-text": _clip_text, "hf-bart": _bart,
     "hf-albert": _albert, "hf-deberta-v2": _deberta_v2, "hf-mistral": _mistral,
