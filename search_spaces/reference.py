@@ -8,6 +8,10 @@
   ``B * T * gates * H * (I + H)`` per layer and direction (and ``B * T * H * P`` for an LSTM's
   projection), in place of whatever the counter saw inside a recurrent layer (a GRU runs as
   plain matmuls it does count).
+- ``torch._grouped_mm`` (``transformers``' fused mixture-of-experts, its default experts
+  implementation), which the counter has no formula for, by the rows it multiplies: with
+  ``offs``, the rows up to the last offset (each routed token-expert pair once) times ``K x N``
+  (``grouped_mm_flops``, registered with the counter when this module is imported).
 - Parameters: every parameter the model holds, shared ones once, free ones (class tokens,
   position tables, ``MultiheadAttention``'s in-projection) included.
 """
@@ -19,11 +23,32 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
 from .tracing import call_model
 
-__all__ = ["recurrent_macs", "recurrent_steps", "reference_macs", "reference_params"]
+__all__ = ["grouped_mm_flops", "recurrent_macs", "recurrent_steps", "reference_macs", "reference_params"]
+
+
+def grouped_mm_flops(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor | None = None,
+                     *args: object, out_val: object = None, **kwargs: object) -> int:
+    """FLOPs (2 per multiply-accumulate) of ``torch._grouped_mm(a, b, offs)``: a 2-D ``a``
+    against a 3-D ``b`` ([groups, K, N]) multiplies ``a``'s first ``offs[-1]`` rows (rows past
+    the last offset are skipped); a 2-D ``b`` groups ``K`` by ``offs``; 3-D by 3-D is a batch."""
+    rows = int(a.shape[-2])
+    k = int(a.shape[-1])
+    n = int(b.shape[-1])
+    batch = int(a.shape[0]) if a.dim() == 3 else 1
+    if offs is not None and a.dim() == 2 and b.dim() == 3:
+        rows = int(offs[-1]) if offs.numel() else 0
+    elif offs is not None and a.dim() == 2 and b.dim() == 2:
+        k = int(offs[-1]) if offs.numel() else 0
+    return 2 * batch * rows * k * n
+
+
+_GROUPED_MM = getattr(torch.ops.aten, "_grouped_mm", None)
+if _GROUPED_MM is not None and _GROUPED_MM not in FlopCounterMode(display=False).flop_registry:
+    register_flop_formula(_GROUPED_MM, get_raw=True)(grouped_mm_flops)
 
 
 def reference_params(model: nn.Module) -> int:
