@@ -31,11 +31,12 @@ from .attention import find_attention
 from .base import CountedSpace, LayerTable, Unit, UntraceableModelError, register_space
 from .criteria import Criterion, L2Magnitude, as_criterion
 from .gather import build_trial, decide, plannable
+from .experts import ExpertsPruner as Pruner, find_experts
 from .exact import ProbeError, RunLog, ShortProbeMismatch, probe, run_log, short_inputs
 from .importance import dense_squares
 from .layers import LayerPlan, parametrised, plan_rows
 from .memory import release
-from .pruner import Candidate, Pruner, Template, tensor_key
+from .pruner import Candidate, Template, tensor_key
 from .reference import recurrent_macs, reference_params
 from .shared_bias import tie_shared_heads
 from .tied_embeddings import couple_tied_embeddings
@@ -145,6 +146,8 @@ class ChannelSpace(CountedSpace):
         if type(criterion).check is not Criterion.check:  # (a group search per unit)
             criterion.check({c.unit.name: pruner.group_of(c) for c in candidates
                              if c.heads is None})
+        candidates += find_experts(pruner.model, set(ignored_layers), lambda n, step: channel_choices(
+            n, round_to=math.lcm(step, round_to), min_ratio=floor_of("neurons", min_ratio)))
         with prefix_views():  # sizes only: the probed copies are views of the dense weights
             space = cls._probed(model, inputs, output, template, candidates, notes, dense,
                                 round_to, min_ratio, criterion)

@@ -1,0 +1,212 @@
+"""Mixture-of-experts layers whose experts are fused 3-D parameters: each layer's expert width.
+
+``transformers`` 5 stores a MoE layer's experts as one module holding 3-D parameters
+(Mixtral's ``MixtralExperts``, Qwen-MoE's, and the others built with
+``use_experts_implementation``): ``gate_up_proj`` ``[experts, 2 * width, hidden]`` (the gate
+rows, then the up rows; ``up_proj`` ``[experts, width, hidden]`` without a gate) and
+``down_proj`` ``[experts, hidden, width]``; ``is_transposed`` swaps the last two dimensions of
+both, ``is_concatenated=False`` interleaves the gate and up rows. Torch-Pruning cannot prune
+such parameters along the width, so each such module is a unit here (:class:`ExpertsCandidate`,
+pruned by :class:`ExpertsPruner`, the channel space's pruner).
+
+**One width per layer, each expert keeping its own neurons.** The unit is the number of
+intermediate neurons every expert of the layer keeps; each expert keeps the neurons of its own
+largest L2 magnitude (its gate row, up row and down column, and their biases), because the
+experts are independent MLPs whose neuron ``j`` has nothing in common. The width is shared
+because that is what makes the costs exact: the routed MACs of a layer are
+``sum_e tokens_e * 3 * hidden * width_e``, and the tokens each expert gets change whenever any
+other unit is pruned (the router reads the pruned residual stream), while ``sum_e tokens_e``
+is always ``tokens * top_k``. With one width the cost is ``tokens * top_k * 3 * hidden *
+width`` on every configuration; with a width per expert it would depend on the routing.
+
+Costs come from the channel space's probe, as for every unit: the parameters' shapes are read
+off, and the experts' kernel (``torch._grouped_mm``, counted by ``reference.py``; the eager
+loop's matmuls and ``batched_mm``'s ``bmm``) records the routed rows. The width is a multiple
+of ``16 bytes / element size``, the stride ``grouped_mm`` requires. Weight-only: every
+criterion ranks the experts' neurons by their L2 magnitude (no data criterion measures them).
+Trials holding such a unit are pruned unit by unit (``gather.plannable`` says no).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .base import Unit
+from .pruner import Candidate, Pruner
+
+__all__ = ["ExpertsCandidate", "ExpertsPruner", "FusedExperts", "expert_scores", "find_experts",
+           "prune_experts"]
+
+#: Attributes of an experts module holding its width, kept in step with it.
+_WIDTH = ("intermediate_dim", "intermediate_size", "expert_dim", "moe_intermediate_size")
+
+
+@dataclass(frozen=True)
+class FusedExperts:
+    """One experts module: its name, the parameter in front (``gate_up_proj`` or
+    ``up_proj``), whether it holds a gate (two rows per neuron), the layouts, and the sizes."""
+
+    module: str
+    up: str
+    gated: bool
+    transposed: bool
+    concatenated: bool
+    experts: int
+    width: int
+
+    def up_rows(self, neurons: np.ndarray, width: int) -> np.ndarray:
+        """The rows (along the width dimension) of ``up`` that hold ``neurons``."""
+        if not self.gated:
+            return neurons
+        if self.concatenated:
+            return np.concatenate([neurons, neurons + width])
+        return np.stack([2 * neurons, 2 * neurons + 1], axis=1).reshape(-1)
+
+
+@dataclass(frozen=True)
+class ExpertsCandidate(Candidate):
+    """A unit of fused experts: the width every expert of ``experts`` keeps."""
+
+    experts: FusedExperts | None = None
+
+
+def _read(name: str, m: nn.Module) -> FusedExperts | None:
+    """``m`` as fused experts, or ``None`` when its parameters are not laid out as such."""
+    params = dict(m.named_parameters(recurse=False))
+    down = params.get("down_proj")
+    up_name = "gate_up_proj" if "gate_up_proj" in params else "up_proj"
+    up = params.get(up_name)
+    if down is None or up is None or down.dim() != 3 or up.dim() != 3 \
+            or up.shape[0] != down.shape[0]:
+        return None
+    gated = bool(getattr(m, "has_gate", up_name == "gate_up_proj"))
+    rows = 2 if gated else 1
+    transposed = getattr(m, "is_transposed", None)
+    if transposed is None:  # read off the shapes, where they say it unambiguously
+        plain = up.shape[1] == rows * down.shape[2] and up.shape[2] == down.shape[1]
+        swapped = up.shape[2] == rows * down.shape[1] and up.shape[1] == down.shape[2]
+        if plain == swapped:
+            return None
+        transposed = swapped
+    width = int(down.shape[1] if transposed else down.shape[2])
+    hidden = int(down.shape[2] if transposed else down.shape[1])
+    want = (up.shape[0], hidden, rows * width) if transposed else (up.shape[0], rows * width, hidden)
+    if tuple(up.shape) != want:
+        return None
+    return FusedExperts(module=name, up=up_name, gated=gated, transposed=bool(transposed),
+                        concatenated=bool(getattr(m, "is_concatenated", True)),
+                        experts=int(up.shape[0]), width=width)
+
+
+def find_experts(model: nn.Module, ignored: set[str],
+                 choices: Callable[[int, int], tuple[int, ...]]) -> list[ExpertsCandidate]:
+    """A unit per fused-experts module of ``model`` not ``ignored``; ``choices(width, step)``
+    gives the widths it may keep (``step``: the multiple ``grouped_mm`` needs)."""
+    out = []
+    for name, m in model.named_modules():
+        spec = _read(name, m) if name not in ignored else None
+        if spec is None:
+            continue
+        step = max(1, 16 // getattr(m, spec.up).element_size())
+        kept = choices(spec.width, step)
+        if len(kept) < 2:
+            continue
+        unit = Unit(name=f"{name}:expert_width", full=spec.width, choices=kept,
+                    members=(name,), kind="neurons")
+        out.append(ExpertsCandidate(unit=unit, root=name,
+                                    blocks=tuple((i,) for i in range(spec.width)), experts=spec))
+    return out
+
+
+def _dims(spec: FusedExperts) -> tuple[int, int]:
+    """The width's dimension in ``up`` and in ``down_proj``."""
+    return (2, 1) if spec.transposed else (1, 2)
+
+
+def expert_scores(m: nn.Module, spec: FusedExperts) -> np.ndarray:
+    """``[experts, width]``: the squared L2 magnitude of each expert's neurons (its gate and
+    up rows, its down column, their biases)."""
+    up_dim, down_dim = _dims(spec)
+    width = int(m.down_proj.shape[down_dim])
+    with torch.no_grad():
+        up = getattr(m, spec.up).detach().float().pow(2).sum(dim=3 - up_dim)  # [E, rows*width]
+        down = m.down_proj.detach().float().pow(2).sum(dim=3 - down_dim)       # [E, width]
+        bias = getattr(m, f"{spec.up}_bias", None)
+        if isinstance(bias, torch.Tensor):
+            up = up + bias.detach().float().pow(2)
+        per = up[:, torch.as_tensor(spec.up_rows(np.arange(width), width))]
+        per = per.reshape(up.shape[0], -1, width).sum(1) if spec.gated and spec.concatenated \
+            else per.reshape(up.shape[0], width, -1).sum(2)
+    return (per + down).numpy().astype(np.float64)
+
+
+def prune_experts(m: nn.Module, spec: FusedExperts, keep: Sequence[np.ndarray]) -> None:
+    """Keep neurons ``keep[e]`` (as many in every expert) of each expert of ``m``, out of place."""
+    up_dim, down_dim = _dims(spec)
+    width = int(m.down_proj.shape[down_dim])
+    kept = len(keep[0])
+    rows = [torch.as_tensor(spec.up_rows(np.sort(k), width)) for k in keep]
+    cols = [torch.as_tensor(np.sort(k)) for k in keep]
+    with torch.no_grad():
+        def select(t: torch.Tensor, dim: int, idx: list[torch.Tensor]) -> nn.Parameter:
+            out = torch.stack([t[e].index_select(dim - 1, idx[e]) for e in range(t.shape[0])])
+            return nn.Parameter(out, requires_grad=t.requires_grad)
+
+        setattr(m, spec.up, select(getattr(m, spec.up), up_dim, rows))
+        m.down_proj = select(m.down_proj, down_dim, cols)
+        bias = getattr(m, f"{spec.up}_bias", None)
+        if isinstance(bias, nn.Parameter):  # [experts, rows * width]
+            setattr(m, f"{spec.up}_bias", nn.Parameter(torch.stack(
+                [bias[e].index_select(0, rows[e]) for e in range(bias.shape[0])]),
+                requires_grad=bias.requires_grad))
+    for attr in _WIDTH:
+        if getattr(m, attr, None) == width:
+            setattr(m, attr, kept)
+
+
+class ExpertsPruner(Pruner):
+    """The channel space's pruner, with fused-experts units (:class:`ExpertsCandidate`)
+    pruned here and every other unit as :class:`Pruner` prunes it."""
+
+    def scores(self, c: Candidate, stats: object = None) -> np.ndarray:
+        """For an experts unit, element ``k`` is every expert's ``k``-th most important neuron:
+        its score is theirs summed, so keeping the first ``n`` is what :meth:`keep` keeps."""
+        spec = getattr(c, "experts", None)
+        if spec is None:
+            return super().scores(c, stats)
+        per = expert_scores(self.modules[spec.module], spec)
+        return -np.sort(-per, axis=1).sum(0)
+
+    def keep(self, c: Candidate, keep: int, scores: np.ndarray | None = None) -> None:
+        spec = getattr(c, "experts", None)
+        if spec is None:
+            return super().keep(c, keep, scores)
+        m = self.modules[spec.module]
+        if keep >= int(m.down_proj.shape[_dims(spec)[1]]):
+            return
+        per = expert_scores(m, spec)
+        prune_experts(m, spec, [np.argsort(-row, kind="stable")[:keep] for row in per])
+
+    def remove(self, c: Candidate, drop: Sequence[int]) -> None:
+        spec = getattr(c, "experts", None)
+        if spec is None:
+            return super().remove(c, drop)
+        if not drop:
+            return
+        m = self.modules[spec.module]
+        width = int(m.down_proj.shape[_dims(spec)[1]])
+        kept = np.setdiff1d(np.arange(width), np.asarray(drop, dtype=np.int64))
+        prune_experts(m, spec, [kept] * int(m.down_proj.shape[0]))
+
+    def remove_last(self, c: Candidate, n: int) -> None:
+        spec = getattr(c, "experts", None)
+        if spec is None:
+            return super().remove_last(c, n)
+        width = int(self.modules[spec.module].down_proj.shape[_dims(spec)[1]])
+        self.remove(c, list(range(width - n, width)))
+
