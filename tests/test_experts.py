@@ -1,0 +1,123 @@
+"""Mixture-of-experts layers: each fused-experts layer's width is a unit (search_spaces/experts.py),
+costed exactly against the reference (the routed rows of ``torch._grouped_mm``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from autoprune.search_spaces import ChannelSpace, reference_macs, reference_params
+from autoprune.search_spaces.experts import expert_scores
+
+transformers = pytest.importorskip("transformers")
+
+
+def _mixtral(implementation: str | None = None) -> tuple[torch.nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    extra = {"experts_implementation": implementation} if implementation else {}
+    config = transformers.MixtralConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, vocab_size=64, **extra)
+    model = transformers.MixtralForCausalLM(config).eval()
+    return model, torch.randint(0, 64, (2, 16))
+
+
+def _exact(space: ChannelSpace, model: torch.nn.Module, config: dict[str, int],
+           x: torch.Tensor) -> torch.nn.Module:
+    pruned = space.apply(model, config)
+    table = space.layer_table(config)
+    assert sum(r.macs for r in table) == reference_macs(pruned, (x,))
+    assert sum(r.params for r in table) == reference_params(pruned)
+    with torch.no_grad():
+        assert pruned.eval()(x).logits.shape == (2, 16, 64)
+    return pruned
+
+
+@pytest.fixture(scope="module")
+def mixtral() -> tuple[torch.nn.Module, torch.Tensor, ChannelSpace]:
+    model, x = _mixtral()
+    return model, x, ChannelSpace.from_model(model, x)
+
+
+def test_the_reference_counts_the_routed_experts() -> None:
+    """``torch._grouped_mm`` (the default kernel) is counted as the eager loop's matmuls are:
+    every routed token-expert pair once."""
+    grouped, x = _mixtral()
+    eager, _ = _mixtral("eager")
+    assert grouped.config._experts_implementation == "grouped_mm"
+    macs = reference_macs(grouped, (x,))
+    assert macs == reference_macs(eager, (x,))
+    experts = 2 * 16 * 2 * 3 * 32 * 64  # tokens x top-k x (gate, up, down) x hidden x width
+    no_experts = macs - 2 * experts  # (two layers)
+    assert 0 < no_experts < macs / 2
+
+
+def test_each_experts_layer_width_is_a_unit(mixtral) -> None:
+    model, x, space = mixtral
+    widths = {u.name: u for u in space.units if u.name.endswith(":expert_width")}
+    assert set(widths) == {f"model.layers.{i}.mlp.experts:expert_width" for i in range(2)}
+    for u in widths.values():
+        assert u.full == 64 and u.kind == "neurons" and u.minimum == 8
+        assert all(c % 4 == 0 for c in u.choices)  # grouped_mm's 16-byte strides (fp32)
+    assert not any("experts" in n for n in space.notes)
+
+
+def test_costs_are_exact_at_dense_thinnest_and_random(mixtral) -> None:
+    model, x, space = mixtral
+    rng = np.random.default_rng(1)
+    configs = [space.dense_config(), space.min_config()] + \
+        [space.decode(rng.random(space.dim)) for _ in range(3)]
+    for config in configs:
+        pruned = _exact(space, model, config, x)
+        for i in range(2):
+            experts = pruned.model.layers[i].mlp.experts
+            width = config[f"model.layers.{i}.mlp.experts:expert_width"]
+            assert experts.gate_up_proj.shape == (4, 2 * width, 32)
+            assert experts.down_proj.shape == (4, 32, width)
+            assert experts.intermediate_dim == width
+
+
+def test_the_thinnest_network_keeps_under_a_third_of_the_macs(mixtral) -> None:
+    model, x, space = mixtral
+    dense = sum(r.macs for r in space.layer_table(space.dense_config()))
+    thinnest = sum(r.macs for r in space.layer_table(space.min_config()))
+    assert dense == reference_macs(model, (x,))
+    assert thinnest / dense < 0.31  # 0.299 (heads and expert widths; the residual kept dense)
+
+
+def test_each_expert_keeps_its_own_most_important_neurons(mixtral) -> None:
+    model, x, space = mixtral
+    name = "model.layers.0.mlp.experts:expert_width"
+    pruned = space.apply(model, {name: 16})
+    dense = model.model.layers[0].mlp.experts
+    kept = pruned.model.layers[0].mlp.experts
+    spec = next(c.experts for c in space._candidates if c.unit.name == name)
+    scores = expert_scores(dense, spec)
+    for e in range(4):
+        best = np.sort(np.argsort(-scores[e], kind="stable")[:16])
+        assert torch.equal(kept.down_proj[e], dense.down_proj[e][:, best])
+        rows = np.concatenate([best, best + 64])
+        assert torch.equal(kept.gate_up_proj[e], dense.gate_up_proj[e][rows])
+    chosen = [tuple(np.sort(np.argsort(-scores[e], kind="stable")[:16])) for e in range(4)]
+    assert len(set(chosen)) > 1  # the experts chose differently
+    assert dense.gate_up_proj.shape == (4, 128, 32)  # the dense model is untouched
+
+
+def test_trials_are_the_unit_by_unit_networks(mixtral) -> None:
+    model, x, space = mixtral
+    rng = np.random.default_rng(3)
+    for config in [space.min_config(), space.decode(rng.random(space.dim))]:
+        a, b = space.apply(model, config), space.apply(model, config)
+        assert not space._template_of(model).plannable  # experts prune unit by unit
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+        with torch.no_grad():
+            assert torch.equal(a(x).logits, b(x).logits)
+
+
+def test_batched_mm_experts_are_exact_too() -> None:
+    model, x = _mixtral("batched_mm")
+    space = ChannelSpace.from_model(model, x)
+    assert sum(u.name.endswith(":expert_width") for u in space.units) == 2
+    _exact(space, model, space.min_config(), x)
