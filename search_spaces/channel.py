@@ -39,6 +39,7 @@ from .memory import release
 from .pruner import Candidate, Template, tensor_key
 from .reference import recurrent_macs, reference_params
 from .shared_bias import tie_shared_heads
+from .ssm import template as traced_template
 from .tied_embeddings import couple_tied_embeddings
 from .tracing import (Output, as_inputs, call_model, prefix_views, pruning_group, roots,
                       traceable_copy)
@@ -138,7 +139,7 @@ class ChannelSpace(CountedSpace):
             raise UntraceableModelError(
                 f"{type(model).__name__} failed on the example inputs ({type(err).__name__}: "
                 f"{err}). Fix: pass example inputs of the shape the model expects.") from err
-        template = Template(model, inputs, output)
+        template = traced_template(model, inputs, output)
         couple_tied_embeddings(template.graph)
         pruner = Pruner(template)
         candidates, notes = _find_candidates(pruner, dense.sequence, round_to, min_ratio,
@@ -358,7 +359,7 @@ class ChannelSpace(CountedSpace):
         """``model`` traced once for this space and kept while its tensors are unchanged."""
         held = self._template
         if held is None or held.dense is not model or held.key != tensor_key(model):
-            held = self._template = Template(model, self.example_inputs, self.output)
+            held = self._template = traced_template(model, self.example_inputs, self.output)
             couple_tied_embeddings(held.graph)
         return held
 
