@@ -31,7 +31,7 @@ from .attention import find_attention
 from .base import CountedSpace, LayerTable, Unit, UntraceableModelError, register_space
 from .criteria import Criterion, L2Magnitude, as_criterion
 from .gather import build_trial, decide, plannable
-from .experts import ExpertsPruner as Pruner, find_experts
+from .experts import ExpertsPruner as Pruner, find_experts, tie_routed
 from .exact import ProbeError, RunLog, ShortProbeMismatch, probe, run_log, short_inputs
 from .importance import dense_squares
 from .layers import LayerPlan, parametrised, plan_rows
@@ -147,6 +147,7 @@ class ChannelSpace(CountedSpace):
         if type(criterion).check is not Criterion.check:  # (a group search per unit)
             criterion.check({c.unit.name: pruner.group_of(c) for c in candidates
                              if c.heads is None})
+        candidates = tie_routed(pruner.model, dense, candidates, notes)
         candidates += find_experts(pruner.model, set(ignored_layers), lambda n, step: channel_choices(
             n, round_to=math.lcm(step, round_to), min_ratio=floor_of("neurons", min_ratio)))
         with prefix_views():  # sizes only: the probed copies are views of the dense weights

@@ -104,8 +104,8 @@ def plannable(template: Template, candidates: Sequence[Candidate], criterion: Cr
         held = type(criterion) in (L2Magnitude, L1Magnitude) or criterion.needs_data
         try:
             for c in candidates:
-                if getattr(c, "experts", None) is not None:  # (experts.py prunes them)
-                    raise NotPlannable("fused experts")
+                if type(c) is not Candidate:  # (experts.py prunes them)
+                    raise NotPlannable("experts")
                 if held and c.heads is None:
                     for item in dense_group(template, c).items:
                         for tensor, dim in _cut_slices(template.graph, item):
