@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from autoprune.search_spaces import ChannelSpace, reference_macs, reference_params
 from autoprune.search_spaces.experts import expert_scores
@@ -121,3 +122,69 @@ def test_batched_mm_experts_are_exact_too() -> None:
     space = ChannelSpace.from_model(model, x)
     assert sum(u.name.endswith(":expert_width") for u in space.units) == 2
     _exact(space, model, space.min_config(), x)
+
+
+class _Expert(nn.Module):
+    def __init__(self, d: int, h: int) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(d, h), nn.Linear(h, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+class _MoE(nn.Module):
+    """Top-2 of 4 experts, each run only on the tokens routed to it."""
+
+    def __init__(self, d: int = 16, h: int = 32, experts: int = 4, k: int = 2) -> None:
+        super().__init__()
+        self.router = nn.Linear(d, experts, bias=False)
+        self.experts = nn.ModuleList(_Expert(d, h) for _ in range(experts))
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape, x = x.shape, x.reshape(-1, x.shape[-1])
+        w, idx = torch.topk(torch.softmax(self.router(x), -1), self.k, dim=-1)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            tok, slot = torch.where(idx == e)
+            if len(tok):
+                out.index_add_(0, tok, expert(x[tok]) * w[tok, slot, None])
+        return out.reshape(shape)
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.moe, self.out = nn.Linear(8, 16), _MoE(), nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        return self.out(h + self.moe(h))
+
+
+def test_plain_experts_share_a_width_and_cost_exactly_whatever_the_routing() -> None:
+    """Pruning ``inp`` moves the routing: per-expert widths would be costed by the dense
+    routing; one width for the list's experts is exact at every configuration."""
+    torch.manual_seed(0)
+    model, x = _Net().eval(), torch.randn(2, 12, 8)
+    space = ChannelSpace.from_model(model, x)
+    assert [u.name for u in space.units] == ["inp", "moe.experts:fc1:expert_width"]
+    tied = space.units[1]
+    assert tied.full == 32 and len(tied.members) == 4  # every expert's fc1
+    rng = np.random.default_rng(1)
+    configs = [space.dense_config(), space.min_config()] + \
+        [space.decode(rng.random(space.dim)) for _ in range(12)]
+    for config in configs:
+        pruned = space.apply(model, config)
+        table = space.layer_table(config)
+        assert sum(r.macs for r in table) == reference_macs(pruned, (x,)), config
+        assert sum(r.params for r in table) == reference_params(pruned)
+        assert {e.fc1.out_features for e in pruned.moe.experts} == {config[tied.name]}
+        with torch.no_grad():
+            assert pruned(x).shape == (2, 12, 3)
+    pruned = space.apply(model, {tied.name: 8})  # each expert keeps its own neurons
+    kept = [tuple(np.flatnonzero(np.isin(model.moe.experts[e].fc1.bias.detach().numpy(),
+                                         pruned.moe.experts[e].fc1.bias.detach().numpy())))
+            for e in range(4)]
+    assert len(set(kept)) > 1
