@@ -18,7 +18,12 @@ outputs to it. So while the dependency graph is traced (:func:`template`, only t
 mixer runs :func:`_traced_forward`: the same layers called as modules, the scan as one
 opaque operation over the inner-width tensors (``B`` and ``C`` enter it detached: they are
 ``state_size`` wide, not inner-wide), and ``A_log`` is then pruned along its rows. The
-pruned network runs the mixer's own forward, whose sizes all follow the tensors' shapes.
+pruned network runs the mixer's own forward, whose sizes all follow the tensors' shapes
+(without a cache: ``transformers``' generation cache is sized from the config's
+``intermediate_size``, which a pruned mixer no longer has). ``x_proj``'s outputs (the time
+step's rank, ``B``, ``C``) are no unit: the probe finds that the split of its outputs is
+fixed in the forward and keeps them dense with a note naming ``x_proj``. The forward of a
+mixer's class is swapped only while :func:`template` traces (one thread at a time).
 
 Costs: the scan's readout ``state @ C`` is a batched matmul per step that the flop counter
 counts (``B * T * d_inner * state`` MACs), as is ``dt_proj.weight @ time_step``; the

@@ -162,3 +162,29 @@ def test_whisper_residual_kept_dense_is_named(built) -> None:
     # the encoder's width is an output (encoder_last_hidden_state): kept dense, named
     assert any(n.startswith("model.encoder.conv2") and "output's shape" in n
                for n in space.notes), space.notes
+
+
+def test_pruned_weights_save_reload_and_a_short_allocation_runs(built) -> None:
+    import io
+
+    import autoprune
+
+    name, model, inputs, output, space = built
+    config = space.min_config()
+    pruned = space.apply(model, config)
+    buffer = io.BytesIO()
+    torch.save(pruned.state_dict(), buffer)
+    buffer.seek(0)
+    again = space.apply(model, config)
+    again.load_state_dict(torch.load(buffer, weights_only=True))
+    torch.testing.assert_close(_out(again, inputs, output), _out(pruned, inputs, output))
+
+    def score(net: nn.Module) -> dict[str, float]:
+        return {"loss": float(_out(net, inputs, output).float().pow(2).mean())}
+
+    low, high = (sum(r.macs for r in space.layer_table(c))
+                 for c in (space.min_config(), space.dense_config()))
+    limit = (low + high) // 2
+    alloc = autoprune.allocate(model, example_inputs=inputs, target=f"macs={limit}",
+                               evaluate=score, trials=3, space=space)
+    assert not alloc.chosen.failed and alloc.costs["macs"] <= limit, name
