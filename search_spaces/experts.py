@@ -20,8 +20,11 @@ is always ``tokens * top_k``. With one width the cost is ``tokens * top_k * 3 * 
 width`` on every configuration; with a width per expert it would depend on the routing.
 
 Costs come from the channel space's probe, as for every unit: the parameters' shapes are read
-off, and the experts' kernel (``torch._grouped_mm``, counted by ``reference.py``; the eager
-loop's matmuls and ``batched_mm``'s ``bmm``) records the routed rows. The width is a multiple
+off, and the experts' kernel (``torch._grouped_mm``, the default, counted by ``reference.py``;
+``batched_mm``'s ``bmm``) records the routed rows. The ``eager`` implementation loops over the
+experts that were hit, one matmul per expert: its operations change with the routing, so any
+unit that moves the routing (a layer's heads, an earlier layer's experts) is kept dense with a
+note by the channel space's probe (never costed wrongly). The width is a multiple
 of ``16 bytes / element size``, the stride ``grouped_mm`` requires. Weight-only: every
 criterion ranks the experts' neurons by their L2 magnitude (no data criterion measures them).
 Trials holding such a unit are pruned unit by unit (``gather.plannable`` says no).

@@ -188,3 +188,12 @@ def test_plain_experts_share_a_width_and_cost_exactly_whatever_the_routing() -> 
                                          pruned.moe.experts[e].fc1.bias.detach().numpy())))
             for e in range(4)]
     assert len(set(kept)) > 1
+
+
+def test_eager_experts_keep_what_moves_the_routing_dense_and_stay_exact() -> None:
+    """The eager loop runs one matmul per expert hit: a unit that moves the routing is kept
+    dense with a note naming it, and what is searched is costed exactly."""
+    model, x = _mixtral("eager")
+    space = ChannelSpace.from_model(model, x)
+    assert any("kept dense" in n and "self_attn" in n for n in space.notes)
+    _exact(space, model, space.min_config(), x)
