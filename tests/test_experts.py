@@ -197,3 +197,20 @@ def test_eager_experts_keep_what_moves_the_routing_dense_and_stay_exact() -> Non
     space = ChannelSpace.from_model(model, x)
     assert any("kept dense" in n and "self_attn" in n for n in space.notes)
     _exact(space, model, space.min_config(), x)
+
+
+def test_qwen2_moe_experts_beside_a_shared_expert() -> None:
+    torch.manual_seed(0)
+    config = transformers.Qwen2MoeConfig(
+        hidden_size=32, intermediate_size=64, moe_intermediate_size=32,
+        shared_expert_intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, vocab_size=64)
+    model = transformers.Qwen2MoeForCausalLM(config).eval()
+    x = torch.randint(0, 64, (2, 16))
+    space = ChannelSpace.from_model(model, x)
+    names = {u.name for u in space.units}
+    assert {f"model.layers.{i}.mlp.experts:expert_width" for i in range(2)} <= names
+    assert {f"model.layers.{i}.mlp.shared_expert.gate_proj" for i in range(2)} <= names
+    rng = np.random.default_rng(2)
+    for config in [space.min_config(), space.decode(rng.random(space.dim))]:
+        _exact(space, model, config, x)
