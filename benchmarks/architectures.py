@@ -9,7 +9,7 @@ relative error of the space's MACs and parameters against the reference counts
 (``reference_macs``: flop_counter with grad and math attention plus recurrent gate matmuls;
 ``reference_params``), and whether the pruned network runs with the output's shape.
 
-    python benchmarks/architectures.py                 # all 51, 3 configurations each
+    python benchmarks/architectures.py                 # all 55, 3 configurations each
     python benchmarks/architectures.py --only hf-vit hf-gpt2 --configs 10
     python benchmarks/architectures.py --repeats 1 --configs 1   # quicker: one timing, 2 configs
 

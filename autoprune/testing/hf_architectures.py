@@ -241,6 +241,45 @@ def _wav2vec2() -> Built:  # a conv feature encoder; the weight-normed positiona
     return t.Wav2Vec2Model(cfg), (torch.randn(2, 400),), {"output": "last_hidden_state"}
 
 
+# -- mixture of experts, state space, audio encoder-decoder -------------------------------------
+
+def _mixtral() -> Built:  # fused 3-D experts (grouped_mm), top-2 of 4, GQA
+    t = _hf()
+    cfg = t.MixtralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+                          num_experts_per_tok=2, vocab_size=64)
+    return t.MixtralForCausalLM(cfg), _tokens(64, 16), {"output": "logits"}
+
+
+def _qwen2_moe() -> Built:  # fused experts beside a shared expert
+    t = _hf()
+    cfg = t.Qwen2MoeConfig(hidden_size=32, intermediate_size=64, moe_intermediate_size=32,
+                           shared_expert_intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, num_experts=4,
+                           num_experts_per_tok=2, vocab_size=64)
+    return t.Qwen2MoeForCausalLM(cfg), _tokens(64, 16), {"output": "logits"}
+
+
+def _mamba() -> Built:  # causal depthwise conv and selective scan (the slow path on a CPU)
+    t = _hf()
+    cfg = t.MambaConfig(hidden_size=32, state_size=8, num_hidden_layers=2, vocab_size=64,
+                        expand=2, conv_kernel=4, use_cache=False)
+    return t.MambaForCausalLM(cfg), _tokens(64), {"output": "logits"}
+
+
+def _whisper() -> Built:  # conv front end on log-mel features, encoder-decoder
+    t = _hf()
+    cfg = t.WhisperConfig(d_model=32, encoder_layers=2, decoder_layers=2,
+                          encoder_attention_heads=4, decoder_attention_heads=4,
+                          encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=8,
+                          max_source_positions=16, max_target_positions=16, vocab_size=64,
+                          pad_token_id=0, bos_token_id=0, eos_token_id=0,
+                          decoder_start_token_id=0, use_cache=False)
+    features = torch.randn(2, 8, 32)  # (batch, mel bins, 2 * max_source_positions)
+    inputs = (features, torch.ones(2, 32, dtype=torch.long), torch.randint(0, 64, (2, 6)))
+    return t.WhisperForConditionalGeneration(cfg), inputs, {"output": "logits"}
+
+
 HF_ARCHITECTURES: dict[str, Callable[[], Built]] = {
     "hf-bert": _bert, "hf-bert-base-model": _bert_base_model, "hf-distilbert": _distilbert,
     "hf-vit": _vit, "hf-gpt2": _gpt2, "hf-llama-gqa": _llama,
@@ -251,4 +290,6 @@ HF_ARCHITECTURES: dict[str, Callable[[], Built]] = {
     "hf-albert": _albert, "hf-deberta-v2": _deberta_v2, "hf-mistral": _mistral,
     "hf-qwen2": _qwen2, "hf-phi3": _phi3, "hf-gemma": _gemma, "hf-opt": _opt,
     "hf-gpt-neox": _gpt_neox, "hf-falcon": _falcon, "hf-bloom": _bloom,
+    "hf-mixtral-moe": _mixtral, "hf-qwen2-moe": _qwen2_moe, "hf-mamba": _mamba,
+    "hf-whisper": _whisper,
 }
