@@ -16,7 +16,7 @@ from autoprune.export import save_program
 
 from autoprune.latency.verify import LatencyCheck
 from autoprune.pareto import ParetoRange
-from autoprune.precision import in_dtype
+from autoprune.placement import placed
 from autoprune.problem import PruningProblem
 from autoprune.run_folder import write_choice, write_json
 from autoprune.search_spaces import SearchSpace
@@ -60,7 +60,7 @@ class Allocation:
     def apply(self, model: nn.Module) -> nn.Module:
         """A physically smaller copy of ``model`` with this allocation's channels (in the
         search's precision)."""
-        return self.space.apply(in_dtype(model, self.dtype), self.config)
+        return self.space.apply(placed(model, dtype=self.dtype), self.config)
 
     def save(self, folder: str | Path, *, console: Console | None = None) -> dict[str, Any]:
         """Write the chosen network as a run folder holds it: ``best.json`` (its widths, costs,

@@ -1,25 +1,23 @@
 """A search in half precision: the dense weights and every trial in ``bfloat16`` or ``float16``.
 
 A model of a billion weights takes 4.4 GB in float32 and 2.2 GB in bfloat16, and so does every
-network a search builds from it. ``in_dtype`` gives the model at the search's dtype without a
-float32 copy on the way (its modules are copied, its weights converted one by one), with a
-forward pre-hook that casts floating inputs to it, so that evaluators and data loaders written
-for float32 keep working. Costs follow: ``size=`` budgets count the stored bytes of the
+network a search builds from it. ``autoprune.placement.placed(model, dtype=)`` gives the model
+at the search's dtype without a float32 copy on the way (its modules are copied, its weights
+converted one by one), with a forward pre-hook (``cast_inputs``) that casts floating inputs to
+it, so that evaluators and data loaders written for float32 keep working. Costs follow: ``size=`` budgets count the stored bytes of the
 weights' dtype (``value_bytes``).
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from autoprune.search_spaces.tracing import aliased_copy
 
-__all__ = ["DTYPES", "as_example", "cast_inputs", "in_dtype", "model_dtype", "parse_dtype", "value_bytes"]
+__all__ = ["DTYPES", "as_example", "cast_inputs", "model_dtype", "parse_dtype", "value_bytes"]
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16,
                                   "float16": torch.float16}
@@ -50,35 +48,6 @@ def value_bytes(model: nn.Module) -> int:
 def cast_inputs(dtype: torch.dtype, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point()
                  and a.dtype != dtype else a for a in args)
-
-
-def in_dtype(model: nn.Module, dtype: str | torch.dtype | None) -> nn.Module:
-    """``model`` itself when its weights are already ``dtype`` (or ``dtype`` is None), else a
-    copy in ``dtype`` (``model`` untouched; no float32 copy is made on the way) that casts its
-    floating inputs to ``dtype``."""
-    if dtype is None:
-        return model
-    dtype = parse_dtype(dtype)
-    if model_dtype(model) == dtype:
-        return model
-    work = aliased_copy(model, model)  # modules copied, weights shared until converted
-    done: dict[int, torch.Tensor] = {}  # tied weights stay tied
-
-    def converted(t: torch.Tensor) -> torch.Tensor:
-        if id(t) not in done:
-            new = t.detach().to(dtype)
-            done[id(t)] = nn.Parameter(new, requires_grad=t.requires_grad) \
-                if isinstance(t, nn.Parameter) else new
-        return done[id(t)]
-
-    with torch.no_grad():
-        for m in work.modules():
-            for kind in (m._parameters, m._buffers):
-                for name, t in list(kind.items()):
-                    if t is not None and t.is_floating_point():
-                        kind[name] = converted(t)
-    work.register_forward_pre_hook(functools.partial(cast_inputs, dtype))
-    return work
 
 
 def as_example(inputs: torch.Tensor | Sequence[torch.Tensor], dtype: torch.dtype

@@ -35,8 +35,8 @@ import torch
 from torch import nn
 
 from autoprune.errors import SearchError
-from autoprune.placement import cpu_state
-from autoprune.precision import as_example, in_dtype, model_dtype
+from autoprune.placement import cpu_state, placed
+from autoprune.precision import as_example, model_dtype
 from autoprune.search_spaces import SearchSpace, make_space
 from autoprune.study import StudyStore, check_storage, masked, normalize_storage, study_name_for
 from autoprune.zoo.models import build_model_from_spec
@@ -234,7 +234,7 @@ def rebuild_choice(choice: Mapping[str, Any], folder: Path, *, model: nn.Module 
         model = build_model_from_spec(choice["model_spec"])
     training = model.training
     try:
-        dense = in_dtype(model, choice.get("dtype")).eval()
+        dense = placed(model, dtype=choice.get("dtype")).eval()
         example = as_example(_example(choice), model_dtype(dense))
         space = make_space(choice.get("space", "channel"), dense, example,
                            round_to=choice.get("round_to", 8),

@@ -24,7 +24,6 @@ script, not a GPU measurement. Writes benchmarks/results/accelerator[-cpu].json.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -48,17 +47,7 @@ from autoprune.search_spaces import make_space
 from autoprune.zoo.tasks import load_task
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def _sibling(name: str) -> Any:
-    """A benchmark beside this one, loaded from its file (benchmarks/ is not a package)."""
-    key = f"_benchmark_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, Path(__file__).parent / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-        sys.modules[key] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return sys.modules[key]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # latency_model.py, beside this file
 
 
 def main_job(device: str, backend: str, trials: int, console: Console) -> dict[str, Any]:
@@ -86,7 +75,8 @@ def main_job(device: str, backend: str, trials: int, console: Console) -> dict[s
 def table_accuracy(models: list[str], backend: str, configs: int,
                    console: Console) -> list[dict[str, Any]]:
     """``latency_model.py``'s measurement of each model's table on ``backend``."""
-    lm = _sibling("latency_model")
+    import latency_model as lm  # noqa: PLC0415 - beside this file (benchmarks/ is no package)
+
     clock = resolve_clock(None, 1, backend)
     settings = lm.Settings(models=tuple(models), configs=configs, warmup=3, repeats=15,
                            passes=4, threads=1, backend=backend, clock=clock, batch=1,

@@ -8,7 +8,8 @@ import torch
 
 import autoprune
 from autoprune.errors import SearchError
-from autoprune.precision import in_dtype, model_dtype
+from autoprune.placement import placed
+from autoprune.precision import model_dtype
 from autoprune.testing.memory import peak_allocated
 from autoprune.zoo.models import build_model
 
@@ -59,10 +60,10 @@ def test_in_dtype_converts_without_a_float32_copy_and_keeps_ties() -> None:
     model = torch.nn.Sequential(torch.nn.Embedding(1000, 256), torch.nn.Linear(256, 1000))
     model[1].weight = model[0].weight  # tied, as a language model's head
     dense = sum(p.numel() * 4 for p in model.parameters())
-    half, peak = peak_allocated(lambda: in_dtype(model, "bfloat16"))
+    half, peak = peak_allocated(lambda: placed(model, dtype="bfloat16"))
     assert peak <= 0.55 * dense  # the bfloat16 weights alone
     assert half[1].weight is half[0].weight and half[0].weight.dtype == torch.bfloat16
-    assert model[0].weight.dtype == torch.float32 and in_dtype(model, "float32") is model
+    assert model[0].weight.dtype == torch.float32 and placed(model, dtype="float32") is model
 
 
 def test_a_bad_dtype_is_one_error() -> None:

@@ -6,6 +6,8 @@ output's shape; what stays dense is named in the notes."""
 
 from __future__ import annotations
 
+import functools
+
 import warnings
 
 import numpy as np
@@ -16,6 +18,7 @@ from torch.nn import functional as F
 
 from autoprune.search_spaces import ChannelSpace, reference_macs, reference_params
 from autoprune.search_spaces.ssm import is_mamba_mixer
+from autoprune.testing.hf_architectures import HF_ARCHITECTURES
 from autoprune.search_spaces.tracing import call_model, output_tensor
 
 
@@ -27,23 +30,15 @@ def _hf():
 
 
 def _mamba():
-    t = _hf()
-    cfg = t.MambaConfig(hidden_size=32, state_size=8, num_hidden_layers=2, vocab_size=64,
-                        expand=2, conv_kernel=4, use_cache=False)
-    return t.MambaForCausalLM(cfg), (torch.randint(0, 64, (2, 8)),), "logits"
+    _hf()
+    model, inputs, options = HF_ARCHITECTURES["hf-mamba"]()
+    return model, inputs, options["output"]
 
 
 def _whisper():
-    t = _hf()
-    cfg = t.WhisperConfig(d_model=32, encoder_layers=2, decoder_layers=2,
-                          encoder_attention_heads=4, decoder_attention_heads=4,
-                          encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=8,
-                          max_source_positions=16, max_target_positions=16, vocab_size=64,
-                          pad_token_id=0, bos_token_id=0, eos_token_id=0,
-                          decoder_start_token_id=0, use_cache=False)
-    features = torch.randn(2, 8, 32)  # (batch, mel bins, 2 * max_source_positions)
-    inputs = (features, torch.ones(2, 32, dtype=torch.long), torch.randint(0, 64, (2, 6)))
-    return t.WhisperForConditionalGeneration(cfg), inputs, "logits"
+    _hf()
+    model, inputs, options = HF_ARCHITECTURES["hf-whisper"]()
+    return model, inputs, options["output"]
 
 
 class ScanMixer(nn.Module):
@@ -106,13 +101,18 @@ def _out(model: nn.Module, inputs: tuple, output: object) -> torch.Tensor:
         return output_tensor(call_model(model.eval(), inputs), output)
 
 
-@pytest.fixture(scope="module", params=sorted(BUILDERS))
-def built(request: pytest.FixtureRequest):
+@functools.lru_cache(maxsize=None)
+def _built(name: str):
     torch.manual_seed(0)
-    model, inputs, output = BUILDERS[request.param]()
+    model, inputs, output = BUILDERS[name]()
     model.eval()
     space = ChannelSpace.from_model(model, inputs, output=output)
-    return request.param, model, inputs, output, space
+    return name, model, inputs, output, space
+
+
+@pytest.fixture(scope="module", params=sorted(BUILDERS))
+def built(request: pytest.FixtureRequest):
+    return _built(request.param)
 
 
 def test_exact_costs_and_working_pruned_networks(built) -> None:
@@ -131,11 +131,11 @@ def test_exact_costs_and_working_pruned_networks(built) -> None:
     assert thinnest <= 0.3 * dense, (name, thinnest / dense)
 
 
-def test_mamba_inner_width_is_one_unit(built) -> None:
-    name, model, inputs, output, space = built
+@pytest.mark.parametrize("name", ["hf-mamba", "scan-block"])
+def test_mamba_inner_width_is_one_unit(name: str) -> None:
+    name, model, inputs, output, space = _built(name)
     mixers = [n for n, m in model.named_modules() if is_mamba_mixer(m)]
-    if not mixers:
-        pytest.skip("no Mamba-style mixer")
+    assert mixers
     for mixer in mixers:
         units = [u for u in space.units if f"{mixer}.conv1d" in u.members]
         assert len(units) == 1, (mixer, [u.members for u in space.units])
@@ -153,10 +153,8 @@ def test_mamba_inner_width_is_one_unit(built) -> None:
         assert m.dt_proj.out_features == m.x_proj.in_features == kept
 
 
-def test_whisper_residual_kept_dense_is_named(built) -> None:
-    name, model, inputs, output, space = built
-    if name != "hf-whisper":
-        pytest.skip("Whisper only")
+def test_whisper_residual_kept_dense_is_named() -> None:
+    name, model, inputs, output, space = _built("hf-whisper")
     kinds = {u.kind for u in space.units}
     assert {"heads", "neurons", "channels"} <= kinds  # the conv front end's channels too
     # the encoder's width is an output (encoder_last_hidden_state): kept dense, named
