@@ -112,10 +112,12 @@ class ClassificationEvaluator(Evaluator):
     def _on(self, model: nn.Module, name: str) -> Any:
         """The calibration batches or a split's tensors (``name``) on the network's device,
         moved there once."""
+        value = self._calib if name == "calib" else getattr(self.data, name)
         device = model_device(model)
+        if device.type == "cpu" or not (name == "calib" or isinstance(value, torch.Tensor)):
+            return value  # here already, or an image folder read a batch at a time (moved so)
         key = (name, device)
         if key not in self._placed:
-            value = self._calib if name == "calib" else getattr(self.data, name)
             self._placed[key] = [x.to(device) for x in value] if name == "calib" \
                 else value.to(device)
         return self._placed[key]
