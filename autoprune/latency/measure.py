@@ -119,6 +119,13 @@ def time_calls(fn: Callable[[], object], *, warmup: int, repeats: int,
         return _time_on_gpu(fn, torch.device(gpu), warmup=warmup, repeats=repeats)
     for _ in range(warmup):
         fn()
+    wall, cpu = _clocked(fn, repeats)
+    return Timings(wall=wall * 1e-9, cpu=cpu * 1e-9)
+
+
+def _clocked(step: Callable[[], object], repeats: int) -> tuple[np.ndarray, np.ndarray]:
+    """Wall and calling-thread CPU nanoseconds of ``repeats`` calls of ``step``, with the
+    garbage collector off while they run."""
     wall = np.empty(repeats, dtype=np.int64)
     cpu = np.empty(repeats, dtype=np.int64)
     gc_was_enabled = gc.isenabled()
@@ -127,13 +134,13 @@ def time_calls(fn: Callable[[], object], *, warmup: int, repeats: int,
         now, thread_now = time.perf_counter_ns, time.thread_time_ns
         for i in range(repeats):
             w0, c0 = now(), thread_now()
-            fn()
+            step()
             c1, w1 = thread_now(), now()
             wall[i], cpu[i] = w1 - w0, c1 - c0
     finally:
         if gc_was_enabled:
             gc.enable()
-    return Timings(wall=wall * 1e-9, cpu=cpu * 1e-9)
+    return wall, cpu
 
 
 def _on(device: torch.device) -> contextlib.AbstractContextManager[Any]:
@@ -153,23 +160,16 @@ def _time_on_gpu(fn: Callable[[], object], device: torch.device, *, warmup: int,
         torch.cuda.synchronize(device)
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
-        wall = np.empty(repeats, dtype=np.int64)
-        cpu = np.empty(repeats, dtype=np.int64)
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            now, thread_now = time.perf_counter_ns, time.thread_time_ns
-            for i in range(repeats):
-                w0, c0 = now(), thread_now()
-                starts[i].record()
-                fn()
-                ends[i].record()
-                torch.cuda.synchronize(device)
-                c1, w1 = thread_now(), now()
-                wall[i], cpu[i] = w1 - w0, c1 - c0
-        finally:
-            if gc_was_enabled:
-                gc.enable()
+        pairs = iter(zip(starts, ends))
+
+        def step() -> None:
+            start, end = next(pairs)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+
+        wall, cpu = _clocked(step, repeats)
         torch.cuda.synchronize(device)  # every event has completed before it is read
         gpu_ms = np.array([s.elapsed_time(e) for s, e in zip(starts, ends)], dtype=float)
     return Timings(wall=wall * 1e-9, cpu=cpu * 1e-9, gpu=gpu_ms * 1e-3)
