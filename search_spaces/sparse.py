@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from itertools import chain
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -44,128 +42,13 @@ from .memory import release, reuse_heap
 from .progress import report
 from .masks import (baked_copy, canonical, input_dim, layer_types, magnitude_mask,
                     magnitude_masks, mask_of, mask_weight, masked, masks_of, remove_masks)
+from .sparse_options import (DEFAULT_LEVELS, WEIGHT_CRITERIA, WeightCriterion,
+                             check_calibration, check_levels, check_nm, data_criteria,
+                             model_key, parse_nm, stat_tensors, tied_modules)
 from .tracing import Output, aliased_copy, as_inputs, own_tensors, traceable_copy
 
 __all__ = ["NMSparsitySpace", "UnstructuredSparsitySpace", "WeightCriterion",
            "WeightSparsitySpace", "magnitude_mask", "mask_of", "parse_nm", "remove_masks"]
-
-DEFAULT_LEVELS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
-WEIGHT_CRITERIA = ("magnitude", "wanda", "sparsegpt")
-_DATA_FIX = "pass calibration=[(inputs, targets), ...] batches from the training split"
-
-
-@dataclass(frozen=True)
-class WeightCriterion:
-    """How ``apply`` chooses the weights a unit keeps: ``magnitude`` (|w|), or the data
-    criteria ``wanda`` and ``sparsegpt`` (``weight_masks.py``), which need calibration."""
-
-    name: str
-
-    @property
-    def needs_data(self) -> bool:
-        return self.name != "magnitude"
-
-
-def parse_nm(pattern: str | Sequence[int]) -> tuple[int, int]:
-    """``"2:4"`` (or ``(2, 4)``) as ``(N, M)`` with ``0 < N < M``."""
-    try:
-        n, m = (int(v) for v in (pattern.split(":") if isinstance(pattern, str) else pattern))
-    except (ValueError, TypeError):
-        raise ValueError(f"N:M pattern {pattern!r} is not of the form 'N:M'. Fix: write it as "
-                         "'2:4' (N weights kept in every M)") from None
-    if not 0 < n < m:
-        raise ValueError(f"N:M pattern {pattern!r} must keep 0 < N < M weights per group. Fix: "
-                         "use e.g. '2:4' or '1:4' (a dense layer is always a choice)")
-    return n, m
-
-
-def _check_levels(levels: Sequence[float]) -> tuple[float, ...]:
-    out = tuple(float(v) for v in levels)
-    if not out:
-        raise ValueError("levels is empty. Fix: pass sparsity levels in [0, 1), e.g. "
-                         "(0.0, 0.5, 0.9)")
-    bad = [v for v in out if not 0.0 <= v < 1.0]
-    if bad:
-        raise ValueError(f"sparsity levels must be in [0, 1) (the share of weights removed), got "
-                         f"{bad}. Fix: pass levels such as (0.0, 0.5, 0.9)")
-    if len(set(out)) != len(out):
-        raise ValueError(f"sparsity levels {list(out)} repeat a value. Fix: list each level once")
-    return tuple(sorted(set(out) | {0.0}))
-
-
-def _check_nm(nm: Sequence[str | Sequence[int]]) -> tuple[tuple[int, int], ...]:
-    if isinstance(nm, str):
-        nm = (nm,)
-    out = [parse_nm(p) for p in nm]
-    if not out:
-        raise ValueError("nm is empty. Fix: pass N:M patterns, e.g. ('2:4', '1:4')")
-    shares: dict[tuple[int, int], tuple[int, int]] = {}
-    for n, m in out:
-        g = math.gcd(n, m)
-        if (n // g, m // g) in shares:
-            a, b = shares[(n // g, m // g)]
-            raise ValueError(f"N:M patterns {a}:{b} and {n}:{m} both keep {n // g}/{m // g} of "
-                             "the weights: they keep the same share; choose one")
-        shares[(n // g, m // g)] = (n, m)
-    return tuple(sorted(out, key=lambda p: p[0] / p[1]))
-
-
-def _check_calibration(calibration: Any, name: str) -> list[tuple[tuple[torch.Tensor, ...], Any]]:
-    if calibration is None or isinstance(calibration, (torch.Tensor, str, bytes, Mapping)):
-        got = "none" if calibration is None else f"a {type(calibration).__name__}"
-        raise ValueError(f"weight criterion {name!r} chooses weights on data and was given {got}. "
-                         f"Fix: {_DATA_FIX}, or use criterion='magnitude'")
-    out = []
-    for k, batch in enumerate(calibration):
-        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-            raise ValueError(f"calibration batch {k} is a {type(batch).__name__}, not an "
-                             f"(inputs, targets) pair. Fix: {_DATA_FIX}")
-        out.append((as_inputs(batch[0]), batch[1]))
-    if not out:
-        raise ValueError(f"weight criterion {name!r} was given no calibration batches. "
-                         f"Fix: {_DATA_FIX}")
-    return out
-
-
-@dataclass(frozen=True)
-class _DataCriteria:
-    prune_layer: Any
-    layer_statistics: Any
-    wanda_masks: Any = None  # every level of a layer from one ranking, where provided
-
-
-def _weight_masks() -> _DataCriteria:
-    """``weight_masks.py``'s ``prune_layer``, ``layer_statistics`` and ``wanda_masks``
-    (imported when used)."""
-    try:
-        from .weight_masks import layer_statistics, prune_layer  # noqa: PLC0415 - optional
-    except ImportError as err:
-        raise ValueError("the data criteria 'wanda' and 'sparsegpt' need "
-                         "search_spaces/weight_masks.py (prune_layer, layer_statistics), which "
-                         f"this installation lacks ({err}). Fix: use criterion='magnitude'") from None
-    module = sys.modules[prune_layer.__module__]  # (the module the names came from)
-    return _DataCriteria(prune_layer, layer_statistics, getattr(module, "wanda_masks", None))
-
-
-def _stat_tensors(stats: object) -> list[torch.Tensor | None]:
-    """What a data criterion measured for a layer, as tensors (for the level's fingerprint)."""
-    if stats is None:
-        return []
-    return [getattr(stats, k, None) for k in ("norms", "hessian")]
-
-
-def _ties(model: nn.Module) -> set[str]:
-    """Modules holding a weight that another module holds too."""
-    seen: dict[int, list[str]] = {}
-    for name, m in model.named_modules():
-        for p in m.parameters(recurse=False):
-            seen.setdefault(id(p), []).append(name)
-    return {n for names in seen.values() if len(names) > 1 for n in names}
-
-
-def _model_key(model: nn.Module) -> tuple:
-    return tuple((id(t), t._version, t.data_ptr()) for t in chain(model.parameters(), model.buffers()))
-
 
 @dataclass(frozen=True)
 class _Layer:
@@ -238,10 +121,10 @@ class WeightSparsitySpace(CountedSpace):
         if chosen.needs_data:
             if calibration is None:
                 calibration = getattr(criterion, "calibration", None)
-            batches = _check_calibration(calibration, name)
-            _weight_masks()
-        grid_levels = _check_levels(levels) if cls.granularity == "unstructured" else ()
-        patterns = _check_nm(nm) if cls.granularity == "nm" else ()
+            batches = check_calibration(calibration, name)
+            data_criteria()
+        grid_levels = check_levels(levels) if cls.granularity == "unstructured" else ()
+        patterns = check_nm(nm) if cls.granularity == "nm" else ()
         inputs = as_inputs(example_inputs)
         work = remove_masks(traceable_copy(model))  # an already masked model: its plain weights
         try:
@@ -270,7 +153,7 @@ class WeightSparsitySpace(CountedSpace):
         if ends:
             notes.append(f"the first and last layers ({', '.join(sorted(ends))}) are kept dense; "
                          "include_ends=True searches them too")
-        tied = _ties(work)
+        tied = tied_modules(work)
         canon = {id(p): n for n, p in params.items()}
         units: list[Unit] = []
         info: list[_Layer] = []
@@ -430,7 +313,7 @@ class WeightSparsitySpace(CountedSpace):
 
     def _level_key(self, unit: Unit, keep: int, dense: torch.Tensor, stats: object) -> str:
         return fingerprint(self.criterion.name, unit.name, keep, self.pattern(unit.name, keep),
-                           tensors=[dense, *_stat_tensors(stats)])
+                           tensors=[dense, *stat_tensors(stats)])
 
     def _prune_levels(self, module: nn.Module, unit: Unit, keep: int, stats: object) -> None:
         """Prune ``unit`` to ``keep`` into the level store, and with it every other level that
@@ -439,7 +322,7 @@ class WeightSparsitySpace(CountedSpace):
         dense = module.weight.detach()
         nm = self.pattern(unit.name, keep)
         shared = nm is None and (self.criterion.name == "magnitude" or (
-            self.criterion.name == "wanda" and _weight_masks().wanda_masks is not None))
+            self.criterion.name == "wanda" and data_criteria().wanda_masks is not None))
         keeps = [k for k in unit.choices if k < unit.full] if shared else [keep]
         with torch.no_grad():
             w = canonical(module, dense)  # [out, in, *k]
@@ -449,10 +332,10 @@ class WeightSparsitySpace(CountedSpace):
                 news = {k: None for k in masks}
             else:
                 if shared:
-                    masks = _weight_masks().wanda_masks(w, keeps, stats)
+                    masks = data_criteria().wanda_masks(w, keeps, stats)
                     news = {k: None for k in masks}
                 else:
-                    news = {keep: _weight_masks().prune_layer(
+                    news = {keep: data_criteria().prune_layer(
                         w.clone(), keep=None if nm else keep, nm=nm,
                         criterion=self.criterion.name, stats=stats, transposed=False)}
                     masks = {k: new != 0 for k, new in news.items()}
@@ -504,12 +387,12 @@ class WeightSparsitySpace(CountedSpace):
         """The data criterion's statistics of every unit, measured once on a copy of the dense
         ``model`` and kept for it while its parameters and buffers are unchanged (keyed as
         ``criteria.py`` keys its data pass)."""
-        key = _model_key(model)
+        key = model_key(model)
         held = self._stats
         if held is not None and held[0]() is model and held[1] == key:
             return held[2]
         dense = remove_masks(aliased_copy(model, model)).eval()
-        stats = dict(_weight_masks().layer_statistics(
+        stats = dict(data_criteria().layer_statistics(
             dense, [u.name for u in self.units], self.calibration, self.output,
             need_hessian=self.criterion.name == "sparsegpt"))  # Wanda: the input norms only
         self._stats = (weakref.ref(model), key, stats)
