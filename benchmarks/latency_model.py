@@ -48,6 +48,7 @@ from rich.table import Table
 from scipy.stats import spearmanr
 
 from autoprune.latency.cache import anchor_to_now
+from autoprune.latency.level import OnlineLevel
 from autoprune.latency.device import BackendError, Device, describe_device, resolve_clock
 from autoprune.latency.measure import (make_runner, pinned_threads,
                                time_calls)
@@ -112,6 +113,22 @@ def measure_all(nets: list[torch.nn.Module], x: torch.Tensor, s: Settings,
             pooled_median(range(s.passes)))
 
 
+def online_predictions(pred: np.ndarray, meas: np.ndarray, rng: np.random.Generator,
+                       orders: int = 20) -> np.ndarray:
+    """Each network's prediction as the check after a search makes it: the table's, scaled by
+    the machine's level estimated from the networks measured before it
+    (:class:`~autoprune.latency.level.OnlineLevel`); the dense network (row 0) first, as the
+    check measures it first, then the others in a random order. Per network the geometric
+    mean over ``orders`` orders (its error is scored against the same measurement)."""
+    logs = np.zeros(len(pred))
+    for _ in range(orders):
+        level = OnlineLevel()
+        for i in [0, *(1 + rng.permutation(len(pred) - 1))]:
+            logs[i] += np.log(level.predict(float(pred[i])))
+            level.add(float(pred[i]), float(meas[i]))
+    return np.exp(logs / orders)
+
+
 def scores(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
     rel = pred / meas - 1.0
     return {"within_5pct": float(np.mean(np.abs(rel) <= 0.05)),
@@ -145,6 +162,7 @@ def run_model(name: str, s: Settings, roof: RooflineCost, console: Console) -> d
     seconds = time.perf_counter() - started
     tables = [space.layer_table(c) for c in configs]
     pred = np.array([table.predict(c) for c in configs])
+    pred_online = online_predictions(pred, meas, rng)
     pred_built = np.array([built.predict(c) for c in configs])
     macs = np.array([sum(r.macs for r in t) for t in tables], dtype=float)
     roof_ms = np.array([roof.estimate(t) for t in tables])
@@ -152,9 +170,9 @@ def run_model(name: str, s: Settings, roof: RooflineCost, console: Console) -> d
     dense_ms, dense_macs = meas[0], macs[0]
     rows = [{"config": c, "macs": float(m), "measured_ms": float(v), "pass_a_ms": float(pa),
              "pass_b_ms": float(pb), "table_ms": float(p), "table_built_ms": float(q),
-             "roofline_ms": float(r)}
-            for c, m, v, pa, pb, p, q, r in zip(configs, macs, meas, a, b, pred, pred_built,
-                                                roof_ms)]
+             "table_online_ms": float(o), "roofline_ms": float(r)}
+            for c, m, v, pa, pb, p, q, o, r in zip(configs, macs, meas, a, b, pred, pred_built,
+                                                   pred_online, roof_ms)]
     ev = slice(1, None)  # the dense network is the reference, not an evaluated configuration
     speedup = dense_ms / meas[ev]
     reduction = dense_macs / macs[ev]
@@ -180,6 +198,7 @@ def run_model(name: str, s: Settings, roof: RooflineCost, console: Console) -> d
         "flops_scale_ms_per_gmac": flops_scale * 1e9,
         "anchor": anchor,
         "scores": {"table": scores(pred[ev], meas[ev]),
+                   "table_online": scores(pred_online[ev], meas[ev]),
                    "table_built": scores(pred_built[ev], meas[ev]),
                    "flops": scores(flops_scale * macs[ev], meas[ev]),
                    "roofline": scores(roof_ms[ev], meas[ev]),
@@ -192,12 +211,13 @@ def run_model(name: str, s: Settings, roof: RooflineCost, console: Console) -> d
 
 def pooled(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     out = {}
-    for key in ("table", "table_built", "flops", "roofline", "retest"):
+    for key in ("table", "table_online", "table_built", "flops", "roofline", "retest"):
         pred, meas = [], []
         for r in results:
             rows = r["rows"][1:]
             scale = r["flops_scale_ms_per_gmac"] / 1e9
             col = {"table": [x["table_ms"] for x in rows],
+                   "table_online": [x.get("table_online_ms", x["table_ms"]) for x in rows],
                    "table_built": [x["table_built_ms"] for x in rows],
                    "flops": [scale * x["macs"] for x in rows],
                    "roofline": [x["roofline_ms"] for x in rows],
@@ -212,18 +232,21 @@ def show(results: list[dict[str, Any]], total: dict[str, dict[str, float]], cons
     t = Table(title="latency prediction vs measurement (random pruned networks)")
     for col in ("model", "n", "predictor", "within 5%", "within 10%", "median |err|", "Spearman"):
         t.add_column(col, justify="left" if col in ("model", "predictor") else "right")
-    labels = {"table": "lookup table", "table_built": "table as built",
+    labels = {"table": "lookup table", "table_online": "table, levelled online",
+              "table_built": "table as built",
               "flops": "FLOPs x best scale", "roofline": "roofline", "retest": "re-measurement"}
     torch_rows = [r for r in results if r["backend"] == "torch"] or results
     for name, n, sc in [(r["label"], r["n"], r["scores"]) for r in results] + [
             ("all (torch)", sum(r["n"] for r in torch_rows), total)]:
-        for key in ("table", "table_built", "flops", "roofline", "retest"):
+        for key in ("table", "table_online", "table_built", "flops", "roofline", "retest"):
             v = sc[key]
             t.add_row(name if key == "table" else "", str(n) if key == "table" else "",
                       labels[key], f"{100 * v['within_5pct']:.1f}%", f"{100 * v['within_10pct']:.1f}%",
                       f"{v['median_abs_pct']:.1f}%", f"{v['spearman']:.3f}")
         t.add_section()
     t.caption = ("lookup table: anchored to the machine's speed now, as a search costs with it; "
+                 "levelled online: each network predicted as the check after a search does, "
+                 "scaled by the level of the networks measured before it; "
                  "table as built: before that; re-measurement: the same networks timed twice "
                  "(even passes vs odd passes), the noise ceiling on this machine now")
     console.print(t)
@@ -238,7 +261,8 @@ def show(results: list[dict[str, Any]], total: dict[str, dict[str, float]], cons
     console.print(sp)
     ck = Table(title="what each table said about itself (its check) against what it scored")
     for col in ("model", "check: median |err|", "build noise", "limit", "passed", "attempts",
-                "real: median |err|", "real: within 10%", "re-measurement within 10%"):
+                "real: median |err|", "real: within 10%", "levelled online: median |err|",
+                "levelled online: within 10%", "re-measurement within 10%"):
         ck.add_column(col, justify="left" if col == "model" else "right")
     for r in results:
         c = r["table_check"]
@@ -248,6 +272,8 @@ def show(results: list[dict[str, Any]], total: dict[str, dict[str, float]], cons
                    "yes" if c["passed"] else "NO", "2" if two else "1",
                    f"{r['scores']['table']['median_abs_pct']:.1f}%",
                    f"{100 * r['scores']['table']['within_10pct']:.1f}%",
+                   f"{r['scores']['table_online']['median_abs_pct']:.1f}%",
+                   f"{100 * r['scores']['table_online']['within_10pct']:.1f}%",
                    f"{100 * r['scores']['retest']['within_10pct']:.1f}%")
     console.print(ck)
     for r in results:

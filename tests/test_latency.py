@@ -423,7 +423,7 @@ def test_a_table_that_predicts_too_fast_is_caught_by_measurement_and_repaired(
         net: nn.Module, x: torch.Tensor, table: LatencyTable, space: ChannelSpace, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     # A table claiming everything runs in 60% of the time it takes: every candidate it passes
-    # misses the budget when measured, so the best one is shrunk to the measured speed.
+    # would miss the budget when measured, so the best one is shrunk to the measured speed.
     # The device is simulated -- each network "takes" what the honest table predicts for its
     # widths -- so the miss is certain: on a real, busy host the dense network measured as
     # much as 25% faster than the quick table predicts, and nothing was left to repair.
@@ -442,9 +442,12 @@ def test_a_table_that_predicts_too_fast_is_caught_by_measurement_and_repaired(
     lat = alloc.latency
     assert lat is not None and lat["met"], lat["checked"]
     assert lat["measured"]["latency_ms"] <= target
-    first, *rest = lat["checked"]
-    assert first["latency_ms"] > target and not first["repaired"]  # the table's pick missed
-    assert rest and rest[-1]["repaired"] and rest[-1]["trial"] == lat["chosen_trial"]
+    # The dense network, measured first, shows the machine far slower than the table: no
+    # trial the table passed is measured (each would miss); the best one is repaired at once,
+    # and at most one repair misses before one meets the budget.
+    checked = lat["checked"]
+    assert all(c["repaired"] for c in checked) and checked[-1]["trial"] == lat["chosen_trial"]
+    assert lat["misses"] <= 1 and lat["misses"] == sum(c["latency_ms"] > target for c in checked)
     # The optimistic table passes the dense network, so the search's one distinct candidate is
     # dense; the repaired candidate is a trial of the study too.
     assert any(t.extra.get("latency_repair") for t in alloc.trials[1:])

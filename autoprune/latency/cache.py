@@ -16,6 +16,7 @@ from torch import nn
 
 from autoprune.latency.device import DEVICE_MATCH_KEYS, GPU_MATCH_KEYS, Device
 from autoprune.latency.build import ProfilePlan, profiled_space
+from autoprune.latency.level import common_drift
 from autoprune.latency.measure import measure_latency
 from autoprune.latency.table import LatencyTable, LatencyTableError, model_signature
 from autoprune.search_spaces import SearchSpace
@@ -27,8 +28,9 @@ __all__ = ["ANCHOR_REPEATS", "ANCHOR_ROUNDS", "anchor_to_now", "note_drift", "st
 ANCHOR_ROUNDS = 3
 ANCHOR_WARMUP = 3
 ANCHOR_REPEATS = 10
-# Both anchor networks must be off by more than this (and the table's check limit) to rescale.
-ANCHOR_MIN_DRIFT = 0.10
+# Both anchor networks must be off the same side by more than this (and the build's own
+# re-measurement noise) to rescale.
+ANCHOR_MIN_DRIFT = 0.03
 
 
 def table_cache_path(model: nn.Module, space: SearchSpace, device: Mapping[str, Any],
@@ -91,18 +93,18 @@ def table_for_search(model: nn.Module, example: torch.Tensor, space: SearchSpace
 
 def anchor_to_now(table: LatencyTable, model: nn.Module, example: torch.Tensor,
                   space: SearchSpace, device: Device) -> tuple[LatencyTable, dict[str, Any]]:
-    """The table rescaled to how fast this machine runs now, when the machine has clearly
-    changed speed: the dense and the thinnest network are timed in ``ANCHOR_ROUNDS``
-    alternating rounds, and if both measure off their predictions on the same side by more
-    than the table's own check limit (and 10%), the predictions are scaled by the geometric
-    mean of the two ratios.
+    """The table rescaled to how fast this machine runs now: the dense and the thinnest
+    network are timed in ``ANCHOR_ROUNDS`` alternating rounds, and when both measure off
+    their predictions on the same side by more than the machine's noise (the build's own
+    re-measurement noise, at least ``ANCHOR_MIN_DRIFT``), the predictions are scaled by the
+    change both show (:func:`autoprune.latency.level.common_drift`).
 
-    A shared host's speed drifts over minutes to hours (neighbours come and go): a table built
-    at one speed predicts every network off by the same factor at another, while its relative
-    costs stay right. Two networks that disagree (the main job here: dense 0.92 of its
-    prediction, thinnest 0.75) show an error of the table's shape at one end, not a change of
-    speed, and scaling every prediction by their mean made the whole search 16% optimistic; so
-    then nothing is rescaled, and the final measurement's repair takes care of the rest."""
+    A shared host's speed drifts over seconds to hours (neighbours come and go): a table built
+    at one speed predicts every network off by a common factor at another, while its relative
+    costs stay right. Two networks that disagree show an error of the table's shape at one
+    end, not a change of speed, so then nothing is rescaled; the readings are kept
+    (``anchor["readings"]``) and the check after the search starts its own estimate of the
+    level from them (:mod:`autoprune.latency.level`)."""
     space = profiled_space(space)  # a composite's channel part: the table's units
     configs = {"dense": space.dense_config(), "thinnest": space.decode(np.zeros(space.dim))}
     nets = {k: space.apply(model, c).eval() for k, c in configs.items()}
@@ -114,10 +116,9 @@ def anchor_to_now(table: LatencyTable, model: nn.Module, example: torch.Tensor,
     rows = {k: {"predicted_ms": table.predict(configs[k]),
                 "measured_ms": float(np.median(times[k]))} for k in nets}
     ratios = [r["measured_ms"] / r["predicted_ms"] for r in rows.values()]
-    threshold = max(ANCHOR_MIN_DRIFT, float(table.check.get("limit", 0.0)))
-    drifted = (all(abs(r - 1) > threshold for r in ratios)
-               and len({r > 1 for r in ratios}) == 1)
-    factor = float(np.exp(np.mean(np.log(ratios)))) if drifted else 1.0
+    threshold = max(ANCHOR_MIN_DRIFT, table.noise())
+    factor = common_drift(ratios, threshold)
+    drifted = factor != 1.0
     anchor = {"speed": table.speed * factor, "factor": factor, "applied": drifted,
               "threshold": threshold, "ratios": {k: r for k, r in zip(rows, ratios)},
               "networks": rows}

@@ -23,6 +23,7 @@ from rich.console import Console
 from torch import nn
 
 from autoprune.latency.device import Device
+from autoprune.latency.level import OnlineLevel
 from autoprune.latency.measure import LatencyMeasurement, measure_latency
 from autoprune.problem import PruningProblem
 from autoprune.study import TrialRecord
@@ -50,15 +51,20 @@ class Reading(Generic[C]):
     repaired: bool
 
 
-def repair_target(limit_ms: float, readings: Sequence[Reading[Any]]) -> tuple[float, float]:
-    """``(predicted latency to aim for, slowdown)`` after ``readings`` all missed ``limit_ms``.
+def repair_target(limit_ms: float, readings: Sequence[Reading[Any]],
+                  before: Sequence[tuple[float, float]] = ()) -> tuple[float, float]:
+    """``(predicted latency to aim for, slowdown)`` from the networks measured so far: the
+    candidates' ``readings`` and the ``(predicted_ms, measured_ms)`` taken ``before`` them (the
+    dense network, measured when the check starts).
 
-    The slowdown is measured / predicted of the last network, or the median over every reading
-    if that is larger (one reading can be lucky: the median keeps a repair from aiming at a
-    speed the machine showed only once), never below 1; the aim leaves ``REPAIR_SAFETY`` more
+    The slowdown is the machine's level estimated from all of them
+    (:class:`~autoprune.latency.level.OnlineLevel`), or the last candidate's measured /
+    predicted if that is larger (the speed may have just changed), never below 1 (a network
+    predicted within the budget stays a candidate); the aim leaves ``REPAIR_SAFETY`` more
     room."""
-    ratios = [r.measured.median_ms / r.predicted_ms for r in readings]
-    slow = max(1.0, ratios[-1], float(np.median(ratios)))
+    level = OnlineLevel([*before, *((r.predicted_ms, r.measured.median_ms) for r in readings)])
+    last = readings[-1].measured.median_ms / readings[-1].predicted_ms if readings else 1.0
+    slow = max(1.0, last, level.factor())
     return limit_ms / (slow * (1 + REPAIR_SAFETY)), slow
 
 
@@ -67,7 +73,9 @@ def measure_and_repair(ranked: Sequence[C], *, limit_ms: float,
                        predict: Callable[[C], float],
                        repair: Callable[[float, float], C | None], max_repairs: int,
                        score: Callable[[C], float] | None = None,
-                       max_checks: int | None = None) -> tuple[C | None, list[Reading[C]]]:
+                       max_checks: int | None = None,
+                       before: Sequence[tuple[float, float]] = ()
+                       ) -> tuple[C | None, list[Reading[C]]]:
     """Measure candidates until one meets ``limit_ms``; return it (``None`` if none did) and
     every reading.
 
@@ -85,10 +93,10 @@ def measure_and_repair(ranked: Sequence[C], *, limit_ms: float,
     pending: list[tuple[C, bool]] = [(c, False) for c in ranked]  # (candidate, repaired)
     checks = repairs = 0
     while True:
-        if readings:  # after a miss: every prediction corrected by the offset measured
-            aim, slow = repair_target(limit_ms, readings)
+        if readings or before:  # every prediction corrected by the level measured so far
+            aim, slow = repair_target(limit_ms, readings, before)
             pending = [(c, fixed) for c, fixed in pending if predict(c) <= aim]
-            if repairs < max_repairs and (score is not None or not pending):
+            if repairs < max_repairs and ((readings and score is not None) or not pending):
                 repairs += 1
                 c = repair(aim, slow)
                 if c is None:
@@ -189,7 +197,8 @@ def verify_latency(problem: PruningProblem, records: Sequence[TrialRecord], *,
         ranked, limit_ms=budget.limit, measure=measure,
         predict=lambda r: r.costs["latency_ms"], repair=repair,
         max_repairs=max_repairs if record is not None else 0,
-        score=lambda r: r.objective, max_checks=max_checks)
+        score=lambda r: r.objective, max_checks=max_checks,
+        before=[(problem.dense_costs["latency_ms"], dense.median_ms)])
     return LatencyCheck(chosen=chosen or ranked[0], met=chosen is not None,
                         limit_ms=budget.limit, dense=dense,
                         dense_predicted_ms=problem.dense_costs["latency_ms"],
