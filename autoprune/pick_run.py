@@ -4,7 +4,7 @@ decided after it (typically from a Pareto run's front), and write it into the ru
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,10 @@ from autoprune.agents.sensitivity import allocation_from_probes
 from autoprune.context import agent_context
 from autoprune.errors import SearchError
 from autoprune.evaluator import Evaluator
+from autoprune.latency.build import profiled_space
+from autoprune.latency.cache import remote_table
+from autoprune.latency.device import describe_device
+from autoprune.latency.table import LatencyTable
 from autoprune.precision import value_bytes
 from autoprune.problem import PruningProblem, build_problem
 from autoprune.run import Run
@@ -30,27 +34,37 @@ __all__ = ["pick"]
 
 
 def pick(run_dir: str | Path, target: str | Sequence[str], *, cache_dir: Path | None = None,
-         console: Console | None = None, device: str | None = None) -> dict[str, Any]:
+         console: Console | None = None, device: str | None = None,
+         lut: str | Path | None = None) -> dict[str, Any]:
     """Choose from a finished run the best trial that meets ``target`` — typically from a Pareto
     run's front, for a budget decided after the search — without a new search: prune the dense
     model to it, score it (adaptive BN, validation and test), and write ``pick-<target>.json``
     and ``pick-<target>.pt`` into the run folder (``load_pruned(run_dir, choice=...)``).
-    ``device`` (cpu, cuda, cuda:N, auto; default the CPU) is where it scores."""
+    ``device`` (cpu, cuda, cuda:N, auto; default the CPU) is where it scores. ``lut``: a
+    latency table measured on another device (``autoprune profile --from-timings``), which
+    costs a ``latency=`` budget for that device (the pick is predicted there, not measured
+    here)."""
     console = console or Console(stderr=True)
+    targets = parse_targets(target)
+    if any(t.metric == "latency_ms" for t in targets) and lut is None:
+        raise SearchError("pick chooses by the costs the study recorded (flops=, params=, "
+                          "sparsity=, size=); a latency budget needs the device's table "
+                          "(lut=, from autoprune profile --from-timings). For this machine's "
+                          "latency run a search: autoprune search --target latency=...")
     run = Run.open(run_dir, cache_dir=cache_dir, device=device)
     run_dir = run.folder
-    targets = parse_targets(target)
-    if any(t.metric == "latency_ms" for t in targets):
-        raise SearchError("pick chooses by the costs the study recorded (flops=, params=, "
-                          "sparsity=, size=); it reopens no latency table. For a latency "
-                          "budget run a search: autoprune search --target latency=...")
     settings = run.settings
     task, model, space = run.task, run.model, run.space
     evaluator = run.evaluator()
-    problem = build_problem(space, targets, storage_format=settings.space.storage_format,
+    table, table_info = _device_table(lut, run, console) if lut is not None else (None, None)
+    problem = build_problem(space, targets, table=table,
+                            storage_format=settings.space.storage_format,
                             value_bytes=value_bytes(model))
     store = run.study
     records = store.records()
+    if table is not None:  # every trial costed for the device too
+        records = [r if r.failed else replace(r, costs={**r.costs, **problem.costs(r.config)})
+                   for r in records]
     best = best_record(records, problem)
     # A study with sensitivity curves (its probes) allocates this budget from them too.
     curve = _curve_trial(records, problem, model, objective=store.get_meta("objective")
@@ -86,13 +100,38 @@ def pick(run_dir: str | Path, target: str | Sequence[str], *, cache_dir: Path | 
                     f"dense (budget {b.text})" for b in problem.budgets)
         + f"; validation {task.describe(val)}, test {task.describe(test)}"
         f"\nwrote {run_dir / (name + '.json')} and {name}.pt")
+    if table_info is not None:
+        console.print(f"latency {best.costs['latency_ms']:.3g} ms {table_info['note']}",
+                      highlight=False)
     return {"run_dir": str(run_dir), "choice": name,
+            **({"latency": {"predicted_ms": best.costs["latency_ms"], "measured_here": False,
+                            "device": table_info["device"], "note": table_info["note"]}}
+               if table_info is not None else {}),
             "trial": None if best is curve else best.number,
             "costs": dict(best.costs), "metrics": choice["metrics"],
             "budgets_met": problem.feasible(best.costs),
             "units": {k: int(v) for k, v in best.config.items()},
             "files": {"choice": str(run_dir / f"{name}.json"),
                       "model": str(run_dir / f"{name}.pt")}}
+
+
+def _device_table(lut: str | Path, run: Run, console: Console
+                  ) -> tuple[LatencyTable, dict[str, Any]]:
+    """The table a pick costs a latency budget with: one measured on another device, for this
+    run's model and input shape (a table of this machine is refused: a pick here would have
+    to be measured, which a search does)."""
+    path = Path(lut)
+    table = LatencyTable.load(path)
+    if not table.remote:
+        raise SearchError(f"pick --lut takes a table measured on another device (autoprune "
+                          f"profile --from-timings); {path} was built on "
+                          f"{describe_device(table.device)}, whose latencies must be measured "
+                          "here. Fix: for this machine, search with --target latency=... "
+                          f"--lut {path}")
+    shape = list(run.example.shape[1:])
+    batch = table.device.get("batch")
+    return remote_table(table, path, {"batch": batch, "input_shape": [batch, *shape]},
+                        profiled_space(run.space), console)
 
 
 def _curve_trial(records: Sequence[TrialRecord], problem: PruningProblem, model: nn.Module, *,

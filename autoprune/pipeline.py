@@ -75,7 +75,9 @@ def search_problem(problem: PruningProblem, *, model: nn.Module, example: Any,
         if isinstance(executor, str):  # ours to release; a caller's executor stays theirs
             runner.close()
     check = None
-    if table is not None:  # never report a latency that was not measured
+    # never report a latency that was not measured; a table measured on another device is
+    # not timed here (run_report says the latency is predicted for that device)
+    if table is not None and not table.remote:
         work = PruneAndEvaluate(problem, model, evaluator)
         check = verify_latency(
             problem, records, model=model, example=example,

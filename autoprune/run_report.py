@@ -137,6 +137,8 @@ def write_report(settings: SearchSettings, run_dir: Path, alloc: Allocation, *, 
         summary["dense"]["measured"] = measured_summary(check.dense)
         summary["best"]["measured"] = measured_summary(check.best_measurement())
         summary["latency"] = _latency_summary(check, problem, table_info)
+    elif table_info and table_info.get("remote"):
+        summary["latency"] = _remote_summary(alloc.costs, problem, table_info)
     write_json(run_dir / "space.json", space_coverage(space, model))  # as autoprune space shows
     summary["files"]["space"] = str(run_dir / "space.json")
     write_json(run_dir / "summary.json", summary)
@@ -161,6 +163,11 @@ def write_report(settings: SearchSettings, run_dir: Path, alloc: Allocation, *, 
            + (" (your password in place of ***)"
               if masked(record["storage"]) != record["storage"] else "") if record else ""),
         highlight=False)
+    if not check and table_info and table_info.get("remote"):
+        console.print(f"chosen network: {alloc.costs['latency_ms']:.3g} ms (budget "
+                      f"{summary['latency']['limit_ms']:.3g} ms) {table_info['note']}. Check it there: "
+                      f"autoprune export {run_dir} -o chosen.onnx, then on the device python "
+                      "time_on_device.py --model chosen.onnx", highlight=False)
     if check and not check.met:
         console.print(
             f"[bold red]latency budget missed:[/] no candidate measured within "
@@ -181,6 +188,18 @@ def _scored_after(task: Task, settings: SearchSettings) -> str:
 def measured_summary(m: LatencyMeasurement) -> dict[str, float]:
     return {"latency_ms": round(m.median_ms, 4), "p10_ms": round(m.p10_ms, 4),
             "p90_ms": round(m.p90_ms, 4), "wall_median_ms": round(m.wall_median_ms, 4)}
+
+
+def _remote_summary(costs: Mapping[str, float], problem: PruningProblem,
+                    table_info: Mapping[str, Any]) -> dict[str, Any]:
+    """A latency budget costed with a table measured on another device: predicted for it,
+    not measured here."""
+    budget = next(b for b in problem.budgets if b.metric == "latency_ms")
+    return {"device": dict(table_info["device"]), "limit_ms": budget.limit,
+            "search_limit_ms": budget.search_limit, "margin": budget.margin,
+            "predicted_ms": costs["latency_ms"], "measured_here": False,
+            "note": table_info["note"], "table": {k: v for k, v in table_info.items()
+                                                  if k not in ("device", "note")}}
 
 
 def _latency_summary(check: LatencyCheck, problem: PruningProblem,

@@ -214,7 +214,7 @@ def _dense_meets(settings: SearchSettings, problem: PruningProblem, model: nn.Mo
     if not all(costs[b.metric] <= b.limit for b in problem.budgets):
         return None
     measured = None
-    if table is not None:
+    if table is not None and not table.remote:
         m = measure_latency(model, example, device=settings.device)
         if any(m.median_ms > b.limit for b in problem.budgets if b.metric == "latency_ms"):
             return None  # predicted within the budget but measured over it: search

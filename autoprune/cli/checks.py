@@ -178,13 +178,15 @@ def recover_options(steps: int) -> None:
              f"{'it' if len(ignored) == 1 else 'them'} out")
 
 
-def pick_targets(targets: list[str]) -> None:
-    """pick chooses by the costs a run's space computes (flops, params, sparsity, size): it
-    reopens no latency table, so a latency= budget is refused before the run is opened."""
-    if any(t.strip().lower().startswith("latency") for t in targets):
-        fail("pick chooses by flops=, params= (and, for weights, sparsity= or size=): it does "
-             "not reopen a latency table, so a latency= budget cannot be checked; for one, "
-             "search: autoprune search --target latency=10ms ...")
+def pick_targets(targets: list[str], lut: Path | None = None) -> None:
+    """pick chooses by the costs a run's space computes (flops, params, sparsity, size), and
+    by latency only with a table measured on the device (``--lut``): a latency= budget
+    without one is refused before the run is opened."""
+    if lut is None and any(t.strip().lower().startswith("latency") for t in targets):
+        fail("pick chooses by flops=, params= (and, for weights, sparsity= or size=); a "
+             "latency= budget needs the device's table: --lut lut.json from autoprune profile "
+             "--from-timings (a table of another device). For this machine's latency, search: "
+             "autoprune search --target latency=10ms ...")
 
 
 def lut_file(lut: Path | None) -> None:

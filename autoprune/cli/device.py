@@ -15,7 +15,7 @@ from autoprune.cli.common import (MIN_RATIO_HELP, BACKEND_HELP, BATCH_HELP, CLOC
                                   TIMING_DEVICE_HELP, err, fail, source, timing_device,
                                   user_errors)
 from autoprune.cli.checks import (chosen_network, config_network, lut_file, output_file,
-                                  source_options)
+                                  output_folder, source_options)
 from autoprune.settings import LatencySettings, ProfilePlan, ProfileSettings, SpaceSettings
 
 __all__ = ["latency", "profile"]
@@ -40,9 +40,24 @@ def profile(
     grid: Annotated[int, typer.Option(min=2, help="Widths profiled per axis of each layer.")] = PROFILE.plan.grid,
     calibration: Annotated[int, typer.Option(
         min=2, help="Pruned networks measured whole to fit the correction (and its error).")] = PROFILE.plan.calibration,
+    export_to: Annotated[Path | None, typer.Option(
+        "--export-to", metavar="DIR",
+        help="Time on another device instead: write into this new (or empty) folder the "
+             "blocks and whole networks to time as ONNX, manifest.json and time_on_device.py "
+             "(needs only numpy and onnxruntime there). On the device run `python "
+             "DIR/time_on_device.py [--threads N]`; bring DIR/timings.json back and run "
+             "`autoprune profile --from-timings DIR -o lut.json`. --threads and --batch are the "
+             "device's.")] = None,
+    from_timings: Annotated[Path | None, typer.Option(
+        "--from-timings", metavar="DIR",
+        help="Build the table from the timings a device wrote into an --export-to folder "
+             "(DIR/timings.json), with the same correction and held-out check as a build "
+             "here. A search with --lut then predicts for that device and says so.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the table's summary as JSON.")] = False,
 ) -> None:
-    """Build a latency lookup table for a model on this machine (minutes), with its error.
+    """Build a latency lookup table for a model on this machine (minutes), with its error;
+    or export one for another device to time (--export-to) and build it from the timings
+    brought back (--from-timings).
 
     Each conv/linear layer is timed with its BatchNorm and activation at a grid of widths;
     a whole-network correction is fitted on real measurements of random pruned networks.
@@ -50,6 +65,17 @@ def profile(
     from autoprune.latency.jobs import profile as run
 
     output_file(output, "-o", "table.json")
+    if export_to is not None and from_timings is not None:
+        fail("--export-to and --from-timings are two steps: export first, time on the device, "
+             "then build the table from the timings. Fix: give one of them")
+    if export_to is not None:
+        _export(export_to, model, model_arg, weights, input_shape, data, batch, threads,
+                backend, device, image_size, width_mult, round_to, min_ratio, grid,
+                calibration, as_json)
+        return
+    if from_timings is not None:
+        _from_timings(from_timings, output, as_json)
+        return
     source_options(model, data)
     try:
         settings = ProfileSettings(
@@ -62,11 +88,64 @@ def profile(
         summary = run(settings, console=err)
     except user_errors() as e:
         fail(str(e))
+    _print_table(summary, as_json)
+
+
+def _export(folder: Path, model: str, model_arg: list[str] | None, weights: Path | None,
+            input_shape: str | None, data: str, batch: int, threads: int, backend: str,
+            device: str, image_size: int, width_mult: float, round_to: int,
+            min_ratio: float | None, grid: int, calibration: int, as_json: bool) -> None:
+    from autoprune.latency.jobs import export_profile
+
+    output_folder(folder, "--export-to")
+    source_options(model, data)
+    try:
+        settings = ProfileSettings(
+            source=source(model, data, image_size, width_mult, model_arg=model_arg,
+                          weights=weights, input_shape=input_shape),
+            space=SpaceSettings(round_to=round_to, min_ratio=min_ratio),
+            device=timing_device(batch=batch, threads=threads,
+                                 backend=backend if backend != "torch" else "onnxruntime",
+                                 clock="auto", device=device),
+            plan=ProfilePlan(grid=grid, calibration=calibration))
+        summary = export_profile(settings, folder, console=err)
+    except user_errors() as e:
+        fail(str(e))
+    if as_json:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+        return
+    err.print(f"wrote {summary['path']}: {summary['blocks']} blocks and {summary['networks']} "
+              f"whole networks as ONNX ({summary['megabytes']} MB), manifest.json and "
+              f"time_on_device.py in {summary['seconds']}s. On the device (numpy and "
+              f"onnxruntime only): python {folder}/time_on_device.py --threads "
+              f"{summary['threads']}; then here: autoprune profile --from-timings {folder} -o "
+              "lut.json", highlight=False)
+
+
+def _from_timings(folder: Path, output: Path, as_json: bool) -> None:
+    from autoprune.latency.jobs import profile_from_timings
+    from autoprune.latency.table import LatencyTableError
+
+    if not Path(folder).is_dir():
+        fail(f"--from-timings {folder} is not a folder; name the folder `autoprune profile "
+             "--export-to` wrote (with the device's timings.json in it)")
+    try:
+        summary = profile_from_timings(folder, output)
+    except (*user_errors(), LatencyTableError) as e:
+        fail(str(e))
+    _print_table(summary, as_json)
+
+
+def _print_table(summary: dict, as_json: bool) -> None:
+    from autoprune.latency.device import describe_device
+
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     else:
         c = summary["check"]
-        err.print(f"wrote {summary['path']}: {summary['layers']} layers, {summary['blocks']} "
+        where = (f" for {describe_device(summary['device'])}"
+                 if summary["device"].get("measured_on") == "device" else "")
+        err.print(f"wrote {summary['path']}{where}: {summary['layers']} layers, {summary['blocks']} "
                   f"blocks, {summary['grid_points']} grid points in {summary['build_seconds']}s; "
                   f"dense predicted {summary['dense_predicted_ms']:.2f} ms; error on "
                   f"{c['networks']} whole networks it was not fitted on: median "

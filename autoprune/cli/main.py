@@ -206,6 +206,10 @@ def pick(
         "--run", help="The run folder, as an option (the same as RUN).")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Baseline cache folder.")] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    lut: Annotated[Path | None, typer.Option(
+        help="A latency table measured on the device the network will run on (autoprune "
+             "profile --from-timings): a latency= budget is then costed with it, for that "
+             "device.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")] = False,
 ) -> None:
     """Choose from a finished run (e.g. a Pareto front) the best network meeting --target.
@@ -223,12 +227,13 @@ def pick(
     if not target:
         fail("pick needs a budget to choose by: add --target, e.g. --target flops=50%")
     output_folder(cache_dir, "--cache-dir")
-    pick_targets(target)
+    pick_targets(target, lut)
+    lut_file(lut)
     from autoprune.pick_run import pick as pick_from_run
 
     try:
         summary = pick_from_run(run, tuple(target), cache_dir=cache_dir, console=err,
-                                device=device)
+                                device=device, lut=lut)
     except user_errors() as e:
         fail(str(e))
     if as_json:

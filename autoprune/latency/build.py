@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,12 +23,14 @@ from torch.overrides import TorchFunctionMode
 
 from autoprune.settings import ProfilePlan
 from autoprune.latency.measure import make_runner, pinned_threads, time_calls
+from autoprune.latency.grid import Layer, layer
 from autoprune.search_spaces import LayerRow, SearchSpace, call_name
 from autoprune.search_spaces.tracing import call_model, conv1d_type
 
 __all__ = ["BlockSpec", "ExtraLayer", "attention_and_norm_layers", "block_followers",
-           "mapped_grid", "measure_blocks_and_networks", "monotone", "op_of", "profiled_space",
-           "row_widths", "unit_links", "weight_mb", "width_grid"]
+           "block_module", "grid_points", "mapped_grid", "measure_blocks_and_networks",
+           "monotone", "op_of", "profiled_space", "row_widths", "table_blocks", "unit_links",
+           "weight_mb", "width_grid"]
 
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _FOLLOWERS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU,
@@ -368,6 +371,62 @@ def unit_links(space: SearchSpace) -> dict[str, list[tuple[str, float, float] | 
                                  for r in rows if r.kind in ("conv", "linear")})
 
 
+def table_blocks(model: nn.Module, one: tuple[torch.Tensor, ...], space: SearchSpace,
+                 grid: int) -> tuple[list[BlockSpec], list[Layer]]:
+    """The distinct blocks a table times (``one``: inputs of batch 1) and, for every costed
+    layer of ``space``, the entry it reads and where its widths come from. Layers that run
+    the same block over the same widths share one entry."""
+    named = dict(model.named_modules())
+    chains = block_followers(model, one)
+    links = unit_links(space)
+    choices = {u.name: u.choices for u in space.units}
+    keys: dict[str, int] = {}
+    specs: list[BlockSpec] = []
+    layers: list[Layer] = []
+    for row in space.layer_table(space.dense_config()):
+        if row.kind not in ("conv", "linear"):
+            continue
+        module = named[row.module]
+        in_link, out_link = links[row.name]
+        depthwise = row.kind == "conv" and 1 < row.groups == row.in_channels == row.out_channels
+        div = 1 if depthwise or row.kind == "linear" else row.groups
+        out_grid = mapped_grid(out_link, row.out_channels, choices, grid, div)
+        in_grid: tuple[int, ...] = () if depthwise else mapped_grid(
+            in_link, row.in_channels, choices, grid, div)
+        op = op_of(module, row, chains.get(row.name, []), depthwise)
+        key = json.dumps([op, in_grid, out_grid], sort_keys=True)
+        if key not in keys:
+            keys[key] = len(specs)
+            specs.append((module, chains.get(row.name, []), op, in_grid, out_grid))
+        layers.append(layer(row.name, keys[key], in_link, out_link, row.in_channels,
+                            row.out_channels, depthwise))
+    for extra in attention_and_norm_layers(model, one, space, grid):
+        key = json.dumps([extra.op, extra.in_grid, extra.out_grid], sort_keys=True)
+        if key not in keys:
+            keys[key] = len(specs)
+            specs.append((extra.module, [], extra.op, extra.in_grid, extra.out_grid))
+        layers.append(layer(extra.name, keys[key], extra.in_link, extra.out_link,
+                            extra.in_full, extra.out_full, not extra.in_grid))
+    return specs, layers
+
+
+def grid_points(spec: BlockSpec) -> list[tuple[int, int]]:
+    """The (input, output) widths a block is timed at, in the order of its entry's timings
+    (row-major; the input 0 for a depthwise block, whose input follows its output)."""
+    _, _, _, in_grid, out_grid = spec
+    return [(ci, co) for ci in (in_grid or (0,)) for co in out_grid]
+
+
+def block_module(spec: BlockSpec, ci: int, co: int, batch: int,
+                 dtype: torch.dtype | None = None) -> tuple[nn.Module, torch.Tensor]:
+    """The block of ``spec`` at one grid point, and an input for it (in ``dtype``)."""
+    module, chain, op, _, _ = spec
+    block, x = _block(module, chain, op, ci or co, co, batch)
+    if dtype is not None:
+        block, x = block.to(dtype), (x.to(dtype) if x.is_floating_point() else x)
+    return block, x
+
+
 def measure_blocks_and_networks(specs: Sequence[BlockSpec], nets: Sequence[nn.Module],
                  inputs: tuple[torch.Tensor, ...], threads: int, backend: str, clock: str,
                  plan: ProfilePlan, rng: np.random.Generator, *, gpu: int = 0,
@@ -393,13 +452,10 @@ def measure_blocks_and_networks(specs: Sequence[BlockSpec], nets: Sequence[nn.Mo
     shapes = []
     batch = int(inputs[0].shape[0])
     with pinned_threads(threads), torch.inference_mode():
-        for e, (module, chain, op, in_grid, out_grid) in enumerate(specs):
-            points = [(ci, co) for ci in (in_grid or (0,)) for co in out_grid]
-            shapes.append((max(1, len(in_grid)), len(out_grid)))
-            for k, (ci, co) in enumerate(points):
-                block, x = _block(module, chain, op, ci or co, co, batch)
-                if dtype is not None:
-                    block, x = block.to(dtype), (x.to(dtype) if x.is_floating_point() else x)
+        for e, spec in enumerate(specs):
+            shapes.append((max(1, len(spec[3])), len(spec[4])))
+            for k, (ci, co) in enumerate(grid_points(spec)):
+                block, x = block_module(spec, ci, co, batch, dtype)
                 run = make_runner(block, (x,), backend=backend, threads=threads, gpu=gpu)
                 items.append((e, k, run, plan.warmup, plan.repeats))
         n_blocks = len(items)

@@ -21,8 +21,8 @@ from autoprune.latency.measure import measure_latency
 from autoprune.latency.table import LatencyTable, LatencyTableError, model_signature
 from autoprune.search_spaces import SearchSpace
 
-__all__ = ["ANCHOR_REPEATS", "ANCHOR_ROUNDS", "anchor_to_now", "note_drift", "stale_threshold",
-           "table_cache_path", "table_for_search"]
+__all__ = ["ANCHOR_REPEATS", "ANCHOR_ROUNDS", "anchor_to_now", "note_drift", "remote_table",
+           "stale_threshold", "table_cache_path", "table_for_search"]
 
 # The anchor: the dense and the thinnest network, each timed in rounds of warm-up + repeats.
 ANCHOR_ROUNDS = 3
@@ -30,7 +30,7 @@ ANCHOR_WARMUP = 3
 ANCHOR_REPEATS = 10
 # Both anchor networks must be off the same side by more than this (and the build's own
 # re-measurement noise) to rescale.
-ANCHOR_MIN_DRIFT = 0.03
+ANCHOR_MIN_DRIFT = 0.10
 
 
 def table_cache_path(model: nn.Module, space: SearchSpace, device: Mapping[str, Any],
@@ -55,7 +55,8 @@ def table_for_search(model: nn.Module, example: torch.Tensor, space: SearchSpace
     """The table a latency search costs with: ``lut`` if given (refused if built for another
     device or model; built there if missing), else the cached one, else built now and cached;
     then anchored to this machine's speed now (:func:`anchor_to_now`), or to ``speed`` (a
-    resumed search keeps the speed it started with)."""
+    resumed search keeps the speed it started with). A ``lut`` measured on another device
+    (:mod:`autoprune.latency.remote`) is used as it is: :func:`remote_table`."""
     fingerprint = device.fingerprint(example)
 
     def ready(table: LatencyTable, info: dict[str, Any]) -> tuple[LatencyTable, dict[str, Any]]:
@@ -70,7 +71,10 @@ def table_for_search(model: nn.Module, example: torch.Tensor, space: SearchSpace
     if lut is not None:
         path, cached = Path(lut), False
         if path.exists():
-            table = LatencyTable.load(path, expected_device=fingerprint)
+            table = LatencyTable.load(path)
+            if table.remote:
+                return remote_table(table, path, fingerprint, space, console)
+            table.check_device(fingerprint, source=f"latency table {path}")
             table.check_space(space, source=f"latency table {path}")
             return ready(table, {"path": str(path), "built": False})
     else:
@@ -89,6 +93,26 @@ def table_for_search(model: nn.Module, example: torch.Tensor, space: SearchSpace
                                console=console)
     table.save(path)
     return ready(table, {"path": str(path), "built": True, "cached": cached})
+
+
+def remote_table(table: LatencyTable, path: Path, fingerprint: Mapping[str, Any],
+                 space: SearchSpace, console: Console) -> tuple[LatencyTable, dict[str, Any]]:
+    """A table measured on another device (``autoprune profile --from-timings``), for a
+    search here: for the same model, batch and input shape, neither anchored nor rescaled to
+    this machine (it does not predict this machine), and said so."""
+    for key in ("batch", "input_shape"):
+        if table.device.get(key) != fingerprint.get(key):
+            raise LatencyTableError(
+                f"latency table {path} was measured on its device for {key} "
+                f"{table.device.get(key)!r}, this search asks for {fingerprint.get(key)!r}. "
+                f"Fix: search with --batch {table.device.get('batch')} (and the input shape "
+                "it was exported with), or export and time a table for this one "
+                "(autoprune profile --export-to)")
+    table.check_space(space, source=f"latency table {path}")
+    console.print(f"latency table {path}: [bold]{table.remote_note()}[/]", highlight=False)
+    return table, {"path": str(path), "built": False, "remote": True,
+                   "device": dict(table.device), "note": table.remote_note(),
+                   "check": {k: v for k, v in table.check.items() if k != "points"}}
 
 
 def anchor_to_now(table: LatencyTable, model: nn.Module, example: torch.Tensor,

@@ -128,6 +128,11 @@ def describe_device(fp: Mapping[str, Any]) -> str:
             f"{label} {fp[k]}" for k, label in (("driver", "driver"), ("cuda", "CUDA"),
                                                   ("cudnn", "cuDNN")) if fp.get(k)]
         where = f"{fp.get('gpu') or 'unknown GPU'} ({', '.join(facts)}) on {where}"
+    if fp.get("measured_on") == "device":  # timed by time_on_device.py there
+        where = (f"the device {fp['host']} ({where})" if fp.get("host") else
+                 f"the device ({where})")
+        if fp.get("provider"):
+            where += f", {fp['provider']}"
     version = fp.get("backend_version")
     if fp.get("backend") == "cuda":
         version = f"torch {version}"

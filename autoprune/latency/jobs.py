@@ -17,7 +17,7 @@ from autoprune.search_spaces import make_space
 from autoprune.settings import LatencySettings, ModelSource, ProfileSettings
 from autoprune.zoo.tasks import zoo_architecture
 
-__all__ = ["latency", "profile", "table_summary"]
+__all__ = ["export_profile", "latency", "profile", "profile_from_timings", "table_summary"]
 
 
 def _zoo_model(source: ModelSource) -> tuple[nn.Module, torch.Tensor]:
@@ -37,6 +37,34 @@ def profile(settings: ProfileSettings, *, console: Console | None = None) -> dic
                                plan=settings.plan, console=console)
     path = table.save(settings.output)
     return table_summary(table, path)
+
+
+def export_profile(settings: ProfileSettings, folder: Path, *,
+                   console: Console | None = None) -> dict[str, Any]:
+    """Write what another device must time for a zoo model's table into ``folder``
+    (:func:`autoprune.latency.remote.export_for_device`); return its summary."""
+    from autoprune.latency.remote import export_for_device
+
+    console = console or Console(stderr=True)
+    if settings.device.on_gpu:
+        raise ValueError(f"--export-to writes ONNX networks for onnxruntime on the device's "
+                         f"CPU; --backend {settings.device.backend} does not apply. Fix: leave "
+                         "out --backend (or give onnxruntime)")
+    model, example = _zoo_model(settings.source)
+    space = make_space(settings.space.space, model, example, round_to=settings.space.round_to,
+                       min_ratio=settings.space.min_ratio)
+    return export_for_device(model, example, folder, space=space,
+                             threads=settings.device.threads, batch=settings.device.batch,
+                             plan=settings.plan, console=console)
+
+
+def profile_from_timings(folder: Path, output: Path) -> dict[str, Any]:
+    """Build the table of an export from the timings its device wrote, save it at
+    ``output``, return its summary."""
+    from autoprune.latency.remote import table_from_timings
+
+    table = table_from_timings(folder)
+    return table_summary(table, table.save(output))
 
 
 def table_summary(table: LatencyTable, path: Path | None = None) -> dict[str, Any]:

@@ -51,17 +51,15 @@ from torch import nn
 
 from autoprune.costs import CostModel
 from autoprune.latency.device import Device, describe_device, fingerprint_mismatch
-from autoprune.latency.grid import Entry, Layer, layer
-from autoprune.latency.build import (BlockSpec, ProfilePlan, attention_and_norm_layers,
-                                     block_followers, mapped_grid, measure_blocks_and_networks,
-                                     monotone, op_of, profiled_space, row_widths, unit_links,
-                                     weight_mb)
+from autoprune.latency.grid import Entry, Layer
+from autoprune.latency.build import (ProfilePlan, measure_blocks_and_networks, monotone,
+                                     profiled_space, row_widths, table_blocks, weight_mb)
 from autoprune.latency.correction import (NOISY_BUILD, calibration_configs, check_on_holdout,
                                           fit_correction, holdout_configs)
 from autoprune.search_spaces import LayerTable, SearchSpace, make_space
 
 __all__ = ["TABLE_FORMAT", "TABLE_VERSION", "LatencyCost", "LatencyTable", "LatencyTableError",
-           "ProfilePlan", "model_signature"]
+           "ProfilePlan", "model_info", "model_signature", "plan_info", "space_info"]
 
 TABLE_FORMAT = "autoprune-latency-table"
 # 2: layer norms and attention cores are timed as blocks (layers with affine width maps)
@@ -169,6 +167,18 @@ class LatencyTable:
             "flops= / params= instead")
 
     @property
+    def remote(self) -> bool:
+        """Whether the table was measured on another device (``autoprune profile
+        --from-timings``): its predictions are for that device, never timed here."""
+        return self.device.get("measured_on") == "device"
+
+    def remote_note(self) -> str:
+        """What a search says of a table measured on another device."""
+        c = self.check
+        err = f"held-out error {100 * c['median_abs_rel']:.1f}%" if c else "not checked"
+        return f"predicted for {describe_device(self.device)}; {err}; not measured here"
+
+    @property
     def check(self) -> dict[str, Any]:
         """The table's check on whole networks it was not fitted on (empty for none)."""
         return dict(self.correction.get("check") or {})
@@ -207,37 +217,7 @@ class LatencyTable:
         fingerprint = device_.fingerprint(inputs)
         say(f"profiling latency on {describe_device(fingerprint)}")
 
-        named = dict(model.named_modules())
-        chains = block_followers(model, one)
-        links = unit_links(space)
-        choices = {u.name: u.choices for u in space.units}
-        keys: dict[str, int] = {}
-        specs: list[BlockSpec] = []
-        layers: list[Layer] = []
-        for row in space.layer_table(space.dense_config()):
-            if row.kind not in ("conv", "linear"):
-                continue
-            module = named[row.module]
-            in_link, out_link = links[row.name]
-            depthwise = row.kind == "conv" and 1 < row.groups == row.in_channels == row.out_channels
-            div = 1 if depthwise or row.kind == "linear" else row.groups
-            out_grid = mapped_grid(out_link, row.out_channels, choices, plan.grid, div)
-            in_grid: tuple[int, ...] = () if depthwise else mapped_grid(
-                in_link, row.in_channels, choices, plan.grid, div)
-            op = op_of(module, row, chains.get(row.name, []), depthwise)
-            key = json.dumps([op, in_grid, out_grid], sort_keys=True)
-            if key not in keys:
-                keys[key] = len(specs)
-                specs.append((module, chains.get(row.name, []), op, in_grid, out_grid))
-            layers.append(layer(row.name, keys[key], in_link, out_link, row.in_channels,
-                                 row.out_channels, depthwise))
-        for extra in attention_and_norm_layers(model, one, space, plan.grid):
-            key = json.dumps([extra.op, extra.in_grid, extra.out_grid], sort_keys=True)
-            if key not in keys:
-                keys[key] = len(specs)
-                specs.append((extra.module, [], extra.op, extra.in_grid, extra.out_grid))
-            layers.append(layer(extra.name, keys[key], extra.in_link, extra.out_link,
-                                 extra.in_full, extra.out_full, not extra.in_grid))
+        specs, layers = table_blocks(model, one, space, plan.grid)
         n_points = sum(max(1, len(s[3])) * len(s[4]) for s in specs)
         say(f"{len(layers)} costed layers -> {len(specs)} distinct blocks, {n_points} grid "
             f"points; {plan.calibration} whole networks for the correction, {plan.holdout} "
@@ -251,26 +231,58 @@ class LatencyTable:
             specs, nets, inputs, device_.threads, device_.backend, fingerprint["clock"], plan,
             rng, gpu=device_.gpu, dtype=_float_dtype(model) if device_.on_gpu else None)
         held_samples, net_samples = net_samples[len(configs):], net_samples[:len(configs)]
-        # Rounded as JSON stores them, so a saved and reloaded table predicts identically.
-        entries = [Entry(op=op, in_grid=ig, out_grid=og, ms=np.round(monotone(m), 6))
-                   for (_, _, op, ig, og), m in zip(specs, ms)]
-        table = cls(device=fingerprint, model=_model_info(model, space), space=_space_info(space),
-                    entries=entries, layers=layers,
-                    correction={"offset_ms": 0.0, "scale": 1.0, "points": []},
-                    plan=_plan_info(plan), build_seconds=0.0, created="")
-        sums, weights = np.array([table.sums(space.layer_table(c)) for c in configs]).T
-        correction = fit_correction(sums, configs, net_samples, weights)
-        built = cls(device=fingerprint, model=table.model, space=table.space, entries=entries,
-                    layers=layers, correction=correction, plan=table.plan,
-                    build_seconds=time.perf_counter() - started,
-                    created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        predicted = np.array([built.predict(c) for c in held])
-        built.correction["check"] = check_on_holdout(predicted, held_samples, plan.net_repeats,
-                                                     held)
+        skeleton = cls.skeleton(device=fingerprint, model=model_info(model, space),
+                                space=space_info(space),
+                                blocks=[(op, ig, og) for _, _, op, ig, og in specs],
+                                layers=layers, plan=plan_info(plan))
+        built = skeleton.assembled(ms, [skeleton.terms(space.layer_table(c)) for c in configs],
+                                   configs, net_samples, held, held_samples,
+                                   seconds=time.perf_counter() - started)
         memory = (f", {built.ms_per_mb:.4f} ms per MB of weights over {built.knee_mb:g} MB"
                   if built.ms_per_mb else "")
         say(f"built in {built.build_seconds:.1f}s: offset {built.offset_ms:+.3f} ms, scale "
             f"{built.scale:.3f}{memory}; {built.check_text()}")
+        return built
+
+    @classmethod
+    def skeleton(cls, *, device: Mapping[str, Any], model: Mapping[str, Any],
+                 space: Mapping[str, Any], blocks: Sequence[tuple[Mapping[str, Any],
+                                                                   tuple[int, ...],
+                                                                   tuple[int, ...]]],
+                 layers: Sequence[Layer], plan: Mapping[str, Any]) -> LatencyTable:
+        """A table whose blocks are not timed yet (every entry 0 ms, no correction): what
+        :meth:`terms` reads, and what :meth:`assembled` fills in."""
+        entries = [Entry(op=op, in_grid=tuple(ig), out_grid=tuple(og),
+                         ms=np.zeros((max(1, len(ig)), len(og)))) for op, ig, og in blocks]
+        return cls(device=device, model=model, space=space, entries=entries, layers=layers,
+                   correction={"offset_ms": 0.0, "scale": 1.0, "points": []}, plan=plan,
+                   build_seconds=0.0, created="")
+
+    def assembled(self, ms: Sequence[np.ndarray], terms: Sequence[Sequence[tuple[int, int, int]]],
+                  configs: Sequence[Mapping[str, int]], samples: Sequence[np.ndarray],
+                  held: Sequence[Mapping[str, int]], held_samples: Sequence[np.ndarray], *,
+                  seconds: float) -> LatencyTable:
+        """This skeleton's table from its blocks' median timings ``ms`` (grid-shaped, one per
+        entry), fitted (``correction.fit_correction``) on the whole networks ``configs`` (their
+        :meth:`terms`, their timings ``samples``) and checked on the networks ``held``
+        (``correction.check_on_holdout``). Used by a build here and by timings brought back
+        from another device (:mod:`autoprune.latency.remote`) alike."""
+        # Rounded as JSON stores them, so a saved and reloaded table predicts identically.
+        entries = [replace(e, ms=np.round(monotone(np.asarray(m, dtype=float)), 6))
+                   for e, m in zip(self.entries, ms)]
+        timed = type(self)(device=self.device, model=self.model, space=self.space,
+                           entries=entries, layers=list(self.layers.values()),
+                           correction=self.correction, plan=self.plan, build_seconds=0.0,
+                           created="")
+        sums, weights = np.array([timed.sum_terms(t) for t in terms]).T
+        correction = fit_correction(sums, configs, samples, weights)
+        built = type(self)(device=self.device, model=self.model, space=self.space,
+                           entries=entries, layers=list(self.layers.values()),
+                           correction=correction, plan=self.plan, build_seconds=seconds,
+                           created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        predicted = np.array([built.predict(c) for c in held])
+        built.correction["check"] = check_on_holdout(
+            predicted, held_samples, int(self.plan.get("net_repeats", 10)), held)
         return built
 
     # ------------------------------------------------------------------ predicting
@@ -280,7 +292,12 @@ class LatencyTable:
 
     def sums(self, table: LayerTable) -> tuple[float, float]:
         """``(sum of the entries, weight megabytes)`` of the costed layers of ``table``."""
-        total = weights = 0.0
+        return self.sum_terms(self.terms(table))
+
+    def terms(self, table: LayerTable) -> list[tuple[int, int, int]]:
+        """``(entry, input width, output width)`` of every costed layer of ``table`` the
+        table holds: what its sum reads, without the timings."""
+        out = []
         for row in table:
             if row.kind not in _SIGNED:
                 continue
@@ -293,10 +310,18 @@ class LatencyTable:
                     f"another model ({self.model.get('class')}). Fix: build a table for this "
                     "model (autoprune profile, or LatencyTable.build).")
             entry = self.entries[layer.entry]
-            widths = ((row.in_channels, row.out_channels) if row.kind in _REQUIRED
-                      else row_widths(entry.op, row))
-            total += entry.at(*widths)
-            weights += weight_mb(entry.op, *widths)
+            cin, cout = ((row.in_channels, row.out_channels) if row.kind in _REQUIRED
+                         else row_widths(entry.op, row))
+            out.append((layer.entry, int(cin), int(cout)))
+        return out
+
+    def sum_terms(self, terms: Sequence[Sequence[int]]) -> tuple[float, float]:
+        """``(sum of the entries, weight megabytes)`` at ``terms`` (see :meth:`terms`)."""
+        total = weights = 0.0
+        for index, cin, cout in terms:
+            entry = self.entries[int(index)]
+            total += entry.at(int(cin), int(cout))
+            weights += weight_mb(entry.op, int(cin), int(cout))
         return total, weights
 
     def _corrected(self, layers_ms: float, weights_mb: float) -> float:
@@ -504,16 +529,16 @@ def _float_dtype(model: nn.Module) -> torch.dtype | None:
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
 
 
-def _model_info(model: nn.Module, space: SearchSpace) -> dict[str, Any]:
+def model_info(model: nn.Module, space: SearchSpace) -> dict[str, Any]:
     spec = getattr(model, "autoprune_spec", None)
     return {"class": type(model).__name__, "spec": dict(spec) if spec else None,
             "signature": model_signature(space)}
 
 
-def _space_info(space: SearchSpace) -> dict[str, Any]:
+def space_info(space: SearchSpace) -> dict[str, Any]:
     return {"round_to": space.round_to, "min_ratio": space.min_ratio,
             "units": {u.name: list(u.choices) for u in space.units}}
 
 
-def _plan_info(plan: ProfilePlan) -> dict[str, Any]:
+def plan_info(plan: ProfilePlan) -> dict[str, Any]:
     return {k: getattr(plan, k) for k in ProfilePlan.__dataclass_fields__}
