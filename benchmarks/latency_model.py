@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -48,7 +47,6 @@ from rich.table import Table
 from scipy.stats import spearmanr
 
 from autoprune.latency.cache import anchor_to_now
-from autoprune.latency.level import OnlineLevel
 from autoprune.latency.device import BackendError, Device, describe_device, resolve_clock
 from autoprune.latency.measure import (make_runner, pinned_threads,
                                time_calls)
@@ -56,7 +54,11 @@ from autoprune.latency.table import LatencyTable, ProfilePlan
 from autoprune.zoo.models import available_models
 from autoprune.zoo.tasks import zoo_architecture
 from autoprune.latency.roofline import RooflineCost
-from autoprune.search_spaces import SearchSpace, make_space
+from autoprune.search_spaces import make_space
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # latency_scoring.py, beside this file
+from latency_device import DEFAULT_VENV, device_python, run_model_device  # noqa: E402
+from latency_scoring import configs_for, load, online_predictions, scores  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -78,20 +80,6 @@ class Settings:
     out: Path
 
 
-def load() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()]
-
-
-def configs_for(space: SearchSpace, n: int, rng: np.random.Generator) -> list[dict[str, int]]:
-    """Random configurations over the whole width range: a level per network plus per-unit noise
-    (uniform points in the cube alone cluster around half width)."""
-    out = []
-    for _ in range(n):
-        level = rng.uniform(0, 1)
-        out.append(space.decode(np.clip(level + rng.normal(0, 0.3, space.dim), 0, 1)))
-    return out
-
-
 def measure_all(nets: list[torch.nn.Module], x: torch.Tensor, s: Settings,
                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``s.passes`` passes, each over every network in a fresh shuffled order; per network the
@@ -111,30 +99,6 @@ def measure_all(nets: list[torch.nn.Module], x: torch.Tensor, s: Settings,
 
     return (pooled_median(range(0, s.passes, 2)), pooled_median(range(1, s.passes, 2)),
             pooled_median(range(s.passes)))
-
-
-def online_predictions(pred: np.ndarray, meas: np.ndarray, rng: np.random.Generator,
-                       orders: int = 20) -> np.ndarray:
-    """Each network's prediction as the check after a search makes it: the table's, scaled by
-    the machine's level estimated from the networks measured before it
-    (:class:`~autoprune.latency.level.OnlineLevel`); the dense network (row 0) first, as the
-    check measures it first, then the others in a random order. Per network the geometric
-    mean over ``orders`` orders (its error is scored against the same measurement)."""
-    logs = np.zeros(len(pred))
-    for _ in range(orders):
-        level = OnlineLevel()
-        for i in [0, *(1 + rng.permutation(len(pred) - 1))]:
-            logs[i] += np.log(level.predict(float(pred[i])))
-            level.add(float(pred[i]), float(meas[i]))
-    return np.exp(logs / orders)
-
-
-def scores(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
-    rel = pred / meas - 1.0
-    return {"within_5pct": float(np.mean(np.abs(rel) <= 0.05)),
-            "within_10pct": float(np.mean(np.abs(rel) <= 0.10)),
-            "median_abs_pct": float(100 * np.median(np.abs(rel))),
-            "spearman": float(spearmanr(pred, meas).statistic) if len(pred) > 2 else float("nan")}
 
 
 def run_model(name: str, s: Settings, roof: RooflineCost, console: Console) -> dict[str, Any]:
@@ -235,10 +199,11 @@ def show(results: list[dict[str, Any]], total: dict[str, dict[str, float]], cons
     labels = {"table": "lookup table", "table_online": "table, levelled online",
               "table_built": "table as built",
               "flops": "FLOPs x best scale", "roofline": "roofline", "retest": "re-measurement"}
-    torch_rows = [r for r in results if r["backend"] == "torch"] or results
-    for name, n, sc in [(r["label"], r["n"], r["scores"]) for r in results] + [
-            ("all (torch)", sum(r["n"] for r in torch_rows), total)]:
-        for key in ("table", "table_online", "table_built", "flops", "roofline", "retest"):
+    torch_rows = [r for r in results if r["backend"] == "torch"]
+    for name, n, sc in [(r["label"], r["n"], r["scores"]) for r in results] + (
+            [("all (torch)", sum(r["n"] for r in torch_rows), total)] if torch_rows else []):
+        for key in [k for k in ("table", "table_online", "table_built", "flops", "roofline",
+                                "retest") if k in sc]:
             v = sc[key]
             t.add_row(name if key == "table" else "", str(n) if key == "table" else "",
                       labels[key], f"{100 * v['within_5pct']:.1f}%", f"{100 * v['within_10pct']:.1f}%",
@@ -254,7 +219,7 @@ def show(results: list[dict[str, Any]], total: dict[str, dict[str, float]], cons
     for col in ("model", "MACs of dense", "n", "FLOPs reduction (median)", "speedup (median)"):
         sp.add_column(col, justify="left" if col == "model" else "right")
     for r in results:
-        for i, b in enumerate(r["speedup_vs_flops_reduction"]["bins"]):
+        for i, b in enumerate(r.get("speedup_vs_flops_reduction", {}).get("bins", [])):
             sp.add_row(r["label"] if i == 0 else "", b["macs_fraction"], str(b["n"]),
                        f"{b['median_flops_reduction']:.2f}x", f"{b['median_speedup']:.2f}x")
         sp.add_section()
@@ -290,7 +255,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--configs", type=int, default=None, help="random configurations per model")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--backends", default=None,
-                    help="comma-separated: torch, onnxruntime (default both; --quick: torch)")
+                    help="comma-separated: torch, onnxruntime, device (default torch and "
+                         "onnxruntime; --quick: torch). device: the table made through "
+                         "profile --export-to / --from-timings on a second device, onnxruntime "
+                         "in a virtual environment without torch at --device-threads")
+    ap.add_argument("--device-threads", type=int, default=2,
+                    help="threads the device backend times with (default 2)")
+    ap.add_argument("--device-venv", type=Path, default=DEFAULT_VENV,
+                    help="the device's virtual environment (made when missing: numpy and "
+                         "onnxruntime only)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--clock", default="auto", choices=["auto", "cpu", "wall"])
     ap.add_argument("--repeats", type=int, default=None, help="timed calls per network per pass")
@@ -330,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     def save() -> dict[str, Any]:
         """Everything measured so far, written after every model (a later failure or a kill
         keeps the rows already measured)."""
-        torch_rows = [r for r in results if r["device"]["backend"] == "torch"] or results
+        torch_rows = [r for r in results if r["backend"] == "torch"]
         payload = {"command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
                    "device": describe_device(results[0]["device"]) if results else None,
                    "roofline": roof.to_json(),
@@ -344,10 +317,13 @@ def main(argv: list[str] | None = None) -> None:
         s.out.write_text(json.dumps(payload, indent=1) + "\n")
         return payload
 
+    python = device_python(args.device_venv, console) if "device" in backends else None
     for b in backends:
         for m in models:
             try:
-                results.append(run_model(m, replace(s, backend=b), roof, console))
+                results.append(run_model_device(m, s, python, args.device_threads, console)
+                               if b == "device" else
+                               run_model(m, replace(s, backend=b), roof, console))
             except BackendError as err:  # one model the backend cannot run: the others go on
                 failed.append({"model": m, "backend": b, "error": str(err)})
                 console.print(f"[red]{m} ({b}) skipped:[/] {err}")

@@ -10,7 +10,8 @@ only Python 3.9+, numpy and onnxruntime: no torch, no autoprune.
 The export's blocks and whole networks are timed in interleaved rounds: in each round every
 block once, in a fresh random order, then every whole network once, in a fresh random order of
 its own, so load that comes and goes lands on all of them alike. Each visit runs its warm-up
-calls, then its timed calls; every timed call is kept. The clock is the calling thread's CPU
+calls, then its timed calls; every timed call is kept. Then, with the blocks' sessions closed,
+the whole networks are timed alone (``--alone-rounds``): how the device runs one network. The clock is the calling thread's CPU
 time for one thread (onnxruntime then runs the whole inference on it) and wall-clock time for
 more, as autoprune times on its own machine. Bring ``timings.json`` back and build the table
 with ``autoprune profile --from-timings DIR -o lut.json``.
@@ -68,9 +69,11 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def session(ort, path: str, threads: int, provider: str):
+def session(ort, path: str, threads: int, provider: str, spinning: bool = False):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    if not spinning:  # see --spinning: idle pool threads sleep instead of busy-waiting
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -125,8 +128,8 @@ def clocked(np, run, warmup: int, repeats: int, clock: str) -> list[float]:
     return out
 
 
-def describe(np, ort, threads: int, provider: str, clock: str) -> dict:
-    return {"cpu": cpu_model(), "machine": platform.machine(), "logical_cores": os.cpu_count(),
+def describe(np, ort, threads: int, provider: str, clock: str, spinning: str) -> dict:
+    return {"spinning": spinning, "cpu": cpu_model(), "machine": platform.machine(), "logical_cores": os.cpu_count(),
             "system": platform.platform(), "host": platform.node(),
             "python": platform.python_version(), "numpy": np.__version__,
             "backend": "onnxruntime", "backend_version": ort.__version__,
@@ -163,7 +166,8 @@ def time_export(folder: str, args: argparse.Namespace) -> None:
     runners = []
     started = time.perf_counter()
     for n, item in enumerate(items):
-        sess = session(ort, os.path.join(folder, item["file"]), threads, args.provider)
+        sess = session(ort, os.path.join(folder, item["file"]), threads, args.provider,
+                       args.spinning == "on")
         feed = feed_for(np, sess, item.get("inputs"), None, n)
         runners.append(lambda sess=sess, feed=feed: sess.run(None, feed))
         if n % 50 == 0 or n == len(items) - 1:
@@ -181,11 +185,27 @@ def time_export(folder: str, args: argparse.Namespace) -> None:
                 samples[item["id"]].extend(clocked(np, runners[i], int(item["warmup"]),
                                                    int(item["repeats"]), clock))
         print(f"round {r + 1}/{rounds} done ({time.perf_counter() - started:.0f}s)", flush=True)
+    alone: dict[str, list[float]] = {}
+    if blocks and nets and args.alone_rounds:
+        # The whole networks again with every block's session closed: as the device runs one
+        # network, which the table is levelled to (autoprune's --from-timings)
+        for i in blocks:
+            runners[i] = None
+        gc.collect()
+        for _ in range(args.alone_rounds):
+            order = list(nets)
+            rng.shuffle(order)
+            for i in order:
+                item = items[i]
+                alone.setdefault(item["id"], []).extend(
+                    clocked(np, runners[i], int(item["warmup"]), int(item["repeats"]), clock))
+        print(f"whole networks alone: {args.alone_rounds} rounds", flush=True)
     out = {"format": TIMINGS_FORMAT, "version": VERSION, "export_id": manifest["export_id"],
            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-           "device": describe(np, ort, threads, args.provider, clock), "rounds": rounds,
+           "device": describe(np, ort, threads, args.provider, clock, args.spinning), "rounds": rounds,
            "seconds": round(time.perf_counter() - started, 3),
-           "samples_ms": {k: [round(v, 6) for v in s] for k, s in samples.items()}}
+           "samples_ms": {k: [round(v, 6) for v in s] for k, s in samples.items()},
+           "alone_ms": {k: [round(v, 6) for v in s] for k, s in alone.items()}}
     target = args.out or os.path.join(folder, "timings.json")
     tmp = target + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -202,12 +222,12 @@ def time_model(path: str, args: argparse.Namespace) -> None:
         _fail(f"{path} does not exist")
     threads = args.threads or 1
     clock = resolve_clock(args.clock, threads)
-    sess = session(ort, path, threads, args.provider)
+    sess = session(ort, path, threads, args.provider, args.spinning == "on")
     feed = feed_for(np, sess, None, args.batch, args.seed)
     times = clocked(np, lambda: sess.run(None, feed), args.warmup, args.repeats, clock)
     p10, median, p90 = (float(v) for v in np.percentile(times, [10, 50, 90]))
     result = {"median_ms": round(median, 4), "p10_ms": round(p10, 4), "p90_ms": round(p90, 4),
-              "model": path, "device": describe(np, ort, threads, args.provider, clock)}
+              "model": path, "device": describe(np, ort, threads, args.provider, clock, args.spinning)}
     if args.json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     else:
@@ -227,8 +247,18 @@ def main(argv: list[str] | None = None) -> None:
                     help="intra-op threads (default: the export's; 1 with --model)")
     ap.add_argument("--rounds", type=int, default=None,
                     help="interleaved rounds over the export (default: the export's)")
+    ap.add_argument("--alone-rounds", type=int, default=2,
+                    help="rounds over the whole networks alone after the interleaved rounds, "
+                         "every block's session closed (default 2; 0: none)")
     ap.add_argument("--clock", choices=["auto", "cpu", "wall"], default="auto",
                     help="auto: the calling thread's CPU time for 1 thread, else wall-clock")
+    ap.add_argument("--spinning", choices=["off", "on"], default="off",
+                    help="whether onnxruntime's idle intra-op threads busy-wait (its own "
+                         "default is on). Off by default: an export holds hundreds of "
+                         "sessions, each with its own thread pool, and with it on their "
+                         "spinning threads slowed the sessions timed after them (a load "
+                         "average of 23 on a 2-core host). Time --model with the same setting "
+                         "as the export")
     ap.add_argument("--provider", default="CPUExecutionProvider",
                     help="onnxruntime execution provider (default CPUExecutionProvider)")
     ap.add_argument("--out", default=None, help="where to write the timings "
