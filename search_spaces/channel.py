@@ -28,16 +28,17 @@ from torch import nn
 from .base import CountedSpace, LayerTable, Unit, UntraceableModelError, register_space
 from .criteria import Criterion, L2Magnitude, as_criterion
 from .gather import build_trial, decide, plannable
-from .experts import ExpertsPruner as Pruner, find_experts, tie_routed
+from .experts import ExpertsPruner as Pruner, find_experts, sync_hidden, tie_routed
 from .exact import ProbeError, RunLog, ShortProbeMismatch, probe, run_log, short_inputs
 from .importance import dense_squares
 from .layers import LayerPlan, plan_rows
 from .memory import release
 from .pruner import Candidate, Template, tensor_key
 from .reference import recurrent_macs, reference_params
-from .ssm import template as traced_template
+from .moe import template as traced_template
 from .tied_embeddings import couple_tied_embeddings
-from .tracing import Output, as_inputs, call_model, prefix_views, traceable_copy
+from .tracing import (Output, as_inputs, call_model, inner_outputs_note, prefix_views,
+                      traceable_copy)
 from .units import FLOORS, channel_choices, find_candidates, floor_of
 
 __all__ = ["FLOORS", "ChannelSpace", "channel_choices", "floor_of"]
@@ -116,6 +117,7 @@ class ChannelSpace(CountedSpace):
         pruner = Pruner(template)
         candidates, notes = find_candidates(pruner, dense.sequence, round_to, min_ratio,
                                              set(ignored_layers), prune_head_dims)
+        notes += inner_outputs_note(template.graph, output)
         if type(criterion).check is not Criterion.check:  # (a group search per unit)
             criterion.check({c.unit.name: pruner.group_of(c) for c in candidates
                              if c.heads is None})
@@ -270,6 +272,7 @@ class ChannelSpace(CountedSpace):
             # decided on a view of the dense weights, built by one selection per tensor
             dense = self._dense_scores(model, lambda: Pruner(template, self.criterion))
             work = build_trial(decide(template, self._candidates, ch, self.criterion, dense))
+            sync_hidden(work)
             for p, flag in zip(work.parameters(), grad_flags):
                 p.requires_grad_(flag)
             return work.train(was_training)

@@ -198,10 +198,12 @@ def test_the_residual_width_prunes_with_its_norms_and_tied_embeddings() -> None:
     assert thinnest <= 0.40
 
 
-def test_a_residual_width_that_is_an_output_is_kept_dense_with_that_reason(built: tuple) -> None:
+def test_an_output_the_value_is_computed_from_may_change_width_and_says_so(built: tuple) -> None:
     _, _, space = built  # T5ForConditionalGeneration returns encoder_last_hidden_state
-    notes = [n for n in space.notes if "residual" in n]
-    assert len(notes) == 1 and "changes the output's shape" in notes[0], space.notes
+    assert [u.kind for u in space.units].count("residual") == 1, space.notes
+    assert not any("output's shape" in n for n in space.notes), space.notes
+    (note,) = [n for n in space.notes if n.startswith("encoder_last_hidden_state")]
+    assert "may change width" in note and "'logits'" in note
 
 
 def test_a_stack_whose_layers_have_their_own_bias_prunes_each_layer_alone() -> None:
