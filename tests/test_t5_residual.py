@@ -148,3 +148,30 @@ def test_a_named_value_frees_only_the_outputs_it_reads() -> None:
     table = space.layer_table(config)
     assert sum(r.macs for r in table) == reference_macs(pruned, (x,))
     assert sum(r.params for r in table) == reference_params(pruned)
+
+
+@pytest.mark.parametrize("family", ["t5-v1.1", "umt5"])
+def test_untied_gated_and_per_layer_bias_variants_prune_their_width(family: str) -> None:
+    """T5 v1.1 / mT5 (an LM head of its own, gated-GELU MLPs) and UMT5 (a bias per layer)."""
+    import transformers as t  # noqa: PLC0415 - a test dependency
+
+    torch.manual_seed(0)
+    common = dict(d_model=32, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=8,
+                  vocab_size=64, decoder_start_token_id=0)
+    model = (t.T5ForConditionalGeneration(t.T5Config(
+        tie_word_embeddings=False, feed_forward_proj="gated-gelu", **common))
+        if family == "t5-v1.1" else t.UMT5ForConditionalGeneration(t.UMT5Config(**common)))
+    _, inputs, _ = ARCHITECTURES["hf-t5"]()
+    space = ChannelSpace.from_model(model.eval(), inputs, output="logits")
+    assert [u.kind for u in space.units].count("residual") == 1, space.notes
+    config = space.min_config()
+    pruned = space.apply(model, config)
+    out = _run(pruned, inputs)
+    assert out.logits.shape == (2, 6, 64)
+    width = config[_residual(space).name]
+    assert pruned.lm_head.in_features == width == out.encoder_last_hidden_state.shape[-1]
+    table = space.layer_table(config)
+    assert sum(r.macs for r in table) == reference_macs(pruned, inputs)
+    assert sum(r.params for r in table) == reference_params(pruned)
+    dense = sum(r.macs for r in space.layer_table({}))
+    assert sum(r.macs for r in table) <= 0.40 * dense
