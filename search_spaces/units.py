@@ -14,6 +14,7 @@ from torch import nn
 
 from .attention import find_attention
 from .base import Unit
+from .broadcast import routes
 from .experts import ExpertsPruner as Pruner
 from .layers import parametrised
 from .pruner import Candidate
@@ -153,8 +154,8 @@ def _group_candidate(model: nn.Module, graph: tp.DependencyGraph, root: nn.Modul
             touched.add(name_of[node.module])
         if dep.handler.__name__ != "prune_out_channels":
             continue
-        if not node.outputs:
-            touches_output = True  # pruning it would change the model's output shape
+        if not node.outputs or routes(node):
+            touches_output = True  # it would change the output's shape (or, routed, the experts)
         if isinstance(node.module, nn.Module) and node.module in name_of:
             outs.append(name_of[node.module])
             visited.add(node.module)

@@ -154,9 +154,9 @@ class _MoE(nn.Module):
 
 
 class _Net(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, experts: int = 4) -> None:
         super().__init__()
-        self.inp, self.moe, self.out = nn.Linear(8, 16), _MoE(), nn.Linear(16, 3)
+        self.inp, self.moe, self.out = nn.Linear(8, 16), _MoE(experts=experts), nn.Linear(16, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.inp(x)
@@ -214,3 +214,28 @@ def test_qwen2_moe_experts_beside_a_shared_expert() -> None:
     rng = np.random.default_rng(2)
     for config in [space.min_config(), space.decode(rng.random(space.dim))]:
         _exact(space, model, config, x)
+
+
+@pytest.mark.parametrize("experts", [4])
+def test_the_residual_width_never_cuts_the_routers_outputs(experts: int) -> None:
+    """The routing weight ``w[tok, slot, None]`` is broadcast over the expert's output: it must
+    not couple the residual width to the router's outputs (the number of experts), which are
+    no width unit either. Pruning the residual
+    width narrows the router's inputs only, and the network stays exact and working."""
+    torch.manual_seed(0)
+    model, x = _Net(experts).eval(), torch.randn(2, 12 if experts == 4 else 32, 8)
+    space = ChannelSpace.from_model(model, x)
+    assert [u.name for u in space.units] == ["inp", "moe.experts:fc1:expert_width"]
+    for keep in (4, 6, 8, 16):
+        for config in ({"inp": keep}, {"inp": keep, "moe.experts:fc1:expert_width": 8}):
+            pruned = space.apply(model, config)
+            assert pruned.moe.router.weight.shape == (experts, keep)
+            assert all(e.fc1.in_features == keep and e.fc2.out_features == keep
+                       for e in pruned.moe.experts)
+            table = space.layer_table(config)
+            router = next(r for r in table if r.name == "moe.router")
+            assert (router.in_channels, router.out_channels) == (keep, experts)
+            assert sum(r.macs for r in table) == reference_macs(pruned, (x,)), config
+            assert sum(r.params for r in table) == reference_params(pruned)
+            with torch.no_grad():
+                assert pruned(x).shape == (*x.shape[:2], 3)
