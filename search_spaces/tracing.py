@@ -5,8 +5,10 @@ that knows how to call them and what of their output counts:
 
 - inputs are a tensor or a tuple of tensors (positional arguments);
 - the output may be a tensor, a tuple or list, a dict, or a Hugging Face ``ModelOutput``;
-  every tensor in it is traced and keeps its shape, and the model's value (what costs and
-  checks are about) is the first tensor or the entry the user names (``output=``);
+  every tensor in it is traced, and the model's value (what costs and checks are about) is
+  the first tensor or the entry the user names (``output=``). Every tensor keeps its shape,
+  except that a named value frees the outputs it is computed from (T5's
+  ``encoder_last_hidden_state``): their widths may change with the units;
 - Hugging Face models are run without a cache (``use_cache=False``): caches are not tensors
   Torch-Pruning can trace, and a pruned network must not reuse one;
 - layers Torch-Pruning does not know are given pruners here (HF's ``Conv1D``, whose weight is
@@ -30,8 +32,9 @@ from .broadcast import decouple_broadcasts
 
 __all__ = ["MAX_GROUP_STEPS", "PRUNABLE_ROOTS", "Conv1DPruner", "GroupTooLarge", "Output",
            "aliased_copy", "as_inputs", "build_graph", "call_model", "conv1d_type", "copy_graph",
-           "no_cache", "output_tensor", "output_tensors", "own_tensors", "prefix_views", "pruning_group", "roots",
-           "traceable_copy"]
+           "inner_outputs", "inner_outputs_note", "no_cache", "output_tensor", "output_tensors",
+           "own_tensors", "prefix_views", "pruning_group", "roots", "traceable_copy",
+           "traced_tensors"]
 
 #: Which output of the model is traced and compared: ``None`` (the first tensor), an entry's
 #: name (a dict key or ``ModelOutput`` field) or a position in a tuple.
@@ -105,11 +108,52 @@ def output_tensor(out: Any, output: Output = None) -> torch.Tensor:
         "pass output=NAME (--output NAME) naming the tensor to prune for, e.g. 'logits'.")
 
 
-def output_tensors(out: Any, output: Output = None) -> list[torch.Tensor]:
+def traced_tensors(out: Any, output: Output = None) -> list[torch.Tensor]:
     """Every tensor of ``out``: all are traced, so that every branch of a multi-output model
-    is pruned consistently, and all keep their shapes. ``output`` is checked to name one."""
+    is pruned consistently. ``output`` is checked to name one."""
     output_tensor(out, output)
     return [t for _, t in _tensors(out)]
+
+
+def output_tensors(out: Any, output: Output = None) -> list[torch.Tensor]:
+    """The tensors of ``out`` that keep their shapes when the model is pruned: every one,
+    except the outputs the value ``output`` names is computed from (:func:`inner_outputs`)."""
+    inner = set(inner_outputs(out, output))
+    return [t for n, t in _tensors(out) if n not in inner]
+
+
+def inner_outputs(out: Any, output: Output = None) -> list[str]:
+    """The names of the outputs of ``out`` that the value ``output`` names (not the default
+    first tensor) is computed from: the model's inside, exposed (an encoder-decoder's
+    ``encoder_last_hidden_state``, read by the decoder; hidden states before a pooler). Their
+    widths are the units' to change; an output the value does not read (an auxiliary head)
+    keeps its shape, as the value does. Found by walking the value's autograd graph, so only
+    where it was recorded (grad enabled, weights that require grad); else none."""
+    if output is None:
+        return []
+    value = output_tensor(out, output)
+    others = {t.grad_fn: n for n, t in _tensors(out) if t is not value and t.grad_fn is not None}
+    if not others or value.grad_fn is None:
+        return []
+    found, seen, stack = [], {value.grad_fn}, [value.grad_fn]
+    while stack and len(found) < len(others):
+        for nxt, _ in stack.pop().next_functions:
+            if nxt is not None and nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+                if nxt in others:
+                    found.append(others[nxt])
+    return [n for n, t in _tensors(out) if n in found]
+
+
+def inner_outputs_note(graph: tp.DependencyGraph, output: Output) -> list[str]:
+    """The note saying which outputs of the model traced into ``graph`` may change width."""
+    inner = getattr(graph, "inner_outputs", ())
+    if not inner:
+        return []
+    return [f"{', '.join(inner)} may change width with the units: the value {output!r} "
+            f"(output=) is computed from {'it' if len(inner) == 1 else 'them'}, and only the "
+            "value, with the outputs it does not read, keeps its shape"]
 
 
 def conv1d_type() -> type[nn.Module] | None:
@@ -338,13 +382,21 @@ def traceable_copy(model: nn.Module) -> nn.Module:
 
 def build_graph(model: nn.Module, inputs: tuple[torch.Tensor, ...],
                 output: Output = None) -> tp.DependencyGraph:
-    """Torch-Pruning's dependency graph of ``model`` (a traceable copy) on ``inputs``."""
+    """Torch-Pruning's dependency graph of ``model`` (a traceable copy) on ``inputs``; its
+    ``inner_outputs`` are those of :func:`inner_outputs`."""
+    inner: list[str] = []
+
+    def traced(out: Any) -> list[torch.Tensor]:
+        inner[:] = inner_outputs(out, output)
+        return traced_tensors(out, output)
+
     try:
         with torch.enable_grad(), no_cache(model):
             graph = tp.DependencyGraph().build_dependency(
                 model, example_inputs=inputs, forward_fn=lambda m, x: m(*x),
-                output_transform=lambda out: output_tensors(out, output),
-                customized_pruners=_customized_pruners(), verbose=False)
+                output_transform=traced, customized_pruners=_customized_pruners(),
+                verbose=False)
+        graph.inner_outputs = tuple(inner)
         decouple_broadcasts(graph)  # (a routing weight does not couple the residual width)
         return graph
     except UntraceableModelError:
