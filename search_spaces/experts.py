@@ -43,7 +43,7 @@ costs disagree dense.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import math
@@ -59,7 +59,8 @@ from .exact import RunLog
 from .pruner import Candidate, Pruner
 
 __all__ = ["ExpertsCandidate", "ExpertsPruner", "FusedExperts", "TiedExperts", "expert_scores",
-           "find_experts", "prune_experts", "routed_lists", "tie_routed"]
+           "find_experts", "fused_layers", "hidden_params", "prune_experts", "read_experts",
+           "routed_lists", "sync_hidden", "tie_routed"]
 
 #: Attributes of an experts module holding its width, kept in step with it.
 _WIDTH = ("intermediate_dim", "intermediate_size", "expert_dim", "moe_intermediate_size")
@@ -164,7 +165,7 @@ def tie_routed(model: nn.Module, dense: RunLog, candidates: Sequence[Candidate],
     return out
 
 
-def _read(name: str, m: nn.Module) -> FusedExperts | None:
+def read_experts(name: str, m: nn.Module) -> FusedExperts | None:
     """``m`` as fused experts, or ``None`` when its parameters are not laid out as such."""
     params = dict(m.named_parameters(recurse=False))
     down = params.get("down_proj")
@@ -192,13 +193,71 @@ def _read(name: str, m: nn.Module) -> FusedExperts | None:
                         experts=int(up.shape[0]), width=width)
 
 
+#: Attributes of an experts module or a router holding the hidden size, kept in step with it.
+_HIDDEN = ("hidden_dim", "hidden_size")
+
+
+def _router_of(parent: nn.Module, experts: nn.Module, spec: FusedExperts) -> nn.Module | None:
+    """The sibling of ``experts`` in ``parent`` holding a raw router weight ``[experts,
+    hidden]`` (an ``nn.Linear`` router is Torch-Pruning's own and needs nothing here)."""
+    hidden = _hidden_size(experts, spec)
+    for child in parent.children():
+        w = child._parameters.get("weight") if child is not experts else None
+        if isinstance(w, nn.Parameter) and not isinstance(child, nn.Linear) and w.dim() == 2 \
+                and tuple(w.shape) == (spec.experts, hidden):
+            return child
+    return None
+
+
+def fused_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module, FusedExperts,
+                                                      nn.Module | None]]:
+    """Every fused-experts module of ``model``: its name, itself, its layout, its router
+    (``None`` when it has no raw-weight router beside it)."""
+    for pname, parent in model.named_modules():
+        for cname, child in parent.named_children():
+            name = f"{pname}.{cname}" if pname else cname
+            spec = read_experts(name, child)
+            if spec is not None:
+                yield name, child, spec, _router_of(parent, child, spec)
+
+
+def _hidden_dims(spec: FusedExperts) -> tuple[int, int]:
+    """The hidden dimension of ``up`` and of ``down_proj``."""
+    return (1, 2) if spec.transposed else (2, 1)
+
+
+def _hidden_size(m: nn.Module, spec: FusedExperts) -> int:
+    return int(m.down_proj.shape[_hidden_dims(spec)[1]])
+
+
+def hidden_params(m: nn.Module, spec: FusedExperts) -> list[tuple[nn.Parameter, int]]:
+    """The experts' parameters that hold the hidden size, each with that dimension."""
+    up_dim, down_dim = _hidden_dims(spec)
+    out = [(getattr(m, spec.up), up_dim), (m.down_proj, down_dim)]
+    bias = m._parameters.get("down_proj_bias")
+    if isinstance(bias, nn.Parameter) and bias.dim() == 2:
+        out.append((bias, 1))
+    return out
+
+
+def sync_hidden(model: nn.Module) -> None:
+    """Set the hidden-size attributes of every fused-experts module and its router to the
+    hidden size their parameters now have."""
+    for _, experts, spec, router in fused_layers(model):
+        hidden = _hidden_size(experts, spec)
+        for m in (experts, router):
+            for attr in _HIDDEN:
+                if m is not None and isinstance(getattr(m, attr, None), int):
+                    setattr(m, attr, hidden)
+
+
 def find_experts(model: nn.Module, ignored: set[str],
                  choices: Callable[[int, int], tuple[int, ...]]) -> list[ExpertsCandidate]:
     """A unit per fused-experts module of ``model`` not ``ignored``; ``choices(width, step)``
     gives the widths it may keep (``step``: the multiple ``grouped_mm`` needs)."""
     out = []
     for name, m in model.named_modules():
-        spec = _read(name, m) if name not in ignored else None
+        spec = read_experts(name, m) if name not in ignored else None
         if spec is None:
             continue
         step = max(1, 16 // getattr(m, spec.up).element_size())
@@ -260,7 +319,9 @@ def prune_experts(m: nn.Module, spec: FusedExperts, keep: Sequence[np.ndarray]) 
 
 class ExpertsPruner(Pruner):
     """The channel space's pruner, with fused-experts units (:class:`ExpertsCandidate`)
-    pruned here and every other unit as :class:`Pruner` prunes it."""
+    pruned here and every other unit as :class:`Pruner` prunes it. After every step the
+    fused layers' hidden-size attributes follow their parameters (:func:`sync_hidden`), and
+    parameters the experts' widths replaced are the graph's in place of the old ones."""
 
     def scores(self, c: Candidate, stats: object = None) -> np.ndarray:
         """For an experts unit, element ``k`` is every expert's ``k``-th most important neuron:
@@ -280,12 +341,13 @@ class ExpertsPruner(Pruner):
             return
         spec = getattr(c, "experts", None)
         if spec is None:
-            return super().keep(c, keep, scores)
+            super().keep(c, keep, scores)
+            return sync_hidden(self.model)
         m = self.modules[spec.module]
         if keep >= int(m.down_proj.shape[_dims(spec)[1]]):
             return
         per = expert_scores(m, spec)
-        prune_experts(m, spec, [np.argsort(-row, kind="stable")[:keep] for row in per])
+        self._prune(m, spec, [np.argsort(-row, kind="stable")[:keep] for row in per])
 
     def remove(self, c: Candidate, drop: Sequence[int]) -> None:
         if isinstance(c, TiedExperts):
@@ -294,13 +356,14 @@ class ExpertsPruner(Pruner):
             return
         spec = getattr(c, "experts", None)
         if spec is None:
-            return super().remove(c, drop)
+            super().remove(c, drop)
+            return sync_hidden(self.model)
         if not drop:
             return
         m = self.modules[spec.module]
         width = int(m.down_proj.shape[_dims(spec)[1]])
         kept = np.setdiff1d(np.arange(width), np.asarray(drop, dtype=np.int64))
-        prune_experts(m, spec, [kept] * int(m.down_proj.shape[0]))
+        self._prune(m, spec, [kept] * int(m.down_proj.shape[0]))
 
     def remove_last(self, c: Candidate, n: int) -> None:
         if isinstance(c, TiedExperts):
@@ -309,9 +372,27 @@ class ExpertsPruner(Pruner):
             return
         spec = getattr(c, "experts", None)
         if spec is None:
-            return super().remove_last(c, n)
+            super().remove_last(c, n)
+            return sync_hidden(self.model)
         width = int(self.modules[spec.module].down_proj.shape[_dims(spec)[1]])
         self.remove(c, list(range(width - n, width)))
+
+    def _prune(self, m: nn.Module, spec: FusedExperts, keep: Sequence[np.ndarray]) -> None:
+        """:func:`prune_experts`, and the new parameters put in the graph for the old."""
+        before = dict(m.named_parameters(recurse=False))
+        prune_experts(m, spec, keep)
+        graph = self.graph
+        for attr, old in before.items():
+            new = getattr(m, attr)
+            if new is old or old not in graph.module2node:
+                continue
+            node = graph.module2node.pop(old)
+            node.module = new
+            graph.module2node[new] = node
+            if old in graph._param_to_name:
+                graph._param_to_name[new] = graph._param_to_name.pop(old)
+            graph.unwrapped_parameters = [type(u)(new, u[1]) if u[0] is old else u
+                                          for u in graph.unwrapped_parameters]
 
     def _part_scores(self, p: Candidate, stats: object = None) -> np.ndarray:
         """One expert's scores: the space's criterion's, L2 magnitude for a data criterion

@@ -35,6 +35,10 @@ def _exact(space: ChannelSpace, model: torch.nn.Module, config: dict[str, int],
     return pruned
 
 
+#: The residual width's unit (named after its first layer).
+_RESIDUAL = "model.layers.0.self_attn.o_proj"
+
+
 @pytest.fixture(scope="module")
 def mixtral() -> tuple[torch.nn.Module, torch.Tensor, ChannelSpace]:
     model, x = _mixtral()
@@ -62,6 +66,8 @@ def test_each_experts_layer_width_is_a_unit(mixtral) -> None:
         assert u.full == 64 and u.kind == "neurons" and u.minimum == 8
         assert all(c % 4 == 0 for c in u.choices)  # grouped_mm's 16-byte strides (fp32)
     assert not any("experts" in n for n in space.notes)
+    residual = next(u for u in space.units if u.kind == "residual")
+    assert residual.name == _RESIDUAL and residual.full == 32 and not space.notes
 
 
 def test_costs_are_exact_at_dense_thinnest_and_random(mixtral) -> None:
@@ -71,20 +77,23 @@ def test_costs_are_exact_at_dense_thinnest_and_random(mixtral) -> None:
         [space.decode(rng.random(space.dim)) for _ in range(3)]
     for config in configs:
         pruned = _exact(space, model, config, x)
+        hidden = config[_RESIDUAL]
         for i in range(2):
-            experts = pruned.model.layers[i].mlp.experts
+            moe = pruned.model.layers[i].mlp
             width = config[f"model.layers.{i}.mlp.experts:expert_width"]
-            assert experts.gate_up_proj.shape == (4, 2 * width, 32)
-            assert experts.down_proj.shape == (4, 32, width)
-            assert experts.intermediate_dim == width
+            assert moe.experts.gate_up_proj.shape == (4, 2 * width, hidden)
+            assert moe.experts.down_proj.shape == (4, hidden, width)
+            assert moe.experts.intermediate_dim == width
+            assert moe.gate.weight.shape == (4, hidden)  # the router keeps its 4 experts
+            assert moe.gate.hidden_dim == moe.experts.hidden_dim == hidden
 
 
-def test_the_thinnest_network_keeps_under_a_third_of_the_macs(mixtral) -> None:
+def test_the_thinnest_network_keeps_under_a_fifth_of_the_macs(mixtral) -> None:
     model, x, space = mixtral
     dense = sum(r.macs for r in space.layer_table(space.dense_config()))
     thinnest = sum(r.macs for r in space.layer_table(space.min_config()))
     assert dense == reference_macs(model, (x,))
-    assert thinnest / dense < 0.31  # 0.299 (heads and expert widths; the residual kept dense)
+    assert thinnest / dense < 0.2  # 0.164 (heads, expert widths and the residual width)
 
 
 def test_each_expert_keeps_its_own_most_important_neurons(mixtral) -> None:
@@ -220,8 +229,9 @@ def test_qwen2_moe_experts_beside_a_shared_expert() -> None:
 def test_the_residual_width_never_cuts_the_routers_outputs(experts: int) -> None:
     """The routing weight ``w[tok, slot, None]`` is broadcast over the expert's output: it must
     not couple the residual width to the router's outputs (the number of experts), which are
-    no width unit either. Pruning the residual
-    width narrows the router's inputs only, and the network stays exact and working."""
+    no width unit either (16 experts would be one at ``round_to=8``). Pruning the residual
+    width narrows the router's inputs only, and the network stays exact and working. (Every
+    expert must run on the example to be traced: 64 tokens reach all 16.)"""
     torch.manual_seed(0)
     model, x = _Net(experts).eval(), torch.randn(2, 12 if experts == 4 else 32, 8)
     space = ChannelSpace.from_model(model, x)
@@ -239,3 +249,20 @@ def test_the_residual_width_never_cuts_the_routers_outputs(experts: int) -> None
             assert sum(r.params for r in table) == reference_params(pruned)
             with torch.no_grad():
                 assert pruned(x).shape == (*x.shape[:2], 3)
+
+
+def test_the_residual_width_prunes_the_fused_experts_and_the_router(mixtral) -> None:
+    """The residual width's kept channels are the same in the embedding, every router's
+    columns and every expert's hidden dimension (up rows' inputs, down outputs)."""
+    model, x, space = mixtral
+    pruned = _exact(space, model, {_RESIDUAL: 16}, x)
+    dense_emb = model.model.embed_tokens.weight.detach()
+    emb = pruned.model.embed_tokens.weight.detach()
+    kept = [next(j for j in range(32) if torch.equal(dense_emb[:, j], emb[:, i]))
+            for i in range(16)]
+    assert kept == sorted(kept) and len(set(kept)) == 16
+    for i in range(2):
+        dense, moe = model.model.layers[i].mlp, pruned.model.layers[i].mlp
+        assert torch.equal(moe.gate.weight, dense.gate.weight[:, kept])
+        assert torch.equal(moe.experts.gate_up_proj, dense.experts.gate_up_proj[:, :, kept])
+        assert torch.equal(moe.experts.down_proj, dense.experts.down_proj[:, kept, :])
