@@ -28,7 +28,6 @@ import torch_pruning as tp
 from torch import nn
 
 from .base import UntraceableModelError
-from .broadcast import decouple_broadcasts
 
 __all__ = ["MAX_GROUP_STEPS", "PRUNABLE_ROOTS", "Conv1DPruner", "GroupTooLarge", "Output",
            "aliased_copy", "as_inputs", "build_graph", "call_model", "conv1d_type", "copy_graph",
@@ -153,7 +152,8 @@ def inner_outputs_note(graph: tp.DependencyGraph, output: Output) -> list[str]:
         return []
     return [f"{', '.join(inner)} may change width with the units: the value {output!r} "
             f"(output=) is computed from {'it' if len(inner) == 1 else 'them'}, and only the "
-            "value, with the outputs it does not read, keeps its shape"]
+            "value, with the outputs it does not read, keeps its shape (leave output= out "
+            "to keep every output's shape)"]
 
 
 def conv1d_type() -> type[nn.Module] | None:
@@ -397,7 +397,6 @@ def build_graph(model: nn.Module, inputs: tuple[torch.Tensor, ...],
                 output_transform=traced, customized_pruners=_customized_pruners(),
                 verbose=False)
         graph.inner_outputs = tuple(inner)
-        decouple_broadcasts(graph)  # (a routing weight does not couple the residual width)
         return graph
     except UntraceableModelError:
         raise

@@ -201,7 +201,7 @@ def test_the_residual_width_prunes_with_its_norms_and_tied_embeddings() -> None:
 def test_an_output_the_value_is_computed_from_may_change_width_and_says_so(built: tuple) -> None:
     _, _, space = built  # T5ForConditionalGeneration returns encoder_last_hidden_state
     assert [u.kind for u in space.units].count("residual") == 1, space.notes
-    assert not any("output's shape" in n for n in space.notes), space.notes
+    assert not any("changes the output's shape" in n for n in space.notes), space.notes
     (note,) = [n for n in space.notes if n.startswith("encoder_last_hidden_state")]
     assert "may change width" in note and "'logits'" in note
 

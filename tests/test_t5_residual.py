@@ -115,7 +115,7 @@ def test_without_a_named_value_every_output_keeps_its_shape() -> None:
     model, inputs, _ = ARCHITECTURES["hf-t5"]()
     space = ChannelSpace.from_model(model.eval(), inputs)
     assert not any(u.kind == "residual" for u in space.units)
-    assert any("residual" in n and "output's shape" in n for n in space.notes), space.notes
+    assert any("residual" in n and "changes the output's shape" in n for n in space.notes), space.notes
 
 
 class _Outputs(nn.Module):
