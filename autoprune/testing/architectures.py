@@ -296,6 +296,72 @@ class DictOutputs(nn.Module):
         return {"logits": self.head(f), "embedding": self.aux(f)}
 
 
+class SwiGluExpert(nn.Module):
+    """One expert: a gated MLP."""
+
+    def __init__(self, dim: int = 32, hidden: int = 48) -> None:
+        super().__init__()
+        self.gate, self.up = nn.Linear(dim, hidden, bias=False), nn.Linear(dim, hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class MoeLayer(nn.Module):
+    """Top-2 of 4 experts (an ``nn.ModuleList``) behind a linear router, each expert run only
+    on the tokens routed to it, its output weighted by the routing weight (Mixtral's layer as
+    ``transformers`` 4 wrote it)."""
+
+    def __init__(self, dim: int = 32, experts: int = 4, k: int = 2) -> None:
+        super().__init__()
+        self.router = nn.Linear(dim, experts, bias=False)
+        self.experts = nn.ModuleList(SwiGluExpert(dim) for _ in range(experts))
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape, x = x.shape, x.reshape(-1, x.shape[-1])
+        w, idx = torch.topk(torch.softmax(self.router(x), -1), self.k, dim=-1)
+        w = w / w.sum(-1, keepdim=True)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            tok, slot = torch.where(idx == e)
+            if len(tok):
+                out.index_add_(0, tok, expert(x[tok]) * w[tok, slot, None])
+        return out.reshape(shape)
+
+
+class MoeDecoderBlock(nn.Module):
+    """Causal attention (fused qkv, ``F.scaled_dot_product_attention``), then the MoE layer."""
+
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = heads, dim // heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.moe = MoeLayer(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        qkv = self.qkv(self.norm1(x)).reshape(b, n, 3, -1, self.head_dim).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=True)
+        x = x + self.proj(y.transpose(1, 2).reshape(b, n, -1))
+        return x + self.moe(self.norm2(x))
+
+
+class MoeDecoder(nn.Module):
+    """A plain-PyTorch mixture-of-experts language model: two decoder blocks."""
+
+    def __init__(self, vocab: int = 64, dim: int = 32) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.blocks = nn.Sequential(MoeDecoderBlock(dim), MoeDecoderBlock(dim))
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, vocab)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.blocks(self.embed(ids))))
+
+
 def _plain(cls: type[nn.Module], inputs: Callable[[], tuple[torch.Tensor, ...]],
            **options: Any) -> Callable[[], Built]:
     def build() -> Built:
@@ -319,4 +385,5 @@ ARCHITECTURES: dict[str, Callable[[], Built]] = {
     "free-parameters": _plain(FreeParameters, _seq),
     "two-inputs": _plain(TwoInputs, lambda: (torch.randn(2, 1, 16, 16), torch.randn(2, 5))),
     "dict-outputs": _plain(DictOutputs, _image, output="logits"),
+    "moe-modulelist": _plain(MoeDecoder, lambda: (torch.randint(0, 64, (2, 16)),)),
 }
