@@ -28,6 +28,7 @@ import torch_pruning as tp
 from torch import nn
 
 from .base import UntraceableModelError
+from .broadcast import decouple_broadcasts
 
 __all__ = ["MAX_GROUP_STEPS", "PRUNABLE_ROOTS", "Conv1DPruner", "GroupTooLarge", "Output",
            "aliased_copy", "as_inputs", "build_graph", "call_model", "conv1d_type", "copy_graph",
@@ -397,6 +398,7 @@ def build_graph(model: nn.Module, inputs: tuple[torch.Tensor, ...],
                 output_transform=traced, customized_pruners=_customized_pruners(),
                 verbose=False)
         graph.inner_outputs = tuple(inner)
+        decouple_broadcasts(graph)  # (a routing weight does not couple the residual width)
         return graph
     except UntraceableModelError:
         raise
