@@ -68,7 +68,85 @@ def _traced_router(original: Any) -> Any:
     return forward
 
 
+def _lists(model: nn.Module) -> list[tuple[str, str]]:
+    """``(list, its parent)`` names of every ``nn.ModuleList`` of two or more identical
+    modules (class and parameter shapes): experts, perhaps."""
+    out = []
+    for pname, parent in model.named_modules():
+        for cname, m in parent.named_children():
+            kids = list(m.children()) if isinstance(m, nn.ModuleList) else []
+            sig = {(type(k), tuple((n, tuple(p.shape)) for n, p in k.named_parameters()))
+                   for k in kids}
+            if len(kids) >= 2 and len(sig) == 1 and next(iter(sig))[1]:
+                out.append((f"{pname}.{cname}" if pname else cname, pname))
+    return out
+
+
+def _all_experts_hooks(model: nn.Module) -> list[tuple[str, Any]]:
+    """Hooks (``(module name, handle)``) that make every expert of a routed list part of the
+    traced graph: after the list's parent ran, each expert the example routed nothing to runs
+    on the rows a sibling got, its output summed over the rows and added, times zero, to the
+    parent's output (so its inputs and outputs couple as its siblings' do; no value changes).
+    An expert whose output is not as wide as the parent's, or that fails, is left out."""
+    hooks: list[tuple[str, Any]] = []
+    for name, parent_name in _lists(model):
+        state: dict[str, Any] = {"ran": set(), "rows": None}
+
+        def seen(i: int, state: dict = state) -> Any:
+            def hook(mod: nn.Module, args: tuple) -> None:
+                state["ran"].add(i)
+                if state["rows"] is None and args and isinstance(args[0], torch.Tensor):
+                    state["rows"] = args[0]
+            return hook
+
+        def reset(mod: nn.Module, args: tuple, state: dict = state) -> None:
+            state["ran"], state["rows"] = set(), None
+
+        def finish(mod: nn.Module, args: tuple, out: Any, name: str = name,
+                   state: dict = state) -> Any:
+            rows, kids = state["rows"], list(mod.get_submodule(name[len(parent_name) + 1:]
+                                                               if parent_name else name))
+            if rows is None or not state["ran"] or not isinstance(out, torch.Tensor):
+                return out
+            for i, kid in enumerate(kids):
+                if i in state["ran"]:
+                    continue
+                try:
+                    y = kid(rows)
+                except Exception:  # noqa: BLE001 - not an expert of this parent: left out
+                    continue
+                if isinstance(y, torch.Tensor) and y.dim() and y.shape[-1] == out.shape[-1]:
+                    out = out + y.reshape(-1, y.shape[-1]).sum(0) * 0.0
+            return out
+
+        parent = model.get_submodule(parent_name)
+        hooks.append((parent_name, parent.register_forward_pre_hook(reset)))
+        hooks.append((parent_name, parent.register_forward_hook(finish)))
+        for i, kid in enumerate(model.get_submodule(name)):
+            hooks.append((f"{name}.{i}", kid.register_forward_pre_hook(seen(i))))
+    return hooks
+
+
 def template(model: nn.Module, inputs: tuple[torch.Tensor, ...], output: Output) -> Template:
+    """:func:`_fused_template`, with every expert of an ``nn.ModuleList`` traced, those the
+    example routes nothing to included (:func:`_all_experts_hooks`; the hooks are removed
+    from the model and from the template's copy once it is built)."""
+    hooks = _all_experts_hooks(model)
+    try:
+        held = _fused_template(model, inputs, output)
+    finally:
+        for _, h in hooks:
+            h.remove()
+    if hooks:
+        for name, h in hooks:
+            m = held.model.get_submodule(name)
+            m._forward_hooks.pop(h.id, None)
+            m._forward_pre_hooks.pop(h.id, None)
+    return held
+
+
+def _fused_template(model: nn.Module, inputs: tuple[torch.Tensor, ...],
+                    output: Output) -> Template:
     """``ssm.template(model, inputs, output)`` with every fused-experts layer and its router
     traced as the residual width sees them, their parameters pruned along the hidden size."""
     layers = list(fused_layers(model))
