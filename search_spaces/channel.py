@@ -28,7 +28,8 @@ from torch import nn
 from .base import CountedSpace, LayerTable, Unit, UntraceableModelError, register_space
 from .criteria import Criterion, L2Magnitude, as_criterion
 from .gather import build_trial, decide, plannable
-from .experts import ExpertsPruner as Pruner, find_experts, sync_hidden, tie_routed
+from .experts import (ExpertsPruner as Pruner, find_expert_counts, find_experts, routed_shares,
+                      sync_hidden, tie_routed)
 from .exact import ProbeError, RunLog, ShortProbeMismatch, probe, run_log, short_inputs
 from .importance import dense_squares
 from .layers import LayerPlan, plan_rows
@@ -124,6 +125,9 @@ class ChannelSpace(CountedSpace):
         candidates = tie_routed(pruner.model, dense, candidates, notes)
         candidates += find_experts(pruner.model, set(ignored_layers), lambda n, step: channel_choices(
             n, round_to=math.lcm(step, round_to), min_ratio=floor_of("neurons", min_ratio)))
+        candidates += find_expert_counts(pruner.model, set(ignored_layers),
+                                         floor_of("experts", min_ratio),
+                                         routed_shares(pruner.model, inputs))
         with prefix_views():  # sizes only: the probed copies are views of the dense weights
             space = cls._probed(model, inputs, output, template, candidates, notes, dense,
                                 round_to, min_ratio, criterion)

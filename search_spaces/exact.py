@@ -131,6 +131,12 @@ class _Recorder(TorchDispatchMode):
 
     def _record(self, name: str, args: tuple, macs: int) -> OpRecord:
         module = self.stack[-1] if self.stack else ""
+        if name == "_grouped_mm" and len(args) >= 2 and args[0].dim() == 2 \
+                and args[1].dim() == 3:  # routed rows x K x N: the same for any expert count
+            k, n = int(args[0].shape[-1]), int(args[1].shape[-1])
+            if k * n and macs % (k * n) == 0:
+                return OpRecord(func=name, module=module, param=None,
+                                factors=(1, macs // (k * n), k, n))
         operands = args[1:3] if name in ("addmm", "baddbmm") else args[:2]
         for t in operands:
             hit = self._param(t)

@@ -56,11 +56,12 @@ from torch import nn
 from .base import Unit
 from .criteria import L2Magnitude
 from .exact import RunLog
+from .tracing import call_model
 from .pruner import Candidate, Pruner
 
-__all__ = ["ExpertsCandidate", "ExpertsPruner", "FusedExperts", "TiedExperts", "expert_scores",
-           "find_experts", "fused_layers", "hidden_params", "prune_experts", "read_experts",
-           "routed_lists", "sync_hidden", "tie_routed"]
+__all__ = ["ExpertCount", "ExpertsCandidate", "ExpertsPruner", "FusedExperts", "TiedExperts",
+           "count_scores", "expert_scores", "find_expert_counts", "find_experts", "fused_layers", "hidden_params", "prune_expert_count", "prune_experts",
+           "read_experts", "routed_lists", "routed_shares", "sync_hidden", "tie_routed"]
 
 #: Attributes of an experts module holding its width, kept in step with it.
 _WIDTH = ("intermediate_dim", "intermediate_size", "expert_dim", "moe_intermediate_size")
@@ -93,6 +94,16 @@ class ExpertsCandidate(Candidate):
     """A unit of fused experts: the width every expert of ``experts`` keeps."""
 
     experts: FusedExperts | None = None
+
+
+@dataclass(frozen=True)
+class ExpertCount(Candidate):
+    """A unit of fused experts: how many experts the layer keeps (``experts``' and its
+    router's rows), ranked by ``share``, each expert's routed share on the example."""
+
+    layer: FusedExperts | None = None
+    router: str = ""
+    share: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -251,6 +262,85 @@ def sync_hidden(model: nn.Module) -> None:
                     setattr(m, attr, hidden)
 
 
+#: Attributes of an experts module or a router holding the number of experts.
+_COUNT = ("num_experts", "num_local_experts", "n_routed_experts")
+
+
+def routed_shares(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]:
+    """Per fused-experts module of ``model``, the share of the routed (token, expert) pairs
+    each expert got on ``inputs`` (the top-k indices its forward is handed)."""
+    counts: dict[str, np.ndarray] = {}
+    handles = []
+    for name, m, spec, _ in fused_layers(model):
+        def pre(mod: nn.Module, args: tuple, kwargs: dict, name: str = name,
+                n: int = spec.experts) -> None:
+            idx = args[1] if len(args) > 1 else kwargs.get("top_k_index")
+            if isinstance(idx, torch.Tensor):
+                idx = idx.detach().flatten().long().cpu()
+                got = torch.bincount(idx[(idx >= 0) & (idx < n)], minlength=n).numpy()
+                counts[name] = counts.get(name, 0) + got
+        handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            call_model(model, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: c / max(1, int(c.sum())) for n, c in counts.items()}
+
+
+def find_expert_counts(model: nn.Module, ignored: set[str], floor: float,
+                       shares: dict[str, np.ndarray]) -> list[ExpertCount]:
+    """A unit per fused-experts module with a router (not ``ignored``) whose top-k is known:
+    from ``floor`` of its experts (at least the top-k) to all of them."""
+    out = []
+    for name, m, spec, router in fused_layers(model):
+        top_k = getattr(router, "top_k", None)
+        if router is None or name in ignored or name not in shares or not isinstance(top_k, int):
+            continue
+        low = max(top_k, math.ceil(floor * spec.experts))
+        if low >= spec.experts:
+            continue
+        router_name = next(n for n, x in model.named_modules() if x is router)
+        unit = Unit(name=f"{name}:experts", full=spec.experts,
+                    choices=tuple(range(low, spec.experts + 1)), members=(name, router_name),
+                    kind="experts")
+        out.append(ExpertCount(unit=unit, root=name, layer=spec, router=router_name,
+                               blocks=tuple((i,) for i in range(spec.experts)),
+                               share=tuple(float(x) for x in shares[name])))
+    return out
+
+
+def count_scores(m: nn.Module, share: Sequence[float]) -> np.ndarray:
+    """Each expert's routed share times its weights' L2 norm (relative to the mean), the
+    norm alone breaking ties (experts the example never routed to)."""
+    with torch.no_grad():
+        sq = sum(p.detach().float().pow(2).flatten(1).sum(1) for p in m.parameters(recurse=False)
+                 if p.dim() >= 2 and p.shape[0] == len(share))
+    norm = np.sqrt(np.asarray(sq, dtype=np.float64))
+    norm = norm / max(float(norm.mean()), 1e-30)
+    return np.asarray(share, dtype=np.float64) * norm + 1e-6 * norm
+
+
+def prune_expert_count(modules: Sequence[nn.Module], experts: int, keep: np.ndarray) -> None:
+    """Keep experts ``keep`` of ``modules`` (the experts module and its router), out of place:
+    every parameter and buffer ``experts`` long in its first dimension, and the attributes
+    holding the number of experts."""
+    idx = torch.as_tensor(np.sort(np.asarray(keep, dtype=np.int64)))
+    with torch.no_grad():
+        for mod in modules:
+            for attr, p in list(mod._parameters.items()):
+                if p is not None and p.dim() and p.shape[0] == experts:
+                    setattr(mod, attr, nn.Parameter(p.detach().index_select(0, idx.to(p.device)),
+                                                    requires_grad=p.requires_grad))
+            for attr, b in list(mod._buffers.items()):
+                if b is not None and b.dim() and b.shape[0] == experts:
+                    mod._buffers[attr] = b.index_select(0, idx.to(b.device))
+            for attr in _COUNT:
+                if getattr(mod, attr, None) == experts:
+                    setattr(mod, attr, len(idx))
+
+
 def find_experts(model: nn.Module, ignored: set[str],
                  choices: Callable[[int, int], tuple[int, ...]]) -> list[ExpertsCandidate]:
     """A unit per fused-experts module of ``model`` not ``ignored``; ``choices(width, step)``
@@ -325,7 +415,10 @@ class ExpertsPruner(Pruner):
 
     def scores(self, c: Candidate, stats: object = None) -> np.ndarray:
         """For an experts unit, element ``k`` is every expert's ``k``-th most important neuron:
-        its score is theirs summed, so keeping the first ``n`` is what :meth:`keep` keeps."""
+        its score is theirs summed, so keeping the first ``n`` is what :meth:`keep` keeps.
+        For an expert count, each expert's :func:`count_scores`."""
+        if isinstance(c, ExpertCount):
+            return count_scores(self.modules[c.root], self._share(c))
         if isinstance(c, TiedExperts):
             return sum(-np.sort(-self._part_scores(p, stats)) for p in c.parts)
         spec = getattr(c, "experts", None)
@@ -335,6 +428,11 @@ class ExpertsPruner(Pruner):
         return -np.sort(-per, axis=1).sum(0)
 
     def keep(self, c: Candidate, keep: int, scores: np.ndarray | None = None) -> None:
+        if isinstance(c, ExpertCount):
+            score = count_scores(self.modules[c.root], self._share(c))
+            if keep < len(score):
+                self._count(c, np.argsort(-score, kind="stable")[:keep])
+            return
         if isinstance(c, TiedExperts):
             for p in c.parts:
                 super().keep(p, keep, self._part_scores(p))
@@ -350,6 +448,11 @@ class ExpertsPruner(Pruner):
         self._prune(m, spec, [np.argsort(-row, kind="stable")[:keep] for row in per])
 
     def remove(self, c: Candidate, drop: Sequence[int]) -> None:
+        if isinstance(c, ExpertCount):
+            if len(drop):
+                n = len(self._share(c))
+                self._count(c, np.setdiff1d(np.arange(n), np.asarray(drop, dtype=np.int64)))
+            return
         if isinstance(c, TiedExperts):
             for p in c.parts:
                 super().remove(p, drop)
@@ -366,6 +469,9 @@ class ExpertsPruner(Pruner):
         self._prune(m, spec, [kept] * int(m.down_proj.shape[0]))
 
     def remove_last(self, c: Candidate, n: int) -> None:
+        if isinstance(c, ExpertCount):
+            have = len(self._share(c))
+            return self.remove(c, list(range(have - n, have)))
         if isinstance(c, TiedExperts):
             for p in c.parts:
                 super().remove_last(p, n)
@@ -377,10 +483,29 @@ class ExpertsPruner(Pruner):
         width = int(self.modules[spec.module].down_proj.shape[_dims(spec)[1]])
         self.remove(c, list(range(width - n, width)))
 
+    def _share(self, c: ExpertCount) -> np.ndarray:
+        """The routed share of the experts ``c``'s layer still has, in their order."""
+        shares = self.__dict__.setdefault("shares", {})
+        return shares.setdefault(c.unit.name, np.asarray(c.share, dtype=np.float64))
+
+    def _count(self, c: ExpertCount, keep: np.ndarray) -> None:
+        """Keep experts ``keep`` (current numbering) of ``c``'s layer and router."""
+        share = self._share(c)
+        modules = [self.modules[c.root], self.modules[c.router]]
+        before = [(m, dict(m.named_parameters(recurse=False))) for m in modules]
+        prune_expert_count(modules, len(share), keep)
+        self.shares[c.unit.name] = share[np.sort(keep)]
+        for m, params in before:
+            self._rebind(m, params)
+
     def _prune(self, m: nn.Module, spec: FusedExperts, keep: Sequence[np.ndarray]) -> None:
         """:func:`prune_experts`, and the new parameters put in the graph for the old."""
         before = dict(m.named_parameters(recurse=False))
         prune_experts(m, spec, keep)
+        self._rebind(m, before)
+
+    def _rebind(self, m: nn.Module, before: dict[str, nn.Parameter]) -> None:
+        """The parameters of ``m`` that replaced ``before``'s, in the graph for the old."""
         graph = self.graph
         for attr, old in before.items():
             new = getattr(m, attr)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from autoprune.search_spaces import ChannelSpace, reference_macs, reference_params
-from autoprune.search_spaces.experts import expert_scores
+from autoprune.search_spaces.experts import count_scores, expert_scores
 
 transformers = pytest.importorskip("transformers")
 
@@ -66,6 +66,9 @@ def test_each_experts_layer_width_is_a_unit(mixtral) -> None:
         assert u.full == 64 and u.kind == "neurons" and u.minimum == 8
         assert all(c % 4 == 0 for c in u.choices)  # grouped_mm's 16-byte strides (fp32)
     assert not any("experts" in n for n in space.notes)
+    counts = {u.name: u for u in space.units if u.kind == "experts"}
+    assert set(counts) == {f"model.layers.{i}.mlp.experts:experts" for i in range(2)}
+    assert all(u.full == 4 and u.choices == (2, 3, 4) for u in counts.values())  # >= top-2
     residual = next(u for u in space.units if u.kind == "residual")
     assert residual.name == _RESIDUAL and residual.full == 32 and not space.notes
 
@@ -81,11 +84,13 @@ def test_costs_are_exact_at_dense_thinnest_and_random(mixtral) -> None:
         for i in range(2):
             moe = pruned.model.layers[i].mlp
             width = config[f"model.layers.{i}.mlp.experts:expert_width"]
-            assert moe.experts.gate_up_proj.shape == (4, 2 * width, hidden)
-            assert moe.experts.down_proj.shape == (4, hidden, width)
+            kept = config[f"model.layers.{i}.mlp.experts:experts"]
+            assert moe.experts.gate_up_proj.shape == (kept, 2 * width, hidden)
+            assert moe.experts.down_proj.shape == (kept, hidden, width)
             assert moe.experts.intermediate_dim == width
-            assert moe.gate.weight.shape == (4, hidden)  # the router keeps its 4 experts
+            assert moe.gate.weight.shape == (kept, hidden)  # the router's outputs follow
             assert moe.gate.hidden_dim == moe.experts.hidden_dim == hidden
+            assert moe.gate.num_experts == moe.experts.num_experts == kept
 
 
 def test_the_thinnest_network_keeps_under_a_fifth_of_the_macs(mixtral) -> None:
@@ -93,7 +98,7 @@ def test_the_thinnest_network_keeps_under_a_fifth_of_the_macs(mixtral) -> None:
     dense = sum(r.macs for r in space.layer_table(space.dense_config()))
     thinnest = sum(r.macs for r in space.layer_table(space.min_config()))
     assert dense == reference_macs(model, (x,))
-    assert thinnest / dense < 0.2  # 0.164 (heads, expert widths and the residual width)
+    assert thinnest / dense < 0.2  # 0.163 (heads, expert widths and counts, the residual)
 
 
 def test_each_expert_keeps_its_own_most_important_neurons(mixtral) -> None:
@@ -271,3 +276,22 @@ def test_the_residual_width_prunes_the_fused_experts_and_the_router(mixtral) -> 
         assert torch.equal(moe.gate.weight, dense.gate.weight[:, kept])
         assert torch.equal(moe.experts.gate_up_proj, dense.experts.gate_up_proj[:, :, kept])
         assert torch.equal(moe.experts.down_proj, dense.experts.down_proj[:, kept, :])
+
+
+def test_each_layer_keeps_its_most_routed_experts(mixtral) -> None:
+    """An expert count keeps the experts of largest routed share (on the example) times
+    weight norm: their weights, their router rows, in their order; top-2 routing still runs."""
+    model, x, space = mixtral
+    name = "model.layers.0.mlp.experts:experts"
+    c = next(c for c in space._candidates if c.unit.name == name)
+    assert len(c.share) == 4 and abs(sum(c.share) - 1) < 1e-9 and min(c.share) > 0
+    dense = model.model.layers[0].mlp
+    best = np.sort(np.argsort(-count_scores(dense.experts, c.share), kind="stable")[:2])
+    pruned = _exact(space, model, {name: 2}, x)
+    moe = pruned.model.layers[0].mlp
+    assert torch.equal(moe.gate.weight, dense.gate.weight[best])
+    assert torch.equal(moe.experts.gate_up_proj, dense.experts.gate_up_proj[best])
+    assert torch.equal(moe.experts.down_proj, dense.experts.down_proj[best])
+    assert moe.gate.top_k == 2 and pruned.model.layers[1].mlp.experts.num_experts == 4
+    assert set(best) == set(np.argsort(-np.asarray(c.share))[:2])  # (norms alike at init)
+
