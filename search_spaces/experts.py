@@ -1,4 +1,4 @@
-"""Mixture-of-experts layers whose experts are fused 3-D parameters: each layer's expert width.
+"""Mixture-of-experts layers: each layer's expert width, and how many experts a fused layer keeps.
 
 ``transformers`` 5 stores a MoE layer's experts as one module holding 3-D parameters
 (Mixtral's ``MixtralExperts``, Qwen-MoE's, and the others built with
@@ -28,6 +28,19 @@ note by the channel space's probe (never costed wrongly). The width is a multipl
 of ``16 bytes / element size``, the stride ``grouped_mm`` requires. Weight-only: every
 criterion ranks the experts' neurons by their L2 magnitude (no data criterion measures them).
 Trials holding such a unit are pruned unit by unit (``gather.plannable`` says no).
+
+**How many experts a layer keeps** is a unit too (:class:`ExpertCount`, kind ``experts``), for
+a layer whose router (a sibling holding a raw weight ``[experts, hidden]`` and a ``top_k``) is
+found: from ``max(top_k, floor * experts)`` to all. Experts are ranked by their routed share on
+the example (the top-k indices the experts module is handed, :func:`routed_shares`) times
+their weights' L2 norm (the norm alone orders experts never routed to); the kept experts' rows
+go from every per-expert parameter and buffer of the experts module and of its router, and
+``num_experts`` follows. The routed MACs do not depend on the count (``tokens * top_k`` rows
+whatever the experts), which ``exact.py`` sees by recording ``grouped_mm`` as rows x K x N;
+the router's MACs and the parameters do. Every criterion ranks experts this way.
+
+**The residual width** of a fused layer (its parameters' hidden dimension, the router's
+columns) is traced and pruned by ``moe.py``; :func:`sync_hidden` keeps ``hidden_dim`` in step.
 
 **Plain-PyTorch experts** (an ``nn.ModuleList`` of identical MLPs behind a top-k router) are
 found by Torch-Pruning as one channel group per expert, whose costs are the tokens routed to

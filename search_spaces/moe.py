@@ -16,7 +16,15 @@ router's weight (:class:`_Experts`). Each parameter is then pruned along its hid
 bias, the router weight's columns. The router's outputs and the experts' widths are no part
 of the residual width; the widths are units of their own (``experts.py``). The pruned network
 runs the layers' own forward; the attributes that hold the hidden size (``hidden_dim``) are
-kept in step with the parameters by :func:`sync_hidden` after every pruning step.
+kept in step with the parameters by ``experts.sync_hidden`` after every pruning step.
+
+Plain-PyTorch experts (an ``nn.ModuleList`` of identical modules behind a router) are traced
+as they run, but an expert the example routes no token to never runs and would be missing
+from the graph (kept at the old residual width, it breaks the pruned network as soon as a
+token reaches it). So while the graph is traced, each such expert also runs on the rows a
+sibling got, its output joining the list's parent output times zero
+(:func:`_all_experts_hooks`): it then couples to the residual width and to its siblings'
+tied width as they do, and no value changes.
 """
 
 from __future__ import annotations
