@@ -5,7 +5,10 @@ and the chosen network timed there again.
 
 No tolerance here is a fixed figure of this host's speed: the chosen network's timing on the
 device is compared with its prediction within 10%, or three times the noise the table's own
-check measured on that device if that is larger.
+check measured on that device if that is larger, at the device's level now (the simulated
+device is this shared host, whose speed moves by tens of percent between minutes: the
+export's own networks are timed again beside the choice, ``time_on_device.py --reference``, and
+their ratio to the export's timings is that level).
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from conftest import run_cli
 
 pytest.importorskip("onnxruntime")
 
-SMALL = ["--model", "resnet20", "--image-size", "8", "--width-mult", "0.5", "--round-to", "4"]
+# 16 px at full width: about a tenth of a millisecond per network in onnxruntime, so a network's
+# time is its layers' and not the per-call overhead of a session run
+SMALL = ["--model", "resnet20", "--image-size", "16", "--round-to", "4"]
 
 
 def _cli(args: list[str], cache: Path) -> subprocess.CompletedProcess:
@@ -52,11 +57,15 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout)
     assert summary["blocks"] > 0 and summary["networks"] == 6 + 6
-    ran = _on_device(["time_on_device.py"], folder, tmp)
-    assert ran.returncode == 0, ran.stderr
     lut = tmp / "lut.json"
-    out = _cli(["profile", "--from-timings", str(folder), "-o", str(lut), "--json"], cache)
-    assert out.returncode == 0, out.stderr[-3000:]
+    for _ in range(3):  # a table that fails its check is timed again, as profile tells a user
+        ran = _on_device(["time_on_device.py"], folder, tmp)
+        assert ran.returncode == 0, ran.stderr
+        out = _cli(["profile", "--from-timings", str(folder), "-o", str(lut), "--json"], cache)
+        assert out.returncode == 0, out.stderr[-3000:]
+        if json.loads(out.stdout)["check"]["passed"]:
+            break
+        assert "time the export again" in _said(out)
     return folder, lut, cache
 
 
@@ -109,7 +118,7 @@ def test_search_with_the_device_table_then_time_the_choice_there(
     dense, thin = table.predict({}), table.predict(
         {u: min(v) for u, v in table.space["units"].items()})
     budget = thin + 0.5 * (dense - thin)
-    out = _cli(["train", *SMALL[:6], "--epochs", "2"], cache)
+    out = _cli(["train", *SMALL[:4], "--epochs", "2"], cache)
     assert out.returncode == 0, out.stderr[-3000:]
     run = tmp_path / "run"
     out = _cli(["search", *SMALL, "--target", f"latency={budget:.6f}ms", "--lut", str(lut),
@@ -125,12 +134,16 @@ def test_search_with_the_device_table_then_time_the_choice_there(
     chosen = tmp_path / "chosen.onnx"
     out = _cli(["export", str(run), "-o", str(chosen)], cache)
     assert out.returncode == 0, out.stderr[-3000:]
-    ran = _on_device([str(folder / "time_on_device.py"), "--model", str(chosen), "--json"],
-                     tmp_path, tmp_path)
+    ran = _on_device([str(folder / "time_on_device.py"), "--model", str(chosen), "--reference",
+                      "--json"], tmp_path, tmp_path)
     assert ran.returncode == 0, ran.stderr
-    measured = json.loads(ran.stdout)["median_ms"]
-    tolerance = max(0.10, 3 * table.check["retest_median_abs_rel"])
-    assert abs(measured / latency["predicted_ms"] - 1) <= tolerance, (measured, latency)
+    timed = json.loads(ran.stdout)
+    level = timed["level"]  # the device's speed now against when the export was timed
+    assert level["networks"] == 12
+    tolerance = max(0.10, 3 * table.check["retest_median_abs_rel"],
+                    (level["p90"] - level["p10"]) / level["factor"])
+    assert abs(timed["median_ms"] / (level["factor"] * latency["predicted_ms"]) - 1) \
+        <= tolerance, (timed, latency["predicted_ms"])
     # a later budget, picked from the same run for the device
     out = _cli(["pick", str(run), "--target", f"latency={dense:.6f}ms", "--lut", str(lut),
                 "--json"], cache)

@@ -134,6 +134,13 @@ def _from_timings(folder: Path, output: Path, as_json: bool) -> None:
     except (*user_errors(), LatencyTableError) as e:
         fail(str(e))
     _print_table(summary, as_json)
+    if not summary["check"].get("passed", True):
+        err.print(f"[yellow]the table failed its check[/] (median error "
+                  f"{100 * summary['check']['median_abs_rel']:.1f}% on the networks it was not "
+                  f"fitted on, limit {100 * summary['check']['limit']:.1f}%): the device's speed "
+                  "changed while it timed the export, and a search refuses this table. Fix: "
+                  f"time the export again on the device (python {folder}/time_on_device.py) "
+                  "when nothing else runs there, then run this again", highlight=False)
 
 
 def _print_table(summary: dict, as_json: bool) -> None:

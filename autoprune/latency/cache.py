@@ -28,8 +28,8 @@ __all__ = ["ANCHOR_REPEATS", "ANCHOR_ROUNDS", "anchor_to_now", "note_drift", "re
 ANCHOR_ROUNDS = 3
 ANCHOR_WARMUP = 3
 ANCHOR_REPEATS = 10
-# Both anchor networks must be off the same side by more than this (and the build's own
-# re-measurement noise) to rescale.
+# Both anchor networks must be off the same side by more than this (and the table's check
+# limit) to rescale.
 ANCHOR_MIN_DRIFT = 0.10
 
 
@@ -119,9 +119,9 @@ def anchor_to_now(table: LatencyTable, model: nn.Module, example: torch.Tensor,
                   space: SearchSpace, device: Device) -> tuple[LatencyTable, dict[str, Any]]:
     """The table rescaled to how fast this machine runs now: the dense and the thinnest
     network are timed in ``ANCHOR_ROUNDS`` alternating rounds, and when both measure off
-    their predictions on the same side by more than the machine's noise (the build's own
-    re-measurement noise, at least ``ANCHOR_MIN_DRIFT``), the predictions are scaled by the
-    change both show (:func:`autoprune.latency.level.common_drift`).
+    their predictions on the same side by more than the table's own check limit (and
+    ``ANCHOR_MIN_DRIFT``), the predictions are scaled by the change both show: the ratio
+    closer to 1 (:func:`autoprune.latency.level.common_drift`).
 
     A shared host's speed drifts over seconds to hours (neighbours come and go): a table built
     at one speed predicts every network off by a common factor at another, while its relative
@@ -140,7 +140,7 @@ def anchor_to_now(table: LatencyTable, model: nn.Module, example: torch.Tensor,
     rows = {k: {"predicted_ms": table.predict(configs[k]),
                 "measured_ms": float(np.median(times[k]))} for k in nets}
     ratios = [r["measured_ms"] / r["predicted_ms"] for r in rows.values()]
-    threshold = max(ANCHOR_MIN_DRIFT, table.noise())
+    threshold = max(ANCHOR_MIN_DRIFT, float(table.check.get("limit", 0.0)))
     factor = common_drift(ratios, threshold)
     drifted = factor != 1.0
     anchor = {"speed": table.speed * factor, "factor": factor, "applied": drifted,

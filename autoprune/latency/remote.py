@@ -48,6 +48,12 @@ __all__ = ["MANIFEST_FORMAT", "SCRIPT", "TIMINGS_FORMAT", "export_for_device",
 MANIFEST_FORMAT = "autoprune-device-export"
 TIMINGS_FORMAT = "autoprune-device-timings"
 FORMAT_VERSION = 1
+#: Interleaved rounds a device times an export in (a build here: ``ProfilePlan.rounds``, 3).
+#: A round of MobileNet-V2 at 32 px takes onnxruntime about a second on this project's host,
+#: whose speed moves by 10-40% in phases of seconds to tens of seconds: three rounds sample one
+#: phase. Over three alternating trials on one export, 12 rounds predicted 11 networks timed
+#: right after within a median 4.5%, 15.6% and 4.0%; 3 rounds 19.2%, 8.9% and 10.2%.
+DEVICE_ROUNDS = 9
 #: The standalone timing script copied into every export.
 SCRIPT = Path(__file__).with_name("time_on_device.py")
 
@@ -98,11 +104,14 @@ def export_networks(nets: Sequence[nn.Module], example_inputs: torch.Tensor |
 def export_for_device(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor],
                       folder: str | Path, *, space: SearchSpace | None = None,
                       threads: int = 1, batch: int = 1, plan: ProfilePlan | None = None,
-                      console: Console | None = None, progress: bool = True) -> dict[str, Any]:
+                      rounds: int = DEVICE_ROUNDS, console: Console | None = None,
+                      progress: bool = True) -> dict[str, Any]:
     """Write into ``folder`` (new or empty) everything a device must time for ``model``'s
     latency table: its blocks and whole networks as ONNX, ``manifest.json`` and
     ``time_on_device.py``. ``threads`` is the thread count the device times with unless told
-    otherwise there; ``batch`` the batch the latency is for. Returns a summary."""
+    otherwise there; ``batch`` the batch the latency is for; ``rounds`` how many interleaved
+    rounds it times (``DEVICE_ROUNDS``; ``plan``'s rounds are for builds here). Returns a
+    summary."""
     plan = plan or ProfilePlan()
     console = console or Console(stderr=True)
     folder = Path(folder)
@@ -110,8 +119,9 @@ def export_for_device(model: nn.Module, example_inputs: torch.Tensor | Sequence[
         raise ValueError(f"--export-to {folder}: the folder exists and is not empty. Fix: "
                          "name a new or empty folder (an export is one set of files the device "
                          "times together)")
-    if threads < 1 or batch < 1:
-        raise ValueError(f"threads and batch must be at least 1 (got {threads}, {batch})")
+    if threads < 1 or batch < 1 or rounds < 1:
+        raise ValueError(f"threads, batch and rounds must be at least 1 (got {threads}, {batch}, "
+                         f"{rounds})")
     started = time.perf_counter()
     inputs = tuple(x.cpu() for x in Device(batch=batch).inputs(as_inputs(example_inputs)))
     one = tuple(x[:1] for x in inputs)
@@ -159,7 +169,7 @@ def export_for_device(model: nn.Module, example_inputs: torch.Tensor | Sequence[
                 "threads": int(threads), "batch": int(batch),
                 "input_shape": [batch, *shape[0]] if len(shape) == 1 else
                 [[batch, *s] for s in shape],
-                "rounds": plan.rounds, "items": items, "networks": networks,
+                "rounds": int(rounds), "items": items, "networks": networks,
                 "table": {k: v for k, v in skeleton.to_json().items()
                           if k in ("model", "space", "plan", "entries", "layers")}}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
@@ -239,34 +249,4 @@ def table_from_timings(folder: str | Path, timings: str | Path | None = None) ->
     table.correction["device_timings"] = {"path": str(timings), "rounds": timed.get("rounds"),
                                           "created": timed.get("created"),
                                           "seconds": seconds}
-    return _levelled_alone(table, manifest["networks"], samples, timed.get("alone_ms") or {})
-
-
-#: Whole networks timed alone must show a level this far from the rounds' to rescale.
-ALONE_MIN_LEVEL = 0.02
-
-
-def _levelled_alone(table: LatencyTable, networks: Sequence[Mapping[str, Any]],
-                    samples: Mapping[str, Sequence[float]],
-                    alone: Mapping[str, Sequence[float]]) -> LatencyTable:
-    """The table scaled to the level of its whole networks timed alone on the device (every
-    block's session closed), against the same networks timed among the blocks.
-
-    A device timing hundreds of sessions runs each whole network slower than it runs one:
-    onnxruntime at 2 threads on this project's host timed MobileNet-V2's networks 9% slower
-    among the export's 470 sessions than in a run of 21, and the table predicted all of those
-    10% too slow (``benchmarks/latency_model.py --backends device``). The table keeps the
-    shape fitted in the rounds and takes the median ratio of the two timings of each network
-    as its level, when that is over ``ALONE_MIN_LEVEL`` from 1."""
-    ratios = [float(np.median(alone[n["id"]]) / np.median(samples[n["id"]]))
-              for n in networks if alone.get(n["id"]) and samples.get(n["id"])]
-    if not ratios:
-        return table
-    level = float(np.median(ratios))
-    info = {"level": level, "networks": len(ratios), "applied": abs(level - 1) > ALONE_MIN_LEVEL,
-            "spread": float(np.percentile(ratios, 90) - np.percentile(ratios, 10))}
-    if not info["applied"]:
-        table.correction["alone"] = info
-        return table
-    return table.anchored(level, {"alone": info})
-
+    return table

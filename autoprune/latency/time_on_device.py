@@ -5,13 +5,13 @@ This file is copied into every folder ``autoprune profile --export-to DIR`` writ
 only Python 3.9+, numpy and onnxruntime: no torch, no autoprune.
 
     python DIR/time_on_device.py [--threads N]        # time the export: DIR/timings.json
-    python DIR/time_on_device.py --model chosen.onnx  # time one network (--json for JSON)
+    python DIR/time_on_device.py --model chosen.onnx  # time one network (--json for JSON;
+                                                      # --reference: and the device's level now)
 
 The export's blocks and whole networks are timed in interleaved rounds: in each round every
 block once, in a fresh random order, then every whole network once, in a fresh random order of
 its own, so load that comes and goes lands on all of them alike. Each visit runs its warm-up
-calls, then its timed calls; every timed call is kept. Then, with the blocks' sessions closed,
-the whole networks are timed alone (``--alone-rounds``): how the device runs one network. The clock is the calling thread's CPU
+calls, then its timed calls; every timed call is kept. The clock is the calling thread's CPU
 time for one thread (onnxruntime then runs the whole inference on it) and wall-clock time for
 more, as autoprune times on its own machine. Bring ``timings.json`` back and build the table
 with ``autoprune profile --from-timings DIR -o lut.json``.
@@ -32,6 +32,7 @@ import sys
 import time
 
 MANIFEST_FORMAT = "autoprune-device-export"
+REFERENCE_ROUNDS = 5  # --model --reference: interleaved rounds
 TIMINGS_FORMAT = "autoprune-device-timings"
 VERSION = 1
 
@@ -145,8 +146,7 @@ def resolve_clock(clock: str, threads: int) -> str:
     return clock
 
 
-def time_export(folder: str, args: argparse.Namespace) -> None:
-    np, ort = _modules()
+def read_manifest(folder: str) -> dict:
     path = os.path.join(folder, "manifest.json")
     try:
         with open(path, encoding="utf-8") as f:
@@ -158,6 +158,12 @@ def time_export(folder: str, args: argparse.Namespace) -> None:
         _fail(f"{path} is not readable JSON ({err}). Fix: copy the export folder again")
     if manifest.get("format") != MANIFEST_FORMAT or manifest.get("version") != VERSION:
         _fail(f"{path} is not an autoprune device export of version {VERSION}")
+    return manifest
+
+
+def time_export(folder: str, args: argparse.Namespace) -> None:
+    np, ort = _modules()
+    manifest = read_manifest(folder)
     threads = args.threads or int(manifest.get("threads", 1))
     clock = resolve_clock(args.clock, threads)
     rounds = args.rounds or int(manifest.get("rounds", 3))
@@ -185,27 +191,11 @@ def time_export(folder: str, args: argparse.Namespace) -> None:
                 samples[item["id"]].extend(clocked(np, runners[i], int(item["warmup"]),
                                                    int(item["repeats"]), clock))
         print(f"round {r + 1}/{rounds} done ({time.perf_counter() - started:.0f}s)", flush=True)
-    alone: dict[str, list[float]] = {}
-    if blocks and nets and args.alone_rounds:
-        # The whole networks again with every block's session closed: as the device runs one
-        # network, which the table is levelled to (autoprune's --from-timings)
-        for i in blocks:
-            runners[i] = None
-        gc.collect()
-        for _ in range(args.alone_rounds):
-            order = list(nets)
-            rng.shuffle(order)
-            for i in order:
-                item = items[i]
-                alone.setdefault(item["id"], []).extend(
-                    clocked(np, runners[i], int(item["warmup"]), int(item["repeats"]), clock))
-        print(f"whole networks alone: {args.alone_rounds} rounds", flush=True)
     out = {"format": TIMINGS_FORMAT, "version": VERSION, "export_id": manifest["export_id"],
            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "device": describe(np, ort, threads, args.provider, clock, args.spinning), "rounds": rounds,
            "seconds": round(time.perf_counter() - started, 3),
-           "samples_ms": {k: [round(v, 6) for v in s] for k, s in samples.items()},
-           "alone_ms": {k: [round(v, 6) for v in s] for k, s in alone.items()}}
+           "samples_ms": {k: [round(v, 6) for v in s] for k, s in samples.items()}}
     target = args.out or os.path.join(folder, "timings.json")
     tmp = target + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -216,6 +206,31 @@ def time_export(folder: str, args: argparse.Namespace) -> None:
           f"run: autoprune profile --from-timings <this folder> -o lut.json")
 
 
+def references(np, ort, args: argparse.Namespace, threads: int) -> list[dict]:
+    """The export's whole networks with their timings there, to time beside a network."""
+    manifest = read_manifest(args.dir)
+    path = os.path.join(args.dir, "timings.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            timed = json.load(f)
+    except (OSError, ValueError):
+        _fail(f"--reference needs the export's timings: {path} is missing or unreadable. Fix: "
+              "time the export first (python time_on_device.py)")
+    if timed.get("export_id") != manifest["export_id"]:
+        _fail(f"{path} holds timings of another export")
+    out = []
+    for n, item in enumerate(manifest["items"]):
+        if item["kind"] == "network" and timed["samples_ms"].get(item["id"]):
+            sess = session(ort, os.path.join(args.dir, item["file"]), threads, args.provider,
+                           args.spinning == "on")
+            feed = feed_for(np, sess, item.get("inputs"), None, n)
+            out.append({"id": item["id"], "warmup": int(item["warmup"]),
+                        "repeats": int(item["repeats"]),
+                        "export_ms": float(np.median(timed["samples_ms"][item["id"]])),
+                        "run": lambda sess=sess, feed=feed: sess.run(None, feed)})
+    return out
+
+
 def time_model(path: str, args: argparse.Namespace) -> None:
     np, ort = _modules()
     if not os.path.exists(path):
@@ -224,17 +239,48 @@ def time_model(path: str, args: argparse.Namespace) -> None:
     clock = resolve_clock(args.clock, threads)
     sess = session(ort, path, threads, args.provider, args.spinning == "on")
     feed = feed_for(np, sess, None, args.batch, args.seed)
-    times = clocked(np, lambda: sess.run(None, feed), args.warmup, args.repeats, clock)
+    run = lambda: sess.run(None, feed)  # noqa: E731
+    refs = references(np, ort, args, threads) if args.reference else []
+    level = None
+    if not refs:
+        times = clocked(np, run, args.warmup, args.repeats, clock)
+    else:
+        # the network and the export's networks in interleaved rounds: how fast the device
+        # runs now against when the export was timed (its level), beside the measurement
+        rng, rounds = random.Random(args.seed), REFERENCE_ROUNDS
+        per = max(1, args.repeats // rounds)
+        times, now = [], {r["id"]: [] for r in refs}
+        for _ in range(rounds):
+            order = [None, *refs]
+            rng.shuffle(order)
+            for ref in order:
+                if ref is None:
+                    times.extend(clocked(np, run, args.warmup, per, clock))
+                else:
+                    now[ref["id"]].extend(clocked(np, ref["run"], ref["warmup"],
+                                                  ref["repeats"], clock))
+        ratios = [float(np.median(now[r["id"]])) / r["export_ms"] for r in refs]
+        level = {"factor": round(float(np.median(ratios)), 4), "networks": len(refs),
+                 "p10": round(float(np.percentile(ratios, 10)), 4),
+                 "p90": round(float(np.percentile(ratios, 90)), 4)}
     p10, median, p90 = (float(v) for v in np.percentile(times, [10, 50, 90]))
     result = {"median_ms": round(median, 4), "p10_ms": round(p10, 4), "p90_ms": round(p90, 4),
-              "model": path, "device": describe(np, ort, threads, args.provider, clock, args.spinning)}
+              "model": path,
+              "device": describe(np, ort, threads, args.provider, clock, args.spinning)}
+    if level is not None:
+        result["level"] = level
     if args.json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
-    else:
-        d = result["device"]
-        print(f"{path}: median {median:.3f} ms (p10 {p10:.3f}, p90 {p90:.3f}) on {d['cpu']}, "
-              f"onnxruntime {d['backend_version']} {args.provider}, {threads} thread(s), "
-              f"{clock} clock")
+        return
+    d = result["device"]
+    print(f"{path}: median {median:.3f} ms (p10 {p10:.3f}, p90 {p90:.3f}) on {d['cpu']}, "
+          f"onnxruntime {d['backend_version']} {args.provider}, {threads} thread(s), "
+          f"{clock} clock")
+    if level is not None:
+        print(f"the export's {level['networks']} networks, timed beside it, took "
+              f"{level['factor']:.2f}x their times when the export was timed (p10 "
+              f"{level['p10']:.2f}, p90 {level['p90']:.2f}): compare it with the table's "
+              f"prediction times {level['factor']:.2f}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -247,9 +293,6 @@ def main(argv: list[str] | None = None) -> None:
                     help="intra-op threads (default: the export's; 1 with --model)")
     ap.add_argument("--rounds", type=int, default=None,
                     help="interleaved rounds over the export (default: the export's)")
-    ap.add_argument("--alone-rounds", type=int, default=2,
-                    help="rounds over the whole networks alone after the interleaved rounds, "
-                         "every block's session closed (default 2; 0: none)")
     ap.add_argument("--clock", choices=["auto", "cpu", "wall"], default="auto",
                     help="auto: the calling thread's CPU time for 1 thread, else wall-clock")
     ap.add_argument("--spinning", choices=["off", "on"], default="off",
@@ -271,6 +314,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=10, help="with --model: untimed calls")
     ap.add_argument("--repeats", type=int, default=100, help="with --model: timed calls")
     ap.add_argument("--json", action="store_true", help="with --model: print JSON")
+    ap.add_argument("--reference", action="store_true",
+                    help="with --model: time the export's whole networks beside it, in "
+                         "interleaved rounds, and report the device's speed now against when "
+                         "the export was timed (a device whose speed moves: thermal "
+                         "throttling, other load)")
     args = ap.parse_args(argv)
     if args.threads is not None and args.threads < 1:
         _fail(f"--threads {args.threads}: give 1 or more")
