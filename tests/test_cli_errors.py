@@ -229,7 +229,7 @@ def test_training_options_that_would_be_ignored_are_refused(files: Path, run_dir
     _refused(["recover", str(run_dir), "--steps", "0", "--reconstruct", "--distill"], cache,
              "--steps 0 trains nothing", "--distill would be ignored")
     _refused(["pick", str(run_dir), "--target", "latency=1ms"], cache,
-             "does not reopen a latency table", "autoprune search --target latency=")
+             "needs the device's table: --lut", "autoprune search --target latency=")
 
 
 def test_a_folder_where_a_file_is_read_is_one_error(cache: Path, tmp_path: Path) -> None:
