@@ -166,3 +166,5 @@ def test_a_table_of_this_machine_is_refused_by_pick_and_a_batch_mismatch_by_sear
     assert out.returncode == 2 and "manifest.json" in _said(out)
     out = _cli(["profile", *SMALL, "--export-to", str(folder)], cache)
     assert out.returncode == 2 and "not empty" in _said(out)
+    out = _cli(["latency", *SMALL[:4], "--lut", str(lut)], cache)
+    assert out.returncode == 2 and "--model chosen.onnx --reference" in _said(out)

@@ -92,8 +92,15 @@ def latency(settings: LatencySettings) -> dict[str, Any]:
         dense, what = model, {"model": settings.source.model, "config": "dense"}
     table = None
     if settings.lut is not None:  # refuse a foreign table before spending time measuring
-        table = LatencyTable.load(settings.lut,
-                                  expected_device=settings.device.fingerprint(example))
+        table = LatencyTable.load(settings.lut)
+        if table.remote:
+            raise ValueError(
+                f"latency table {settings.lut} was timed on another device "
+                f"({table.remote_note()}), and `autoprune latency` times on this machine. "
+                "Fix: export the network (autoprune export RUN -o chosen.onnx) and time it "
+                "there: python time_on_device.py --model chosen.onnx --reference")
+        table.check_device(settings.device.fingerprint(example),
+                           source=f"latency table {settings.lut}")
         space = make_space("channel", dense, example,
                            round_to=int(table.space.get("round_to", 8)),
                            min_ratio=table.space.get("min_ratio", 0.2))
