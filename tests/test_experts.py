@@ -295,3 +295,31 @@ def test_each_layer_keeps_its_most_routed_experts(mixtral) -> None:
     assert moe.gate.top_k == 2 and pruned.model.layers[1].mlp.experts.num_experts == 4
     assert set(best) == set(np.argsort(-np.asarray(c.share))[:2])  # (norms alike at init)
 
+
+
+def test_gpt_oss_transposed_experts_with_biases_prune_every_way() -> None:
+    """GPT-OSS stores its experts transposed (``[experts, hidden, 2 * width]``, gate and up
+    rows interleaved) with biases, and its router has a bias: the residual width, the expert
+    width and the expert count all prune, exactly, into a working network."""
+    torch.manual_seed(0)
+    config = transformers.GptOssConfig(
+        hidden_size=32, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, vocab_size=64,
+        head_dim=8, layer_types=["full_attention"] * 2)
+    model = transformers.GptOssForCausalLM(config).eval()
+    x = torch.randint(0, 64, (2, 16))
+    space = ChannelSpace.from_model(model, x, output="logits")
+    kinds = {u.kind for u in space.units}
+    assert {"residual", "neurons", "experts"} <= kinds
+    experts = model.model.layers[0].mlp.experts
+    assert experts.is_transposed and experts.gate_up_proj_bias is not None
+    rng = np.random.default_rng(0)
+    for cfg in [space.min_config(), space.decode(rng.random(space.dim))]:
+        pruned = _exact(space, model, cfg, x)
+        moe = pruned.model.layers[0].mlp
+        kept, hidden = cfg["model.layers.0.mlp.experts:experts"], moe.router.weight.shape[1]
+        width = cfg["model.layers.0.mlp.experts:expert_width"]
+        assert moe.router.weight.shape == (kept, hidden) and moe.router.bias.shape == (kept,)
+        assert moe.experts.gate_up_proj.shape == (kept, hidden, 2 * width)
+        assert moe.experts.down_proj.shape == (kept, width, hidden)
+        assert moe.experts.down_proj_bias.shape == (kept, hidden)
