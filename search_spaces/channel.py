@@ -94,7 +94,7 @@ class ChannelSpace(CountedSpace):
         ``make_criterion(name, calibration=...)``) ranks each unit's channels. ``min_ratio``
         is the fewest elements every unit keeps, as a fraction; ``None`` (the default) gives
         each kind of unit its own floor (``FLOORS``: CNN channels 0.2, MLP neurons 0.05, the
-        residual width 0.5, heads 0.2)."""
+        residual width 0.5, heads 0.2, a MoE layer's experts 0.2)."""
         criterion = as_criterion(criterion)
         if min_ratio is not None and not 0.0 < min_ratio <= 1.0:
             raise ValueError(f"min_ratio must be in (0, 1], got {min_ratio}")

@@ -28,8 +28,10 @@ __all__ = ["FLOORS", "channel_choices", "find_candidates", "floor_of"]
 #: neurons may go much thinner: on the character-level decoder FastNAS kept 12 of 256 in four
 #: of six blocks and its network was the best measured (benchmarks/results/agents-*.json), so
 #: their floor is 0.05. The residual width feeds every block and keeps half. Heads and the
-#: positions inside them keep AMC's 0.2 (at least one head).
-FLOORS = {"channels": 0.2, "neurons": 0.05, "residual": 0.5, "heads": 0.2, "head_dim": 0.2}
+#: positions inside them keep AMC's 0.2 (at least one head). A MoE layer keeps at least 0.2 of its
+#: experts (and at least its top-k).
+FLOORS = {"channels": 0.2, "neurons": 0.05, "residual": 0.5, "heads": 0.2, "head_dim": 0.2,
+          "experts": 0.2}
 
 
 def floor_of(kind: str, min_ratio: float | None) -> float:

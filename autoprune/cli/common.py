@@ -41,7 +41,7 @@ DTYPE_HELP = ("Precision of the search: float32 (default), bfloat16 or float16. 
               "pick, recover and export rebuild the network in it.")
 MIN_RATIO_HELP = ("Fewest elements every unit keeps, as a fraction (default: a floor per kind of "
                   "unit: CNN channels 0.2, MLP neurons 0.05, the residual width of a "
-                  "transformer 0.5, attention heads 0.2).")
+                  "transformer 0.5, attention heads 0.2, a mixture-of-experts layer's experts 0.2).")
 INPUT_SHAPE_HELP = "One sample's input shape without the batch, e.g. 3x32x32 (default: the data's)."
 DATA_HELP = ("Data source: digits (scikit-learn's images, embedded), python-stdlib (the text of "
              "this Python's standard library, for --model chargpt; scored by loss), or "
