@@ -282,9 +282,12 @@ _COUNT = ("num_experts", "num_local_experts", "n_routed_experts")
 def routed_shares(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]:
     """Per fused-experts module of ``model``, the share of the routed (token, expert) pairs
     each expert got on ``inputs`` (the top-k indices its forward is handed)."""
+    layers = list(fused_layers(model))
+    if not layers:
+        return {}  # (no forward pass for a model without fused experts)
     counts: dict[str, np.ndarray] = {}
     handles = []
-    for name, m, spec, _ in fused_layers(model):
+    for name, m, spec, _ in layers:
         def pre(mod: nn.Module, args: tuple, kwargs: dict, name: str = name,
                 n: int = spec.experts) -> None:
             idx = args[1] if len(args) > 1 else kwargs.get("top_k_index")
