@@ -28,8 +28,9 @@ from torch import nn
 from .base import CountedSpace, LayerTable, Unit, UntraceableModelError, register_space
 from .criteria import Criterion, L2Magnitude, as_criterion
 from .gather import build_trial, decide, plannable
-from .experts import (ExpertsPruner as Pruner, find_expert_counts, find_experts, routed_shares,
-                      sync_hidden, tie_routed)
+from .expert_lists import tie_routed
+from .experts import find_expert_counts, find_experts, routed_shares, sync_hidden
+from .experts_pruner import ExpertsPruner as Pruner
 from .exact import ProbeError, RunLog, ShortProbeMismatch, probe, run_log, short_inputs
 from .importance import dense_squares
 from .layers import LayerPlan, plan_rows

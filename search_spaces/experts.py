@@ -1,4 +1,4 @@
-"""Mixture-of-experts layers: each layer's expert width, and how many experts a fused layer keeps.
+"""Fused mixture-of-experts layers: each layer's expert width, and how many experts it keeps.
 
 ``transformers`` 5 stores a MoE layer's experts as one module holding 3-D parameters
 (Mixtral's ``MixtralExperts``, Qwen-MoE's, and the others built with
@@ -42,16 +42,8 @@ the router's MACs and the parameters do. Every criterion ranks experts this way.
 **The residual width** of a fused layer (its parameters' hidden dimension, the router's
 columns) is traced and pruned by ``moe.py``; :func:`sync_hidden` keeps ``hidden_dim`` in step.
 
-**Plain-PyTorch experts** (an ``nn.ModuleList`` of identical MLPs behind a top-k router) are
-found by Torch-Pruning as one channel group per expert, whose costs are the tokens routed to
-that expert times its width: wrong as soon as another unit changes the router's input (the
-example's routing moves). :func:`tie_routed` ties the same group of every expert of such a list
-into one unit (:class:`TiedExperts`; each expert still keeping its own channels by the space's
-criterion), whose cost ``sum_e tokens_e * width * ...`` is ``tokens * top_k * width * ...``
-whatever the routing. A list is routed when its experts ran on different numbers of rows in
-the example's forward pass (or some did not run); a list whose experts all happened to get as
-many rows is not recognised, and the channel space's final check then keeps any unit whose
-costs disagree dense.
+Plain-PyTorch experts (an ``nn.ModuleList`` of MLPs) are ``expert_lists.py``'s; the channel
+space's pruner, which prunes both, is ``experts_pruner.py``'s.
 """
 
 from __future__ import annotations
@@ -60,21 +52,18 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import math
-from collections import defaultdict
 
 import numpy as np
 import torch
 from torch import nn
 
 from .base import Unit
-from .criteria import L2Magnitude
-from .exact import RunLog
 from .tracing import call_model
-from .pruner import Candidate, Pruner
+from .pruner import Candidate
 
-__all__ = ["ExpertCount", "ExpertsCandidate", "ExpertsPruner", "FusedExperts", "TiedExperts",
-           "count_scores", "expert_scores", "find_expert_counts", "find_experts", "fused_layers", "hidden_params", "prune_expert_count", "prune_experts",
-           "read_experts", "routed_lists", "routed_shares", "sync_hidden", "tie_routed"]
+__all__ = ["ExpertCount", "ExpertsCandidate", "FusedExperts", "count_scores",
+           "expert_scores", "find_expert_counts", "find_experts", "fused_layers", "hidden_params",
+           "prune_expert_count", "prune_experts", "read_experts", "routed_shares", "sync_hidden"]
 
 #: Attributes of an experts module holding its width, kept in step with it.
 _WIDTH = ("intermediate_dim", "intermediate_size", "expert_dim", "moe_intermediate_size")
@@ -117,76 +106,6 @@ class ExpertCount(Candidate):
     layer: FusedExperts | None = None
     router: str = ""
     share: tuple[float, ...] = ()
-
-
-@dataclass(frozen=True)
-class TiedExperts(Candidate):
-    """One channel group of every expert of a routed ``nn.ModuleList`` (``parts``), pruned by
-    the same count, each part keeping its own channels."""
-
-    parts: tuple[Candidate, ...] = ()
-
-
-def routed_lists(model: nn.Module, dense: RunLog) -> list[str]:
-    """``nn.ModuleList``s of two or more identical modules (class and parameter shapes) that
-    ran on different numbers of rows in ``dense`` (the dense forward pass), or not all of
-    them: experts behind a router."""
-    out = []
-    for name, m in model.named_modules():
-        kids = list(m.children()) if isinstance(m, nn.ModuleList) else []
-        sig = {(type(k), tuple((n, tuple(p.shape)) for n, p in k.named_parameters()))
-               for k in kids}
-        if len(kids) < 2 or len(sig) != 1 or not next(iter(sig))[1]:
-            continue
-        rows = set()
-        for i, k in enumerate(kids):
-            first = next(n for n, sub in k.named_modules()
-                         if next(sub.parameters(recurse=False), None) is not None)
-            calls = dense.calls.get(".".join(x for x in (name, str(i), first) if x), [])
-            rows.add(tuple(math.prod(x[:-1]) for x, _ in calls))
-        if len(rows) > 1:
-            out.append(name)
-    return out
-
-
-def tie_routed(model: nn.Module, dense: RunLog, candidates: Sequence[Candidate],
-               notes: list[str]) -> list[Candidate]:
-    """``candidates`` with the same channel group of every expert of each routed list
-    (:func:`routed_lists`) tied into one :class:`TiedExperts` unit; the parts of a list that
-    cannot be tied (not in every expert, or with other choices) are left out with a note."""
-    lists = routed_lists(model, dense)
-    if not lists:
-        return list(candidates)
-    found: dict[tuple[str, tuple[str, ...]], list[Candidate]] = defaultdict(list)
-    out: list[Candidate] = []
-    for c in candidates:
-        where = None
-        if type(c) is Candidate and c.heads is None:
-            for name in lists:
-                idx = {m[len(name) + 1:].split(".", 1)[0] for m in c.unit.members
-                       if m.startswith(name + ".")}
-                if len(idx) == 1 and all(m.startswith(f"{name}.{next(iter(idx))}.")
-                                         for m in c.unit.members):
-                    i = next(iter(idx))
-                    where = (name, tuple(m[len(f"{name}.{i}."):] for m in c.unit.members))
-                    break
-        if where is None:
-            out.append(c)
-        else:
-            found[where].append(c)
-    for (name, rel), parts in found.items():
-        first = parts[0].unit
-        if len(parts) != len(model.get_submodule(name)) \
-                or any(p.unit.choices != first.choices for p in parts):
-            notes.append(f"{', '.join(p.unit.name for p in parts)} (experts of {name}) are kept "
-                         "dense: their groups differ between experts, so their routed costs "
-                         "cannot be tied")
-            continue
-        unit = Unit(name=f"{name}:{rel[0]}:expert_width", full=first.full, choices=first.choices,
-                    members=tuple(m for p in parts for m in p.unit.members), kind=first.kind)
-        out.append(TiedExperts(unit=unit, root=parts[0].root, blocks=parts[0].blocks,
-                               parts=tuple(parts)))
-    return out
 
 
 def read_experts(name: str, m: nn.Module) -> FusedExperts | None:
@@ -421,123 +340,3 @@ def prune_experts(m: nn.Module, spec: FusedExperts, keep: Sequence[np.ndarray]) 
     for attr in _WIDTH:
         if getattr(m, attr, None) == width:
             setattr(m, attr, kept)
-
-
-class ExpertsPruner(Pruner):
-    """The channel space's pruner, with fused-experts units (:class:`ExpertsCandidate`)
-    pruned here and every other unit as :class:`Pruner` prunes it. After every step the
-    fused layers' hidden-size attributes follow their parameters (:func:`sync_hidden`), and
-    parameters the experts' widths replaced are the graph's in place of the old ones."""
-
-    def scores(self, c: Candidate, stats: object = None) -> np.ndarray:
-        """For an experts unit, element ``k`` is every expert's ``k``-th most important neuron:
-        its score is theirs summed, so keeping the first ``n`` is what :meth:`keep` keeps.
-        For an expert count, each expert's :func:`count_scores`."""
-        if isinstance(c, ExpertCount):
-            return count_scores(self.modules[c.root], self._share(c))
-        if isinstance(c, TiedExperts):
-            return sum(-np.sort(-self._part_scores(p, stats)) for p in c.parts)
-        spec = getattr(c, "experts", None)
-        if spec is None:
-            return super().scores(c, stats)
-        per = expert_scores(self.modules[spec.module], spec)
-        return -np.sort(-per, axis=1).sum(0)
-
-    def keep(self, c: Candidate, keep: int, scores: np.ndarray | None = None) -> None:
-        if isinstance(c, ExpertCount):
-            score = count_scores(self.modules[c.root], self._share(c))
-            if keep < len(score):
-                self._count(c, np.argsort(-score, kind="stable")[:keep])
-            return
-        if isinstance(c, TiedExperts):
-            for p in c.parts:
-                super().keep(p, keep, self._part_scores(p))
-            return
-        spec = getattr(c, "experts", None)
-        if spec is None:
-            super().keep(c, keep, scores)
-            return sync_hidden(self.model)
-        m = self.modules[spec.module]
-        if keep >= int(m.down_proj.shape[_dims(spec)[1]]):
-            return
-        per = expert_scores(m, spec)
-        self._prune(m, spec, [np.argsort(-row, kind="stable")[:keep] for row in per])
-
-    def remove(self, c: Candidate, drop: Sequence[int]) -> None:
-        if isinstance(c, ExpertCount):
-            if len(drop):
-                n = len(self._share(c))
-                self._count(c, np.setdiff1d(np.arange(n), np.asarray(drop, dtype=np.int64)))
-            return
-        if isinstance(c, TiedExperts):
-            for p in c.parts:
-                super().remove(p, drop)
-            return
-        spec = getattr(c, "experts", None)
-        if spec is None:
-            super().remove(c, drop)
-            return sync_hidden(self.model)
-        if not drop:
-            return
-        m = self.modules[spec.module]
-        width = int(m.down_proj.shape[_dims(spec)[1]])
-        kept = np.setdiff1d(np.arange(width), np.asarray(drop, dtype=np.int64))
-        self._prune(m, spec, [kept] * int(m.down_proj.shape[0]))
-
-    def remove_last(self, c: Candidate, n: int) -> None:
-        if isinstance(c, ExpertCount):
-            have = len(self._share(c))
-            return self.remove(c, list(range(have - n, have)))
-        if isinstance(c, TiedExperts):
-            for p in c.parts:
-                super().remove_last(p, n)
-            return
-        spec = getattr(c, "experts", None)
-        if spec is None:
-            super().remove_last(c, n)
-            return sync_hidden(self.model)
-        width = int(self.modules[spec.module].down_proj.shape[_dims(spec)[1]])
-        self.remove(c, list(range(width - n, width)))
-
-    def _share(self, c: ExpertCount) -> np.ndarray:
-        """The routed share of the experts ``c``'s layer still has, in their order."""
-        shares = self.__dict__.setdefault("shares", {})
-        return shares.setdefault(c.unit.name, np.asarray(c.share, dtype=np.float64))
-
-    def _count(self, c: ExpertCount, keep: np.ndarray) -> None:
-        """Keep experts ``keep`` (current numbering) of ``c``'s layer and router."""
-        share = self._share(c)
-        modules = [self.modules[c.root], self.modules[c.router]]
-        before = [(m, dict(m.named_parameters(recurse=False))) for m in modules]
-        prune_expert_count(modules, len(share), keep)
-        self.shares[c.unit.name] = share[np.sort(keep)]
-        for m, params in before:
-            self._rebind(m, params)
-
-    def _prune(self, m: nn.Module, spec: FusedExperts, keep: Sequence[np.ndarray]) -> None:
-        """:func:`prune_experts`, and the new parameters put in the graph for the old."""
-        before = dict(m.named_parameters(recurse=False))
-        prune_experts(m, spec, keep)
-        self._rebind(m, before)
-
-    def _rebind(self, m: nn.Module, before: dict[str, nn.Parameter]) -> None:
-        """The parameters of ``m`` that replaced ``before``'s, in the graph for the old."""
-        graph = self.graph
-        for attr, old in before.items():
-            new = getattr(m, attr)
-            if new is old or old not in graph.module2node:
-                continue
-            node = graph.module2node.pop(old)
-            node.module = new
-            graph.module2node[new] = node
-            if old in graph._param_to_name:
-                graph._param_to_name[new] = graph._param_to_name.pop(old)
-            graph.unwrapped_parameters = [type(u)(new, u[1]) if u[0] is old else u
-                                          for u in graph.unwrapped_parameters]
-
-    def _part_scores(self, p: Candidate, stats: object = None) -> np.ndarray:
-        """One expert's scores: the space's criterion's, L2 magnitude for a data criterion
-        (what it measured is not kept per expert)."""
-        if self.criterion.needs_data and stats is None:
-            return L2Magnitude().score(self.graph, self.group_of(p), p.blocks)
-        return super().scores(p, stats)

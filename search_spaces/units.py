@@ -15,7 +15,7 @@ from torch import nn
 from .attention import find_attention
 from .base import Unit
 from .broadcast import routes
-from .experts import ExpertsPruner as Pruner
+from .experts_pruner import ExpertsPruner as Pruner
 from .layers import parametrised
 from .pruner import Candidate
 from .shared_bias import tie_shared_heads
