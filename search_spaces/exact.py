@@ -230,6 +230,9 @@ class Probe:
     params: dict[str, tuple[Affine, ...]]
     functional: list[tuple[OpRecord, tuple[Affine, ...]]]
     dense: RunLog
+    #: parameters that exist only while a unit has removed fewer than a number of elements
+    #: (``probe``'s ``vanish``): name -> (unit, limit)
+    vanish: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -291,7 +294,8 @@ def short_inputs(inputs: tuple[torch.Tensor, ...], length: int = 4) -> tuple[tor
 def probe(model: nn.Module, inputs: tuple[torch.Tensor, ...], steps: Sequence[int],
           remove: Callable[[nn.Module, int, int], None], output: Output = None, *,
           check_each: bool = False, products: Sequence[tuple[int, int]] = (),
-          dense: RunLog | None = None, short: tuple[torch.Tensor, ...] | None = None) -> Probe:
+          dense: RunLog | None = None, short: tuple[torch.Tensor, ...] | None = None,
+          vanish: Mapping[str, tuple[int, int]] | None = None) -> Probe:
     """:func:`probe_on`, running the per-unit forward passes on ``short`` inputs (a prefix of
     the example's sequence, :func:`short_inputs`) where that measures the same: the short
     run performs the same operations, and every size that a unit changes is the same in both
@@ -306,13 +310,13 @@ def probe(model: nn.Module, inputs: tuple[torch.Tensor, ...], steps: Sequence[in
         if log is not None and [o.func for o in log.functional] == \
                 [o.func for o in dense.functional]:
             found = probe_on(model, inputs, steps, remove, output, check_each=check_each,
-                             products=products, dense=dense, runs=(short, log))
+                             products=products, dense=dense, runs=(short, log), vanish=vanish)
             if found is not None:
                 return found
             raise ShortProbeMismatch("a size that a unit changes also depends on the "
                                      "sequence's length: probe on the whole example")
     return probe_on(model, inputs, steps, remove, output, check_each=check_each,
-                    products=products, dense=dense)
+                    products=products, dense=dense, vanish=vanish)
 
 
 class ShortProbeMismatch(Exception):
@@ -324,7 +328,8 @@ def probe_on(model: nn.Module, inputs: tuple[torch.Tensor, ...], steps: Sequence
              remove: Callable[[nn.Module, int, int], None], output: Output = None, *,
              check_each: bool = False, products: Sequence[tuple[int, int]] = (),
              dense: RunLog | None = None,
-             runs: tuple[tuple[torch.Tensor, ...], RunLog] | None = None) -> Probe | None:
+             runs: tuple[tuple[torch.Tensor, ...], RunLog] | None = None,
+             vanish: Mapping[str, tuple[int, int]] | None = None) -> Probe | None:
     """Measure the slopes: on ``model`` (a working copy, pruned in place), unit ``u`` in turn
     loses ``steps[u]`` elements through ``remove(model, u, n)``; a forward pass after each
     unit (with ``check_each``, or when the dense one ran activation matmuls) or once at the
@@ -332,8 +337,13 @@ def probe_on(model: nn.Module, inputs: tuple[torch.Tensor, ...], steps: Sequence
     :class:`ProbeError` naming the unit that broke it (``unit`` is ``None`` when only the
     final check failed: probe again with ``check_each`` to find it). ``products`` are pairs
     of units whose counts multiply in a size (an attention layer's heads and head size);
-    ``dense`` is the dense model's log when the caller has it already."""
+    ``dense`` is the dense model's log when the caller has it already. ``vanish`` names the
+    parameters a unit removes whole (an expert count's list entries), each with ``(unit,
+    limit)``: it exists while that unit has removed fewer than ``limit`` elements; any other
+    parameter that comes or goes breaks the unit. Such a unit is probed after every unit that
+    changes those parameters' sizes (once gone, their slopes are not measured)."""
     dense = dense or run_log(model, inputs, output)
+    vanish = dict(vanish or {})
     shapes = dense_shapes = _shapes(model)
     per_inputs, per_dense = runs if runs is not None else (inputs, dense)
     functional = per_dense.functional
@@ -348,9 +358,12 @@ def probe_on(model: nn.Module, inputs: tuple[torch.Tensor, ...], steps: Sequence
             raise ProbeError(u, f"pruning it failed inside Torch-Pruning ({type(err).__name__}: "
                                 f"{err})") from err
         now = _shapes(model)
-        if set(now) != set(shapes):
+        due = {n for n in shapes if vanish.get(n, (None, 0))[0] == u and vanish[n][1] <= step}
+        if set(now) != set(shapes) - due:
             raise ProbeError(u, "pruning it added or removed parameters")
         for n, before in shapes.items():
+            if n in due:
+                continue
             for d, s in enumerate(_slopes(before, now[n], step, u, f"parameter {n}")):
                 if s:
                     slopes_p[n][d].append((u, s))
@@ -383,7 +396,7 @@ def probe_on(model: nn.Module, inputs: tuple[torch.Tensor, ...], steps: Sequence
                 for n, dims in slopes_p.items()},
         functional=[(o, tuple(_affine(f, sl, products) for f, sl in zip(o.factors, dims)))
                     for o, dims in zip(dense.functional, slopes_f)],
-        dense=dense)
+        dense=dense, vanish=vanish)
 
 
 def _checked_run(model: nn.Module, inputs: tuple[torch.Tensor, ...], output: Output,

@@ -10,7 +10,9 @@ configuration in microseconds, with no model in sight.
   ``conv_transpose``, ``linear`` (``nn.Linear`` and HF's ``Conv1D``), ``norm``, ``embedding``,
   ``recurrent`` (MACs: batch x time x its weight matrices), ``attention``
   (``nn.MultiheadAttention``'s own projection weights) and ``param`` (free parameters of any
-  other module: class tokens, position tables).
+  other module: class tokens, position tables). A row of a module that a unit removes whole
+  (an entry of a plain MoE layer's list of experts, ``expert_lists.py``) counts its
+  parameters only while the unit keeps its entry (``RowPlan.until``).
 - A matmul between activations (attention's ``q @ k^T`` and ``weights @ v``) is a
   ``matmul`` row named ``<module>:<op>#<n>``, with its ``K`` and ``N`` as in and out channels.
 """
@@ -59,16 +61,25 @@ class RowPlan:
     batch: int = 1
     rows: int = 1
     bias: bool = False
+    # (unit, limit): the parameters exist while that unit has removed fewer than ``limit``
+    # elements (an expert count's list entry; its MACs, the rows routed to it on the dense
+    # example, stay: the kept experts run them)
+    until: tuple[tuple[int, int], ...] = ()
 
     def row(self, removed: Sequence[int]) -> LayerRow:
         macs = sum(v * _product(dims, removed) for v, dims in self.macs)
-        params = sum(_product(dims, removed) for dims in self.params)
+        params = sum(_product(dims, removed) for dims in self.params) \
+            if self.exists(removed) else 0
         cin, cout, groups = self._channels(removed)
         return LayerRow(name=self.name, kind=self.kind, in_channels=cin, out_channels=cout,
                         kernel=self.kernel, stride=self.stride, groups=groups,
                         in_size=self.in_size, out_size=self.out_size, batch=self.batch,
                         rows=self.rows, bias=self.bias, call=self.call, macs=macs,
                         params=params)
+
+    def exists(self, removed: Sequence[int]) -> bool:
+        """Whether the row's parameters are there (``until``)."""
+        return all(removed[u] < limit for u, limit in self.until)
 
     def _channels(self, removed: Sequence[int]) -> tuple[int, int, int]:
         s = [d.at(removed) for d in self.shape]
@@ -109,13 +120,15 @@ class LayerPlan:
         time; a row depends on a few units)."""
         base = list(base)
         at_base = [(sum(v * _product(d, base) for v, d in r.macs),
-                    sum(_product(d, base) for d in r.params)) for r in self.rows]
+                    sum(_product(d, base) for d in r.params) if r.exists(base) else 0)
+                   for r in self.rows]
         total = (sum(m for m, _ in at_base), sum(p for _, p in at_base))
         rows_of: dict[int, list[int]] = {}
         for i, r in enumerate(self.rows):
             dims = [d for _, ds in r.macs for d in ds] + [d for ds in r.params for d in ds]
             units = {u for d in dims for u, _ in d.slopes} | \
-                {u for d in dims for a, b, _ in d.cross for u in (a, b)}
+                {u for d in dims for a, b, _ in d.cross for u in (a, b)} | \
+                {u for u, _ in r.until}
             for u in units:
                 rows_of.setdefault(u, []).append(i)
 
@@ -126,7 +139,8 @@ class LayerPlan:
             for i in rows:
                 r = self.rows[i]
                 macs += sum(v * _product(d, removed) for v, d in r.macs) - at_base[i][0]
-                params += sum(_product(d, removed) for d in r.params) - at_base[i][1]
+                params += (sum(_product(d, removed) for d in r.params)
+                           if r.exists(removed) else 0) - at_base[i][1]
             return macs, params
 
         return totals
@@ -208,6 +222,7 @@ def plan_rows(model: nn.Module, probe: Probe) -> LayerPlan:
         if not held:
             continue
         owned = [n for n in held if owner[n] == name]
+        until = tuple(sorted({probe.vanish[n] for n in owned if n in probe.vanish}))
         kind, layout = _kind(m)
         mine = used.get(name, {})
         if kind == "recurrent":
@@ -231,7 +246,7 @@ def plan_rows(model: nn.Module, probe: Probe) -> LayerPlan:
                 shape=probe.params.get(weight, ()) if layout else (), layout=layout,
                 rows=consumed[0][0] if consumed and kind in ("linear", "recurrent") else 1,
                 batch=int(x[0]) if x else 1, bias=getattr(m, "bias", None) is not None,
-                **extra))
+                until=until if k == 0 else (), **extra))
     for i, (op, dims) in enumerate(probe.functional):
         where = op.module or "model"
         matmul = len(dims) == 4
