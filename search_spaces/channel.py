@@ -28,7 +28,7 @@ from torch import nn
 from .base import CountedSpace, LayerTable, Unit, UntraceableModelError, register_space
 from .criteria import Criterion, L2Magnitude, as_criterion
 from .gather import build_trial, decide, plannable
-from .expert_lists import tie_routed
+from .expert_lists import find_list_counts, tie_routed, vanishing
 from .experts import find_expert_counts, find_experts, routed_shares, sync_hidden
 from .experts_pruner import ExpertsPruner as Pruner
 from .exact import ProbeError, RunLog, ShortProbeMismatch, probe, run_log, short_inputs
@@ -129,6 +129,8 @@ class ChannelSpace(CountedSpace):
         candidates += find_expert_counts(pruner.model, set(ignored_layers),
                                          floor_of("experts", min_ratio),
                                          routed_shares(pruner.model, inputs))
+        candidates += find_list_counts(pruner.model, dense, candidates, set(ignored_layers),
+                                       floor_of("experts", min_ratio), notes)
         with prefix_views():  # sizes only: the probed copies are views of the dense weights
             space = cls._probed(model, inputs, output, template, candidates, notes, dense,
                                 round_to, min_ratio, criterion)
@@ -151,7 +153,8 @@ class ChannelSpace(CountedSpace):
                 found = probe(pruner.model, inputs, [_step(c) for c in candidates],
                               lambda _, u, n: pruner.remove_last(candidates[u], n), output,
                               check_each=check_each, products=_products(candidates),
-                              dense=dense, short=short)
+                              dense=dense, short=short,
+                              vanish=vanishing(pruner.model, candidates))
             except ShortProbeMismatch:
                 short, pruner = None, Pruner(template)
                 continue

@@ -61,9 +61,10 @@ from .base import Unit
 from .tracing import call_model
 from .pruner import Candidate
 
-__all__ = ["ExpertCount", "ExpertsCandidate", "FusedExperts", "count_scores",
+__all__ = ["COUNT_ATTRS", "ExpertCount", "ExpertsCandidate", "FusedExperts", "count_scores",
            "expert_scores", "find_expert_counts", "find_experts", "fused_layers", "hidden_params",
-           "prune_expert_count", "prune_experts", "read_experts", "routed_shares", "sync_hidden"]
+           "prune_expert_count", "prune_experts", "read_experts", "routed_shares", "share_scores",
+           "sync_hidden"]
 
 #: Attributes of an experts module holding its width, kept in step with it.
 _WIDTH = ("intermediate_dim", "intermediate_size", "expert_dim", "moe_intermediate_size")
@@ -195,7 +196,7 @@ def sync_hidden(model: nn.Module) -> None:
 
 
 #: Attributes of an experts module or a router holding the number of experts.
-_COUNT = ("num_experts", "num_local_experts", "n_routed_experts")
+COUNT_ATTRS = ("num_experts", "num_local_experts", "n_routed_experts")
 
 
 def routed_shares(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]:
@@ -252,7 +253,13 @@ def count_scores(m: nn.Module, share: Sequence[float]) -> np.ndarray:
     with torch.no_grad():
         sq = sum(p.detach().float().pow(2).flatten(1).sum(1) for p in m.parameters(recurse=False)
                  if p.dim() >= 2 and p.shape[0] == len(share))
-    norm = np.sqrt(np.asarray(sq, dtype=np.float64))
+    return share_scores(share, np.asarray(sq, dtype=np.float64))
+
+
+def share_scores(share: Sequence[float], squares: np.ndarray) -> np.ndarray:
+    """Each expert's routed ``share`` times its weights' L2 norm (``squares``: the squared
+    norms) relative to their mean, plus a millionth of the norm to order unrouted experts."""
+    norm = np.sqrt(np.asarray(squares, dtype=np.float64))
     norm = norm / max(float(norm.mean()), 1e-30)
     return np.asarray(share, dtype=np.float64) * norm + 1e-6 * norm
 
@@ -271,7 +278,7 @@ def prune_expert_count(modules: Sequence[nn.Module], experts: int, keep: np.ndar
             for attr, b in list(mod._buffers.items()):
                 if b is not None and b.dim() and b.shape[0] == experts:
                     mod._buffers[attr] = b.index_select(0, idx.to(b.device))
-            for attr in _COUNT:
+            for attr in COUNT_ATTRS:
                 if getattr(mod, attr, None) == experts:
                     setattr(mod, attr, len(idx))
 

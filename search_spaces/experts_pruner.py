@@ -10,7 +10,7 @@ import numpy as np
 from torch import nn
 
 from .criteria import L2Magnitude
-from .expert_lists import TiedExperts
+from .expert_lists import ListCount, TiedExperts, list_scores, prune_list_count
 from .experts import (ExpertCount, FusedExperts, _dims, count_scores, expert_scores,
                       prune_expert_count, prune_experts, sync_hidden)
 from .pruner import Candidate, Pruner
@@ -19,17 +19,19 @@ __all__ = ["ExpertsPruner"]
 
 
 class ExpertsPruner(Pruner):
-    """The channel space's pruner, with fused-experts units (:class:`ExpertsCandidate`)
-    pruned here and every other unit as :class:`Pruner` prunes it. After every step the
+    """The channel space's pruner, with fused-experts units (:class:`ExpertsCandidate`),
+    expert counts (:class:`ExpertCount`, :class:`ListCount`: the list's entries renumbered,
+    and ``modules`` named again) and tied plain experts (:class:`TiedExperts`) pruned here
+    and every other unit as :class:`Pruner` prunes it. After every step the
     fused layers' hidden-size attributes follow their parameters (:func:`sync_hidden`), and
     parameters the experts' widths replaced are the graph's in place of the old ones."""
 
     def scores(self, c: Candidate, stats: object = None) -> np.ndarray:
         """For an experts unit, element ``k`` is every expert's ``k``-th most important neuron:
         its score is theirs summed, so keeping the first ``n`` is what :meth:`keep` keeps.
-        For an expert count, each expert's :func:`count_scores`."""
+        For an expert count, each expert's :func:`count_scores` (:func:`list_scores`)."""
         if isinstance(c, ExpertCount):
-            return count_scores(self.modules[c.root], self._share(c))
+            return self._count_scores(c)
         if isinstance(c, TiedExperts):
             return sum(-np.sort(-self._part_scores(p, stats)) for p in c.parts)
         spec = getattr(c, "experts", None)
@@ -40,7 +42,7 @@ class ExpertsPruner(Pruner):
 
     def keep(self, c: Candidate, keep: int, scores: np.ndarray | None = None) -> None:
         if isinstance(c, ExpertCount):
-            score = count_scores(self.modules[c.root], self._share(c))
+            score = self._count_scores(c)
             if keep < len(score):
                 self._count(c, np.argsort(-score, kind="stable")[:keep])
             return
@@ -99,9 +101,21 @@ class ExpertsPruner(Pruner):
         shares = self.__dict__.setdefault("shares", {})
         return shares.setdefault(c.unit.name, np.asarray(c.share, dtype=np.float64))
 
+    def _count_scores(self, c: ExpertCount) -> np.ndarray:
+        """Each expert's routed share times its weights' norm (:func:`count_scores`,
+        :func:`list_scores`)."""
+        score = list_scores if isinstance(c, ListCount) else count_scores
+        return score(self.modules[c.root], self._share(c))
+
     def _count(self, c: ExpertCount, keep: np.ndarray) -> None:
         """Keep experts ``keep`` (current numbering) of ``c``'s layer and router."""
         share = self._share(c)
+        if isinstance(c, ListCount):  # the list's entries are renumbered, and so named
+            parent, _, attr = c.root.rpartition(".")
+            prune_list_count(self.modules[parent], attr, self.modules[c.router], keep)
+            self.shares[c.unit.name] = share[np.sort(keep)]
+            self.modules = dict(self.model.named_modules())
+            return
         modules = [self.modules[c.root], self.modules[c.router]]
         before = [(m, dict(m.named_parameters(recurse=False))) for m in modules]
         prune_expert_count(modules, len(share), keep)

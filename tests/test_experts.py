@@ -183,7 +183,8 @@ def test_plain_experts_share_a_width_and_cost_exactly_whatever_the_routing() -> 
     torch.manual_seed(0)
     model, x = _Net().eval(), torch.randn(2, 12, 8)
     space = ChannelSpace.from_model(model, x)
-    assert [u.name for u in space.units] == ["inp", "moe.experts:fc1:expert_width"]
+    assert [u.name for u in space.units] == ["inp", "moe.experts:fc1:expert_width",
+                                             "moe.experts:experts"]  # (tests/test_expert_count.py)
     tied = space.units[1]
     assert tied.full == 32 and len(tied.members) == 4  # every expert's fc1
     rng = np.random.default_rng(1)
@@ -195,6 +196,7 @@ def test_plain_experts_share_a_width_and_cost_exactly_whatever_the_routing() -> 
         assert sum(r.macs for r in table) == reference_macs(pruned, (x,)), config
         assert sum(r.params for r in table) == reference_params(pruned)
         assert {e.fc1.out_features for e in pruned.moe.experts} == {config[tied.name]}
+        assert len(pruned.moe.experts) == config["moe.experts:experts"]
         with torch.no_grad():
             assert pruned(x).shape == (2, 12, 3)
     pruned = space.apply(model, {tied.name: 8})  # each expert keeps its own neurons
@@ -244,7 +246,8 @@ def test_the_residual_width_never_cuts_the_routers_outputs(experts: int) -> None
     hit = set(torch.topk(logits, 2, dim=-1).indices.flatten().tolist())
     assert len(hit) == 4 if experts == 4 else len(hit) < 16
     space = ChannelSpace.from_model(model, x)
-    assert [u.name for u in space.units] == ["inp", "moe.experts:fc1:expert_width"]
+    assert [u.name for u in space.units] == ["inp", "moe.experts:fc1:expert_width",
+                                             "moe.experts:experts"]
     for keep in (4, 6, 8, 16):
         for config in ({"inp": keep}, {"inp": keep, "moe.experts:fc1:expert_width": 8}):
             pruned = space.apply(model, config)
