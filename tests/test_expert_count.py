@@ -208,3 +208,33 @@ def test_the_zoo_moe_decoder_searches_its_expert_counts() -> None:
     table = space.layer_table(config)
     assert sum(r.macs for r in table) == reference_macs(pruned, inputs)
     assert sum(r.params for r in table) == reference_params(pruned)
+
+
+class _Capped(_MoE):
+    """Each expert takes at most ``capacity`` of the rows routed to it (the rest dropped):
+    the experts' rows are no whole top-k of the tokens, and the count is not searched."""
+
+    capacity = 7
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape, x = x.shape, x.reshape(-1, x.shape[-1])
+        w, idx = torch.topk(torch.softmax(self.router(x), -1), self.top_k, dim=-1)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            tok, slot = torch.where(idx == e)
+            tok, slot = tok[:self.capacity], slot[:self.capacity]
+            if len(tok):
+                out.index_add_(0, tok, expert(x[tok]) * w[tok, slot, None])
+        return out.reshape(shape)
+
+
+def test_a_layer_dropping_tokens_over_capacity_keeps_its_experts_with_a_note() -> None:
+    torch.manual_seed(0)
+    model, x = _Net().eval(), torch.randn(2, 12, 8)
+    model.moe.__class__ = _Capped
+    rows = _routed(model, x)
+    assert len(set(rows)) > 1 and rows.sum() % 24  # (some under capacity)
+    space = ChannelSpace.from_model(model, x)
+    assert not any(u.kind == "experts" for u in space.units)
+    (note,) = [n for n in space.notes if "how many experts moe.experts keeps" in n]
+    assert "no whole top-k" in note
