@@ -97,12 +97,16 @@ def test_costs_are_exact_and_the_network_runs_at_every_count() -> None:
     rng = np.random.default_rng(2)
     configs = [space.dense_config(), space.min_config()] + \
         [{**space.dense_config(), _COUNT: k} for k in range(2, 8)] + \
+        [{**space.min_config(), _COUNT: k} for k in (3, 8)] + \
         [space.decode(rng.random(space.dim)) for _ in range(10)]
+    totals = space.cost_totals()  # (evaluated from the thinnest configuration's rows)
     for config in configs:
         pruned = space.apply(model, config)
         table = space.layer_table(config)
         assert sum(r.macs for r in table) == reference_macs(pruned, (x,)), config
         assert sum(r.params for r in table) == reference_params(pruned), config
+        assert totals(config) == {"macs": sum(r.macs for r in table),
+                                  "params": sum(r.params for r in table)}
         kept, hidden = config[_COUNT], config["inp"]
         moe = pruned.moe
         assert len(moe.experts) == moe.num_experts == moe.router.out_features == kept
