@@ -80,7 +80,9 @@ def allocate(model: nn.Module, *, example_inputs: torch.Tensor | Sequence[torch.
     whose run.json records a store uses that one). A latency budget is costed with
     ``latency_table`` (default: one built now for ``latency_device``, default torch, 1 thread,
     batch 1)
-    and the chosen network is measured on this machine (``Allocation.latency``). ``executor``:
+    and the chosen network is measured on this machine (``Allocation.latency``); a table timed
+    on another device (``autoprune.latency.table_from_timings``) predicts for that device and
+    nothing is measured here (``Allocation.latency["measured_here"]`` is False). ``executor``:
     ``"local"`` (in this process), ``"ray"`` (a local Ray, one trial per CPU) or an executor
     such as ``autoprune.executors.ray_tune.RayExecutor(workers=4, address="auto")``; with Ray,
     ``model`` and ``evaluate`` must pickle (cloudpickle: closures are fine). ``reward`` is what

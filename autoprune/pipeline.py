@@ -86,7 +86,8 @@ def search_problem(problem: PruningProblem, *, model: nn.Module, example: Any,
                                             objective=objective,
                                             extra={"latency_repair": True}))
     return _allocation(problem, records, check=check, pareto=ranges, costs=costs, model=model,
-                       example=example)
+                       example=example,
+                       device_table=table if table is not None and table.remote else None)
 
 
 def _objective_of(metrics: Mapping[str, float]) -> str:
@@ -159,7 +160,7 @@ def _finite(metrics: Mapping[str, float]) -> bool:
 def _allocation(problem: PruningProblem, records: list[TrialRecord], *,
                 check: LatencyCheck | None = None, pareto: ParetoRange | None = None,
                 costs: SearchCosts | None = None, model: nn.Module | None = None,
-                example: Any = None) -> Allocation:
+                example: Any = None, device_table: LatencyTable | None = None) -> Allocation:
     best = check.chosen if check else best_record(records, problem)
     if best is None:
         reasons = sorted({r.reason for r in records if r.failed})[:3]
@@ -179,10 +180,19 @@ def _allocation(problem: PruningProblem, records: list[TrialRecord], *,
                       costs=dict(best.costs), metrics=dict(best.metrics),
                       dense_costs=dict(problem.dense_costs), budgets=list(problem.budgets),
                       trials=list(records), space=problem.space,
-                      latency=check_summary(check) if check else None, chosen=best,
+                      latency=check_summary(check) if check else
+                      _predicted_for(device_table, best.costs) if device_table else None,
+                      chosen=best,
                       problem=problem, check=check, pareto=pareto,
                       resources=costs.summary() if costs is not None else None,
                       model=model, example=example)
+
+
+def _predicted_for(table: LatencyTable, costs: Mapping[str, float]) -> dict[str, Any]:
+    """``Allocation.latency`` with a table timed on another device: predicted there, not
+    measured here."""
+    return {"met": None, "measured_here": False, "predicted_ms": costs["latency_ms"],
+            "device": dict(table.device), "note": table.remote_note()}
 
 
 def pareto_range(problem: PruningProblem) -> ParetoRange:

@@ -168,3 +168,29 @@ def test_a_table_of_this_machine_is_refused_by_pick_and_a_batch_mismatch_by_sear
     assert out.returncode == 2 and "not empty" in _said(out)
     out = _cli(["latency", *SMALL[:4], "--lut", str(lut)], cache)
     assert out.returncode == 2 and "--model chosen.onnx --reference" in _said(out)
+
+
+def test_allocate_with_the_device_table_predicts_for_it(exported: tuple[Path, Path, Path]
+                                                        ) -> None:
+    import torch
+
+    import autoprune
+    from autoprune.zoo.tasks import zoo_architecture
+
+    _, lut, _ = exported
+    table = autoprune.LatencyTable.load(lut)
+    torch.manual_seed(0)
+    model, x = zoo_architecture("resnet20", "digits", image_size=16)
+    budget = 0.5 * (table.predict({}) + table.predict(
+        {u: min(v) for u, v in table.space["units"].items()}))
+
+    def score(net: torch.nn.Module) -> dict[str, float]:
+        return {"accuracy": float(sum(p.numel() for p in net.parameters()))}
+
+    alloc = autoprune.allocate(model, example_inputs=x, target=f"latency={budget!r}ms",
+                               evaluate=score, trials=3, round_to=4, latency_table=table,
+                               agent="random")
+    lat = alloc.latency
+    assert lat is not None and lat["measured_here"] is False and lat["met"] is None
+    assert lat["predicted_ms"] == alloc.costs["latency_ms"] <= budget
+    assert "not measured here" in lat["note"] and alloc.check is None

@@ -1,6 +1,6 @@
 """Latency for a stated device: the ``Device`` value, real measurement, the lookup table and
-its build, the table a search costs with (cached), the check and repair after a search, and
-the roofline model.
+its build, the table a search costs with (cached), the machine's level estimated online, the
+check and repair after a search, tables timed on another device, and the roofline model.
 
 Names are imported lazily so that reading ``Device`` (the command line's defaults) does not
 import torch."""
@@ -23,6 +23,9 @@ _EXPORTS = {
     "LatencyCheck": "autoprune.latency.verify",
     "verify_latency": "autoprune.latency.verify",
     "RooflineCost": "autoprune.latency.roofline",
+    "OnlineLevel": "autoprune.latency.level",
+    "export_for_device": "autoprune.latency.remote",
+    "table_from_timings": "autoprune.latency.remote",
 }
 
 __all__ = sorted(_EXPORTS)
