@@ -68,49 +68,37 @@ def profile(
     if export_to is not None and from_timings is not None:
         fail("--export-to and --from-timings are two steps: export first, time on the device, "
              "then build the table from the timings. Fix: give one of them")
-    if export_to is not None:
-        _export(export_to, model, model_arg, weights, input_shape, data, batch, threads,
-                backend, device, image_size, width_mult, round_to, min_ratio, grid,
-                calibration, as_json)
-        return
     if from_timings is not None:
         _from_timings(from_timings, output, as_json)
         return
+    output_folder(export_to, "--export-to")
     source_options(model, data)
     try:
         settings = ProfileSettings(
             source=source(model, data, image_size, width_mult, model_arg=model_arg,
                            weights=weights, input_shape=input_shape),
             space=SpaceSettings(round_to=round_to, min_ratio=min_ratio),
-            device=timing_device(batch=batch, threads=threads, backend=backend, clock=clock,
+            # an export is timed by onnxruntime on the device, with the device's clock
+            device=timing_device(batch=batch, threads=threads, backend="onnxruntime"
+                                 if export_to is not None and backend == "torch" else backend,
+                                 clock="auto" if export_to is not None else clock,
                                  device=device),
             output=output, plan=ProfilePlan(grid=grid, calibration=calibration))
-        summary = run(settings, console=err)
+        if export_to is not None:
+            from autoprune.latency.jobs import export_profile
+
+            summary = export_profile(settings, export_to, console=err)
+        else:
+            summary = run(settings, console=err)
     except user_errors() as e:
         fail(str(e))
-    _print_table(summary, as_json)
+    if export_to is not None:
+        _print_export(summary, export_to, as_json)
+    else:
+        _print_table(summary, as_json)
 
 
-def _export(folder: Path, model: str, model_arg: list[str] | None, weights: Path | None,
-            input_shape: str | None, data: str, batch: int, threads: int, backend: str,
-            device: str, image_size: int, width_mult: float, round_to: int,
-            min_ratio: float | None, grid: int, calibration: int, as_json: bool) -> None:
-    from autoprune.latency.jobs import export_profile
-
-    output_folder(folder, "--export-to")
-    source_options(model, data)
-    try:
-        settings = ProfileSettings(
-            source=source(model, data, image_size, width_mult, model_arg=model_arg,
-                          weights=weights, input_shape=input_shape),
-            space=SpaceSettings(round_to=round_to, min_ratio=min_ratio),
-            device=timing_device(batch=batch, threads=threads,
-                                 backend=backend if backend != "torch" else "onnxruntime",
-                                 clock="auto", device=device),
-            plan=ProfilePlan(grid=grid, calibration=calibration))
-        summary = export_profile(settings, folder, console=err)
-    except user_errors() as e:
-        fail(str(e))
+def _print_export(summary: dict, folder: Path, as_json: bool) -> None:
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
         return
