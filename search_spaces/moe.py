@@ -37,7 +37,7 @@ from torch import nn
 from .experts import fused_layers, hidden_params, read_experts
 from .pruner import Template
 from .ssm import template as ssm_template
-from .tracing import Output
+from .tracing import Output, swapped_forwards
 
 __all__ = ["template"]
 
@@ -166,18 +166,11 @@ def _fused_template(model: nn.Module, inputs: tuple[torch.Tensor, ...],
         if router is not None:
             original = type(router).forward
             swaps[type(router)] = _traced_router(original)
-    saved = {c: c.__dict__.get("forward") for c in swaps}
-    for c, f in swaps.items():
-        c.forward = f
     try:
-        held = ssm_template(model, inputs, output)
+        with swapped_forwards(swaps):
+            held = ssm_template(model, inputs, output)
     finally:
         _HANDED.clear()
-        for c, f in saved.items():
-            if f is None:
-                del c.forward
-            else:
-                c.forward = f
     graph = held.graph
     dims: dict[int, int] = {}
     for _, experts, spec, router in fused_layers(held.model):

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from .pruner import Template
-from .tracing import Output
+from .tracing import Output, swapped_forwards
 
 __all__ = ["is_mamba_mixer", "mamba_mixers", "template"]
 
@@ -100,17 +100,8 @@ def template(model: nn.Module, inputs: tuple[torch.Tensor, ...], output: Output)
     classes = {type(m) for _, m in mamba_mixers(model)}
     if not classes:
         return Template(model, inputs, output)
-    saved = {c: c.__dict__.get("forward") for c in classes}
-    for c in classes:
-        c.forward = _traced_forward
-    try:
+    with swapped_forwards({c: _traced_forward for c in classes}):
         held = Template(model, inputs, output)
-    finally:
-        for c, f in saved.items():
-            if f is None:
-                del c.forward
-            else:
-                c.forward = f
     graph = held.graph
     rows = {id(m.A_log) for _, m in mamba_mixers(held.model)}
     for param, node in graph.module2node.items():

@@ -30,7 +30,7 @@ from torch import nn
 from .base import UntraceableModelError
 from .broadcast import decouple_broadcasts
 
-__all__ = ["MAX_GROUP_STEPS", "PRUNABLE_ROOTS", "Conv1DPruner", "GroupTooLarge", "Output",
+__all__ = ["MAX_GROUP_STEPS", "swapped_forwards", "PRUNABLE_ROOTS", "Conv1DPruner", "GroupTooLarge", "Output",
            "aliased_copy", "as_inputs", "build_graph", "call_model", "conv1d_type", "copy_graph",
            "inner_outputs", "inner_outputs_note", "no_cache", "output_tensor", "output_tensors",
            "own_tensors", "prefix_views", "pruning_group", "roots", "traceable_copy",
@@ -409,3 +409,20 @@ def build_graph(model: nn.Module, inputs: tuple[torch.Tensor, ...],
             "differentiable tensor operations only (no .numpy(), .item() or .detach() on the "
             "feature path), or pass example inputs of the right shape."
         ) from err
+
+
+@contextlib.contextmanager
+def swapped_forwards(forwards: Mapping[type, Any]) -> Iterator[None]:
+    """Each class of ``forwards`` runs the given forward while the block runs (a trace that
+    must see a layer as one op), its own (or its inherited one) again after."""
+    saved = {c: c.__dict__.get("forward") for c in forwards}
+    for c, f in forwards.items():
+        c.forward = f
+    try:
+        yield
+    finally:
+        for c, f in saved.items():
+            if f is None:
+                del c.forward
+            else:
+                c.forward = f
