@@ -215,9 +215,12 @@ def _head_squares(modules: Mapping[str, nn.Module], spec: AttentionHeads) -> np.
         return squares[offset:offset + width].reshape(spec.heads, spec.head_dim).sum(1)
 
     with torch.no_grad():
-        total = per_head(squares(_rows(q), 0), oq) + per_head(squares(_rows(o), 1), 0)
-        if spec.kv_heads == spec.heads:
-            total = total + per_head(squares(_rows(k), 0), ok) + per_head(squares(_rows(v), 0), ov)
+        rq = squares(_rows(q), 0)
+        total = per_head(rq, oq) + per_head(squares(_rows(o), 1), 0)
+        if spec.kv_heads == spec.heads:  # (a fused projection's rows are read once)
+            rk = rq if k is q else squares(_rows(k), 0)
+            rv = rq if v is q else rk if v is k else squares(_rows(v), 0)
+            total = total + per_head(rk, ok) + per_head(rv, ov)
     return total
 
 

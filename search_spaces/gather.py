@@ -39,6 +39,7 @@ from .attention import (AttentionHeads, drop_head_dims, drop_heads, head_cuts, h
 from .criteria import Criterion, L1Magnitude, L2Magnitude
 from .importance import Restricted, _slices, dense_squares, item_slices, trial_view
 from .pruner import Candidate, Template, _ties
+from .select import take
 from .tracing import aliased_copy, own_tensors, pruning_group
 
 __all__ = ["NotPlannable", "TrialView", "build_trial", "dense_group", "lazy_selection",
@@ -423,10 +424,9 @@ def _selection(source: torch.Tensor, index: Sequence[torch.Tensor | None]) -> to
         out = torch.empty(len(rows), len(cols), dtype=source.dtype, device=source.device)
         step = max(1, _ROWS_AT_ONCE // max(1, source.shape[1]))
         for i in range(0, len(rows), step):
-            torch.index_select(source.index_select(0, rows[i:i + step]), 1, cols,
-                               out=out[i:i + step])
+            take(source.index_select(0, rows[i:i + step]), 1, cols, out=out[i:i + step])
         return out
     for dim, ix in enumerate(index):
         if ix is not None:
-            source = source.index_select(dim, ix)
+            source = take(source, dim, ix)
     return source

@@ -19,6 +19,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .select import take
 from .tracing import conv1d_type
 
 __all__ = ["Restricted", "current", "dense_squares", "squares", "group_magnitude", "group_sum",
@@ -124,7 +125,7 @@ class Restricted:
         t = self.dense.detach()
         for d, ix in enumerate(self.index):
             if ix is not None:
-                t = t.index_select(d, ix)
+                t = take(t, d, ix)
         return t.t() if self.transposed else t
 
     def rows_block(self, lo: int, hi: int) -> torch.Tensor:
@@ -132,7 +133,7 @@ class Restricted:
         rows, cols = self.index
         t = self.dense.detach()
         t = t[lo:hi] if rows is None else t.index_select(0, rows[lo:hi])
-        return t if cols is None else t.index_select(1, cols)
+        return t if cols is None else take(t, 1, cols)
 
 
 #: The trial whose pruning so far ``group_sum``, ``squares`` and ``current`` read (the dense

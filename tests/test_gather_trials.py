@@ -66,6 +66,41 @@ def test_gathered_trials_are_the_unit_by_unit_networks(name: str) -> None:
         _same(gathered, _unit_by_unit(space, model, config), inputs)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["hf-gpt2", "hf-llama-gqa"])
+def test_half_precision_trials_are_the_unit_by_unit_networks(name: str, dtype: torch.dtype
+                                                             ) -> None:
+    """Half-precision selections go through NumPy (search_spaces/select.py): the same bits."""
+    torch.manual_seed(0)
+    model, inputs, options = ARCHITECTURES[name]()
+    model = model.to(dtype).eval()
+    inputs = tuple(x.to(dtype) if x.is_floating_point() else x for x in inputs)
+    space = ChannelSpace.from_model(model, inputs, **options)
+    rng = np.random.default_rng(5)
+    for config in [space.decode(rng.random(space.dim)) for _ in range(2)]:
+        gathered = space.apply(model, config)
+        assert space._template_of(model).plannable
+        _same(gathered, _unit_by_unit(space, model, config), inputs)
+
+
+def test_take_copies_the_bits_index_select_would() -> None:
+    from autoprune.search_spaces.select import take
+
+    torch.manual_seed(0)
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        source = torch.randn(37, 53, 5).to(dtype)
+        for dim in range(3):
+            index = torch.randperm(source.shape[dim])[:source.shape[dim] // 2 + 1]
+            assert torch.equal(take(source, dim, index), source.index_select(dim, index))
+            seen = source.transpose(0, 2)  # (not contiguous)
+            assert torch.equal(take(seen, dim, index[index < seen.shape[dim]]),
+                               seen.index_select(dim, index[index < seen.shape[dim]]))
+        out = torch.empty(37, 20, 5, dtype=dtype)
+        index = torch.arange(0, 40, 2)
+        assert take(source, 1, index, out=out) is out
+        assert torch.equal(out, source.index_select(1, index))
+
+
 @pytest.mark.parametrize("name", ["hf-gpt2", "hf-bert", "hf-vit"])
 def test_head_positions_are_gathered_too(name: str) -> None:
     torch.manual_seed(0)
