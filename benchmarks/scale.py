@@ -14,6 +14,10 @@ reports:
   evaluator returns (its evaluation not counted);
 - ``overhead/trial``: the search's own seconds per trial, everything but the evaluator
   (pruning, costing, the agent, the study), and as a multiple of the dense forward;
+- ``x fwd paired``: the same multiple measured trial by trial, which a host whose speed moves
+  in phases cannot skew: the evaluator also times one dense forward, and each gap between two
+  evaluations (a trial's overhead) is divided by the mean of the two forwards beside it. The
+  median over the trials (the first, which holds the setup, left out);
 - ``peak RSS``: the child's peak resident memory, in GB and as a multiple of the fp32 weights.
 
 The example is 1 x 64 tokens (one 224 px image for ResNet-50), on one thread. Budgets:
@@ -164,12 +168,20 @@ def child(name: str, granularity: str, trials: int, dtype: str,
     row["build_s"] = time.perf_counter() - t0
     row["units"] = space.dim
     spent = [0.0]
+    marks: list[tuple[float, float, float]] = []  # per evaluation: start, end, dense forward s
 
     def evaluate(pruned: Any) -> dict[str, float]:
         t = time.perf_counter()
         with torch.no_grad():
             loss = _loss(pruned(*x), x[0])
-        spent[0] += time.perf_counter() - t
+            # one dense forward beside each trial (counted as evaluating, not as overhead):
+            # the host's speed moves in phases of 10-30 s, so each trial's overhead is
+            # divided by the forwards timed just before and after it
+            f = time.perf_counter()
+            model(*x)
+            end = time.perf_counter()
+        marks.append((t, end, end - f))
+        spent[0] += end - t
         return {"loss": loss}
 
     import autoprune.api  # noqa: F401, PLC0415 - imported before the clock starts, not in it
@@ -195,6 +207,11 @@ def child(name: str, granularity: str, trials: int, dtype: str,
     row["dense_forward_s"] = statistics.median(times)
     row["dense_forward_spread_s"] = [min(times), max(times)]
     row["overhead_x_forward"] = row["overhead_per_trial_s"] / row["dense_forward_s"]
+    # paired: the time between two evaluations (one trial's overhead; the first gap, which
+    # holds the search's setup, left out) over the mean of the dense forwards beside it
+    paired = [(b[0] - a[1]) / ((a[2] + b[2]) / 2) for a, b in zip(marks[1:], marks[2:])]
+    row["paired_x_forward"] = statistics.median(paired) if paired else None
+    row["paired_x_forward_all"] = paired
     row["loss"] = alloc.metrics.get("loss")
     template = getattr(space, "_template", None)  # a channel space's scores kept per cut
     if template is not None and getattr(template, "scored_asked", 0):
@@ -324,7 +341,7 @@ def main() -> None:
     table = Table(title=f"search cost, {args.trials} trials ({args.agent}), {args.dtype}, "
                         "1 thread")
     for col in ("model", "granularity", "params", "dense fwd s", "build s", "setup s",
-                "overhead/trial s", "x fwd", "peak RSS GB", "x weights"):
+                "overhead/trial s", "x fwd", "x fwd paired", "peak RSS GB", "x weights"):
         table.add_column(col, justify="left" if col in ("model", "granularity") else "right")
     for r in rows:
         for label, res in (("", r["now"]), (f"before ({args.before})", r.get("before"))):
@@ -335,7 +352,10 @@ def main() -> None:
                           params, _cell(res, "dense_forward_s", ".2f"), _cell(res, "build_s", ".1f"),
                           _cell(res, "setup_s", ".1f") if res.get("setup_s") is not None else "",
                           _cell(res, "overhead_per_trial_s", ".2f"),
-                          _cell(res, "overhead_x_forward", ".1f"), _cell(res, "peak_rss_gb", ".2f"),
+                          _cell(res, "overhead_x_forward", ".1f"),
+                          _cell(res, "paired_x_forward", ".2f")
+                          if res.get("paired_x_forward") is not None else "",
+                          _cell(res, "peak_rss_gb", ".2f"),
                           _cell(res, "peak_x_weights", ".2f"))
     console.print(table)
     for r in rows:
