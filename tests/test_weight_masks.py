@@ -237,6 +237,38 @@ def test_sparsegpt_reconstructs_conv_best(groups):
         assert errs["sparsegpt"] < 0.9 * min(errs["magnitude"], errs["wanda"]), (nm, errs)
 
 
+@pytest.mark.parametrize("groups", [1, 2])
+def test_sparsegpt_factors_a_hessian_once_for_all_its_levels(groups, monkeypatch):
+    """A layer's levels are pruned one after another: its Hessian is factored once, and each
+    level is what factoring afresh gives, bit for bit."""
+    import search_spaces.weight_masks as wm  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 12, 3, padding=1, groups=groups)
+    stats = _stats(conv, _images(16, 8, 8, seed=2))
+    w = conv.weight.detach()
+    levels = [dict(keep=w.numel() * k // 8, nm=None) for k in (2, 4, 6)] + \
+        [dict(keep=None, nm=(2, 4)), dict(keep=None, nm=(1, 4))]
+    fresh = []
+    for level in levels:
+        wm._LAST[:] = [None, None]
+        fresh.append(prune_layer(w, criterion="sparsegpt", stats=stats, **level))
+    calls = []
+    factors = wm._factors
+    monkeypatch.setattr(wm, "_factors", lambda h: calls.append(1) or factors(h))
+    wm._LAST[:] = [None, None]
+    kept = [prune_layer(w, criterion="sparsegpt", stats=stats, **level) for level in levels]
+    assert all(torch.equal(a, b) for a, b in zip(fresh, kept))
+    # one factorization per group for the unstructured levels and one for the N:M ones
+    # (whose columns are permuted), not one per level
+    assert len(calls) == 2 * groups
+    del stats
+    import gc  # noqa: PLC0415
+
+    gc.collect()
+    assert wm._LAST == [None, None]  # not held past the Hessian's life
+
+
 def test_errors():
     torch.manual_seed(0)
     layer = nn.Linear(6, 4)
