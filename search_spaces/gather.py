@@ -123,6 +123,30 @@ class TrialView:
 
     def __init__(self) -> None:
         self.kept: dict[int, list[np.ndarray | None]] = {}
+        #: per dense tensor: (it, its kept columns, all its rows at those columns), gathered
+        #: while a unit's scores read them (``importance.squares``) and not yet settled
+        self.gathered: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        #: per dense tensor: (it, the kept indices per dimension, its selection), settled
+        #: after the unit's cut; ``build_trial`` takes one whose indices are still the ones
+        #: the network keeps, instead of selecting from the dense tensor again
+        self.ready: dict[int, tuple[torch.Tensor, list[torch.Tensor | None], torch.Tensor]] = {}
+
+    def keep_gathered(self, dense: torch.Tensor, cols: torch.Tensor, rows: torch.Tensor) -> None:
+        """Hold ``rows``: every row of the 2-D ``dense`` at the kept columns ``cols``."""
+        self.gathered[id(dense)] = (dense, cols, rows)
+
+    def settle(self) -> None:
+        """After a unit's cut: each tensor gathered while its scores were read is cut down to
+        the rows now kept (its selection, if no later unit cuts it again), the whole gather
+        let go. A selection reads the dense tensor once where the build would read it again."""
+        for key, (dense, cols, whole) in self.gathered.items():
+            mask = (self.kept.get(key) or [None])[0]
+            if mask is None or mask.all():
+                self.ready[key] = (dense, [None, cols], whole)
+            else:
+                rows = torch.from_numpy(np.flatnonzero(mask))
+                self.ready[key] = (dense, [rows, cols], whole.index_select(0, rows))
+        self.gathered.clear()
 
     def cut(self, tensor: torch.Tensor, dim: int, idxs: np.ndarray) -> None:
         """Remove ``idxs`` (dense numbering) of ``tensor`` along ``dim``."""
@@ -216,6 +240,7 @@ class Decisions:
             self.cuts.setdefault(key, (item.dep, set()))[1].update(idxs.tolist())
             for tensor, dim in _cut_slices(self.template.graph, item):
                 self.view.cut(tensor, dim, idxs)
+        self.view.settle()
 
     def attention(self, c: Candidate, keep: int) -> None:
         if keep >= c.unit.full:
@@ -237,6 +262,7 @@ class Decisions:
             return
         self.heads.append(("heads", spec, drop, None))
         self._cut(head_cuts(spec, drop))
+        self.view.settle()
         self.specs[spec.module] = resized(spec, heads=spec.heads - len(drop))
 
     def _scored(self, name: object, reads: Sequence[torch.Tensor],
@@ -346,7 +372,8 @@ def build_trial(decided: Decisions) -> nn.Module:
             else:
                 prune_head_dims(model, spec, a, b, modules=modules)
     _retie(ties, modules)
-    _select(model, selected)
+    _select(model, selected, decided.view.ready)
+    decided.view.ready.clear()  # (any left were cut again after they settled)
     left = [n for n, t in model.named_parameters() if t.is_meta]
     if left:  # a handler made a parameter without recording it: never hand out a shell
         raise RuntimeError(f"the gathered trial left {left[:3]} unselected; "
@@ -395,10 +422,12 @@ def _retie(ties: Sequence[Sequence[tuple[str, str]]], modules: Mapping[str, nn.M
                 setattr(modules[name], attr, first)
 
 
-def _select(model: nn.Module, selected: Mapping[int, tuple[nn.Parameter, torch.Tensor, list]]
-            ) -> None:
+def _select(model: nn.Module, selected: Mapping[int, tuple[nn.Parameter, torch.Tensor, list]],
+            ready: dict[int, tuple[torch.Tensor, list, torch.Tensor]]) -> None:
     """Replace every recorded (meta) parameter by its selection from the dense tensor: one
-    pass per cut dimension, in order, as contiguous as Torch-Pruning's own selections."""
+    pass per cut dimension, in order, as contiguous as Torch-Pruning's own selections. A
+    selection the trial's view settled (``TrialView.ready``) with the same kept indices is
+    taken as it is: the same bits."""
     done: dict[int, nn.Parameter] = {}
     for m in model.modules():
         for name, p in m._parameters.items():
@@ -406,9 +435,19 @@ def _select(model: nn.Module, selected: Mapping[int, tuple[nn.Parameter, torch.T
                 continue
             if id(p) not in done:
                 _, source, index = selected[id(p)]
-                done[id(p)] = nn.Parameter(_selection(source.detach(), index),
-                                           requires_grad=p.requires_grad)
+                held = ready.pop(id(source), None)
+                if held is not None and held[0] is source and _same_index(held[1], index):
+                    tensor = held[2]
+                else:
+                    tensor = _selection(source.detach(), index)
+                done[id(p)] = nn.Parameter(tensor, requires_grad=p.requires_grad)
             m._parameters[name] = done[id(p)]
+
+
+def _same_index(a: Sequence[torch.Tensor | None], b: Sequence[torch.Tensor | None]) -> bool:
+    return len(a) == len(b) and all(
+        (x is None and y is None) or (x is not None and y is not None and torch.equal(x, y))
+        for x, y in zip(a, b))
 
 
 #: Elements of the rows of a weight cut on both sides selected at once (they stay in cache).

@@ -240,6 +240,19 @@ def _restricted_squares(r: Restricted, dim: int) -> np.ndarray:
     chunk = step * max(1, _GATHER // (step * max(1, n_cols)))  # whole blocks per gather
     if dim == 0:
         norms = torch.empty(n_rows, dtype=torch.float64, device=dense.device)
+        keep = getattr(_VIEW.get(), "keep_gathered", None)
+        rows_idx, cols = r.index
+        if keep is not None and rows_idx is None and cols is not None and dense.dim() == 2:
+            # every row at the kept columns, gathered into one tensor the trial's view holds
+            # (its selection, once the unit has cut its rows): the same chunks, read in place
+            whole = torch.empty(n_rows, n_cols, dtype=dense.dtype, device=dense.device)
+            source = dense.detach()
+            for i in range(0, n_rows, chunk):
+                block = take(source[i:i + chunk], 1, cols, out=whole[i:i + chunk])
+                norms[i:i + chunk] = torch.linalg.vector_norm(block, 2, dim=1,
+                                                              dtype=torch.float64)
+            keep(dense, cols, whole)
+            return norms.square().cpu().numpy()
         for i in range(0, n_rows, chunk):
             norms[i:i + chunk] = torch.linalg.vector_norm(r.rows_block(i, i + chunk), 2, dim=1,
                                                           dtype=torch.float64)

@@ -83,6 +83,34 @@ def test_half_precision_trials_are_the_unit_by_unit_networks(name: str, dtype: t
         _same(gathered, _unit_by_unit(space, model, config), inputs)
 
 
+def test_columns_gathered_for_scores_are_the_selections(monkeypatch) -> None:
+    """A weight whose rows a unit scores at the kept columns (an MLP's up and gate
+    projections under a cut residual width) is gathered once: the build takes that gather,
+    cut to the rows kept, instead of selecting from the dense weight again."""
+    import autoprune.search_spaces.gather as gather  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    model, inputs, options = ARCHITECTURES["hf-llama-gqa"]()
+    model.eval()
+    space = ChannelSpace.from_model(model, inputs, **options)
+    config = {u.name: max(u.choices[0], u.full // 2) for u in space.units}
+    names = {p.data_ptr(): n for n, p in model.named_parameters()}
+    selected: list[str] = []
+    plain = gather._selection
+
+    def counted(source: torch.Tensor, index: list) -> torch.Tensor:
+        selected.append(names.get(source.data_ptr(), "?"))
+        return plain(source, index)
+
+    monkeypatch.setattr(gather, "_selection", counted)
+    gathered = space.apply(model, config)
+    assert not [n for n in selected if n.endswith(("up_proj.weight", "gate_proj.weight"))], \
+        selected
+    assert any(n.endswith("down_proj.weight") for n in selected)  # (its columns are not read)
+    monkeypatch.setattr(gather, "_selection", plain)
+    _same(gathered, _unit_by_unit(space, model, config), inputs)
+
+
 def test_take_copies_the_bits_index_select_would() -> None:
     from autoprune.search_spaces.select import take
 
