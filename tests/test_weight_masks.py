@@ -269,6 +269,38 @@ def test_sparsegpt_factors_a_hessian_once_for_all_its_levels(groups, monkeypatch
     assert wm._LAST == [None, None]  # not held past the Hessian's life
 
 
+class _Shared(nn.Module):
+    """Three linears on one input (a block's q, k, v), one called twice on another input."""
+
+    def __init__(self, twice: bool) -> None:
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(6, 4), nn.Linear(6, 3), nn.Linear(6, 5)
+        self.twice = twice
+
+    def forward(self, x):
+        y = self.q(x).sum(-1) + self.k(x).sum(-1) + self.v(x).sum(-1)
+        if self.twice:  # (k reads a second input: it no longer shares q's)
+            y = y + self.k(x * 2).sum(-1)
+        return y
+
+
+@pytest.mark.parametrize("twice", [False, True])
+def test_layers_reading_one_input_share_its_statistics(twice):
+    torch.manual_seed(0)
+    model = _Shared(twice)
+    batches = [(torch.randn(7, 6), None), (torch.randn(5, 6), None)]
+    stats = layer_statistics(model, ["q", "k", "v"], batches)
+    alone = {}
+    for n in ("q", "k", "v"):  # measured one layer at a time: nothing to share
+        alone[n] = layer_statistics(model, [n], batches)[n]
+        assert torch.equal(stats[n].hessian, alone[n].hessian), n
+        assert torch.equal(stats[n].norms, alone[n].norms) and stats[n].rows == alone[n].rows
+    # one Hessian for the three; a layer that reads another input too makes the pass
+    # measure every layer apart
+    assert (stats["v"].hessian is stats["q"].hessian) is (not twice)
+    assert (stats["k"].hessian is stats["q"].hessian) is (not twice)
+
+
 def test_errors():
     torch.manual_seed(0)
     layer = nn.Linear(6, 4)
