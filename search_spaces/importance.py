@@ -225,8 +225,11 @@ def squares(tensor: torch.Tensor | Restricted, dim: int) -> np.ndarray:
     return out
 
 
-#: Elements of a pruned tensor gathered from the dense one at once by ``_restricted_squares``.
-_GATHER = 1 << 18
+#: Elements of a pruned tensor gathered from the dense one at once by ``_restricted_squares``
+#: (whole blocks of rows of ``squares``, so the sums are the same for any size): small enough
+#: that the chunk and its double squares stay in the core's cache. GPT-2's MLP input weight
+#: with its residual rows cut: 15.5 ms at 1 << 18 elements, 8.3 at 1 << 14.
+_GATHER = 1 << 14
 
 
 def _restricted_squares(r: Restricted, dim: int) -> np.ndarray:
