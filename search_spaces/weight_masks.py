@@ -172,7 +172,7 @@ def _accumulate(model: nn.Module, targets: Sequence[nn.Module], batches: Sequenc
         if need_hessian:
             xg = x.reshape(x.shape[0], groups, -1)
             h = torch.einsum("rgi,rgj->gij", xg, xg)
-            entry[1] = h if entry[1] is None else entry[1] + h
+            entry[1] = h if entry[1] is None else entry[1].add_(h)
 
     modes = [(m, m.training) for m in model.modules()]
     handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in targets]
@@ -246,8 +246,9 @@ def layer_statistics(model: nn.Module, layers: Sequence[str], batches: Sequence[
         sq, h, rows = acc[first]
         groups = getattr(m, "groups", 1) if _kind(m) == "conv" else 1
         if h is not None:
-            if first not in made:
-                made[first] = (h / rows).cpu()
+            if first not in made:  # (divided in place: a second copy of every Hessian, 7.8
+                # GB on a 1.1B decoder, would double the peak; the same quotients)
+                made[first] = h.div_(rows).cpu()
                 made[first] = made[first][0] if groups == 1 else made[first]
             h = made[first]
         out[n] = LayerStats(sq.sqrt().cpu(), h, rows, groups, _kind(m) == "hf",
