@@ -14,6 +14,8 @@ function (``PointCosts``), never an additive stand-in for it:
   found by bisection over the measured values.
 
 Both return points that meet the budget; the search loop then grows them back to its edge.
+Both take an optional ``lower`` bound per unit (a coordinate): no unit goes below it (the
+sensitivity agent bounds CNN channels to a share of the uniform allocation's width).
 """
 
 from __future__ import annotations
@@ -69,6 +71,14 @@ class Curve:
 Costs = Callable[[np.ndarray], Mapping[str, float]]
 
 
+def _levels(curve: Curve, low: float) -> np.ndarray:
+    """The coordinates an allocation may give a unit: its curve's grid at or above ``low``,
+    and ``low`` itself (a bound between two levels of the grid)."""
+    grid = curve.grid[curve.grid >= low - 1e-9]
+    return grid if low <= 0.0 or np.any(np.abs(grid - low) < 1e-9) else \
+        np.union1d(grid, [low])
+
+
 def excess(costs: Costs, limits: Mapping[str, float], x: np.ndarray) -> float:
     """How far ``x`` is over its budgets: the sum of each budgeted cost's overshoot, as a
     fraction of its limit (0 when every budget is met)."""
@@ -77,11 +87,15 @@ def excess(costs: Costs, limits: Mapping[str, float], x: np.ndarray) -> float:
 
 
 def knapsack(curves: Sequence[Curve], costs: Costs, limits: Mapping[str, float], *,
-             start: np.ndarray | None = None, frozen: Sequence[int] = ()) -> np.ndarray:
+             start: np.ndarray | None = None, frozen: Sequence[int] = (),
+             lower: Sequence[float] | None = None) -> np.ndarray:
     """Thin units greedily, least loss per budget excess removed first, from ``start`` (the
-    dense point) until every budget is met; ``frozen`` units keep their coordinate. Returns
-    the point reached (as thin as the floors allow if the budget cannot be met)."""
+    dense point) until every budget is met; ``frozen`` units keep their coordinate, no unit
+    goes below ``lower``. Returns the point reached (as thin as the floors and bounds allow
+    if the budget cannot be met)."""
     x = np.ones(len(curves)) if start is None else np.array(start, dtype=float)
+    low = np.zeros(len(curves)) if lower is None else np.asarray(lower, dtype=float)
+    levels = [_levels(c, float(b)) for c, b in zip(curves, low)]
     over = excess(costs, limits, x)
     frozen_set = set(frozen)
     while over > 1e-12:
@@ -90,7 +104,7 @@ def knapsack(curves: Sequence[Curve], costs: Costs, limits: Mapping[str, float],
             if i in frozen_set:
                 continue
             here = curve.loss(x[i])
-            for g in curve.grid[curve.grid < x[i] - 1e-9]:
+            for g in levels[i][levels[i] < x[i] - 1e-9]:
                 trial = x.copy()
                 trial[i] = g
                 left = excess(costs, limits, trial)
@@ -107,25 +121,29 @@ def knapsack(curves: Sequence[Curve], costs: Costs, limits: Mapping[str, float],
     return x
 
 
-def threshold(curves: Sequence[Curve], costs: Costs, limits: Mapping[str, float]) -> np.ndarray:
+def threshold(curves: Sequence[Curve], costs: Costs, limits: Mapping[str, float], *,
+              lower: Sequence[float] | None = None) -> np.ndarray:
     """FastNAS's allocation: the smallest loss threshold ``t`` such that every unit thinned as
-    far as its curve stays within ``t`` meets the budget (bisection over the measured losses)."""
+    far as its curve stays within ``t`` (and not below ``lower``) meets the budget (bisection
+    over the measured losses)."""
+    low = np.zeros(len(curves)) if lower is None else np.asarray(lower, dtype=float)
+    levels = [_levels(c, float(b)) for c, b in zip(curves, low)]
 
     def at(t: float) -> np.ndarray:
         x = np.ones(len(curves))
         for i, curve in enumerate(curves):
-            ok = [g for g in curve.grid if curve.loss(g) <= t + 1e-12]
+            ok = [g for g in levels[i] if curve.loss(g) <= t + 1e-12]
             x[i] = min(ok) if ok else 1.0
         return x
 
-    levels = sorted({0.0, *(curve.loss(g) for curve in curves for g in curve.grid)})
-    lo, hi = 0, len(levels) - 1
-    if excess(costs, limits, at(levels[hi])) > 1e-12:
-        return at(levels[hi])  # even every unit at its floor does not meet it
+    ts = sorted({0.0, *(c.loss(g) for c, lv in zip(curves, levels) for g in lv)})
+    lo, hi = 0, len(ts) - 1
+    if excess(costs, limits, at(ts[hi])) > 1e-12:
+        return at(ts[hi])  # even every unit at its floor does not meet it
     while lo < hi:
         mid = (lo + hi) // 2
-        if excess(costs, limits, at(levels[mid])) <= 1e-12:
+        if excess(costs, limits, at(ts[mid])) <= 1e-12:
             hi = mid
         else:
             lo = mid + 1
-    return at(levels[lo])
+    return at(ts[lo])

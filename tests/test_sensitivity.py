@@ -181,3 +181,45 @@ def test_the_trials_table_ranks_candidates_and_counts_the_probes_apart() -> None
     text = console.export_text()
     assert "0.8500" in text and "0.8000" in text and "0.9900" not in text
     assert "1 sensitivity probe(s)" in text
+
+
+def test_channels_keep_a_share_of_the_uniform_width_while_neurons_may_reach_their_floor() -> None:
+    # Four CNN channel units (say the expansions of skip-connected blocks) that each lose
+    # almost nothing thinned alone to the floor, and one MLP neurons unit; 60% of the width must
+    # go. Unbounded, the knapsack cuts the channel units to the floor together (issue 34).
+    from autoprune.agents import PointCosts
+    from autoprune.agents.sensitivity import SensitivityAgent, allocation_from_probes, \
+        lower_bounds
+    choices = tuple(tuple(range(1, 101)) for _ in range(5))
+
+    def costs(x: np.ndarray) -> dict[str, float]:
+        return {"macs": float(sum(c[int(round(v * 99))] / 100 for c, v in zip(choices, x)))}
+
+    kinds = ("channels",) * 4 + ("neurons",)
+    ctx = AgentContext(choices=choices, kinds=kinds, trials=60,
+                       budget=PointCosts(costs=costs, limits={"macs": 2.0},
+                                         dense={"macs": 5.0}))
+    floor_loss = [0.01, 0.011, 0.012, 0.013, 0.001]
+    curves = [Curve({0.0: v}, 100) for v in floor_loss]
+    free = knapsack(curves, costs, {"macs": 2.0})
+    assert sum(free[:4] == 0.0) >= 2  # bang-bang: channel units at the floor together
+
+    low = lower_bounds(ctx, SensitivityAgent.SPREAD)
+    assert low[4] == 0.0 and np.all(low[:4] > 0.0)  # neurons keep their floor
+    # Each channel unit may go down to SPREAD of the uniform allocation's width (0.4 here),
+    # rounded down to its choices, and no lower.
+    uniform = max(t for t in np.linspace(0, 1, 1001) if costs(np.full(5, t))["macs"] <= 2.0)
+    for i in range(4):
+        kept = choices[i][int(round(low[i] * 99))]
+        want = SensitivityAgent.SPREAD * choices[i][int(round(uniform * 99))]
+        assert want - 1 < kept <= want + 1e-9
+    told = [(np.ones(5), {"objective": 1.0})]
+    for i, v in enumerate(floor_loss):
+        x = np.ones(5)
+        x[i] = 0.0
+        told.append((x, {"objective": 1.0 - v}))
+    for x in (allocation_from_probes(ctx, told), threshold(curves, costs, {"macs": 2.0},
+                                                             lower=low)):
+        assert x is not None and costs(x)["macs"] <= 2.0
+        assert np.all(x[:4] >= low[:4] - 1e-9) and not np.any(x[:4] == 0.0)
+        assert x[4] == 0.0  # the insensitive neurons unit still goes to its floor
