@@ -85,11 +85,13 @@ class WeightSparsitySpace(CountedSpace):
         self.levels = levels
         self.nm = nm
         self._stats: tuple | None = None  # a data criterion's statistics: (model, key, stats)
+        self._digests: dict[str, str] = {}  # per unit: its statistics' fingerprint
         self._levels: LevelStore | None = None  # the units' pruned levels (level_store)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_stats"] = None  # held for one model of this process only
+        state["_digests"] = {}
         state.pop("_unit_rows", None)  # rebuilt where needed
         return state
 
@@ -287,6 +289,10 @@ class WeightSparsitySpace(CountedSpace):
         pruned = [u for u in self.units if kept[u.name] < u.full]
         stats = self._statistics(model, [u.name for u in pruned]) if pruned and \
             self.criterion.needs_data else {}
+        if self._slimmed(stats) and not all(self.level_store.has(self._level_key(
+                u, kept[u.name], work.get_submodule(u.name).weight, stats.get(u.name)))
+                for u in pruned):  # (a level to prune: SparseGPT needs the Hessians again)
+            stats = self._statistics(model, [u.name for u in pruned], full=True)
         for u in pruned:
             module = work.get_submodule(u.name)
             weight, mask = self._level(module, u, kept[u.name], stats.get(u.name))
@@ -313,7 +319,34 @@ class WeightSparsitySpace(CountedSpace):
 
     def _level_key(self, unit: Unit, keep: int, dense: torch.Tensor, stats: object) -> str:
         return fingerprint(self.criterion.name, unit.name, keep, self.pattern(unit.name, keep),
-                           tensors=[dense, *stat_tensors(stats)])
+                           self._digest(unit, stats), tensors=[dense])
+
+    def _digest(self, unit: Unit, stats: object) -> str:
+        """A fingerprint of what the data criterion measured for ``unit`` ("" for none), kept
+        per unit: a level's name then outlives the Hessians dropped once the store is built
+        (``_slim``)."""
+        if stats is None:
+            return ""
+        held = self._digests.get(unit.name)
+        if held is None:
+            held = self._digests[unit.name] = fingerprint(tensors=stat_tensors(stats))
+        return held
+
+    def _slim(self) -> None:
+        """Drop SparseGPT's Hessians from the statistics held once every level is in the store:
+        a trial reads levels, named by the statistics' fingerprints. A 1.1B decoder's
+        Hessians take 7.8 GB; with a trial's network beside them its search passed 20 GB."""
+        held = self._stats
+        if held is None or self.criterion.name != "sparsegpt":
+            return
+        for u in self.units:
+            self._digest(u, held[2].get(u.name))
+        self._stats = (held[0], held[1], {n: replace(v, hessian=None) if getattr(
+            v, "hessian", None) is not None else v for n, v in held[2].items()})
+
+    def _slimmed(self, stats: Mapping[str, object]) -> bool:
+        return self.criterion.name == "sparsegpt" and any(
+            getattr(v, "hessian", 0) is None for v in stats.values())
 
     def _prune_levels(self, module: nn.Module, unit: Unit, keep: int, stats: object) -> None:
         """Prune ``unit`` to ``keep`` into the level store, and with it every other level that
@@ -350,8 +383,8 @@ class WeightSparsitySpace(CountedSpace):
         """Prune every unit's levels into the level store now (the data criteria's statistics
         measured first), so that a trial only reads them: EvoPress's database, built once per
         search. Levels already in the store are read, not pruned again."""
-        stats = self._statistics(model, [u.name for u in self.units]) \
-            if self.criterion.needs_data else {}
+        names = [u.name for u in self.units]
+        stats = self._statistics(model, names) if self.criterion.needs_data else {}
         work = remove_masks(aliased_copy(model, model))  # a masked model: its plain weights
         done, total = 0, self.levels_total()
         report("pruning levels", done, total)
@@ -361,10 +394,14 @@ class WeightSparsitySpace(CountedSpace):
             for keep in u.choices:
                 if keep < u.full and not self.level_store.has(
                         self._level_key(u, keep, dense, stats.get(u.name))):
+                    if self._slimmed(stats):
+                        stats = self._statistics(model, names, full=True)
                     self._prune_levels(module, u, keep, stats.get(u.name))
             done += len(u.choices) - 1
             report("pruning levels", done, total)
             release()  # a layer's sorts and levels, back to the system
+        del stats
+        self._slim()
 
     def levels_total(self) -> int:
         """How many pruned levels the store can hold: every unit at every count but dense."""
@@ -383,14 +420,18 @@ class WeightSparsitySpace(CountedSpace):
         ``pick`` and Ray workers read what was computed there."""
         self._levels = LevelStore(folder)
 
-    def _statistics(self, model: nn.Module, layers: Sequence[str]) -> dict[str, object]:
+    def _statistics(self, model: nn.Module, layers: Sequence[str], full: bool = False
+                    ) -> dict[str, object]:
         """The data criterion's statistics of every unit, measured once on a copy of the dense
         ``model`` and kept for it while its parameters and buffers are unchanged (keyed as
-        ``criteria.py`` keys its data pass)."""
+        ``criteria.py`` keys its data pass). ``full``: measured again if ``_slim`` dropped
+        the Hessians."""
         key = model_key(model)
         held = self._stats
-        if held is not None and held[0]() is model and held[1] == key:
+        if held is not None and held[0]() is model and held[1] == key and not (
+                full and self._slimmed(held[2])):
             return held[2]
+        self._digests = {}
         dense = remove_masks(aliased_copy(model, model)).eval()
         stats = dict(data_criteria().layer_statistics(
             dense, [u.name for u in self.units], self.calibration, self.output,

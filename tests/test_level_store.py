@@ -126,3 +126,36 @@ def test_prepare_prunes_every_level_once_per_search(tmp_path) -> None:  # noqa: 
     assert space.level_store.writes == space.levels_total()  # trials only read
     space.prepare(model)  # a resumed search: everything is there already
     assert space.level_store.writes == space.levels_total()
+
+
+def test_sparsegpt_drops_its_hessians_once_the_store_is_built(tmp_path) -> None:  # noqa: ANN001
+    """Trials read levels named by the statistics' fingerprints: once every level is in the
+    store the Hessians are let go, the trials are the networks a space holding them gives,
+    and a level that went missing is pruned after measuring them again."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(),
+                                torch.nn.Conv2d(16, 16, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(16 * 4 * 4, 10)).eval()
+    x = torch.randn(4, 3, 8, 8)
+    kw = dict(criterion="sparsegpt", calibration=[(x, None)], levels=(0.0, 0.5, 0.8))
+    space = make_space("unstructured", model, x, **kw)
+    space.keep_in(tmp_path / "a")
+    space.prepare(model)
+    assert all(s.hessian is None for s in space._stats[2].values())
+    holding = make_space("unstructured", model, x, **kw)  # prunes as trials ask: keeps them
+    holding.keep_in(tmp_path / "b")
+    rng = np.random.default_rng(1)
+    configs = [space.decode(rng.random(space.dim)) for _ in range(3)]
+    for config in configs:
+        a, b = space.apply(model, config), holding.apply(model, config)
+        assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(),
+                                                    b.state_dict().values()))
+    assert all(s.hessian is not None for s in holding._stats[2].values())
+    writes = space.level_store.writes
+    for f in (tmp_path / "a").iterdir():  # every level gone: pruned again, from Hessians
+        f.unlink()
+    again = space.apply(model, configs[0])
+    assert space.level_store.writes > writes
+    b = holding.apply(model, configs[0])
+    assert all(torch.equal(p, q) for p, q in zip(again.state_dict().values(),
+                                                b.state_dict().values()))
