@@ -121,7 +121,8 @@ def measure_and_repair(ranked: Sequence[C], *, limit_ms: float,
 @dataclass(frozen=True, kw_only=True)
 class LatencyCheck:
     """The outcome of measuring a latency search's choice: the chosen trial (the best-ranked
-    one that met the budget when measured, else the best-ranked one), every measurement."""
+    one that met the budget when measured, else the best-ranked one measured), every
+    measurement."""
 
     chosen: TrialRecord
     met: bool
@@ -199,13 +200,22 @@ def verify_latency(problem: PruningProblem, records: Sequence[TrialRecord], *,
         max_repairs=max_repairs if record is not None else 0,
         score=lambda r: r.objective, max_checks=max_checks,
         before=[(problem.dense_costs["latency_ms"], dense.median_ms)])
-    return LatencyCheck(chosen=chosen or ranked[0], met=chosen is not None,
+    rank = {r.number: i + 1 for i, r in enumerate(ranked)}
+    if chosen is None:
+        if not readings:  # every candidate was skipped on the level the dense network showed:
+            # the best one is measured anyway, so that the miss is reported as measured
+            readings.append(Reading(base, base.costs["latency_ms"], measure(base), False))
+        chosen = min((r.candidate for r in readings),
+                     key=lambda c: rank.get(c.number, len(rank) + 1))  # best-ranked measured
+        met = False
+    else:
+        met = True
+    return LatencyCheck(chosen=chosen, met=met,
                         limit_ms=budget.limit, dense=dense,
                         dense_predicted_ms=problem.dense_costs["latency_ms"],
                         measured={r.candidate.number: r.measured for r in readings},
                         predicted={r.candidate.number: r.predicted_ms for r in readings},
-                        rank={r.number: i + 1 for i, r in enumerate(ranked)},
-                        repaired=tuple(repaired))
+                        rank=rank, repaired=tuple(repaired))
 
 
 def check_summary(check: LatencyCheck) -> dict[str, Any]:
