@@ -257,6 +257,25 @@ def test_the_trials_table_of_a_latency_search_fits_80_columns() -> None:
     assert "…" not in text and "latency" in text and "24.05 ms" in text and "100.0%" in text
 
 
+def _filling(problem: PruningProblem, space: ChannelSpace, target: float, *, seed: int,
+             draws: int) -> list[TrialRecord]:
+    """A search's trials that fill the budget: random configurations predicted between 85%
+    of ``target`` and the search limit, each once, scored by how much of it they use."""
+    rng, trials, seen = np.random.default_rng(seed), [], set()
+    for _ in range(draws):
+        point = rng.random(space.dim)
+        config = space.decode(point)
+        costs = problem.costs(config)
+        key = tuple(sorted(config.items()))
+        if 0.85 * target <= costs["latency_ms"] <= problem.budgets[0].search_limit and \
+                key not in seen:
+            seen.add(key)
+            trials.append(TrialRecord(number=len(trials), point=tuple(point), config=config,
+                                      costs=costs, metrics={},
+                                      objective=costs["latency_ms"] / target))
+    return trials
+
+
 def test_a_dense_network_measured_slow_at_the_start_spares_the_miss(
         setup: tuple[nn.Module, torch.Tensor, ChannelSpace, LatencyTable],
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -269,17 +288,7 @@ def test_a_dense_network_measured_slow_at_the_start_spares_the_miss(
     target = 0.8 * table.predict({})
     problem = PruningProblem(space, parse_targets(f"latency={target!r}ms"),
                              cost_models=[table.cost_model()], margins={"latency_ms": 0.01})
-    rng, trials, seen = np.random.default_rng(1), [], set()
-    for _ in range(400):
-        point = rng.random(space.dim)
-        config = space.decode(point)
-        ms = problem.costs(config)["latency_ms"]
-        key = tuple(sorted(config.items()))
-        if 0.85 * target <= ms <= problem.budgets[0].search_limit and key not in seen:
-            seen.add(key)
-            trials.append(TrialRecord(number=len(trials), point=tuple(point), config=config,
-                                      costs=problem.costs(config), metrics={},
-                                      objective=ms / target))
+    trials = _filling(problem, space, target, seed=1, draws=400)
     assert sum(SLOW * r.costs["latency_ms"] > target for r in trials) >= 3  # they would miss
     monkeypatch.setattr(latency_jobs, "measure_latency", _simulated_device(
         table, space, x, lambda call, ms: SLOW * ms))
@@ -302,15 +311,7 @@ def test_when_the_dense_network_shows_every_candidate_would_miss_the_best_is_sti
     target = 0.8 * table.predict({})
     problem = PruningProblem(space, parse_targets(f"latency={target!r}ms"),
                              cost_models=[table.cost_model()], margins={"latency_ms": 0.01})
-    rng, trials = np.random.default_rng(2), []
-    for _ in range(200):
-        point = rng.random(space.dim)
-        config = space.decode(point)
-        costs = problem.costs(config)
-        if 0.85 * target <= costs["latency_ms"] <= problem.budgets[0].search_limit:
-            trials.append(TrialRecord(number=len(trials), point=tuple(point), config=config,
-                                      costs=costs, metrics={},
-                                      objective=costs["latency_ms"] / target))
+    trials = _filling(problem, space, target, seed=2, draws=200)
     assert len(trials) >= 2
     monkeypatch.setattr(latency_jobs, "measure_latency", _simulated_device(
         table, space, x, lambda call, ms: 2.0 * ms))
