@@ -257,6 +257,14 @@ def test_the_trials_table_of_a_latency_search_fits_80_columns() -> None:
     assert "…" not in text and "latency" in text and "24.05 ms" in text and "100.0%" in text
 
 
+def _budget(space: ChannelSpace, table: LatencyTable) -> tuple[float, PruningProblem]:
+    """A latency budget of 80% of the dense prediction, and its problem (a 1% margin)."""
+    target = 0.8 * table.predict({})
+    return target, PruningProblem(space, parse_targets(f"latency={target!r}ms"),
+                                  cost_models=[table.cost_model()],
+                                  margins={"latency_ms": 0.01})
+
+
 def _filling(problem: PruningProblem, space: ChannelSpace, target: float, *, seed: int,
              draws: int) -> list[TrialRecord]:
     """A search's trials that fill the budget: random configurations predicted between 85%
@@ -285,9 +293,7 @@ def test_a_dense_network_measured_slow_at_the_start_spares_the_miss(
     from autoprune.latency.verify import repair_target
 
     net, x, space, table = setup
-    target = 0.8 * table.predict({})
-    problem = PruningProblem(space, parse_targets(f"latency={target!r}ms"),
-                             cost_models=[table.cost_model()], margins={"latency_ms": 0.01})
+    target, problem = _budget(space, table)
     trials = _filling(problem, space, target, seed=1, draws=400)
     assert sum(SLOW * r.costs["latency_ms"] > target for r in trials) >= 3  # they would miss
     monkeypatch.setattr(latency_jobs, "measure_latency", _simulated_device(
@@ -308,9 +314,7 @@ def test_when_the_dense_network_shows_every_candidate_would_miss_the_best_is_sti
     # try the check reports a miss -- measured on the best-ranked trial, not a trial it never
     # timed (a busy CI host raised KeyError here).
     net, x, space, table = setup
-    target = 0.8 * table.predict({})
-    problem = PruningProblem(space, parse_targets(f"latency={target!r}ms"),
-                             cost_models=[table.cost_model()], margins={"latency_ms": 0.01})
+    target, problem = _budget(space, table)
     trials = _filling(problem, space, target, seed=2, draws=200)
     assert len(trials) >= 2
     monkeypatch.setattr(latency_jobs, "measure_latency", _simulated_device(
