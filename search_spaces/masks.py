@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .ranks import top_flat
 from .tracing import conv1d_type
 
 __all__ = ["Mask", "baked_copy", "canonical", "input_dim", "layer_types", "magnitude_mask", "magnitude_masks",
@@ -186,11 +187,7 @@ def magnitude_mask(weight: torch.Tensor, *, keep: int | None = None,
     along dimension 1 of ``weight`` (given as ``[out, in, *kernel]``)."""
     score = weight.detach().abs()
     if nm is None:
-        flat = score.reshape(-1)
-        order = torch.sort(-flat, stable=True).indices[:keep]
-        mask = torch.zeros(flat.numel(), dtype=torch.bool, device=weight.device)
-        mask[order] = True
-        return mask.reshape(weight.shape)
+        return top_flat(score, [keep])[keep]
     n, m = nm
     moved = score.movedim(1, -1)  # input channels last: groups of M consecutive inputs
     groups = moved.reshape(-1, m)
@@ -202,11 +199,4 @@ def magnitude_mask(weight: torch.Tensor, *, keep: int | None = None,
 def magnitude_masks(weight: torch.Tensor, keeps: list[int]) -> dict[int, torch.Tensor]:
     """``magnitude_mask(weight, keep=k)`` for every ``k`` of ``keeps``, from one sort: a level
     store prunes all of a layer's levels at once."""
-    flat = weight.detach().abs().reshape(-1)
-    order = torch.sort(-flat, stable=True).indices
-    out = {}
-    for keep in keeps:
-        mask = torch.zeros(flat.numel(), dtype=torch.bool, device=weight.device)
-        mask[order[:keep]] = True
-        out[keep] = mask.reshape(weight.shape)
-    return out
+    return top_flat(weight.detach().abs(), keeps)

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .ranks import RowRanks, top_flat
 from .tracing import Output, as_inputs, call_model, conv1d_type, output_tensor, padded_conv_input
 
 __all__ = ["CRITERIA_NEEDING_DATA", "WEIGHT_CRITERIA", "LayerStats", "layer_statistics",
@@ -277,15 +278,14 @@ def _stable_top(scores: Tensor, k: int) -> Tensor:
     return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
 
 
-def _row_shares(scores: Tensor, keep: int) -> Tensor:
+def _row_shares(ranks: RowRanks, keep: int) -> Tensor:
     """Wanda's per-row counts: ``keep // rows`` each, the remainder to the rows whose next
     weight scores highest (ties to the lower row), so the total is exactly ``keep``."""
-    rows, cols = scores.shape
+    rows = ranks.scores.shape[0]
     base, extra = divmod(keep, rows)
-    counts = torch.full((rows,), base, dtype=torch.long, device=scores.device)
+    counts = torch.full((rows,), base, dtype=torch.long, device=ranks.scores.device)
     if extra:
-        nxt = torch.sort(scores, dim=1, descending=True, stable=True).values[:, base]
-        counts[_stable_top(nxt, extra)] += 1
+        counts[_stable_top(ranks.at(base), extra)] += 1
     return counts
 
 
@@ -293,20 +293,17 @@ def _keep_mask(scores: Tensor, keep: int | None, nm: tuple[int, int] | None, per
                order: Tensor) -> Tensor:
     """Boolean kept mask ``[out, cols]`` from scores: N:M groups (in ``order``), per-row shares
     (Wanda) or a global top-``keep`` (magnitude)."""
-    mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
     if nm is not None:
+        mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
         n, m = nm
         s = scores[:, order].reshape(scores.shape[0], -1, m)
         grouped = torch.zeros_like(s, dtype=torch.bool).scatter_(2, _stable_top(s, n), True)
         mask[:, order] = grouped.reshape(scores.shape[0], -1)
-    elif per_row:
-        counts = _row_shares(scores, keep)
-        ranks = torch.sort(scores, dim=1, descending=True, stable=True).indices
-        mask.scatter_(1, ranks, torch.arange(scores.shape[1], device=scores.device)[None]
-                      < counts[:, None])
-    else:
-        mask.view(-1)[_stable_top(scores.reshape(-1), keep)] = True
-    return mask
+        return mask
+    if per_row:
+        ranks = RowRanks(scores)
+        return ranks.mask(_row_shares(ranks, keep))
+    return top_flat(scores, [keep])[keep]
 
 
 def _factors(h: Tensor) -> tuple[Tensor, Tensor]:
@@ -500,16 +497,9 @@ def wanda_masks(weight: Tensor, keeps: Sequence[int], stats: LayerStats) -> dict
     scores = mat.abs() * norms[torch.arange(out, device=mat.device) // (out // groups)]
     nonzero = mat != 0
     del mat
-    ordered = torch.sort(scores, dim=1, descending=True, stable=True)
-    del scores
-    positions = torch.arange(cols, device=nonzero.device)[None]
+    ranks = RowRanks(scores)
     results = {}
     for keep in keeps:
-        base, extra = divmod(int(keep), out)
-        counts = torch.full((out,), base, dtype=torch.long, device=positions.device)
-        if extra:
-            counts[_stable_top(ordered.values[:, base], extra)] += 1
-        mask = torch.zeros(nonzero.shape, dtype=torch.bool, device=positions.device)
-        mask.scatter_(1, ordered.indices, positions < counts[:, None])
+        mask = ranks.mask(_row_shares(ranks, int(keep)))
         results[int(keep)] = (mask & nonzero).reshape(weight.shape).to(weight.device)
     return results
