@@ -10,8 +10,9 @@ only Python 3.9+, numpy and onnxruntime: no torch, no autoprune.
 
 The export's blocks and whole networks are timed in interleaved rounds: in each round every
 block once, in a fresh random order, then every whole network once, in a fresh random order of
-its own, so load that comes and goes lands on all of them alike. Each visit runs its warm-up
-calls, then its timed calls; every timed call is kept. The clock is the calling thread's CPU
+its own, so load that comes and goes lands on all of them alike; while the networks' even
+rounds disagree with the odd ones by over 10%, two rounds more (up to --max-rounds). Each visit
+runs its warm-up calls, then its timed calls; every timed call is kept. The clock is the calling thread's CPU
 time for one thread (onnxruntime then runs the whole inference on it) and wall-clock time for
 more, as autoprune times on its own machine. Bring ``timings.json`` back and build the table
 with ``autoprune profile --from-timings DIR -o lut.json``.
@@ -33,6 +34,10 @@ import time
 
 MANIFEST_FORMAT = "autoprune-device-export"
 REFERENCE_ROUNDS = 5  # --model --reference: interleaved rounds
+#: An export whose whole networks disagree with themselves by more than this between the even
+#: rounds and the odd ones is timed two rounds more, up to --max-rounds (autoprune rebuilds a
+#: table of its own machine as noisy as that: its NOISY_BUILD)
+NOISY = 0.10
 TIMINGS_FORMAT = "autoprune-device-timings"
 VERSION = 1
 
@@ -146,6 +151,17 @@ def resolve_clock(clock: str, threads: int) -> str:
     return clock
 
 
+def halves_noise(np, samples: dict, items: list) -> float:
+    """The device's own re-measurement noise: per whole network, its even rounds' median
+    against its odd rounds', the median of those disagreements (0 with fewer than 2 rounds)."""
+    out = []
+    for item in items:
+        s = np.asarray(samples[item["id"]], dtype=float).reshape(-1, int(item["repeats"]))
+        if len(s) >= 2:
+            out.append(abs(float(np.median(s[0::2]) / np.median(s[1::2])) - 1.0))
+    return float(np.median(out)) if out else 0.0
+
+
 def read_manifest(folder: str) -> dict:
     path = os.path.join(folder, "manifest.json")
     try:
@@ -181,7 +197,9 @@ def time_export(folder: str, args: argparse.Namespace) -> None:
     samples: dict[str, list[float]] = {item["id"]: [] for item in items}
     blocks = [i for i, item in enumerate(items) if item["kind"] == "block"]
     nets = [i for i, item in enumerate(items) if item["kind"] != "block"]
-    for r in range(rounds):
+    most = max(rounds, args.max_rounds if args.max_rounds is not None else 2 * rounds)
+    done, noise = 0, None
+    while done < rounds:
         for group in (blocks, nets):
             order = list(group)
             rng.shuffle(order)
@@ -190,10 +208,18 @@ def time_export(folder: str, args: argparse.Namespace) -> None:
                 item = items[i]
                 samples[item["id"]].extend(clocked(np, runners[i], int(item["warmup"]),
                                                    int(item["repeats"]), clock))
-        print(f"round {r + 1}/{rounds} done ({time.perf_counter() - started:.0f}s)", flush=True)
+        done += 1
+        print(f"round {done}/{rounds} done ({time.perf_counter() - started:.0f}s)", flush=True)
+        if done == rounds:
+            noise = halves_noise(np, samples, [items[i] for i in nets])
+            if noise > NOISY and rounds + 2 <= most:
+                rounds += 2  # (two: the even rounds and the odd stay as many)
+                print(f"the device disagreed with itself by {100 * noise:.1f}% between even "
+                      f"and odd rounds: timing {rounds - done} more rounds", flush=True)
     out = {"format": TIMINGS_FORMAT, "version": VERSION, "export_id": manifest["export_id"],
            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "device": describe(np, ort, threads, args.provider, clock, args.spinning), "rounds": rounds,
+           "noise": None if noise is None else round(noise, 6),
            "seconds": round(time.perf_counter() - started, 3),
            "samples_ms": {k: [round(v, 6) for v in s] for k, s in samples.items()}}
     target = args.out or os.path.join(folder, "timings.json")
@@ -293,6 +319,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="intra-op threads (default: the export's; 1 with --model)")
     ap.add_argument("--rounds", type=int, default=None,
                     help="interleaved rounds over the export (default: the export's)")
+    ap.add_argument("--max-rounds", type=int, default=None,
+                    help="rounds at most: while the networks' even rounds disagree with the odd "
+                         "by over 10%%, two more are timed (default: twice --rounds)")
     ap.add_argument("--clock", choices=["auto", "cpu", "wall"], default="auto",
                     help="auto: the calling thread's CPU time for 1 thread, else wall-clock")
     ap.add_argument("--spinning", choices=["off", "on"], default="off",
