@@ -2,7 +2,11 @@
 ``autoprune profile --export-to`` / ``--from-timings`` on a second "device" -- onnxruntime in a
 separate virtual environment without torch, at another thread count -- scored on networks
 timed on that device the same way (exported, timed by ``time_on_device.py`` in interleaved
-rounds, the even rounds against the odd for the re-measurement).
+rounds, the even rounds against the odd for the re-measurement). The export's own whole
+networks are timed again beside them, and the ``table`` column is the table's prediction times
+their median ratio (now against the export's timings): the device's level then, the check a
+user makes with ``time_on_device.py --model chosen.onnx --reference``; ``table_built`` is the
+table as built.
 
 The device's environment is a virtual environment with numpy and onnxruntime (the versions of
 this one) and nothing else, made once in ``--device-venv`` (default
@@ -24,7 +28,8 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from latency_scoring import configs_for, load, online_predictions, scores
+from latency_scoring import (MAX_PASSES_FACTOR, MEASURE_NOISE, configs_for, load,
+                             online_predictions, scores)
 from autoprune.latency.device import Device
 from autoprune.latency.remote import export_for_device, export_networks, table_from_timings
 from autoprune.search_spaces import make_space
@@ -91,20 +96,38 @@ def run_model_device(name: str, s: Any, python: Path, threads: int,
                       f"{timed['seconds']:.0f}s; {table.check_text()}")
         rng = np.random.default_rng(s.seed)
         configs = [space.dense_config()] + configs_for(space, s.configs, rng)
+        # the export's own whole networks, timed again beside the measured ones: the level of
+        # the device now against when the export was timed, as ``time_on_device.py --model
+        # chosen.onnx --reference`` gives a user checking the chosen network there
+        refs = json.loads((export / "manifest.json").read_text())["networks"]
         nets = Path(tmp) / "measure"
-        export_networks([space.apply(model, c).eval() for c in configs], x, nets,
+        export_networks([space.apply(model, c).eval() for c in
+                         configs + [r["config"] for r in refs]], x, nets,
                         threads=threads, batch=s.batch, warmup=s.warmup, repeats=s.repeats,
                         rounds=s.passes)
         started = time.perf_counter()
-        measured = _time(python, nets, threads)
+        # timed again, ``s.passes`` more rounds at a time, while the halves disagree (as
+        # ``latency_model.measure_all`` does here)
+        runs: list[dict[str, Any]] = []
+        while True:
+            runs.append(_time(python, nets, threads)["samples_ms"])
+            rounds = [np.asarray([v for run in runs for v in run[f"n{i}"]]).reshape(
+                -1, s.repeats) for i in range(len(configs))]
+            halves = [np.median(r[0::2]) / np.median(r[1::2]) - 1.0 for r in rounds[1:]]
+            if (np.median(np.abs(halves)) <= MEASURE_NOISE
+                    or len(runs) + 1 > MAX_PASSES_FACTOR):
+                break
         seconds = time.perf_counter() - started
-    samples = [np.asarray(measured["samples_ms"][f"n{i}"]).reshape(s.passes, s.repeats)
-               for i in range(len(configs))]
+    ratios = [np.median([v for run in runs for v in run[f"n{len(configs) + j}"]])
+              / np.median(timed["samples_ms"][r["id"]]) for j, r in enumerate(refs)]
+    level = float(np.median(ratios))
+    samples = rounds
     a = np.array([np.median(r[0::2]) for r in samples])
     b = np.array([np.median(r[1::2]) for r in samples])
     meas = np.array([np.median(r) for r in samples])
-    pred = np.array([table.predict(c) for c in configs])
-    pred_online = online_predictions(pred, meas, rng)
+    pred_built = np.array([table.predict(c) for c in configs])
+    pred = pred_built * level  # levelled by the export's networks timed beside them
+    pred_online = online_predictions(pred_built, meas, rng)
     ev = slice(1, None)
     return {
         "model": name, "backend": "device",
@@ -116,14 +139,18 @@ def run_model_device(name: str, s: Any, python: Path, threads: int,
         "table_loo_median_pct": 100 * table.correction["loo_median_abs_rel"],
         "table_check": {k: v for k, v in table.check.items() if k != "points"},
         "table_first_attempt": None, "table_second_attempt": None,
-        "measure_seconds": round(seconds, 1), "load_before": load_before, "load_after": load(),
-        "dense_measured_ms": float(meas[0]), "dense_predicted_ms": float(pred[0]),
+        "measure_seconds": round(seconds, 1), "measure_passes": len(runs) * s.passes,
+        "load_before": load_before, "load_after": load(),
+        "dense_measured_ms": float(meas[0]), "dense_predicted_ms": float(pred_built[0]),
+        "anchor": {"factor": round(level, 4), "networks": len(refs),
+                   "ratios": [round(float(r), 4) for r in ratios]},
         "scores": {"table": scores(pred[ev], meas[ev]),
                    "table_online": scores(pred_online[ev], meas[ev]),
-                   "table_built": scores(pred[ev], meas[ev]),
+                   "table_built": scores(pred_built[ev], meas[ev]),
                    "retest": scores(a[ev], b[ev])},
         "rows": [{"config": c, "measured_ms": float(v), "pass_a_ms": float(pa),
-                  "pass_b_ms": float(pb), "table_ms": float(p), "table_built_ms": float(p),
+                  "pass_b_ms": float(pb), "table_ms": float(p), "table_built_ms": float(q),
                   "table_online_ms": float(o)}
-                 for c, v, pa, pb, p, o in zip(configs, meas, a, b, pred, pred_online)],
+                 for c, v, pa, pb, p, q, o in zip(configs, meas, a, b, pred, pred_built,
+                                                  pred_online)],
     }

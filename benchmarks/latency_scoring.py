@@ -13,7 +13,16 @@ from scipy.stats import spearmanr
 from autoprune.latency.level import OnlineLevel
 from autoprune.search_spaces import SearchSpace
 
-__all__ = ["configs_for", "load", "online_predictions", "scores"]
+__all__ = ["MAX_PASSES_FACTOR", "MEASURE_NOISE", "configs_for", "load", "online_predictions",
+           "scores"]
+
+
+#: A measurement whose two halves disagree by more than this (median over the networks) gets
+#: more passes (on this host two at a time; on the device ``--passes`` more rounds), up to
+#: ``MAX_PASSES_FACTOR`` times ``--passes``: the host's speed moves in phases of seconds, and
+#: more passes average more of them.
+MEASURE_NOISE = 0.05
+MAX_PASSES_FACTOR = 2
 
 
 def load() -> list[float]:
