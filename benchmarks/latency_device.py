@@ -118,15 +118,20 @@ def run_model_device(name: str, s: Any, python: Path, threads: int,
                     or len(runs) + 1 > MAX_PASSES_FACTOR):
                 break
         seconds = time.perf_counter() - started
-    ratios = [np.median([v for run in runs for v in run[f"n{len(configs) + j}"]])
-              / np.median(timed["samples_ms"][r["id"]]) for j, r in enumerate(refs)]
+    then = np.array([np.median(timed["samples_ms"][r["id"]]) for r in refs])
+    now = np.array([np.median([v for run in runs for v in run[f"n{len(configs) + j}"]])
+                    for j in range(len(refs))])
+    ratios = now / then
     level = float(np.median(ratios))
+    # (an alternative level: now = a + b * then, fitted on the same networks)
+    slope, offset = np.polyfit(then, now, 1)
     samples = rounds
     a = np.array([np.median(r[0::2]) for r in samples])
     b = np.array([np.median(r[1::2]) for r in samples])
     meas = np.array([np.median(r) for r in samples])
     pred_built = np.array([table.predict(c) for c in configs])
     pred = pred_built * level  # levelled by the export's networks timed beside them
+    pred_affine = offset + slope * pred_built
     pred_online = online_predictions(pred_built, meas, rng)
     ev = slice(1, None)
     return {
@@ -143,10 +148,14 @@ def run_model_device(name: str, s: Any, python: Path, threads: int,
         "load_before": load_before, "load_after": load(),
         "dense_measured_ms": float(meas[0]), "dense_predicted_ms": float(pred_built[0]),
         "anchor": {"factor": round(level, 4), "networks": len(refs),
-                   "ratios": [round(float(r), 4) for r in ratios]},
+                   "ratios": [round(float(r), 4) for r in ratios],
+                   "export_ms": [round(float(v), 5) for v in then],
+                   "now_ms": [round(float(v), 5) for v in now],
+                   "affine": [round(float(offset), 5), round(float(slope), 5)]},
         "scores": {"table": scores(pred[ev], meas[ev]),
                    "table_online": scores(pred_online[ev], meas[ev]),
                    "table_built": scores(pred_built[ev], meas[ev]),
+                   "table_affine": scores(pred_affine[ev], meas[ev]),
                    "retest": scores(a[ev], b[ev])},
         "rows": [{"config": c, "measured_ms": float(v), "pass_a_ms": float(pa),
                   "pass_b_ms": float(pb), "table_ms": float(p), "table_built_ms": float(q),
