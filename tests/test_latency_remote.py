@@ -140,8 +140,11 @@ def test_search_with_the_device_table_then_time_the_choice_there(
     timed = json.loads(ran.stdout)
     level = timed["level"]  # the device's speed now against when the export was timed
     assert level["networks"] == 12
+    # the noise the test saw: the table's own build, the spread of the export's networks' levels
+    # and of the choice's own calls (a busy host's slow calls: p90 far above the median)
     tolerance = max(0.10, 3 * table.check["retest_median_abs_rel"],
-                    (level["p90"] - level["p10"]) / level["factor"])
+                    (level["p90"] - level["p10"]) / level["factor"],
+                    (timed["p90_ms"] - timed["p10_ms"]) / timed["median_ms"])
     assert abs(timed["median_ms"] / (level["factor"] * latency["predicted_ms"]) - 1) \
         <= tolerance, (timed, latency["predicted_ms"])
     # a later budget, picked from the same run for the device
