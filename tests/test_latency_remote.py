@@ -140,9 +140,10 @@ def test_search_with_the_device_table_then_time_the_choice_there(
     timed = json.loads(ran.stdout)
     level = timed["level"]  # the device's speed now against when the export was timed
     assert level["networks"] == 12
-    # the noise the test saw: the table's own build, the spread of the export's networks' levels
-    # and of the choice's own calls (a busy host's slow calls: p90 far above the median)
-    tolerance = max(0.10, 3 * table.check["retest_median_abs_rel"],
+    # what the test saw: the table's own build (its noise, and its largest miss on the networks
+    # it was not fitted on: the choice is one more such network), the spread of the export's
+    # networks' levels and of the choice's own calls (a busy host's slow calls)
+    tolerance = max(0.10, 3 * table.check["retest_median_abs_rel"], table.check["max_abs_rel"],
                     (level["p90"] - level["p10"]) / level["factor"],
                     (timed["p90_ms"] - timed["p10_ms"]) / timed["median_ms"])
     assert abs(timed["median_ms"] / (level["factor"] * latency["predicted_ms"]) - 1) \
