@@ -12,9 +12,9 @@ The export's blocks and whole networks are timed in interleaved rounds: in each 
 block once, in a fresh random order, then every whole network once, in a fresh random order of
 its own, so load that comes and goes lands on all of them alike; while the networks' even
 rounds disagree with the odd ones by over 10%, two rounds more (up to --max-rounds). Each visit
-runs its warm-up calls, then its timed calls; every timed call is kept. The clock is the calling thread's CPU
-time for one thread (onnxruntime then runs the whole inference on it) and wall-clock time for
-more, as autoprune times on its own machine. Bring ``timings.json`` back and build the table
+runs its warm-up calls, then its timed calls; every timed call is kept. The clock is the
+calling thread's CPU time for one thread (onnxruntime then runs the whole inference on it) and
+wall-clock time for more, as autoprune times on its own machine. Bring ``timings.json`` back and build the table
 with ``autoprune profile --from-timings DIR -o lut.json``.
 
 The format of ``manifest.json`` and ``timings.json`` is described in autoprune's
